@@ -1,0 +1,186 @@
+"""Pretrained initialisation of a ViTBackbone from Google .npz, timm state dicts, the timm hub or ramstrans checkpoints.
+
+Every route ends the same way: position embeddings resampled to the backbone's grid, the classifier kept only when its
+class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
+CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
+"""
+import os
+import socket
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import huggingface_hub
+import torch
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors.torch import load_file as load_safetensors
+from timm.models import get_pretrained_cfg
+from timm.models.vision_transformer import checkpoint_filter_fn
+from torch import Tensor
+
+from .backbone import ViTBackbone
+
+__all__ = ["load_pretrained", "read_state_dict", "GOOGLE_MEAN_STD"]
+
+# Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
+GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+_HUB_HOST = ("huggingface.co", 443)
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_state_dict(path: Path) -> Dict[str, object]:
+    """Read a .safetensors or torch file of tensors (no arbitrary unpickling).
+
+    Raises:
+        ValueError: the file is neither.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            return dict(load_safetensors(str(path), device="cpu"))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # any decoding failure means "not a weights file we can read"
+        raise ValueError(f"pretrained file {path} is not a readable safetensors or weights-only torch file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _unwrap(obj: Dict[str, object]) -> Dict[str, Tensor]:
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+    sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], origin: str) -> None:
+    """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head."""
+    vit = backbone.vit
+    try:
+        sd = checkpoint_filter_fn(state_dict, vit)
+    except Exception as e:
+        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
+    own = vit.state_dict()
+    head_fits = "head.weight" in sd and "head.weight" in own and sd["head.weight"].shape == own["head.weight"].shape
+    optional = set()
+    if not head_fits:  # another class count: keep the fresh head
+        optional = {"head.weight", "head.bias"}
+        for k in optional:
+            sd.pop(k, None)
+    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {k} has shape "
+                         f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
+    missing, unexpected = vit.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in optional]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {what}")
+
+
+def _load_npz(backbone: ViTBackbone, path: Path) -> None:
+    try:
+        with torch.no_grad():
+            backbone.vit.load_pretrained(str(path))
+    except Exception as e:
+        raise ValueError(f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    backbone.mean, backbone.std = GOOGLE_MEAN_STD
+
+
+def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) -> None:
+    """Backbone weights of a ramstrans checkpoint; its zoom CLS tokens where it has them for that scale."""
+    model_sd = _unwrap(ckpt)
+    prefix = "backbone.vit."
+    _load_timm_state_dict(backbone, {k[len(prefix):]: v for k, v in model_sd.items() if k.startswith(prefix)},
+                          str(path))
+    _copy_cls_to_zoom_tokens(backbone)
+    with torch.no_grad():
+        for i, token in enumerate(backbone.zoom_cls_tokens):
+            saved = model_sd.get(f"backbone.zoom_cls_tokens.{i}")
+            if saved is not None and saved.shape == token.shape:
+                token.copy_(saved)
+    norm = ckpt.get("normalization")
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        backbone.mean, backbone.std = tuple(norm["mean"]), tuple(norm["std"])
+
+
+def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
+    with torch.no_grad():
+        for token in backbone.zoom_cls_tokens:
+            token.copy_(backbone.vit.cls_token)
+
+
+def _hub_file(model_name: str, tag: str) -> Tuple[Path, Optional[dict]]:
+    """Find (in the local cache, or by download when online) the hub file of a timm pretrained tag."""
+    full = model_name if tag in ("", "timm") else f"{model_name}.{tag}"
+    try:
+        cfg = get_pretrained_cfg(full, allow_unregistered=False)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        raise ValueError(f"timm has no pretrained weights '{full}' (pretrained= is neither a file nor a timm tag)")
+    cfg = cfg.to_dict()
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        raise ValueError(f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local file")
+    names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
+    for name in names:
+        cached = huggingface_hub.try_to_load_from_cache(hub_id, name)
+        if isinstance(cached, str):
+            return Path(cached), cfg
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if offline or not _online():
+        raise ValueError(f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
+                         "not in the local cache; download them elsewhere and pass the file as pretrained=PATH")
+    for name in names:
+        try:
+            return Path(huggingface_hub.hf_hub_download(hub_id, name)), cfg
+        except EntryNotFoundError:
+            continue
+    raise ValueError(f"the hub repository {hub_id} holds none of {names}")
+
+
+def _online(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(_HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pretrained(backbone: ViTBackbone, source: str) -> None:
+    """Initialise ``backbone`` in place from ``source``.
+
+    Args:
+        backbone: the model to fill.
+        source: a path to Google's ``.npz``, a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
+            checkpoint; or ``"timm"`` (the model's default timm weights) or a timm pretrained tag such as
+            ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
+
+    Raises:
+        FileNotFoundError: ``source`` looks like a path and does not exist.
+        ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
+    """
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_file() and path.suffix == ".npz":
+        _load_npz(backbone, path)
+    elif path.is_file():
+        obj = read_state_dict(path)
+        if obj.get("format") == "ramstrans":
+            _load_ramstrans(backbone, obj, path)
+            return
+        sd = _unwrap(obj)
+        if not sd:
+            raise ValueError(f"pretrained file {path} holds no tensors")
+        _load_timm_state_dict(backbone, sd, str(path))
+    elif path.suffix or os.sep in str(source) or path.exists():
+        raise FileNotFoundError(f"pretrained file {source} does not exist")
+    else:
+        file, cfg = _hub_file(backbone.name, str(source))
+        _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
+        backbone.mean, backbone.std = tuple(cfg["mean"]), tuple(cfg["std"])
+    _copy_cls_to_zoom_tokens(backbone)

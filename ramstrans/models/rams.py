@@ -1,0 +1,178 @@
+"""RAMS-Trans: one shared ViT run at several scales, each zooming on the previous scale's attention proposal.
+
+Scale 1 sees the image; its attention rollout is thresholded into a box (the Dynamic Patch Proposal Module); scale
+k + 1 sees that box of the ORIGINAL image resized to the input size (one resampling however deep the recursion, so
+no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .backbone import ViTBackbone
+from .pretrained import load_pretrained
+from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
+from .rollout import RolloutRows, attention_rollout
+
+__all__ = ["RAMSTrans", "MultiScaleOutput", "Proposal", "create_model"]
+
+
+@dataclass
+class MultiScaleOutput:
+    """Everything a multi-scale training step needs.
+
+    Attributes:
+        logits: per scale, (B, K).
+        boxes: per zoom (num_scales - 1 entries), (B, 4) float xyxy in original-image pixels.
+        rollout: per zoom, (B, gh, gw) saliency of the scale that proposed the box.
+        cls_attention: per scale, (B, gh * gw) last block's head-mean CLS attention over patches (for TransMix).
+    """
+
+    logits: List[Tensor]
+    boxes: List[Tensor]
+    rollout: List[Tensor]
+    cls_attention: List[Tensor]
+
+
+@dataclass
+class Proposal:
+    """The scale-1 proposal for one batch (for visualisation and localization metrics).
+
+    Attributes:
+        logits: (B, K) scale-1 logits of the same pass.
+        rollout: (B, gh, gw) patch saliency.
+        mask: (B, gh, gw) bool, rollout > alpha * mean.
+        component: (B, gh, gw) bool, the kept (largest 8-connected) component of the mask.
+        boxes: (B, 4) float xyxy pixels of the input; the full image when the mask is empty.
+    """
+
+    logits: Tensor
+    rollout: Tensor
+    mask: Tensor
+    component: Tensor
+    boxes: Tensor
+
+
+class RAMSTrans(nn.Module):
+    """Recurrent attention multi-scale transformer on a timm ViT.
+
+    Args:
+        backbone: timm model name of a plain ViT (one CLS token, token pooling).
+        num_classes: number of classes K.
+        img_size: input size (int or (H, W)).
+        num_scales: 1 is the plain ViT baseline, 2 the paper's model; more recurse.
+        alpha: proposal threshold factor: mask = g > alpha * mean(g).
+        residual: χ in Â = rownorm(A + χI).
+        rollout_rows: "cls" (CLS query row) or "mean" (mean of all query rows, as the official code).
+        pretrained: optional weights source (see ``load_pretrained``).
+        **backbone_kwargs: passed on to ``timm.create_model``.
+    """
+
+    def __init__(
+            self,
+            backbone: str = "vit_base_patch16_224",
+            num_classes: int = 1000,
+            img_size: Union[int, Tuple[int, int]] = 448,
+            num_scales: int = 2,
+            alpha: float = 1.3,
+            residual: float = 1.0,
+            rollout_rows: RolloutRows = "cls",
+            pretrained: Optional[str] = None,
+            **backbone_kwargs,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(num_scales, int) or num_scales < 1:
+            raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if not residual >= 0:
+            raise ValueError(f"residual must be >= 0, got {residual!r}")
+        if rollout_rows not in ("cls", "mean"):
+            raise ValueError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
+        self.backbone = ViTBackbone(name=backbone, img_size=img_size, num_classes=num_classes,
+                                    num_scales=num_scales, **backbone_kwargs)
+        self.num_classes = num_classes
+        self.num_scales = num_scales
+        self.alpha = float(alpha)
+        self.residual = float(residual)
+        self.rollout_rows: RolloutRows = rollout_rows
+        if pretrained:
+            load_pretrained(self.backbone, pretrained)
+
+    def _check_input(self, x: Tensor) -> None:
+        C, (H, W) = self.backbone.in_chans, self.backbone.img_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
+            raise ValueError(f"RAMSTrans expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Single-scale logits: the test-time path, exactly a plain ViT forward with fused attention.
+
+        Args:
+            x: (B, C, H, W) normalised images.
+
+        Returns:
+            (B, K) logits.
+        """
+        self._check_input(x)
+        return self.backbone(x, scale=0)
+
+    def _propose_boxes(self, attentions: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Rollout -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
+        bb = self.backbone
+        rollout = attention_rollout(attentions, bb.grid_size, self.residual, self.rollout_rows)
+        mask = threshold_rollout(rollout, self.alpha)
+        component = largest_component(mask)
+        return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
+
+    def forward_multiscale(self, x: Tensor) -> MultiScaleOutput:
+        """All scales, for training: scale k + 1 zooms on the proposal of scale k.
+
+        Args:
+            x: (B, C, H, W) normalised images.
+
+        Returns:
+            MultiScaleOutput with num_scales logits and num_scales - 1 boxes / rollouts.
+        """
+        self._check_input(x)
+        bb = self.backbone
+        H, W = bb.img_size
+        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
+        box = torch.tensor([0.0, 0.0, W, H], device=x.device).expand(x.shape[0], 4)
+        inp = x
+        for scale in range(self.num_scales):
+            is_last = scale == self.num_scales - 1
+            feats = bb.forward_features(inp, scale=scale, capture="cls" if is_last else "all")
+            out.logits.append(bb.forward_head(feats.tokens))
+            out.cls_attention.append(feats.cls_attention)
+            if is_last:
+                break
+            rollout, _, _, local = self._propose_boxes(feats.attentions)
+            box = compose_boxes(box, local, (H, W))
+            out.rollout.append(rollout)
+            out.boxes.append(box)
+            inp = crop_and_zoom(x, box, (H, W))
+        return out
+
+    @torch.no_grad()
+    def propose(self, x: Tensor) -> Proposal:
+        """The scale-1 proposal from one pass (no gradient).
+
+        Args:
+            x: (B, C, H, W) normalised images.
+
+        Returns:
+            Proposal with the rollout, mask, kept component, boxes and the scale-1 logits.
+        """
+        self._check_input(x)
+        feats = self.backbone.forward_features(x, scale=0, capture="all")
+        rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
+        return Proposal(logits=self.backbone.forward_head(feats.tokens), rollout=rollout, mask=mask,
+                        component=component, boxes=boxes)
+
+
+def create_model(**kwargs) -> RAMSTrans:
+    """Build a RAMSTrans; keyword arguments as ``RAMSTrans``."""
+    return RAMSTrans(**kwargs)

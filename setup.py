@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ramstrans",
+    version="0.1.0",
+    description="RAMS-Trans (ACM MM 2021) with TransMix for fine-grained image recognition on timm ViTs",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ramstrans", "ramstrans.*"]),
+    include_package_data=True,
+    package_data={"ramstrans": ["weights/*.safetensors", "weights/*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "timm>=1.0",
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "albumentations",
+        "pandas",
+        "pyyaml",
+        "tqdm",
+        "safetensors",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["ramstrans = ramstrans.cli:main"]},
+)

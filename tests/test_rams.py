@@ -1,0 +1,113 @@
+"""RAMSTrans: structure of every output, gradient flow per scale, recursion geometry, bad input."""
+import pytest
+import torch
+
+from conftest import tiny_model
+from ramstrans.models import (attention_rollout, component_boxes, crop_and_zoom, largest_component,
+                              threshold_rollout)
+
+
+def _sharpened(**kw):
+    """A tiny model whose attention is peaked, so that proposals are real boxes, not the full image."""
+    model = tiny_model(**kw)
+    with torch.no_grad():
+        for blk in model.backbone.vit.blocks:
+            blk.attn.qkv.weight[: 2 * 192].mul_(6.0)  # queries and keys
+    return model
+
+
+@pytest.mark.parametrize("num_scales", [1, 2, 3])
+def test_forward_multiscale_structure(num_scales):
+    model = _sharpened(num_scales=num_scales).eval()
+    x = torch.randn(4, 3, 64, 64)
+    out = model.forward_multiscale(x)
+    assert len(out.logits) == len(out.cls_attention) == num_scales
+    assert len(out.boxes) == len(out.rollout) == num_scales - 1
+    assert all(lg.shape == (4, 5) for lg in out.logits)
+    assert all(a.shape == (4, 16) for a in out.cls_attention)
+    assert all(r.shape == (4, 4, 4) for r in out.rollout)
+    assert all(b.shape == (4, 4) for b in out.boxes)
+    torch.testing.assert_close(out.logits[0], model(x), atol=1e-5, rtol=0)
+
+
+def test_scale2_sees_the_zoomed_proposal_of_scale1_and_recursion_nests():
+    model = _sharpened(num_scales=3).eval()
+    x = torch.randn(6, 3, 64, 64)
+    out = model.forward_multiscale(x)
+    bb = model.backbone
+    feats = bb.forward_features(x, capture="all")
+    comp = largest_component(threshold_rollout(attention_rollout(feats.attentions, (4, 4)), 1.3))
+    box1 = component_boxes(comp, (16, 16), (64, 64))
+    assert (box1 != torch.tensor([0.0, 0.0, 64.0, 64.0])).any(), "test needs at least one real proposal"
+    torch.testing.assert_close(out.boxes[0], box1)
+    torch.testing.assert_close(out.logits[1], bb(crop_and_zoom(x, box1, (64, 64)), scale=1), atol=1e-5, rtol=0)
+    b1, b2 = out.boxes
+    assert (b2[:, :2] >= b1[:, :2] - 1e-4).all() and (b2[:, 2:] <= b1[:, 2:] + 1e-4).all()
+    torch.testing.assert_close(out.logits[2], bb(crop_and_zoom(x, b2, (64, 64)), scale=2), atol=1e-5, rtol=0)
+
+
+def test_every_scale_loss_reaches_the_backbone_and_only_its_own_cls_token():
+    model = _sharpened(num_scales=3).train()
+    x = torch.randn(2, 3, 64, 64)
+    for s in range(3):
+        model.zero_grad(set_to_none=True)
+        model.forward_multiscale(x).logits[s].logsumexp(-1).sum().backward()
+        bb = model.backbone
+        assert bb.vit.patch_embed.proj.weight.grad.abs().sum() > 0
+        assert bb.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+        for t in range(3):
+            g = bb.cls_token(t).grad
+            assert (g is not None and g.abs().sum() > 0) == (t == s)
+
+
+def test_zoomed_inputs_carry_no_gradient():
+    model = _sharpened(num_scales=2)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = model.forward_multiscale(x)
+    out.logits[1].sum().backward(retain_graph=True)
+    assert x.grad is None  # no path from scale 2 back to the pixels or the box
+    out.logits[0].sum().backward()
+    assert x.grad is not None
+
+
+def test_propose_is_the_scale1_pipeline():
+    model = _sharpened().eval()
+    x = torch.randn(3, 3, 64, 64)
+    p = model.propose(x)
+    assert p.rollout.shape == (3, 4, 4) and p.mask.dtype == torch.bool and p.boxes.shape == (3, 4)
+    assert torch.equal(p.mask, threshold_rollout(p.rollout, 1.3))
+    assert torch.equal(p.component, largest_component(p.mask))
+    assert (p.component <= p.mask).all()
+    torch.testing.assert_close(p.boxes, model.forward_multiscale(x).boxes[0])
+    torch.testing.assert_close(p.logits, model(x), atol=1e-5, rtol=0)
+
+
+def test_mean_rows_option_is_used():
+    model = _sharpened(rollout_rows="mean").eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.backbone.forward_features(x, capture="all")
+    torch.testing.assert_close(model.propose(x).rollout, attention_rollout(feats.attentions, (4, 4), rows="mean"))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (3, 64, 64), (2, 1, 64, 64)])
+def test_wrong_input_shape_is_refused(shape):
+    model = tiny_model()
+    for fn in (model, model.forward_multiscale, model.propose):
+        with pytest.raises(ValueError, match=r"expects a \(B, 3, 64, 64\) batch"):
+            fn(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_classes": 0}, "num_classes"), ({"alpha": 0.0}, "alpha"), ({"alpha": -1.0}, "alpha"),
+    ({"num_scales": 0}, "num_scales"), ({"rollout_rows": "max"}, "rollout_rows"), ({"residual": -1.0}, "residual"),
+])
+def test_bad_constructor_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(**kwargs)
+
+
+def test_create_model_is_the_public_entry():
+    import ramstrans
+    model = ramstrans.create_model(backbone="vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3,
+                                   num_scales=1)
+    assert isinstance(model, ramstrans.RAMSTrans) and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
