@@ -5,7 +5,7 @@ k + 1 sees that box of the ORIGINAL image resized to the input size (one resampl
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
 
-__all__ = ["RAMSTrans", "MultiScaleOutput", "Proposal", "create_model"]
+__all__ = ["RAMSTrans", "MultiScaleForward", "MultiScaleOutput", "Proposal", "create_model"]
 
 
 @dataclass
@@ -127,23 +127,27 @@ class RAMSTrans(nn.Module):
         component = largest_component(mask)
         return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
 
-    def forward_multiscale(self, x: Tensor) -> MultiScaleOutput:
+    def forward_multiscale(self, x: Tensor, num_scales: Optional[int] = None) -> MultiScaleOutput:
         """All scales, for training: scale k + 1 zooms on the proposal of scale k.
 
         Args:
             x: (B, C, H, W) normalised images.
+            num_scales: run only the first this many scales (default: all).
 
         Returns:
             MultiScaleOutput with num_scales logits and num_scales - 1 boxes / rollouts.
         """
         self._check_input(x)
+        num_scales = self.num_scales if num_scales is None else num_scales
+        if not 1 <= num_scales <= self.num_scales:
+            raise ValueError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
         bb = self.backbone
         H, W = bb.img_size
         out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
         box = torch.tensor([0.0, 0.0, W, H], device=x.device).expand(x.shape[0], 4)
         inp = x
-        for scale in range(self.num_scales):
-            is_last = scale == self.num_scales - 1
+        for scale in range(num_scales):
+            is_last = scale == num_scales - 1
             feats = bb.forward_features(inp, scale=scale, capture="cls" if is_last else "all")
             out.logits.append(bb.forward_head(feats.tokens))
             out.cls_attention.append(feats.cls_attention)
@@ -171,6 +175,27 @@ class RAMSTrans(nn.Module):
         rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
         return Proposal(logits=self.backbone.forward_head(feats.tokens), rollout=rollout, mask=mask,
                         component=component, boxes=boxes)
+
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay: tokens and position embedding."""
+        return {f"backbone.vit.{n}" for n in self.backbone.vit.no_weight_decay()} | {
+            f"backbone.zoom_cls_tokens.{i}" for i in range(len(self.backbone.zoom_cls_tokens))}
+
+
+class MultiScaleForward(nn.Module):
+    """A view of a RAMSTrans whose ``forward`` is ``forward_multiscale``: what the trainer (and DDP) call.
+
+    Args:
+        model: the RAMSTrans to train.
+    """
+
+    def __init__(self, model: RAMSTrans) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> MultiScaleOutput:
+        return self.model.forward_multiscale(x)
 
 
 def create_model(**kwargs) -> RAMSTrans:

@@ -1,0 +1,126 @@
+"""The ``ramstrans`` command: argument parsing and subcommands only. User mistakes -> one sentence, exit 2."""
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .config import DEFAULT_CONFIG, ConfigError, load_config
+from .data import DataError
+
+__all__ = ["main"]
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from .train import run_training
+    overrides = list(a.set or [])
+    if a.output_dir:
+        overrides.append(f"train.output_dir={a.output_dir}")
+    cfg = load_config(a.config, overrides)
+    s = run_training(cfg, resume=a.resume, show_progress=not a.no_progress)
+    t = s["test"]
+    loc = f", proposal mIoU {t['loc_miou']:.3f}, IoU>=0.5 {t['loc_iou50']:.1f}%" if "loc_miou" in t else ""
+    print(f"test top-1 {t['top1']:.2f}% (single scale, {t['images']} images){loc}; checkpoint {s['checkpoint']}")
+
+
+def _cmd_eval(a: argparse.Namespace) -> None:
+    from .evaluate import run_eval
+    r = run_eval(a.checkpoint, a.output, a.split, a.scales, a.batch_size, a.device, a.data_root, a.workers,
+                 a.skip_corrupt)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+def _cmd_visualize(a: argparse.Namespace) -> None:
+    from .evaluate import run_visualize
+    files = run_visualize(a.checkpoint, a.output, a.images or (), a.split, a.num, a.device, a.data_root)
+    print(f"wrote {len(files)} PNGs to {files[-1].parent}")
+
+
+def _cmd_make_synthetic(a: argparse.Namespace) -> None:
+    from .data.synthetic import write_cub_layout
+    out = write_cub_layout(a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed)
+    print(f"wrote the synthetic birds ({a.num_classes} classes) in the CUB-200-2011 layout to {out}")
+
+
+def _cmd_bench(a: argparse.Namespace) -> None:
+    from .benchmark import bench_core
+    r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    print(json.dumps(r, indent=1))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ramstrans", description="RAMS-Trans fine-grained recognition on timm ViTs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train RAMS-Trans (default: the synthetic CPU demo)")
+    t.add_argument("--config", default=DEFAULT_CONFIG, help="YAML file or name in configs/ (default: %(default)s)")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    t.add_argument("--resume", help="checkpoint to continue from")
+    t.add_argument("--output-dir", help="shortcut for --set train.output_dir=DIR")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--scales", type=int, default=1, help="fuse the first N scales (default: 1, the test-time model)")
+    e.add_argument("--output", help="output folder (default: beside the checkpoint)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-root", help="data set root, if not the training config's")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--skip-corrupt", action="store_true", help="skip and count unreadable images")
+    e.set_defaults(func=_cmd_eval)
+
+    v = sub.add_parser("visualize", help="draw where the model zooms")
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--images", nargs="+", help="image files to draw")
+    v.add_argument("--split", default="test")
+    v.add_argument("--num", type=int, default=16)
+    v.add_argument("--output", help="output folder (default: beside the checkpoint)")
+    v.add_argument("--device", default="auto")
+    v.add_argument("--data-root")
+    v.set_defaults(func=_cmd_visualize)
+
+    m = sub.add_parser("make-synthetic", help="write the synthetic fine-grained birds in the CUB layout")
+    m.add_argument("--out", required=True)
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--train-per-class", type=int, default=150)
+    m.add_argument("--test-per-class", type=int, default=50)
+    m.add_argument("--image-size", type=int, default=160)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_cmd_make_synthetic)
+
+    b = sub.add_parser("bench", help="speed of the core model against timm")
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--img-size", type=int, default=448)
+    b.add_argument("--batch", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def _one_sentence(e: BaseException) -> str:
+    """The user-facing line of an error (a DataLoader worker wraps it in a traceback: keep its last line)."""
+    msg = str(e).strip()
+    if "Original Traceback" in msg:
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+        print(f"ramstrans: error: {_one_sentence(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ramstrans: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

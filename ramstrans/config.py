@@ -1,0 +1,202 @@
+"""All settings in one tree of dataclasses; YAML files and ``--set`` overrides hold only differences.
+
+The defaults are the paper recipe (ViT-B/16 at 448 on CUB-200-2011, SGD momentum 0.9, lr 0.03, batch 16, 500 warm-up
+steps then cosine to 10,000, clip 1.0, α = 1.3). Unknown keys and values of the wrong type are errors that name the key.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "find_config"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "synthetic_cpu"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_base_patch16_224"  # timm model name of a plain ViT
+    img_size: int = 448  # network input (the training / test crop)
+    num_scales: int = 2  # 1 = plain ViT baseline, 2 = RAMS-Trans
+    alpha: float = 1.3  # proposal threshold: g > alpha * mean(g)
+    residual: float = 1.0  # χ in rownorm(A + χI)
+    rollout_rows: str = "cls"  # "cls" or "mean" (official code)
+    pretrained: Optional[str] = None  # .npz / .safetensors / .pth / ramstrans checkpoint / timm tag / shipped name
+    drop_path_rate: float = 0.0  # stochastic depth
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
+    mean: Optional[List[float]] = None  # normalisation override; None = the backbone's pretrained config
+    std: Optional[List[float]] = None
+    grad_checkpointing: bool = False  # trade compute for memory
+
+
+@dataclass
+class SyntheticConfig:
+    num_classes: int = 10  # fine-grained classes (<= the generator's attribute combinations)
+    train_per_class: int = 150
+    test_per_class: int = 50
+    image_size: int = 160  # side of the generated images in pixels
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cub"  # cub | synthetic
+    root: str = "datasets/CUB_200_2011"  # data set root (synthetic: generated here on first use)
+    resize: int = 600  # shortest side before the (random / center) crop of model.img_size
+    hflip: bool = True  # random horizontal flip in training
+    num_workers: int = 4  # DataLoader workers
+    val_fraction: float = 0.0  # stratified, seeded validation split carved from train (0 = none)
+    skip_corrupt: bool = False  # skip unreadable images (counted) instead of stopping
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class LossConfig:
+    scale_weights: List[float] = field(default_factory=lambda: [1.0, 1.0])  # per scale; λ = weight of scale 2
+    label_smoothing: float = 0.0  # on hard labels
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000  # optimizer steps
+    batch_size: int = 16  # per process
+    opt: str = "momentum"  # timm optimizer name: "momentum" is plain SGD momentum (timm's "sgd" is Nesterov)
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 500  # linear warm-up, then cosine to min_lr at `steps`
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    clip_grad: float = 1.0  # max grad norm (0 = off)
+    amp: bool = True  # mixed precision on CUDA (bf16 if supported, else fp16 + scaler)
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "runs/cub_vitb16_448"
+    log_every: int = 20  # steps between JSON-lines records
+    ckpt_every: int = 1000  # steps between checkpoints (and at the end)
+    eval_every: int = 0  # steps between test evaluations for the curves (0 = only at the end); never selects
+    eval_batch_size: int = 32
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, List, Sequence):
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(node))
+    names = {f.name for f in dataclasses.fields(node)}
+    for k, v in updates.items():
+        key = prefix + str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        current = getattr(node, k)
+        if dataclasses.is_dataclass(current):
+            _merge(current, v, key + ".")
+        else:
+            setattr(node, k, _coerce(v, hints[k], key))
+
+
+def config_from_dict(d: Dict[str, Any]) -> Config:
+    """A Config from nested dicts of differences (strict)."""
+    cfg = Config()
+    _merge(cfg, d or {}, "")
+    return cfg
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path as given, or a config name (``synthetic_cpu``) looked up in the repository's ``configs/``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"config {name_or_path} not found (neither a file nor a name in {CONFIG_DIR})")
+
+
+def _parse_override(item: str) -> Dict[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: Dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file's differences, then ``section.key=value`` overrides.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        ConfigError: unknown key, wrong type, malformed YAML or override.
+    """
+    cfg = Config()
+    if path is not None:
+        file = find_config(path)
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        _merge(cfg, data, "")
+    for item in overrides:
+        _merge(cfg, _parse_override(item), "")
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the fully resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,50 @@
+"""Data: loaders of each distributed format -> DatasetIndex -> ImageDataset with albumentations transforms."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+from .cub import load_cub
+from .dataset import DataError, DatasetIndex, ImageDataset, collate, read_image
+from .loader import StepSampler, eval_loader, stratified_split, train_loader
+from .synthetic import ensure_synthetic
+from .transforms import Transform
+
+__all__ = ["DATASETS", "DataBundle", "DataError", "DatasetIndex", "ImageDataset", "Transform", "build_data",
+           "load_index", "read_image", "collate", "train_loader", "eval_loader", "StepSampler"]
+
+# name -> function(root) -> DatasetIndex, one per distributed format
+DATASETS: Dict[str, Callable[[Path], DatasetIndex]] = {"cub": load_cub, "synthetic": load_cub}
+
+
+@dataclass
+class DataBundle:
+    index: DatasetIndex
+    train: ImageDataset
+    test: ImageDataset
+    val: Optional[ImageDataset]
+
+
+def load_index(data_cfg) -> DatasetIndex:
+    """Index the configured data set (generating the synthetic one on first use)."""
+    if data_cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))})")
+    root = data_cfg.root
+    if data_cfg.dataset == "synthetic":
+        s = data_cfg.synthetic
+        root = ensure_synthetic(root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
+    return DATASETS[data_cfg.dataset](Path(root).expanduser())
+
+
+def build_data(data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float],
+               seed: int) -> DataBundle:
+    """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured)."""
+    train_t = Transform(train=True, crop=img_size, resize=data_cfg.resize, mean=mean, std=std, hflip=data_cfg.hflip)
+    test_t = Transform(train=False, crop=img_size, resize=data_cfg.resize, mean=mean, std=std)
+    train_table, val_table = index.split("train"), index.splits.get("val")
+    if data_cfg.val_fraction > 0:
+        if val_table is not None:
+            raise ValueError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
+        train_table, val_table = stratified_split(train_table, data_cfg.val_fraction, seed)
+    make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
+    return DataBundle(index=index, train=make(train_table, train_t), test=make(index.split("test"), test_t),
+                      val=make(val_table, test_t) if val_table is not None else None)

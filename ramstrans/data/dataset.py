@@ -1,0 +1,137 @@
+"""The data set interface shared by every loader: an index of (path, label, box) rows and a torch Dataset over it.
+
+A loader (``cub.py``, ...) turns a folder as distributed into a ``DatasetIndex``: class names and one pandas table per
+split with columns ``path`` (relative to the root), ``label`` (0..K-1) and, where the data set has boxes,
+``x0 y0 x1 y1`` (pixels). ``ImageDataset`` decodes with cv2 and applies an albumentations pipeline; augmentation is a
+pure function of the per-sample seed the sampler passes in, so training resumes exactly whatever the worker count.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["DataError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
+
+BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
+
+
+class DataError(ValueError):
+    """A problem with the data on disk; the message names the file."""
+
+
+@dataclass
+class DatasetIndex:
+    """What a loader found: class names and, per split, a table of path / label [/ x0 y0 x1 y1]."""
+
+    root: Path
+    class_names: List[str]
+    splits: Dict[str, pd.DataFrame]
+
+    @property
+    def has_boxes(self) -> bool:
+        return all(set(BOX_COLUMNS) <= set(t.columns) for t in self.splits.values())
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in self.splits:
+            raise DataError(f"data set at {self.root} has no '{name}' split (it has {', '.join(self.splits)})")
+        return self.splits[name]
+
+
+def check_inside_root(root: Path, paths: pd.Series, listed_in: str) -> None:
+    """Refuse relative paths that leave the data set root (absolute, or climbing with '..')."""
+    for p in paths:
+        norm = os.path.normpath(p)
+        if os.path.isabs(p) or norm == ".." or norm.startswith(".." + os.sep):
+            raise DataError(f"{listed_in} lists the path '{p}', which leaves the data set root {root}")
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    """Decode any image file to (H, W, 3) uint8 RGB: grayscale, CMYK, 16-bit, RGBA, or PNG bytes behind a .jpg name.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the bytes are not a decodable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)  # decodes by content, not name
+    if img is None or img.size == 0:
+        raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class ImageDataset(Dataset):
+    """Images of one split with their labels and (optional) boxes.
+
+    Items are dicts: ``image`` (3, H, W) float tensor, ``label`` int, ``box`` (4,) float xyxy in the transformed
+    image's pixels (NaN when the data set has none or the crop removed it), ``index`` int. With ``skip_corrupt``
+    an unreadable image yields None, which ``collate`` drops and counts.
+
+    Args:
+        root: data set root; table paths are relative to it.
+        table: rows with ``path``, ``label`` and optionally ``x0 y0 x1 y1``.
+        class_names: K names, label k -> class_names[k].
+        transform: callable(image=..., bboxes=..., seed=...) -> (tensor, box or None).
+        skip_corrupt: skip undecodable images instead of raising.
+    """
+
+    def __init__(self, root: Path, table: pd.DataFrame, class_names: List[str],
+                 transform: Optional[Callable] = None, skip_corrupt: bool = False) -> None:
+        self.root = Path(root)
+        self.table = table.reset_index(drop=True)
+        self.paths = self.table["path"].tolist()
+        self.labels = self.table["label"].to_numpy(dtype=np.int64)
+        has_boxes = set(BOX_COLUMNS) <= set(self.table.columns)
+        self.boxes = self.table[BOX_COLUMNS].to_numpy(dtype=np.float32) if has_boxes else None
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.skip_corrupt = skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Optional[dict]:
+        index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
+        path = self.root / self.paths[index]
+        try:
+            image = read_image(path)
+        except DataError:
+            if self.skip_corrupt:
+                return None
+            raise
+        box = None
+        if self.boxes is not None:
+            h, w = image.shape[:2]
+            x0, y0, x1, y1 = self.boxes[index]
+            box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
+            box = box if box[2] > box[0] and box[3] > box[1] else None
+        if self.transform is not None:
+            image, box = self.transform(image, box, seed)
+        else:
+            image = torch.from_numpy(image).permute(2, 0, 1).float()
+        box_t = torch.tensor(box, dtype=torch.float32) if box is not None else torch.full((4,), float("nan"))
+        return {"image": image, "label": int(self.labels[index]), "box": box_t, "index": index}
+
+
+def index_seed(index: int) -> int:
+    """A fixed augmentation seed for an item asked for by plain index (evaluation)."""
+    return int(index)
+
+
+def collate(items: List[Optional[dict]]) -> dict:
+    """Stack items; drop the None of skipped corrupt images and count them under ``skipped``."""
+    kept = [it for it in items if it is not None]
+    out = {"skipped": len(items) - len(kept)}
+    if kept:
+        out.update(image=torch.stack([it["image"] for it in kept]),
+                   label=torch.tensor([it["label"] for it in kept], dtype=torch.long),
+                   box=torch.stack([it["box"] for it in kept]),
+                   index=torch.tensor([it["index"] for it in kept], dtype=torch.long))
+    return out

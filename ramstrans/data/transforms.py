@@ -1,0 +1,54 @@
+"""albumentations pipelines: shortest side -> ``resize``, random (train) or center (test) crop of ``crop``, flip, normalise.
+
+Sizes, mean and std are passed in (they come from the config and the backbone), never looked up here. Boxes ride
+along (pascal_voc xyxy, clipped), so localization can be scored in the network's input pixels.
+"""
+from typing import Optional, Sequence, Tuple
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+__all__ = ["Transform"]
+
+Box = Tuple[float, float, float, float]
+
+
+class Transform:
+    """A seeded albumentations pipeline: ``transform(image, box, seed) -> ((3, crop, crop) tensor, box or None)``.
+
+    Args:
+        train: random crop + flip when True, center crop otherwise.
+        crop: side of the network input.
+        resize: shortest side before cropping (>= crop).
+        mean: per-channel mean in [0, 1].
+        std: per-channel std in [0, 1].
+        hflip: random horizontal flip in training.
+    """
+
+    def __init__(self, *, train: bool, crop: int, resize: int, mean: Sequence[float], std: Sequence[float],
+                 hflip: bool = True) -> None:
+        if resize < crop:
+            raise ValueError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
+        ops = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR)]
+        if train:
+            ops.append(A.RandomCrop(height=crop, width=crop))
+            if hflip:
+                ops.append(A.HorizontalFlip(p=0.5))
+        else:
+            ops.append(A.CenterCrop(height=crop, width=crop))
+        ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+        self.pipeline = A.Compose(ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_ids"],
+                                                                clip=True, min_area=1.0))
+        self.train, self.crop, self.resize = train, crop, resize
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, image: np.ndarray, box: Optional[Box], seed: int) -> Tuple[torch.Tensor, Optional[Box]]:
+        self.pipeline.set_random_seed(seed)  # augmentation = f(seed): exact resume, independent of workers
+        out = self.pipeline(image=image, bboxes=np.array([box] if box else [], np.float32).reshape(-1, 4),
+                            bbox_ids=[0] if box else [])
+        boxes = out["bboxes"]
+        return out["image"], (tuple(float(v) for v in boxes[0]) if len(boxes) else None)
+
