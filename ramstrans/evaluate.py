@@ -56,6 +56,8 @@ def run_eval(checkpoint: str, output_dir: Optional[str] = None, split: str = "te
     """
     dev = resolve_device(device)
     model, cfg, names = load_trained(checkpoint, dev)
+    if not 1 <= scales <= model.num_scales:
+        raise ValueError(f"checkpoint {checkpoint} has {model.num_scales} scale(s); cannot run {scales}")
     if data_root:
         cfg.data.root = data_root
     index = load_index(cfg.data)

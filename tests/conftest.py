@@ -20,3 +20,28 @@ def tiny_model(**overrides):
     kwargs = dict(TINY, num_classes=5)
     kwargs.update(overrides)
     return RAMSTrans(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """Generated data never lands in the user's cache."""
+    monkeypatch.setenv("RAMSTRANS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+TINY_TRAIN = [
+    "model.backbone=vit_tiny_patch16_224", "model.img_size=64", "model.pretrained=null",
+    "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+    "data.dataset=synthetic", "data.resize=72", "data.num_workers=0",
+    "data.synthetic.num_classes=3", "data.synthetic.train_per_class=6", "data.synthetic.test_per_class=3",
+    "data.synthetic.image_size=80",
+    "train.batch_size=4", "train.steps=3", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=2",
+    "train.eval_batch_size=8", "train.opt=momentum", "train.lr=0.01",
+]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A tiny synthetic set in the CUB layout (3 classes, 6 + 3 images each, 80 px)."""
+    from ramstrans.data.synthetic import write_cub_layout
+    return write_cub_layout(tmp_path_factory.mktemp("syn"), num_classes=3, train_per_class=6, test_per_class=3,
+                            image_size=80, seed=0)
