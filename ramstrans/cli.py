@@ -1,4 +1,5 @@
-"""The ``ramstrans`` command: argument parsing and subcommands only. User mistakes -> one sentence, exit 2."""
+"""The ``ramstrans`` command: argument parsing and subcommands only. User mistakes -> one sentence, exit 2;
+``check-data`` exits 0 when the data set is clean and 1 when it found problems (which it lists)."""
 import argparse
 import json
 import sys
@@ -42,9 +43,56 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
 
 
 def _cmd_bench(a: argparse.Namespace) -> None:
-    from .benchmark import bench_core
-    r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    from . import benchmark
+    if a.what == "inat":
+        from .benchmark_data import bench_inat_index
+        r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
+    elif a.what == "demo":
+        r = benchmark.bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out, a.set or ())
+    else:
+        fn = benchmark.bench_transmix if a.what == "transmix" else benchmark.bench_core
+        r = fn(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     print(json.dumps(r, indent=1))
+
+
+def _cmd_check_data(a: argparse.Namespace) -> int:
+    from .data.check import check_data, exit_code, format_report
+    report = check_data(a.dataset, a.root, a.workers, decode=not a.no_decode, progress=not a.no_progress)
+    print(json.dumps(report) if a.json else format_report(report))
+    return exit_code(report)
+
+
+def _add_check_data(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("check-data", help="check a data set folder: counts, missing / unreadable images, labels")
+    c.add_argument("--dataset", required=True, help="cub, dogs, inat17, nabirds, folder, csv (as data.dataset)")
+    c.add_argument("--root", required=True, help="the data set root (as data.root)")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    c.add_argument("--workers", type=int, default=0, help="threads decoding images (default: one per core)")
+    c.add_argument("--no-decode", action="store_true", help="only check that the images exist")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cmd_check_data)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
+    b.add_argument("what", nargs="?", choices=("core", "transmix", "inat", "demo"), default="core",
+                   help="core: model speed against timm (default); transmix: TransMix cost per step; inat: indexing "
+                        "a generated iNat 2017 JSON; demo: plain ViT against RAMS-Trans over seeds")
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--img-size", type=int, default=448)
+    b.add_argument("--batch", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
+    b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
+    b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
+    b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
+    b.add_argument("--seeds", default="0,1,2", help="demo: comma-separated training seeds")
+    b.add_argument("--config", default="synthetic_cpu", help="demo: config of both models")
+    b.add_argument("--split", default="test", choices=("test", "val"), help="demo: report on test, or tune on val")
+    b.add_argument("--out", default="runs/bench_demo", help="demo: run folders (finished runs are reused)")
+    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo: override for both models")
+    b.set_defaults(func=_cmd_bench)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,14 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=_cmd_make_synthetic)
 
-    b = sub.add_parser("bench", help="speed of the core model against timm")
-    b.add_argument("--backbone", default="vit_base_patch16_224")
-    b.add_argument("--img-size", type=int, default=448)
-    b.add_argument("--batch", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
-    b.set_defaults(func=_cmd_bench)
+    _add_check_data(sub)
+    _add_bench(sub)
     return p
 
 
@@ -112,14 +154,14 @@ def _one_sentence(e: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (ConfigError, DataError, ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
         print(f"ramstrans: error: {_one_sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ramstrans: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,15 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "cub"  # cub | synthetic
+    dataset: str = "cub"  # cub | dogs | inat17 | nabirds | folder | csv | synthetic | pretext (for pretraining)
     root: str = "datasets/CUB_200_2011"  # data set root (synthetic: generated here on first use)
     resize: int = 600  # shortest side before the (random / center) crop of model.img_size
     hflip: bool = True  # random horizontal flip in training
     num_workers: int = 4  # DataLoader workers
     val_fraction: float = 0.0  # stratified, seeded validation split carved from train (0 = none)
     skip_corrupt: bool = False  # skip unreadable images (counted) instead of stopping
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # also image_size / seed of "pretext"
+    pretext_test_size: int = 1200  # fixed evaluation images of the pretext stream (drawn with seed + 1)
 
 
 @dataclass
@@ -66,9 +67,23 @@ class LossConfig:
 
 
 @dataclass
+class MixConfig:
+    enabled: bool = False  # Mixup / CutMix / TransMix on training batches (timm Mixup parameters below)
+    mixup_alpha: float = 0.8  # Beta(α, α) of mixup; 0 = off
+    cutmix_alpha: float = 1.0  # Beta(α, α) of cutmix; 0 = off
+    prob: float = 1.0  # chance that a batch is mixed
+    switch_prob: float = 0.8  # chance of CutMix when both are on
+    label_smoothing: float = 0.1  # applied once, to the mixed soft targets
+    correct_lam: bool = True  # area λ from the clipped box
+    transmix: bool = True  # CutMix labels re-weighted by attention (TransMix); False = area only
+    area_weight: float = 0.5  # λ = w·λ_area + (1 - w)·λ_attn
+
+
+@dataclass
 class TrainConfig:
     steps: int = 10000  # optimizer steps
-    batch_size: int = 16  # per process
+    batch_size: int = 16  # per process; the global batch is batch_size x processes
+    lr_ref_batch: int = 0  # if > 0: lr scales linearly by global batch / lr_ref_batch (the paper's is 16)
     opt: str = "momentum"  # timm optimizer name: "momentum" is plain SGD momentum (timm's "sgd" is Nesterov)
     lr: float = 0.03
     momentum: float = 0.9
@@ -79,7 +94,8 @@ class TrainConfig:
     clip_grad: float = 1.0  # max grad norm (0 = off)
     amp: bool = True  # mixed precision on CUDA (bf16 if supported, else fp16 + scaler)
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    dist_timeout_s: float = 600.0  # torchrun: max wait for the other processes (rendezvous, collectives)
     output_dir: str = "runs/cub_vitb16_448"
     log_every: int = 20  # steps between JSON-lines records
     ckpt_every: int = 1000  # steps between checkpoints (and at the end)
@@ -92,6 +108,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

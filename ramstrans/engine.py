@@ -56,7 +56,8 @@ def train_steps(
         amp_dtype: autocast dtype or None.
         scaler: GradScaler for fp16, or None.
         clip_grad: max gradient norm (0 = off).
-        mixer: optional callable(images, labels) -> (mixed images, fn(output) -> (per-scale targets, record)).
+        mixer: optional callable(images, labels, step) -> (mixed images, fn(output) -> (per-scale targets, record));
+            its record (mix kind, mean λ per scale) is logged every step.
         log_every: steps between ``log`` calls.
         log: receives {"step", "lr", "loss", <terms>, "img_per_s", ...}.
         after_step: called with the number of steps done (checkpoints, periodic evaluation).
@@ -84,7 +85,7 @@ def train_steps(
         record: Dict[str, float] = {}
         with autocast(device, amp_dtype):
             if mixer is not None:
-                x, targets_for = mixer(x, y)
+                x, targets_for = mixer(x, y, step)
                 out = model(x)
                 targets, record = targets_for(out)
             else:
@@ -111,6 +112,8 @@ def train_steps(
             sums[k] = sums.get(k, 0.0) + v.detach()
         done = step + 1
         bar.update(1)
+        if record and log is not None:
+            log({"step": done, **record})
         if done % log_every == 0 or done == total_steps:
             n = log_every if done % log_every == 0 else (done - start_step) % log_every or log_every
             means = {k: float(v) / n for k, v in sums.items()}
@@ -120,7 +123,7 @@ def train_steps(
             now = time.perf_counter()
             rate = images_log * world_size / max(now - t_log, 1e-9)
             lr = optimizer.param_groups[0]["lr"]
-            entry = {"step": done, "lr": lr, **means, "img_per_s": rate, "skipped": skipped, **record}
+            entry = {"step": done, "lr": lr, **means, "img_per_s": rate, "skipped": skipped}
             bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
             if log is not None:
                 log(entry)

@@ -13,7 +13,8 @@ from .config import Config, config_from_dict
 from .data import ImageDataset, Transform, eval_loader, load_index, read_image
 from .engine import evaluate
 from .models import RAMSTrans, build_model, crop_and_zoom
-from .train import amp_setup, resolve_device
+from .dist import resolve_device
+from .train import amp_setup
 from .visualize import contact_sheet, denormalize, heatmap_overlay, plot_confusion, save_panel
 
 __all__ = ["load_trained", "run_eval", "run_visualize"]

@@ -3,9 +3,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
+from torch.utils.data import Dataset
+
 from .cub import load_cub
 from .dataset import DataError, DatasetIndex, ImageDataset, collate, read_image
+from .dogs import load_dogs
+from .folder import load_csv, load_folder
+from .inat import load_inat17
 from .loader import StepSampler, eval_loader, stratified_split, train_loader
+from .nabirds import load_nabirds
+from .pretext import FAMILIES, PretextDataset
 from .synthetic import ensure_synthetic
 from .transforms import Transform
 
@@ -13,21 +20,26 @@ __all__ = ["DATASETS", "DataBundle", "DataError", "DatasetIndex", "ImageDataset"
            "load_index", "read_image", "collate", "train_loader", "eval_loader", "StepSampler"]
 
 # name -> function(root) -> DatasetIndex, one per distributed format
-DATASETS: Dict[str, Callable[[Path], DatasetIndex]] = {"cub": load_cub, "synthetic": load_cub}
+DATASETS: Dict[str, Callable[[Path], DatasetIndex]] = {
+    "cub": load_cub, "synthetic": load_cub, "dogs": load_dogs, "inat17": load_inat17, "nabirds": load_nabirds,
+    "folder": load_folder, "csv": load_csv}
 
 
 @dataclass
 class DataBundle:
     index: DatasetIndex
-    train: ImageDataset
-    test: ImageDataset
-    val: Optional[ImageDataset]
+    train: Dataset
+    test: Dataset
+    val: Optional[Dataset]
 
 
 def load_index(data_cfg) -> DatasetIndex:
-    """Index the configured data set (generating the synthetic one on first use)."""
+    """Index the configured data set (generating the synthetic one on first use; the pretext stream has no files)."""
+    if data_cfg.dataset == "pretext":
+        return DatasetIndex(root=Path("."), class_names=list(FAMILIES), splits={})
     if data_cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))})")
+        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, "
+                         "pretext)")
     root = data_cfg.root
     if data_cfg.dataset == "synthetic":
         s = data_cfg.synthetic
@@ -40,6 +52,10 @@ def build_data(data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[floa
     """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured)."""
     train_t = Transform(train=True, crop=img_size, resize=data_cfg.resize, mean=mean, std=std, hflip=data_cfg.hflip)
     test_t = Transform(train=False, crop=img_size, resize=data_cfg.resize, mean=mean, std=std)
+    if data_cfg.dataset == "pretext":
+        size, s = data_cfg.synthetic.image_size, data_cfg.synthetic.seed
+        return DataBundle(index=index, train=PretextDataset(size, s, train_t), val=None,
+                          test=PretextDataset(size, s + 1, test_t, length=data_cfg.pretext_test_size))
     train_table, val_table = index.split("train"), index.splits.get("val")
     if data_cfg.val_fraction > 0:
         if val_table is not None:

@@ -2,7 +2,8 @@
 bounding_boxes.txt (1-based ids, one record per line, boxes as x y width height in pixels).
 
 The five files are cross-checked: every image id in every file, no duplicate ids or paths, labels among the class ids,
-split flags 0/1, paths inside the root. Labels become 0..K-1 in the order of the class ids.
+split flags 0/1, paths inside the root. Labels become 0..K-1 in the order of the class ids. NABirds ships the same five
+files (UUID image ids, non-contiguous class ids, parent classes without images) and shares ``index_records``.
 """
 from pathlib import Path
 from typing import List
@@ -11,7 +12,7 @@ import pandas as pd
 
 from .dataset import DataError, DatasetIndex, check_inside_root
 
-__all__ = ["load_cub", "read_records"]
+__all__ = ["load_cub", "index_records", "read_records"]
 
 FILES = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
 
@@ -54,7 +55,21 @@ def _same_ids(ids: pd.Series, other: pd.Series, file: str) -> None:
 
 
 def load_cub(root: Path) -> DatasetIndex:
-    """Index a CUB-200-2011 folder (also NABirds-free CUB layouts such as the synthetic set).
+    """Index a CUB-200-2011 folder (also CUB layouts such as the synthetic set); every class of classes.txt is kept.
+
+    Raises:
+        DataError: a file is missing or the files disagree.
+    """
+    return index_records(root, used_classes_only=False)
+
+
+def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
+    """Index a folder in the five-file layout of CUB-200-2011 / NABirds.
+
+    Args:
+        root: the folder holding images/ and the five text files.
+        used_classes_only: keep only the classes some image is labelled with (NABirds' classes.txt also lists the
+            parent classes of its hierarchy, which have no images); labels are 0..K-1 in the order of the kept ids.
 
     Raises:
         DataError: a file is missing or the files disagree.
@@ -80,6 +95,8 @@ def load_cub(root: Path) -> DatasetIndex:
                         f"{labels['cid'][bad].iloc[0]}, which classes.txt does not define")
     if not split["is_train"].isin([0, 1]).all():
         raise DataError("train_test_split.txt must flag each image 1 (train) or 0 (test)")
+    if used_classes_only:
+        classes = classes[classes["cid"].isin(labels["cid"])]
     classes = classes.sort_values("cid").reset_index(drop=True)
     table = images.merge(labels, on="id").merge(split, on="id")
     table["label"] = table["cid"].map(pd.Series(classes.index, index=classes["cid"])).astype("int64")

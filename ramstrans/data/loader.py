@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dataset import DataError, collate
 
-__all__ = ["StepSampler", "train_loader", "eval_loader", "stratified_split"]
+__all__ = ["StepSampler", "StreamSampler", "train_loader", "eval_loader", "stratified_split"]
 
 
 def _sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -56,10 +56,39 @@ class StepSampler(Sampler):
         return 2 ** 62
 
 
+class StreamSampler(Sampler):
+    """Positions 0, 1, 2, ... of an endless generated stream (each item drawn once), sharded like ``StepSampler``.
+
+    Args:
+        batch_size: per-process batch.
+        seed: base seed of the augmentation seeds.
+        start_step: first optimizer step to produce.
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+
+    def __init__(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.batch, self.seed, self.start_step, self.rank, self.world = batch_size, seed, start_step, rank, world_size
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        step = self.start_step
+        while True:
+            base = (step * self.world + self.rank) * self.batch
+            for pos in range(base, base + self.batch):
+                yield pos, _sample_seed(self.seed, 0, pos)
+            step += 1
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+
 def train_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1) -> DataLoader:
-    """The endless training loader starting at ``start_step``."""
-    sampler = StepSampler(len(dataset), batch_size, seed, start_step, rank, world_size)
+    """The endless training loader starting at ``start_step`` (a generated stream is read in order)."""
+    if getattr(dataset, "endless", False):
+        sampler = StreamSampler(batch_size, seed, start_step, rank, world_size)
+    else:
+        sampler = StepSampler(len(dataset), batch_size, seed, start_step, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 

@@ -12,13 +12,13 @@ The scene code (background, clutter, painter) is shared with the pretext stream 
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 __all__ = ["BirdSpecies", "Painter", "species_list", "render_background", "render_clutter", "draw_bird",
-           "render_bird_scene", "write_cub_layout", "PALETTE", "BODY_COLOURS"]
+           "render_scene", "render_bird_scene", "write_cub_layout", "PALETTE", "BODY_COLOURS"]
 
 RGB = Tuple[int, int, int]
 PALETTE: Dict[str, RGB] = {
@@ -157,20 +157,30 @@ def draw_bird(rng: np.random.Generator, painter: Painter, centre: Tuple[float, f
     painter.ellipse(at(0.35, -0.18), (0.022 * length, 0.022 * length), 0, (10, 10, 10))  # eye
 
 
-def render_bird_scene(rng: np.random.Generator, size: int, species: BirdSpecies,
-                      length_range: Tuple[float, float] = (0.32, 0.5), clutter: int = 14,
-                      ) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
-    """One (size, size, 3) RGB scene with one bird; returns the image and the bird's box (x, y, w, h) in pixels."""
+def render_scene(rng: np.random.Generator, size: int, draw: Callable[[Painter, Tuple[float, float], float], None],
+                 length_range: Tuple[float, float] = (0.32, 0.5), clutter: int = 14,
+                 ) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
+    """One (size, size, 3) RGB scene: background, clutter, then one object drawn by ``draw(painter, centre, length)``.
+
+    Returns:
+        The image and the object's box (x, y, w, h) in pixels, measured from what was drawn.
+    """
     img = render_background(rng, size)
     render_clutter(rng, Painter(img), size, clutter)
     length = rng.uniform(*length_range) * size
     margin = 0.62 * length
     centre = tuple(rng.uniform(margin, size - margin, 2))
     mask = np.zeros((size, size), np.uint8)
-    draw_bird(rng, Painter(img, mask), centre, length, species)
+    draw(Painter(img, mask), centre, length)
     ys, xs = np.nonzero(mask)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     return img, (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+
+
+def render_bird_scene(rng: np.random.Generator, size: int, species: BirdSpecies,
+                      ) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
+    """One scene with one bird of ``species``; returns the image and the bird's box (x, y, w, h)."""
+    return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species))
 
 
 def write_cub_layout(out_dir: Path, num_classes: int = 10, train_per_class: int = 150, test_per_class: int = 50,

@@ -1,0 +1,196 @@
+"""Mixup, CutMix and TransMix (Chen et al., CVPR 2022) for RAMS-Trans, on timm's mixup helpers.
+
+Pairs are (i, B-1-i) as in timm (an odd batch pairs its middle sample with itself). λ below is always the weight of
+the PASTED (partner) image in the target; the kept image gets 1 - λ.
+
+- Mixup: λ = 1 - the blend weight, at every scale.
+- CutMix: the area share of the box is λ_area. With TransMix, λ = w·λ_area + (1 - w)·λ_attn (w = 0.5), where λ_attn
+  is the share of the last block's head-mean CLS attention over patch tokens that falls on patches inside the box
+  (a patch is inside when its top-left pixel is: nearest-neighbour downsampling of the pixel mask, as the official
+  code). The attention is the scale-1 forward's own, detached: no extra forward.
+- The zoomed scales (new here): scale k + 1 saw a crop of the mixed image, so it gets its own λ from the crop:
+  λ_area = share of the crop covered by the box, λ_attn = that scale's CLS attention share on the box mapped into
+  the crop's grid; a crop that misses the box gets λ = 0, a crop inside the box λ = 1.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+from torch import Tensor
+
+__all__ = ["MixInfo", "Mixer", "transmix_lambda", "zoomed_lambda", "patch_box_mask"]
+
+Box = Tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels, exclusive ends, as timm's cutmix_bbox_and_lam
+
+
+@dataclass
+class MixInfo:
+    """What the mixer did to a batch."""
+
+    kind: str  # "none" | "mixup" | "cutmix"
+    lam_area: float  # area (or blend) share of the partner image
+    box: Optional[Box] = None  # the pasted region (cutmix only)
+    partner: Optional[Tensor] = None  # (B,) index of each sample's partner
+    lam: List[Tensor] = field(default_factory=list)  # per scale, (B,) partner weight actually used
+
+
+def patch_box_mask(box: Box, crop: Tensor, image_size: Tuple[int, int], grid_size: Tuple[int, int]) -> Tensor:
+    """Which patches of each (zoomed) view lie in the box: a patch is inside when its top-left pixel is.
+
+    Args:
+        box: (y0, y1, x0, x1) in original pixels.
+        crop: (B, 4) xyxy region of the original image that each view shows, resized to ``image_size``.
+        image_size: (H, W) of the view.
+        grid_size: (gh, gw) patches of the view.
+
+    Returns:
+        (B, gh * gw) float mask.
+    """
+    (H, W), (gh, gw) = image_size, grid_size
+    y0, y1, x0, x1 = box
+    dev = crop.device
+    # top-left pixel (its centre) of every patch, mapped from view pixels back to original pixels
+    u = (torch.arange(gw, device=dev, dtype=torch.float32) * (W / gw) + 0.5)[None] * ((crop[:, 2:3] - crop[:, 0:1]) / W)
+    v = (torch.arange(gh, device=dev, dtype=torch.float32) * (H / gh) + 0.5)[None] * ((crop[:, 3:4] - crop[:, 1:2]) / H)
+    xs, ys = crop[:, 0:1] + u, crop[:, 1:2] + v  # (B, gw), (B, gh)
+    inside_x = (xs >= x0) & (xs < x1)
+    inside_y = (ys >= y0) & (ys < y1)
+    return (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1).float()
+
+
+def _attention_share(cls_attention: Tensor, mask: Tensor) -> Tensor:
+    attn = cls_attention.detach().float()
+    return (attn * mask).sum(dim=1) / attn.sum(dim=1).clamp(min=1e-12)
+
+
+def transmix_lambda(cls_attention: Tensor, box: Box, image_size: Tuple[int, int], grid_size: Tuple[int, int],
+                    area_weight: float = 0.5) -> Tensor:
+    """TransMix weight of the pasted image: w·λ_area + (1 - w)·λ_attn, per sample.
+
+    Args:
+        cls_attention: (B, gh * gw) last block's head-mean CLS attention over the patches.
+        box: pasted region (y0, y1, x0, x1) in pixels.
+        image_size: (H, W).
+        grid_size: (gh, gw).
+        area_weight: w.
+
+    Returns:
+        (B,) partner weights.
+    """
+    (H, W) = image_size
+    y0, y1, x0, x1 = box
+    lam_area = (y1 - y0) * (x1 - x0) / float(H * W)
+    full = torch.tensor([[0.0, 0.0, W, H]], device=cls_attention.device).expand(cls_attention.shape[0], 4)
+    mask = patch_box_mask(box, full, image_size, grid_size)
+    return area_weight * lam_area + (1 - area_weight) * _attention_share(cls_attention, mask)
+
+
+def zoomed_lambda(cls_attention: Tensor, crop: Tensor, box: Box, image_size: Tuple[int, int],
+                  grid_size: Tuple[int, int], area_weight: float = 0.5) -> Tensor:
+    """The zoomed scale's partner weight: the crop's share covered by the box and its attention share on it.
+
+    Args:
+        cls_attention: (B, gh * gw) the zoomed scale's last-block CLS attention over its patches.
+        crop: (B, 4) xyxy crop in original pixels.
+        box: pasted region (y0, y1, x0, x1) in original pixels.
+        image_size: (H, W) of the view.
+        grid_size: (gh, gw).
+        area_weight: w.
+
+    Returns:
+        (B,) partner weights (0 where the crop misses the box, 1 where it lies inside it).
+    """
+    y0, y1, x0, x1 = box
+    iw = crop[:, 2].clamp(max=float(x1)) - crop[:, 0].clamp(min=float(x0))
+    ih = crop[:, 3].clamp(max=float(y1)) - crop[:, 1].clamp(min=float(y0))
+    area = ((crop[:, 2] - crop[:, 0]) * (crop[:, 3] - crop[:, 1])).clamp(min=1e-12)
+    lam_area = (iw.clamp(min=0) * ih.clamp(min=0)) / area
+    mask = patch_box_mask(box, crop, image_size, grid_size)
+    return area_weight * lam_area + (1 - area_weight) * _attention_share(cls_attention, mask)
+
+
+class Mixer:
+    """Mixes a batch and, after the forward, builds per-scale soft targets (smoothing applied once, here).
+
+    Args:
+        num_classes: K.
+        image_size: (H, W) of the network input.
+        grid_size: (gh, gw) of the backbone.
+        mixup_alpha: Beta(α, α) of mixup (0 = off).
+        cutmix_alpha: Beta(α, α) of cutmix (0 = off).
+        prob: chance that a batch is mixed at all.
+        switch_prob: chance of CutMix when both are on.
+        label_smoothing: smoothing of the one-hot targets.
+        correct_lam: λ_area from the clipped box (timm's correct_lam).
+        transmix: re-weight CutMix labels with attention (else area only).
+        area_weight: w in w·λ_area + (1 - w)·λ_attn.
+        seed: base seed; batch ``step`` draws from (seed, rank, step) for exact resume.
+        rank: process rank (each process mixes its own batch).
+    """
+
+    def __init__(self, *, num_classes: int, image_size: Tuple[int, int], grid_size: Tuple[int, int],
+                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.8,
+                 label_smoothing: float = 0.1, correct_lam: bool = True, transmix: bool = True,
+                 area_weight: float = 0.5, seed: int = 0, rank: int = 0) -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
+            raise ValueError("mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in [0, 1]")
+        if not 0 <= area_weight <= 1:
+            raise ValueError(f"mix.area_weight must be in [0, 1], got {area_weight}")
+        self.k, self.image_size, self.grid_size = num_classes, tuple(image_size), tuple(grid_size)
+        self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
+        self.smoothing, self.correct_lam, self.transmix, self.area_weight = label_smoothing, correct_lam, transmix, \
+            area_weight
+        self.seed, self.rank = seed, rank
+
+    def _draw(self, rng: np.random.Generator) -> Tuple[str, float]:
+        use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
+        if not (use_mixup or use_cutmix) or rng.random() >= self.prob:
+            return "none", 1.0
+        cutmix = use_cutmix and (not use_mixup or rng.random() < self.switch_prob)
+        alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
+        return ("cutmix" if cutmix else "mixup"), float(rng.beta(alpha, alpha))
+
+    def mix(self, x: Tensor, step: int) -> Tuple[Tensor, MixInfo]:
+        """Mix (B, C, H, W) images for optimizer step ``step``; returns the mixed batch and what was done."""
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        kind, keep = self._draw(rng)
+        partner = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
+        if kind == "none":
+            return x, MixInfo(kind, 0.0, None, partner)
+        if kind == "mixup":
+            return x * keep + x.flip(0) * (1.0 - keep), MixInfo(kind, 1.0 - keep, None, partner)
+        np.random.seed(int(rng.integers(2 ** 31)))  # timm's rand_bbox draws from numpy's global generator
+        (y0, y1, x0, x1), keep = cutmix_bbox_and_lam(x.shape, keep, correct_lam=self.correct_lam)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
+        return x, MixInfo(kind, 1.0 - keep, (int(y0), int(y1), int(x0), int(x1)), partner)
+
+    def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> List[Tensor]:
+        """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2."""
+        B = cls_attention[0].shape[0]
+        dev = cls_attention[0].device
+        if info.kind != "cutmix":
+            return [torch.full((B,), info.lam_area, device=dev) for _ in cls_attention]
+        w = self.area_weight if self.transmix else 1.0
+        lams = [transmix_lambda(cls_attention[0], info.box, self.image_size, self.grid_size, w)]
+        for attn, crop in zip(cls_attention[1:], crops):
+            lams.append(zoomed_lambda(attn, crop, info.box, self.image_size, self.grid_size, w))
+        return lams
+
+    def targets(self, labels: Tensor, info: MixInfo, lams: Sequence[Tensor]) -> List[Tensor]:
+        """Per scale, (B, K) soft targets: (1 - λ)·y + λ·y_partner with label smoothing applied once."""
+        return [mixup_target(labels, self.k, lam=(1.0 - lam.float())[:, None], smoothing=self.smoothing)
+                for lam in lams]
+
+    def __call__(self, x: Tensor, y: Tensor, step: int) -> Tuple[Tensor, Callable]:
+        """Mix a batch; the returned function maps the model's MultiScaleOutput to (per-scale targets, log record)."""
+        x, info = self.mix(x, step)
+
+        def targets_for(out) -> Tuple[List[Tensor], Dict[str, object]]:
+            info.lam = self.scale_lambdas(info, out.cls_attention, out.boxes)
+            record = {"mix": info.kind, **{f"lam_scale{s + 1}": float(lam.mean()) for s, lam in enumerate(info.lam)}}
+            return self.targets(y, info, info.lam), record
+
+        return x, targets_for

@@ -1,0 +1,145 @@
+"""DistributedDataParallel on the CPU with gloo: two spawned processes against one process on the joint batch."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import TINY_TRAIN
+from ramstrans.config import load_config
+from ramstrans.data import build_data, eval_loader, load_index, train_loader
+from ramstrans.dist import all_reduce_sum_, init_distributed, shutdown
+from ramstrans.engine import evaluate, train_steps
+from ramstrans.losses import MultiScaleLoss
+from ramstrans.models import MultiScaleForward, build_model
+from ramstrans.train import build_optimizer, build_scheduler, run_training
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def _cfg(root, out, *extra):
+    return load_config(None, TINY_TRAIN + [f"data.root={root}", f"train.output_dir={out}", *extra])
+
+
+def _train_and_record(root, out, batch, rank=0, world=1):
+    """Train 3 steps on the tiny synthetic set; save the flat parameters after every step."""
+    info, device = init_distributed("cpu", 60)
+    cfg = _cfg(root, out)
+    torch.manual_seed(0)
+    index = load_index(cfg.data)
+    model = build_model(cfg.model, len(index.class_names))
+    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    opt, t = build_optimizer(cfg.train, model), cfg.train
+    module = MultiScaleForward(model)
+    if info.enabled:
+        module = torch.nn.parallel.DistributedDataParallel(module)
+
+    def record(done):
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.save(flat, out / f"w{world}_rank{rank}_step{done}.pt")
+
+    train_steps(module, MultiScaleLoss(), opt, build_scheduler(t, opt),
+                train_loader(data.train, batch, t.seed, 0, 0, rank, world), device=device, start_step=0,
+                total_steps=3, clip_grad=1.0, after_step=record, show_progress=False, world_size=world)
+    shutdown()
+
+
+def _ddp_train_worker(rank, world, port, root, out):
+    _env(rank, world, port)
+    _train_and_record(root, out, batch=2, rank=rank, world=world)
+
+
+def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root):
+    mp.start_processes(_ddp_train_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2,
+                       start_method="spawn")
+    _train_and_record(synthetic_root, tmp_path, batch=4)
+    for step in (1, 2, 3):
+        r0, r1 = (torch.load(tmp_path / f"w2_rank{r}_step{step}.pt") for r in (0, 1))
+        single = torch.load(tmp_path / f"w1_rank0_step{step}.pt")
+        assert torch.equal(r0, r1), f"ranks differ after step {step}"
+        assert not torch.equal(single, torch.load(tmp_path / f"w1_rank0_step{max(step - 1, 1)}.pt")) or step == 1
+        torch.testing.assert_close(r0, single, atol=2e-5, rtol=1e-4)
+
+
+def _ddp_eval_worker(rank, world, port, root, ckpt_out):
+    _env(rank, world, port)
+    info, device = init_distributed("cpu", 60)
+    cfg = _cfg(root, ckpt_out)
+    torch.manual_seed(0)
+    index = load_index(cfg.data)
+    model = build_model(cfg.model, len(index.class_names))
+    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    shard = range(rank, len(data.test), world)
+    res = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3, reduce=all_reduce_sum_)
+    res.pop("_state")
+    if info.is_main:
+        (ckpt_out / "dist_eval.json").write_text(json.dumps(res))
+    shutdown()
+
+
+def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_root):
+    mp.start_processes(_ddp_eval_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2,
+                       start_method="spawn")
+    got = json.loads((tmp_path / "dist_eval.json").read_text())
+    cfg = _cfg(synthetic_root, tmp_path)
+    torch.manual_seed(0)
+    index = load_index(cfg.data)
+    model = build_model(cfg.model, 3)
+    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    want = evaluate(model, eval_loader(data.test, 3, 0), device=torch.device("cpu"), num_classes=3)
+    want.pop("_state")
+    for k in ("images", "top1", "top5", "mean_class_acc", "loc_iou50", "skipped"):
+        assert got[k] == want[k], k
+    assert got["loc_miou"] == pytest.approx(want["loc_miou"], abs=1e-9)
+
+
+def _run_training_worker(rank, world, port, root, out):
+    _env(rank, world, port)
+    run_training(_cfg(root, out, "train.steps=3", "train.ckpt_every=3", "train.eval_every=2"), show_progress=False)
+
+
+def test_only_rank0_writes_and_a_single_process_resumes(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    mp.start_processes(_run_training_worker, args=(2, _free_port(), synthetic_root, out), nprocs=2,
+                       start_method="spawn")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]  # one writer: each step logged once
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl",
+                                                     "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    resumed = run_training(_cfg(synthetic_root, out, "train.steps=5", "train.ckpt_every=5"),
+                           resume=str(out / "checkpoint.pth"), show_progress=False)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-3:] == [4, 5, 5] and resumed["train"]["steps"] == 2  # continued at step 4, not from scratch
+
+
+def _unreachable_worker(rank, world, port, root, out):
+    os.environ.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        init_distributed("cpu", 2)
+    except ValueError as e:
+        (out / "error.txt").write_text(str(e))
+
+
+def test_unreachable_rendezvous_is_a_clear_timeout(tmp_path):
+    mp.start_processes(_unreachable_worker, args=(2, _free_port(), None, tmp_path), nprocs=1, start_method="spawn")
+    msg = (tmp_path / "error.txt").read_text()
+    assert "could not join the process group at 127.0.0.1" in msg and "within 2 s" in msg
+
+
+def test_more_processes_than_images_is_refused(tmp_path, synthetic_root, monkeypatch):
+    from ramstrans.dist import DistInfo
+    from ramstrans.train import _build
+    with pytest.raises(ValueError, match="the test split has 9 images, fewer than the 16 processes"):
+        _build(_cfg(synthetic_root, tmp_path), None, DistInfo(rank=0, world_size=16), torch.device("cpu"))
