@@ -13,6 +13,7 @@ setup(
     packages=find_packages(include=["ramstrans", "ramstrans.*"]),
     include_package_data=True,
     package_data={"ramstrans": ["weights/*.safetensors", "weights/*.json"]},
+    data_files=[("share/ramstrans/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
     install_requires=[
         "torch>=2.1",
         "torchvision",

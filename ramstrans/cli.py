@@ -36,6 +36,12 @@ def _cmd_visualize(a: argparse.Namespace) -> None:
     print(f"wrote {len(files)} PNGs to {files[-1].parent}")
 
 
+def _cmd_export(a: argparse.Namespace) -> None:
+    from .evaluate import export_single_scale
+    path = export_single_scale(a.checkpoint, a.out)
+    print(f"wrote the single-scale model as a timm state dict to {path} (and {path.with_suffix('.json').name})")
+
+
 def _cmd_make_synthetic(a: argparse.Namespace) -> None:
     from .data.synthetic import write_cub_layout
     out = write_cub_layout(a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed)
@@ -47,6 +53,8 @@ def _cmd_bench(a: argparse.Namespace) -> None:
     if a.what == "inat":
         from .benchmark_data import bench_inat_index
         r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
+    elif a.what == "ddp":
+        r = benchmark.bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
     elif a.what == "demo":
         r = benchmark.bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out, a.set or ())
     else:
@@ -75,8 +83,9 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
-    b.add_argument("what", nargs="?", choices=("core", "transmix", "inat", "demo"), default="core",
-                   help="core: model speed against timm (default); transmix: TransMix cost per step; inat: indexing "
+    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo"), default="core",
+                   help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a 2-process gloo "
+                        "step against a 1-process step; inat: indexing "
                         "a generated iNat 2017 JSON; demo: plain ViT against RAMS-Trans over seeds")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
@@ -128,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto")
     v.add_argument("--data-root")
     v.set_defaults(func=_cmd_visualize)
+
+    x = sub.add_parser("export", help="write the single-scale model as a plain timm .safetensors for deployment")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="the .safetensors file to write (a .json sidecar goes beside it)")
+    x.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("make-synthetic", help="write the synthetic fine-grained birds in the CUB layout")
     m.add_argument("--out", required=True)

@@ -4,6 +4,7 @@ The defaults are the paper recipe (ViT-B/16 at 448 on CUB-200-2011, SGD momentum
 steps then cosine to 10,000, clip 1.0, α = 1.3). Unknown keys and values of the wrong type are errors that name the key.
 """
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,8 @@ import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "find_config"]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the repository's configs/ (editable install), or where a regular install puts them
+CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "configs", Path(sys.prefix) / "share" / "ramstrans" / "configs")
 DEFAULT_CONFIG = "synthetic_cpu"
 
 
@@ -171,10 +173,11 @@ def find_config(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"config {name_or_path} not found (neither a file nor a name in {CONFIG_DIR})")
+    for folder in CONFIG_DIRS:
+        for cand in (folder / name_or_path, folder / f"{name_or_path}.yaml"):
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"config {name_or_path} not found (neither a file nor a name in {CONFIG_DIRS[0]})")
 
 
 def _parse_override(item: str) -> Dict[str, Any]:

@@ -72,7 +72,7 @@ def train_steps(
     data = iter(loader)
     bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True, unit="step")
     t0 = t_log = time.perf_counter()
-    images = images_log = skipped = 0
+    images = images_log = skipped = window = 0
     sums: Dict[str, float] = {}
     for step in range(start_step, total_steps):
         batch = next(data)
@@ -108,6 +108,7 @@ def train_steps(
             optimizer.step()
         images += x.shape[0]
         images_log += x.shape[0]
+        window += 1
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0.0) + v.detach()
         done = step + 1
@@ -115,19 +116,18 @@ def train_steps(
         if record and log is not None:
             log({"step": done, **record})
         if done % log_every == 0 or done == total_steps:
-            n = log_every if done % log_every == 0 else (done - start_step) % log_every or log_every
-            means = {k: float(v) / n for k, v in sums.items()}
+            means = {k: float(v) / window for k, v in sums.items()}
             if not math.isfinite(means["loss"]):
                 raise FloatingPointError(f"the training loss became {means['loss']} by step {done}; lower "
                                          "train.lr or check the data")
             now = time.perf_counter()
             rate = images_log * world_size / max(now - t_log, 1e-9)
             lr = optimizer.param_groups[0]["lr"]
-            entry = {"step": done, "lr": lr, **means, "img_per_s": rate, "skipped": skipped}
+            entry = {"step": done, "lr": lr, **means, "img_per_s": rate, "skipped": skipped, "time": time.time()}
             bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
             if log is not None:
                 log(entry)
-            sums, images_log, t_log = {}, 0, now
+            sums, images_log, t_log, window = {}, 0, now, 0
         if after_step is not None:
             after_step(done)
     bar.close()

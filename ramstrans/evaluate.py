@@ -17,7 +17,7 @@ from .dist import resolve_device
 from .train import amp_setup
 from .visualize import contact_sheet, denormalize, heatmap_overlay, plot_confusion, save_panel
 
-__all__ = ["load_trained", "run_eval", "run_visualize"]
+__all__ = ["load_trained", "run_eval", "run_visualize", "export_single_scale"]
 
 
 def load_trained(checkpoint: str, device: torch.device) -> Tuple[RAMSTrans, Config, List[str]]:
@@ -82,6 +82,33 @@ def run_eval(checkpoint: str, output_dir: Optional[str] = None, split: str = "te
     if "confusion" in state:
         plot_confusion(state["confusion"].numpy(), names, out / "confusion.png")
     return res
+
+
+def export_single_scale(checkpoint: str, out: str, extra: Optional[Dict[str, object]] = None) -> Path:
+    """Write the test-time model of a checkpoint as a plain timm state dict (``.safetensors``) with a JSON sidecar
+    (architecture, timm kwargs, input size, normalisation, class names): what deployment needs, nothing of training.
+
+    Args:
+        checkpoint: ramstrans checkpoint.
+        out: the ``.safetensors`` file to write (the sidecar gets the same name with ``.json``).
+        extra: more fields for the sidecar.
+
+    Returns:
+        The written ``.safetensors`` path.
+    """
+    from safetensors.torch import save_file
+    model, cfg, names = load_trained(checkpoint, torch.device("cpu"))
+    path = Path(out)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"export target {out} must end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.backbone.vit.state_dict().items()}, str(path))
+    meta = {"architecture": cfg.model.backbone, "timm_kwargs": dict(cfg.model.backbone_kwargs),
+            "img_size": cfg.model.img_size, "num_classes": len(names), "mean": list(model.backbone.mean),
+            "std": list(model.backbone.std), "class_names": names, "source_checkpoint": str(checkpoint),
+            "step": int(load_checkpoint(checkpoint)["step"]), **(extra or {})}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return path
 
 
 def _pick(n_total: int, num: int) -> List[int]:

@@ -32,14 +32,19 @@ def _cfg(root, out, *extra):
     return load_config(None, TINY_TRAIN + [f"data.root={root}", f"train.output_dir={out}", *extra])
 
 
-def _train_and_record(root, out, batch, rank=0, world=1):
-    """Train 3 steps on the tiny synthetic set; save the flat parameters after every step."""
-    info, device = init_distributed("cpu", 60)
+def _tiny(root, out):
+    """The tiny model (seeded) and data of TINY_TRAIN."""
     cfg = _cfg(root, out)
     torch.manual_seed(0)
     index = load_index(cfg.data)
     model = build_model(cfg.model, len(index.class_names))
-    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    return cfg, model, build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+
+
+def _train_and_record(root, out, batch, rank=0, world=1):
+    """Train 3 steps on the tiny synthetic set; save the flat parameters after every step."""
+    info, device = init_distributed("cpu", 60)
+    cfg, model, data = _tiny(root, out)
     opt, t = build_optimizer(cfg.train, model), cfg.train
     module = MultiScaleForward(model)
     if info.enabled:
@@ -75,11 +80,7 @@ def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root
 def _ddp_eval_worker(rank, world, port, root, ckpt_out):
     _env(rank, world, port)
     info, device = init_distributed("cpu", 60)
-    cfg = _cfg(root, ckpt_out)
-    torch.manual_seed(0)
-    index = load_index(cfg.data)
-    model = build_model(cfg.model, len(index.class_names))
-    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    _, model, data = _tiny(root, ckpt_out)
     shard = range(rank, len(data.test), world)
     res = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3, reduce=all_reduce_sum_)
     res.pop("_state")
@@ -92,11 +93,7 @@ def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_root):
     mp.start_processes(_ddp_eval_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2,
                        start_method="spawn")
     got = json.loads((tmp_path / "dist_eval.json").read_text())
-    cfg = _cfg(synthetic_root, tmp_path)
-    torch.manual_seed(0)
-    index = load_index(cfg.data)
-    model = build_model(cfg.model, 3)
-    data = build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    _, model, data = _tiny(synthetic_root, tmp_path)
     want = evaluate(model, eval_loader(data.test, 3, 0), device=torch.device("cpu"), num_classes=3)
     want.pop("_state")
     for k in ("images", "top1", "top5", "mean_class_acc", "loc_iou50", "skipped"):

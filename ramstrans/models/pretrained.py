@@ -4,6 +4,7 @@ Every route ends the same way: position embeddings resampled to the backbone's g
 class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
 CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
 """
+import json
 import os
 import socket
 from pathlib import Path
@@ -19,10 +20,13 @@ from torch import Tensor
 
 from .backbone import ViTBackbone
 
-__all__ = ["load_pretrained", "read_state_dict", "GOOGLE_MEAN_STD"]
+__all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 
 # Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
 GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# Weights shipped inside the package, loadable offline by name (pretrained: synthetic-tiny): <name>.safetensors (a timm
+# state dict) beside <name>.json (normalisation, architecture, how it was made).
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -152,21 +156,36 @@ def _online(timeout: float = 3.0) -> bool:
         return False
 
 
+def shipped_weights() -> Dict[str, Path]:
+    """Name -> file of the weights shipped with the package."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.safetensors"))}
+
+
+def _load_shipped(backbone: ViTBackbone, name: str) -> None:
+    file = shipped_weights()[name]
+    meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
+    _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
+    backbone.mean, backbone.std = tuple(meta["mean"]), tuple(meta["std"])
+
+
 def load_pretrained(backbone: ViTBackbone, source: str) -> None:
     """Initialise ``backbone`` in place from ``source``.
 
     Args:
         backbone: the model to fill.
         source: a path to Google's ``.npz``, a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
-            checkpoint; or ``"timm"`` (the model's default timm weights) or a timm pretrained tag such as
-            ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
+            checkpoint; the name of weights shipped with the package (``"synthetic-tiny"``); or ``"timm"`` (the
+            model's default timm weights) or a timm pretrained tag such as ``"augreg_in21k"`` (downloaded from the hub
+            unless cached; needs internet).
 
     Raises:
         FileNotFoundError: ``source`` looks like a path and does not exist.
         ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
     """
     path = Path(os.path.expanduser(str(source)))
-    if path.is_file() and path.suffix == ".npz":
+    if source in shipped_weights() and not path.exists():
+        _load_shipped(backbone, source)
+    elif path.is_file() and path.suffix == ".npz":
         _load_npz(backbone, path)
     elif path.is_file():
         obj = read_state_dict(path)
