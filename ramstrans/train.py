@@ -156,12 +156,15 @@ def _train(cfg: Config, ckpt: Optional[dict], info: DistInfo, device: torch.devi
     names = data.index.class_names
     best: Dict[str, float] = {"top1": -1.0}
     last_val: Dict[str, float] = {}
+    start = {"event": "start", "step": r.start, "world_size": info.world_size,
+             "global_batch": t.batch_size * info.world_size, "lr": r.optimizer.param_groups[0]["initial_lr"],
+             "device": str(device), "train_images": len(data.train)}
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         print(f"training {cfg.model.backbone} with {cfg.model.num_scales} scale(s) on {len(data.train)} images: "
-              f"global batch {t.batch_size * info.world_size} ({t.batch_size} x {info.world_size} process(es)), "
-              f"lr {r.optimizer.param_groups[0]['initial_lr']:.3g}, {t.steps} steps on {device}", flush=True)
+              f"global batch {start['global_batch']} ({t.batch_size} x {info.world_size} process(es)), "
+              f"lr {start['lr']:.3g}, steps {r.start}..{t.steps} on {device}", flush=True)
 
     def log(entry: Dict[str, object]) -> None:
         if info.is_main:
@@ -194,6 +197,7 @@ def _train(cfg: Config, ckpt: Optional[dict], info: DistInfo, device: torch.devi
         if periodic and done != t.steps:  # test numbers for the curves; they select nothing
             log({"step": done, "split": "test", **run_eval(data.test)})
 
+    log(start)
     stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0}
     if r.start < t.steps:
         # Every parameter is used in every forward (all scales run inside one forward), so DDP needs no

@@ -111,3 +111,17 @@ def test_create_model_is_the_public_entry():
     model = ramstrans.create_model(backbone="vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3,
                                    num_scales=1)
     assert isinstance(model, ramstrans.RAMSTrans) and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    plain, ckpt = _sharpened(num_scales=2), _sharpened(num_scales=2)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.backbone.vit.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 64, 64)
+    for m in (plain, ckpt):
+        out = m.forward_multiscale(x)
+        (out.logits[0].logsumexp(-1).sum() + out.logits[1].logsumexp(-1).sum()).backward()
+    torch.testing.assert_close(ckpt.backbone.vit.blocks[0].attn.qkv.weight.grad,
+                               plain.backbone.vit.blocks[0].attn.qkv.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ckpt.backbone.zoom_cls_tokens[0].grad, plain.backbone.zoom_cls_tokens[0].grad,
+                               atol=1e-5, rtol=1e-4)

@@ -73,6 +73,7 @@ def test_run_writes_logs_curves_config_and_never_selects_on_test(tmp_path):
     assert steps == [1, 2, 3] and all({"lr", "loss", "ce_scale1", "ce_scale2", "img_per_s"} <= set(r)
                                       for r in records if "loss" in r)
     assert [r["split"] for r in records if "split" in r] == ["val", "test", "val", "test"]
+    assert records[0]["event"] == "start" and records[0]["global_batch"] == 4 and records[0]["world_size"] == 1
     for f in ("config.yaml", "curves.png", "checkpoint.pth", "best_val.pth", "summary.json"):
         assert (tmp_path / f).is_file()
     assert s["best_val"]["top1"] >= 0 and s["test"]["final"] is True
