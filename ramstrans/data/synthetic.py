@@ -28,6 +28,9 @@ PALETTE: Dict[str, RGB] = {
 CROWNS = ("red", "yellow", "blue", "white", "black")
 WING_BARS = (0, 1, 2)
 TAIL_TIPS = ("body", "white")
+# Size of the species-specific parts in the fine-grained set: at the demo's 128 px the crown patch is about 4 to 8 px
+# wide and a wing bar 1 px, under half a 16-px patch; the zoom makes them two to three times larger.
+FINE_DETAIL = 0.65
 BODY_COLOURS: Tuple[RGB, ...] = ((140, 100, 60), (120, 90, 70), (160, 120, 80), (110, 105, 95))
 
 
@@ -124,8 +127,9 @@ def render_clutter(rng: np.random.Generator, painter: Painter, size: int, count:
 
 
 def draw_bird(rng: np.random.Generator, painter: Painter, centre: Tuple[float, float], length: float,
-              species: BirdSpecies) -> None:
-    """Draw one bird of body length ``length`` pixels, random tilt and facing, species-specific small parts."""
+              species: BirdSpecies, detail: float = 1.0) -> None:
+    """Draw one bird of body length ``length`` pixels, random tilt and facing, species-specific small parts
+    (the crown patch and the wing bars scaled by ``detail``)."""
     facing = 1.0 if rng.random() < 0.5 else -1.0
     theta = np.deg2rad(rng.uniform(-20, 20))
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
@@ -149,10 +153,11 @@ def draw_bird(rng: np.random.Generator, painter: Painter, centre: Tuple[float, f
     painter.ellipse(at(-0.04, -0.02), (0.21 * length, 0.10 * length), ang - facing * 8, dark)  # wing
     for i in range(species.wing_bars):
         x = -0.12 + 0.09 * i
-        painter.line(at(x, -0.09), at(x + 0.02, 0.07), PALETTE["white"], max(1.0, 0.035 * length))
+        painter.line(at(x, -0.09), at(x + 0.02, 0.07), PALETTE["white"], max(1.0, 0.035 * detail * length))
     head = at(0.30, -0.17)
     painter.ellipse(head, (0.125 * length, 0.125 * length), 0, body)
-    painter.ellipse(at(0.31, -0.245), (0.085 * length, 0.05 * length), ang, PALETTE[species.crown])
+    painter.ellipse(at(0.31, -0.245), (0.085 * detail * length, 0.05 * detail * length), ang,
+                    PALETTE[species.crown])
     painter.polygon(np.array([at(0.40, -0.20), at(0.55, -0.15), at(0.40, -0.12)]), (70, 60, 50))  # beak
     painter.ellipse(at(0.35, -0.18), (0.022 * length, 0.022 * length), 0, (10, 10, 10))  # eye
 
@@ -180,7 +185,7 @@ def render_scene(rng: np.random.Generator, size: int, draw: Callable[[Painter, T
 def render_bird_scene(rng: np.random.Generator, size: int, species: BirdSpecies,
                       ) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
     """One scene with one bird of ``species``; returns the image and the bird's box (x, y, w, h)."""
-    return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species))
+    return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species, FINE_DETAIL))
 
 
 def write_cub_layout(out_dir: Path, num_classes: int = 10, train_per_class: int = 150, test_per_class: int = 50,
@@ -236,7 +241,7 @@ def ensure_synthetic(root: str, num_classes: int, train_per_class: int, test_per
     """
     import shutil
     import tempfile
-    name = f"synthetic-birds-v1-k{num_classes}-n{train_per_class}-{test_per_class}-s{image_size}-seed{seed}"
+    name = f"synthetic-birds-v2-k{num_classes}-n{train_per_class}-{test_per_class}-s{image_size}-seed{seed}"
     out = Path(root).expanduser() if root else default_cache_dir() / name
     if (out / "images.txt").is_file():
         return out
