@@ -2,7 +2,7 @@
 import contextlib
 import math
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -82,30 +82,10 @@ def train_steps(
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         scheduler.step_update(num_updates=step)
-        record: Dict[str, float] = {}
         with autocast(device, amp_dtype):
-            if mixer is not None:
-                x, targets_for = mixer(x, y, step)
-                out = model(x)
-                targets, record = targets_for(out)
-            else:
-                out = model(x)
-                targets = y
-            terms = criterion(out.logits, targets)
+            terms, record = _losses(model, criterion, x, y, mixer, step)
         loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        _optimize(loss, optimizer, params, scaler, clip_grad)
         images += x.shape[0]
         images_log += x.shape[0]
         window += 1
@@ -133,6 +113,35 @@ def train_steps(
     bar.close()
     return {"steps": total_steps - start_step, "images": images, "seconds": time.perf_counter() - t0,
             "skipped": skipped}
+
+
+def _losses(model: nn.Module, criterion: MultiScaleLoss, x: torch.Tensor, y: torch.Tensor, mixer: Optional[Callable],
+            step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    """Forward (mixed if ``mixer``) and the per-scale loss terms; returns (terms, mix record or {})."""
+    if mixer is None:
+        return criterion(model(x).logits, y), {}
+    x, targets_for = mixer(x, y, step)
+    out = model(x)
+    targets, record = targets_for(out)  # the zoomed scales' λ need this forward's crops and attention
+    return criterion(out.logits, targets), record
+
+
+def _optimize(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
+              scaler: Optional[torch.amp.GradScaler], clip_grad: float) -> None:
+    """Backward, optional unscale + clip, and the optimizer step (through the fp16 scaler when there is one)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 @torch.no_grad()
