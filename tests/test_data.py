@@ -8,7 +8,7 @@ from PIL import Image
 from ramstrans.data import DataError, ImageDataset, Transform, collate, read_image
 from ramstrans.data.cub import load_cub
 from ramstrans.data.loader import StepSampler, stratified_split
-from ramstrans.data.synthetic import render_bird_scene, species_list, write_cub_layout
+from ramstrans.data.synthetic import Painter, draw_bird, render_bird_scene, species_list, write_cub_layout
 
 
 def write_cub(root, images, classes, labels, split, boxes=None):
@@ -197,3 +197,22 @@ def test_synthetic_species_differ_only_in_small_parts():
     assert w * h < 0.35 * 160 * 160  # the bird covers a minority of the image
     with pytest.raises(ValueError, match="1 to 30 species"):
         species_list(31)
+
+
+def test_detail_scales_the_crown_area_by_its_square():
+    """The crown is an ellipse with both semi-axes times ``detail``: its area (the pixels where two crown colours
+    differ, on a blank canvas) is pi a b with those semi-axes (hand-worked), so it scales by detail ** 2."""
+    species = species_list(10)
+
+    def crown_area(detail: float) -> int:
+        imgs = []
+        for s in species[:2]:  # red against yellow crown, same bird otherwise
+            img = np.zeros((600, 600, 3), np.uint8)
+            draw_bird(np.random.default_rng(7), Painter(img), (300.0, 300.0), 400.0, s, detail)
+            imgs.append(img.astype(int))
+        return int((np.abs(imgs[0] - imgs[1]).sum(-1) > 30).sum())
+
+    for detail in (1.0, 0.65):
+        a, b = 0.085 * detail * 400, 0.05 * detail * 400  # the crown's semi-axes in pixels
+        # between the exact ellipse and one 1.5 px wider all round (cv2's anti-aliased fill spreads about a pixel)
+        assert np.pi * a * b <= crown_area(detail) <= np.pi * (a + 1.5) * (b + 1.5), detail
