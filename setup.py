@@ -28,6 +28,6 @@ setup(
         "safetensors",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "tensorboard"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["ramstrans = ramstrans.cli:main"]},
 )

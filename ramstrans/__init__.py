@@ -1,7 +1,26 @@
-"""ramstrans: RAMS-Trans (ACM MM 2021) fine-grained recognition on timm ViTs."""
-from .config import load_config
-from .losses import MultiScaleLoss
-from .models import RAMSTrans, create_model
+"""ramstrans: RAMS-Trans (ACM MM 2021) fine-grained recognition on timm ViTs.
+
+The public names are imported on first use, so that ``import ramstrans`` (and ``ramstrans --help``) does not import
+torch or timm.
+"""
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RAMSTrans", "create_model", "load_config", "MultiScaleLoss", "__version__"]
+__all__ = ["RAMSTrans", "create_model", "load_config", "MultiScaleLoss", "build_criterion", "model_from_checkpoint",
+           "__version__"]
+
+_WHERE = {"RAMSTrans": ".models", "create_model": ".models", "load_config": ".config", "MultiScaleLoss": ".losses",
+          "build_criterion": ".losses", "model_from_checkpoint": ".checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ramstrans' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,53 +1,162 @@
-"""Checkpoints: written atomically (temp file + fsync + rename), read with ``weights_only=True``.
+"""Checkpoints: written atomically (temp file + fsync + rename), read with ``weights_only=True``, made back into a
+model.
 
-A checkpoint holds everything an exact resume needs (model, optimizer, scheduler, scaler, step, RNG states) plus
-what evaluation and deployment need (resolved config, class names, normalisation).
+A checkpoint holds everything an exact resume needs (model, EMA weights, optimizer, scaler, step, data positions, RNG
+states) plus what evaluation and deployment need (resolved config, class names; the normalisation is part of the
+model's state dict). ``model_from_checkpoint`` is the one way back from a checkpoint to a model: train (resume), eval,
+visualize and export all use it, and none needs the pretrained file the run started from.
 """
 import os
-import tempfile
+import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "FORMAT"]
+from .config import Config, ConfigError, config_from_dict
+from .errors import CheckpointError
+from .files import atomic_write
+from .models import RAMSTrans, build_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint",
+           "load_model_state", "find_checkpoint", "save_run_checkpoint", "FORMAT", "LATEST"]
 
 FORMAT = "ramstrans"
+LATEST = "checkpoint.pth"  # a run folder's newest checkpoint; older kept ones are checkpoint_step<N>.pth
+_STEP_FILE = re.compile(r"^checkpoint_step(\d+)\.pth$")
 
 
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
     """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp), fsync=True)
+
+
+def save_run_checkpoint(state: Dict[str, Any], out_dir: Path, keep: int) -> Path:
+    """Write a run's newest checkpoint as ``checkpoint.pth`` and keep the last ``keep`` ones.
+
+    With ``keep`` > 1 (or 0: all), the newest is also linked as ``checkpoint_step<N>.pth`` (a hard link: no second
+    copy on disk; a copy where the file system has none) and step files beyond the last ``keep`` are removed.
+
+    Returns:
+        The path of the newest checkpoint.
+    """
+    latest = Path(out_dir) / LATEST
+    save_checkpoint(state, latest)
+    if keep == 1:
+        return latest
+    named = latest.with_name(f"checkpoint_step{int(state['step']):07d}.pth")
+    named.unlink(missing_ok=True)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.link(latest, named)
+    except OSError:
+        shutil.copy2(latest, named)
+    steps = sorted((int(m.group(1)), p) for p in latest.parent.iterdir() if (m := _STEP_FILE.match(p.name)))
+    for _, old in steps[:-keep] if keep > 0 else []:
+        old.unlink()
+    return latest
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+def load_checkpoint(path: Union[str, Path], mmap: bool = False) -> Dict[str, Any]:
     """Read a ramstrans checkpoint on the CPU.
+
+    Args:
+        path: the file.
+        mmap: map the tensors from the file instead of reading them (cheap when only the metadata is needed).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a ramstrans checkpoint.
+        CheckpointError: the file is not a ramstrans checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, pickled objects, not a torch file at all
-        raise ValueError(f"{path} is not a readable ramstrans checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise ValueError(f"{path} is not a ramstrans checkpoint")
+        raise CheckpointError(f"{path} is not a readable ramstrans checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} is not a ramstrans checkpoint")
+    for key in ("config", "class_names", "step"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no '{key}' entry (it was not written by ramstrans train)")
     return ckpt
+
+
+def find_checkpoint(resume: str, output_dir: Union[str, Path]) -> Optional[Path]:
+    """The checkpoint that ``--resume`` names.
+
+    Args:
+        resume: a checkpoint file; a run folder (its newest checkpoint); or "auto": the newest checkpoint of
+            ``output_dir``, None when it has none yet (a fresh start).
+        output_dir: the configured run folder (used by "auto").
+
+    Raises:
+        FileNotFoundError: the file or folder does not exist, or the folder holds no checkpoint.
+    """
+    folder = Path(output_dir).expanduser() if resume == "auto" else Path(resume).expanduser()
+    if resume != "auto" and folder.is_file():
+        return folder
+    if resume != "auto" and not folder.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file or run folder")
+    if (folder / LATEST).is_file():
+        return folder / LATEST
+    steps = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint_step*.pth") if (m := _STEP_FILE.match(p.name)))
+    if steps:
+        return steps[-1][1]
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(f"--resume {resume}: the folder holds no checkpoint ({LATEST})")
+
+
+def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], origin: str) -> None:
+    """``model.load_state_dict(state)`` that explains a mismatch in one sentence.
+
+    Raises:
+        CheckpointError: keys missing or unexpected, or a tensor of another shape.
+    """
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"{origin} does not fit the configured model: {k} has shape {tuple(v.shape)} in the "
+                                  f"checkpoint, {tuple(own[k].shape)} in the model")
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"the model's {missing[0]} is missing" if missing else f"it holds {unexpected[0]}, which the model lacks"
+        raise CheckpointError(f"{origin} does not fit the configured model: {what} ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected keys)")
+    model.load_state_dict(state)
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "auto",
+                          origin: str = "the checkpoint") -> Tuple[RAMSTrans, Config, List[str]]:
+    """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
+
+    Args:
+        ckpt: a loaded checkpoint (``load_checkpoint``).
+        model_cfg: the model section to build (e.g. with resume overrides); default the checkpoint's own.
+        weights: "raw", "ema" (its EMA weights) or "auto" (EMA weights when the checkpoint has them).
+        origin: how to name the checkpoint in errors.
+
+    Raises:
+        CheckpointError: EMA weights asked for but absent, or the weights do not fit ``model_cfg``.
+    """
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from None
+    names = list(ckpt["class_names"])
+    model = build_model(replace(model_cfg or cfg.model, pretrained=None), len(names))
+    if weights not in ("auto", "raw", "ema"):
+        raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
+    has_ema = isinstance(ckpt.get("model_ema"), dict)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")
+    use_ema = has_ema and weights != "raw"
+    load_model_state(model, ckpt["model_ema"] if use_ema else ckpt["model"], origin)
+    return model, cfg, names
 
 
 def rng_state() -> Dict[str, Any]:

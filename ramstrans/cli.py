@@ -5,40 +5,46 @@ import json
 import sys
 from typing import List, Optional
 
-from .config import DEFAULT_CONFIG, ConfigError, load_config
-from .data import DataError
+from .config import DEFAULT_CONFIG
+from .errors import CheckpointError, ConfigError, DataError
+from .runlog import setup_console_logging
 
 __all__ = ["main"]
 
+WEIGHTS_HELP = "auto (the EMA weights when the checkpoint has them, as training reported), raw or ema"
+
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    from .train import run_training
+    from .train import resolve_training, run_training
     overrides = list(a.set or [])
     if a.output_dir:
         overrides.append(f"train.output_dir={a.output_dir}")
-    cfg = load_config(a.config, overrides)
-    s = run_training(cfg, resume=a.resume, show_progress=not a.no_progress)
+    cfg, checkpoint = resolve_training(a.config, overrides, a.resume)
+    s = run_training(cfg, resume=checkpoint, show_progress=not a.no_progress, overwrite=a.overwrite)
     t = s["test"]
     loc = f", proposal mIoU {t['loc_miou']:.3f}, IoU>=0.5 {t['loc_iou50']:.1f}%" if "loc_miou" in t else ""
-    print(f"test top-1 {t['top1']:.2f}% (single scale, {t['images']} images){loc}; checkpoint {s['checkpoint']}")
+    print(f"test top-1 {t['top1']:.2f}% (single scale, {s['weights']} weights, {t['images']} images){loc}; "
+          f"checkpoint {s['checkpoint']}")
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
     from .evaluate import run_eval
-    r = run_eval(a.checkpoint, a.output, a.split, a.scales, a.batch_size, a.device, a.data_root, a.workers,
-                 a.skip_corrupt)
+    r = run_eval(a.checkpoint, output_dir=a.output, split=a.split, scales=a.scales, weights=a.weights,
+                 batch_size=a.batch_size, device=a.device, data_root=a.data_root, num_workers=a.workers,
+                 skip_corrupt=a.skip_corrupt, show_progress=not a.no_progress)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
-    from .evaluate import run_visualize
-    files = run_visualize(a.checkpoint, a.output, a.images or (), a.split, a.num, a.device, a.data_root)
+    from .visualize import run_visualize
+    files = run_visualize(a.checkpoint, output_dir=a.output, images=a.images or (), split=a.split, num=a.num,
+                          device=a.device, data_root=a.data_root, weights=a.weights)
     print(f"wrote {len(files)} PNGs to {files[-1].parent}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
-    from .evaluate import export_single_scale
-    path = export_single_scale(a.checkpoint, a.out)
+    from .export import export_single_scale
+    path = export_single_scale(a.checkpoint, a.out, weights=a.weights)
     print(f"wrote the single-scale model as a timm state dict to {path} (and {path.with_suffix('.json').name})")
 
 
@@ -49,17 +55,21 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
 
 
 def _cmd_bench(a: argparse.Namespace) -> None:
-    from . import benchmark
     if a.what == "inat":
-        from .benchmark_data import bench_inat_index
+        from .bench.inat import bench_inat_index
         r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
     elif a.what == "ddp":
-        r = benchmark.bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
+        from .bench.ddp import bench_ddp
+        r = bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
     elif a.what == "demo":
-        r = benchmark.bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out, a.set or ())
+        from .bench.demo import bench_demo
+        r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out, a.set or ())
+    elif a.what == "transmix":
+        from .bench.transmix import bench_transmix
+        r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     else:
-        fn = benchmark.bench_transmix if a.what == "transmix" else benchmark.bench_core
-        r = fn(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+        from .bench.core import bench_core
+        r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     print(json.dumps(r, indent=1))
 
 
@@ -84,8 +94,8 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
     b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo"), default="core",
-                   help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a 2-process gloo "
-                        "step against a 1-process step; inat: indexing "
+                   help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
+                        "2-process gloo step against a 1-process step; inat: indexing "
                         "a generated iNat 2017 JSON; demo: plain ViT against RAMS-Trans over seeds")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
@@ -99,7 +109,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seeds", default="0,1,2", help="demo: comma-separated training seeds")
     b.add_argument("--config", default="synthetic_cpu", help="demo: config of both models")
     b.add_argument("--split", default="test", choices=("test", "val"), help="demo: report on test, or tune on val")
-    b.add_argument("--out", default="runs/bench_demo", help="demo: run folders (finished runs are reused)")
+    b.add_argument("--out", default="runs/bench_demo",
+                   help="demo: run folders, named after each run's resolved config (finished runs are reused)")
     b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo: override for both models")
     b.set_defaults(func=_cmd_bench)
 
@@ -109,23 +120,29 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train RAMS-Trans (default: the synthetic CPU demo)")
-    t.add_argument("--config", default=DEFAULT_CONFIG, help="YAML file or name in configs/ (default: %(default)s)")
+    t.add_argument("--config", help=f"YAML file or name in configs/ (default: {DEFAULT_CONFIG})")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    t.add_argument("--resume", help="checkpoint to continue from")
+    t.add_argument("--resume", metavar="CKPT|DIR|auto",
+                   help="continue a run: a checkpoint, a run folder (its newest checkpoint), or auto (the configured "
+                        "run folder's newest checkpoint, a fresh start if it has none); the run's stored config is "
+                        "used, with --set on top")
     t.add_argument("--output-dir", help="shortcut for --set train.output_dir=DIR")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--overwrite", action="store_true", help="replace another run already in the run folder")
+    t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--scales", type=int, default=1, help="fuse the first N scales (default: 1, the test-time model)")
-    e.add_argument("--output", help="output folder (default: beside the checkpoint)")
+    e.add_argument("--output", help="output folder (default: eval_<split>_scales<N>_<weights> beside the checkpoint)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root", help="data set root, if not the training config's")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--skip-corrupt", action="store_true", help="skip and count unreadable images")
+    e.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_eval)
 
     v = sub.add_parser("visualize", help="draw where the model zooms")
@@ -136,11 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--output", help="output folder (default: beside the checkpoint)")
     v.add_argument("--device", default="auto")
     v.add_argument("--data-root")
+    v.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     v.set_defaults(func=_cmd_visualize)
 
     x = sub.add_parser("export", help="write the single-scale model as a plain timm .safetensors for deployment")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--out", required=True, help="the .safetensors file to write (a .json sidecar goes beside it)")
+    x.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     x.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("make-synthetic", help="write the synthetic fine-grained birds in the CUB layout")
@@ -167,9 +186,10 @@ def _one_sentence(e: BaseException) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    setup_console_logging()
     try:
         code = args.func(args)
-    except (ConfigError, DataError, ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
+    except (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
         print(f"ramstrans: error: {_one_sentence(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

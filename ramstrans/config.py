@@ -9,19 +9,18 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "find_config"]
+from .errors import ConfigError
+from .files import write_text_atomic
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "find_config", "config_diff"]
 
 # the repository's configs/ (editable install), or where a regular install puts them
 CONFIG_DIRS = (Path(__file__).resolve().parent.parent / "configs", Path(sys.prefix) / "share" / "ramstrans" / "configs")
 DEFAULT_CONFIG = "synthetic_cpu"
-
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the key."""
 
 
 @dataclass
@@ -84,7 +83,8 @@ class MixConfig:
 @dataclass
 class TrainConfig:
     steps: int = 10000  # optimizer steps
-    batch_size: int = 16  # per process; the global batch is batch_size x processes
+    batch_size: int = 16  # per process and batch; the global batch is batch_size x grad_accum x processes
+    grad_accum: int = 1  # batches per optimizer step (gradient accumulation)
     lr_ref_batch: int = 0  # if > 0: lr scales linearly by global batch / lr_ref_batch (the paper's is 16)
     opt: str = "momentum"  # timm optimizer name: "momentum" is plain SGD momentum (timm's "sgd" is Nesterov)
     lr: float = 0.03
@@ -93,14 +93,21 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up, then cosine to min_lr at `steps`
     warmup_lr: float = 0.0
     min_lr: float = 0.0
+    layer_decay: float = 0.0  # in (0, 1]: layer-wise lr decay through timm's optimizer factory (0 = off)
     clip_grad: float = 1.0  # max grad norm (0 = off)
+    ema_decay: float = 0.0  # in (0, 1): keep an EMA of the weights (timm ModelEmaV3), reported when on (0 = off)
+    ema_warmup: bool = False  # timm's EMA warm-up: decay 1 - (1 + step)^(-2/3), capped at ema_decay
+    compile: bool = False  # torch.compile the training forward
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation)
     amp: bool = True  # mixed precision on CUDA (bf16 if supported, else fp16 + scaler)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
     dist_timeout_s: float = 600.0  # torchrun: max wait for the other processes (rendezvous, collectives)
     output_dir: str = "runs/cub_vitb16_448"
-    log_every: int = 20  # steps between JSON-lines records
+    log_every: int = 20  # steps between training records (and log lines when stderr is not a terminal)
+    tensorboard: bool = False  # also write TensorBoard events (pip install 'ramstrans[tensorboard]')
     ckpt_every: int = 1000  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 1  # newest checkpoints kept (checkpoint_step<N>.pth beside checkpoint.pth); 0 = all
     eval_every: int = 0  # steps between test evaluations for the curves (0 = only at the end); never selects
     eval_batch_size: int = 32
 
@@ -161,11 +168,81 @@ def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
             setattr(node, k, _coerce(v, hints[k], key))
 
 
+def _unit(v: float) -> bool:
+    return 0 <= v < 1
+
+
+# Ranges the dataclass types cannot express, checked whenever a config is loaded: (key, test, allowed values).
+_RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.img_size", lambda v: v >= 1, ">= 1"),
+    ("model.num_scales", lambda v: v >= 1, ">= 1"),
+    ("model.alpha", lambda v: v > 0, "> 0"),
+    ("model.residual", lambda v: v >= 0, ">= 0"),
+    ("model.rollout_rows", lambda v: v in ("cls", "mean"), "cls or mean"),
+    ("model.drop_path_rate", _unit, "in [0, 1)"),
+    ("data.resize", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("data.val_fraction", _unit, "in [0, 1)"),
+    ("data.synthetic.num_classes", lambda v: v >= 1, ">= 1"),
+    ("data.synthetic.train_per_class", lambda v: v >= 1, ">= 1"),
+    ("data.synthetic.test_per_class", lambda v: v >= 1, ">= 1"),
+    ("data.synthetic.image_size", lambda v: v >= 16, ">= 16"),
+    ("data.pretext_test_size", lambda v: v >= 1, ">= 1"),
+    ("loss.scale_weights", lambda v: len(v) >= 1 and min(v) >= 0, "a non-empty list of numbers >= 0"),
+    ("loss.label_smoothing", _unit, "in [0, 1)"),
+    ("mix.mixup_alpha", lambda v: v >= 0, ">= 0"),
+    ("mix.cutmix_alpha", lambda v: v >= 0, ">= 0"),
+    ("mix.prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("mix.switch_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("mix.label_smoothing", _unit, "in [0, 1)"),
+    ("mix.area_weight", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train.steps", lambda v: v >= 1, ">= 1"),
+    ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    ("train.grad_accum", lambda v: v >= 1, ">= 1"),
+    ("train.lr_ref_batch", lambda v: v >= 0, ">= 0"),
+    ("train.lr", lambda v: v >= 0, ">= 0"),
+    ("train.momentum", _unit, "in [0, 1)"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.warmup_lr", lambda v: v >= 0, ">= 0"),
+    ("train.min_lr", lambda v: v >= 0, ">= 0"),
+    ("train.layer_decay", lambda v: 0 <= v <= 1, "in [0, 1] (0 = off)"),
+    ("train.clip_grad", lambda v: v >= 0, ">= 0"),
+    ("train.ema_decay", _unit, "in [0, 1) (0 = off)"),
+    ("train.dist_timeout_s", lambda v: v > 0, "> 0"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.ckpt_every", lambda v: v >= 1, ">= 1"),
+    ("train.keep_checkpoints", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("train.eval_every", lambda v: v >= 0, ">= 0"),
+    ("train.eval_batch_size", lambda v: v >= 1, ">= 1"),
+)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config) -> Config:
+    """Check the ranges of ``_RANGES``.
+
+    Raises:
+        ConfigError: the first value out of range, naming the key and what it allows.
+    """
+    for key, ok, allowed in _RANGES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+    return cfg
+
+
 def config_from_dict(d: Dict[str, Any]) -> Config:
-    """A Config from nested dicts of differences (strict)."""
+    """A Config from nested dicts of differences (strict, validated)."""
     cfg = Config()
     _merge(cfg, d or {}, "")
-    return cfg
+    return validate(cfg)
 
 
 def find_config(name_or_path: str) -> Path:
@@ -197,14 +274,17 @@ def _parse_override(item: str) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file's differences, then ``section.key=value`` overrides.
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
+                base: Optional[Dict[str, Any]] = None) -> Config:
+    """Defaults (or ``base``, e.g. a checkpoint's stored config), then the YAML file's differences, then
+    ``section.key=value`` overrides.
 
     Raises:
         FileNotFoundError: the config file does not exist.
-        ConfigError: unknown key, wrong type, malformed YAML or override.
+        ConfigError: unknown key, wrong type, value out of range, malformed YAML or override.
     """
     cfg = Config()
+    _merge(cfg, base or {}, "")
     if path is not None:
         file = find_config(path)
         try:
@@ -214,9 +294,29 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         _merge(cfg, data, "")
     for item in overrides:
         _merge(cfg, _parse_override(item), "")
-    return cfg
+    return validate(cfg)
+
+
+def config_diff(old: Config, new: Config, section: Optional[str] = None) -> Dict[str, Tuple[Any, Any]]:
+    """{"section.key": (old, new)} for every value that differs (within ``section`` if given)."""
+    out: Dict[str, Tuple[Any, Any]] = {}
+
+    def walk(a: Dict[str, Any], b: Dict[str, Any], prefix: str) -> None:
+        for k in a:
+            if isinstance(a[k], dict) and k != "backbone_kwargs":
+                walk(a[k], b[k], f"{prefix}{k}.")
+            elif a[k] != b[k]:
+                out[prefix + k] = (a[k], b[k])
+
+    a, b = asdict(old), asdict(new)
+    if section is not None:
+        a, b, prefix = a[section], b[section], f"{section}."
+    else:
+        prefix = ""
+    walk(a, b, prefix)
+    return out
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the fully resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False), encoding="utf-8")
+    """Write the fully resolved config as YAML (atomically: temp file + rename)."""
+    write_text_atomic(path, yaml.safe_dump(asdict(cfg), sort_keys=False))

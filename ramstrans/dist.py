@@ -6,12 +6,13 @@ process group (NCCL on CUDA, gloo on the CPU); launched plainly it makes no dist
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Dict
+from typing import Dict, List
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum_", "barrier", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum_", "all_gather_int", "barrier",
+           "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
     except Exception as e:  # store connection refused / timed out: the rendezvous is unreachable
         raise ValueError(f"rank {info.rank} of {world} could not join the process group at {where} within "
                          f"{timeout_s:g} s ({type(e).__name__}); check --rdzv_endpoint / MASTER_ADDR and the "
-                         "firewall, or raise dist.timeout_s") from None
+                         "firewall, or raise train.dist_timeout_s") from None
     return info, dev
 
 
@@ -83,6 +84,15 @@ def all_reduce_sum_(state: Dict[str, torch.Tensor]) -> None:
         t = v.to(on)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         state[k] = t.to(v.device)
+
+
+def all_gather_int(value: int) -> List[int]:
+    """Every process's ``value``, in rank order (``[value]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [int(value)]
+    out: List[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, int(value))
+    return [int(v) for v in out]
 
 
 def barrier() -> None:

@@ -1,18 +1,24 @@
 """The two loops: ``train_steps`` and ``evaluate``. They receive built objects and return dicts; no config here."""
 import contextlib
-import math
+import logging
+import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .losses import MultiScaleLoss
+from .errors import DataError
 from .metrics import MetricAccumulator
 
-__all__ = ["train_steps", "evaluate", "autocast"]
+__all__ = ["train_steps", "evaluate", "autocast", "amp_setup", "MAX_EMPTY_DRAWS"]
+
+logger = logging.getLogger("ramstrans")
+
+# Optimizer steps in a row whose batches were all unreadable before training gives up (the data set is broken).
+MAX_EMPTY_DRAWS = 100
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -22,9 +28,61 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def amp_setup(device: torch.device, enabled: bool) -> Tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
+    """bf16 autocast where supported, else fp16 with a GradScaler; nothing on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise (a pipe, a file, ``show_progress=False``) a plain log line every
+    ``log_every`` steps through the ``ramstrans`` logger."""
+
+    def __init__(self, start: int, total: int, show_bar: bool) -> None:
+        self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, unit="step") if show_bar else None
+        self.start, self.total, self.t0 = start, total, time.perf_counter()
+
+    def update(self, done: int, entry: Optional[Dict[str, float]]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if entry is not None:
+                self.bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}",
+                                     img_s=f"{entry['img_per_s']:.1f}")
+        elif entry is not None:
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done - self.start, 1) * (self.total - done)
+            logger.info("step %d/%d  loss %.4f  lr %.3g  %.1f img/s  eta %s", done, self.total, entry["loss"],
+                        entry["lr"], entry["img_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _draw(data: Iterator[dict], count: int, step: int) -> Tuple[List[dict], int, int]:
+    """The next ``count`` batches of one optimizer step; a draw whose batches are all unreadable is redrawn.
+
+    Returns:
+        (non-empty batches, unreadable images skipped, batches drawn).
+    """
+    skipped = drawn = 0
+    for _ in range(MAX_EMPTY_DRAWS):
+        batches = [next(data) for _ in range(count)]
+        drawn += count
+        skipped += sum(b["skipped"] for b in batches)
+        kept = [b for b in batches if "image" in b]
+        if kept:
+            return kept, skipped, drawn
+    raise DataError(f"every image of {drawn} batches in a row was unreadable at step {step + 1}: the training data "
+                    "is broken (run ramstrans check-data)")
+
+
 def train_steps(
         model: nn.Module,
-        criterion: MultiScaleLoss,
+        criterion: Callable,
         optimizer: torch.optim.Optimizer,
         scheduler,
         loader: DataLoader,
@@ -32,108 +90,134 @@ def train_steps(
         device: torch.device,
         start_step: int,
         total_steps: int,
+        start_batch: Optional[int] = None,
+        grad_accum: int = 1,
         amp_dtype: Optional[torch.dtype] = None,
         scaler: Optional[torch.amp.GradScaler] = None,
         clip_grad: float = 0.0,
         mixer: Optional[Callable] = None,
         log_every: int = 20,
-        log: Optional[Callable[[Dict[str, float]], None]] = None,
-        after_step: Optional[Callable[[int], None]] = None,
+        log: Optional[Callable[[str, Dict[str, object]], None]] = None,
+        after_step: Optional[Callable[[int, int], None]] = None,
         show_progress: bool = True,
         world_size: int = 1,
 ) -> Dict[str, float]:
     """Optimizer steps ``start_step`` .. ``total_steps - 1`` on batches from the endless ``loader``.
 
+    Every step is one optimizer update on ``grad_accum`` batches: each batch's loss is weighted by its share of the
+    step's images, so the gradient equals that of one batch of all of them. A batch whose images were all unreadable
+    is dropped; when all of a step's batches are, the step draws new ones (the data position, not the step, counts
+    batches, so a resume continues exactly).
+
     Args:
         model: a module whose forward returns ``MultiScaleOutput`` (``MultiScaleForward``, or DDP around it).
-        criterion: per-scale loss returning named terms.
+        criterion: callable(inputs, output, targets) -> named loss terms.
         optimizer: the optimizer.
         scheduler: timm scheduler with ``step_update(num_updates)``.
-        loader: endless loader of dicts with ``image`` (B, C, H, W) and ``label`` (B,).
+        loader: endless loader of dicts with ``image`` (B, C, H, W), ``label`` (B,) and ``skipped``, starting at
+            batch ``start_batch``.
         device: where to compute.
         start_step: first step (resume).
         total_steps: stop after this many steps in all.
+        start_batch: the loader's first batch position (default ``start_step * grad_accum``).
+        grad_accum: batches per optimizer step.
         amp_dtype: autocast dtype or None.
         scaler: GradScaler for fp16, or None.
         clip_grad: max gradient norm (0 = off).
-        mixer: optional callable(images, labels, step) -> (mixed images, fn(output) -> (per-scale targets, record));
-            its record (mix kind, mean λ per scale) is logged every step.
-        log_every: steps between ``log`` calls.
-        log: receives {"step", "lr", "loss", <terms>, "img_per_s", ...}.
-        after_step: called with the number of steps done (checkpoints, periodic evaluation).
-        show_progress: tqdm bar with loss, lr, img/s and ETA.
+        mixer: optional callable(images, labels, key) -> (mixed images, fn(output) -> (per-scale targets, record)); the
+            key is the batch position, and the record (mix kind, mean λ per scale) is logged for every batch.
+        log_every: steps between "train" records (mean loss terms, lr, images/s).
+        log: receives (kind, record) with kind "train" or "mix".
+        after_step: called with (steps done, batches drawn so far) after every step (EMA, checkpoints, evaluation).
+        show_progress: a tqdm bar when stderr is a terminal; log lines otherwise.
         world_size: processes (for the global images/s).
 
     Returns:
-        {"steps": steps done in this call, "images": images seen (this process), "seconds": wall time}.
+        {"steps", "images" (this process), "seconds", "skipped" (unreadable images), "batches" (position at the end)}.
+
+    Raises:
+        FloatingPointError: the loss became non-finite (checked on the host every ``log_every`` steps).
+        DataError: ``MAX_EMPTY_DRAWS`` steps in a row found only unreadable images.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     data = iter(loader)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True, unit="step")
+    batch_pos = start_step * grad_accum if start_batch is None else start_batch
+    progress = _Progress(start_step, total_steps, show_progress and sys.stderr.isatty())
     t0 = t_log = time.perf_counter()
     images = images_log = skipped = window = 0
-    sums: Dict[str, float] = {}
+    sums: Dict[str, Tensor] = {}
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, kept on the device
     for step in range(start_step, total_steps):
-        batch = next(data)
-        skipped += batch["skipped"]
-        if "image" not in batch:  # every image of the batch was corrupt and skipped
-            continue
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["label"].to(device, non_blocking=True)
+        batches, n_skipped, drawn = _draw(data, grad_accum, step)
+        skipped += n_skipped
         scheduler.step_update(num_updates=step)
-        with autocast(device, amp_dtype):
-            terms, record = _losses(model, criterion, x, y, mixer, step)
+        optimizer.zero_grad(set_to_none=True)
+        n_images = sum(b["image"].shape[0] for b in batches)
+        terms: Dict[str, Tensor] = {}
+        for i, batch in enumerate(batches):
+            share = batch["image"].shape[0] / n_images
+            sync = i == len(batches) - 1 or not hasattr(model, "no_sync")  # DDP all-reduces on the last batch only
+            with contextlib.nullcontext() if sync else model.no_sync():
+                part = _backward(model, criterion, batch, device, amp_dtype, scaler, mixer, batch_pos + i, share,
+                                 lambda record: log("mix", {"step": step + 1, **record}) if log else None)
+            for k, v in part.items():
+                terms[k] = terms.get(k, 0.0) + v
+        batch_pos += drawn
+        _optimizer_step(optimizer, params, scaler, clip_grad)
         loss = sum(terms.values())
-        _optimize(loss, optimizer, params, scaler, clip_grad)
-        images += x.shape[0]
-        images_log += x.shape[0]
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
+        images += n_images
+        images_log += n_images
         window += 1
         for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach()
+            sums[k] = sums.get(k, 0.0) + v
         done = step + 1
-        bar.update(1)
-        if record and log is not None:
-            log({"step": done, **record})
+        entry = None
         if done % log_every == 0 or done == total_steps:
-            means = {k: float(v) / window for k, v in sums.items()}
-            if not math.isfinite(means["loss"]):
-                raise FloatingPointError(f"the training loss became {means['loss']} by step {done}; lower "
+            if first_bad.item() >= 0:
+                raise FloatingPointError(f"the training loss became non-finite at step {first_bad.item()}; lower "
                                          "train.lr or check the data")
             now = time.perf_counter()
-            rate = images_log * world_size / max(now - t_log, 1e-9)
-            lr = optimizer.param_groups[0]["lr"]
-            entry = {"step": done, "lr": lr, **means, "img_per_s": rate, "skipped": skipped, "time": time.time()}
-            bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
+            entry = {"step": done, "lr": optimizer.param_groups[0]["lr"],
+                     **{k: float(v) / window for k, v in sums.items()},
+                     "img_per_s": images_log * world_size / max(now - t_log, 1e-9), "skipped": skipped,
+                     "time": time.time()}
             if log is not None:
-                log(entry)
+                log("train", entry)
             sums, images_log, t_log, window = {}, 0, now, 0
+        progress.update(done, entry)
         if after_step is not None:
-            after_step(done)
-    bar.close()
+            after_step(done, batch_pos)
+    progress.close()
     return {"steps": total_steps - start_step, "images": images, "seconds": time.perf_counter() - t0,
-            "skipped": skipped}
+            "skipped": skipped, "batches": batch_pos}
 
 
-def _losses(model: nn.Module, criterion: MultiScaleLoss, x: torch.Tensor, y: torch.Tensor, mixer: Optional[Callable],
-            step: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
-    """Forward (mixed if ``mixer``) and the per-scale loss terms; returns (terms, mix record or {})."""
-    if mixer is None:
-        return criterion(model(x).logits, y), {}
-    x, targets_for = mixer(x, y, step)
-    out = model(x)
-    targets, record = targets_for(out)  # the zoomed scales' λ need this forward's crops and attention
-    return criterion(out.logits, targets), record
+def _backward(model: nn.Module, criterion: Callable, batch: dict, device: torch.device,
+              amp_dtype: Optional[torch.dtype], scaler: Optional[torch.amp.GradScaler], mixer: Optional[Callable],
+              key: int, share: float, log_mix: Callable[[Dict[str, object]], None]) -> Dict[str, Tensor]:
+    """Forward (mixed if ``mixer``), loss terms weighted by ``share``, backward; returns the detached weighted terms."""
+    x = batch["image"].to(device, non_blocking=True)
+    y = batch["label"].to(device, non_blocking=True)
+    with autocast(device, amp_dtype):
+        if mixer is None:
+            terms = criterion(x, model(x), y)
+        else:
+            x, targets_for = mixer(x, y, key)
+            out = model(x)
+            targets, record = targets_for(out)  # the zoomed scales' λ need this forward's crops and attention
+            log_mix(record)
+            terms = criterion(x, out, targets)
+    loss = sum(terms.values()) * share
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return {k: v.detach() * share for k, v in terms.items()}
 
 
-def _optimize(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
-              scaler: Optional[torch.amp.GradScaler], clip_grad: float) -> None:
-    """Backward, optional unscale + clip, and the optimizer step (through the fp16 scaler when there is one)."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
+                    scaler: Optional[torch.amp.GradScaler], clip_grad: float) -> None:
+    """Optional unscale + clip, and the optimizer step (through the fp16 scaler when there is one)."""
+    if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(params, clip_grad)
@@ -153,38 +237,44 @@ def evaluate(
         num_classes: int,
         amp_dtype: Optional[torch.dtype] = None,
         scales: int = 1,
-        reduce: Optional[Callable[[Dict[str, torch.Tensor]], None]] = None,
+        reduce: Optional[Callable[[Dict[str, Tensor]], None]] = None,
         show_progress: bool = False,
-) -> Dict[str, float]:
+) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
     """Accuracy (single-scale by default, or the mean of the first ``scales`` scales' probabilities) and, where the
-    batches carry boxes, the scale-1 proposal's IoU with them.
+    batches carry boxes, the scale-1 proposal's IoU with them. A single-scale batch without boxes runs the plain
+    forward (no attention capture).
 
     Args:
         model: RAMSTrans (not wrapped).
-        loader: finite loader of dicts with ``image``, ``label``, ``box``.
+        loader: finite loader of dicts with ``image``, ``label``, ``box`` (NaN rows: no box).
         device: where to compute.
         num_classes: K.
         amp_dtype: autocast dtype or None.
         scales: number of scales fused (1 = the test-time model).
         reduce: in-place sum of the metric state across processes (distributed evaluation).
-        show_progress: tqdm bar.
+        show_progress: a tqdm bar when stderr is a terminal.
 
     Returns:
-        {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped"}.
+        (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped"} and the
+        summed metric state (per-class counts, confusion matrix) they come from.
     """
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
     skipped = 0
-    for batch in tqdm(loader, disable=not show_progress, dynamic_ncols=True, unit="batch"):
+    for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
         skipped += batch["skipped"]
         if "image" not in batch:
             continue
         x = batch["image"].to(device, non_blocking=True)
+        has_boxes = not torch.isnan(batch["box"]).all().item()  # a CPU tensor from the loader: no device sync
+        boxes = None
         with autocast(device, amp_dtype):
-            if scales == 1:
+            if scales == 1 and has_boxes:
                 prop = model.propose(x)
                 probs, boxes = prop.logits.float().softmax(-1), prop.boxes
+            elif scales == 1:
+                probs = model(x).float().softmax(-1)
             else:
                 out = model.forward_multiscale(x, num_scales=scales)
                 probs = torch.stack([lg.float().softmax(-1) for lg in out.logits]).mean(0)
@@ -196,5 +286,4 @@ def evaluate(
     model.train(was_training)
     result = acc.summary()
     result["skipped"] = int(acc.state["skipped"].item())
-    result["_state"] = acc.state
-    return result
+    return result, acc.state

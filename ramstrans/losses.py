@@ -1,10 +1,15 @@
-"""Multi-scale classification loss: a weighted cross-entropy per scale, returned as named terms."""
-from typing import Dict, Optional, Sequence, Union
+"""Training criteria. Like DeiT's, a criterion sees the inputs and the model's output (a distillation loss runs a
+teacher on the inputs), and returns named scalar terms whose sum is the loss."""
+from typing import Dict, Sequence, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MultiScaleLoss"]
+from .models import MultiScaleOutput
+
+__all__ = ["MultiScaleLoss", "build_criterion"]
+
+Targets = Union[Tensor, Sequence[Tensor]]
 
 
 class MultiScaleLoss(nn.Module):
@@ -32,18 +37,32 @@ class MultiScaleLoss(nn.Module):
             return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
 
-    def forward(self, logits: Sequence[Tensor], targets: Union[Tensor, Sequence[Tensor]]) -> Dict[str, Tensor]:
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
         """Weighted per-scale terms.
 
         Args:
-            logits: per scale, (B, K).
+            inputs: (B, C, H, W) the images the model saw (unused here; a distillation criterion needs them).
+            output: the model's MultiScaleOutput with one (B, K) logits tensor per scale.
             targets: (B,) indices or (B, K) soft targets shared by all scales, or a sequence with one per scale.
 
         Returns:
             {"ce_scale1": ..., "ce_scale2": ..., ...}: weighted scalar terms; the total loss is their sum.
         """
+        logits = output.logits
         if len(logits) != len(self.weights):
             raise ValueError(f"got logits for {len(logits)} scales but {len(self.weights)} loss weights")
         per_scale = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(logits)
         return {f"ce_scale{s + 1}": w * self._ce(lg, t)
                 for s, (lg, t, w) in enumerate(zip(logits, per_scale, self.weights))}
+
+
+def build_criterion(loss_cfg, num_scales: int) -> MultiScaleLoss:
+    """The only place that maps ``cfg.loss`` to a criterion.
+
+    Raises:
+        ValueError: ``loss.scale_weights`` does not have one entry per scale.
+    """
+    if len(loss_cfg.scale_weights) != num_scales:
+        raise ValueError(f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is "
+                         f"{num_scales}")
+    return MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)

@@ -51,7 +51,8 @@ class MetricAccumulator:
         if "confusion" in s:
             s["confusion"].index_put_((labels, pred), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
         if pred_boxes is not None and gt_boxes is not None:
-            gt, pb = gt_boxes.cpu().double(), pred_boxes.detach().cpu().double()  # per-image IoU independent of batching
+            # per-image IoU, independent of batching
+            gt, pb = gt_boxes.cpu().double(), pred_boxes.detach().cpu().double()
             valid = ~torch.isnan(gt).any(dim=1)
             iou = box_iou(pb[valid], gt[valid])
             s["iou_sum"] += iou.sum()

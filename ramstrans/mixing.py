@@ -1,13 +1,15 @@
-"""Mixup, CutMix and TransMix (Chen et al., CVPR 2022) for RAMS-Trans, on timm's mixup helpers.
+"""Mixup, CutMix and TransMix (Chen et al., CVPR 2022) for RAMS-Trans, on timm's mixup rules and targets.
 
 Pairs are (i, B-1-i) as in timm (an odd batch pairs its middle sample with itself). λ below is always the weight of
 the PASTED (partner) image in the target; the kept image gets 1 - λ.
 
 - Mixup: λ = 1 - the blend weight, at every scale.
-- CutMix: the area share of the box is λ_area. With TransMix, λ = w·λ_area + (1 - w)·λ_attn (w = 0.5), where λ_attn
-  is the share of the last block's head-mean CLS attention over patch tokens that falls on patches inside the box
-  (a patch is inside when its top-left pixel is: nearest-neighbour downsampling of the pixel mask, as the official
-  code). The attention is the scale-1 forward's own, detached: no extra forward.
+- CutMix: λ_area is the area share of the pasted box (with ``correct_lam``, as timm, from the box clipped to the image;
+  without it, the Beta draw the box was sized from). With TransMix, λ = w·λ_area + (1 - w)·λ_attn (w = 0.5), where
+  λ_attn is the share of the last block's head-mean CLS attention over patch tokens that falls on patches inside the
+  box (a patch is inside when its top-left pixel is: nearest-neighbour downsampling of the pixel mask, as the official
+  code). The attention is the scale-1 forward's own, detached: no extra forward. The box is drawn by timm's rule from
+  a generator of the batch's own (numpy's global generator is never reseeded).
 - The zoomed scales (new here): scale k + 1 saw a crop of the mixed image, so it gets its own λ from the crop:
   λ_area = share of the crop covered by the box, λ_attn = that scale's CLS attention share on the box mapped into
   the crop's grid; a crop that misses the box gets λ = 0, a crop inside the box λ = 1.
@@ -17,10 +19,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+from timm.data.mixup import mixup_target
 from torch import Tensor
 
-__all__ = ["MixInfo", "Mixer", "transmix_lambda", "zoomed_lambda", "patch_box_mask"]
+__all__ = ["MixInfo", "Mixer", "transmix_lambda", "zoomed_lambda", "patch_box_mask", "cutmix_box"]
 
 Box = Tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels, exclusive ends, as timm's cutmix_bbox_and_lam
 
@@ -60,18 +62,39 @@ def patch_box_mask(box: Box, crop: Tensor, image_size: Tuple[int, int], grid_siz
     return (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1).float()
 
 
+def cutmix_box(rng: np.random.Generator, image_size: Tuple[int, int], lam: float) -> Box:
+    """timm's ``rand_bbox`` rule drawn from ``rng`` (timm draws from numpy's global generator): a box of
+    ``sqrt(1 - lam)`` times each side (odd sizes kept exact), centred uniformly in the image, clipped to it.
+
+    Args:
+        rng: the generator to draw the centre from.
+        image_size: (H, W).
+        lam: the Beta draw (share of the image that is kept, before clipping).
+
+    Returns:
+        (y0, y1, x0, x1) pixels, exclusive ends.
+    """
+    H, W = image_size
+    ratio = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(H * ratio), int(W * ratio)
+    cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+    return (int(np.clip(cy - cut_h // 2, 0, H)), int(np.clip(cy + (cut_h + 1) // 2, 0, H)),
+            int(np.clip(cx - cut_w // 2, 0, W)), int(np.clip(cx + (cut_w + 1) // 2, 0, W)))
+
+
 def _attention_share(cls_attention: Tensor, mask: Tensor) -> Tensor:
     attn = cls_attention.detach().float()
     return (attn * mask).sum(dim=1) / attn.sum(dim=1).clamp(min=1e-12)
 
 
-def transmix_lambda(cls_attention: Tensor, box: Box, image_size: Tuple[int, int], grid_size: Tuple[int, int],
-                    area_weight: float = 0.5) -> Tensor:
+def transmix_lambda(cls_attention: Tensor, box: Box, lam_area: float, image_size: Tuple[int, int],
+                    grid_size: Tuple[int, int], area_weight: float = 0.5) -> Tensor:
     """TransMix weight of the pasted image: w·λ_area + (1 - w)·λ_attn, per sample.
 
     Args:
         cls_attention: (B, gh * gw) last block's head-mean CLS attention over the patches.
         box: pasted region (y0, y1, x0, x1) in pixels.
+        lam_area: the area weight of the pasted image (its box's share of the image, see ``Mixer``).
         image_size: (H, W).
         grid_size: (gh, gw).
         area_weight: w.
@@ -80,8 +103,6 @@ def transmix_lambda(cls_attention: Tensor, box: Box, image_size: Tuple[int, int]
         (B,) partner weights.
     """
     (H, W) = image_size
-    y0, y1, x0, x1 = box
-    lam_area = (y1 - y0) * (x1 - x0) / float(H * W)
     full = torch.tensor([[0.0, 0.0, W, H]], device=cls_attention.device).expand(cls_attention.shape[0], 4)
     mask = patch_box_mask(box, full, image_size, grid_size)
     return area_weight * lam_area + (1 - area_weight) * _attention_share(cls_attention, mask)
@@ -123,10 +144,10 @@ class Mixer:
         prob: chance that a batch is mixed at all.
         switch_prob: chance of CutMix when both are on.
         label_smoothing: smoothing of the one-hot targets.
-        correct_lam: λ_area from the clipped box (timm's correct_lam).
+        correct_lam: λ_area from the clipped box (timm's correct_lam); else the Beta draw.
         transmix: re-weight CutMix labels with attention (else area only).
         area_weight: w in w·λ_area + (1 - w)·λ_attn.
-        seed: base seed; batch ``step`` draws from (seed, rank, step) for exact resume.
+        seed: base seed; a batch draws from (seed, rank, key) for exact resume.
         rank: process rank (each process mixes its own batch).
     """
 
@@ -135,7 +156,8 @@ class Mixer:
                  label_smoothing: float = 0.1, correct_lam: bool = True, transmix: bool = True,
                  area_weight: float = 0.5, seed: int = 0, rank: int = 0) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ValueError("mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in [0, 1]")
+            raise ValueError("mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in "
+                             "[0, 1]")
         if not 0 <= area_weight <= 1:
             raise ValueError(f"mix.area_weight must be in [0, 1], got {area_weight}")
         self.k, self.image_size, self.grid_size = num_classes, tuple(image_size), tuple(grid_size)
@@ -152,17 +174,19 @@ class Mixer:
         alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
         return ("cutmix" if cutmix else "mixup"), float(rng.beta(alpha, alpha))
 
-    def mix(self, x: Tensor, step: int) -> Tuple[Tensor, MixInfo]:
-        """Mix (B, C, H, W) images for optimizer step ``step``; returns the mixed batch and what was done."""
-        rng = np.random.default_rng([self.seed, self.rank, step])
+    def mix(self, x: Tensor, key: int) -> Tuple[Tensor, MixInfo]:
+        """Mix (B, C, H, W) images; ``key`` (the batch's position in the run) seeds the draw. Returns the mixed batch
+        and what was done."""
+        rng = np.random.default_rng([self.seed, self.rank, key])
         kind, keep = self._draw(rng)
         partner = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
         if kind == "none":
             return x, MixInfo(kind, 0.0, None, partner)
         if kind == "mixup":
             return x * keep + x.flip(0) * (1.0 - keep), MixInfo(kind, 1.0 - keep, None, partner)
-        np.random.seed(int(rng.integers(2 ** 31)))  # timm's rand_bbox draws from numpy's global generator
-        (y0, y1, x0, x1), keep = cutmix_bbox_and_lam(x.shape, keep, correct_lam=self.correct_lam)
+        y0, y1, x0, x1 = cutmix_box(rng, self.image_size, keep)
+        if self.correct_lam:
+            keep = 1.0 - (y1 - y0) * (x1 - x0) / float(self.image_size[0] * self.image_size[1])
         x = x.clone()
         x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
         return x, MixInfo(kind, 1.0 - keep, (int(y0), int(y1), int(x0), int(x1)), partner)
@@ -174,7 +198,7 @@ class Mixer:
         if info.kind != "cutmix":
             return [torch.full((B,), info.lam_area, device=dev) for _ in cls_attention]
         w = self.area_weight if self.transmix else 1.0
-        lams = [transmix_lambda(cls_attention[0], info.box, self.image_size, self.grid_size, w)]
+        lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, self.grid_size, w)]
         for attn, crop in zip(cls_attention[1:], crops):
             lams.append(zoomed_lambda(attn, crop, info.box, self.image_size, self.grid_size, w))
         return lams
@@ -184,9 +208,10 @@ class Mixer:
         return [mixup_target(labels, self.k, lam=(1.0 - lam.float())[:, None], smoothing=self.smoothing)
                 for lam in lams]
 
-    def __call__(self, x: Tensor, y: Tensor, step: int) -> Tuple[Tensor, Callable]:
-        """Mix a batch; the returned function maps the model's MultiScaleOutput to (per-scale targets, log record)."""
-        x, info = self.mix(x, step)
+    def __call__(self, x: Tensor, y: Tensor, key: int) -> Tuple[Tensor, Callable]:
+        """Mix a batch (``key``: its position in the run, which seeds the draw); the returned function maps the model's
+        MultiScaleOutput to (per-scale targets, log record)."""
+        x, info = self.mix(x, key)
 
         def targets_for(out) -> Tuple[List[Tensor], Dict[str, object]]:
             info.lam = self.scale_lambdas(info, out.cls_attention, out.boxes)

@@ -1,42 +1,50 @@
 """``ramstrans train``: config -> built objects -> ``engine.train_steps``, with checkpoints, logs and curves.
 
 This module and the ``build_*`` functions are the only code that reads the config; the engine gets built objects.
+
+Resume semantics: the run continues from the checkpoint's step, weights, EMA, optimizer state, data position and RNG.
+The learning-rate schedule is a function of the config and the step (nothing of it is restored), so a changed
+``train.steps`` (or lr, warm-up, min_lr) re-plans the cosine over the new length and training continues on it from the
+resumed step; a warning gives the lr before and after.
 """
 import json
-from dataclasses import asdict, dataclass, replace
+import logging
+import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, save_config
-from .data import DataBundle, build_data, eval_loader, load_index, train_loader
+from .checkpoint import LATEST, find_checkpoint, load_checkpoint, model_from_checkpoint, set_rng_state
+from .config import DEFAULT_CONFIG, Config, ConfigError, config_diff, config_from_dict, load_config, save_config
+from .data import build_data, eval_loader, load_index, train_loader
 from .dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
-from .engine import evaluate, train_steps
-from .losses import MultiScaleLoss
+from .engine import amp_setup, evaluate, train_steps
+from .files import write_text_atomic
+from .losses import build_criterion
 from .mixing import Mixer
 from .models import MultiScaleForward, RAMSTrans, build_model
-from .visualize import plot_curves
+from .monitor import RunMonitor, TrainingRun
+from .plots import plot_curves
+from .runlog import MetricsLog
 
-__all__ = ["run_training", "build_optimizer", "build_scheduler", "build_mixer", "amp_setup"]
+__all__ = ["run_training", "resolve_training", "build_optimizer", "build_scheduler", "build_mixer", "build_ema"]
 
-
-def amp_setup(device: torch.device, enabled: bool) -> Tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
-    """bf16 autocast where supported, else fp16 with a GradScaler; nothing on the CPU."""
-    if not enabled or device.type != "cuda":
-        return None, None
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+logger = logging.getLogger("ramstrans")
+_SCHEDULE_KEYS = ("steps", "warmup_steps", "warmup_lr", "lr", "min_lr", "lr_ref_batch", "batch_size", "grad_accum")
 
 
 def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer factory ('momentum' = plain SGD momentum; tokens and biases without weight decay)."""
+    """timm's optimizer factory ('momentum' = plain SGD momentum; tokens and biases without weight decay; layer-wise
+    lr decay through the model's ``group_matcher`` when ``train.layer_decay`` > 0)."""
     kwargs = {"momentum": train_cfg.momentum} if train_cfg.opt in ("momentum", "sgd", "nesterov") else {}
+    if train_cfg.layer_decay > 0:
+        kwargs["layer_decay"] = train_cfg.layer_decay
     try:
         return create_optimizer_v2(model, opt=train_cfg.opt, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                    **kwargs)
@@ -66,158 +74,252 @@ def build_mixer(mix_cfg, model: RAMSTrans, seed: int, rank: int = 0) -> Optional
                  seed=seed, rank=rank)
 
 
-def _checkpoint_state(cfg: Config, model: RAMSTrans, optimizer, scheduler, scaler, step: int,
-                      class_names) -> Dict[str, object]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "step": step, "rng": rng_state(),
-            "config": asdict(cfg), "class_names": list(class_names),
-            "normalization": {"mean": list(model.backbone.mean), "std": list(model.backbone.std)}}
+def build_ema(train_cfg, model: RAMSTrans) -> Optional[ModelEmaV3]:
+    """timm's ModelEmaV3 of the weights when ``train.ema_decay`` > 0 (a deep copy, updated after every step)."""
+    if train_cfg.ema_decay <= 0:
+        return None
+    return ModelEmaV3(model, decay=train_cfg.ema_decay, use_warmup=train_cfg.ema_warmup)
 
 
-@dataclass
-class _Run:
-    """Everything a training run builds from the config (the engine receives these, not the config)."""
-
-    model: RAMSTrans
-    data: DataBundle
-    criterion: MultiScaleLoss
-    optimizer: torch.optim.Optimizer
-    scheduler: CosineLRScheduler
-    scaler: Optional[torch.amp.GradScaler]
-    amp_dtype: Optional[torch.dtype]
-    start: int
+def _scaled(train_cfg, world_size: int):
+    """The train config with lr scaled by global batch / ``lr_ref_batch`` when that is set."""
+    if train_cfg.lr_ref_batch <= 0:
+        return train_cfg
+    global_batch = train_cfg.batch_size * train_cfg.grad_accum * world_size
+    return replace(train_cfg, lr=train_cfg.lr * global_batch / train_cfg.lr_ref_batch)
 
 
-def _build(cfg: Config, ckpt: Optional[dict], info: DistInfo, device: torch.device) -> _Run:
+def _lr_at(train_cfg, step: int) -> float:
+    """The scheduled (unscaled-by-layer) lr of ``train_cfg`` at ``step``."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train_cfg.lr)
+    build_scheduler(train_cfg, opt).step_update(num_updates=step)
+    return float(opt.param_groups[0]["lr"])
+
+
+def resolve_training(config: Optional[str], overrides: Sequence[str], resume: Optional[str]
+                     ) -> Tuple[Config, Optional[Path]]:
+    """The config and checkpoint of ``ramstrans train [--config] [--set ...] [--resume ...]``.
+
+    Without ``--resume``: the config file (default ``synthetic_cpu``) and the overrides. With ``--resume CKPT|DIR``: the
+    config stored in the checkpoint, the overrides on top, and the checkpoint's folder as the run folder (unless
+    overridden). With ``--resume auto``: the configured run folder's newest checkpoint if it has one (then as above),
+    else a fresh run.
+
+    Raises:
+        ConfigError: ``--config`` together with a checkpoint to resume (the checkpoint holds the config).
+        FileNotFoundError: the checkpoint or run folder does not exist.
+    """
+    if resume is None:
+        return load_config(config or DEFAULT_CONFIG, overrides), None
+    if resume != "auto" and config is not None:
+        raise ConfigError("--config cannot be combined with --resume CHECKPOINT: the checkpoint holds the run's "
+                          "config; change values with --set")
+    named = load_config(config or DEFAULT_CONFIG, overrides) if resume == "auto" else None
+    path = find_checkpoint(resume, named.train.output_dir if named else "")
+    if path is None:
+        return named, None
+    stored = load_checkpoint(path, mmap=True)["config"]  # mapped: the tensors are not read
+    stored.setdefault("train", {})["output_dir"] = str(path.parent)
+    cfg = load_config(None, overrides, base=stored)
+    differs = sorted(k for k in config_diff(named, cfg) if k != "train.output_dir") if named else []
+    if differs:
+        logger.warning("resuming %s with the config stored in it; the --config file differs in %s", path,
+                       ", ".join(differs))
+    return cfg, path
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Dict, old_opt: str, new_opt: str) -> None:
+    """Per-parameter state (momentum, Adam moments) from the checkpoint; hyperparameters stay the configured ones."""
+    fresh = optimizer.state_dict()
+    same = old_opt == new_opt and [len(g["params"]) for g in saved["param_groups"]] == [
+        len(g["params"]) for g in fresh["param_groups"]]
+    if not same:
+        raise ConfigError(f"the optimizer differs from the checkpoint's (train.opt {old_opt} -> {new_opt}, or other "
+                          "parameter groups from train.layer_decay / train.weight_decay): its state cannot be "
+                          "resumed; start a new run from the checkpoint with --set model.pretrained=CHECKPOINT")
+    groups = [{**s, **{k: v for k, v in f.items() if k != "params"}}
+              for s, f in zip(saved["param_groups"], fresh["param_groups"])]
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
+
+
+def _warn_if_replanned(old: Config, new: Config, start: int, world_size: int) -> None:
+    """Log a warning when the config changes the lr schedule a checkpoint was trained on."""
+    changed = {k: v for k, v in config_diff(old, new, "train").items() if k.split(".", 1)[1] in _SCHEDULE_KEYS}
+    if not changed or start >= new.train.steps:
+        return
+    before = _lr_at(_scaled(old.train, world_size), min(start, old.train.steps - 1))
+    after = _lr_at(_scaled(new.train, world_size), start)
+    logger.warning("the lr schedule changed on resume (%s): it is re-planned over %d steps and continues from step %d "
+                   "at lr %.3g (the checkpoint's schedule had %.3g)",
+                   ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), new.train.steps, start, after,
+                   before)
+
+
+def _resume(r: TrainingRun, ckpt: Dict, cfg: Config, info: DistInfo) -> None:
+    """Continue ``r`` from a checkpoint: EMA, optimizer, scaler, step, data position, RNG; warn where the config
+    changed what the checkpoint planned."""
+    old_cfg = config_from_dict(ckpt["config"])
+    t, old = cfg.train, old_cfg.train
+    r.start = int(ckpt["step"])
+    if t.steps < r.start:
+        raise ConfigError(f"the checkpoint is at step {r.start} but train.steps is {t.steps}: raise train.steps to "
+                          "train on")
+    _warn_if_replanned(old_cfg, cfg, r.start, info.world_size)
+    _restore_optimizer(r.optimizer, ckpt["optimizer"], old.opt, t.opt)
+    if r.scaler is not None and ckpt.get("scaler"):
+        r.scaler.load_state_dict(ckpt["scaler"])
+    if r.ema is not None:
+        if isinstance(ckpt.get("model_ema"), dict):
+            r.ema.module.load_state_dict(ckpt["model_ema"])
+        else:
+            logger.warning("the checkpoint has no EMA weights: the EMA starts from the resumed weights")
+    layout = {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "world_size": info.world_size}
+    positions = ckpt.get("data_positions") or []
+    if ckpt.get("data_layout") == layout and len(positions) == info.world_size:
+        r.start_batch = int(positions[info.rank])
+    else:
+        r.start_batch = r.start * t.grad_accum
+        logger.warning("the batch layout differs from the checkpoint's (%s -> %s): the data continues in another, "
+                       "equally valid order", ckpt.get("data_layout"), layout)
+    r.best_val = ckpt.get("best_val")
+    set_rng_state(ckpt["rng"])
+
+
+def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.device) -> TrainingRun:
+    """Data, model (fresh, or rebuilt from the checkpoint alone), EMA, optimizer, schedule, AMP; resumed if ``ckpt``."""
     t = cfg.train
-    torch.manual_seed(t.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(t.seed)  # once per run: the same initial weights on every rank (DDP also broadcasts rank 0's)
     if not info.is_main:
         barrier()  # rank 0 generates / indexes first (the synthetic set is written once)
     index = load_index(cfg.data)
     if info.is_main:
         barrier()
-    model = build_model(cfg.model, len(index.class_names))
     if ckpt is not None:
-        if ckpt.get("class_names") != index.class_names:
+        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume")[0]
+        if list(ckpt["class_names"]) != index.class_names:
             raise ValueError("the checkpoint to resume was trained on other classes than the configured data set")
-        model.load_state_dict(ckpt["model"])
-        norm = ckpt["normalization"]
-        model.backbone.mean, model.backbone.std = tuple(norm["mean"]), tuple(norm["std"])
+    else:
+        model = build_model(cfg.model, len(index.class_names))
     data = build_data(cfg.data, index, cfg.model.img_size, model.backbone.mean, model.backbone.std, t.seed)
     for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
         if ds is not None and len(ds) < info.world_size:
             raise ValueError(f"the {name} split has {len(ds)} images, fewer than the {info.world_size} processes")
-    if len(cfg.loss.scale_weights) != cfg.model.num_scales:
-        raise ValueError(f"loss.scale_weights has {len(cfg.loss.scale_weights)} entries but model.num_scales is "
-                         f"{cfg.model.num_scales}")
-    criterion = MultiScaleLoss(weights=cfg.loss.scale_weights, label_smoothing=cfg.loss.label_smoothing)
     model.to(device)
-    global_batch = t.batch_size * info.world_size
-    lr_cfg = replace(t, lr=t.lr * global_batch / t.lr_ref_batch) if t.lr_ref_batch > 0 else t
-    optimizer = build_optimizer(lr_cfg, model)
-    scheduler = build_scheduler(lr_cfg, optimizer)
+    optimizer = build_optimizer(_scaled(t, info.world_size), model)
     amp_dtype, scaler = amp_setup(device, t.amp)
-    start = 0
+    r = TrainingRun(model=model, ema=build_ema(t, model), data=data, optimizer=optimizer,
+             scheduler=build_scheduler(_scaled(t, info.world_size), optimizer), scaler=scaler, amp_dtype=amp_dtype)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start = int(ckpt["step"])
-        set_rng_state(ckpt["rng"])
-    return _Run(model, data, criterion, optimizer, scheduler, scaler, amp_dtype, start)
+        _resume(r, ckpt, cfg, info)
+    return r
 
 
-def run_training(cfg: Config, resume: Optional[str] = None, show_progress: bool = True) -> Dict[str, object]:
+def _prepare_folder(out_dir: Path, resume_from: Optional[Path], overwrite: bool, info: DistInfo) -> bool:
+    """Make sure the run folder holds no other run; returns whether the run continues in its own folder.
+
+    Raises:
+        ValueError: the folder holds files of another run and ``overwrite`` is off.
+    """
+    same = resume_from is not None and out_dir.resolve() == resume_from.parent.resolve()
+    taken = out_dir.is_dir() and any(out_dir.iterdir())
+    if taken and not same and not overwrite:
+        raise ValueError(f"run folder {out_dir} already holds a run; continue it with --resume auto, choose another "
+                         "--output-dir, or replace it with --overwrite")
+    if taken and not same and info.is_main:
+        shutil.rmtree(out_dir)
+    barrier()
+    return same
+
+
+def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_progress: bool = True,
+                 overwrite: bool = False) -> Dict[str, object]:
     """Train as configured (single process, or one rank of a torchrun job); returns the final single-scale test
-    metrics and the run's files. Only rank 0 writes files and shows progress.
+    metrics of the reported weights and the run's files. Only rank 0 writes files and shows progress.
 
     Args:
-        cfg: resolved config.
-        resume: checkpoint to continue from (step, schedule and RNG continue; the data order continues exactly when
-            the number of processes is the same, and is a different, equally valid order otherwise).
-        show_progress: show the tqdm bar (rank 0).
+        cfg: resolved config (``resolve_training`` gives the one a resume should use).
+        resume: checkpoint to continue from (step, EMA, optimizer, data position and RNG continue; the data order
+            continues exactly when the batch size, accumulation and number of processes are the same).
+        show_progress: a tqdm bar on a terminal (log lines otherwise).
+        overwrite: replace the files of another run in ``train.output_dir`` (by default that is refused).
     """
     t = cfg.train
     info, device = init_distributed(t.device, t.dist_timeout_s)
     try:
-        return _train(cfg, load_checkpoint(resume) if resume else None, info, device, show_progress)
+        ckpt = load_checkpoint(resume) if resume else None
+        same = _prepare_folder(Path(t.output_dir).expanduser(), Path(resume) if resume else None, overwrite, info)
+        return _train(cfg, ckpt, same, info, device, show_progress)
     finally:
         shutdown()
 
 
-def _train(cfg: Config, ckpt: Optional[dict], info: DistInfo, device: torch.device,
+def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo, device: torch.device,
            show_progress: bool) -> Dict[str, object]:
     t = cfg.train
     r = _build(cfg, ckpt, info, device)
-    model, data = r.model, r.data
     out_dir = Path(t.output_dir).expanduser()
-    log_path = out_dir / "metrics.jsonl"
-    names = data.index.class_names
-    best: Dict[str, float] = {"top1": -1.0}
-    last_val: Dict[str, float] = {}
-    start = {"event": "start", "step": r.start, "world_size": info.world_size,
-             "global_batch": t.batch_size * info.world_size, "lr": r.optimizer.param_groups[0]["initial_lr"],
-             "device": str(device), "train_images": len(data.train)}
+    metrics = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-        print(f"training {cfg.model.backbone} with {cfg.model.num_scales} scale(s) on {len(data.train)} images: "
-              f"global batch {start['global_batch']} ({t.batch_size} x {info.world_size} process(es)), "
-              f"lr {start['lr']:.3g}, steps {r.start}..{t.steps} on {device}", flush=True)
+        metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
 
-    def log(entry: Dict[str, object]) -> None:
-        if info.is_main:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    def save(name: str, done: int) -> None:
-        if info.is_main:
-            save_checkpoint(_checkpoint_state(cfg, model, r.optimizer, r.scheduler, r.scaler, done, names),
-                            out_dir / name)
-
-    def run_eval(dataset) -> Dict[str, float]:
+    def evaluate_fn(model: RAMSTrans, dataset) -> Dict[str, float]:
         shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
-        res = evaluate(model, eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard), device=device,
-                       num_classes=len(names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_)
-        res.pop("_state")
-        return res
+        return evaluate(model, eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard), device=device,
+                        num_classes=len(r.data.index.class_names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_)[0]
 
-    def after_step(done: int) -> None:
-        if done % t.ckpt_every == 0 or done == t.steps:
-            save("checkpoint.pth", done)
-        periodic = bool(t.eval_every) and done % t.eval_every == 0
-        if data.val is not None and (periodic or done == t.steps):
-            val = run_eval(data.val)
-            last_val.update(val, step=done)
-            log({"step": done, "split": "val", **val})
-            if val["top1"] > best["top1"]:  # model selection on validation only, never on test
-                best.update(val, step=done)
-                save("best_val.pth", done)
-        if periodic and done != t.steps:  # test numbers for the curves; they select nothing
-            log({"step": done, "split": "test", **run_eval(data.test)})
-
-    log(start)
-    stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0}
-    if r.start < t.steps:
-        # Every parameter is used in every forward (all scales run inside one forward), so DDP needs no
-        # find_unused_parameters; the attention capture is detached and adds no gradient to synchronise.
-        train_module = MultiScaleForward(model)
-        if info.enabled:
-            train_module = DDP(train_module, device_ids=[device.index] if device.type == "cuda" else None)
-        loader = train_loader(data.train, t.batch_size, t.seed, r.start, cfg.data.num_workers, info.rank,
-                              info.world_size)
-        stats = train_steps(train_module, r.criterion, r.optimizer, r.scheduler, loader, device=device,
-                            start_step=r.start, total_steps=t.steps, amp_dtype=r.amp_dtype, scaler=r.scaler,
-                            clip_grad=t.clip_grad, mixer=build_mixer(cfg.mix, model, t.seed, info.rank),
-                            log_every=t.log_every, log=log, after_step=after_step,
-                            show_progress=show_progress and info.is_main, world_size=info.world_size)
-    final = {"step": t.steps, "split": "test", "final": True, **run_eval(data.test)}
-    log(final)
-    summary = {"test": final, "train": stats, "checkpoint": str(out_dir / "checkpoint.pth"),
-               "best_val": best if data.val is not None else None, "final_val": last_val or None,
-               "world_size": info.world_size}
+    monitor = RunMonitor(cfg=cfg, run=r, out_dir=out_dir, info=info, metrics=metrics, evaluate_fn=evaluate_fn)
+    stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}
+    try:
+        _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
+        if r.start < t.steps:
+            criterion = build_criterion(cfg.loss, cfg.model.num_scales)
+            loader = train_loader(r.data.train, t.batch_size, t.seed, r.start_batch, cfg.data.num_workers, info.rank,
+                                  info.world_size, t.grad_accum)
+            stats = train_steps(_train_module(r.model, info, device, t), criterion, r.optimizer, r.scheduler, loader,
+                                device=device, start_step=r.start, total_steps=t.steps, start_batch=r.start_batch,
+                                grad_accum=t.grad_accum, amp_dtype=r.amp_dtype, scaler=r.scaler,
+                                clip_grad=t.clip_grad, mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
+                                log_every=t.log_every, log=monitor.log, after_step=monitor.after_step,
+                                show_progress=show_progress and info.is_main, world_size=info.world_size)
+        final = monitor.evaluate("test", t.steps, final=True)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    summary = {"test": final[monitor.reported], "weights": monitor.reported,
+               "test_by_weights": final, "train": stats, "checkpoint": str(out_dir / LATEST),
+               "best_val": monitor.best if r.data.val is not None and monitor.best["top1"] >= 0 else None,
+               "final_val": monitor.last_val or None, "world_size": info.world_size}
     if info.is_main:
-        plot_curves(log_path, out_dir / "curves.png")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _train_module(model: RAMSTrans, info: DistInfo, device: torch.device, train_cfg) -> torch.nn.Module:
+    """What the engine calls: the multi-scale forward, DDP-wrapped under torchrun, compiled when asked."""
+    # Every parameter is used in every forward (all scales run inside one forward), so DDP needs no
+    # find_unused_parameters; the attention capture is detached and adds no gradient to synchronise.
+    module: torch.nn.Module = MultiScaleForward(model)
+    if info.enabled:
+        module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if train_cfg.compile:
+        module = torch.compile(module, backend=train_cfg.compile_backend)
+    return module
+
+
+def _log_start(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, monitor: RunMonitor,
+               resumed: bool) -> None:
+    t = cfg.train
+    global_batch = t.batch_size * t.grad_accum * info.world_size
+    peak = _scaled(t, info.world_size).lr
+    lr_now = _lr_at(_scaled(t, info.world_size), min(r.start, t.steps - 1))
+    monitor.log("start", {"step": r.start, "resumed": resumed, "world_size": info.world_size,
+                          "global_batch": global_batch, "lr": lr_now, "peak_lr": peak, "device": str(device),
+                          "train_images": len(r.data.train), "weights_reported": monitor.reported})
+    if info.is_main:
+        logger.info("training %s with %d scale(s) on %d images: global batch %d (%d x %d accumulated x %d "
+                    "process(es)), lr %.3g at step %d (peak %.3g), steps %d..%d on %s", cfg.model.backbone,
+                    cfg.model.num_scales, len(r.data.train), global_batch, t.batch_size, t.grad_accum,
+                    info.world_size, lr_now, r.start, peak, r.start, t.steps, device)

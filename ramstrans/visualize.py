@@ -1,130 +1,81 @@
-"""Pictures: where the model zooms (per-image panels, contact sheets), training curves, confusion matrices.
-
-Pure drawing on arrays and files (cv2 / matplotlib); no model code here.
-"""
-import json
+"""``ramstrans visualize``: where a trained model zooms, on images of a split or on any image files."""
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import cv2
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import load_index, read_image
+from .dist import resolve_device
+from .evaluate import test_transform
+from .models import crop_and_zoom
+from .plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 
-__all__ = ["denormalize", "heatmap_overlay", "save_panel", "contact_sheet", "plot_curves", "plot_confusion"]
-
-
-def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(3, H, W) normalised float array -> (H, W, 3) uint8 RGB."""
-    img = image.transpose(1, 2, 0) * np.asarray(std)[None, None] + np.asarray(mean)[None, None]
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+__all__ = ["run_visualize"]
 
 
-def heatmap_overlay(image: np.ndarray, saliency: np.ndarray, weight: float = 0.5) -> np.ndarray:
-    """Blend a (gh, gw) saliency map, upsampled smoothly and min-max scaled, over an (H, W, 3) uint8 image."""
-    h, w = image.shape[:2]
-    s = cv2.resize(saliency.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    s = (s - s.min()) / max(float(s.max() - s.min()), 1e-12)
-    heat = cv2.cvtColor(cv2.applyColorMap((s * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(image, 1 - weight, heat, weight, 0)
+def _pick(n_total: int, num: int) -> List[int]:
+    """``num`` indices spread evenly over a split (deterministic)."""
+    return sorted(set(np.linspace(0, n_total - 1, min(num, n_total)).round().astype(int).tolist()))
 
 
-def _mask_picture(mask: np.ndarray, component: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Grey cells: above the threshold; white cells: the kept component."""
-    cells = np.where(component, 255, np.where(mask, 110, 0)).astype(np.uint8)
-    return cv2.resize(cells, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-
-
-def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndarray, component: np.ndarray,
-               box: Sequence[float], zoom: np.ndarray, top3: List[List[Tuple[str, float]]], title: str = "") -> None:
-    """One PNG: input with the box, rollout overlay, mask with the kept component, zoomed crop, top-3 per scale.
+def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: Sequence[str] = (),
+                  split: str = "test", num: int = 16, device: str = "auto", data_root: Optional[str] = None,
+                  weights: str = "auto") -> List[Path]:
+    """Per image a panel PNG of where the model zooms, plus ``contact_sheet.png``; returns the files written.
 
     Args:
-        path: output PNG.
-        image: (H, W, 3) uint8 input.
-        rollout: (gh, gw) saliency.
-        mask: (gh, gw) bool threshold mask.
-        component: (gh, gw) bool kept component.
-        box: xyxy pixels of the zoom.
-        zoom: (H, W, 3) uint8 zoomed crop (scale 2 input).
-        top3: per scale, [(class name, probability)] * 3.
-        title: figure title (e.g. file name and true class).
+        checkpoint: ramstrans checkpoint.
+        output_dir: where to write (default: next to the checkpoint, ``visualize``).
+        images: image files (any, not only from the data set); when empty, ``num`` images of ``split``.
+        split: data split to draw from.
+        num: how many split images.
+        device: auto | cpu | cuda.
+        data_root: the data set at another path than the training config's (used as it is, never generated).
+        weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
     """
-    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6))
-    x0, y0, x1, y1 = box
-    axes[0].imshow(image)
-    axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
-    axes[0].set_title("input + zoom box")
-    axes[1].imshow(heatmap_overlay(image, rollout))
-    axes[1].set_title("attention rollout")
-    axes[2].imshow(_mask_picture(mask, component, image.shape[:2]), cmap="gray", vmin=0, vmax=255)
-    axes[2].set_title("mask (white: kept component)")
-    axes[3].imshow(zoom)
-    axes[3].set_title("zoomed crop (scale 2)")
-    lines = []
-    for s, preds in enumerate(top3):
-        lines.append(f"scale {s + 1}:")
-        lines += [f"  {p * 100:5.1f}%  {name[:28]}" for name, p in preds]
-    axes[4].text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def contact_sheet(images: List[np.ndarray], path: Path, cols: int = 4, tile: int = 224) -> None:
-    """Tile (H, W, 3) uint8 images (e.g. input with its box) into one PNG."""
-    rows = (len(images) + cols - 1) // cols
-    sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cv2.resize(img, (tile, tile),
-                                                                             interpolation=cv2.INTER_AREA)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-
-
-def plot_curves(log_path: Path, png: Path) -> None:
-    """Training loss and learning rate per step, and evaluation top-1 where logged, from the JSON-lines log."""
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    if train:
-        steps = [r["step"] for r in train]
-        for key in sorted({k for r in train for k in r if k.startswith("ce_scale")}) + ["loss"]:
-            axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
-        axes[0].legend()
-        axes[1].plot(steps, [r["lr"] for r in train])
-    for split in ("val", "test"):
-        ev = [r for r in records if r.get("split") == split]
-        if ev:
-            axes[2].plot([r["step"] for r in ev], [r["top1"] for r in ev], "o-", label=f"{split} top-1")
-    if axes[2].lines:
-        axes[2].legend()
-    for ax, title in zip(axes, ("training loss", "learning rate", "top-1 (%)")):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-
-
-def plot_confusion(matrix: np.ndarray, names: Sequence[str], png: Path) -> None:
-    """Row-normalised confusion matrix (true rows, predicted columns)."""
-    m = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    k = len(names)
-    fig, ax = plt.subplots(figsize=(max(5, 0.3 * k + 3), max(4, 0.3 * k + 2)))
-    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels([n[:20] for n in names], rotation=90, fontsize=6)
-    ax.set_yticklabels([n[:20] for n in names], fontsize=6)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(im)
-    fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    dev = resolve_device(device)
+    model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint), weights=weights,
+                                              origin=f"checkpoint {checkpoint}")
+    model.to(dev).eval()
+    transform = test_transform(cfg, model)
+    if images:
+        paths = [Path(p) for p in images]
+        titles = [p.name for p in paths]
+    else:
+        if data_root:
+            cfg.data.root = data_root
+        index = load_index(cfg.data, generate=not data_root)
+        table = index.split(split)
+        rows = table.iloc[_pick(len(table), num)]
+        paths = [index.root / p for p in rows["path"]]
+        titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
+    x = torch.stack([transform(read_image(p), None, 0)[0] for p in paths]).to(dev)
+    out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
+    out.mkdir(parents=True, exist_ok=True)
+    H, W = model.backbone.img_size
+    written, sheet = [], []
+    with torch.no_grad():
+        prop = model.propose(x)
+        multi = model.forward_multiscale(x)
+        zoom = crop_and_zoom(x, prop.boxes, (H, W))
+    mean, std = model.backbone.mean, model.backbone.std
+    for i, path in enumerate(paths):
+        img = denormalize(x[i].cpu().numpy(), mean, std)
+        top3 = []
+        for lg in multi.logits:
+            p, k = lg[i].float().softmax(-1).topk(min(3, len(names)))
+            top3.append([(names[j], float(q)) for q, j in zip(p.tolist(), k.tolist())])
+        file = out / f"{i:03d}_{path.stem}.png"
+        save_panel(file, img, prop.rollout[i].cpu().numpy(), prop.mask[i].cpu().numpy(),
+                   prop.component[i].cpu().numpy(), prop.boxes[i].tolist(),
+                   denormalize(zoom[i].cpu().numpy(), mean, std), top3, titles[i])
+        written.append(file)
+        over = heatmap_overlay(img, prop.rollout[i].cpu().numpy(), 0.35)
+        x0, y0, x1, y1 = (int(round(v)) for v in prop.boxes[i].tolist())
+        sheet.append(cv2.rectangle(over.copy(), (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 2))
+    contact_sheet(sheet, out / "contact_sheet.png")
+    written.append(out / "contact_sheet.png")
+    return written

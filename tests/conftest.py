@@ -31,7 +31,7 @@ def _cache(tmp_path_factory, monkeypatch):
 TINY_TRAIN = [
     "model.backbone=vit_tiny_patch16_224", "model.img_size=64", "model.pretrained=null",
     "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
-    "data.dataset=synthetic", "data.resize=72", "data.num_workers=0",
+    "data.dataset=synthetic", "data.root=", "data.resize=72", "data.num_workers=0",  # root: the tmp cache
     "data.synthetic.num_classes=3", "data.synthetic.train_per_class=6", "data.synthetic.test_per_class=3",
     "data.synthetic.image_size=80",
     "train.batch_size=4", "train.steps=3", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=2",

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from ramstrans.models import ViTBackbone
+from ramstrans.models import ViTBackbone, create_vit
 
 
 def _timm_twin(model, **kw):
@@ -98,8 +98,10 @@ def test_capture_keeps_nothing_for_backward():
 
 
 def test_capture_that_never_fires_is_an_error():
+    import copy
     model = tiny_model()
-    model.backbone.vit.blocks[1].attn.k_norm._forward_hooks.clear()
+    attn = model.backbone.vit.blocks[1].attn
+    attn.forward = copy.deepcopy(attn).forward  # as if timm's Attention stopped calling its own q_norm / k_norm
     with pytest.raises(RuntimeError, match="fired in 1 of 2 blocks"):
         model.backbone.forward_features(torch.randn(1, 3, 64, 64), capture="all")
 
@@ -118,15 +120,21 @@ def test_capture_that_never_fires_is_an_error():
 ])
 def test_unsupported_backbones_are_refused(name, kwargs, reason):
     with pytest.raises(ValueError, match=reason):
-        ViTBackbone(name=name, img_size=64, num_classes=3, num_scales=2, depth=1, **kwargs) \
-            if name.startswith("vit") else ViTBackbone(name=name, img_size=64, num_classes=3, **kwargs)
+        create_vit(name, img_size=64, num_classes=3, depth=1, **kwargs) if name.startswith("vit") else \
+            create_vit(name, img_size=64, num_classes=3, **kwargs)
+
+
+def test_a_built_model_that_cannot_serve_is_refused_too():
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1, reg_tokens=4)
+    with pytest.raises(ValueError, match="register"):
+        ViTBackbone(vit=vit, num_scales=2)
 
 
 def test_grid_patch_and_normalisation_come_from_the_backbone():
-    bb = ViTBackbone(name="vit_base_patch16_224", img_size=448, num_classes=200, depth=1)
+    bb = ViTBackbone(vit=create_vit("vit_base_patch16_224", img_size=448, num_classes=200, depth=1))
     assert bb.grid_size == (28, 28) and bb.patch_size == (16, 16) and bb.img_size == (448, 448)
     assert bb.mean == (0.5, 0.5, 0.5) and bb.std == (0.5, 0.5, 0.5)  # Google IN21k weights, not ImageNet's
-    bb = ViTBackbone(name="vit_small_patch32_224", img_size=(64, 96), num_classes=3, depth=1)
+    bb = ViTBackbone(vit=create_vit("vit_small_patch32_224", img_size=(64, 96), num_classes=3, depth=1))
     assert bb.grid_size == (2, 3) and bb.patch_size == (32, 32)
-    bb = ViTBackbone(name="vit_base_patch16_224_miil", img_size=64, num_classes=3, depth=1)
+    bb = ViTBackbone(vit=create_vit("vit_base_patch16_224_miil", img_size=64, num_classes=3, depth=1))
     assert bb.mean == (0.0, 0.0, 0.0) and bb.std == (1.0, 1.0, 1.0)

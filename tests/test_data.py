@@ -130,7 +130,7 @@ def test_transforms_shapes_normalisation_and_boxes():
     assert x.max().item() == pytest.approx((1 - 0.5) / 0.25) and x.min().item() == pytest.approx(-0.5 / 0.25)
     assert test(img, None, 0)[1] is None
     train = Transform(train=True, crop=64, resize=80, mean=(0.5,) * 3, std=(0.5,) * 3)
-    a, b, c = train(img, (50.0, 25.0, 150.0, 75.0), 7), train(img, (50.0, 25.0, 150.0, 75.0), 7), None
+    a, b, _c = train(img, (50.0, 25.0, 150.0, 75.0), 7), train(img, (50.0, 25.0, 150.0, 75.0), 7), None
     assert torch.equal(a[0], b[0]) and a[1] == b[1]  # augmentation is a function of the seed
     outs = {train(img, (50.0, 25.0, 150.0, 75.0), s)[1] for s in range(20)}
     assert len(outs) > 5
@@ -152,14 +152,20 @@ def test_step_sampler_is_resumable_and_sharded():
     full = StepSampler(10, 3, seed=5)
     it = iter(full)
     stream = [next(it) for _ in range(3 * 9)]  # 3 epochs of 3 steps (tail of 1 dropped)
-    resumed = iter(StepSampler(10, 3, seed=5, start_step=4))
+    resumed = iter(StepSampler(10, 3, seed=5, start_batch=4))
     assert [next(resumed) for _ in range(3 * 5)] == stream[12:]
     assert len({i for i, _ in stream[:9]}) == 9  # no repeats within an epoch
     r0, r1 = iter(StepSampler(10, 2, 5, rank=0, world_size=2)), iter(StepSampler(10, 2, 5, rank=1, world_size=2))
     both = [next(r0) for _ in range(2)] + [next(r1) for _ in range(2)]
     g = iter(StepSampler(10, 4, 5))
     assert [next(g) for _ in range(4)] == both  # ranks split each global batch
-    with pytest.raises(DataError, match="fewer than one global batch"):
+    accum = iter(StepSampler(10, 2, 5, grad_accum=2))
+    assert [next(accum) for _ in range(4)] == both  # so do the accumulated batches of one step
+    a0 = iter(StepSampler(10, 1, 5, rank=0, world_size=2, grad_accum=2))
+    a1 = iter(StepSampler(10, 1, 5, rank=1, world_size=2, grad_accum=2, start_batch=2))  # rank 1 from its step 1
+    g2 = [next(g) for _ in range(4)]  # step 1 of the batch-of-4 stream
+    assert [next(a0) for _ in range(2)] == both[:2] and [next(a1) for _ in range(2)] == g2[2:]
+    with pytest.raises(DataError, match="fewer than one optimizer step of 4"):
         StepSampler(3, 2, 0, world_size=2)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from ramstrans.benchmark_data import write_inat_json
+from ramstrans.bench.inat import write_inat_json
 from ramstrans.cli import _parser, main
 from ramstrans.data import DATASETS, DataError, DatasetIndex
 from ramstrans.data.dogs import load_dogs

@@ -2,12 +2,14 @@
 import json
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from conftest import TINY_TRAIN
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import build_data, eval_loader, load_index, train_loader
 from ramstrans.dist import all_reduce_sum_, init_distributed, shutdown
@@ -50,11 +52,13 @@ def _train_and_record(root, out, batch, rank=0, world=1):
     if info.enabled:
         module = torch.nn.parallel.DistributedDataParallel(module)
 
-    def record(done):
+    def record(done, batches=0):
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         torch.save(flat, out / f"w{world}_rank{rank}_step{done}.pt")
 
-    train_steps(module, MultiScaleLoss(), opt, build_scheduler(t, opt),
+    record(0)
+    # no warm-up: the first step's lr is not 0, so every compared step moves the weights
+    train_steps(module, MultiScaleLoss(), opt, build_scheduler(replace(t, warmup_steps=0), opt),
                 train_loader(data.train, batch, t.seed, 0, 0, rank, world), device=device, start_step=0,
                 total_steps=3, clip_grad=1.0, after_step=record, show_progress=False, world_size=world)
     shutdown()
@@ -73,7 +77,7 @@ def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root
         r0, r1 = (torch.load(tmp_path / f"w2_rank{r}_step{step}.pt") for r in (0, 1))
         single = torch.load(tmp_path / f"w1_rank0_step{step}.pt")
         assert torch.equal(r0, r1), f"ranks differ after step {step}"
-        assert not torch.equal(single, torch.load(tmp_path / f"w1_rank0_step{max(step - 1, 1)}.pt")) or step == 1
+        assert not torch.equal(single, torch.load(tmp_path / f"w1_rank0_step{step - 1}.pt"))  # the step moved it
         torch.testing.assert_close(r0, single, atol=2e-5, rtol=1e-4)
 
 
@@ -82,8 +86,8 @@ def _ddp_eval_worker(rank, world, port, root, ckpt_out):
     info, device = init_distributed("cpu", 60)
     _, model, data = _tiny(root, ckpt_out)
     shard = range(rank, len(data.test), world)
-    res = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3, reduce=all_reduce_sum_)
-    res.pop("_state")
+    res, _ = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3,
+                      reduce=all_reduce_sum_)
     if info.is_main:
         (ckpt_out / "dist_eval.json").write_text(json.dumps(res))
     shutdown()
@@ -94,8 +98,7 @@ def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_root):
                        start_method="spawn")
     got = json.loads((tmp_path / "dist_eval.json").read_text())
     _, model, data = _tiny(synthetic_root, tmp_path)
-    want = evaluate(model, eval_loader(data.test, 3, 0), device=torch.device("cpu"), num_classes=3)
-    want.pop("_state")
+    want, _ = evaluate(model, eval_loader(data.test, 3, 0), device=torch.device("cpu"), num_classes=3)
     for k in ("images", "top1", "top5", "mean_class_acc", "loc_iou50", "skipped"):
         assert got[k] == want[k], k
     assert got["loc_miou"] == pytest.approx(want["loc_miou"], abs=1e-9)
@@ -111,14 +114,19 @@ def test_only_rank0_writes_and_a_single_process_resumes(tmp_path, synthetic_root
     mp.start_processes(_run_training_worker, args=(2, _free_port(), synthetic_root, out), nprocs=2,
                        start_method="spawn")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]  # one writer: each step logged once
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl",
-                                                     "summary.json"]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3]  # one writer: each step logged once
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl", "metrics_eval.csv", "metrics_start.csv",
+        "metrics_train.csv", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert load_checkpoint(out / "checkpoint.pth")["data_positions"] == [3, 3]  # both ranks' batch positions
     resumed = run_training(_cfg(synthetic_root, out, "train.steps=5", "train.ckpt_every=5"),
                            resume=str(out / "checkpoint.pth"), show_progress=False)
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-3:] == [4, 5, 5] and resumed["train"]["steps"] == 2  # continued at step 4, not from scratch
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert [(r["step"], r["resumed"], r["world_size"]) for r in lines if r["kind"] == "start"] == [
+        (0, False, 2), (3, True, 1)]
+    assert resumed["train"]["steps"] == 2  # continued at step 4, not from scratch
 
 
 def _unreachable_worker(rank, world, port, root, out):
@@ -133,6 +141,7 @@ def test_unreachable_rendezvous_is_a_clear_timeout(tmp_path):
     mp.start_processes(_unreachable_worker, args=(2, _free_port(), None, tmp_path), nprocs=1, start_method="spawn")
     msg = (tmp_path / "error.txt").read_text()
     assert "could not join the process group at 127.0.0.1" in msg and "within 2 s" in msg
+    assert "raise train.dist_timeout_s" in msg  # the key that exists
 
 
 def test_more_processes_than_images_is_refused(tmp_path, synthetic_root, monkeypatch):

@@ -33,7 +33,7 @@ def test_stream_is_deterministic_per_seed_and_independent_of_workers():
     ds = PretextDataset(80, seed=3, transform=t)
     batches = []
     for workers in (0, 2):
-        it = iter(train_loader(ds, 4, seed=1, start_step=2, num_workers=workers))
+        it = iter(train_loader(ds, 4, seed=1, start_batch=2, num_workers=workers))
         batches.append([next(it) for _ in range(2)])
     for b0, b2 in zip(*batches):
         assert torch.equal(b0["image"], b2["image"]) and torch.equal(b0["label"], b2["label"])
@@ -51,17 +51,17 @@ def test_labels_are_coarse_families_disjoint_from_the_fine_grained_species():
 def test_short_pretraining_resumes_exactly(tmp_path, monkeypatch):
     cfg = lambda out: load_config("pretrain_synthetic", PRETRAIN_TINY + [f"train.output_dir={out}"])  # noqa: E731
     want = load_checkpoint(run_training(cfg(tmp_path / "a"), show_progress=False)["checkpoint"])["model"]
-    real = ckpt_mod.save_checkpoint
+    real = ckpt_mod.save_run_checkpoint
 
-    def stop_after_two(state, path):
-        real(state, path)
+    def stop_after_two(state, out_dir, keep):
+        real(state, out_dir, keep)
         if state["step"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("ramstrans.train.save_checkpoint", stop_after_two)
+    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(tmp_path / "b"), show_progress=False)
-    monkeypatch.setattr("ramstrans.train.save_checkpoint", real)
+    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real)
     got = run_training(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "checkpoint.pth"), show_progress=False)
     got = load_checkpoint(got["checkpoint"])["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -77,11 +77,11 @@ def test_shipped_weights_load_offline_by_name_and_keep_their_accuracy(monkeypatc
     check = meta["pretext_check"]
     t = Transform(train=False, crop=meta["img_size"], resize=check["resize"], mean=meta["mean"], std=meta["std"])
     ds = PretextDataset(check["image_size"], check["seed"], t, length=check["num_images"])  # regenerated here
-    res = evaluate(model, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=meta["num_classes"])
+    res, _ = evaluate(model, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=meta["num_classes"])
     chance = 100.0 / len(FAMILIES)
     assert check["top1"] > 3 * chance  # the recorded number is that of a trained model
     assert res["top1"] == pytest.approx(check["top1"], abs=2.0)
     fresh = RAMSTrans(backbone=meta["architecture"], num_classes=meta["num_classes"], img_size=meta["img_size"],
                       num_scales=1, **meta["timm_kwargs"]).eval()
-    res_fresh = evaluate(fresh, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=meta["num_classes"])
+    res_fresh, _ = evaluate(fresh, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=meta["num_classes"])
     assert res_fresh["top1"] < check["top1"] - 20  # a random file would not pass

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from conftest import tiny_model
-from ramstrans.models import load_pretrained
 
 
 def _source(num_classes=7, img_size=64, depth=2):
@@ -111,8 +110,8 @@ def test_ramstrans_checkpoint_keeps_its_zoom_tokens(tmp_path):
     trained = tiny_model(num_scales=2)
     with torch.no_grad():
         trained.backbone.zoom_cls_tokens[0].fill_(0.25)
-    torch.save({"format": "ramstrans", "model": trained.state_dict(),
-                "normalization": {"mean": [0.1, 0.2, 0.3], "std": [1.0, 1.0, 1.0]}}, tmp_path / "ck.pth")
+    trained.backbone.set_normalization([0.1, 0.2, 0.3], [1.0, 1.0, 1.0])
+    torch.save({"format": "ramstrans", "model": trained.state_dict()}, tmp_path / "ck.pth")
     model = tiny_model(num_scales=3, pretrained=str(tmp_path / "ck.pth"))
     _assert_same_weights(model.backbone.vit, trained.backbone.vit)
     assert torch.all(model.backbone.zoom_cls_tokens[0] == 0.25)

@@ -1,6 +1,5 @@
 """Proposal geometry on hand-worked grids; batched crop-and-zoom against per-sample references."""
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 

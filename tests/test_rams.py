@@ -125,3 +125,75 @@ def test_gradient_checkpointing_gives_the_same_gradients():
                                plain.backbone.vit.blocks[0].attn.qkv.weight.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ckpt.backbone.zoom_cls_tokens[0].grad, plain.backbone.zoom_cls_tokens[0].grad,
                                atol=1e-5, rtol=1e-4)
+
+
+def _same_output(a, b):
+    for got, want in zip([a.logits, a.boxes, a.rollout, a.cls_attention], [b.logits, b.boxes, b.rollout,
+                                                                           b.cls_attention]):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_copies_emas_pickles_and_compiled_models_run_every_scale():
+    import copy
+    import io
+
+    from timm.utils import ModelEmaV3
+    model = _sharpened(num_scales=3).eval()
+    x = torch.randn(3, 3, 64, 64)
+    want = model.forward_multiscale(x)
+    _same_output(copy.deepcopy(model).forward_multiscale(x), want)
+    ema = ModelEmaV3(model, decay=0.9)
+    torch.testing.assert_close(ema.module.propose(x).boxes, model.propose(x).boxes)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    _same_output(torch.load(buf, weights_only=False).forward_multiscale(x), want)
+    torch._dynamo.reset()
+    compiled = torch.compile(model.backbone.forward_features, backend="aot_eager")
+    feats = compiled(x, capture="all")
+    ref = model.backbone.forward_features(x, capture="all")
+    assert len(feats.attentions) == model.backbone.depth
+    for got, exp in zip(feats.attentions, ref.attentions):
+        torch.testing.assert_close(got, exp, atol=1e-6, rtol=1e-5)
+    explained = torch._dynamo.explain(model.backbone.forward_features)(x, capture="all")
+    assert explained.graph_break_count == 0  # the capture hooks trace into the graph
+
+
+def test_no_capture_state_survives_a_call():
+    model = tiny_model()
+    model.forward_multiscale(torch.randn(1, 3, 64, 64))
+    for blk in model.backbone.vit.blocks:
+        assert blk.attn.q_norm.__dict__.get("_ramstrans_tap") is None
+        assert blk.attn.k_norm.__dict__.get("_ramstrans_tap") is None
+
+
+def test_a_built_backbone_can_be_injected():
+    import timm
+
+    from ramstrans import RAMSTrans
+    from ramstrans.models import ViTBackbone
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=4)
+    model = RAMSTrans(backbone=vit, num_scales=2)
+    assert model.backbone.vit is vit and model.num_classes == 4 and model.backbone.img_size == (64, 64)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), vit.eval()(x))
+    bb = ViTBackbone(vit=vit, num_scales=3)
+    assert RAMSTrans(backbone=bb, num_scales=3).backbone is bb
+    with pytest.raises(ValueError, match="3 scale"):
+        RAMSTrans(backbone=bb, num_scales=2)
+    with pytest.raises(ValueError, match="4 classes, num_classes is 5"):
+        RAMSTrans(backbone=vit, num_classes=5)
+    with pytest.raises(ValueError, match="apply to a backbone given by name"):
+        RAMSTrans(backbone=vit, img_size=96)
+
+
+def test_normalisation_travels_in_the_state_dict():
+    a, b = tiny_model(), tiny_model()
+    a.backbone.set_normalization([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert a.state_dict()["backbone.norm_mean"].tolist() == [0.1, 0.2, 0.3]
+    b.load_state_dict(a.state_dict())
+    assert b.backbone.mean == (0.1, 0.2, 0.3) and b.backbone.std == (0.4, 0.5, 0.6)
+    assert "norm_mean" not in "".join(a.backbone.vit.state_dict())  # the deployable timm model is untouched
+    with pytest.raises(ValueError, match="3 values"):
+        a.backbone.set_normalization([0.5], [0.5])

@@ -19,17 +19,17 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     straight = run_training(_cfg(tmp_path / "a", "train.steps=4"), show_progress=False)
     want = load_checkpoint(straight["checkpoint"])["model"]
 
-    real_save = ckpt_mod.save_checkpoint
+    real_save = ckpt_mod.save_run_checkpoint
 
-    def save_then_stop(state, path):
-        real_save(state, path)
-        if state["step"] == 2 and path.name == "checkpoint.pth":
+    def save_then_stop(state, out_dir, keep):
+        real_save(state, out_dir, keep)
+        if state["step"] == 2:
             raise KeyboardInterrupt  # the user stops the run right after the step-2 checkpoint
 
-    monkeypatch.setattr("ramstrans.train.save_checkpoint", save_then_stop)
+    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_training(_cfg(tmp_path / "b", "train.steps=4"), show_progress=False)
-    monkeypatch.setattr("ramstrans.train.save_checkpoint", real_save)
+    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["step"] == 2
     resumed = run_training(_cfg(tmp_path / "b", "train.steps=4"), resume=str(tmp_path / "b" / "checkpoint.pth"),
                            show_progress=False)
@@ -42,15 +42,16 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pth"
-    save_checkpoint({"model": {"w": torch.ones(3)}, "step": 1}, path)
+    meta = {"config": {}, "class_names": ["a"]}
+    save_checkpoint({"model": {"w": torch.ones(3)}, "step": 1, **meta}, path)
 
     def crash(obj, f):
-        f.write(b"half a checkpoint")
+        open(f, "wb").write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2, **meta}, path)
     monkeypatch.undo()
     ck = load_checkpoint(path)
     assert ck["step"] == 1 and torch.equal(ck["model"]["w"], torch.ones(3))
@@ -67,16 +68,24 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_run_writes_logs_curves_config_and_never_selects_on_test(tmp_path):
-    s = run_training(_cfg(tmp_path, "train.eval_every=2", "data.val_fraction=0.34"), show_progress=False)
+    s = run_training(_cfg(tmp_path, "train.eval_every=1", "data.val_fraction=0.34"), show_progress=False)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in records if "loss" in r]
-    assert steps == [1, 2, 3] and all({"lr", "loss", "ce_scale1", "ce_scale2", "img_per_s"} <= set(r)
-                                      for r in records if "loss" in r)
-    assert [r["split"] for r in records if "split" in r] == ["val", "test", "val", "test"]
-    assert records[0]["event"] == "start" and records[0]["global_batch"] == 4 and records[0]["world_size"] == 1
+    assert all("kind" in r for r in records)
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all({"lr", "loss", "ce_scale1", "ce_scale2", "img_per_s"} <= set(r) for r in train)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [(r["step"], r["split"]) for r in evals] == [(1, "val"), (1, "test"), (2, "val"), (2, "test"), (3, "val"),
+                                                        (3, "test")]
+    start = records[0]
+    assert start["kind"] == "start" and start["global_batch"] == 4 and start["world_size"] == 1
     for f in ("config.yaml", "curves.png", "checkpoint.pth", "best_val.pth", "summary.json"):
         assert (tmp_path / f).is_file()
-    assert s["best_val"]["top1"] >= 0 and s["test"]["final"] is True
+    val = [r for r in evals if r["split"] == "val"]
+    best = max(val, key=lambda r: (r["top1"], -r["step"]))  # the first step reaching the highest validation top-1
+    assert load_checkpoint(tmp_path / "best_val.pth")["step"] == best["step"] == s["best_val"]["step"]
+    assert s["best_val"]["top1"] == best["top1"]
+    assert s["test"]["final"] is True and s["test"]["top1"] == evals[-1]["top1"] and s["weights"] == "raw"
     assert load_checkpoint(tmp_path / "checkpoint.pth")["step"] == 3
 
 

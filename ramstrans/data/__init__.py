@@ -33,15 +33,16 @@ class DataBundle:
     val: Optional[Dataset]
 
 
-def load_index(data_cfg) -> DatasetIndex:
-    """Index the configured data set (generating the synthetic one on first use; the pretext stream has no files)."""
+def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
+    """Index the configured data set (generating the synthetic one on first use unless ``generate`` is off, e.g. for
+    a copy at another root; the pretext stream has no files)."""
     if data_cfg.dataset == "pretext":
         return DatasetIndex(root=Path("."), class_names=list(FAMILIES), splits={})
     if data_cfg.dataset not in DATASETS:
         raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, "
                          "pretext)")
     root = data_cfg.root
-    if data_cfg.dataset == "synthetic":
+    if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
         root = ensure_synthetic(root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
     return DATASETS[data_cfg.dataset](Path(root).expanduser())

@@ -16,13 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 __all__ = ["DataError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
-
-
-class DataError(ValueError):
-    """A problem with the data on disk; the message names the file."""
 
 
 @dataclass
@@ -61,7 +59,14 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    img = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)  # decodes by content, not name
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise DataError(f"image {path} cannot be decoded (the file is empty)")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # decodes by content, not by name
+    except cv2.error as e:  # OpenCV asserts instead of returning None for some inputs (e.g. a decompression bomb)
+        why = "too large to decode" if "MAX_IMAGE_PIXELS" in str(e) else "corrupt or not an image"
+        raise DataError(f"image {path} cannot be decoded ({why})") from None
     if img is None or img.size == 0:
         raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

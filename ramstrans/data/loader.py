@@ -6,7 +6,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .dataset import DataError, collate
+from ..errors import DataError
+from .dataset import collate
 
 __all__ = ["StepSampler", "StreamSampler", "train_loader", "eval_loader", "stratified_split"]
 
@@ -16,79 +17,89 @@ def _sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class StepSampler(Sampler):
-    """Endless (index, augmentation seed) pairs for step-based training.
+    """Endless (index, augmentation seed) pairs for step-based training, batch by batch.
 
-    Epoch e is a permutation seeded by (seed, e); step s of an epoch holds positions [s * G, (s + 1) * G) with
-    G = batch_size * world_size, and rank r takes its own batch_size of them. Starting at any step needs no
-    replay, so a resumed run sees exactly the samples and augmentations it would have seen (same world size).
+    One optimizer step takes G = batch_size x grad_accum x world_size positions of an epoch's permutation (seeded by
+    (seed, epoch)); rank r's a-th batch of step s holds positions s·G + (r·grad_accum + a)·batch_size + [0, batch_size).
+    So one process with a batch of G, or grad_accum batches, or world_size processes see the same images per step.
+    Starting at any batch position needs no replay, so a resumed run sees exactly the samples and augmentations it
+    would have seen (same batch size, accumulation and world size).
 
     Args:
         num_samples: size of the data set.
         batch_size: per-process batch.
         seed: base seed.
-        start_step: first optimizer step to produce.
+        start_batch: this process's first batch position (step x grad_accum when nothing was skipped).
         rank: this process's rank.
         world_size: number of processes.
+        grad_accum: batches per optimizer step.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
-        self.global_batch = batch_size * world_size
-        if num_samples < self.global_batch:
-            raise DataError(f"the training split has {num_samples} images, fewer than one global batch of "
-                            f"{self.global_batch} ({batch_size} per process x {world_size} processes)")
-        self.n, self.batch, self.seed, self.start_step = num_samples, batch_size, seed, start_step
-        self.rank = rank
-        self.steps_per_epoch = num_samples // self.global_batch  # the incomplete tail batch is dropped
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
+                 world_size: int = 1, grad_accum: int = 1) -> None:
+        self.step_size = batch_size * grad_accum * world_size
+        if num_samples < self.step_size:
+            raise DataError(f"the training split has {num_samples} images, fewer than one optimizer step of "
+                            f"{self.step_size} ({batch_size} per batch x {grad_accum} accumulated x {world_size} "
+                            "processes)")
+        self.n, self.batch, self.seed, self.start_batch = num_samples, batch_size, seed, start_batch
+        self.rank, self.accum = rank, grad_accum
+        self.steps_per_epoch = num_samples // self.step_size  # the incomplete tail is dropped
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        step = self.start_step
+        position, perm, perm_epoch = self.start_batch, None, -1
         while True:
+            step, a = divmod(position, self.accum)
             epoch, s = divmod(step, self.steps_per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            for s in range(s, self.steps_per_epoch):
-                base = s * self.global_batch + self.rank * self.batch
-                for pos in range(base, base + self.batch):
-                    yield int(perm[pos]), _sample_seed(self.seed, epoch, pos)
-            step = (epoch + 1) * self.steps_per_epoch
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+                perm_epoch = epoch
+            base = s * self.step_size + (self.rank * self.accum + a) * self.batch
+            for pos in range(base, base + self.batch):
+                yield int(perm[pos]), _sample_seed(self.seed, epoch, pos)
+            position += 1
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
         return 2 ** 62
 
 
 class StreamSampler(Sampler):
-    """Positions 0, 1, 2, ... of an endless generated stream (each item drawn once), sharded like ``StepSampler``.
+    """Positions 0, 1, 2, ... of an endless generated stream (each item drawn once), laid out like ``StepSampler``.
 
     Args:
         batch_size: per-process batch.
         seed: base seed of the augmentation seeds.
-        start_step: first optimizer step to produce.
+        start_batch: this process's first batch position.
         rank: this process's rank.
         world_size: number of processes.
+        grad_accum: batches per optimizer step.
     """
 
-    def __init__(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.batch, self.seed, self.start_step, self.rank, self.world = batch_size, seed, start_step, rank, world_size
+    def __init__(self, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
+                 grad_accum: int = 1) -> None:
+        self.batch, self.seed, self.start_batch, self.rank = batch_size, seed, start_batch, rank
+        self.world, self.accum = world_size, grad_accum
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        step = self.start_step
+        position = self.start_batch
         while True:
-            base = (step * self.world + self.rank) * self.batch
+            step, a = divmod(position, self.accum)
+            base = ((step * self.world + self.rank) * self.accum + a) * self.batch
             for pos in range(base, base + self.batch):
                 yield pos, _sample_seed(self.seed, 0, pos)
-            step += 1
+            position += 1
 
     def __len__(self) -> int:
         return 2 ** 62
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
-                 rank: int = 0, world_size: int = 1) -> DataLoader:
-    """The endless training loader starting at ``start_step`` (a generated stream is read in order)."""
+def train_loader(dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1) -> DataLoader:
+    """The endless training loader starting at batch position ``start_batch`` (a generated stream is read in order)."""
     if getattr(dataset, "endless", False):
-        sampler = StreamSampler(batch_size, seed, start_step, rank, world_size)
+        sampler = StreamSampler(batch_size, seed, start_batch, rank, world_size, grad_accum)
     else:
-        sampler = StepSampler(len(dataset), batch_size, seed, start_step, rank, world_size)
+        sampler = StepSampler(len(dataset), batch_size, seed, start_batch, rank, world_size, grad_accum)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 

@@ -17,6 +17,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..errors import DataError
+
 __all__ = ["BirdSpecies", "Painter", "species_list", "render_background", "render_clutter", "draw_bird",
            "render_scene", "render_bird_scene", "write_cub_layout", "PALETTE", "BODY_COLOURS"]
 
@@ -245,6 +247,9 @@ def ensure_synthetic(root: str, num_classes: int, train_per_class: int, test_per
     out = Path(root).expanduser() if root else default_cache_dir() / name
     if (out / "images.txt").is_file():
         return out
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"data.root {out} is not empty and holds no synthetic data set (no images.txt): give an empty "
+                        "or new folder, or leave data.root empty for the cache")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:

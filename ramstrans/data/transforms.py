@@ -1,4 +1,5 @@
-"""albumentations pipelines: shortest side -> ``resize``, random (train) or center (test) crop of ``crop``, flip, normalise.
+"""albumentations pipelines: shortest side -> ``resize``, random (train) or center (test) crop of ``crop``, flip,
+normalise.
 
 Sizes, mean and std are passed in (they come from the config and the backbone), never looked up here. Boxes ride
 along (pascal_voc xyxy, clipped), so localization can be scored in the network's input pixels.

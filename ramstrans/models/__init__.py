@@ -1,9 +1,13 @@
 """Model pieces, in data order: backbone -> rollout -> proposal -> RAMSTrans; ``build_model`` maps the config."""
-from .backbone import ViTBackbone, ViTFeatures
+from .backbone import ViTBackbone, ViTFeatures, create_vit
 from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rams import MultiScaleForward, MultiScaleOutput, Proposal, RAMSTrans, create_model
 from .rollout import attention_rollout
+
+__all__ = ["ViTBackbone", "ViTFeatures", "create_vit", "load_pretrained", "component_boxes", "compose_boxes",
+           "crop_and_zoom", "largest_component", "threshold_rollout", "MultiScaleForward", "MultiScaleOutput",
+           "Proposal", "RAMSTrans", "create_model", "attention_rollout", "build_model"]
 
 
 def build_model(model_cfg, num_classes: int) -> RAMSTrans:
@@ -16,10 +20,11 @@ def build_model(model_cfg, num_classes: int) -> RAMSTrans:
                       rollout_rows=model_cfg.rollout_rows, pretrained=model_cfg.pretrained, **kwargs)
     if model_cfg.grad_checkpointing:
         model.backbone.vit.set_grad_checkpointing(True)
-    for name in ("mean", "std"):
-        value = getattr(model_cfg, name)
-        if value is not None:
-            if len(value) != model.backbone.in_chans:
-                raise ValueError(f"model.{name} needs {model.backbone.in_chans} values, got {value}")
-            setattr(model.backbone, name, tuple(value))
+    if model_cfg.mean is not None or model_cfg.std is not None:
+        bb = model.backbone
+        try:
+            bb.set_normalization(model_cfg.mean if model_cfg.mean is not None else bb.mean,
+                                 model_cfg.std if model_cfg.std is not None else bb.std)
+        except ValueError as e:
+            raise ValueError(f"model.mean / model.std: {e}") from None
     return model

@@ -92,12 +92,13 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
     except Exception as e:
         raise ValueError(f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
-    backbone.mean, backbone.std = GOOGLE_MEAN_STD
+    backbone.set_normalization(*GOOGLE_MEAN_STD)
 
 
 def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) -> None:
-    """Backbone weights of a ramstrans checkpoint; its zoom CLS tokens where it has them for that scale."""
-    model_sd = _unwrap(ckpt)
+    """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
+    CLS tokens where it has them for that scale."""
+    model_sd = ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
     prefix = "backbone.vit."
     _load_timm_state_dict(backbone, {k[len(prefix):]: v for k, v in model_sd.items() if k.startswith(prefix)},
                           str(path))
@@ -107,9 +108,8 @@ def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) 
             saved = model_sd.get(f"backbone.zoom_cls_tokens.{i}")
             if saved is not None and saved.shape == token.shape:
                 token.copy_(saved)
-    norm = ckpt.get("normalization")
-    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
-        backbone.mean, backbone.std = tuple(norm["mean"]), tuple(norm["std"])
+    if "backbone.norm_mean" in model_sd and "backbone.norm_std" in model_sd:
+        backbone.set_normalization(model_sd["backbone.norm_mean"].tolist(), model_sd["backbone.norm_std"].tolist())
 
 
 def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
@@ -130,7 +130,8 @@ def _hub_file(model_name: str, tag: str) -> Tuple[Path, Optional[dict]]:
     cfg = cfg.to_dict()
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
-        raise ValueError(f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local file")
+        raise ValueError(f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local "
+                         "file")
     names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
     for name in names:
         cached = huggingface_hub.try_to_load_from_cache(hub_id, name)
@@ -165,7 +166,7 @@ def _load_shipped(backbone: ViTBackbone, name: str) -> None:
     file = shipped_weights()[name]
     meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
     _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
-    backbone.mean, backbone.std = tuple(meta["mean"]), tuple(meta["std"])
+    backbone.set_normalization(meta["mean"], meta["std"])
 
 
 def load_pretrained(backbone: ViTBackbone, source: str) -> None:
@@ -201,5 +202,5 @@ def load_pretrained(backbone: ViTBackbone, source: str) -> None:
     else:
         file, cfg = _hub_file(backbone.name, str(source))
         _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
-        backbone.mean, backbone.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        backbone.set_normalization(cfg["mean"], cfg["std"])
     _copy_cls_to_zoom_tokens(backbone)

@@ -5,12 +5,12 @@ k + 1 sees that box of the ORIGINAL image resized to the input size (one resampl
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .backbone import ViTBackbone
+from .backbone import ViTBackbone, create_vit
 from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
@@ -58,22 +58,23 @@ class RAMSTrans(nn.Module):
     """Recurrent attention multi-scale transformer on a timm ViT.
 
     Args:
-        backbone: timm model name of a plain ViT (one CLS token, token pooling).
-        num_classes: number of classes K.
-        img_size: input size (int or (H, W)).
+        backbone: a timm model name of a plain ViT (one CLS token, token pooling), a built timm VisionTransformer, or
+            a built ``ViTBackbone`` (whose number of scales must be ``num_scales``).
+        num_classes: number of classes K; None keeps the model's own (a name: timm's default).
+        img_size: input size (int or (H, W)) of a backbone built by name; None keeps timm's default.
         num_scales: 1 is the plain ViT baseline, 2 the paper's model; more recurse.
         alpha: proposal threshold factor: mask = g > alpha * mean(g).
         residual: χ in Â = rownorm(A + χI).
         rollout_rows: "cls" (CLS query row) or "mean" (mean of all query rows, as the official code).
         pretrained: optional weights source (see ``load_pretrained``).
-        **backbone_kwargs: passed on to ``timm.create_model``.
+        **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
     def __init__(
             self,
-            backbone: str = "vit_base_patch16_224",
-            num_classes: int = 1000,
-            img_size: Union[int, Tuple[int, int]] = 448,
+            backbone: Union[str, nn.Module] = "vit_base_patch16_224",
+            num_classes: Optional[int] = None,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_scales: int = 2,
             alpha: float = 1.3,
             residual: float = 1.0,
@@ -82,7 +83,7 @@ class RAMSTrans(nn.Module):
             **backbone_kwargs,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not isinstance(num_scales, int) or num_scales < 1:
             raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
@@ -92,9 +93,8 @@ class RAMSTrans(nn.Module):
             raise ValueError(f"residual must be >= 0, got {residual!r}")
         if rollout_rows not in ("cls", "mean"):
             raise ValueError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
-        self.backbone = ViTBackbone(name=backbone, img_size=img_size, num_classes=num_classes,
-                                    num_scales=num_scales, **backbone_kwargs)
-        self.num_classes = num_classes
+        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, backbone_kwargs)
+        self.num_classes = self.backbone.num_classes
         self.num_scales = num_scales
         self.alpha = float(alpha)
         self.residual = float(residual)
@@ -176,11 +176,18 @@ class RAMSTrans(nn.Module):
         return Proposal(logits=self.backbone.forward_head(feats.tokens), rollout=rollout, mask=mask,
                         component=component, boxes=boxes)
 
-
     def no_weight_decay(self) -> Set[str]:
         """Parameters timm's optimizer factory keeps out of weight decay: tokens and position embedding."""
         return {f"backbone.vit.{n}" for n in self.backbone.vit.no_weight_decay()} | {
             f"backbone.zoom_cls_tokens.{i}" for i in range(len(self.backbone.zoom_cls_tokens))}
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's layer groups (for layer-wise lr decay): the wrapped ViT's own, under this module's parameter names;
+        the zoom-scale CLS tokens join the embedding (stem) group with the ViT's CLS token."""
+        groups = {name: _prefixed(rule, r"backbone\.vit\.")
+                  for name, rule in self.backbone.vit.group_matcher(coarse=coarse).items()}
+        groups["stem"] += r"|^backbone\.zoom_cls_tokens\."
+        return groups
 
 
 class MultiScaleForward(nn.Module):
@@ -196,6 +203,32 @@ class MultiScaleForward(nn.Module):
 
     def forward(self, x: Tensor) -> MultiScaleOutput:
         return self.model.forward_multiscale(x)
+
+
+def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
+                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int,
+                 kwargs: Dict[str, Any]) -> ViTBackbone:
+    """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments."""
+    if isinstance(backbone, str):
+        return ViTBackbone(vit=create_vit(backbone, img_size, num_classes, **kwargs), num_scales=num_scales)
+    if kwargs or img_size is not None:
+        raise ValueError("img_size and timm keyword arguments apply to a backbone given by name, not to a built "
+                         f"{type(backbone).__name__}")
+    if not isinstance(backbone, ViTBackbone):
+        backbone = ViTBackbone(vit=backbone, num_scales=num_scales)
+    if backbone.num_scales != num_scales:
+        raise ValueError(f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is "
+                         f"{num_scales}")
+    if num_classes is not None and backbone.num_classes != num_classes:
+        raise ValueError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
+    return backbone
+
+
+def _prefixed(rule: Union[str, List], prefix: str) -> Union[str, List]:
+    """A timm group_matcher rule (a regex, or a list of (regex, suffix)) anchored under ``prefix``."""
+    if isinstance(rule, str):
+        return f"^{prefix}(?:{rule.lstrip('^')})"
+    return [(_prefixed(pattern, prefix), suffix) for pattern, suffix in rule]
 
 
 def create_model(**kwargs) -> RAMSTrans:

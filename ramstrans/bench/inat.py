@@ -83,7 +83,7 @@ def _mib(maxrss: int) -> float:
 def _run(workdir: Path, num_images: int, num_classes: int, num_val: int) -> dict:
     labels = write_inat_json(workdir / "train2017.json", num_images, num_classes, 0, seed=0)
     write_inat_json(workdir / "val2017.json", num_val, num_classes, num_images, seed=1)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                                       + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
     r = subprocess.run([sys.executable, "-c", CHILD, str(workdir)], capture_output=True, text=True, env=env)
     if r.returncode != 0:

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ramstrans bench``; nothing in the library imports them."""

@@ -1,0 +1,112 @@
+"""``ramstrans bench core``: the model's speed against timm's, with the same weights.
+
+Measured:
+- single-scale forward / timm forward (goal <= 1.03);
+- DPPM (rollout + threshold + components + boxes + zoom) / single-scale forward (goal <= 0.05, ViT-B/16 at 448);
+- two-scale train step (forward_multiscale + loss + backward) / two fused timm train steps (goal <= 1.15);
+- the two attention-capture designs: hooks recomputing softmax(QK^T) beside fused SDPA (ours) against unfused
+  attention with the probabilities kept, by time and by bytes saved for backward.
+"""
+import platform
+from typing import Callable, Dict
+
+import timm
+import torch
+import torch.nn.functional as F
+
+from ..models import (RAMSTrans, attention_rollout, component_boxes, crop_and_zoom, largest_component,
+                      threshold_rollout)
+from .timing import interleaved, saved_bytes
+
+__all__ = ["bench_core"]
+
+
+def bench_core(backbone: str = "vit_base_patch16_224", img_size: int = 448, batch: int = 2, repeats: int = 5,
+               device: str = "cpu", depth: int = 0) -> Dict[str, object]:
+    """Run the core benchmark and return its numbers (also printed by the CLI).
+
+    Args:
+        backbone: timm model name.
+        img_size: input size.
+        batch: images per step.
+        repeats: timed repeats per measurement (medians reported).
+        device: "cpu" or "cuda".
+        depth: override the backbone depth (0 keeps the model's own).
+    """
+    dev = torch.device(device)
+    kw = {"depth": depth} if depth else {}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    model = RAMSTrans(backbone=backbone, num_classes=200, img_size=img_size, num_scales=2, **kw).to(dev)
+    ref = timm.create_model(backbone, img_size=img_size, num_classes=200, **kw).to(dev)
+    ref.load_state_dict(model.backbone.vit.state_dict())
+    unfused = timm.create_model(backbone, img_size=img_size, num_classes=200, **kw).to(dev)
+    unfused.load_state_dict(model.backbone.vit.state_dict())
+    kept = []
+    for blk in unfused.blocks:  # design (b): unfused attention, probabilities taken at attn_drop's input
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(lambda m, a, o: kept.append(a[0].detach().mean(1)))
+    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    y = torch.randint(0, 200, (batch,), device=dev)
+    bb = model.backbone
+    H, W = bb.img_size
+
+    with torch.no_grad(), amp:
+        model.eval(), ref.eval()
+        attns = bb.forward_features(x, capture="all").attentions
+
+        def dppm():
+            g = attention_rollout(attns, bb.grid_size, model.residual, model.rollout_rows)
+            boxes = component_boxes(largest_component(threshold_rollout(g, model.alpha)), bb.patch_size, (H, W))
+            return crop_and_zoom(x, boxes, (H, W))
+
+        infer = interleaved({"ours_forward": lambda: model(x), "timm_forward": lambda: ref(x),
+                              "capture_forward": lambda: bb.forward_features(x, capture="all"), "dppm": dppm},
+                             repeats, dev)
+
+    model.train(), ref.train(), unfused.train()
+
+    def ours_step():
+        with amp:
+            out = model.forward_multiscale(x)
+            loss = sum(F.cross_entropy(lg.float(), y) for lg in out.logits)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def timm_two_steps():
+        for _ in range(2):
+            with amp:
+                loss = F.cross_entropy(ref(x).float(), y)
+            loss.backward()
+            ref.zero_grad(set_to_none=True)
+
+    def capture_step(net: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def step():
+            with amp:
+                loss = net().float().logsumexp(-1).sum()
+            loss.backward()
+            kept.clear()
+        return step
+
+    ours_capture = lambda: bb.forward_head(bb.forward_features(x, capture="all").tokens)  # noqa: E731
+    train = interleaved({"ours_2scale_step": ours_step, "timm_2_steps": timm_two_steps,
+                          "capture_hooks_step": capture_step(ours_capture),
+                          "capture_unfused_step": capture_step(lambda: unfused(x))}, repeats, dev)
+    with amp:
+        mem_hooks = saved_bytes(ours_capture)
+        mem_unfused = saved_bytes(lambda: unfused(x))
+        kept.clear()
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+                   + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
+        "versions": f"torch {torch.__version__}, timm {timm.__version__}",
+        "setting": f"{backbone}{f' depth {depth}' if depth else ''} @ {img_size}, batch {batch}, {device}"
+                   + (" bf16" if dev.type == "cuda" else " fp32") + f", median of {repeats}",
+        "seconds": {k: round(v, 5) for k, v in {**infer, **train}.items()},
+        "forward_ratio": infer["ours_forward"] / infer["timm_forward"],
+        "dppm_over_forward": infer["dppm"] / infer["ours_forward"],
+        "capture_overhead": infer["capture_forward"] / infer["ours_forward"] - 1,
+        "train_ratio": train["ours_2scale_step"] / train["timm_2_steps"],
+        "capture_step_hooks_over_unfused": train["capture_hooks_step"] / train["capture_unfused_step"],
+        "saved_for_backward_MiB": {"hooks": mem_hooks / 2 ** 20, "unfused": mem_unfused / 2 ** 20},
+    }
+    return result

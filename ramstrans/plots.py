@@ -1,0 +1,136 @@
+"""Pictures: where the model zooms (per-image panels, contact sheets), training curves, confusion matrices.
+
+Pure drawing on arrays and files (cv2 / matplotlib); no model code here. Figures are made with matplotlib's object
+API (``Figure``, no pyplot), so drawing never switches the backend of a notebook or a GUI that imported us.
+"""
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .files import atomic_write
+from .runlog import read_records
+
+__all__ = ["denormalize", "heatmap_overlay", "save_panel", "contact_sheet", "plot_curves", "plot_confusion"]
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+
+
+def denormalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(3, H, W) normalised float array -> (H, W, 3) uint8 RGB."""
+    img = image.transpose(1, 2, 0) * np.asarray(std)[None, None] + np.asarray(mean)[None, None]
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, saliency: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Blend a (gh, gw) saliency map, upsampled smoothly and min-max scaled, over an (H, W, 3) uint8 image."""
+    h, w = image.shape[:2]
+    s = cv2.resize(saliency.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    s = (s - s.min()) / max(float(s.max() - s.min()), 1e-12)
+    heat = cv2.cvtColor(cv2.applyColorMap((s * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(image, 1 - weight, heat, weight, 0)
+
+
+def _mask_picture(mask: np.ndarray, component: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Grey cells: above the threshold; white cells: the kept component."""
+    cells = np.where(component, 255, np.where(mask, 110, 0)).astype(np.uint8)
+    return cv2.resize(cells, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndarray, component: np.ndarray,
+               box: Sequence[float], zoom: np.ndarray, top3: List[List[Tuple[str, float]]], title: str = "") -> None:
+    """One PNG: input with the box, rollout overlay, mask with the kept component, zoomed crop, top-3 per scale.
+
+    Args:
+        path: output PNG.
+        image: (H, W, 3) uint8 input.
+        rollout: (gh, gw) saliency.
+        mask: (gh, gw) bool threshold mask.
+        component: (gh, gw) bool kept component.
+        box: xyxy pixels of the zoom.
+        zoom: (H, W, 3) uint8 zoomed crop (scale 2 input).
+        top3: per scale, [(class name, probability)] * 3.
+        title: figure title (e.g. file name and true class).
+    """
+    fig = Figure(figsize=(16, 3.6))
+    axes = fig.subplots(1, 5)
+    x0, y0, x1, y1 = box
+    axes[0].imshow(image)
+    axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
+    axes[0].set_title("input + zoom box")
+    axes[1].imshow(heatmap_overlay(image, rollout))
+    axes[1].set_title("attention rollout")
+    axes[2].imshow(_mask_picture(mask, component, image.shape[:2]), cmap="gray", vmin=0, vmax=255)
+    axes[2].set_title("mask (white: kept component)")
+    axes[3].imshow(zoom)
+    axes[3].set_title("zoomed crop (scale 2)")
+    lines = []
+    for s, preds in enumerate(top3):
+        lines.append(f"scale {s + 1}:")
+        lines += [f"  {p * 100:5.1f}%  {name[:28]}" for name, p in preds]
+    axes[4].text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def contact_sheet(images: List[np.ndarray], path: Path, cols: int = 4, tile: int = 224) -> None:
+    """Tile (H, W, 3) uint8 images (e.g. input with its box) into one PNG."""
+    rows = (len(images) + cols - 1) // cols
+    sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cv2.resize(img, (tile, tile),
+                                                                             interpolation=cv2.INTER_AREA)
+    png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+
+
+def plot_curves(log_path: Path, png: Path) -> None:
+    """Training loss and learning rate per step, and evaluation top-1 where logged, from the JSON-lines log."""
+    records = read_records(log_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    fig = Figure(figsize=(14, 3.6))
+    axes = fig.subplots(1, 3)
+    if train:
+        steps = [r["step"] for r in train]
+        for key in sorted({k for r in train for k in r if k.startswith(("ce_scale", "kd_scale"))}) + ["loss"]:
+            axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
+        axes[0].legend()
+        axes[1].plot(steps, [r["lr"] for r in train])
+    evals = [r for r in records if r.get("kind") == "eval"]
+    for split, weights in sorted({(r["split"], r.get("weights", "raw")) for r in evals}):
+        ev = [r for r in evals if r["split"] == split and r.get("weights", "raw") == weights]
+        axes[2].plot([r["step"] for r in ev], [r["top1"] for r in ev], "o-", label=f"{split} top-1 ({weights})")
+    if axes[2].lines:
+        axes[2].legend()
+    for ax, title in zip(axes, ("training loss", "learning rate", "top-1 (%)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    _save_png(fig, png)
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], png: Path) -> None:
+    """Row-normalised confusion matrix (true rows, predicted columns)."""
+    m = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    k = len(names)
+    fig = Figure(figsize=(max(5, 0.3 * k + 3), max(4, 0.3 * k + 2)))
+    ax = fig.subplots()
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels([n[:20] for n in names], rotation=90, fontsize=6)
+    ax.set_yticklabels([n[:20] for n in names], fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im)
+    fig.tight_layout()
+    _save_png(fig, png)
