@@ -6,6 +6,7 @@ states) plus what evaluation and deployment need (resolved config, class names; 
 model's state dict). ``model_from_checkpoint`` is the one way back from a checkpoint to a model: train (resume), eval,
 visualize and export all use it, and none needs the pretrained file the run started from.
 """
+import errno
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_diff, config_from_dict
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import RAMSTrans, build_model
@@ -30,8 +31,20 @@ _STEP_FILE = re.compile(r"^checkpoint_step(\d+)\.pth$")
 
 
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
-    """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file, whole."""
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp), fsync=True)
+    """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file, whole.
+
+    Raises:
+        OSError: the disk is full ("no space left on device: <path>"), or another write error.
+    """
+    try:
+        atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp), fsync=True)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
+        full = getattr(e, "errno", None) == errno.ENOSPC or "write failed" in str(e) or "No space left" in str(e)
+        if not full and isinstance(e, OSError):
+            raise
+        error = OSError(f"no space left on device: {path}" if full else f"could not write {path}: {e}")
+        error.errno = errno.ENOSPC if full else None
+        raise error from None
 
 
 def save_run_checkpoint(state: Dict[str, Any], out_dir: Path, keep: int) -> Path:
@@ -148,14 +161,28 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "
     except ConfigError as e:
         raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from None
     names = list(ckpt["class_names"])
-    model = build_model(replace(model_cfg or cfg.model, pretrained=None), len(names))
     if weights not in ("auto", "raw", "ema"):
         raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
     has_ema = isinstance(ckpt.get("model_ema"), dict)
     if weights == "ema" and not has_ema:
         raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")
-    use_ema = has_ema and weights != "raw"
-    load_model_state(model, ckpt["model_ema"] if use_ema else ckpt["model"], origin)
+    state = ckpt["model_ema"] if has_ema and weights != "raw" else ckpt["model"]
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier "
+                              "checkpoint")
+    wanted = replace(model_cfg or cfg.model, pretrained=None)
+    model = build_model(wanted, len(names))
+    try:
+        load_model_state(model, state, origin)
+    except CheckpointError:
+        differs = {k: v for k, v in config_diff(replace(cfg, model=replace(cfg.model, pretrained=None)),
+                                                replace(cfg, model=wanted), "model").items()}
+        if not differs:
+            raise
+        key, (old, new) = next(iter(differs.items()))
+        raise CheckpointError(f"{origin} does not fit the configured model: its {key} is {old}, the configured one "
+                              f"{new}") from None
     return model, cfg, names
 
 

@@ -49,8 +49,9 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> None:
-    from .data.synthetic import write_cub_layout
-    out = write_cub_layout(a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed)
+    from .data.synthetic import make_synthetic
+    out = make_synthetic(a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed,
+                         overwrite=a.overwrite)
     print(f"wrote the synthetic birds ({a.num_classes} classes) in the CUB-200-2011 layout to {out}")
 
 
@@ -63,7 +64,15 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         r = bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
     elif a.what == "demo":
         from .bench.demo import bench_demo
-        r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out, a.set or ())
+        r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out or "runs/bench_demo",
+                       a.set or ())
+    elif a.what == "ema":
+        from .bench.training import bench_ema
+        r = bench_ema([int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema",
+                      a.set or ())
+    elif a.what == "accum":
+        from .bench.training import bench_accum
+        r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
     elif a.what == "transmix":
         from .bench.transmix import bench_transmix
         r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
@@ -93,10 +102,12 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
-    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo"), default="core",
+    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo", "ema", "accum"),
+                   default="core",
                    help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
-                        "2-process gloo step against a 1-process step; inat: indexing "
-                        "a generated iNat 2017 JSON; demo: plain ViT against RAMS-Trans over seeds")
+                        "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
+                        "demo: plain ViT against RAMS-Trans over seeds; ema: raw against EMA weights over seeds "
+                        "(validation); accum: one batch against accumulated batches (validation)")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
@@ -106,12 +117,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
     b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
     b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
-    b.add_argument("--seeds", default="0,1,2", help="demo: comma-separated training seeds")
-    b.add_argument("--config", default="synthetic_cpu", help="demo: config of both models")
+    b.add_argument("--seeds", default="0,1,2", help="demo, ema: comma-separated training seeds (accum: the first)")
+    b.add_argument("--config", default="synthetic_cpu", help="demo, ema, accum: the config trained")
     b.add_argument("--split", default="test", choices=("test", "val"), help="demo: report on test, or tune on val")
-    b.add_argument("--out", default="runs/bench_demo",
-                   help="demo: run folders, named after each run's resolved config (finished runs are reused)")
-    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo: override for both models")
+    b.add_argument("--out", help="demo, ema, accum: run folders, named after each run's resolved config (finished "
+                                 "runs are reused; default runs/bench_<what>)")
+    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo, ema, accum: config override")
+    b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
+    b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -169,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--test-per-class", type=int, default=50)
     m.add_argument("--image-size", type=int, default=160)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--overwrite", action="store_true", help="replace what --out holds (by default that is refused)")
     m.set_defaults(func=_cmd_make_synthetic)
 
     _add_check_data(sub)

@@ -32,6 +32,7 @@ class ModelConfig:
     residual: float = 1.0  # χ in rownorm(A + χI)
     rollout_rows: str = "cls"  # "cls" or "mean" (official code)
     pretrained: Optional[str] = None  # .npz / .safetensors / .pth / ramstrans checkpoint / timm tag / shipped name
+    download_timeout_s: float = 60.0  # the longest a hub download of pretrained weights may take in all
     drop_path_rate: float = 0.0  # stochastic depth
     backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
     mean: Optional[List[float]] = None  # normalisation override; None = the backbone's pretrained config
@@ -147,6 +148,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
     return value
@@ -180,6 +186,7 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.residual", lambda v: v >= 0, ">= 0"),
     ("model.rollout_rows", lambda v: v in ("cls", "mean"), "cls or mean"),
     ("model.drop_path_rate", _unit, "in [0, 1)"),
+    ("model.download_timeout_s", lambda v: v > 0, "> 0"),
     ("data.resize", lambda v: v >= 1, ">= 1"),
     ("data.num_workers", lambda v: v >= 0, ">= 0"),
     ("data.val_fraction", _unit, "in [0, 1)"),
@@ -302,11 +309,12 @@ def config_diff(old: Config, new: Config, section: Optional[str] = None) -> Dict
     out: Dict[str, Tuple[Any, Any]] = {}
 
     def walk(a: Dict[str, Any], b: Dict[str, Any], prefix: str) -> None:
-        for k in a:
-            if isinstance(a[k], dict) and k != "backbone_kwargs":
-                walk(a[k], b[k], f"{prefix}{k}.")
-            elif a[k] != b[k]:
-                out[prefix + k] = (a[k], b[k])
+        for k in list(a) + [k for k in b if k not in a]:
+            x, y = a.get(k), b.get(k)
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, f"{prefix}{k}.")
+            elif x != y:
+                out[prefix + k] = (x, y)
 
     a, b = asdict(old), asdict(new)
     if section is not None:

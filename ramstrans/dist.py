@@ -11,8 +11,8 @@ from typing import Dict, List
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum_", "all_gather_int", "barrier",
-           "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum_", "all_gather_int", "broadcast_object",
+           "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,15 @@ def all_gather_int(value: int) -> List[int]:
     out: List[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, int(value))
     return [int(v) for v in out]
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every process (``obj`` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -239,6 +239,7 @@ def evaluate(
         scales: int = 1,
         reduce: Optional[Callable[[Dict[str, Tensor]], None]] = None,
         show_progress: bool = False,
+        what: str = "evaluated split",
 ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
     """Accuracy (single-scale by default, or the mean of the first ``scales`` scales' probabilities) and, where the
     batches carry boxes, the scale-1 proposal's IoU with them. A single-scale batch without boxes runs the plain
@@ -253,10 +254,14 @@ def evaluate(
         scales: number of scales fused (1 = the test-time model).
         reduce: in-place sum of the metric state across processes (distributed evaluation).
         show_progress: a tqdm bar when stderr is a terminal.
+        what: how to name the data in an error (e.g. "test split").
 
     Returns:
         (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped"} and the
         summed metric state (per-class counts, confusion matrix) they come from.
+
+    Raises:
+        DataError: no image could be read.
     """
     was_training = model.training
     model.eval()
@@ -286,4 +291,6 @@ def evaluate(
     model.train(was_training)
     result = acc.summary()
     result["skipped"] = int(acc.state["skipped"].item())
+    if result["images"] == 0:
+        raise DataError(f"every image of the {what} was unreadable ({result['skipped']} skipped): nothing to evaluate")
     return result, acc.state

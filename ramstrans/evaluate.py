@@ -74,7 +74,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
     ds = ImageDataset(index.root, index.split(split), names, test_transform(cfg, model), skip_corrupt)
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
     res, state = evaluate(model, eval_loader(ds, batch_size, num_workers), device=dev, num_classes=len(names),
-                          amp_dtype=amp_dtype, scales=scales, show_progress=show_progress)
+                          amp_dtype=amp_dtype, scales=scales, show_progress=show_progress, what=f"{split} split")
     out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used)
     out.mkdir(parents=True, exist_ok=True)
     res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]))

@@ -44,11 +44,11 @@ class RunMonitor:
         out_dir: the run folder.
         info: this process's rank and world size (only rank 0 writes; every rank evaluates its shard).
         metrics: the run's metrics log (None on ranks other than 0).
-        evaluate_fn: fn(model, dataset) -> metrics of a (distributed) evaluation.
+        evaluate_fn: fn(model, dataset, split name) -> metrics of a (distributed) evaluation.
     """
 
     def __init__(self, *, cfg: Config, run: TrainingRun, out_dir: Path, info: DistInfo, metrics: Optional[MetricsLog],
-                 evaluate_fn: Callable[[RAMSTrans, object], Dict[str, float]]) -> None:
+                 evaluate_fn: Callable[[RAMSTrans, object, str], Dict[str, float]]) -> None:
         self.cfg, self.run, self.out_dir, self.info = cfg, run, out_dir, info
         self.metrics, self.evaluate_fn = metrics, evaluate_fn
         self.best: Dict[str, float] = dict(run.best_val or {"top1": -1.0})
@@ -72,7 +72,8 @@ class RunMonitor:
         dataset = {"val": self.run.data.val, "test": self.run.data.test}[split]
         out = {}
         for name, model in self.weights():
-            out[name] = {"step": step, "split": split, "weights": name, **extra, **self.evaluate_fn(model, dataset)}
+            metrics = self.evaluate_fn(model, dataset, split)
+            out[name] = {"step": step, "split": split, "weights": name, **extra, **metrics}
             self.log("eval", out[name])
         return out
 
@@ -87,17 +88,17 @@ class RunMonitor:
                 "rng": rng_state(), "config": asdict(self.cfg), "class_names": list(r.data.index.class_names),
                 "best_val": self.best if self.best["top1"] >= 0 else None}
 
-    def save(self, done: int, batches: int, best: bool = False) -> None:
-        """Write the newest checkpoint (and ``best_val.pth``); refused when the weights are no longer finite."""
+    def save(self, done: int, batches: int, latest: bool = True, best: bool = False) -> None:
+        """Write the newest checkpoint and/or ``best_val.pth``; refused when the weights are no longer finite."""
         finite = torch.stack([p.detach().isfinite().all() for p in self.run.model.parameters()]).all()
         if not finite.item():
             raise FloatingPointError(f"the weights became non-finite by step {done}; the last checkpoint on disk is "
                                      "kept; lower train.lr or check the data")
         state = self.state(done, batches)
-        if self.info.is_main:
+        if self.info.is_main and latest:
             save_run_checkpoint(state, self.out_dir, self.cfg.train.keep_checkpoints)
-            if best:
-                save_checkpoint(state, self.out_dir / "best_val.pth")
+        if self.info.is_main and best:
+            save_checkpoint(state, self.out_dir / "best_val.pth")
 
     def after_step(self, done: int, batches: int) -> None:
         """EMA update, checkpoint, validation (selecting best_val.pth) and the periodic test curve."""
@@ -112,7 +113,8 @@ class RunMonitor:
             if val["top1"] > self.best["top1"]:  # model selection on validation only, never on test
                 self.best = {**val, "step": done}
                 best = True
-        if best or done % t.ckpt_every == 0 or done == t.steps:
-            self.save(done, batches, best)
+        latest = done % t.ckpt_every == 0 or done == t.steps
+        if latest or best:
+            self.save(done, batches, latest, best)
         if periodic and done != t.steps:  # test numbers for the curves; they select nothing
             self.evaluate("test", done)

@@ -23,9 +23,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import LATEST, find_checkpoint, load_checkpoint, model_from_checkpoint, set_rng_state
 from .config import DEFAULT_CONFIG, Config, ConfigError, config_diff, config_from_dict, load_config, save_config
 from .data import build_data, eval_loader, load_index, train_loader
-from .dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
+from .dist import DistInfo, all_reduce_sum_, barrier, broadcast_object, init_distributed, shutdown
 from .engine import amp_setup, evaluate, train_steps
-from .files import write_text_atomic
+from .files import FileLock, write_text_atomic
 from .losses import build_criterion
 from .mixing import Mixer
 from .models import MultiScaleForward, RAMSTrans, build_model
@@ -36,6 +36,7 @@ from .runlog import MetricsLog
 __all__ = ["run_training", "resolve_training", "build_optimizer", "build_scheduler", "build_mixer", "build_ema"]
 
 logger = logging.getLogger("ramstrans")
+RUN_LOCK = ".lock"  # held by the training process for the run's life
 _SCHEDULE_KEYS = ("steps", "warmup_steps", "warmup_lr", "lr", "min_lr", "lr_ref_batch", "batch_size", "grad_accum")
 
 
@@ -214,21 +215,34 @@ def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.devi
     return r
 
 
-def _prepare_folder(out_dir: Path, resume_from: Optional[Path], overwrite: bool, info: DistInfo) -> bool:
-    """Make sure the run folder holds no other run; returns whether the run continues in its own folder.
+def _prepare_folder(out_dir: Path, resume_from: Optional[Path], overwrite: bool,
+                    info: DistInfo) -> Tuple[bool, Optional[FileLock]]:
+    """Lock the run folder for this run's life (rank 0) and make sure it holds no other run; remove the temp files of
+    writes a killed process left. Returns (whether the run continues in its own folder, the lock).
 
     Raises:
-        ValueError: the folder holds files of another run and ``overwrite`` is off.
+        ValueError: another process holds the folder, or it holds files of another run and ``overwrite`` is off.
     """
     same = resume_from is not None and out_dir.resolve() == resume_from.parent.resolve()
-    taken = out_dir.is_dir() and any(out_dir.iterdir())
-    if taken and not same and not overwrite:
-        raise ValueError(f"run folder {out_dir} already holds a run; continue it with --resume auto, choose another "
-                         "--output-dir, or replace it with --overwrite")
-    if taken and not same and info.is_main:
-        shutil.rmtree(out_dir)
-    barrier()
-    return same
+    error, lock = None, None
+    if info.is_main:
+        try:
+            lock = FileLock(out_dir / RUN_LOCK, f"run folder {out_dir}").acquire()
+            files = [p for p in out_dir.iterdir() if p.name != RUN_LOCK]
+            if files and not same and not overwrite:
+                raise ValueError(f"run folder {out_dir} already holds a run; continue it with --resume auto, choose "
+                                 "another --output-dir, or replace it with --overwrite")
+            for p in files:
+                if not same or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except ValueError as e:
+            if lock is not None:
+                lock.release()
+            error = str(e)
+    error = broadcast_object(error)  # every rank stops with rank 0's sentence instead of waiting for it
+    if error:
+        raise ValueError(error)
+    return same, lock
 
 
 def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_progress: bool = True,
@@ -245,11 +259,15 @@ def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_pr
     """
     t = cfg.train
     info, device = init_distributed(t.device, t.dist_timeout_s)
+    lock = None
     try:
         ckpt = load_checkpoint(resume) if resume else None
-        same = _prepare_folder(Path(t.output_dir).expanduser(), Path(resume) if resume else None, overwrite, info)
+        same, lock = _prepare_folder(Path(t.output_dir).expanduser(), Path(resume) if resume else None, overwrite,
+                                     info)
         return _train(cfg, ckpt, same, info, device, show_progress)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown()
 
 
@@ -264,10 +282,11 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         save_config(cfg, out_dir / "config.yaml")
         metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
 
-    def evaluate_fn(model: RAMSTrans, dataset) -> Dict[str, float]:
+    def evaluate_fn(model: RAMSTrans, dataset, split: str) -> Dict[str, float]:
         shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
         return evaluate(model, eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard), device=device,
-                        num_classes=len(r.data.index.class_names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_)[0]
+                        num_classes=len(r.data.index.class_names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_,
+                        what=f"{split} split")[0]
 
     monitor = RunMonitor(cfg=cfg, run=r, out_dir=out_dir, info=info, metrics=metrics, evaluate_fn=evaluate_fn)
     stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}

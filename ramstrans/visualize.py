@@ -36,6 +36,8 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
         data_root: the data set at another path than the training config's (used as it is, never generated).
         weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
     """
+    if not images and num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
     dev = resolve_device(device)
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint), weights=weights,
                                               origin=f"checkpoint {checkpoint}")

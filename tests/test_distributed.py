@@ -43,7 +43,7 @@ def _tiny(root, out):
     return cfg, model, build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
 
 
-def _train_and_record(root, out, batch, rank=0, world=1):
+def _train_and_record(root, out, batch, rank=0, world=1, accum=1):
     """Train 3 steps on the tiny synthetic set; save the flat parameters after every step."""
     info, device = init_distributed("cpu", 60)
     cfg, model, data = _tiny(root, out)
@@ -59,18 +59,20 @@ def _train_and_record(root, out, batch, rank=0, world=1):
     record(0)
     # no warm-up: the first step's lr is not 0, so every compared step moves the weights
     train_steps(module, MultiScaleLoss(), opt, build_scheduler(replace(t, warmup_steps=0), opt),
-                train_loader(data.train, batch, t.seed, 0, 0, rank, world), device=device, start_step=0,
-                total_steps=3, clip_grad=1.0, after_step=record, show_progress=False, world_size=world)
+                train_loader(data.train, batch, t.seed, 0, 0, rank, world, accum), device=device, start_step=0,
+                total_steps=3, grad_accum=accum, clip_grad=1.0, after_step=record, show_progress=False,
+                world_size=world)
     shutdown()
 
 
-def _ddp_train_worker(rank, world, port, root, out):
+def _ddp_train_worker(rank, world, port, root, out, batch, accum):
     _env(rank, world, port)
-    _train_and_record(root, out, batch=2, rank=rank, world=world)
+    _train_and_record(root, out, batch=batch, rank=rank, world=world, accum=accum)
 
 
-def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root):
-    mp.start_processes(_ddp_train_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2,
+@pytest.mark.parametrize("batch,accum", [(2, 1), (1, 2)])
+def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root, batch, accum):
+    mp.start_processes(_ddp_train_worker, args=(2, _free_port(), synthetic_root, tmp_path, batch, accum), nprocs=2,
                        start_method="spawn")
     _train_and_record(synthetic_root, tmp_path, batch=4)
     for step in (1, 2, 3):
@@ -116,8 +118,8 @@ def test_only_rank0_writes_and_a_single_process_resumes(tmp_path, synthetic_root
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3]  # one writer: each step logged once
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl", "metrics_eval.csv", "metrics_start.csv",
-        "metrics_train.csv", "summary.json"]
+        ".lock", "checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl", "metrics_eval.csv",
+        "metrics_start.csv", "metrics_train.csv", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     assert load_checkpoint(out / "checkpoint.pth")["data_positions"] == [3, 3]  # both ranks' batch positions
     resumed = run_training(_cfg(synthetic_root, out, "train.steps=5", "train.ckpt_every=5"),

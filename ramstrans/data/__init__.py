@@ -62,6 +62,9 @@ def build_data(data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[floa
         if val_table is not None:
             raise ValueError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
         train_table, val_table = stratified_split(train_table, data_cfg.val_fraction, seed)
+        if len(val_table) == 0:
+            raise DataError(f"data.val_fraction {data_cfg.val_fraction} leaves no validation images (no class of the "
+                            f"data set at {index.root} has two training images)")
     make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
     return DataBundle(index=index, train=make(train_table, train_t), test=make(index.split("test"), test_t),
                       val=make(val_table, test_t) if val_table is not None else None)

@@ -1,11 +1,12 @@
 """``ramstrans check-data``: index a data set as training would, then look at every listed image.
 
 The report counts the images and classes of each split and lists every problem found, each a dict with ``kind``
-(``structure``, ``label``, ``duplicate``, ``missing``, ``unreadable``), ``message`` (one sentence) and, where it
-concerns one image, ``split`` and ``path`` (relative to the root). A structural error of the loader (a missing list
-file, a label out of range, ...) stops indexing: it is the one problem reported. Otherwise every image is checked for
-existence and, unless ``decode`` is off, decoded exactly as training decodes it (``read_image``), in batches on a thread
-pool (OpenCV releases the GIL while decoding) behind a tqdm progress bar on stderr.
+(``structure``, ``label``, ``duplicate``, ``box``, ``missing``, ``unreadable``), ``message`` (one sentence) and, where
+it concerns one image, ``split`` and ``path`` (relative to the root). A structural error of the loader (a missing list
+file, a label out of range, a split without images, ...) stops indexing: it is the one problem reported. Otherwise
+every box is checked for a positive size inside the image, and every image for existence and, unless ``decode`` is off,
+decoded exactly as training decodes it (``read_image``), in batches on a thread pool (OpenCV releases the GIL while
+decoding) behind a tqdm progress bar on stderr.
 """
 import os
 import sys
@@ -17,12 +18,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import DATASETS
-from .dataset import DataError, DatasetIndex, read_image
+from .dataset import BOX_COLUMNS, DataError, DatasetIndex, ImageReadError, read_image
 
 __all__ = ["check_data", "format_report", "exit_code"]
 
 BATCH = 64  # images per pool task: few futures for 579k images, a smooth progress bar
 SHOWN = 50  # problems printed in text form (the JSON form lists all)
+BOX_SLACK = 1.0  # pixels a box may end past the image (annotation tools round outwards)
 
 
 def _problem(kind: str, message: str, split: Optional[str] = None, path: Optional[str] = None) -> dict:
@@ -43,9 +45,20 @@ def _label_problems(index: DatasetIndex) -> List[dict]:
 
 
 def _all_rows(index: DatasetIndex) -> pd.DataFrame:
-    rows = pd.concat([t[["path"]].assign(split=s) for s, t in index.splits.items()], ignore_index=True)
+    cols = ["path"] + (BOX_COLUMNS if index.has_boxes else [])
+    rows = pd.concat([t[cols].assign(split=s) for s, t in index.splits.items()], ignore_index=True)
     rows["norm"] = rows["path"].map(os.path.normpath)
     return rows
+
+
+def _box_problems(rows: pd.DataFrame) -> List[dict]:
+    """Boxes of no area (x1 <= x0 or y1 <= y0) or starting left of or above the image."""
+    if "x0" not in rows:
+        return []
+    bad = rows[(rows["x1"] <= rows["x0"]) | (rows["y1"] <= rows["y0"]) | (rows["x0"] < 0) | (rows["y0"] < 0)]
+    return [_problem("box", f"{r.split} image {r.path} has the box ({r.x0:g}, {r.y0:g}, {r.x1:g}, {r.y1:g}), "
+                            "which is empty or starts outside the image", r.split, r.path)
+            for r in bad.itertuples()]
 
 
 def _duplicate_problems(rows: pd.DataFrame) -> List[dict]:
@@ -55,25 +68,31 @@ def _duplicate_problems(rows: pd.DataFrame) -> List[dict]:
             for _, g in dup.groupby("norm", sort=False)]
 
 
-def _check_files(root: Path, batch: List[Tuple[str, str]], decode: bool) -> List[dict]:
+def _check_files(root: Path, batch: List[Tuple[str, str, Optional[Tuple[float, ...]]]], decode: bool) -> List[dict]:
     out = []
-    for split, path in batch:
+    for split, path, box in batch:
         file = root / path
         if not file.is_file():
             out.append(_problem("missing", f"{split} image {path} does not exist", split, path))
             continue
-        if decode:
-            try:
-                read_image(file)
-            except Exception as e:  # whatever stops this one file from decoding is this file's problem
-                why = "corrupt or not an image" if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-                out.append(_problem("unreadable", f"{split} image {path} cannot be decoded ({why})", split, path))
+        if not decode:
+            continue
+        try:
+            h, w = read_image(file).shape[:2]
+        except Exception as e:  # whatever stops this one file from decoding is this file's problem
+            why = e.reason if isinstance(e, ImageReadError) else f"cannot be decoded ({type(e).__name__}: {e})"
+            out.append(_problem("unreadable", f"{split} image {path} {why}", split, path))
+            continue
+        if box is not None and (box[2] > w + BOX_SLACK or box[3] > h + BOX_SLACK):
+            out.append(_problem("box", f"{split} image {path} has the box ({', '.join(f'{v:g}' for v in box)}), "
+                                       f"which ends outside its {w} x {h} pixels", split, path))
     return out
 
 
 def _file_problems(root: Path, rows: pd.DataFrame, workers: int, decode: bool, progress: bool) -> List[dict]:
     first = rows.drop_duplicates("norm")
-    items = list(zip(first["split"], first["path"]))
+    boxes = first[BOX_COLUMNS].itertuples(index=False, name=None) if "x0" in first else [None] * len(first)
+    items = list(zip(first["split"], first["path"], boxes))
     batches = [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
     out: List[dict] = []
     desc = "decoding images" if decode else "looking for images"
@@ -112,7 +131,7 @@ def check_data(dataset: str, root: Path, workers: int = 0, decode: bool = True, 
         return report
     report["splits"] = {s: {"images": len(t), "classes": int(t["label"].nunique())} for s, t in index.splits.items()}
     rows = _all_rows(index)
-    report["problems"] = (_label_problems(index) + _duplicate_problems(rows)
+    report["problems"] = (_label_problems(index) + _duplicate_problems(rows) + _box_problems(rows)
                           + _file_problems(index.root, rows, workers, decode, progress))
     return report
 

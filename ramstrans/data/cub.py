@@ -24,6 +24,8 @@ def read_records(path: Path, columns: List[str]) -> pd.DataFrame:
     lines = pd.read_csv(path, header=None, names=["line"], sep="\x01", dtype=str, engine="python",
                         skip_blank_lines=True, keep_default_na=False)["line"].str.strip()
     lines = lines[lines != ""]
+    if lines.empty:
+        return pd.DataFrame(columns=columns, dtype=str)
     parts = lines.str.split(n=len(columns) - 1, expand=True)
     if parts.shape[1] != len(columns) or parts.isna().any().any():
         bad = lines[parts.isna().any(axis=1)].iloc[0] if parts.shape[1] == len(columns) else lines.iloc[0]

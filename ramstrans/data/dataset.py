@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["DataError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
+__all__ = ["DataError", "ImageReadError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root",
+           "collate"]
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 
@@ -30,6 +31,14 @@ class DatasetIndex:
     root: Path
     class_names: List[str]
     splits: Dict[str, pd.DataFrame]
+
+    def __post_init__(self) -> None:
+        """Every loader ends here: an index with a split of no images is refused, naming the split."""
+        if self.splits and not self.class_names:
+            raise DataError(f"the data set at {self.root} defines no classes")
+        for name, table in self.splits.items():
+            if len(table) == 0:
+                raise DataError(f"the {name} split of the data set at {self.root} has no images")
 
     @property
     def has_boxes(self) -> bool:
@@ -49,26 +58,37 @@ def check_inside_root(root: Path, paths: pd.Series, listed_in: str) -> None:
             raise DataError(f"{listed_in} lists the path '{p}', which leaves the data set root {root}")
 
 
+class ImageReadError(DataError):
+    """An image file that cannot be used; ``reason`` says why ("cannot be decoded (the file is empty)", ...)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"image {path} {reason}")
+        self.path, self.reason = path, reason
+
+
 def read_image(path: Union[str, Path]) -> np.ndarray:
     """Decode any image file to (H, W, 3) uint8 RGB: grayscale, CMYK, 16-bit, RGBA, or PNG bytes behind a .jpg name.
+    Every decoder failure (an empty file, corrupt bytes, a decompression bomb) becomes an ``ImageReadError``.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        DataError: the bytes are not a decodable image.
+        ImageReadError: the bytes are not a decodable image, or one too large to decode.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
-        raise DataError(f"image {path} cannot be decoded (the file is empty)")
+        raise ImageReadError(path, "cannot be decoded (the file is empty)")
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # decodes by content, not by name
     except cv2.error as e:  # OpenCV asserts instead of returning None for some inputs (e.g. a decompression bomb)
-        why = "too large to decode" if "MAX_IMAGE_PIXELS" in str(e) else "corrupt or not an image"
-        raise DataError(f"image {path} cannot be decoded ({why})") from None
+        if "MAX_IMAGE_PIXELS" in str(e):
+            raise ImageReadError(path, "is too large to decode (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)") \
+                from None
+        raise ImageReadError(path, f"cannot be decoded (OpenCV: {str(e).strip().splitlines()[-1][:80]})") from None
     if img is None or img.size == 0:
-        raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
+        raise ImageReadError(path, "cannot be decoded (corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -36,8 +36,10 @@ def _scan_split(root: Path, split: str) -> pd.DataFrame:
     if stray:
         raise DataError(f"{top} holds the image {stray[0]} outside any class folder ({split}/<class>/<image>)")
     for cls in sorted(p.name for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        seen = set()  # real folders walked: a symlink back up the tree (a loop) is not followed again
         for dirpath, dirnames, filenames in os.walk(top / cls, followlinks=True):
-            dirnames.sort()
+            seen.add(os.path.realpath(dirpath))
+            dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)
             rel = Path(dirpath).relative_to(root).as_posix()
             rows += [(f"{rel}/{name}", cls) for name in sorted(filenames) if _is_image(name)]
     return pd.DataFrame(rows, columns=["path", "class"])

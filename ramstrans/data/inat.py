@@ -31,6 +31,8 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path.name} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path.name} nests its JSON too deeply to be an iNaturalist file") from None
     if not isinstance(data, dict):
         raise DataError(f"{path.name} must hold one JSON object with images, annotations and categories")
     for key in LISTS:

@@ -10,6 +10,8 @@ The scene code (background, clutter, painter) is shared with the pretext stream 
 (``ramstrans.data.pretext``), which draws other families with it.
 """
 import itertools
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -18,9 +20,11 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
+from ..files import FileLock
 
 __all__ = ["BirdSpecies", "Painter", "species_list", "render_background", "render_clutter", "draw_bird",
-           "render_scene", "render_bird_scene", "write_cub_layout", "PALETTE", "BODY_COLOURS"]
+           "render_scene", "render_bird_scene", "write_cub_layout", "make_synthetic", "ensure_synthetic", "PALETTE",
+           "BODY_COLOURS"]
 
 RGB = Tuple[int, int, int]
 PALETTE: Dict[str, RGB] = {
@@ -229,34 +233,78 @@ def write_cub_layout(out_dir: Path, num_classes: int = 10, train_per_class: int 
 
 def default_cache_dir() -> Path:
     """Where the demo data set is generated on first use (``$RAMSTRANS_CACHE`` or ~/.cache/ramstrans)."""
-    import os
     return Path(os.environ.get("RAMSTRANS_CACHE", Path.home() / ".cache" / "ramstrans"))
+
+
+def _generate(out: Path, num_classes: int, train_per_class: int, test_per_class: int, image_size: int,
+              seed: int) -> None:
+    """Write the set into a temp folder beside ``out``, then rename it to ``out`` (which must not exist or be empty):
+    a half-written set never has the final name."""
+    import tempfile
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_synthetic(out: Path, num_classes: int = 10, train_per_class: int = 150, test_per_class: int = 50,
+                   image_size: int = 160, seed: int = 0, overwrite: bool = False) -> Path:
+    """``ramstrans make-synthetic``: the set at ``out``, which must be new or empty unless ``overwrite``.
+
+    Raises:
+        DataError: ``out`` holds files and ``overwrite`` is off.
+    """
+    out = Path(out).expanduser()
+    for name, value, least in (("--train-per-class", train_per_class, 1), ("--test-per-class", test_per_class, 1),
+                               ("--image-size", image_size, 16)):
+        if value < least:
+            raise DataError(f"{name} must be at least {least}, got {value}")
+    species_list(num_classes)  # refuses a class count the generator cannot draw
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise DataError(f"{out} is not empty: give a new or empty folder, or pass --overwrite to replace it")
+    with FileLock(out.parent / f".{out.name}.lock", f"the synthetic set {out}"):
+        if out.exists() and overwrite:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)  # the old set goes only after the new one is complete
+            try:
+                _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old)
+        else:
+            _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
+    return out
 
 
 def ensure_synthetic(root: str, num_classes: int, train_per_class: int, test_per_class: int, image_size: int,
                      seed: int) -> Path:
     """The synthetic set's folder, generated there on first use (atomically: a half-written folder never counts).
+    Processes that need the same set at once wait for one of them to generate it.
 
     Args:
         root: folder to use; empty for a cache folder named after the parameters.
         num_classes, train_per_class, test_per_class, image_size, seed: generator parameters.
+
+    Raises:
+        DataError: ``root`` holds other files than a synthetic set.
     """
-    import shutil
-    import tempfile
     name = f"synthetic-birds-v2-k{num_classes}-n{train_per_class}-{test_per_class}-s{image_size}-seed{seed}"
     out = Path(root).expanduser() if root else default_cache_dir() / name
     if (out / "images.txt").is_file():
         return out
-    if out.is_dir() and any(out.iterdir()):
-        raise DataError(f"data.root {out} is not empty and holds no synthetic data set (no images.txt): give an empty "
-                        "or new folder, or leave data.root empty for the cache")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
-        write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed)
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(out.parent / f".{out.name}.lock", f"the synthetic set {out}"):
+        if (out / "images.txt").is_file():  # another process generated it while this one waited
+            return out
+        if out.is_dir() and any(out.iterdir()):
+            raise DataError(f"data.root {out} is not empty and holds no synthetic data set (no images.txt): give an "
+                            "empty or new folder, or leave data.root empty for the cache")
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a generation that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
     return out

@@ -17,7 +17,8 @@ def build_model(model_cfg, num_classes: int) -> RAMSTrans:
         kwargs["drop_path_rate"] = model_cfg.drop_path_rate
     model = RAMSTrans(backbone=model_cfg.backbone, num_classes=num_classes, img_size=model_cfg.img_size,
                       num_scales=model_cfg.num_scales, alpha=model_cfg.alpha, residual=model_cfg.residual,
-                      rollout_rows=model_cfg.rollout_rows, pretrained=model_cfg.pretrained, **kwargs)
+                      rollout_rows=model_cfg.rollout_rows, pretrained=model_cfg.pretrained,
+                      download_timeout_s=model_cfg.download_timeout_s, **kwargs)
     if model_cfg.grad_checkpointing:
         model.backbone.vit.set_grad_checkpointing(True)
     if model_cfg.mean is not None or model_cfg.std is not None:

@@ -64,6 +64,8 @@ def _unsupported_reason(vit: nn.Module) -> Optional[str]:
         return "it has no learned position embedding"
     if not isinstance(vit.patch_drop, nn.Identity):
         return "patch dropout removes tokens, so attention would no longer cover the patch grid"
+    if len(vit.blocks) == 0:
+        return "it has no transformer blocks (depth 0)"
     for i, blk in enumerate(vit.blocks):
         attn = getattr(blk, "attn", None)
         if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
@@ -97,6 +99,10 @@ def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None
         if "img_size" in str(e):
             raise ValueError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
         raise ValueError(f"backbone '{name}' does not accept these arguments: {e}") from None
+    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") \
+            from None
     reason = _unsupported_reason(vit)
     if reason is not None:
         raise ValueError(f"backbone '{name}' is not supported: {reason}")

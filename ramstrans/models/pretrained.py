@@ -7,6 +7,7 @@ CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetens
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -118,7 +119,7 @@ def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
             token.copy_(backbone.vit.cls_token)
 
 
-def _hub_file(model_name: str, tag: str) -> Tuple[Path, Optional[dict]]:
+def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Optional[dict]]:
     """Find (in the local cache, or by download when online) the hub file of a timm pretrained tag."""
     full = model_name if tag in ("", "timm") else f"{model_name}.{tag}"
     try:
@@ -138,15 +139,40 @@ def _hub_file(model_name: str, tag: str) -> Tuple[Path, Optional[dict]]:
         if isinstance(cached, str):
             return Path(cached), cfg
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if offline or not _online():
+    if offline or not _online(min(3.0, timeout_s)):
         raise ValueError(f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
                          "not in the local cache; download them elsewhere and pass the file as pretrained=PATH")
     for name in names:
         try:
-            return Path(huggingface_hub.hf_hub_download(hub_id, name)), cfg
+            return _download(hub_id, name, full, timeout_s), cfg
         except EntryNotFoundError:
             continue
     raise ValueError(f"the hub repository {hub_id} holds none of {names}")
+
+
+def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
+    """``hf_hub_download`` with a total deadline: its own retries can wait for many minutes on a host that accepts
+    connections and never answers."""
+    result: Dict[str, object] = {}
+
+    def fetch() -> None:
+        try:
+            result["path"] = huggingface_hub.hf_hub_download(hub_id, name)
+        except Exception as e:  # handed to the caller's thread
+            result["error"] = e
+
+    worker = threading.Thread(target=fetch, daemon=True)  # abandoned, not joined, past the deadline
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ValueError(f"downloading timm weights '{full}' did not finish within {timeout_s:g} s "
+                         "(model.download_timeout_s); download them elsewhere and pass the file as pretrained=PATH")
+    if "error" in result:
+        if isinstance(result["error"], EntryNotFoundError):
+            raise result["error"]
+        raise ValueError(f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
+                         "elsewhere and pass the file as pretrained=PATH") from None
+    return Path(result["path"])
 
 
 def _online(timeout: float = 3.0) -> bool:
@@ -169,7 +195,7 @@ def _load_shipped(backbone: ViTBackbone, name: str) -> None:
     backbone.set_normalization(meta["mean"], meta["std"])
 
 
-def load_pretrained(backbone: ViTBackbone, source: str) -> None:
+def load_pretrained(backbone: ViTBackbone, source: str, download_timeout_s: float = 60.0) -> None:
     """Initialise ``backbone`` in place from ``source``.
 
     Args:
@@ -178,6 +204,7 @@ def load_pretrained(backbone: ViTBackbone, source: str) -> None:
             checkpoint; the name of weights shipped with the package (``"synthetic-tiny"``); or ``"timm"`` (the
             model's default timm weights) or a timm pretrained tag such as ``"augreg_in21k"`` (downloaded from the hub
             unless cached; needs internet).
+        download_timeout_s: the longest a hub download may take in all.
 
     Raises:
         FileNotFoundError: ``source`` looks like a path and does not exist.
@@ -200,7 +227,7 @@ def load_pretrained(backbone: ViTBackbone, source: str) -> None:
     elif path.suffix or os.sep in str(source) or path.exists():
         raise FileNotFoundError(f"pretrained file {source} does not exist")
     else:
-        file, cfg = _hub_file(backbone.name, str(source))
+        file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
         _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
         backbone.set_normalization(cfg["mean"], cfg["std"])
     _copy_cls_to_zoom_tokens(backbone)

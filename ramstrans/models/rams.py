@@ -67,6 +67,7 @@ class RAMSTrans(nn.Module):
         residual: χ in Â = rownorm(A + χI).
         rollout_rows: "cls" (CLS query row) or "mean" (mean of all query rows, as the official code).
         pretrained: optional weights source (see ``load_pretrained``).
+        download_timeout_s: the longest a download of hub weights may take in all.
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
@@ -80,6 +81,7 @@ class RAMSTrans(nn.Module):
             residual: float = 1.0,
             rollout_rows: RolloutRows = "cls",
             pretrained: Optional[str] = None,
+            download_timeout_s: float = 60.0,
             **backbone_kwargs,
     ) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class RAMSTrans(nn.Module):
         self.residual = float(residual)
         self.rollout_rows: RolloutRows = rollout_rows
         if pretrained:
-            load_pretrained(self.backbone, pretrained)
+            load_pretrained(self.backbone, pretrained, download_timeout_s)
 
     def _check_input(self, x: Tensor) -> None:
         C, (H, W) = self.backbone.in_chans, self.backbone.img_size

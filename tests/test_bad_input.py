@@ -1,0 +1,205 @@
+"""Hostile inputs through the CLI (in-process, tiny data): each gets exit 2 (check-data: 1) and one sentence naming the
+culprit, never a traceback, and a run folder that existed before is left exactly as it was."""
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN
+from ramstrans.cli import main
+
+
+def _sets(*items):
+    return [a for it in items for a in ("--set", it)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--no-progress", "--output-dir", str(out)] + _sets(*TINY_TRAIN)) == 0
+    return out
+
+
+def _bomb_png(path: Path) -> Path:
+    """A PNG whose header claims 40,000 x 40,000 pixels (a decompression bomb) with a few bytes of data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return path
+
+
+def _first_test_image(root: Path) -> Path:
+    return sorted((root / "images").rglob("*_0_0000.jpg"))[0]
+
+
+def _data_copy(ctx, spoil=None):
+    """A copy of the tiny synthetic set; ``spoil(first test image, first train image)`` damages it."""
+    root = shutil.copytree(ctx["synthetic"], ctx["tmp"] / "data")
+    if spoil is not None:
+        spoil(_first_test_image(root), sorted((root / "images").rglob("*_1_0000.jpg"))[0])
+    return root
+
+
+def _empty_file(test_img, train_img):
+    test_img.write_bytes(b"")
+    train_img.write_bytes(b"")
+
+
+def _bomb(test_img, train_img):
+    _bomb_png(test_img)
+    _bomb_png(train_img)
+
+
+def _empty_lists(root):
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        (root / name).write_text("")
+
+
+def _nested_inat(ctx):
+    root = ctx["tmp"] / "inat"
+    root.mkdir()
+    for name in ("train2017.json", "val2017.json"):
+        (root / name).write_text("[" * 100000 + "]" * 100000)
+    return root
+
+
+def _ckpt(ctx, edit):
+    """A copy of the trained checkpoint, edited."""
+    state = torch.load(ctx["run"] / "checkpoint.pth", weights_only=True)
+    edit(state)
+    torch.save(state, ctx["tmp"] / "edited.pth")
+    return str(ctx["tmp"] / "edited.pth")
+
+
+def _nan_weights(state):
+    state["model"]["backbone.vit.head.weight"].fill_(float("nan"))
+
+
+def _resume(ctx, *sets):
+    return ["train", "--no-progress", "--resume", str(ctx["run"] / "checkpoint.pth")] + _sets(*sets)
+
+
+def _train_on(root, *sets):
+    return ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(*TINY_TRAIN, f"data.root={root}", *sets)
+
+
+def _eval_on(ctx, root, *extra):
+    return ["eval", "--checkpoint", str(ctx["run"] / "checkpoint.pth"), "--data-root", str(root), "--workers", "0",
+            "--no-progress", "--output", str(ctx["tmp"] / "ev"), *extra]
+
+
+# (case id, fn(ctx) -> argv, exit code, fragments of the one sentence)
+CASES = [
+    # 1. empty or undecodable files
+    ("train_empty_image", lambda c: _train_on(_data_copy(c, _empty_file)), 2, ["_0000.jpg", "the file is empty"]),
+    ("eval_empty_image", lambda c: _eval_on(c, _data_copy(c, _empty_file)), 2, ["_0_0000.jpg", "the file is empty"]),
+    ("eval_bomb", lambda c: _eval_on(c, _data_copy(c, _bomb)), 2, ["_0_0000.jpg", "too large to decode"]),
+    ("visualize_empty_image", lambda c: ["visualize", "--checkpoint", str(c["run"] / "checkpoint.pth"), "--images",
+                                         str(_first_test_image(_data_copy(c, _empty_file)))],
+     2, ["_0_0000.jpg", "the file is empty"]),
+    ("check_data_empty_image", lambda c: ["check-data", "--dataset", "cub", "--root",
+                                          str(_data_copy(c, _empty_file)), "--no-progress"], 1,
+     ["unreadable", "_0_0000.jpg cannot be decoded (the file is empty)"]),
+    ("check_data_bomb", lambda c: ["check-data", "--dataset", "cub", "--root", str(_data_copy(c, _bomb)),
+                                   "--no-progress"], 1, ["_0_0000.jpg is too large to decode"]),
+    # 2. empty data sets
+    ("check_data_no_images", lambda c: ["check-data", "--dataset", "cub", "--root",
+                                        str(_spoiled_root(c, _empty_lists)), "--no-progress"], 1,
+     ["structure", "the train split", "has no images"]),
+    ("train_no_images", lambda c: _train_on(_spoiled_root(c, _empty_lists)), 2, ["the train split", "has no images"]),
+    # 3. values the types allow but the code cannot use
+    ("batch_size_0", lambda c: _resume(c, "train.batch_size=0"), 2, ["train.batch_size", ">= 1", "got 0"]),
+    ("ckpt_every_0", lambda c: _resume(c, "train.ckpt_every=0"), 2, ["train.ckpt_every", ">= 1"]),
+    ("log_every_0", lambda c: _resume(c, "train.log_every=0"), 2, ["train.log_every", ">= 1"]),
+    ("negative_depth", lambda c: _train_on(c["synthetic"], "model.backbone_kwargs={embed_dim: 32, depth: -1, "
+                                                           "num_heads: 2}"), 2, ["depth", "-1"]),
+    ("heads_not_dividing", lambda c: _train_on(c["synthetic"], "model.backbone_kwargs={embed_dim: 30, depth: 2, "
+                                                               "num_heads: 4}"), 2, ["divisible by num_heads"]),
+    ("synthetic_image_size_0", lambda c: _resume(c, "data.synthetic.image_size=0"), 2,
+     ["data.synthetic.image_size", ">= 16"]),
+    ("make_synthetic_size_0", lambda c: ["make-synthetic", "--out", str(c["tmp"] / "s"), "--image-size", "0"], 2,
+     ["--image-size", "at least 16"]),
+    # 4. checkpoints that do not fit
+    ("resume_other_architecture", lambda c: _resume(c, "train.steps=4", "model.backbone_kwargs={embed_dim: 64, "
+                                                    "depth: 2, num_heads: 2}"), 2,
+     ["model.backbone_kwargs.embed_dim is 32, the configured one 64"]),
+    ("resume_other_classes", lambda c: _resume(c, "train.steps=4", "data.synthetic.num_classes=4"), 2,
+     ["other classes"]),
+    ("eval_no_head", lambda c: ["eval", "--checkpoint", _ckpt(c, lambda s: [s["model"].pop(k) for k in
+                                                                            ("backbone.vit.head.weight",
+                                                                             "backbone.vit.head.bias")])], 2,
+     ["backbone.vit.head", "is missing"]),
+    ("eval_no_config", lambda c: ["eval", "--checkpoint", _ckpt(c, lambda s: s.pop("config"))], 2,
+     ["no 'config' entry"]),
+    ("eval_nan_weights", lambda c: ["eval", "--checkpoint", _ckpt(c, _nan_weights)], 2,
+     ["non-finite weights", "backbone.vit.head.weight"]),
+    ("export_nan_weights", lambda c: ["export", "--checkpoint", _ckpt(c, _nan_weights), "--out",
+                                      str(c["tmp"] / "m.safetensors")], 2, ["non-finite weights"]),
+    # 5. odd arguments
+    ("visualize_num_0", lambda c: ["visualize", "--checkpoint", str(c["run"] / "checkpoint.pth"), "--num", "0"], 2,
+     ["--num must be at least 1"]),
+    ("check_data_nested_json", lambda c: ["check-data", "--dataset", "inat17", "--root", str(_nested_inat(c)),
+                                          "--no-progress"], 1, ["nests its JSON too deeply"]),
+    ("train_nested_json", lambda c: ["train", "--no-progress", "--output-dir", str(c["tmp"] / "new")] + _sets(
+        *TINY_TRAIN, "data.dataset=inat17", f"data.root={_nested_inat(c)}"), 2, ["nests its JSON too deeply"]),
+]
+
+
+def _spoiled_root(ctx, spoil):
+    root = shutil.copytree(ctx["synthetic"], ctx["tmp"] / "data")
+    spoil(root)
+    return root
+
+
+def _snapshot(folder: Path):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name,make_argv,code,fragments", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_gets_one_sentence(name, make_argv, code, fragments, trained, synthetic_root, tmp_path,
+                                        capsys):
+    run = shutil.copytree(trained, tmp_path / "run")
+    ctx = {"run": run, "synthetic": synthetic_root, "tmp": tmp_path}
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in make_argv(ctx)]
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(argv) == code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    if code == 2:
+        lines = [line for line in err.splitlines() if line.startswith("ramstrans: error: ")]
+        assert len(lines) == 1, err
+        message = lines[0]
+    else:  # check-data lists the problems on stdout
+        message = out
+    for fragment in fragments:
+        assert fragment in message, message
+    assert _snapshot(run) == before  # nothing in the existing run folder was touched
+
+
+def test_skip_corrupt_skips_empty_and_oversized_images(trained, synthetic_root, tmp_path, capsys):
+    root = _data_copy({"synthetic": synthetic_root, "tmp": tmp_path}, _empty_file)
+    _bomb_png(sorted((root / "images").rglob("*_0_0001.jpg"))[0])
+    argv = ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(root), "--workers", "0",
+            "--no-progress", "--output", str(tmp_path / "ev"), "--skip-corrupt"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["skipped"] == 2 and res["images"] == 7
+    sets = TINY_TRAIN + [f"data.root={root}", "data.skip_corrupt=true", f"train.output_dir={tmp_path / 'r'}"]
+    assert main(["train", "--no-progress"] + _sets(*sets)) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["test"]["skipped"] == 2
+
+
+def test_every_image_unreadable_is_an_error_not_zero_percent(trained, synthetic_root, tmp_path, capsys):
+    root = shutil.copytree(synthetic_root, tmp_path / "data")
+    for p in (root / "images").rglob("*_0_*.jpg"):  # every test image
+        p.write_bytes(b"")
+    argv = ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(root), "--workers", "0",
+            "--no-progress", "--skip-corrupt"]
+    assert main(argv) == 2
+    assert "every image of the test split was unreadable (9 skipped)" in capsys.readouterr().err
