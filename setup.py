@@ -16,7 +16,6 @@ setup(
     data_files=[("share/ramstrans/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
     install_requires=[
         "torch>=2.1",
-        "torchvision",
         "timm>=1.0",
         "numpy",
         "scipy",

@@ -75,9 +75,8 @@ def test_kill_9_then_resume_finishes_and_clears_stale_temp_files(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "checkpoint.pth").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run: 40 steps take several seconds after the first checkpoint
     proc.wait()
     (run / ".checkpoint.pth.orphan.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     step = load_checkpoint(run / "checkpoint.pth")["step"]

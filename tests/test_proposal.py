@@ -122,3 +122,80 @@ def test_compose_boxes_maps_zoomed_pixels_back():
     outer = torch.tensor([[16.0, 32.0, 48.0, 64.0]])  # a 32x32 crop zoomed to 64x64
     inner = torch.tensor([[0.0, 32.0, 32.0, 64.0]])  # bottom-left quarter of the zoomed view
     assert compose_boxes(outer, inner, (64, 64)).tolist() == [[16.0, 48.0, 32.0, 64.0]]
+
+
+def _scipy_largest(mask: np.ndarray) -> np.ndarray:
+    """The reference: scipy's 8-connected labelling, largest component, ties to the first cell in row-major order."""
+    from scipy import ndimage
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    first = [np.flatnonzero(labels.ravel() == k + 1)[0] for k in range(n)]
+    best = min(range(n), key=lambda k: (-sizes[k], first[k]))
+    return labels == best + 1
+
+
+def _long_paths(h, w):
+    """A serpentine and a one-cell-wide spiral: components whose paths are as long as the grid allows."""
+    snake = np.zeros((h, w), bool)
+    snake[::2] = True
+    for i, r in enumerate(range(1, h, 2)):
+        snake[r, w - 1 if i % 2 == 0 else 0] = True
+    spiral = np.zeros((h, w), bool)
+    top, left, bottom, right = 0, 0, h - 1, w - 1
+    while top <= bottom and left <= right:
+        spiral[top, left:right + 1] = spiral[top:bottom + 1, right] = True
+        if bottom - top >= 2:
+            spiral[bottom, left:right + 1] = True
+        if right - left >= 2:
+            spiral[top + 2:bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    return [snake, spiral, snake.T.copy() if h == w else snake[::-1].copy()]
+
+
+def test_device_components_equal_scipy_on_random_and_adversarial_masks():
+    rng = np.random.default_rng(0)
+    total = 0
+    for h, w in [(1, 1), (1, 7), (3, 2), (4, 4), (6, 9), (8, 8), (14, 14), (28, 28), (20, 35)]:
+        masks = [rng.random((h, w)) < p for p in np.linspace(0.0, 1.0, 150)]  # empty ... full
+        masks += [np.kron(rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.4, np.ones((2, 2), bool))[:h, :w]
+                  for _ in range(20)]  # blocky shapes: many equal-size components, so many ties
+        masks += _long_paths(h, w)
+        got = largest_component(torch.from_numpy(np.stack(masks))).numpy()
+        for m, g in zip(masks, got):
+            np.testing.assert_array_equal(g, _scipy_largest(m))
+        total += len(masks)
+    assert total >= 1000
+
+
+def test_the_two_scale_forward_is_one_graph_and_exports_with_a_dynamic_batch():
+    from conftest import tiny_model
+    model = tiny_model(num_scales=2).eval()
+    with torch.no_grad():
+        for blk in model.backbone.vit.blocks:
+            blk.attn.qkv.weight[: 2 * 192].mul_(6.0)  # peaked attention: real boxes, not the full image
+    x = torch.randn(4, 3, 64, 64)
+    assert torch._dynamo.explain(model.forward_multiscale)(x).graph_break_count == 0
+
+    class Boxes(torch.nn.Module):
+        def forward(self, images):
+            return model.forward_multiscale(images).boxes[0]
+
+    program = torch.export.export(Boxes(), (x,), dynamic_shapes={"images": {0: torch.export.Dim("batch", max=512)}})
+    other = torch.randn(3, 3, 64, 64)  # another batch size and other images: nothing was traced as a constant
+    want = model.forward_multiscale(other).boxes[0]
+    assert (want != torch.tensor([0.0, 0.0, 64.0, 64.0])).any()
+    assert torch.equal(program.module()(other), want)
+
+
+def test_crop_and_zoom_is_torchvisions_roi_align():
+    from torchvision.ops import roi_align
+    gen = torch.Generator().manual_seed(3)
+    imgs = torch.randn(6, 3, 48, 64, generator=gen)
+    lo = torch.rand(6, 2, generator=gen) * torch.tensor([40.0, 30.0])
+    boxes = torch.cat([lo, lo + 4 + torch.rand(6, 2, generator=gen) * (torch.tensor([64.0, 48.0]) - lo - 4)], 1)
+    want = roi_align(imgs, torch.cat([torch.arange(6.0)[:, None], boxes], 1), output_size=(48, 64), spatial_scale=1.0,
+                     sampling_ratio=1, aligned=True)
+    # both are float32 computations of the same samples (each within ~1e-5 of float64 bilinear sampling)
+    torch.testing.assert_close(crop_and_zoom(imgs, boxes, (48, 64)), want, atol=3e-5, rtol=0)

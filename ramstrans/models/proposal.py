@@ -1,22 +1,24 @@
 """Dynamic Patch Proposal Module: threshold the rollout, keep the largest 8-connected component, crop and zoom.
 
-All functions are batched. The only host work is the connected-component labelling of the small (B, gh, gw) mask,
-done by one ``scipy.ndimage.label`` call for the whole batch (a 3-D structure that connects cells only within a
-sample); the box arithmetic and the resampling run on the tensors' device.
+Everything runs batched on the tensors' device with a fixed amount of work per grid size: no host transfer, no Python
+loop over samples, traceable by torch.compile, torch.export and ONNX. The connected components are labelled by tree
+hooking with pointer jumping (Shiloach-Vishkin style): every masked cell starts as its own tree labelled with its
+row-major index; each round, every tree hooks its root onto the smallest label among the trees touching it (a 3 x 3
+min-pool finds the touching labels, a scatter-min hooks the roots), then pointer jumping flattens the trees. Labels
+only decrease and always name a cell of the same component, so each component ends labelled with its first cell in
+row-major order, which is also the tie rule. A tree that does not hook in a round has a neighbour that hooked, so it
+hooks in the next one: the number of trees of a component at least halves every two rounds, and 2 ceil(log2 N) + 1
+rounds (N cells) always suffice. scipy's ``ndimage.label`` is the reference the tests compare against.
 """
+import math
 from typing import Tuple
 
-import numpy as np
 import torch
-from scipy import ndimage
+import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import roi_align
 
-__all__ = ["threshold_rollout", "largest_component", "component_boxes", "crop_and_zoom", "compose_boxes"]
-
-# 8-connectivity inside each (gh, gw) slice, none across the batch axis.
-_EIGHT_CONNECTED_PER_SAMPLE = np.zeros((3, 3, 3), dtype=bool)
-_EIGHT_CONNECTED_PER_SAMPLE[1] = True
+__all__ = ["threshold_rollout", "largest_component", "component_labels", "component_boxes", "crop_and_zoom",
+           "compose_boxes"]
 
 
 def threshold_rollout(rollout: Tensor, alpha: float) -> Tensor:
@@ -32,6 +34,37 @@ def threshold_rollout(rollout: Tensor, alpha: float) -> Tensor:
     return rollout > alpha * rollout.mean(dim=(1, 2), keepdim=True)
 
 
+def component_labels(mask: Tensor) -> Tensor:
+    """8-connected component labels of a batch of masks.
+
+    Args:
+        mask: (B, gh, gw) bool.
+
+    Returns:
+        (B, gh, gw) long: every masked cell labelled with the row-major index of its component's first cell;
+        unmasked cells hold gh * gw.
+    """
+    B, gh, gw = mask.shape
+    n = gh * gw
+    on = mask.reshape(B, n)
+    cells = torch.arange(n, device=mask.device).expand(B, n)
+    background = torch.full((B, 1), n, dtype=torch.long, device=mask.device)
+    # (B, n + 1) parent pointers; slot n is the background, a sink that every unmasked cell points to
+    parent = torch.cat([torch.where(on, cells, n), background], dim=1)
+    jumps = max(1, math.ceil(math.log2(n + 1)))  # pointer doubling flattens any tree of up to n cells
+    for _ in range(2 * jumps + 1):
+        # the smallest label touching each cell (labels < 2^24 are exact in float32)
+        grid = parent[:, :n].reshape(B, 1, gh, gw).float()
+        touching = (-F.max_pool2d(-grid, 3, stride=1, padding=1)).long().reshape(B, n)
+        touching = torch.where(on, touching, n)
+        roots = torch.where(on, parent[:, :n], n)
+        parent = parent.scatter_reduce(1, roots, touching, reduce="amin")  # roots hook onto the smallest neighbour
+        parent = torch.cat([torch.minimum(parent[:, :n], touching), background], dim=1)
+        for _ in range(jumps):
+            parent = parent.gather(1, parent)
+    return parent[:, :n].reshape(B, gh, gw)
+
+
 def largest_component(mask: Tensor) -> Tensor:
     """Keep, per sample, the largest 8-connected component of the mask.
 
@@ -43,23 +76,15 @@ def largest_component(mask: Tensor) -> Tensor:
     Returns:
         (B, gh, gw) bool, on mask's device.
     """
-    m = mask.detach().cpu().numpy()
-    labels, n = ndimage.label(m, structure=_EIGHT_CONNECTED_PER_SAMPLE)
-    if n == 0:
-        return torch.zeros_like(mask, dtype=torch.bool)
-    flat = labels.reshape(-1)
-    cells = np.arange(flat.size)
-    size = np.bincount(flat, minlength=n + 1)
-    first = np.full(n + 1, flat.size, dtype=np.int64)
-    np.minimum.at(first, flat, cells)  # first cell (row-major within the batch) of each component
-    sample = first[1:] // (m.shape[1] * m.shape[2])
-    # sort by sample, then size descending, then first cell ascending; the head of each sample's run wins
-    order = np.lexsort((first[1:], -size[1:], sample))
-    heads = order[np.r_[True, sample[order][1:] != sample[order][:-1]]]
-    best = np.zeros(m.shape[0], dtype=np.int64)
-    best[sample[heads]] = heads + 1
-    keep = (labels == best[:, None, None]) & (best[:, None, None] > 0)
-    return torch.from_numpy(keep).to(mask.device)
+    B, gh, gw = mask.shape
+    n = gh * gw
+    labels = component_labels(mask).reshape(B, n)
+    sizes = torch.zeros(B, n + 1, dtype=torch.long, device=mask.device).scatter_add_(1, labels,
+                                                                                     torch.ones_like(labels))
+    # largest size first, then the smallest label (the earliest first cell); the background slot never wins
+    score = sizes[:, :n] * (n + 1) - torch.arange(n, device=mask.device)
+    best = score.argmax(dim=1, keepdim=True)
+    return ((labels == best) & mask.reshape(B, n)).reshape(B, gh, gw)
 
 
 def component_boxes(component: Tensor, patch_size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
@@ -93,9 +118,10 @@ def component_boxes(component: Tensor, patch_size: Tuple[int, int], image_size: 
 def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: Tuple[int, int]) -> Tensor:
     """Crop every image to its box and resize it bilinearly to ``out_size`` in one batched op.
 
-    Uses ``roi_align(aligned=True, sampling_ratio=1)``: one bilinear sample at the centre of every output pixel,
-    the same sampling grid as ``F.interpolate(crop, mode="bilinear", align_corners=False)``. Inputs are detached:
-    the zoomed scale never back-propagates into the pixels or the boxes.
+    One bilinear sample at the centre of every output pixel, coordinates clamped to the image: the sampling of
+    ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)`` and of ``F.interpolate(crop, mode="bilinear",
+    align_corners=False)``. Computed in pixel coordinates as two gathers (rows, then columns), so it is exact to float32
+    and exportable (ONNX Gather). Inputs are detached: the zoomed scale never back-propagates into the pixels or boxes.
 
     Args:
         images: (B, C, H, W).
@@ -105,11 +131,27 @@ def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: Tuple[int, int]) -> T
     Returns:
         (B, C, h, w) zoomed crops, same dtype as ``images``.
     """
-    images, boxes = images.detach(), boxes.detach()
-    idx = torch.arange(images.shape[0], device=images.device, dtype=boxes.dtype)[:, None]
-    rois = torch.cat([idx, boxes.to(images.device)], dim=1)
-    out = roi_align(images.float(), rois.float(), output_size=tuple(out_size), spatial_scale=1.0,
-                    sampling_ratio=1, aligned=True)
+    images, boxes = images.detach(), boxes.detach().float()
+    B, C, H, W = images.shape
+    h, w = out_size
+    dev = images.device
+
+    def taps(lo: Tensor, hi: Tensor, n: int, size: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Lower / upper source index and weight of the upper one, (B, n), for n output pixel centres."""
+        step = ((hi - lo) / n)[:, None]  # roi_align's order of operations: start + (i + 1/2) * (span / n)
+        pos = (lo - 0.5)[:, None] + (torch.arange(n, device=dev, dtype=torch.float32) + 0.5) * step
+        pos = pos.clamp(0, size - 1)
+        low = pos.floor()
+        return low.long(), (low.long() + 1).clamp(max=size - 1), pos - low
+
+    y_lo, y_hi, wy = taps(boxes[:, 1], boxes[:, 3], h, H)
+    x_lo, x_hi, wx = taps(boxes[:, 0], boxes[:, 2], w, W)
+    src = images.float()
+    wy, wx = wy[:, None, :, None], wx[:, None, None, :]
+    rows = (src.gather(2, y_lo[:, None, :, None].expand(B, C, h, W)) * (1 - wy)
+            + src.gather(2, y_hi[:, None, :, None].expand(B, C, h, W)) * wy)
+    out = (rows.gather(3, x_lo[:, None, None, :].expand(B, C, h, w)) * (1 - wx)
+           + rows.gather(3, x_hi[:, None, None, :].expand(B, C, h, w)) * wx)
     return out.to(images.dtype)
 
 

@@ -5,7 +5,7 @@ k + 1 sees that box of the ORIGINAL image resized to the input size (one resampl
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,10 @@ from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
 
-__all__ = ["RAMSTrans", "MultiScaleForward", "MultiScaleOutput", "Proposal", "create_model"]
+ZoomCriterion = Literal["maxprob", "margin"]
+
+__all__ = ["RAMSTrans", "MultiScaleForward", "MultiScaleOutput", "Prediction", "Proposal", "ZoomCriterion",
+           "create_model", "zoom_confidence"]
 
 
 @dataclass
@@ -33,6 +36,36 @@ class MultiScaleOutput:
     boxes: List[Tensor]
     rollout: List[Tensor]
     cls_attention: List[Tensor]
+
+
+@dataclass
+class Prediction:
+    """Test-time output of ``RAMSTrans.predict``.
+
+    Attributes:
+        probs: (B, K) class probabilities (the mean of the fused scales' softmax; scale 1 alone where not zoomed).
+        boxes: (B, 4) xyxy pixels of scale 1's proposal, or None when not asked for.
+        zoomed: (B,) bool, which images ran the zoomed scales.
+        scale_probs: per scale, (B, K) softmax; NaN rows where the scale did not run.
+    """
+
+    probs: Tensor
+    boxes: Optional[Tensor]
+    zoomed: Tensor
+    scale_probs: List[Tensor]
+
+
+def zoom_confidence(probs: Tensor, zoom_on: str = "maxprob") -> Tensor:
+    """(B, K) probabilities -> (B,) confidence: the top probability, or ("margin") top-1 minus top-2."""
+    if zoom_on == "margin":
+        top = probs.topk(min(2, probs.shape[-1]), dim=-1).values
+        return top[:, 0] - (top[:, 1] if top.shape[1] > 1 else 0.0)
+    return probs.max(dim=-1).values
+
+
+def _fuse(probs: List[Tensor]) -> Tensor:
+    """The mean of per-scale (B, K) probabilities (one code path, so every fusion is bit-identical)."""
+    return torch.stack(probs).mean(dim=0)
 
 
 @dataclass
@@ -129,6 +162,12 @@ class RAMSTrans(nn.Module):
         component = largest_component(mask)
         return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
 
+    def _num_scales(self, num_scales: Optional[int]) -> int:
+        num_scales = self.num_scales if num_scales is None else num_scales
+        if not isinstance(num_scales, int) or not 1 <= num_scales <= self.num_scales:
+            raise ValueError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
+        return num_scales
+
     def forward_multiscale(self, x: Tensor, num_scales: Optional[int] = None) -> MultiScaleOutput:
         """All scales, for training: scale k + 1 zooms on the proposal of scale k.
 
@@ -140,17 +179,26 @@ class RAMSTrans(nn.Module):
             MultiScaleOutput with num_scales logits and num_scales - 1 boxes / rollouts.
         """
         self._check_input(x)
-        num_scales = self.num_scales if num_scales is None else num_scales
-        if not 1 <= num_scales <= self.num_scales:
-            raise ValueError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
+        num_scales = self._num_scales(num_scales)
+        bb = self.backbone
+        feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
+        out = MultiScaleOutput(logits=[bb.forward_head(feats.tokens)], boxes=[], rollout=[],
+                               cls_attention=[feats.cls_attention])
+        if num_scales > 1:
+            rollout, _, _, box = self._propose_boxes(feats.attentions)
+            out.rollout.append(rollout)
+            out.boxes.append(box)
+            self._zoom_scales(x, box, num_scales, out)
+        return out
+
+    def _zoom_scales(self, x: Tensor, box: Tensor, num_scales: int, out: MultiScaleOutput) -> None:
+        """Scales 2 .. ``num_scales`` from scale 1's proposal ``box`` (B, 4), appended to ``out``."""
         bb = self.backbone
         H, W = bb.img_size
-        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
-        box = torch.tensor([0.0, 0.0, W, H], device=x.device).expand(x.shape[0], 4)
-        inp = x
-        for scale in range(num_scales):
+        for scale in range(1, num_scales):
             is_last = scale == num_scales - 1
-            feats = bb.forward_features(inp, scale=scale, capture="cls" if is_last else "all")
+            feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale,
+                                        capture="cls" if is_last else "all")
             out.logits.append(bb.forward_head(feats.tokens))
             out.cls_attention.append(feats.cls_attention)
             if is_last:
@@ -159,8 +207,59 @@ class RAMSTrans(nn.Module):
             box = compose_boxes(box, local, (H, W))
             out.rollout.append(rollout)
             out.boxes.append(box)
-            inp = crop_and_zoom(x, box, (H, W))
-        return out
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, scales: Union[int, str] = 1, zoom_threshold: float = 0.5,
+                zoom_on: ZoomCriterion = "maxprob", boxes: bool = True) -> Prediction:
+        """Test-time class probabilities: single scale, the fusion of the first ``scales`` scales, or adaptive.
+
+        Adaptive (``scales="auto"``): every image runs scale 1; only those whose scale-1 confidence (``zoom_on``: the
+        top probability, or the margin between the top two) is below ``zoom_threshold`` run the zoomed scales, and
+        their scales' probabilities are averaged. Threshold 0 is the single-scale model, a threshold above 1 the full
+        fusion. Fused probabilities are the mean of the scales' softmax.
+
+        Args:
+            x: (B, C, H, W) normalised images.
+            scales: 1, a number of scales to fuse, or "auto".
+            zoom_threshold: adaptive only: zoom the images whose confidence is below it.
+            zoom_on: "maxprob" or "margin".
+            boxes: also return scale 1's proposal (single scale: costs the attention capture).
+
+        Returns:
+            Prediction with (B, K) probabilities, (B, 4) boxes (or None), (B,) zoomed flags and the per-scale
+            probabilities (NaN rows for scales not run).
+        """
+        self._check_input(x)
+        adaptive = scales == "auto"
+        num_scales = self.num_scales if adaptive else self._num_scales(scales)
+        if zoom_on not in ("maxprob", "margin"):
+            raise ValueError(f"zoom_on must be 'maxprob' or 'margin', got {zoom_on!r}")
+        if num_scales == 1 and not boxes:
+            probs = self(x).float().softmax(-1)
+            return Prediction(probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool),
+                              scale_probs=[probs])
+        if num_scales == 1 and not adaptive:
+            prop = self.propose(x)
+            probs = prop.logits.float().softmax(-1)
+            return Prediction(probs=probs, boxes=prop.boxes, scale_probs=[probs],
+                              zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool))
+        if not adaptive:
+            out = self.forward_multiscale(x, num_scales)
+            scale_probs = [lg.float().softmax(-1) for lg in out.logits]
+            return Prediction(probs=_fuse(scale_probs), boxes=out.boxes[0], scale_probs=scale_probs,
+                              zoomed=torch.ones_like(scale_probs[0][:, 0], dtype=torch.bool))
+        feats = self.backbone.forward_features(x, scale=0, capture="all")
+        first = self.backbone.forward_head(feats.tokens).float().softmax(-1)
+        box = self._propose_boxes(feats.attentions)[3]
+        zoomed = zoom_confidence(first, zoom_on) < zoom_threshold
+        idx = zoomed.nonzero(as_tuple=True)[0]  # the images to zoom: one host sync per batch
+        sub = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
+        if num_scales > 1 and idx.numel() > 0:
+            self._zoom_scales(x[idx], box[idx], num_scales, sub)
+        scale_probs = [first] + [torch.full_like(first, float("nan")).index_copy(0, idx, lg.float().softmax(-1))
+                                 for lg in sub.logits]
+        fused = first.index_copy(0, idx, _fuse([first[idx]] + [p[idx] for p in scale_probs[1:]]))
+        return Prediction(probs=fused, boxes=box, zoomed=zoomed, scale_probs=scale_probs)
 
     @torch.no_grad()
     def propose(self, x: Tensor) -> Proposal:
