@@ -28,11 +28,28 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
-    from .evaluate import run_eval
-    r = run_eval(a.checkpoint, output_dir=a.output, split=a.split, scales=a.scales, weights=a.weights,
-                 batch_size=a.batch_size, device=a.device, data_root=a.data_root, num_workers=a.workers,
-                 skip_corrupt=a.skip_corrupt, show_progress=not a.no_progress)
+    from .evaluate import run_eval, run_zoom_sweep
+    common = dict(output_dir=a.output, split=a.split, zoom_on=a.zoom_on, weights=a.weights, batch_size=a.batch_size,
+                  device=a.device, data_root=a.data_root, num_workers=a.workers, skip_corrupt=a.skip_corrupt)
+    if a.sweep_zoom:
+        _print_sweep(run_zoom_sweep(a.checkpoint, **common))
+        return
+    r = run_eval(a.checkpoint, scales=a.scales, zoom_threshold=a.zoom_threshold, show_progress=not a.no_progress,
+                 **common)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+def _print_sweep(r: dict) -> None:
+    print(f"{'threshold':>9} {'top-1 %':>8} {'zoomed':>7} {'passes/image':>12}")
+    for row in r["rows"]:
+        print(f"{row['threshold']:9.2f} {row['top1']:8.2f} {row['zoomed_share']:7.1%} "
+              f"{row['passes_per_image']:12.2f}")
+    best = r["chosen"]
+    choice = (f"--zoom-threshold {best['threshold']:g} ({best['top1']:.2f}%, {best['passes_per_image']:.2f} passes "
+              "per image)") if best else "none"
+    print(f"single scale {r['single_scale_top1']:.2f}%, full fusion {r['full_fusion_top1']:.2f}% "
+          f"({r['full_fusion_passes_per_image']:g} passes); cheapest within {r['tolerance_points']:g} points of full "
+          f"fusion: {choice}; written to {r['output']}")
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
@@ -65,7 +82,7 @@ def _cmd_bench(a: argparse.Namespace) -> None:
     elif a.what == "demo":
         from .bench.demo import bench_demo
         r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out or "runs/bench_demo",
-                       a.set or ())
+                       a.set or (), a.zoom_threshold)
     elif a.what == "ema":
         from .bench.training import bench_ema
         r = bench_ema([int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema",
@@ -117,7 +134,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
     b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
     b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
-    b.add_argument("--seeds", default="0,1,2", help="demo, ema: comma-separated training seeds (accum: the first)")
+    b.add_argument("--seeds", default="0,1,2,3,4", help="demo, ema: comma-separated training seeds (accum: the first)")
     b.add_argument("--config", default="synthetic_cpu", help="demo, ema, accum: the config trained")
     b.add_argument("--split", default="test", choices=("test", "val"), help="demo: report on test, or tune on val")
     b.add_argument("--out", help="demo, ema, accum: run folders, named after each run's resolved config (finished "
@@ -125,6 +142,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo, ema, accum: config override")
     b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
     b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
+    b.add_argument("--zoom-threshold", type=float, help="demo --split test: the adaptive threshold (default: the one "
+                                                        "bench demo --split val chose)")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -147,7 +166,16 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", default="test")
-    e.add_argument("--scales", type=int, default=1, help="fuse the first N scales (default: 1, the test-time model)")
+    e.add_argument("--scales", default="1", help="1 (the test-time model, default), N (fuse the first N scales) or "
+                                                  "auto (zoom only the images scale 1 is unsure of)")
+    e.add_argument("--zoom-threshold", type=float, default=0.5,
+                   help="--scales auto: zoom the images whose scale-1 confidence is below this, in [0, 1] (choose it "
+                        "with --sweep-zoom on --split val)")
+    e.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin"),
+                   help="--scales auto: the confidence, the top probability or the top-1 minus top-2 margin")
+    e.add_argument("--sweep-zoom", action="store_true",
+                   help="top-1 against cost for a grid of zoom thresholds (on a validation split, never test); "
+                        "names the cheapest within 0.5 points of full fusion")
     e.add_argument("--output", help="output folder (default: eval_<split>_scales<N>_<weights> beside the checkpoint)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="auto")

@@ -3,7 +3,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -236,14 +236,16 @@ def evaluate(
         device: torch.device,
         num_classes: int,
         amp_dtype: Optional[torch.dtype] = None,
-        scales: int = 1,
+        scales: Union[int, str] = 1,
+        zoom_threshold: float = 0.5,
+        zoom_on: str = "maxprob",
         reduce: Optional[Callable[[Dict[str, Tensor]], None]] = None,
         show_progress: bool = False,
         what: str = "evaluated split",
 ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-    """Accuracy (single-scale by default, or the mean of the first ``scales`` scales' probabilities) and, where the
-    batches carry boxes, the scale-1 proposal's IoU with them. A single-scale batch without boxes runs the plain
-    forward (no attention capture).
+    """Accuracy of ``RAMSTrans.predict`` (single scale by default, the fusion of the first ``scales`` scales, or
+    "auto": adaptive zoom) and, where the batches carry boxes, the scale-1 proposal's IoU with them. A single-scale
+    batch without boxes runs the plain forward (no attention capture).
 
     Args:
         model: RAMSTrans (not wrapped).
@@ -251,14 +253,16 @@ def evaluate(
         device: where to compute.
         num_classes: K.
         amp_dtype: autocast dtype or None.
-        scales: number of scales fused (1 = the test-time model).
+        scales: 1, the number of scales fused, or "auto".
+        zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it.
+        zoom_on: "auto": the confidence, "maxprob" or "margin".
         reduce: in-place sum of the metric state across processes (distributed evaluation).
         show_progress: a tqdm bar when stderr is a terminal.
         what: how to name the data in an error (e.g. "test split").
 
     Returns:
-        (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped"} and the
-        summed metric state (per-class counts, confusion matrix) they come from.
+        (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped",
+        "zoomed_share", "passes_per_image"} and the summed metric state (per-class counts, confusion matrix).
 
     Raises:
         DataError: no image could be read.
@@ -266,26 +270,19 @@ def evaluate(
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
-    skipped = 0
+    skipped = zoomed = 0
     for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
         skipped += batch["skipped"]
         if "image" not in batch:
             continue
         x = batch["image"].to(device, non_blocking=True)
         has_boxes = not torch.isnan(batch["box"]).all().item()  # a CPU tensor from the loader: no device sync
-        boxes = None
         with autocast(device, amp_dtype):
-            if scales == 1 and has_boxes:
-                prop = model.propose(x)
-                probs, boxes = prop.logits.float().softmax(-1), prop.boxes
-            elif scales == 1:
-                probs = model(x).float().softmax(-1)
-            else:
-                out = model.forward_multiscale(x, num_scales=scales)
-                probs = torch.stack([lg.float().softmax(-1) for lg in out.logits]).mean(0)
-                boxes = out.boxes[0]
-        acc.update(probs, batch["label"], boxes, batch["box"])
+            pred = model.predict(x, scales, zoom_threshold, zoom_on, boxes=has_boxes)
+        zoomed = zoomed + pred.zoomed.sum()  # summed on the device, read once at the end
+        acc.update(pred.probs, batch["label"], pred.boxes, batch["box"])
     acc.state["skipped"] = torch.tensor(float(skipped), dtype=torch.float64)
+    acc.state["zoomed"] = torch.as_tensor(zoomed, dtype=torch.float64).cpu().reshape(())
     if reduce is not None:
         reduce(acc.state)
     model.train(was_training)
@@ -293,4 +290,7 @@ def evaluate(
     result["skipped"] = int(acc.state["skipped"].item())
     if result["images"] == 0:
         raise DataError(f"every image of the {what} was unreadable ({result['skipped']} skipped): nothing to evaluate")
+    result["zoomed_share"] = acc.state["zoomed"].item() / result["images"]
+    deepest = model.num_scales if scales == "auto" else int(scales)
+    result["passes_per_image"] = 1.0 + result["zoomed_share"] * (deepest - 1)  # backbone passes
     return result, acc.state

@@ -1,22 +1,28 @@
-"""``ramstrans eval``: a trained checkpoint on a split of its data set (or of a copy of it at another root)."""
+"""``ramstrans eval``: a trained checkpoint on a split of its data set (or of a copy of it at another root), single
+scale, fused, or with adaptive zoom; and the sweep that chooses the adaptive threshold on a validation split."""
 import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import Config
-from .data import ImageDataset, Transform, eval_loader, load_index
+from .data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from .dist import resolve_device
-from .engine import amp_setup, evaluate
+from .engine import amp_setup, autocast, evaluate
 from .files import write_text_atomic
-from .models import RAMSTrans
-from .plots import plot_confusion
+from .models import RAMSTrans, zoom_confidence
+from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
+                    plot_zoom_sweep)
 
-__all__ = ["run_eval", "test_transform", "eval_folder"]
+__all__ = ["run_eval", "run_zoom_sweep", "test_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS"]
+
+SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0.05, ..., 1
+SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
 
 
 def test_transform(cfg: Config, model: RAMSTrans) -> Transform:
@@ -25,9 +31,34 @@ def test_transform(cfg: Config, model: RAMSTrans) -> Transform:
                      std=model.backbone.std)
 
 
-def eval_folder(checkpoint: str, split: str, scales: int, weights: str) -> Path:
+def parse_scales(value: Union[str, int], num_scales: int) -> Union[int, str]:
+    """``--scales`` as given (1, a number of scales, or "auto"), checked against the model.
+
+    Raises:
+        ValueError: not a number of scales the model has, nor "auto".
+    """
+    if str(value) == "auto":
+        return "auto"
+    try:
+        scales = int(value)
+    except ValueError:
+        raise ValueError(f"--scales must be a number of scales or auto, got '{value}'") from None
+    if not 1 <= scales <= num_scales:
+        raise ValueError(f"the model has {num_scales} scale(s); cannot run {scales}")
+    return scales
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--zoom-threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
+def eval_folder(checkpoint: str, split: str, scales: Union[int, str], weights: str, threshold: float = 0.0,
+                zoom_on: str = "maxprob") -> Path:
     """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales and weights."""
-    return Path(checkpoint).parent / f"eval_{split}_scales{scales}_{weights}"
+    mode = f"auto{threshold:g}{'' if zoom_on == 'maxprob' else '_margin'}" if scales == "auto" else f"scales{scales}"
+    return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}"
 
 
 def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
@@ -40,17 +71,54 @@ def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
     return buf.getvalue()
 
 
-def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: int = 1,
-             weights: str = "auto", batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None,
-             num_workers: int = 2, skip_corrupt: bool = False, show_progress: bool = True) -> Dict[str, object]:
-    """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist; write the JSON
-    summary, the per-class CSV and (<= 50 classes) the confusion matrix PNG.
+def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Optional[str],
+          skip_corrupt: bool) -> Tuple[RAMSTrans, Config, List[str], Dict, ImageDataset, torch.device]:
+    """Model (eval mode, on the device), config, class names, checkpoint and the split's dataset."""
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
+    model.to(dev).eval()
+    if data_root:
+        cfg.data.root = data_root
+    index = load_index(cfg.data, generate=not data_root)
+    if index.class_names != names:
+        raise ValueError(f"the data set at {index.root} has other classes than checkpoint {checkpoint}")
+    tables = split_tables(cfg.data, index, cfg.train.seed)  # the validation split the run carved, if it did
+    if split not in tables:
+        hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
+        raise ValueError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
+    ds = ImageDataset(index.root, tables[split], names, test_transform(cfg, model), skip_corrupt)
+    return model, cfg, names, ckpt, ds, dev
+
+
+def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true_class", "predicted_class", "images", "share_of_true_class"])
+    for t, p, n, share in confused_pairs(confusion):
+        w.writerow([names[t], names[p], n, f"{share:.4f}"])
+    return buf.getvalue()
+
+
+def _weights_used(ckpt: Dict, weights: str) -> str:
+    return "ema" if weights == "ema" or (weights == "auto" and isinstance(ckpt.get("model_ema"), dict)) else "raw"
+
+
+def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
+             zoom_threshold: float = 0.5, zoom_on: str = "maxprob", weights: str = "auto", batch_size: int = 32,
+             device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
+             skip_corrupt: bool = False, show_progress: bool = True) -> Dict[str, object]:
+    """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
+    images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
+    confused class pairs (CSV and PNG, more classes).
 
     Args:
         checkpoint: ramstrans checkpoint.
         output_dir: where to write (default ``eval_folder``: beside the checkpoint).
-        split: data split to evaluate.
-        scales: 1 = the single-scale test-time model; N fuses the first N scales' probabilities.
+        split: data split to evaluate ("val": the data set's own, or the one the run carved with data.val_fraction).
+        scales: 1 = the single-scale test-time model; N fuses the first N scales; "auto" zooms the uncertain images.
+        zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it (choose it with the sweep).
+        zoom_on: "auto": the confidence, "maxprob" (top probability) or "margin" (top-1 minus top-2).
         weights: "auto" (the EMA weights when the checkpoint has them, as training reported), "raw" or "ema".
         batch_size: images per batch.
         device: auto | cpu | cuda.
@@ -59,27 +127,84 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
         skip_corrupt: skip and count undecodable images.
         show_progress: a progress bar on a terminal.
     """
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
-    used = "ema" if weights == "ema" or (weights == "auto" and isinstance(ckpt.get("model_ema"), dict)) else "raw"
-    model.to(dev).eval()
-    if not 1 <= scales <= model.num_scales:
-        raise ValueError(f"checkpoint {checkpoint} has {model.num_scales} scale(s); cannot run {scales}")
-    if data_root:
-        cfg.data.root = data_root
-    index = load_index(cfg.data, generate=not data_root)
-    if index.class_names != names:
-        raise ValueError(f"the data set at {index.root} has other classes than checkpoint {checkpoint}")
-    ds = ImageDataset(index.root, index.split(split), names, test_transform(cfg, model), skip_corrupt)
+    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
+    scales = parse_scales(scales, model.num_scales)
+    check_threshold(zoom_threshold)
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
     res, state = evaluate(model, eval_loader(ds, batch_size, num_workers), device=dev, num_classes=len(names),
-                          amp_dtype=amp_dtype, scales=scales, show_progress=show_progress, what=f"{split} split")
-    out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used)
+                          amp_dtype=amp_dtype, scales=scales, zoom_threshold=zoom_threshold, zoom_on=zoom_on,
+                          show_progress=show_progress, what=f"{split} split")
+    used = _weights_used(ckpt, weights)
+    out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on)
     out.mkdir(parents=True, exist_ok=True)
     res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]))
+    if scales == "auto":
+        res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))
     write_text_atomic(out / "per_class.csv", _per_class_csv(state, names))
-    if "confusion" in state:
+    if "confusion" in state and len(names) <= CONFUSION_PLOT_MAX:
         plot_confusion(state["confusion"].numpy(), names, out / "confusion.png")
+    elif "confusion" in state:  # too many classes to draw: the pairs most often confused instead
+        write_text_atomic(out / "confused_pairs.csv", confused_pairs_csv(state["confusion"].numpy(), names))
+        plot_confused_pairs(state["confusion"].numpy(), names, out / "confused_pairs.png")
     return res
+
+
+@torch.no_grad()
+def _scale_probs(model: RAMSTrans, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
+    """Scale-1 and fused probabilities (all scales) and the labels of every image, on the CPU."""
+    first, fused, labels = [], [], []
+    for batch in loader:
+        if "image" not in batch:
+            continue
+        with autocast(device, amp_dtype):
+            pred = model.predict(batch["image"].to(device), model.num_scales, boxes=False)
+        first.append(pred.scale_probs[0].float().cpu())
+        fused.append(pred.probs.float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(first), torch.cat(fused), torch.cat(labels)
+
+
+def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "val", zoom_on: str = "maxprob",
+                   weights: str = "auto", batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None,
+                   num_workers: int = 2, skip_corrupt: bool = False) -> Dict[str, object]:
+    """Top-1 against cost (backbone passes per image) of adaptive zoom for ``SWEEP_THRESHOLDS``, on a validation split;
+    names the cheapest threshold within ``SWEEP_TOLERANCE`` points of full fusion. Writes sweep.json / .csv / .png.
+
+    Raises:
+        ValueError: ``split`` is "test" (a threshold is never chosen on the test split), or a one-scale model.
+    """
+    if split == "test":
+        raise ValueError("the zoom threshold is chosen on a validation split, never on test: use --split val")
+    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
+    if model.num_scales < 2:
+        raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
+    first, fused, labels = _scale_probs(model, eval_loader(ds, batch_size, num_workers), dev,
+                                        amp_setup(dev, cfg.train.amp)[0])
+    confidence = zoom_confidence(first, zoom_on)
+    rows = []
+    for t in SWEEP_THRESHOLDS:
+        zoom = confidence < t
+        probs = torch.where(zoom[:, None], fused, first)
+        rows.append({"threshold": t, "top1": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
+                     "zoomed_share": zoom.float().mean().item(),
+                     "passes_per_image": 1.0 + zoom.float().mean().item() * (model.num_scales - 1)})
+    full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
+    single = 100.0 * (first.argmax(1) == labels).double().mean().item()
+    good = [r for r in rows if r["top1"] >= full - SWEEP_TOLERANCE]
+    chosen = min(good, key=lambda r: (r["passes_per_image"], -r["top1"])) if good else None
+    result = {"checkpoint": str(checkpoint), "split": split, "images": len(labels), "zoom_on": zoom_on,
+              "weights": _weights_used(ckpt, weights), "single_scale_top1": single, "full_fusion_top1": full,
+              "full_fusion_passes_per_image": float(model.num_scales), "tolerance_points": SWEEP_TOLERANCE,
+              "chosen": chosen, "rows": rows}
+    out = Path(output_dir) if output_dir else Path(checkpoint).parent / f"sweep_zoom_{split}_{result['weights']}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "sweep.json", json.dumps(result, indent=1))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "sweep.csv", buf.getvalue())
+    plot_zoom_sweep(rows, single, full, model.num_scales, chosen, out / "sweep.png")
+    result["output"] = str(out)
+    return result

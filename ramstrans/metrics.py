@@ -6,7 +6,7 @@ from torch import Tensor
 
 __all__ = ["box_iou", "MetricAccumulator"]
 
-CONFUSION_MAX_CLASSES = 50
+CONFUSION_MAX_CLASSES = 1000  # a dense K x K count matrix is kept up to here (8 MB at 1,000 classes)
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -14,7 +14,10 @@ from matplotlib.patches import Rectangle
 from .files import atomic_write
 from .runlog import read_records
 
-__all__ = ["denormalize", "heatmap_overlay", "save_panel", "contact_sheet", "plot_curves", "plot_confusion"]
+__all__ = ["denormalize", "heatmap_overlay", "save_panel", "contact_sheet", "plot_curves", "plot_confusion",
+           "confused_pairs", "plot_confused_pairs", "plot_zoom_sweep", "CONFUSION_PLOT_MAX"]
+
+CONFUSION_PLOT_MAX = 50  # classes up to which the confusion matrix is drawn; above, the most confused pairs
 
 
 def _save_png(fig: Figure, path: Path) -> None:
@@ -132,5 +135,52 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], png: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im)
+    fig.tight_layout()
+    _save_png(fig, png)
+
+
+def confused_pairs(confusion: np.ndarray, top: int = 20) -> List[Tuple[int, int, int, float]]:
+    """The ``top`` most frequent (true, predicted) mistakes: (true, predicted, images, share of the true class),
+    most images first (ties: by class ids)."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    t, p = np.nonzero(off)
+    order = sorted(zip(-off[t, p], t, p))[:top]
+    totals = confusion.sum(axis=1)
+    return [(int(ti), int(pi), int(-n), float(-n / max(totals[ti], 1))) for n, ti, pi in order]
+
+
+def plot_confused_pairs(confusion: np.ndarray, names: Sequence[str], png: Path, top: int = 20) -> None:
+    """A horizontal bar chart of the ``top`` most confused class pairs (true -> predicted)."""
+    pairs = confused_pairs(confusion, top)
+    fig = Figure(figsize=(9, 0.35 * max(len(pairs), 1) + 1.2))
+    ax = fig.subplots()
+    labels = [f"{names[t][:28]} -> {names[p][:28]}" for t, p, _, _ in pairs]
+    ax.barh(range(len(pairs)), [n for _, _, n, _ in pairs], color="tab:red")
+    ax.set_yticks(range(len(pairs)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("images (true -> predicted)")
+    ax.set_title(f"the {len(pairs)} most confused class pairs")
+    fig.tight_layout()
+    _save_png(fig, png)
+
+
+def plot_zoom_sweep(rows: Sequence[dict], single: float, full: float, num_scales: int, chosen, png: Path) -> None:
+    """Top-1 against backbone passes per image for each adaptive-zoom threshold, with single scale and full fusion."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    ax.plot([r["passes_per_image"] for r in rows], [r["top1"] for r in rows], "o-", label="adaptive (threshold)")
+    for r in rows[::4]:
+        ax.annotate(f"{r['threshold']:g}", (r["passes_per_image"], r["top1"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points")
+    ax.plot([1.0], [single], "s", color="tab:gray", label=f"single scale {single:.1f}%")
+    ax.plot([float(num_scales)], [full], "D", color="tab:green", label=f"full fusion {full:.1f}%")
+    if chosen is not None:
+        ax.plot([chosen["passes_per_image"]], [chosen["top1"]], "*", markersize=14, color="tab:red",
+                label=f"chosen: threshold {chosen['threshold']:g}")
+    ax.set_xlabel("backbone passes per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     _save_png(fig, png)

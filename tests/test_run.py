@@ -291,8 +291,12 @@ def test_evaluation_without_boxes_runs_the_plain_forward(monkeypatch):
 
 def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypatch):
     from ramstrans.bench.demo import bench_demo
-    first = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN)
-    longer = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN + ["train.steps=4"])
+    with pytest.raises(ValueError, match="no zoom threshold"):  # the adaptive threshold is chosen on validation
+        bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN)
+    first = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)
+    assert first["resolved_configs"]["rams"]["train"]["steps"] == 3 and first["zoom_threshold"] == 0.5
+    assert first["rams_fused"]["passes_per_image"]["values"] == [2.0]
+    longer = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN + ["train.steps=4"], 0.5)
     assert len(list((tmp_path / "test").iterdir())) == 4  # other settings, other folders
     for name in ("vit", "rams"):
         ran = load_checkpoint(os.path.join(longer["run_folders"][name][0], "checkpoint.pth"))
@@ -302,5 +306,5 @@ def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypat
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("ramstrans.train.run_training", refuse)
-    again = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN)
+    again = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)
     assert again["vit"]["top1"] == first["vit"]["top1"] and again["run_folders"] == first["run_folders"]

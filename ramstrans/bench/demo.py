@@ -4,7 +4,7 @@ import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 __all__ = ["bench_demo", "run_or_reuse", "mean_spread"]
 
@@ -34,15 +34,40 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
     return run_dir
 
 
-def bench_demo(seeds: Sequence[int] = (0, 1, 2), config: str = "synthetic_cpu", split: str = "test",
-               out_dir: str = "runs/bench_demo", overrides: Sequence[str] = ()) -> Dict[str, object]:
+def _joint_threshold(sweeps: List[Dict[str, object]], tolerance: float) -> Dict[str, float]:
+    """The cheapest threshold whose top-1, averaged over the runs, is within ``tolerance`` of their mean full fusion."""
+    full = statistics.mean(sw["full_fusion_top1"] for sw in sweeps)
+    rows = []
+    for i, row in enumerate(sweeps[0]["rows"]):
+        rows.append({"threshold": row["threshold"],
+                     "top1": statistics.mean(sw["rows"][i]["top1"] for sw in sweeps),
+                     "passes_per_image": statistics.mean(sw["rows"][i]["passes_per_image"] for sw in sweeps)})
+    good = [r for r in rows if r["top1"] >= full - tolerance]
+    return {**min(good, key=lambda r: (r["passes_per_image"], -r["top1"])), "full_fusion_top1": full}
+
+
+def _test_modes(run_dir: Path, threshold: float) -> Dict[str, Dict[str, float]]:
+    """Fused and adaptive test evaluations of a two-scale run (written into its folder)."""
+    from ..evaluate import run_eval
+    ckpt = str(run_dir / "checkpoint.pth")
+    kw = dict(split="test", num_workers=0, show_progress=False)
+    return {"fused": run_eval(ckpt, scales=2, **kw), "adaptive": run_eval(ckpt, scales="auto",
+                                                                           zoom_threshold=threshold, **kw)}
+
+
+def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_cpu", split: str = "test",
+               out_dir: str = "runs/bench_demo", overrides: Sequence[str] = (),
+               zoom_threshold: Optional[float] = None) -> Dict[str, object]:
     """The demo's claim, measured: the plain ViT (num_scales=1) against RAMS-Trans (num_scales=2) at equal steps from
-    the same init, over several seeds; single-scale top-1 and the proposals' localization.
+    the same init, over several seeds; single-scale top-1 and the proposals' localization, and for RAMS-Trans also the
+    two-scale fusion and adaptive zoom (top-1 and backbone passes per image).
 
     Resumable: every run's folder is named after a hash of its resolved config, so a finished run (its summary.json)
     is reused only under the same settings, and an interrupted one resumes from its newest checkpoint. With
-    ``split="val"`` a stratified 20% of the training images is held out and the final models are scored on it, never on
-    test (for tuning).
+    ``split="val"`` a stratified 20% of the training images is held out, the final models are scored on it (never on
+    test) and the adaptive-zoom threshold is chosen on it (the cheapest within 0.5 points of full fusion, averaged
+    over the seeds). With ``split="test"`` the adaptive threshold is ``zoom_threshold``, or the one the validation
+    result in ``out_dir`` chose.
 
     Args:
         seeds: training seeds.
@@ -50,23 +75,51 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2), config: str = "synthetic_cpu", 
         split: "test" (report) or "val" (tuning).
         out_dir: one sub-folder per run.
         overrides: extra ``section.key=value`` settings for both models.
+        zoom_threshold: test: the adaptive threshold (default: the one chosen by ``split="val"``).
     """
-    runs: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": []}
+    from ..config import load_config
+    from ..evaluate import SWEEP_TOLERANCE, run_zoom_sweep
+    if split == "test" and zoom_threshold is None:
+        chosen = Path(out_dir, "val_result.json")
+        if not chosen.is_file():
+            raise ValueError(f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass "
+                             "--zoom-threshold")
+        zoom_threshold = json.loads(chosen.read_text())["zoom_threshold"]["threshold"]
+    runs: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": [], "rams_fused": [], "rams_adaptive": []}
     folders: Dict[str, List[str]] = {"vit": [], "rams": []}
+    configs: Dict[str, dict] = {}
+    sweeps = []
     for seed in seeds:
         for name, scales, weights in (("vit", 1, "[1.0]"), ("rams", 2, None)):
             sets = [f"model.num_scales={scales}", f"train.seed={seed}", *overrides]
             sets += [f"loss.scale_weights={weights}"] if weights else []
             sets += ["data.val_fraction=0.2"] if split == "val" else []
             run_dir = run_or_reuse(config, sets, Path(out_dir) / split, f"{name}_seed{seed}")
+            configs.setdefault(name, asdict(load_config(config, sets)))
             summary = json.loads((run_dir / "summary.json").read_text())
             runs[name].append(summary["final_val"] if split == "val" else summary["test"])
             folders[name].append(str(run_dir))
+            if name == "rams" and split == "val":
+                sweeps.append(run_zoom_sweep(str(run_dir / "checkpoint.pth"), split="val", num_workers=0))
+            elif name == "rams":
+                modes = _test_modes(run_dir, zoom_threshold)
+                runs["rams_fused"].append(modes["fused"])
+                runs["rams_adaptive"].append(modes["adaptive"])
     result: Dict[str, object] = {"config": config, "split": split, "seeds": list(seeds), "overrides": list(overrides),
-                                 "run_folders": folders}
+                                 "resolved_configs": configs, "run_folders": folders}
     for name, res in runs.items():
-        result[name] = {k: mean_spread([r[k] for r in res]) for k in ("top1", "loc_miou", "loc_iou50")}
+        keys = [k for k in ("top1", "loc_miou", "loc_iou50", "passes_per_image", "zoomed_share") if res and k in res[0]]
+        if res:
+            result[name] = {k: mean_spread([r[k] for r in res]) for k in keys}
     gain = [r["top1"] - v["top1"] for r, v in zip(runs["rams"], runs["vit"])]
     result["rams_minus_vit_top1"] = mean_spread(gain)
+    if split == "val":
+        result["rams_fused"] = {"top1": mean_spread([sw["full_fusion_top1"] for sw in sweeps])}
+        result["zoom_threshold"] = _joint_threshold(sweeps, SWEEP_TOLERANCE)
+        result["zoom_sweeps"] = [{"threshold_chosen": sw["chosen"], "rows": sw["rows"]} for sw in sweeps]
+    else:
+        result["zoom_threshold"] = zoom_threshold
+        result["rams_fused_minus_vit_top1"] = mean_spread([f["top1"] - v["top1"]
+                                                           for f, v in zip(runs["rams_fused"], runs["vit"])])
     Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
     return result

@@ -3,10 +3,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
+import pandas as pd
 from torch.utils.data import Dataset
 
 from .cub import load_cub
-from .dataset import DataError, DatasetIndex, ImageDataset, collate, read_image
+from .dataset import DataError, DatasetIndex, ImageDataset, ImageReadError, collate, read_image
 from .dogs import load_dogs
 from .folder import load_csv, load_folder
 from .inat import load_inat17
@@ -16,8 +17,9 @@ from .pretext import FAMILIES, PretextDataset
 from .synthetic import ensure_synthetic
 from .transforms import Transform
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "DatasetIndex", "ImageDataset", "Transform", "build_data",
-           "load_index", "read_image", "collate", "train_loader", "eval_loader", "StepSampler"]
+__all__ = ["DATASETS", "DataBundle", "DataError", "DatasetIndex", "ImageDataset", "ImageReadError", "Transform",
+           "build_data", "split_tables", "load_index", "read_image", "collate", "train_loader", "eval_loader",
+           "StepSampler"]
 
 # name -> function(root) -> DatasetIndex, one per distributed format
 DATASETS: Dict[str, Callable[[Path], DatasetIndex]] = {
@@ -57,14 +59,21 @@ def build_data(data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[floa
         size, s = data_cfg.synthetic.image_size, data_cfg.synthetic.seed
         return DataBundle(index=index, train=PretextDataset(size, s, train_t), val=None,
                           test=PretextDataset(size, s + 1, test_t, length=data_cfg.pretext_test_size))
-    train_table, val_table = index.split("train"), index.splits.get("val")
+    tables = split_tables(data_cfg, index, seed)
+    make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
+    return DataBundle(index=index, train=make(tables["train"], train_t), test=make(tables["test"], test_t),
+                      val=make(tables["val"], test_t) if "val" in tables else None)
+
+
+def split_tables(data_cfg, index: DatasetIndex, seed: int) -> Dict[str, pd.DataFrame]:
+    """The train / [val] / test tables a run uses: the data set's own splits, or a validation split carved from train
+    (``data.val_fraction``, stratified, seeded with the run's seed, so evaluation finds the same one)."""
+    tables = dict(index.splits)
     if data_cfg.val_fraction > 0:
-        if val_table is not None:
+        if "val" in tables:
             raise ValueError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
-        train_table, val_table = stratified_split(train_table, data_cfg.val_fraction, seed)
-        if len(val_table) == 0:
+        tables["train"], tables["val"] = stratified_split(index.split("train"), data_cfg.val_fraction, seed)
+        if len(tables["val"]) == 0:
             raise DataError(f"data.val_fraction {data_cfg.val_fraction} leaves no validation images (no class of the "
                             f"data set at {index.root} has two training images)")
-    make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
-    return DataBundle(index=index, train=make(train_table, train_t), test=make(index.split("test"), test_t),
-                      val=make(val_table, test_t) if val_table is not None else None)
+    return tables

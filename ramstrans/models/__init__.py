@@ -1,13 +1,16 @@
 """Model pieces, in data order: backbone -> rollout -> proposal -> RAMSTrans; ``build_model`` maps the config."""
 from .backbone import ViTBackbone, ViTFeatures, create_vit
 from .pretrained import load_pretrained
-from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
-from .rams import MultiScaleForward, MultiScaleOutput, Proposal, RAMSTrans, create_model
+from .proposal import (component_boxes, component_labels, compose_boxes, crop_and_zoom, largest_component,
+                       threshold_rollout)
+from .rams import (MultiScaleForward, MultiScaleOutput, Prediction, Proposal, RAMSTrans, create_model,
+                   zoom_confidence)
 from .rollout import attention_rollout
 
 __all__ = ["ViTBackbone", "ViTFeatures", "create_vit", "load_pretrained", "component_boxes", "compose_boxes",
            "crop_and_zoom", "largest_component", "threshold_rollout", "MultiScaleForward", "MultiScaleOutput",
-           "Proposal", "RAMSTrans", "create_model", "attention_rollout", "build_model"]
+           "Prediction", "Proposal", "RAMSTrans", "create_model", "zoom_confidence", "attention_rollout",
+           "build_model", "component_labels"]
 
 
 def build_model(model_cfg, num_classes: int) -> RAMSTrans:
