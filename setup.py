@@ -27,6 +27,7 @@ setup(
         "safetensors",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "tensorboard"], "tensorboard": ["tensorboard"]},
+    extras_require={"test": ["pytest", "tensorboard", "onnx", "onnxscript", "onnxruntime"],
+                    "tensorboard": ["tensorboard"], "deploy": ["onnx", "onnxscript", "onnxruntime"]},
     entry_points={"console_scripts": ["ramstrans = ramstrans.cli:main"]},
 )

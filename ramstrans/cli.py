@@ -60,9 +60,44 @@ def _cmd_visualize(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
-    from .export import export_single_scale
-    path = export_single_scale(a.checkpoint, a.out, weights=a.weights)
-    print(f"wrote the single-scale model as a timm state dict to {path} (and {path.with_suffix('.json').name})")
+    from .export import export_onnx, export_timm
+    if a.format == "timm":
+        path = export_timm(a.checkpoint, a.out, a.scales, a.weights)
+        print(f"wrote a timm folder to {path}: timm.create_model('local-dir:{path}', pretrained=True) loads the "
+              f"single-scale model" + (f"; ramstrans predict {path} runs {a.scales} scales" if a.scales > 1 else ""))
+    else:
+        path = export_onnx(a.checkpoint, a.out, a.scales, a.weights)
+        print(f"wrote the {'single-scale' if a.scales == 1 else f'fused {a.scales}-scale'} model as ONNX to {path}")
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import run_predict
+    r = run_predict(a.model, a.paths, topk=a.topk, fmt=a.format, out=a.out, scales=a.scales,
+                    zoom_threshold=a.zoom_threshold, zoom_on=a.zoom_on, batch_size=a.batch_size, device=a.device,
+                    num_workers=a.workers, weights=a.weights, visualize=a.visualize, show_progress=not a.no_progress)
+    if r["skipped"]:
+        print(f"ramstrans: {r['skipped']} of {r['images']} files could not be read (listed in the output)",
+              file=sys.stderr)
+    return 1 if r["skipped"] else 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files, folders and globs (a checkpoint or an exported folder)")
+    p.add_argument("model", help="a ramstrans checkpoint or a folder written by ramstrans export --format timm")
+    p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
+    p.add_argument("--format", default="csv", choices=("csv", "json"), help="CSV rows or JSON lines")
+    p.add_argument("--out", help="file to write (default: standard output)")
+    p.add_argument("--scales", default="1", help="1, N (fuse N scales) or auto (zoom the images scale 1 is unsure of)")
+    p.add_argument("--zoom-threshold", type=float, default=0.5, help="--scales auto: zoom below this confidence")
+    p.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    p.add_argument("--visualize", metavar="DIR", help="also draw the zoom panel of every image into DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> None:
@@ -90,6 +125,14 @@ def _cmd_bench(a: argparse.Namespace) -> None:
     elif a.what == "accum":
         from .bench.training import bench_accum
         r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
+    elif a.what == "latency":
+        from .bench.latency import bench_latency, bench_proposal
+        r = {"proposal": bench_proposal(repeats=a.repeats)}
+        if a.checkpoint:
+            if a.zoom_threshold is None:
+                raise ValueError("bench latency --checkpoint needs --zoom-threshold (choose it with ramstrans eval "
+                                 "--split val --sweep-zoom)")
+            r["model"] = bench_latency(a.checkpoint, a.zoom_threshold, repeats=a.repeats)
     elif a.what == "transmix":
         from .bench.transmix import bench_transmix
         r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
@@ -119,12 +162,13 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
-    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo", "ema", "accum"),
+    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo", "ema", "accum", "latency"),
                    default="core",
                    help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
                         "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
                         "demo: plain ViT against RAMS-Trans over seeds; ema: raw against EMA weights over seeds "
-                        "(validation); accum: one batch against accumulated batches (validation)")
+                        "(validation); accum: one batch against accumulated batches (validation); latency: test-time "
+                        "latency of a checkpoint (eager, fused, adaptive, onnxruntime) and of the proposal")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
@@ -142,8 +186,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo, ema, accum: config override")
     b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
     b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
-    b.add_argument("--zoom-threshold", type=float, help="demo --split test: the adaptive threshold (default: the one "
-                                                        "bench demo --split val chose)")
+    b.add_argument("--zoom-threshold", type=float, help="demo --split test, latency: the adaptive threshold (demo's "
+                                                        "default: the one bench demo --split val chose)")
+    b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
     b.set_defaults(func=_cmd_bench)
 
 
@@ -197,9 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     v.set_defaults(func=_cmd_visualize)
 
-    x = sub.add_parser("export", help="write the single-scale model as a plain timm .safetensors for deployment")
+    x = sub.add_parser("export", help="write a trained model as a timm folder or an ONNX file")
     x.add_argument("--checkpoint", required=True)
-    x.add_argument("--out", required=True, help="the .safetensors file to write (a .json sidecar goes beside it)")
+    x.add_argument("--format", default="timm", choices=("timm", "onnx"),
+                   help="timm: a folder timm loads with create_model('local-dir:PATH', pretrained=True); onnx: a file")
+    x.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
+    x.add_argument("--scales", type=int, default=1,
+                   help="1: the single-scale model; N: the fused N-scale model (onnx: in the graph; timm: rebuilt by "
+                        "ramstrans predict, timm itself loads scale 1)")
     x.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     x.set_defaults(func=_cmd_export)
 
@@ -213,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace what --out holds (by default that is refused)")
     m.set_defaults(func=_cmd_make_synthetic)
 
+    _add_predict(sub)
     _add_check_data(sub)
     _add_bench(sub)
     return p

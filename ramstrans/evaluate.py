@@ -19,13 +19,13 @@ from .models import RAMSTrans, zoom_confidence
 from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
                     plot_zoom_sweep)
 
-__all__ = ["run_eval", "run_zoom_sweep", "test_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS"]
+__all__ = ["run_eval", "run_zoom_sweep", "eval_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS"]
 
 SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0.05, ..., 1
 SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
 
 
-def test_transform(cfg: Config, model: RAMSTrans) -> Transform:
+def eval_transform(cfg: Config, model: RAMSTrans) -> Transform:
     """The deterministic test-time transform of a trained model (resize, center crop, its normalisation)."""
     return Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize, mean=model.backbone.mean,
                      std=model.backbone.std)
@@ -87,7 +87,7 @@ def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Opt
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
         raise ValueError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    ds = ImageDataset(index.root, tables[split], names, test_transform(cfg, model), skip_corrupt)
+    ds = ImageDataset(index.root, tables[split], names, eval_transform(cfg, model), skip_corrupt)
     return model, cfg, names, ckpt, ds, dev
 
 

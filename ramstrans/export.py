@@ -1,45 +1,164 @@
-"""``ramstrans export``: the test-time (single-scale) model of a checkpoint as a plain timm state dict, to deploy."""
-import json
-from pathlib import Path
-from typing import Dict, Optional
+"""``ramstrans export``: a trained model as a timm folder or an ONNX file, and the way back from an exported folder.
 
-from safetensors.torch import save_file
+- ``timm``: timm's own ``save_for_hf`` (``config.json`` + ``model.safetensors``): ``timm.create_model("local-dir:PATH",
+  pretrained=True)`` gives the single-scale model with its class names (``label_names``) and test transform
+  (``input_size``, ``crop_pct`` giving our resize, ``interpolation``, ``mean``, ``std``). Beside them ``ramstrans.json``
+  (the zoom settings) and, with more than one scale, ``zoom_cls_tokens.safetensors``: what ramstrans needs to rebuild
+  the multi-scale model from the folder (``model_from_export``).
+- ``onnx``: the single-scale model (``images`` -> ``logits``), or the fused multi-scale model (``images`` ->
+  ``logits`` (B, S, K) per scale, ``probs`` (B, K) their mean softmax, ``boxes`` (B, 4) scale 1's proposal), proposal
+  included; the batch dimension is dynamic.
+"""
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import Config
+from .errors import CheckpointError
 from .files import atomic_write, write_text_atomic
+from .models import RAMSTrans
 
-__all__ = ["export_single_scale"]
+__all__ = ["export_timm", "export_onnx", "model_from_export", "TestTransform", "EXPORT_INFO"]
+
+EXPORT_INFO = "ramstrans.json"
+ZOOM_TOKENS = "zoom_cls_tokens.safetensors"
+TestTransform = Dict[str, object]  # {"resize": shortest side, "crop": side, "interpolation": "bilinear"}
 
 
-def export_single_scale(checkpoint: str, out: str, extra: Optional[Dict[str, object]] = None,
-                        weights: str = "auto") -> Path:
-    """Write the test-time model of a checkpoint as a plain timm state dict (``.safetensors``) with a JSON sidecar
-    (architecture, timm kwargs, class names, normalisation and the test transform: resize of the shortest side,
-    center crop, bilinear interpolation): what deployment needs, nothing of training.
+def _crop_pct(crop: int, resize: int) -> float:
+    """timm's crop_pct for which ``floor(crop / crop_pct)``, the side its test transform resizes to, is ``resize``."""
+    pct = crop / resize
+    while math.floor(crop / pct) < resize:  # float rounding may land just below
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def _checked_out(out: str, scales: int, model: RAMSTrans) -> Path:
+    if not 1 <= scales <= model.num_scales:
+        raise ValueError(f"the model has {model.num_scales} scale(s); cannot export {scales}")
+    return Path(out).expanduser()
+
+
+def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto") -> Path:
+    """Write a checkpoint's model as a timm folder (see the module doc).
 
     Args:
         checkpoint: ramstrans checkpoint.
-        out: the ``.safetensors`` file to write (the sidecar gets the same name with ``.json``).
-        extra: more fields for the sidecar.
+        out: the folder to write (must be new or empty).
+        scales: 1, or the number of scales ramstrans should rebuild from the folder (timm always sees scale 1).
         weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
 
     Returns:
-        The written ``.safetensors`` path.
+        The folder.
     """
-    path = Path(out)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"export target {out} must end in .safetensors")
+    from timm.models import save_for_hf
     ckpt = load_checkpoint(checkpoint)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
-    meta = {"architecture": cfg.model.backbone, "timm_kwargs": dict(cfg.model.backbone_kwargs),
-            "img_size": cfg.model.img_size, "num_classes": len(names), "mean": list(model.backbone.mean),
-            "std": list(model.backbone.std),
-            "test_transform": {"resize_shortest_side": cfg.data.resize, "center_crop": cfg.model.img_size,
-                               "interpolation": "bilinear"},
-            "class_names": names, "source_checkpoint": str(checkpoint), "step": int(ckpt["step"]),
-            "weights": "ema" if weights != "raw" and isinstance(ckpt.get("model_ema"), dict) else "raw",
-            **(extra or {})}
-    state = {k: v.contiguous() for k, v in model.backbone.vit.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-    write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
+    folder = _checked_out(out, scales, model)
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"export folder {folder} is not empty: give a new or empty folder")
+    staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed
+    data_config = {"input_size": (model.backbone.in_chans, *model.backbone.img_size),
+                   "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize), "crop_mode": "center",
+                   "interpolation": "bilinear", "mean": model.backbone.mean, "std": model.backbone.std}
+    save_for_hf(model.backbone.vit, str(staging), model_config={"label_names": names}, safe_serialization=True,
+                data_config=data_config)
+    info = {"format": "ramstrans-export", "num_scales": scales, "alpha": model.alpha, "residual": model.residual,
+            "rollout_rows": model.rollout_rows, "class_names": names, "test_transform": _transform(cfg),
+            "source_checkpoint": str(checkpoint), "step": int(ckpt["step"]),
+            "weights": "ema" if weights != "raw" and isinstance(ckpt.get("model_ema"), dict) else "raw"}
+    if scales > 1:
+        save_file({str(i): t.detach().contiguous() for i, t in enumerate(model.backbone.zoom_cls_tokens[:scales - 1])},
+                  str(staging / ZOOM_TOKENS))
+    write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
+    if folder.exists():
+        folder.rmdir()
+    staging.rename(folder)
+    return folder
+
+
+def model_from_export(folder: str) -> Tuple[RAMSTrans, List[str], TestTransform]:
+    """A RAMSTrans (eval mode) rebuilt from an exported timm folder, its class names and its test transform. A plain
+    timm folder without ``ramstrans.json`` gives the single-scale model.
+
+    Raises:
+        CheckpointError: not a timm folder (no config.json) or one it cannot load.
+    """
+    import timm
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not an exported model folder (it has no config.json)")
+    try:
+        vit = timm.create_model(f"local-dir:{path}", pretrained=True)
+    except Exception as e:  # timm's own message: missing weights, unknown architecture
+        raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
+    info = json.loads((path / EXPORT_INFO).read_text()) if (path / EXPORT_INFO).is_file() else {}
+    scales = int(info.get("num_scales", 1))
+    model = RAMSTrans(backbone=vit, num_scales=scales, alpha=info.get("alpha", 1.3),
+                      residual=info.get("residual", 1.0), rollout_rows=info.get("rollout_rows", "cls"))
+    if scales > 1:
+        tokens = load_file(str(path / ZOOM_TOKENS))
+        with torch.no_grad():
+            for i, token in enumerate(model.backbone.zoom_cls_tokens):
+                token.copy_(tokens[str(i)])
+    cfg = vit.pretrained_cfg
+    names = list(info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(vit.num_classes)])
+    crop = int(cfg["input_size"][-1])
+    transform = info.get("test_transform") or {"resize": math.floor(crop / cfg.get("crop_pct", 0.875)), "crop": crop,
+                                                "interpolation": cfg.get("interpolation", "bilinear")}
+    return model.eval(), names, transform
+
+
+class _Fused(nn.Module):
+    """The multi-scale test-time model as one graph: per-scale logits, their mean softmax, scale 1's boxes."""
+
+    def __init__(self, model: RAMSTrans, scales: int) -> None:
+        super().__init__()
+        self.model, self.scales = model, scales
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        out = self.model.forward_multiscale(images, self.scales)
+        logits = torch.stack(out.logits, dim=1)
+        return logits, logits.float().softmax(-1).mean(1), out.boxes[0]
+
+
+def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18) -> Path:
+    """Write a checkpoint's single-scale or fused multi-scale model as ONNX (see the module doc); the class names and
+    the test transform go into the file's metadata.
+
+    Raises:
+        ValueError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
+    """
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'") \
+            from None
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
+    path = _checked_out(out, scales, model)
+    model.eval()
+    module = model if scales == 1 else _Fused(model, scales)
+    outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"]
+    example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(module, (example,), input_names=["images"], output_names=outputs,
+                                dynamic_shapes=({0: batch},), dynamo=True, opset_version=opset, verbose=False)
+    proto = program.model_proto
+    meta = {"class_names": json.dumps(names), "mean": json.dumps(list(model.backbone.mean)),
+            "std": json.dumps(list(model.backbone.std)), "num_scales": str(scales),
+            "test_transform": json.dumps(_transform(cfg))}
+    onnx.helper.set_model_props(proto, meta)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     return path
+
+
+def _transform(cfg: Config) -> TestTransform:
+    return {"resize": cfg.data.resize, "crop": cfg.model.img_size, "interpolation": "bilinear"}

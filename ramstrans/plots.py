@@ -84,14 +84,28 @@ def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndar
     _save_png(fig, path)
 
 
-def contact_sheet(images: List[np.ndarray], path: Path, cols: int = 4, tile: int = 224) -> None:
-    """Tile (H, W, 3) uint8 images (e.g. input with its box) into one PNG."""
-    rows = (len(images) + cols - 1) // cols
+def contact_sheet(tiles: List[Tuple[np.ndarray, List[str], List[bool]]], path: Path, cols: int = 4,
+                  tile: int = 224) -> None:
+    """Tile (H, W, 3) uint8 images into one PNG, each with its caption lines on a dark strip at the top (a line in
+    green when its prediction is right or the truth unknown, red when wrong; the first line may name the truth).
+
+    Args:
+        tiles: per image (picture, caption lines, per prediction line: right or unknown).
+        path: the PNG to write.
+        cols: tiles per row.
+        tile: side of a tile in pixels.
+    """
+    rows = (len(tiles) + cols - 1) // cols
     sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
-    for i, img in enumerate(images):
+    for i, (img, lines, right) in enumerate(tiles):
         r, c = divmod(i, cols)
-        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cv2.resize(img, (tile, tile),
-                                                                             interpolation=cv2.INTER_AREA)
+        cell = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+        cell[:14 * len(lines) + 4] //= 3  # a dark strip behind the caption
+        colours = [(255, 255, 255)] * (len(lines) - len(right)) + [(90, 230, 90) if ok else (255, 90, 90)
+                                                                   for ok in right]
+        for j, (line, colour) in enumerate(zip(lines, colours)):
+            cv2.putText(cell, line[:34], (4, 13 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cell
     png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
 

@@ -1,19 +1,23 @@
 """``ramstrans visualize``: where a trained model zooms, on images of a split or on any image files."""
+import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import load_index, read_image
+from .data import ImageReadError, load_index, read_image
 from .dist import resolve_device
-from .evaluate import test_transform
-from .models import crop_and_zoom
+from .evaluate import eval_transform
+from .models import RAMSTrans, crop_and_zoom
 from .plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 
-__all__ = ["run_visualize"]
+__all__ = ["run_visualize", "draw_panels"]
+
+logger = logging.getLogger("ramstrans")
+BATCH = 32  # images drawn per forward
 
 
 def _pick(n_total: int, num: int) -> List[int]:
@@ -29,7 +33,8 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     Args:
         checkpoint: ramstrans checkpoint.
         output_dir: where to write (default: next to the checkpoint, ``visualize``).
-        images: image files (any, not only from the data set); when empty, ``num`` images of ``split``.
+        images: image files, folders or globs (any, not only from the data set); when empty, ``num`` images of
+            ``split``.
         split: data split to draw from.
         num: how many split images.
         device: auto | cpu | cuda.
@@ -42,10 +47,11 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint), weights=weights,
                                               origin=f"checkpoint {checkpoint}")
     model.to(dev).eval()
-    transform = test_transform(cfg, model)
+    transform = eval_transform(cfg, model)
     if images:
-        paths = [Path(p) for p in images]
-        titles = [p.name for p in paths]
+        from .predict import expand_paths
+        paths = expand_paths(images)
+        titles, truths = [p.name for p in paths], None
     else:
         if data_root:
             cfg.data.root = data_root
@@ -54,30 +60,73 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
         rows = table.iloc[_pick(len(table), num)]
         paths = [index.root / p for p in rows["path"]]
         titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
-    x = torch.stack([transform(read_image(p), None, 0)[0] for p in paths]).to(dev)
+        truths = [names[k] for k in rows["label"]]
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
+    written, tiles, unreadable = [], [], []
+    for start in range(0, len(paths), BATCH):
+        chunk = range(start, min(start + BATCH, len(paths)))
+        images_read, kept = [], []
+        for i in chunk:
+            try:
+                images_read.append(transform(read_image(paths[i]), None, 0)[0])
+                kept.append(i)
+            except ImageReadError as e:  # one bad file does not stop the others
+                logger.warning("skipping %s: it %s", paths[i], e.reason)
+                unreadable.append(f"{paths[i]} {e.reason}")
+        if kept:
+            w, t = draw_panels(model, torch.stack(images_read).to(dev), [paths[i] for i in kept], names, out,
+                               [titles[i] for i in kept], [truths[i] for i in kept] if truths else None,
+                               first=len(written))
+            written += w
+            tiles += t
+    if not tiles:
+        raise ValueError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
+    contact_sheet(tiles, out / "contact_sheet.png")
+    return written + [out / "contact_sheet.png"]
+
+
+def draw_panels(model: RAMSTrans, x: torch.Tensor, paths: Sequence[Path], names: List[str], out: Path,
+                titles: Optional[Sequence[str]] = None, truths: Optional[Sequence[Optional[str]]] = None,
+                first: int = 0) -> Tuple[List[Path], List[Tuple[np.ndarray, List[str], List[bool]]]]:
+    """One panel PNG per image (input with the zoom box, rollout, kept component, zoomed crop, top-3 per scale) and a
+    labelled contact-sheet tile per image (true class if known, the prediction of each scale).
+
+    Args:
+        model: the model (eval mode).
+        x: (B, C, H, W) normalised images.
+        paths: their files (the panels are named after them).
+        names: class names.
+        out: folder for the panels.
+        titles: panel titles (default: the file names).
+        truths: true class names, None where unknown.
+        first: the number of the first panel (panels are numbered in order, ``NNN_<file stem>.png``).
+
+    Returns:
+        (panel files, tiles).
+    """
     out.mkdir(parents=True, exist_ok=True)
     H, W = model.backbone.img_size
-    written, sheet = [], []
     with torch.no_grad():
         prop = model.propose(x)
         multi = model.forward_multiscale(x)
         zoom = crop_and_zoom(x, prop.boxes, (H, W))
     mean, std = model.backbone.mean, model.backbone.std
+    written, tiles = [], []
     for i, path in enumerate(paths):
         img = denormalize(x[i].cpu().numpy(), mean, std)
         top3 = []
         for lg in multi.logits:
             p, k = lg[i].float().softmax(-1).topk(min(3, len(names)))
             top3.append([(names[j], float(q)) for q, j in zip(p.tolist(), k.tolist())])
-        file = out / f"{i:03d}_{path.stem}.png"
+        file = out / f"{first + i:03d}_{Path(path).stem}.png"
         save_panel(file, img, prop.rollout[i].cpu().numpy(), prop.mask[i].cpu().numpy(),
                    prop.component[i].cpu().numpy(), prop.boxes[i].tolist(),
-                   denormalize(zoom[i].cpu().numpy(), mean, std), top3, titles[i])
+                   denormalize(zoom[i].cpu().numpy(), mean, std), top3, titles[i] if titles else Path(path).name)
         written.append(file)
         over = heatmap_overlay(img, prop.rollout[i].cpu().numpy(), 0.35)
         x0, y0, x1, y1 = (int(round(v)) for v in prop.boxes[i].tolist())
-        sheet.append(cv2.rectangle(over.copy(), (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 2))
-    contact_sheet(sheet, out / "contact_sheet.png")
-    written.append(out / "contact_sheet.png")
-    return written
+        tile = cv2.rectangle(over.copy(), (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 2)
+        truth = truths[i] if truths else None
+        lines = ([f"true {truth}"] if truth else []) + [f"s{s + 1}: {preds[0][0]}" for s, preds in enumerate(top3)]
+        tiles.append((tile, lines, [truth is None or preds[0][0] == truth for preds in top3]))
+    return written, tiles

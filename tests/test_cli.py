@@ -26,12 +26,12 @@ def trained(tmp_path_factory):
 def _fused_top1(checkpoint, root):
     """Independent two-scale top-1: the mean of both scales' softmax over the test images, one at a time."""
     from ramstrans.data import load_index, read_image
-    from ramstrans.evaluate import test_transform
+    from ramstrans.evaluate import eval_transform
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
     model.eval()
     cfg.data.root = str(root)
     index = load_index(cfg.data, generate=False)
-    t = test_transform(cfg, model)
+    t = eval_transform(cfg, model)
     hits = 0
     for path, label in zip(index.split("test")["path"], index.split("test")["label"]):
         x = t(read_image(index.root / path), None, 0)[0][None]
@@ -195,21 +195,3 @@ def test_piped_training_prints_log_lines_not_carriage_returns(tmp_path):
     assert "\r" not in r.stderr
     steps = [m.group(1) for line in r.stderr.splitlines() if (m := re.match(r"^\S+ step (\d+/\d+)  loss ", line))]
     assert steps == ["1/3", "2/3", "3/3"]  # log_every = 1
-
-
-def test_export_is_a_timm_state_dict_with_the_test_transform(trained, tmp_path, capsys):
-    import timm
-    from safetensors.torch import load_file
-    out = str(tmp_path / "m.safetensors")
-    assert main(["export", "--checkpoint", str(trained / "checkpoint.pth"), "--out", out]) == 0
-    meta = json.loads((tmp_path / "m.json").read_text())
-    assert meta["test_transform"] == {"resize_shortest_side": 72, "center_crop": 64, "interpolation": "bilinear"}
-    assert meta["weights"] == "raw" and meta["step"] == 3 and len(meta["class_names"]) == 3
-    vit = timm.create_model(meta["architecture"], img_size=meta["img_size"], num_classes=meta["num_classes"],
-                            **meta["timm_kwargs"])
-    vit.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
-    model, _, _ = model_from_checkpoint(load_checkpoint(trained / "checkpoint.pth"))
-    x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(vit.eval()(x), model.eval()(x), atol=1e-5, rtol=0)
-    assert "no EMA weights" in _error(capsys, ["export", "--checkpoint", str(trained / "checkpoint.pth"),
-                                               "--out", str(tmp_path / "e.safetensors"), "--weights", "ema"])

@@ -8,7 +8,7 @@ def test_drawing_never_switches_the_matplotlib_backend(tmp_path):
     code = ("import matplotlib, numpy as np\n"
             "from ramstrans.plots import plot_confusion, contact_sheet\n"
             "plot_confusion(np.eye(2), ['a', 'b'], 'confusion.png')\n"
-            "contact_sheet([np.zeros((8, 8, 3), np.uint8)], 'sheet.png')\n"
+            "contact_sheet([(np.zeros((8, 8, 3), np.uint8), ['true a', 's1: a'], [True])], 'sheet.png')\n"
             "print(matplotlib.get_backend())\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "MPLBACKEND": "svg"})  # e.g. a notebook's inline backend

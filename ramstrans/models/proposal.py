@@ -52,7 +52,11 @@ def component_labels(mask: Tensor) -> Tensor:
     # (B, n + 1) parent pointers; slot n is the background, a sink that every unmasked cell points to
     parent = torch.cat([torch.where(on, cells, n), background], dim=1)
     jumps = max(1, math.ceil(math.log2(n + 1)))  # pointer doubling flattens any tree of up to n cells
+    # Eager on the CPU, a converged round can be seen for free (no device to sync with): stop there. Traced, compiled,
+    # exported or on an accelerator, the fixed bound runs without a host round trip; the labels are the same.
+    early_exit = mask.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
     for _ in range(2 * jumps + 1):
+        before = parent
         # the smallest label touching each cell (labels < 2^24 are exact in float32)
         grid = parent[:, :n].reshape(B, 1, gh, gw).float()
         touching = (-F.max_pool2d(-grid, 3, stride=1, padding=1)).long().reshape(B, n)
@@ -61,7 +65,12 @@ def component_labels(mask: Tensor) -> Tensor:
         parent = parent.scatter_reduce(1, roots, touching, reduce="amin")  # roots hook onto the smallest neighbour
         parent = torch.cat([torch.minimum(parent[:, :n], touching), background], dim=1)
         for _ in range(jumps):
-            parent = parent.gather(1, parent)
+            jumped = parent.gather(1, parent)
+            if early_exit and torch.equal(jumped, parent):
+                break
+            parent = jumped
+        if early_exit and torch.equal(parent, before):
+            break
     return parent[:, :n].reshape(B, gh, gw)
 
 

@@ -1,0 +1,194 @@
+"""``ramstrans bench latency``: what a trained model costs at test time, and what the proposal costs.
+
+Model latency (``bench_latency``), on a checkpoint and real images of its test split: timm's eager forward of the same
+weights, our single-scale forward, the fused two-scale model, adaptive zoom at a given threshold, and the single and
+fused models through onnxruntime (adaptive through onnxruntime: the single-scale session for every image, the fused
+session for the images it is unsure of); batch 1 and 32, 1 and 2 threads; median and p90 over interleaved repeats;
+parameters and GMACs.
+
+Proposal latency (``bench_proposal``), ViT-B/16 at 448 px (28 x 28 grid, 12 blocks), random attention: the
+device-side proposal (rollout, threshold, components, boxes, zoom) against the batched scipy labelling it replaced and
+against a per-sample transcription of the official algorithm's structure (a Python loop over samples: the full N x N
+rollout chain, a component search per mask, the largest area's box, a per-sample resize).
+"""
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
+
+__all__ = ["bench_latency", "bench_proposal"]
+
+
+def _times(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Dict[str, float]]:
+    """Median and p90 seconds of each fn, called in turn within every repeat (drift hits all alike)."""
+    runs: Dict[str, List[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - t)
+    return {k: {"median_ms": 1000 * statistics.median(v), "p90_ms": 1000 * float(np.percentile(v, 90))}
+            for k, v in runs.items()}
+
+
+def _gmacs(fn: Callable[[], object]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads available, torch {torch.__version__}"
+
+
+def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int] = (1, 32),
+                  threads: Sequence[int] = (1, 2), repeats: int = 10) -> Dict[str, object]:
+    """Test-time latency of a two-scale checkpoint on the CPU (see the module doc).
+
+    Args:
+        checkpoint: a ramstrans checkpoint with two scales.
+        zoom_threshold: the adaptive threshold (choose it on validation: ``ramstrans eval --split val --sweep-zoom``).
+        batches: batch sizes.
+        threads: torch / onnxruntime intra-op threads.
+        repeats: timed repeats per measurement.
+    """
+    import onnxruntime as ort
+    import timm
+
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..data import ImageDataset, eval_loader, load_index
+    from ..evaluate import eval_transform
+    from ..export import export_onnx
+    model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
+    model.eval()
+    vit = timm.create_model(cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names),
+                            **cfg.model.backbone_kwargs).eval()
+    vit.load_state_dict(model.backbone.vit.state_dict())
+    index = load_index(cfg.data)
+    ds = ImageDataset(index.root, index.split("test"), names, eval_transform(cfg, model))
+    images = next(iter(eval_loader(ds, max(batches))))["image"]
+    result: Dict[str, object] = {"checkpoint": checkpoint, "zoom_threshold": zoom_threshold, "machine": _machine(),
+                                 "params_M": sum(p.numel() for p in vit.parameters()) / 1e6, "rows": []}
+    one = images[:1]
+    with torch.no_grad():
+        result["gmacs_per_image"] = {"single": _gmacs(lambda: model(one)),
+                                     "fused": _gmacs(lambda: model.predict(one, 2, boxes=False))}
+        result["zoomed_share_of_the_batch"] = float(model.predict(images, "auto", zoom_threshold).zoomed.float().mean())
+    available = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {s: export_onnx(checkpoint, str(Path(tmp) / f"m{s}.onnx"), scales=s) for s in (1, 2)}
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
+            sessions = {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                        for s, p in paths.items()}
+            for batch in batches:
+                x = images[:batch]
+                result["rows"].append({"batch": batch, "threads": n_threads,
+                                       **_time_models(model, vit, sessions, x, zoom_threshold, repeats)})
+    torch.set_num_threads(available)
+    return result
+
+
+def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeats: int) -> Dict[str, object]:
+    x_np = x.numpy()
+
+    def ort_adaptive():
+        probs = torch.from_numpy(sessions[1].run(None, {"images": x_np})[0]).softmax(-1)
+        unsure = (probs.max(-1).values < threshold).nonzero(as_tuple=True)[0]
+        if unsure.numel():
+            sessions[2].run(None, {"images": x_np[unsure.numpy()]})
+
+    with torch.no_grad():
+        return _times({"timm_eager": lambda: vit(x), "ours_single": lambda: model(x),
+                       "ours_fused": lambda: model.predict(x, 2, boxes=False),
+                       "ours_adaptive": lambda: model.predict(x, "auto", threshold, boxes=False),
+                       "onnx_single": lambda: sessions[1].run(None, {"images": x_np}),
+                       "onnx_fused": lambda: sessions[2].run(None, {"images": x_np}),
+                       "onnx_adaptive": ort_adaptive}, repeats)
+
+
+def _official_per_sample(attentions: List[torch.Tensor], images: torch.Tensor, alpha: float,
+                         patch: int) -> torch.Tensor:
+    """Per sample: the N x N rollout chain, mean-row saliency, threshold, a component search, the largest area's box,
+    a resize of the crop (the structure of the official code, written here for the comparison)."""
+    from scipy import ndimage
+    B, N, _ = attentions[0].shape
+    g = int(round((N - 1) ** 0.5))
+    out = []
+    for b in range(B):
+        joint = None
+        for a in attentions:
+            aug = a[b] + torch.eye(N)
+            aug = aug / aug.sum(-1, keepdim=True)
+            joint = aug if joint is None else aug @ joint
+        sal = joint[:, 1:].mean(0)
+        mask = (sal > alpha * sal.mean()).reshape(g, g).numpy()
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        if n == 0:
+            out.append(images[b:b + 1])
+            continue
+        k = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+        rows, cols = np.nonzero(labels == k)
+        y0, y1, x0, x1 = rows.min() * patch, (rows.max() + 1) * patch, cols.min() * patch, (cols.max() + 1) * patch
+        out.append(F.interpolate(images[b:b + 1, :, y0:y1, x0:x1], size=images.shape[-2:], mode="bilinear",
+                                 align_corners=False))
+    return torch.cat(out)
+
+
+def _scipy_batched(mask: torch.Tensor) -> torch.Tensor:
+    """The batched labelling the device path replaced: one scipy call for the batch on the host."""
+    from scipy import ndimage
+    m = mask.cpu().numpy()
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True
+    labels, n = ndimage.label(m, structure=structure)
+    if n == 0:
+        return torch.zeros_like(mask)
+    flat = labels.reshape(len(m), -1)
+    keep = np.zeros_like(m)
+    for b in range(len(m)):  # the largest label per sample (first in row-major order on ties)
+        counts = np.bincount(flat[b], minlength=n + 1)
+        counts[0] = 0
+        if counts.max():
+            keep[b] = labels[b] == counts.argmax()
+    return torch.from_numpy(keep)
+
+
+def bench_proposal(batch: int = 16, grid: int = 28, depth: int = 12, patch: int = 16, repeats: int = 5,
+                   alpha: float = 1.3) -> Dict[str, object]:
+    """The proposal alone at ViT-B/16 448 px scale (see the module doc); goal: >= 10x faster than per-sample."""
+    gen = torch.Generator().manual_seed(0)
+    n = grid * grid + 1
+    attentions = [torch.randn(batch, n, n, generator=gen).mul(3).softmax(-1) for _ in range(depth)]
+    images = torch.randn(batch, 3, grid * patch, grid * patch, generator=gen)
+    size = (grid * patch, grid * patch)
+
+    def device_path():
+        g = attention_rollout(attentions, (grid, grid), 1.0, "mean")
+        boxes = component_boxes(largest_component(threshold_rollout(g, alpha)), (patch, patch), size)
+        return crop_and_zoom(images, boxes, size)
+
+    def scipy_path():
+        g = attention_rollout(attentions, (grid, grid), 1.0, "mean")
+        boxes = component_boxes(_scipy_batched(threshold_rollout(g, alpha)), (patch, patch), size)
+        return crop_and_zoom(images, boxes, size)
+
+    t = _times({"device": device_path, "scipy_batched": scipy_path,
+                "official_per_sample": lambda: _official_per_sample(attentions, images, alpha, patch)}, repeats)
+    return {"setting": f"batch {batch}, {grid} x {grid} grid, {depth} blocks, {patch}-px patches, CPU",
+            "machine": _machine(), "ms": t,
+            "official_over_device": t["official_per_sample"]["median_ms"] / t["device"]["median_ms"],
+            "scipy_over_device": t["scipy_batched"]["median_ms"] / t["device"]["median_ms"]}

@@ -1,0 +1,183 @@
+"""``ramstrans predict``: classify image files, folders (recursively) and globs with a checkpoint or an exported folder.
+
+Every path is one output row: its top-k classes and probabilities (and, with ``--scales auto``, whether it was zoomed),
+or, for a file that cannot be read, the reason. Rows go to a CSV (default) or JSON lines, on standard output or into a
+file written whole (a temp file renamed at the end).
+"""
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import ImageReadError, Transform, read_image
+from .data.folder import IMAGE_EXTENSIONS
+from .dist import resolve_device
+from .engine import amp_setup, autocast
+from .errors import DataError
+from .evaluate import check_threshold, parse_scales
+from .files import write_text_atomic
+from .models import RAMSTrans
+
+__all__ = ["run_predict", "expand_paths", "load_for_inference"]
+
+
+def expand_paths(paths: Sequence[str]) -> List[Path]:
+    """Files as given, folders walked recursively for image files (hidden ones skipped), globs expanded; in order,
+    without repeats.
+
+    Raises:
+        FileNotFoundError: a path (or glob) that matches nothing.
+        DataError: a folder that holds no image files.
+    """
+    out: Dict[Path, None] = {}
+    for raw in paths:
+        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise FileNotFoundError(f"{raw} does not exist" + (" (the pattern matches nothing)" if
+                                                              glob.has_magic(raw) else ""))
+        for m in map(Path, matches):
+            if m.is_dir():
+                found = sorted(p for p in m.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                               and not any(part.startswith(".") for part in p.relative_to(m).parts))
+                if not found:
+                    raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                out.update(dict.fromkeys(found))
+            else:
+                out[m] = None
+    return list(out)
+
+
+def load_for_inference(source: str, weights: str = "auto") -> Tuple[RAMSTrans, List[str], Transform]:
+    """The model (eval mode), class names and test transform of a ramstrans checkpoint or an exported timm folder.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        CheckpointError: neither a ramstrans checkpoint nor an exported folder.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model {source} does not exist")
+    if path.is_dir():
+        from .export import model_from_export
+        model, names, t = model_from_export(str(path))
+        return model, names, Transform(train=False, crop=int(t["crop"]), resize=int(t["resize"]),
+                                       mean=model.backbone.mean, std=model.backbone.std)
+    model, cfg, names = model_from_checkpoint(load_checkpoint(path), weights=weights, origin=f"checkpoint {path}")
+    return model.eval(), names, Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize,
+                                          mean=model.backbone.mean, std=model.backbone.std)
+
+
+class _Files(Dataset):
+    """Decoded, transformed images; an unreadable file gives its reason instead."""
+
+    def __init__(self, paths: List[Path], transform: Transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"index": i, "image": self.transform(read_image(self.paths[i]), None, 0)[0]}
+        except ImageReadError as e:
+            return {"index": i, "error": e.reason}
+        except OSError as e:  # vanished or unreadable (permissions) since the listing
+            return {"index": i, "error": f"cannot be read ({e.strerror or type(e).__name__})"}
+
+
+def _collate(items: List[dict]) -> dict:
+    ok = [it for it in items if "image" in it]
+    return {"index": [it["index"] for it in ok], "image": torch.stack([it["image"] for it in ok]) if ok else None,
+            "errors": [(it["index"], it["error"]) for it in items if "error" in it]}
+
+
+def _rows(probs: torch.Tensor, zoomed: torch.Tensor, names: List[str], topk: int, adaptive: bool) -> List[dict]:
+    p, k = probs.float().topk(min(topk, len(names)), dim=-1)
+    return [{"status": "ok", "top": [(names[j], float(q)) for q, j in zip(pr.tolist(), kr.tolist())],
+             **({"zoomed": bool(z)} if adaptive else {})}
+            for pr, kr, z in zip(p, k, zoomed.tolist())]
+
+
+def _format(rows: List[dict], fmt: str, topk: int, adaptive: bool) -> str:
+    if fmt == "json":
+        return "".join(json.dumps({"path": r["path"], **({"top": [{"class": c, "prob": q} for c, q in r["top"]]}
+                                                          if r["status"] == "ok" else {"error": r["error"]}),
+                                   **({"zoomed": r["zoomed"]} if "zoomed" in r else {})}) + "\n" for r in rows)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "status", "error"] + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
+               + (["zoomed"] if adaptive else []))
+    for r in rows:
+        top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
+        w.writerow([r["path"], r["status"], r.get("error", "")] + top + [""] * (2 * topk - len(top))
+                   + ([r.get("zoomed", "")] if adaptive else []))
+    return buf.getvalue()
+
+
+def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: str = "csv", out: Optional[str] = None,
+                scales: Union[int, str] = 1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
+                batch_size: int = 32, device: str = "auto", num_workers: int = 0, weights: str = "auto",
+                visualize: Optional[str] = None, show_progress: bool = True) -> Dict[str, int]:
+    """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
+
+    Args:
+        model_path: a ramstrans checkpoint or an exported timm folder.
+        paths: files, folders (searched recursively) and glob patterns.
+        topk: classes per image.
+        fmt: "csv" or "json" (JSON lines).
+        out: file to write (default: standard output).
+        scales: 1, N (fuse N scales) or "auto" (zoom the images scale 1 is unsure of).
+        zoom_threshold: "auto": zoom below this scale-1 confidence.
+        zoom_on: "maxprob" or "margin".
+        batch_size: images per batch.
+        device: auto | cpu | cuda.
+        num_workers: decoding processes (0: in this process).
+        weights: checkpoint only: "auto", "raw" or "ema".
+        visualize: also draw the zoom panel of every read image into this folder.
+        show_progress: a progress bar on a terminal.
+    """
+    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
+        raise ValueError(f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, "
+                         f"{batch_size}, {fmt})")
+    check_threshold(zoom_threshold)
+    files = expand_paths(paths)
+    model, names, transform = load_for_inference(model_path, weights)
+    scales = parse_scales(scales, model.num_scales)
+    dev = resolve_device(device)
+    model.to(dev)
+    amp_dtype = amp_setup(dev, True)[0]
+    rows: List[Optional[dict]] = [None] * len(files)
+    drawn = 0
+    loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True):
+        for i, reason in batch["errors"]:
+            rows[i] = {"status": "skipped", "error": reason}
+        if batch["image"] is None:
+            continue
+        x = batch["image"].to(dev)
+        with autocast(dev, amp_dtype):
+            pred = model.predict(x, scales, zoom_threshold, zoom_on, boxes=False)
+        for i, row in zip(batch["index"], _rows(pred.probs, pred.zoomed, names, topk, scales == "auto")):
+            rows[i] = row
+        if visualize:
+            from .visualize import draw_panels
+            drawn += len(draw_panels(model, x, [files[i] for i in batch["index"]], names, Path(visualize),
+                                     first=drawn)[0])
+    for path, row in zip(files, rows):
+        row["path"] = str(path)
+    text = _format(rows, fmt, topk, scales == "auto")
+    if out:
+        write_text_atomic(out, text)
+    else:
+        sys.stdout.write(text)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    return {"images": len(files), "read": len(files) - skipped, "skipped": skipped}
