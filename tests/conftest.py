@@ -45,3 +45,17 @@ def synthetic_root(tmp_path_factory):
     from ramstrans.data.synthetic import write_cub_layout
     return write_cub_layout(tmp_path_factory.mktemp("syn"), num_classes=3, train_per_class=6, test_per_class=3,
                             image_size=80, seed=0)
+
+
+def sets(*items):
+    """``--set`` arguments for config overrides."""
+    return [a for it in items for a in ("--set", it)]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny run trained once through the CLI (TINY_TRAIN, 3 steps); tests that change it work on a copy."""
+    from ramstrans.cli import main
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(*TINY_TRAIN)) == 0
+    return out

@@ -17,13 +17,6 @@ def _sets(*items):
     return [a for it in items for a in ("--set", it)]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + _sets(*TINY_TRAIN)) == 0
-    return out
-
-
 def _bomb_png(path: Path) -> Path:
     """A PNG whose header claims 40,000 x 40,000 pixels (a decompression bomb) with a few bytes of data."""
     def chunk(kind, data):

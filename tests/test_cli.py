@@ -16,13 +16,6 @@ def _sets(*items):
     return [a for it in items for a in ("--set", it)]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + _sets(*TINY_TRAIN)) == 0
-    return out
-
-
 def _fused_top1(checkpoint, root):
     """Independent two-scale top-1: the mean of both scales' softmax over the test images, one at a time."""
     from ramstrans.data import load_index, read_image
