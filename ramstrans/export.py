@@ -145,7 +145,7 @@ def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
     path = _checked_out(out, scales, model)
     model.eval()
-    module = model if scales == 1 else _Fused(model, scales)
+    module = (model if scales == 1 else _Fused(model, scales)).eval()
     outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"]
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
     batch = torch.export.Dim("batch", min=1, max=65536)

@@ -92,6 +92,8 @@ def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int]
             torch.set_num_threads(n_threads)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
+            # idle onnxruntime threads otherwise spin for a while after a run, taking a core from what runs next
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions = {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
                         for s, p in paths.items()}
             for batch in batches:
