@@ -22,7 +22,7 @@ from .errors import CheckpointError
 from .files import atomic_write
 from .models import RAMSTrans, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint",
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint", "weights_used",
            "load_model_state", "find_checkpoint", "save_run_checkpoint", "FORMAT", "LATEST"]
 
 FORMAT = "ramstrans"
@@ -143,6 +143,22 @@ def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], origin: s
     model.load_state_dict(state)
 
 
+def weights_used(ckpt: Dict[str, Any], weights: str = "auto", origin: str = "the checkpoint") -> str:
+    """Which weights of a checkpoint ``weights`` ("auto", "raw" or "ema") means: "ema" when asked for, or with "auto"
+    when the checkpoint has EMA weights (as its run reported); else "raw".
+
+    Raises:
+        ValueError: another value than auto, raw or ema.
+        CheckpointError: EMA weights asked for but absent.
+    """
+    if weights not in ("auto", "raw", "ema"):
+        raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
+    has_ema = isinstance(ckpt.get("model_ema"), dict)
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")
+    return "ema" if has_ema and weights != "raw" else "raw"
+
+
 def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "auto",
                           origin: str = "the checkpoint") -> Tuple[RAMSTrans, Config, List[str]]:
     """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
@@ -161,12 +177,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "
     except ConfigError as e:
         raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from None
     names = list(ckpt["class_names"])
-    if weights not in ("auto", "raw", "ema"):
-        raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
-    has_ema = isinstance(ckpt.get("model_ema"), dict)
-    if weights == "ema" and not has_ema:
-        raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")
-    state = ckpt["model_ema"] if has_ema and weights != "raw" else ckpt["model"]
+    state = ckpt["model_ema"] if weights_used(ckpt, weights, origin) == "ema" else ckpt["model"]
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier "

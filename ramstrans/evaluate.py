@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, weights_used
 from .config import Config
 from .data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from .dist import resolve_device
@@ -100,10 +100,6 @@ def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
     return buf.getvalue()
 
 
-def _weights_used(ckpt: Dict, weights: str) -> str:
-    return "ema" if weights == "ema" or (weights == "auto" and isinstance(ckpt.get("model_ema"), dict)) else "raw"
-
-
 def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
              zoom_threshold: float = 0.5, zoom_on: str = "maxprob", weights: str = "auto", batch_size: int = 32,
              device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
@@ -134,7 +130,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
     res, state = evaluate(model, eval_loader(ds, batch_size, num_workers), device=dev, num_classes=len(names),
                           amp_dtype=amp_dtype, scales=scales, zoom_threshold=zoom_threshold, zoom_on=zoom_on,
                           show_progress=show_progress, what=f"{split} split")
-    used = _weights_used(ckpt, weights)
+    used = weights_used(ckpt, weights)
     out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on)
     out.mkdir(parents=True, exist_ok=True)
     res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]))
@@ -194,7 +190,7 @@ def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: 
     good = [r for r in rows if r["top1"] >= full - SWEEP_TOLERANCE]
     chosen = min(good, key=lambda r: (r["passes_per_image"], -r["top1"])) if good else None
     result = {"checkpoint": str(checkpoint), "split": split, "images": len(labels), "zoom_on": zoom_on,
-              "weights": _weights_used(ckpt, weights), "single_scale_top1": single, "full_fusion_top1": full,
+              "weights": weights_used(ckpt, weights), "single_scale_top1": single, "full_fusion_top1": full,
               "full_fusion_passes_per_image": float(model.num_scales), "tolerance_points": SWEEP_TOLERANCE,
               "chosen": chosen, "rows": rows}
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / f"sweep_zoom_{split}_{result['weights']}"

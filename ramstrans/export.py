@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, weights_used
 from .config import Config
 from .errors import CheckpointError
 from .files import atomic_write, write_text_atomic
@@ -72,7 +72,7 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     info = {"format": "ramstrans-export", "num_scales": scales, "alpha": model.alpha, "residual": model.residual,
             "rollout_rows": model.rollout_rows, "class_names": names, "test_transform": _transform(cfg),
             "source_checkpoint": str(checkpoint), "step": int(ckpt["step"]),
-            "weights": "ema" if weights != "raw" and isinstance(ckpt.get("model_ema"), dict) else "raw"}
+            "weights": weights_used(ckpt, weights)}
     if scales > 1:
         save_file({str(i): t.detach().contiguous() for i, t in enumerate(model.backbone.zoom_cls_tokens[:scales - 1])},
                   str(staging / ZOOM_TOKENS))

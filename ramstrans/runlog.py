@@ -43,6 +43,7 @@ class MetricsLog:
     def __init__(self, out_dir: Path, tensorboard: bool = False, resume_step: Optional[int] = None) -> None:
         self.dir = Path(out_dir)
         self.jsonl = self.dir / "metrics.jsonl"
+        self._headers: Dict[str, List[str]] = {}  # CSV file name -> its columns (read once)
         if resume_step is not None:
             self._truncate(resume_step)
         self.writer = None
@@ -64,14 +65,15 @@ class MetricsLog:
 
     def _csv(self, record: Dict[str, Any]) -> None:
         path = self.dir / f"metrics_{record['kind']}.csv"
-        if path.is_file():
+        header = self._headers.get(path.name)
+        if header is None and path.is_file():  # a resumed run's table: keep its columns
             with open(path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), None)
-        else:
-            header = None
+        new = header is None
+        header = self._headers[path.name] = header or list(record)
         with open(path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=header or list(record), extrasaction="ignore")
-            if header is None:
+            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+            if new:
                 writer.writeheader()
             writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in record.items()})
 

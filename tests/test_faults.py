@@ -91,8 +91,10 @@ def test_kill_9_then_resume_finishes_and_clears_stale_temp_files(tmp_path):
 
 def test_ctrl_c_is_one_line(tmp_path):
     sets = _sets(*TINY_TRAIN, "train.steps=400", "train.ckpt_every=1", "train.log_every=1")
+    # a child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt handler): give it the default
     proc = subprocess.Popen([sys.executable, "-m", "ramstrans", "train", "--output-dir", str(tmp_path)] + sets,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "checkpoint.pth").exists() and time.time() < deadline:
         time.sleep(0.2)
