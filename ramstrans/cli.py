@@ -107,6 +107,19 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
     print(f"wrote the synthetic birds ({a.num_classes} classes) in the CUB-200-2011 layout to {out}")
 
 
+def _bench_latency(a: argparse.Namespace) -> dict:
+    from .bench.latency import bench_config_latency, bench_latency, bench_proposal
+    if a.configs:
+        return {"configs": bench_config_latency(a.configs.split(","), batch=a.batch, repeats=a.repeats)}
+    r = {"proposal": bench_proposal(repeats=a.repeats)}
+    if a.checkpoint:
+        if a.zoom_threshold is None:
+            raise ValueError("bench latency --checkpoint needs --zoom-threshold (choose it with ramstrans eval "
+                             "--split val --sweep-zoom)")
+        r["model"] = bench_latency(a.checkpoint, a.zoom_threshold, repeats=a.repeats)
+    return r
+
+
 def _cmd_bench(a: argparse.Namespace) -> None:
     if a.what == "inat":
         from .bench.inat import bench_inat_index
@@ -118,6 +131,10 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         from .bench.demo import bench_demo
         r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out or "runs/bench_demo",
                        a.set or (), a.zoom_threshold)
+    elif a.what == "distill":
+        from .bench.distill import bench_distill
+        r = bench_distill([int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill",
+                          overrides=a.set or ())
     elif a.what == "ema":
         from .bench.training import bench_ema
         r = bench_ema([int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema",
@@ -126,13 +143,7 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         from .bench.training import bench_accum
         r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
     elif a.what == "latency":
-        from .bench.latency import bench_latency, bench_proposal
-        r = {"proposal": bench_proposal(repeats=a.repeats)}
-        if a.checkpoint:
-            if a.zoom_threshold is None:
-                raise ValueError("bench latency --checkpoint needs --zoom-threshold (choose it with ramstrans eval "
-                                 "--split val --sweep-zoom)")
-            r["model"] = bench_latency(a.checkpoint, a.zoom_threshold, repeats=a.repeats)
+        r = _bench_latency(a)
     elif a.what == "transmix":
         from .bench.transmix import bench_transmix
         r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
@@ -162,13 +173,15 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
-    b.add_argument("what", nargs="?", choices=("core", "transmix", "ddp", "inat", "demo", "ema", "accum", "latency"),
-                   default="core",
+    b.add_argument("what", nargs="?", default="core",
+                   choices=("core", "transmix", "ddp", "inat", "demo", "distill", "ema", "accum", "latency"),
                    help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
                         "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
-                        "demo: plain ViT against RAMS-Trans over seeds; ema: raw against EMA weights over seeds "
-                        "(validation); accum: one batch against accumulated batches (validation); latency: test-time "
-                        "latency of a checkpoint (eager, fused, adaptive, onnxruntime) and of the proposal")
+                        "demo: plain ViT against RAMS-Trans over seeds; distill: the demo teacher, and the student "
+                        "without a teacher, with soft and with hard distillation over seeds; ema: raw against EMA "
+                        "weights over seeds (validation); accum: one batch against accumulated batches (validation); "
+                        "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
+                        "proposal, and of configs (--configs) at batch 1")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
@@ -180,15 +193,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
     b.add_argument("--seeds", default="0,1,2,3,4", help="demo, ema: comma-separated training seeds (accum: the first)")
     b.add_argument("--config", default="synthetic_cpu", help="demo, ema, accum: the config trained")
-    b.add_argument("--split", default="test", choices=("test", "val"), help="demo: report on test, or tune on val")
+    b.add_argument("--split", default="test", choices=("test", "val"),
+                   help="demo, distill: report on test, or tune on val")
     b.add_argument("--out", help="demo, ema, accum: run folders, named after each run's resolved config (finished "
                                  "runs are reused; default runs/bench_<what>)")
-    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="demo, ema, accum: config override")
+    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="demo, distill, ema, accum: config override (distill: teacher and students)")
     b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
     b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
     b.add_argument("--zoom-threshold", type=float, help="demo --split test, latency: the adaptive threshold (demo's "
                                                         "default: the one bench demo --split val chose)")
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
+    b.add_argument("--configs", help="latency: comma-separated configs whose models to time at --batch (instead of the "
+                                     "proposal and a checkpoint)")
     b.set_defaults(func=_cmd_bench)
 
 

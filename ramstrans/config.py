@@ -25,7 +25,8 @@ DEFAULT_CONFIG = "synthetic_cpu"
 
 @dataclass
 class ModelConfig:
-    backbone: str = "vit_base_patch16_224"  # timm model name of a plain ViT
+    type: str = "rams"  # rams (RAMS-Trans on a ViT) | classifier (any timm classifier, e.g. a CNN teacher)
+    backbone: str = "vit_base_patch16_224"  # timm model name (a plain ViT for rams; any classifier for classifier)
     img_size: int = 448  # network input (the training / test crop)
     num_scales: int = 2  # 1 = plain ViT baseline, 2 = RAMS-Trans
     alpha: float = 1.3  # proposal threshold: g > alpha * mean(g)
@@ -38,6 +39,8 @@ class ModelConfig:
     mean: Optional[List[float]] = None  # normalisation override; None = the backbone's pretrained config
     std: Optional[List[float]] = None
     grad_checkpointing: bool = False  # trade compute for memory
+    dist_token: bool = False  # a class + distillation token per scale (a DeiT student; timm's distilled layout)
+    eval_head: str = "mean"  # with dist_token, the test-time logits: mean of the two heads | cls | dist
 
 
 @dataclass
@@ -82,6 +85,18 @@ class MixConfig:
 
 
 @dataclass
+class DistillConfig:
+    enabled: bool = False  # knowledge distillation from a frozen teacher into the distillation token's head
+    teacher: str = ""  # a ramstrans checkpoint (or run folder) or an exported timm folder, same classes and size
+    type: str = "soft"  # soft: τ²·KL(teacher ‖ student) at temperature τ | hard: CE to the teacher's argmax
+    alpha: float = 0.5  # λ: loss = (1 - λ)·CE(class head, labels) + λ·distillation term
+    tau: float = 1.0  # temperature of the soft term
+    kl_reduction: str = "batchmean"  # batchmean (timm: KL summed over classes, mean over images) | classes (DeiT:
+    # the summed KL divided by images x classes, an effective λ K times smaller)
+    scales: List[int] = field(default_factory=lambda: [1])  # the scales (1-based) the teacher supervises
+
+
+@dataclass
 class TrainConfig:
     steps: int = 10000  # optimizer steps
     batch_size: int = 16  # per process and batch; the global batch is batch_size x grad_accum x processes
@@ -119,6 +134,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -184,6 +200,8 @@ _POSITIVE = ((lambda v: v > 0), "> 0")
 
 # Ranges the dataclass types cannot express, checked whenever a config is loaded: (key, test, allowed values).
 _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.type", lambda v: v in ("rams", "classifier"), "rams or classifier"),
+    ("model.eval_head", lambda v: v in ("mean", "cls", "dist"), "mean, cls or dist"),
     ("model.img_size", *_at_least(1)),
     ("model.num_scales", *_at_least(1)),
     ("model.alpha", *_POSITIVE),
@@ -207,6 +225,12 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("mix.switch_prob", *_PROBABILITY),
     ("mix.label_smoothing", *_UNIT),
     ("mix.area_weight", *_PROBABILITY),
+    ("distill.type", lambda v: v in ("soft", "hard"), "soft or hard"),
+    ("distill.alpha", *_PROBABILITY),
+    ("distill.tau", *_POSITIVE),
+    ("distill.kl_reduction", lambda v: v in ("batchmean", "classes"), "batchmean or classes"),
+    ("distill.scales", lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 1,
+     "a non-empty list of distinct scales >= 1"),
     ("train.steps", *_at_least(1)),
     ("train.batch_size", *_at_least(1)),
     ("train.grad_accum", *_at_least(1)),
@@ -229,6 +253,23 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
+# Settings that exclude each other: (key named in the error, test that the config breaks the rule, why).
+_COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.num_scales", lambda c: c.model.type == "classifier" and c.model.num_scales != 1,
+     "must be 1 for model.type classifier (it has no attention to zoom with)"),
+    ("model.dist_token", lambda c: c.model.type == "classifier" and c.model.dist_token,
+     "needs model.type rams (a ViT student); a classifier has no tokens"),
+    ("mix.transmix", lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
+     "needs a ViT's attention; set mix.transmix=false for model.type classifier"),
+    ("distill.enabled", lambda c: c.distill.enabled and not c.model.dist_token,
+     "needs model.dist_token: true (the teacher supervises the distillation token's head)"),
+    ("distill.teacher", lambda c: c.distill.enabled and not c.distill.teacher,
+     "must name the teacher (a ramstrans checkpoint or an exported timm folder) when distill.enabled is true"),
+    ("distill.scales", lambda c: c.distill.enabled and max(c.distill.scales) > c.model.num_scales,
+     "names a scale beyond model.num_scales"),
+)
+
+
 def _get(cfg: Config, key: str) -> Any:
     node = cfg
     for part in key.split("."):
@@ -246,6 +287,9 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+    for key, broken, why in _COMBINATIONS:
+        if broken(cfg):
+            raise ConfigError(f"config key '{key}' {why}")
     return cfg
 
 

@@ -262,7 +262,8 @@ def evaluate(
 
     Returns:
         (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped",
-        "zoomed_share", "passes_per_image"} and the summed metric state (per-class counts, confusion matrix).
+        "zoomed_share", "passes_per_image", [with a distillation token: "top1_mean", "top1_cls", "top1_dist"]} and
+        the summed metric state (per-class counts, confusion matrix).
 
     Raises:
         DataError: no image could be read.
@@ -271,6 +272,7 @@ def evaluate(
     model.eval()
     acc = MetricAccumulator(num_classes)
     skipped = zoomed = 0
+    heads: Dict[str, Tensor] = {}  # with a distillation token: correct images per head, summed on the device
     for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
         skipped += batch["skipped"]
         if "image" not in batch:
@@ -280,9 +282,14 @@ def evaluate(
         with autocast(device, amp_dtype):
             pred = model.predict(x, scales, zoom_threshold, zoom_on, boxes=has_boxes)
         zoomed = zoomed + pred.zoomed.sum()  # summed on the device, read once at the end
+        labels = batch["label"].to(pred.probs.device)
+        for h, p in pred.head_probs.items():
+            heads[h] = heads.get(h, 0) + (p.argmax(dim=-1) == labels).sum()
         acc.update(pred.probs, batch["label"], pred.boxes, batch["box"])
     acc.state["skipped"] = torch.tensor(float(skipped), dtype=torch.float64)
     acc.state["zoomed"] = torch.as_tensor(zoomed, dtype=torch.float64).cpu().reshape(())
+    for h, n in heads.items():
+        acc.state[f"correct_{h}"] = torch.as_tensor(n, dtype=torch.float64).cpu().reshape(())
     if reduce is not None:
         reduce(acc.state)
     model.train(was_training)
@@ -291,6 +298,8 @@ def evaluate(
     if result["images"] == 0:
         raise DataError(f"every image of the {what} was unreadable ({result['skipped']} skipped): nothing to evaluate")
     result["zoomed_share"] = acc.state["zoomed"].item() / result["images"]
+    for h in heads:
+        result[f"top1_{h}"] = 100.0 * acc.state[f"correct_{h}"].item() / result["images"]
     deepest = model.num_scales if scales == "auto" else int(scales)
     result["passes_per_image"] = 1.0 + result["zoomed_share"] * (deepest - 1)  # backbone passes
     return result, acc.state

@@ -3,8 +3,10 @@
 - ``timm``: timm's own ``save_for_hf`` (``config.json`` + ``model.safetensors``): ``timm.create_model("local-dir:PATH",
   pretrained=True)`` gives the single-scale model with its class names (``label_names``) and test transform
   (``input_size``, ``crop_pct`` giving our resize, ``interpolation``, ``mean``, ``std``). Beside them ``ramstrans.json``
-  (the zoom settings) and, with more than one scale, ``zoom_cls_tokens.safetensors``: what ramstrans needs to rebuild
-  the multi-scale model from the folder (``model_from_export``).
+  (the model type, zoom settings and test-time head) and, with more than one scale, ``zoom_cls_tokens.safetensors``:
+  what ramstrans needs to rebuild the model from the folder (``model_from_export``). A classifier (a teacher) is
+  written the same way. A student with a distillation token is written as timm's distilled ViT (architecture
+  ``deit_*_distilled_*`` with the student's own arguments), whose timm forward is the mean of the two heads.
 - ``onnx``: the single-scale model (``images`` -> ``logits``), or the fused multi-scale model (``images`` ->
   ``logits`` (B, S, K) per scale, ``probs`` (B, K) their mean softmax, ``boxes`` (B, 4) scale 1's proposal), proposal
   included; the batch dimension is dynamic.
@@ -12,19 +14,20 @@
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, weights_used
 from .config import Config
 from .errors import CheckpointError
 from .files import atomic_write, write_text_atomic
-from .models import RAMSTrans
+from .models import Classifier, Model, NetBackbone, RAMSTrans
 
-__all__ = ["export_timm", "export_onnx", "model_from_export", "TestTransform", "EXPORT_INFO"]
+__all__ = ["export_timm", "export_onnx", "write_onnx", "model_from_export", "TestTransform", "EXPORT_INFO"]
 
 EXPORT_INFO = "ramstrans.json"
 ZOOM_TOKENS = "zoom_cls_tokens.safetensors"
@@ -39,7 +42,7 @@ def _crop_pct(crop: int, resize: int) -> float:
     return pct
 
 
-def _checked_out(out: str, scales: int, model: RAMSTrans) -> Path:
+def _checked_out(out: str, scales: int, model: Model) -> Path:
     if not 1 <= scales <= model.num_scales:
         raise ValueError(f"the model has {model.num_scales} scale(s); cannot export {scales}")
     return Path(out).expanduser()
@@ -67,14 +70,21 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     data_config = {"input_size": (model.backbone.in_chans, *model.backbone.img_size),
                    "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize), "crop_mode": "center",
                    "interpolation": "bilinear", "mean": model.backbone.mean, "std": model.backbone.std}
-    save_for_hf(model.backbone.vit, str(staging), model_config={"label_names": names}, safe_serialization=True,
+    model_config = {"label_names": names}
+    if getattr(model.backbone, "has_dist_token", False):  # timm rebuilds it as its distilled ViT
+        model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
+    save_for_hf(model.backbone.timm_model, str(staging), model_config=model_config, safe_serialization=True,
                 data_config=data_config)
-    info = {"format": "ramstrans-export", "num_scales": scales, "alpha": model.alpha, "residual": model.residual,
-            "rollout_rows": model.rollout_rows, "class_names": names, "test_transform": _transform(cfg),
-            "source_checkpoint": str(checkpoint), "step": int(ckpt["step"]),
-            "weights": weights_used(ckpt, weights)}
+    info = {"format": "ramstrans-export", "model_type": cfg.model.type, "num_scales": scales,
+            "class_names": names, "test_transform": _transform(cfg), "source_checkpoint": str(checkpoint),
+            "step": int(ckpt["step"]), "weights": weights_used(ckpt, weights)}
+    if isinstance(model, RAMSTrans):
+        info.update(alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows,
+                    eval_head=model.eval_head)
     if scales > 1:
-        save_file({str(i): t.detach().contiguous() for i, t in enumerate(model.backbone.zoom_cls_tokens[:scales - 1])},
+        bb = model.backbone
+        save_file({**{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[:scales - 1])},
+                   **{f"dist{i}": t.detach().contiguous() for i, t in enumerate(bb.zoom_dist_tokens[:scales - 1])}},
                   str(staging / ZOOM_TOKENS))
     write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
     if folder.exists():
@@ -83,9 +93,18 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     return folder
 
 
-def model_from_export(folder: str) -> Tuple[RAMSTrans, List[str], TestTransform]:
-    """A RAMSTrans (eval mode) rebuilt from an exported timm folder, its class names and its test transform. A plain
-    timm folder without ``ramstrans.json`` gives the single-scale model.
+def _distilled_architecture(patch_size: Tuple[int, int]) -> str:
+    """A timm distilled-ViT entry point of this patch size (the student's own arguments are stored beside it)."""
+    import timm
+    names = timm.list_models(f"deit_*_distilled_patch{patch_size[0]}_*")
+    if not names:
+        raise ValueError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
+    return names[0]
+
+
+def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
+    """The model (eval mode) rebuilt from an exported timm folder, its class names and its test transform. A plain
+    timm ViT folder without ``ramstrans.json`` gives the single-scale RAMSTrans; any other timm model a Classifier.
 
     Raises:
         CheckpointError: not a timm folder (no config.json) or one it cannot load.
@@ -100,14 +119,21 @@ def model_from_export(folder: str) -> Tuple[RAMSTrans, List[str], TestTransform]
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
     info = json.loads((path / EXPORT_INFO).read_text()) if (path / EXPORT_INFO).is_file() else {}
     scales = int(info.get("num_scales", 1))
-    model = RAMSTrans(backbone=vit, num_scales=scales, alpha=info.get("alpha", 1.3),
-                      residual=info.get("residual", 1.0), rollout_rows=info.get("rollout_rows", "cls"))
+    cfg = vit.pretrained_cfg
+    if info.get("model_type") == "classifier" or not isinstance(vit, VisionTransformer):
+        model = Classifier(backbone=NetBackbone(net=vit, img_size=tuple(cfg["input_size"][1:]),
+                                                in_chans=int(cfg["input_size"][0])))
+    else:
+        model = RAMSTrans(backbone=vit, num_scales=scales, alpha=info.get("alpha", 1.3),
+                          residual=info.get("residual", 1.0), rollout_rows=info.get("rollout_rows", "cls"),
+                          eval_head=info.get("eval_head", "mean"))
     if scales > 1:
         tokens = load_file(str(path / ZOOM_TOKENS))
         with torch.no_grad():
             for i, token in enumerate(model.backbone.zoom_cls_tokens):
                 token.copy_(tokens[str(i)])
-    cfg = vit.pretrained_cfg
+            for i, token in enumerate(model.backbone.zoom_dist_tokens):
+                token.copy_(tokens[f"dist{i}"])
     names = list(info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(vit.num_classes)])
     crop = int(cfg["input_size"][-1])
     transform = info.get("test_transform") or {"resize": math.floor(crop / cfg.get("crop_pct", 0.875)), "crop": crop,
@@ -124,7 +150,7 @@ class _Fused(nn.Module):
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         out = self.model.forward_multiscale(images, self.scales)
-        logits = torch.stack(out.logits, dim=1)
+        logits = torch.stack(self.model.head_logits(out), dim=1)
         return logits, logits.float().softmax(-1).mean(1), out.boxes[0]
 
 
@@ -135,15 +161,27 @@ def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     Raises:
         ValueError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
     """
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
+    path = _checked_out(out, scales, model)
+    return write_onnx(model, path, scales, {"class_names": json.dumps(names), "test_transform":
+                                            json.dumps(_transform(cfg))}, opset)
+
+
+def write_onnx(model: Model, path: Path, scales: int = 1, meta: Optional[Dict[str, str]] = None,
+               opset: int = 18) -> Path:
+    """Write ``model`` (single scale, or the fusion of ``scales`` scales) as an ONNX file with a dynamic batch and
+    ``meta`` (plus the normalisation and the number of scales) in its metadata.
+
+    Raises:
+        ValueError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
+    """
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
         raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'") \
             from None
-    ckpt = load_checkpoint(checkpoint)
-    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
-    path = _checked_out(out, scales, model)
     model.eval()
     module = (model if scales == 1 else _Fused(model, scales)).eval()
     outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"]
@@ -152,10 +190,8 @@ def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     program = torch.onnx.export(module, (example,), input_names=["images"], output_names=outputs,
                                 dynamic_shapes=({0: batch},), dynamo=True, opset_version=opset, verbose=False)
     proto = program.model_proto
-    meta = {"class_names": json.dumps(names), "mean": json.dumps(list(model.backbone.mean)),
-            "std": json.dumps(list(model.backbone.std)), "num_scales": str(scales),
-            "test_transform": json.dumps(_transform(cfg))}
-    onnx.helper.set_model_props(proto, meta)
+    onnx.helper.set_model_props(proto, {"mean": json.dumps(list(model.backbone.mean)), "num_scales": str(scales),
+                                        "std": json.dumps(list(model.backbone.std)), **(meta or {})})
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     return path
 

@@ -1,13 +1,14 @@
-"""Training criteria. Like DeiT's, a criterion sees the inputs and the model's output (a distillation loss runs a
-teacher on the inputs), and returns named scalar terms whose sum is the loss."""
-from typing import Dict, Sequence, Union
+"""Training criteria. Like DeiT's, a criterion sees the inputs and the model's output (the distillation loss runs its
+teacher on the inputs, and on the zoomed views it rebuilds from the output's boxes), and returns named scalar terms
+whose sum is the loss."""
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import MultiScaleOutput
+from .models import MultiScaleOutput, crop_and_zoom
 
-__all__ = ["MultiScaleLoss", "build_criterion"]
+__all__ = ["MultiScaleLoss", "DistillationLoss", "kd_term", "build_criterion"]
 
 Targets = Union[Tensor, Sequence[Tensor]]
 
@@ -32,7 +33,8 @@ class MultiScaleLoss(nn.Module):
         self.weights = tuple(float(w) for w in weights)
         self.label_smoothing = float(label_smoothing)
 
-    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
+    def ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """CE of (B, K) logits against (B,) indices (smoothed) or (B, K) soft targets, in float32."""
         if target.dim() == 2:
             return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
@@ -46,18 +48,95 @@ class MultiScaleLoss(nn.Module):
             targets: (B,) indices or (B, K) soft targets shared by all scales, or a sequence with one per scale.
 
         Returns:
-            {"ce_scale1": ..., "ce_scale2": ..., ...}: weighted scalar terms; the total loss is their sum.
+            {"ce_scale1": ..., "ce_scale2": ..., ...}: weighted scalar terms; the total loss is their sum. With a
+            distillation token and no teacher, both heads learn the labels: each scale's term is the mean of the
+            class head's and the distillation head's CE.
         """
-        logits = output.logits
-        if len(logits) != len(self.weights):
-            raise ValueError(f"got logits for {len(logits)} scales but {len(self.weights)} loss weights")
-        per_scale = list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(logits)
-        return {f"ce_scale{s + 1}": w * self._ce(lg, t)
-                for s, (lg, t, w) in enumerate(zip(logits, per_scale, self.weights))}
+        per_scale = self.per_scale_targets(output, targets)
+        dist = output.dist_logits or [None] * len(output.logits)
+        return {f"ce_scale{s + 1}": w * (self.ce(lg, t) if d is None else (self.ce(lg, t) + self.ce(d, t)) / 2)
+                for s, (lg, d, t, w) in enumerate(zip(output.logits, dist, per_scale, self.weights))}
+
+    def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> List[Tensor]:
+        """One target per scale (the shared one repeated), checked against the number of scales."""
+        if len(output.logits) != len(self.weights):
+            raise ValueError(f"got logits for {len(output.logits)} scales but {len(self.weights)} loss weights")
+        return list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(output.logits)
 
 
-def build_criterion(loss_cfg, num_scales: int) -> MultiScaleLoss:
-    """The only place that maps ``cfg.loss`` to a criterion.
+def kd_term(student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1.0,
+            reduction: str = "batchmean") -> Tensor:
+    """The distillation term of the distillation head's (B, K) logits against the teacher's (B, K) logits.
+
+    soft: τ² · KL(softmax(teacher / τ) ‖ softmax(student / τ)), summed over classes and divided by B ("batchmean",
+    timm's TokenDistillationTask) or by B · K ("classes", DeiT's code). hard: CE(student, argmax teacher).
+    """
+    student, teacher = student.float(), teacher.float()
+    if kind == "hard":
+        return F.cross_entropy(student, teacher.argmax(dim=-1))
+    kl = F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1), reduction="sum",
+                  log_target=True)
+    return kl * (tau * tau) / (student.numel() if reduction == "classes" else student.shape[0])
+
+
+class DistillationLoss(nn.Module):
+    """DeiT's token distillation on RAMS-Trans scales: for every supervised scale s,
+    ``ce_scale{s}`` = w_s · (1 − λ) · CE(class head, target) and ``kd_scale{s}`` = w_s · λ · KD(distillation head,
+    teacher); other scales train both heads on the labels (``MultiScaleLoss``). Soft (mixed) targets go to the CE term;
+    the teacher sees the mixed image, and for a zoomed scale the same crop the student saw.
+
+    Args:
+        base: the multi-scale CE (scale weights, label smoothing).
+        teacher: the frozen teacher (takes the student's normalised images).
+        kind: "soft" or "hard".
+        alpha: λ in [0, 1].
+        tau: temperature (> 0) of the soft term.
+        kl_reduction: "batchmean" or "classes".
+        scales: the 0-based scales the teacher supervises.
+    """
+
+    def __init__(self, *, base: MultiScaleLoss, teacher: nn.Module, kind: str = "soft", alpha: float = 0.5,
+                 tau: float = 1.0, kl_reduction: str = "batchmean", scales: Sequence[int] = (0,)) -> None:
+        super().__init__()
+        if kind not in ("soft", "hard") or kl_reduction not in ("batchmean", "classes"):
+            raise ValueError(f"distillation type must be soft or hard and kl_reduction batchmean or classes, got "
+                             f"{kind!r} and {kl_reduction!r}")
+        if not 0.0 <= alpha <= 1.0 or not tau > 0:
+            raise ValueError(f"distillation alpha must be in [0, 1] and tau > 0, got {alpha} and {tau}")
+        self.base, self.teacher = base, teacher
+        self.kind, self.alpha, self.tau, self.kl_reduction = kind, float(alpha), float(tau), kl_reduction
+        self.scales = tuple(sorted(int(s) for s in scales))
+
+    def teacher_logits(self, inputs: Tensor, output: MultiScaleOutput, scale: int) -> Tensor:
+        """(B, K) teacher logits on the view scale ``scale`` (0-based) saw: the input, or its zoomed crop."""
+        view = inputs if scale == 0 else crop_and_zoom(inputs, output.boxes[scale - 1], tuple(inputs.shape[-2:]))
+        return self.teacher(view.detach())
+
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
+        """Weighted terms ``ce_scale{s}`` (and ``kd_scale{s}`` for supervised scales); the loss is their sum.
+
+        Args:
+            inputs: (B, C, H, W) the (mixed) images the student saw at scale 1.
+            output: the student's MultiScaleOutput, with distillation-token logits.
+            targets: as ``MultiScaleLoss``.
+        """
+        if not output.dist_logits:
+            raise ValueError("distillation needs a student with a distillation token (model.dist_token: true)")
+        per_scale = self.base.per_scale_targets(output, targets)
+        terms: Dict[str, Tensor] = {}
+        for s, (cls, dist, t, w) in enumerate(zip(output.logits, output.dist_logits, per_scale, self.base.weights)):
+            if s not in self.scales:
+                terms[f"ce_scale{s + 1}"] = w * (self.base.ce(cls, t) + self.base.ce(dist, t)) / 2
+                continue
+            kd = kd_term(dist, self.teacher_logits(inputs, output, s), self.kind, self.tau, self.kl_reduction)
+            terms[f"ce_scale{s + 1}"] = w * (1.0 - self.alpha) * self.base.ce(cls, t)
+            terms[f"kd_scale{s + 1}"] = w * self.alpha * kd
+        return terms
+
+
+def build_criterion(loss_cfg, num_scales: int, distill_cfg=None,
+                    teacher: Optional[nn.Module] = None) -> Union[MultiScaleLoss, DistillationLoss]:
+    """The only place that maps ``cfg.loss`` (and ``cfg.distill`` with its built teacher) to a criterion.
 
     Raises:
         ValueError: ``loss.scale_weights`` does not have one entry per scale.
@@ -65,4 +144,9 @@ def build_criterion(loss_cfg, num_scales: int) -> MultiScaleLoss:
     if len(loss_cfg.scale_weights) != num_scales:
         raise ValueError(f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is "
                          f"{num_scales}")
-    return MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
+    base = MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
+    if teacher is None:
+        return base
+    d = distill_cfg
+    return DistillationLoss(base=base, teacher=teacher, kind=d.type, alpha=d.alpha, tau=d.tau,
+                            kl_reduction=d.kl_reduction, scales=[s - 1 for s in d.scales])

@@ -192,11 +192,11 @@ class Mixer:
         return x, MixInfo(kind, 1.0 - keep, (int(y0), int(y1), int(x0), int(x1)), partner)
 
     def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> List[Tensor]:
-        """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2."""
-        B = cls_attention[0].shape[0]
-        dev = cls_attention[0].device
-        if info.kind != "cutmix":
-            return [torch.full((B,), info.lam_area, device=dev) for _ in cls_attention]
+        """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2. A model
+        without attention (a classifier: no ``cls_attention``) has one scale and the area (or blend) weight."""
+        B, dev = info.partner.shape[0], info.partner.device
+        if info.kind != "cutmix" or not cls_attention:
+            return [torch.full((B,), info.lam_area, device=dev) for _ in range(max(len(cls_attention), 1))]
         w = self.area_weight if self.transmix else 1.0
         lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, self.grid_size, w)]
         for attn, crop in zip(cls_attention[1:], crops):

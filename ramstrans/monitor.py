@@ -12,7 +12,8 @@ from .checkpoint import rng_state, save_checkpoint, save_run_checkpoint
 from .config import Config
 from .data import DataBundle
 from .dist import DistInfo, all_gather_int
-from .models import RAMSTrans
+from .models import Model
+from .teacher import Teacher
 from .runlog import MetricsLog
 
 __all__ = ["TrainingRun", "RunMonitor"]
@@ -22,7 +23,7 @@ __all__ = ["TrainingRun", "RunMonitor"]
 class TrainingRun:
     """Everything a training run builds from the config (the engine receives these, not the config)."""
 
-    model: RAMSTrans
+    model: Model
     ema: Optional[ModelEmaV3]
     data: DataBundle
     optimizer: torch.optim.Optimizer
@@ -32,6 +33,8 @@ class TrainingRun:
     start: int = 0
     start_batch: int = 0
     best_val: Optional[Dict[str, float]] = None
+    teacher: Optional[Teacher] = None  # the frozen distillation teacher
+    teacher_source: Optional[Dict[str, str]] = None  # its path, architecture and file hash (checked on resume)
 
 
 class RunMonitor:
@@ -48,7 +51,7 @@ class RunMonitor:
     """
 
     def __init__(self, *, cfg: Config, run: TrainingRun, out_dir: Path, info: DistInfo, metrics: Optional[MetricsLog],
-                 evaluate_fn: Callable[[RAMSTrans, object, str], Dict[str, float]]) -> None:
+                 evaluate_fn: Callable[[Model, object, str], Dict[str, float]]) -> None:
         self.cfg, self.run, self.out_dir, self.info = cfg, run, out_dir, info
         self.metrics, self.evaluate_fn = metrics, evaluate_fn
         self.best: Dict[str, float] = dict(run.best_val or {"top1": -1.0})
@@ -59,7 +62,7 @@ class RunMonitor:
         """Which weights the run reports and selects on: "ema" when an EMA is kept, else "raw"."""
         return "ema" if self.run.ema is not None else "raw"
 
-    def weights(self) -> List[Tuple[str, RAMSTrans]]:
+    def weights(self) -> List[Tuple[str, Model]]:
         """(name, model) of every set of weights the run evaluates."""
         return [("raw", self.run.model)] + ([("ema", self.run.ema.module)] if self.run.ema is not None else [])
 
@@ -86,7 +89,7 @@ class RunMonitor:
                 "data_layout": {"batch_size": t.batch_size, "grad_accum": t.grad_accum,
                                 "world_size": self.info.world_size},
                 "rng": rng_state(), "config": asdict(self.cfg), "class_names": list(r.data.index.class_names),
-                "best_val": self.best if self.best["top1"] >= 0 else None}
+                "best_val": self.best if self.best["top1"] >= 0 else None, "teacher": r.teacher_source}
 
     def save(self, done: int, batches: int, latest: bool = True, best: bool = False) -> None:
         """Write the newest checkpoint and/or ``best_val.pth``; refused when the weights are no longer finite."""

@@ -28,10 +28,11 @@ from .engine import amp_setup, evaluate, train_steps
 from .files import FileLock, write_text_atomic
 from .losses import build_criterion
 from .mixing import Mixer
-from .models import MultiScaleForward, RAMSTrans, build_model
+from .models import Model, MultiScaleForward, build_model
 from .monitor import RunMonitor, TrainingRun
 from .plots import plot_curves
 from .runlog import MetricsLog
+from .teacher import Teacher, load_teacher
 
 __all__ = ["run_training", "resolve_training", "build_optimizer", "build_scheduler", "build_mixer", "build_ema"]
 
@@ -63,19 +64,20 @@ def build_scheduler(train_cfg, optimizer: torch.optim.Optimizer) -> CosineLRSche
                              warmup_prefix=True, t_in_epochs=False)
 
 
-def build_mixer(mix_cfg, model: RAMSTrans, seed: int, rank: int = 0) -> Optional[Mixer]:
-    """The batch mixer of ``cfg.mix`` (None when off); sizes come from the backbone."""
+def build_mixer(mix_cfg, model: Model, seed: int, rank: int = 0) -> Optional[Mixer]:
+    """The batch mixer of ``cfg.mix`` (None when off); sizes come from the backbone (a classifier has no patch grid:
+    TransMix is refused for it when the config is loaded)."""
     if not mix_cfg.enabled:
         return None
     bb = model.backbone
-    return Mixer(num_classes=model.num_classes, image_size=bb.img_size, grid_size=bb.grid_size,
+    return Mixer(num_classes=model.num_classes, image_size=bb.img_size, grid_size=getattr(bb, "grid_size", (1, 1)),
                  mixup_alpha=mix_cfg.mixup_alpha, cutmix_alpha=mix_cfg.cutmix_alpha, prob=mix_cfg.prob,
                  switch_prob=mix_cfg.switch_prob, label_smoothing=mix_cfg.label_smoothing,
                  correct_lam=mix_cfg.correct_lam, transmix=mix_cfg.transmix, area_weight=mix_cfg.area_weight,
                  seed=seed, rank=rank)
 
 
-def build_ema(train_cfg, model: RAMSTrans) -> Optional[ModelEmaV3]:
+def build_ema(train_cfg, model: Model) -> Optional[ModelEmaV3]:
     """timm's ModelEmaV3 of the weights when ``train.ema_decay`` > 0 (a deep copy, updated after every step)."""
     if train_cfg.ema_decay <= 0:
         return None
@@ -156,6 +158,27 @@ def _warn_if_replanned(old: Config, new: Config, start: int, world_size: int) ->
                    before)
 
 
+def build_teacher(cfg: Config, class_names, model: Model, device: torch.device,
+                  ckpt: Optional[Dict] = None) -> Tuple[Optional[Teacher], Optional[Dict[str, str]]]:
+    """The frozen teacher of ``cfg.distill`` on ``device`` (None when distillation is off), built without drawing
+    random numbers; on resume, the same teacher file as the checkpoint's.
+
+    Raises:
+        ConfigError: another teacher than the checkpoint's, other classes or another image size than the student's.
+    """
+    if not cfg.distill.enabled:
+        return None, None
+    with torch.random.fork_rng(devices=[]):  # the teacher's (discarded) initialisation leaves the run's RNG as it was
+        teacher, source = load_teacher(cfg.distill.teacher, class_names, cfg.model.img_size, model.backbone.mean,
+                                       model.backbone.std)
+    before = (ckpt or {}).get("teacher")
+    if before and before["sha256"] != source.sha256:
+        raise ConfigError(f"distill.teacher {cfg.distill.teacher} is not the teacher the checkpoint was trained with "
+                          f"({before['name']} at {before['path']}, sha256 {before['sha256'][:12]}...; this file has "
+                          f"{source.sha256[:12]}...): resume with the same teacher")
+    return teacher.to(device), source.as_dict()
+
+
 def _resume(r: TrainingRun, ckpt: Dict, cfg: Config, info: DistInfo) -> None:
     """Continue ``r`` from a checkpoint: EMA, optimizer, scaler, step, data position, RNG; warn where the config
     changed what the checkpoint planned."""
@@ -208,8 +231,10 @@ def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.devi
     model.to(device)
     optimizer = build_optimizer(_scaled(t, info.world_size), model)
     amp_dtype, scaler = amp_setup(device, t.amp)
+    teacher, source = build_teacher(cfg, index.class_names, model, device, ckpt)
     r = TrainingRun(model=model, ema=build_ema(t, model), data=data, optimizer=optimizer,
-             scheduler=build_scheduler(_scaled(t, info.world_size), optimizer), scaler=scaler, amp_dtype=amp_dtype)
+                    scheduler=build_scheduler(_scaled(t, info.world_size), optimizer), scaler=scaler,
+                    amp_dtype=amp_dtype, teacher=teacher, teacher_source=source)
     if ckpt is not None:
         _resume(r, ckpt, cfg, info)
     return r
@@ -282,7 +307,7 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         save_config(cfg, out_dir / "config.yaml")
         metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
 
-    def evaluate_fn(model: RAMSTrans, dataset, split: str) -> Dict[str, float]:
+    def evaluate_fn(model: Model, dataset, split: str) -> Dict[str, float]:
         shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
         return evaluate(model, eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard), device=device,
                         num_classes=len(r.data.index.class_names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_,
@@ -292,8 +317,9 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
     stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}
     try:
         _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
+        teacher_eval = _report_teacher(r, monitor, evaluate_fn) if r.teacher is not None and ckpt is None else None
         if r.start < t.steps:
-            criterion = build_criterion(cfg.loss, cfg.model.num_scales)
+            criterion = build_criterion(cfg.loss, cfg.model.num_scales, cfg.distill, r.teacher)
             loader = train_loader(r.data.train, t.batch_size, t.seed, r.start_batch, cfg.data.num_workers, info.rank,
                                   info.world_size, t.grad_accum)
             stats = train_steps(_train_module(r.model, info, device, t), criterion, r.optimizer, r.scheduler, loader,
@@ -309,14 +335,24 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
     summary = {"test": final[monitor.reported], "weights": monitor.reported,
                "test_by_weights": final, "train": stats, "checkpoint": str(out_dir / LATEST),
                "best_val": monitor.best if r.data.val is not None and monitor.best["top1"] >= 0 else None,
-               "final_val": monitor.last_val or None, "world_size": info.world_size}
+               "final_val": monitor.last_val or None, "world_size": info.world_size, "teacher": teacher_eval}
     if info.is_main:
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
-def _train_module(model: RAMSTrans, info: DistInfo, device: torch.device, train_cfg) -> torch.nn.Module:
+def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> Dict[str, object]:
+    """The teacher's own accuracy before the student learns from it (validation split, or test without one)."""
+    split, ds = ("val", r.data.val) if r.data.val is not None else ("test", r.data.test)
+    res = evaluate_fn(r.teacher, ds, split)
+    monitor.log("teacher", {"step": 0, "split": split, **r.teacher_source, **res})
+    logger.info("teacher %s: %s top-1 %.2f%% (mean class accuracy %.2f%%)", r.teacher_source["name"], split,
+                res["top1"], res["mean_class_acc"])
+    return {"split": split, **res}
+
+
+def _train_module(model: Model, info: DistInfo, device: torch.device, train_cfg) -> torch.nn.Module:
     """What the engine calls: the multi-scale forward, DDP-wrapped under torchrun, compiled when asked."""
     # Every parameter is used in every forward (all scales run inside one forward), so DDP needs no
     # find_unused_parameters; the attention capture is detached and adds no gradient to synchronise.

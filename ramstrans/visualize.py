@@ -46,6 +46,9 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     dev = resolve_device(device)
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint), weights=weights,
                                               origin=f"checkpoint {checkpoint}")
+    if not hasattr(model, "propose"):
+        raise ValueError(f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
+                         "show (visualize needs a RAMS-Trans model)")
     model.to(dev).eval()
     transform = eval_transform(cfg, model)
     if images:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from ramstrans.models import ViTBackbone, create_vit
+from ramstrans.models import RAMSTrans, ViTBackbone, create_vit
 
 
 def _timm_twin(model, **kw):
@@ -114,7 +114,6 @@ def test_capture_that_never_fires_is_an_error():
     ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}, "no class token"),
     ("vit_tiny_patch16_224", {"global_pool": "avg"}, "pools with 'avg'"),
     ("vit_tiny_patch16_224", {"patch_drop_rate": 0.5}, "patch dropout"),
-    ("deit_tiny_distilled_patch16_224", {}, "distillation"),
     ("no_such_model", {}, "unknown backbone"),
     ("vit_tiny_patch16_224", {"not_a_kwarg": 1}, "does not accept"),
 ])
@@ -122,6 +121,17 @@ def test_unsupported_backbones_are_refused(name, kwargs, reason):
     with pytest.raises(ValueError, match=reason):
         create_vit(name, img_size=64, num_classes=3, depth=1, **kwargs) if name.startswith("vit") else \
             create_vit(name, img_size=64, num_classes=3, **kwargs)
+
+
+def test_timms_distilled_vit_by_name_is_a_student_and_dist_token_false_refuses_it():
+    model = RAMSTrans("deit_tiny_distilled_patch16_224", num_classes=3, img_size=64, depth=1, num_scales=2)
+    assert model.backbone.has_dist_token and model.backbone.num_prefix_tokens == 2
+    assert len(model.backbone.zoom_dist_tokens) == 1
+    out = model.forward_multiscale(torch.randn(2, 3, 64, 64))
+    assert len(out.dist_logits) == 2 and out.rollout[0].shape == (2, 4, 4)
+    vit = timm.create_model("deit_tiny_distilled_patch16_224", img_size=64, depth=1, num_classes=3)
+    with pytest.raises(ValueError, match="distillation token but dist_token is False"):
+        ViTBackbone(vit=vit, dist_token=False)
 
 
 def test_a_built_model_that_cannot_serve_is_refused_too():

@@ -140,7 +140,37 @@ CASES = [
                                           "--no-progress"], 1, ["nests its JSON too deeply"]),
     ("train_nested_json", lambda c: ["train", "--no-progress", "--output-dir", str(c["tmp"] / "new")] + _sets(
         *TINY_TRAIN, "data.dataset=inat17", f"data.root={_nested_inat(c)}"), 2, ["nests its JSON too deeply"]),
+    # 5. distillation
+    ("teacher_missing", lambda c: _distill(c, "{tmp}/no_teacher"), 2, ["distill.teacher", "does not exist"]),
+    ("teacher_other_classes", lambda c: _distill(c, c["run"], "data.synthetic.num_classes=4"), 2,
+     ["distill.teacher", "other classes", "3:", "4:"]),
+    ("teacher_other_image_size", lambda c: _distill(c, c["run"] / "checkpoint.pth", "model.img_size=48"), 2,
+     ["distill.teacher", "takes 64-pixel images", "model.img_size is 48"]),
+    ("distill_without_dist_token", lambda c: _distill(c, c["run"], "model.dist_token=false"), 2,
+     ["distill.enabled", "model.dist_token: true"]),
+    ("distill_alpha_1.5", lambda c: _distill(c, c["run"], "distill.alpha=1.5"), 2, ["distill.alpha", "in [0, 1]"]),
+    ("distill_tau_0", lambda c: _distill(c, c["run"], "distill.tau=0"), 2, ["distill.tau", "> 0"]),
+    ("distill_scale_3", lambda c: _distill(c, c["run"], "distill.scales=[1, 3]"), 2,
+     ["distill.scales", "beyond model.num_scales"]),
+    ("visualize_classifier", lambda c: ["visualize", "--checkpoint", str(_teacher(c)), "--num", "1"], 2,
+     ["resnet10t classifier", "no attention"]),
+    ("classifier_two_scales", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
+        *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t"), 2, ["model.num_scales", "classifier"]),
 ]
+
+
+def _teacher(ctx):
+    """A tiny classifier run (a teacher) trained through the CLI in the test's folder."""
+    out = ctx["tmp"] / "teacher"
+    assert main(["train", "--no-progress", "--output-dir", str(out)] + _sets(
+        *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t", "model.num_scales=1",
+        "loss.scale_weights=[1.0]", "model.backbone_kwargs={channels: [8, 8, 16, 16]}")) == 0
+    return out / "checkpoint.pth"
+
+
+def _distill(ctx, teacher, *extra):
+    return ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
+        *TINY_TRAIN, "model.dist_token=true", "distill.enabled=true", f"distill.teacher={teacher}", *extra)
 
 
 def _spoiled_root(ctx, spoil):

@@ -14,9 +14,10 @@ def mean_spread(values: List[float]) -> Dict[str, float]:
 
 
 def _run_key(cfg) -> str:
-    """A short hash of a resolved config without its run folder: runs are reused only under the same settings."""
-    settings = asdict(cfg)
-    settings["train"].pop("output_dir")
+    """A short hash of a resolved config's differences from the defaults, without its run folder: runs are reused
+    only under the same settings, and stay reusable when a later version adds keys with defaults."""
+    from ..config import Config, config_diff
+    settings = {k: new for k, (_, new) in config_diff(Config(), cfg).items() if k != "train.output_dir"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 

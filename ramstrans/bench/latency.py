@@ -6,6 +6,9 @@ fused models through onnxruntime (adaptive through onnxruntime: the single-scale
 session for the images it is unsure of); batch 1 and 32, 1 and 2 threads; median and p90 over interleaved repeats;
 parameters and GMACs.
 
+Config latency (``bench_config_latency``): the models of configs (student, teacher, RAMS-Trans), randomly initialised,
+eager and through onnxruntime, single scale and fused.
+
 Proposal latency (``bench_proposal``), ViT-B/16 at 448 px (28 x 28 grid, 12 blocks), random attention: the
 device-side proposal (rollout, threshold, components, boxes, zoom) against the batched scipy labelling it replaced and
 against a per-sample transcription of the official algorithm's structure (a Python loop over samples: the full N x N
@@ -15,6 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 
 from ..models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 
-__all__ = ["bench_latency", "bench_proposal"]
+__all__ = ["bench_latency", "bench_proposal", "bench_config_latency"]
 
 
 def _times(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Dict[str, float]]:
@@ -194,3 +198,59 @@ def bench_proposal(batch: int = 16, grid: int = 28, depth: int = 12, patch: int 
             "machine": _machine(), "ms": t,
             "official_over_device": t["official_per_sample"]["median_ms"] / t["device"]["median_ms"],
             "scipy_over_device": t["scipy_batched"]["median_ms"] / t["device"]["median_ms"]}
+
+
+# Classes of each data set, for timing a config's model without its data (the weights do not change the cost).
+_CLASSES = {"cub": 200, "dogs": 120, "nabirds": 555, "inat17": 5089}
+
+
+def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequence[int] = (1, 2),
+                         repeats: int = 10) -> Dict[str, object]:
+    """Test-time latency of the models of configs (randomly initialised: no data, no pretrained file), on the CPU:
+    eager single scale, eager fused (models with zoom scales), and both through onnxruntime.
+
+    Args:
+        configs: config names or files (e.g. ``distill_cub_vits16_448``, ``teacher_cub_resnet50_448``).
+        batch: images per call.
+        threads: torch / onnxruntime intra-op threads.
+        repeats: timed repeats per measurement.
+    """
+    import onnxruntime as ort
+
+    from ..config import load_config
+    from ..export import write_onnx
+    from ..models import build_model
+    rows = []
+    available = torch.get_num_threads()
+    for name in configs:
+        cfg = load_config(name)
+        k = cfg.data.synthetic.num_classes if cfg.data.dataset == "synthetic" else _CLASSES.get(cfg.data.dataset, 200)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(replace(cfg.model, pretrained=None), k).eval()
+        scales = model.num_scales
+        x = torch.randn(batch, model.backbone.in_chans, *model.backbone.img_size)
+        row: Dict[str, object] = {"config": name, "model": cfg.model.backbone, "type": cfg.model.type,
+                                  "dist_token": cfg.model.dist_token, "img_size": cfg.model.img_size, "classes": k,
+                                  "scales": scales, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        with torch.no_grad():
+            row["gmacs_single"] = _gmacs(lambda: model(x[:1]))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {s: write_onnx(model, Path(tmp) / f"m{s}.onnx", s) for s in sorted({1, scales})}
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                sessions = {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                            for s, p in paths.items()}
+                fns = {"eager_single": lambda: model(x),
+                       **{f"onnx_{'single' if s == 1 else 'fused'}": (lambda s=s: sessions[s].run(
+                           None, {"images": x.numpy()})) for s in sessions}}
+                if scales > 1:
+                    fns["eager_fused"] = lambda: model.predict(x, scales, boxes=False)
+                with torch.no_grad():
+                    row[f"threads{n_threads}_ms"] = _times(fns, repeats)
+        rows.append(row)
+    torch.set_num_threads(available)
+    return {"batch": batch, "machine": _machine(), "rows": rows}

@@ -1,8 +1,12 @@
 """The timm ViT wrapper: scale-wise CLS tokens, attention capture, normalisation, and the grid facts the pipeline needs.
 
-The wrapped model is a plain ``timm`` VisionTransformer; nothing of timm is copied. Scale 0 uses the ViT's own
+The wrapped model is a ``timm`` VisionTransformer; nothing of timm is copied. Scale 0 uses the ViT's own
 ``cls_token``, so ``vit`` alone stays a complete timm model (the single-scale path is timm's forward and the deployable
 artefact). Zoom scales get their own CLS parameters, swapped into the same sequence position.
+
+A student for knowledge distillation (``dist_token=True``) is timm's ``VisionTransformerDistilled`` (DeiT's layout: the
+class token at 0, the distillation token at 1, both with a position embedding, each read by its own head); a plain ViT
+is converted in place (``make_distilled``), and every zoom scale gets its own distillation token too.
 
 Attention capture hooks ``attn.q_norm`` / ``attn.k_norm`` of every block with module-level functions; a call that
 captures arms them with its own state (its list of maps) on the hooked modules and disarms them when it ends, so a deep
@@ -11,6 +15,7 @@ into torch.compile's graph without a break. timm calls q_norm / k_norm on the (B
 before its fused SDPA kernel, so the attention output stays fused and the head-mean softmax probabilities are recomputed
 from the same q, k under ``no_grad``: nothing extra is kept for backward.
 """
+import copy
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
@@ -18,10 +23,15 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import checkpoint_seq
+from timm.layers import trunc_normal_
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "create_vit"]
+__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "create_vit", "make_distilled", "InputNorm"]
+
+Head = Literal["mean", "cls", "dist"]
+HEADS = ("mean", "cls", "dist")
 
 CaptureMode = Literal["none", "cls", "all"]
 
@@ -31,7 +41,7 @@ class ViTFeatures:
     """What one pass of the backbone produces.
 
     Attributes:
-        tokens: (B, N, D) final-normed token sequence; N = 1 + gh * gw.
+        tokens: (B, N, D) final-normed token sequence; N = prefix tokens (1, or 2 with a distillation token) + gh * gw.
         attentions: per block (B, N, N) head-mean softmax attention (rows sum to 1), detached; only with capture "all".
         cls_attention: (B, gh * gw) last block's head-mean CLS query row over the patch keys, detached; None with
             capture "none".
@@ -52,8 +62,11 @@ def _unsupported_reason(vit: nn.Module) -> Optional[str]:
         return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
     if vit.cls_token is None:
         return "it has no class token"
-    if getattr(vit, "dist_token", None) is not None or vit.num_prefix_tokens != 1 or vit.num_reg_tokens:
-        return "it has register or distillation tokens besides the class token"
+    distilled = isinstance(vit, VisionTransformerDistilled)
+    if getattr(vit, "dist_token", None) is not None and not distilled:
+        return "it has a distillation token outside timm's VisionTransformerDistilled"
+    if vit.num_reg_tokens or vit.num_prefix_tokens != 1 + distilled:
+        return "it has register tokens besides the class (and distillation) token"
     if vit.global_pool != "token" or vit.attn_pool is not None:
         return f"it pools with '{vit.global_pool}' instead of the class token"
     if vit.no_embed_class:
@@ -71,6 +84,36 @@ def _unsupported_reason(vit: nn.Module) -> Optional[str]:
         if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
             return f"block {i} has no standard timm Attention module"
     return None
+
+
+def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
+    """timm's distilled layout on a built plain ViT, in place (timm's class, so timm's forward, loading and export
+    apply): the distillation token and its position embedding start as copies of the class token's, ``head_dist``
+    fresh (timm's init); ``set_distilled_training(True)``, so timm's forward in train mode returns both heads.
+
+    Args:
+        vit: a plain timm VisionTransformer with one class token.
+
+    Returns:
+        The same module, now a VisionTransformerDistilled.
+    """
+    if isinstance(vit, VisionTransformerDistilled):
+        vit.set_distilled_training(True)
+        return vit
+    pos = vit.pos_embed.detach()
+    vit.__class__ = VisionTransformerDistilled
+    vit.num_prefix_tokens = 2
+    vit.dist_token = nn.Parameter(vit.cls_token.detach().clone())
+    vit.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1).clone())
+    if isinstance(vit.head, nn.Linear):
+        vit.head_dist = nn.Linear(vit.head.in_features, vit.head.out_features).to(vit.head.weight)
+        trunc_normal_(vit.head_dist.weight, std=0.02)
+        nn.init.zeros_(vit.head_dist.bias)
+    else:
+        vit.head_dist = copy.deepcopy(vit.head)
+    vit.weight_init_mode = "reset"
+    vit.set_distilled_training(True)
+    return vit
 
 
 def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None, num_classes: Optional[int] = None,
@@ -141,42 +184,100 @@ def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: Optional[Lis
         setattr(blk.attn.k_norm, _TAP, tap)
 
 
-class ViTBackbone(nn.Module):
-    """A timm ViT with one CLS token per scale, optional attention capture, and its input normalisation.
+class InputNorm(nn.Module):
+    """The input normalisation a model's weights expect, as buffers (``norm_mean``, ``norm_std``) so it travels with
+    the state dict; the data pipeline reads it (``mean``, ``std``) to normalise images.
 
     Args:
-        vit: a built timm VisionTransformer with one class token and token pooling (see ``create_vit``).
+        in_chans: input channels.
+        mean: per-channel mean in [0, 1] pixel units.
+        std: per-channel std.
+    """
+
+    def __init__(self, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("norm_mean", torch.zeros(in_chans, dtype=torch.float64))
+        self.register_buffer("norm_std", torch.ones(in_chans, dtype=torch.float64))
+        self.set_normalization(mean, std)
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        """Per-channel input mean the weights expect (in [0, 1] pixel units)."""
+        return tuple(self.norm_mean.tolist())
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return tuple(self.norm_std.tolist())
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set the input normalisation (e.g. what pretrained weights expect).
+
+        Raises:
+            ValueError: not one value per input channel, or a std that is not positive.
+        """
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        n = self.norm_mean.numel()
+        if len(mean) != n or len(std) != n:
+            raise ValueError(f"normalisation needs {n} values each, got mean {mean} and std {std}")
+        if min(std) <= 0:
+            raise ValueError(f"normalisation std must be positive, got {std}")
+        with torch.no_grad():
+            self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
+            self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
+
+
+class ViTBackbone(InputNorm):
+    """A timm ViT with one CLS (and optionally distillation) token per scale, attention capture and its input
+    normalisation.
+
+    Args:
+        vit: a built timm VisionTransformer with one class token and token pooling (see ``create_vit``), or timm's
+            VisionTransformerDistilled.
         num_scales: number of scales, i.e. of CLS tokens (scale 0 uses the ViT's own).
         mean: per-channel input mean in [0, 1]; None takes the ViT's pretrained config (ImageNet's without one).
         std: per-channel input std; None as ``mean``.
-
-    The normalisation is stored as buffers (``norm_mean``, ``norm_std``), so it travels with the state dict.
+        dist_token: True converts a plain ViT to timm's distilled layout (``make_distilled``); None keeps the model's
+            own layout; False refuses a distilled model.
     """
 
     def __init__(self, *, vit: VisionTransformer, num_scales: int = 2, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None) -> None:
-        super().__init__()
+                 std: Optional[Sequence[float]] = None, dist_token: Optional[bool] = None) -> None:
         reason = _unsupported_reason(vit)
         if reason is not None:
             raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
         if not isinstance(num_scales, int) or num_scales < 1:
             raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
-        self.vit: VisionTransformer = vit
+        if dist_token is False and isinstance(vit, VisionTransformerDistilled):
+            raise ValueError("the given backbone has a distillation token but dist_token is False")
         cfg = getattr(vit, "pretrained_cfg", None) or {}
+        super().__init__(int(vit.patch_embed.proj.in_channels), mean if mean is not None else
+                         cfg.get("mean", IMAGENET_DEFAULT_MEAN), std if std is not None else
+                         cfg.get("std", IMAGENET_DEFAULT_STD))
+        if dist_token or isinstance(vit, VisionTransformerDistilled):
+            vit = make_distilled(vit)
+        self.vit: VisionTransformer = vit
         self.name: str = cfg.get("architecture") or type(vit).__name__
-        # Scale 0 is vit.cls_token; these are scales 1..S-1, initialised from it.
+        # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them.
         self.zoom_cls_tokens = nn.ParameterList(
             [nn.Parameter(vit.cls_token.detach().clone()) for _ in range(num_scales - 1)])
-        self.register_buffer("norm_mean", torch.zeros(self.in_chans, dtype=torch.float64))
-        self.register_buffer("norm_std", torch.ones(self.in_chans, dtype=torch.float64))
-        self.set_normalization(mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
-                               std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD))
+        self.zoom_dist_tokens = nn.ParameterList(
+            [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)] if self.has_dist_token
+            else [])
         for blk in vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
             blk.attn.q_norm.register_forward_hook(_keep_queries)
             blk.attn.k_norm.register_forward_hook(_capture)
 
     # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
+    @property
+    def has_dist_token(self) -> bool:
+        return isinstance(self.vit, VisionTransformerDistilled)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, and the distillation token when there is one."""
+        return int(self.vit.num_prefix_tokens)
+
     @property
     def num_scales(self) -> int:
         return 1 + len(self.zoom_cls_tokens)
@@ -206,47 +307,32 @@ class ViTBackbone(nn.Module):
         return int(self.vit.num_classes)
 
     @property
-    def mean(self) -> Tuple[float, ...]:
-        """Per-channel input mean the weights expect (in [0, 1] pixel units)."""
-        return tuple(self.norm_mean.tolist())
-
-    @property
-    def std(self) -> Tuple[float, ...]:
-        return tuple(self.norm_std.tolist())
-
-    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Set the input normalisation (e.g. what pretrained weights expect).
-
-        Raises:
-            ValueError: not one value per input channel, or a std that is not positive.
-        """
-        mean, std = [float(v) for v in mean], [float(v) for v in std]
-        if len(mean) != self.in_chans or len(std) != self.in_chans:
-            raise ValueError(f"normalisation needs {self.in_chans} values each, got mean {mean} and std {std}")
-        if min(std) <= 0:
-            raise ValueError(f"normalisation std must be positive, got {std}")
-        with torch.no_grad():
-            self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
-            self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
+    def timm_model(self) -> nn.Module:
+        """The wrapped timm model (what an export writes)."""
+        return self.vit
 
     def cls_token(self, scale: int) -> nn.Parameter:
         """The (1, 1, D) CLS parameter of ``scale`` (0-based)."""
         return self.vit.cls_token if scale == 0 else self.zoom_cls_tokens[scale - 1]
 
+    def dist_token(self, scale: int) -> nn.Parameter:
+        """The (1, 1, D) distillation-token parameter of ``scale`` (0-based); only with a distillation token."""
+        return self.vit.dist_token if scale == 0 else self.zoom_dist_tokens[scale - 1]
+
     # ---- forward stages -----------------------------------------------------------------------------------------
     def embed(self, x: Tensor, scale: int = 0) -> Tensor:
-        """Patch embedding, the scale's CLS token at position 0, position embedding.
+        """Patch embedding, the scale's CLS token at position 0 (and distillation token at 1), position embedding.
 
         Args:
             x: (B, C, H, W) images at ``img_size``.
-            scale: which CLS token to use.
+            scale: which CLS (and distillation) token to use.
 
         Returns:
-            (B, 1 + gh * gw, D) tokens.
+            (B, num_prefix_tokens + gh * gw, D) tokens.
         """
         x = self.vit.patch_embed(x)
-        cls = self.cls_token(scale).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.vit.pos_embed
+        prefix = [self.cls_token(scale)] + ([self.dist_token(scale)] if self.has_dist_token else [])
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1) + self.vit.pos_embed
         x = self.vit.pos_drop(x)
         return self.vit.norm_pre(x)
 
@@ -282,14 +368,37 @@ class ViTBackbone(nn.Module):
             raise RuntimeError(
                 f"attention capture fired in {len(maps)} of {expected} blocks: the blocks' Attention did not call "
                 "q_norm/k_norm on (B, heads, N, d) tensors")
-        cls_attention = maps[-1][:, 0, 1:] if maps else None
+        cls_attention = maps[-1][:, 0, self.num_prefix_tokens:] if maps else None
         return ViTFeatures(tokens=self.vit.norm(x), attentions=maps if capture == "all" else [],
                            cls_attention=cls_attention)
 
-    def forward_head(self, tokens: Tensor) -> Tensor:
-        """(B, N, D) tokens -> (B, num_classes) logits through timm's own pooling and head."""
-        return self.vit.forward_head(tokens)
+    def forward_heads(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(B, N, D) tokens -> (B, K) class-token logits and (B, K) distillation-token logits (None without one).
 
-    def forward(self, x: Tensor, scale: int = 0) -> Tensor:
+        In train mode a distilled model goes through timm's own ``forward_head``, which returns both heads only after
+        ``set_distilled_training(True)`` (done by ``make_distilled``); in eval mode timm returns their mean, so the two
+        heads are read directly (head dropout is the identity in eval).
+        """
+        if not self.has_dist_token:
+            return self.vit.forward_head(tokens), None
+        if self.training:
+            out = self.vit.forward_head(tokens)
+            if not isinstance(out, tuple):
+                raise RuntimeError("timm returned the mean of the two heads in training: the distilled ViT needs "
+                                   "set_distilled_training(True)")
+            return out
+        return self.vit.head(tokens[:, 0]), self.vit.head_dist(tokens[:, 1])
+
+    def forward_head(self, tokens: Tensor, head: Head = "mean") -> Tensor:
+        """(B, N, D) tokens -> (B, num_classes) logits through timm's pooling and head(s); with a distillation token,
+        ``head`` picks the class head, the distillation head or their mean (timm's and DeiT's test-time output)."""
+        cls, dist = self.forward_heads(tokens)
+        if dist is None:
+            return cls
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
+
+    def forward(self, x: Tensor, scale: int = 0, head: Head = "mean") -> Tensor:
         """(B, C, H, W) -> (B, num_classes) logits of one scale, attention fused."""
-        return self.forward_head(self.forward_features(x, scale).tokens)
+        return self.forward_head(self.forward_features(x, scale).tokens, head)

@@ -4,6 +4,7 @@ Every route ends the same way: position embeddings resampled to the backbone's g
 class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
 CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
 """
+import copy
 import json
 import os
 import socket
@@ -16,12 +17,12 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file as load_safetensors
 from timm.models import get_pretrained_cfg
-from timm.models.vision_transformer import checkpoint_filter_fn
-from torch import Tensor
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
 
 from .backbone import ViTBackbone
 
-__all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
+__all__ = ["load_pretrained", "load_pretrained_net", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 
 # Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
 GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -60,9 +61,36 @@ def _unwrap(obj: Dict[str, object]) -> Dict[str, Tensor]:
     return sd
 
 
+def _lift_to_distilled(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A plain ViT state dict in timm's distilled layout: the distillation token and its position embedding copy the
+    class token's, ``head_dist`` copies ``head`` (kept only when the class count fits, as ``head``)."""
+    sd = dict(sd)
+    sd["dist_token"] = sd["cls_token"].clone()
+    pos = sd["pos_embed"]
+    sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+    for k in ("weight", "bias"):
+        if f"head.{k}" in sd:
+            sd[f"head_dist.{k}"] = sd[f"head.{k}"].clone()
+    return sd
+
+
+def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
+    """A plain-layout copy of a distilled ViT (no distillation token), for loaders that only know plain ViTs."""
+    twin = copy.deepcopy(vit)
+    pos = twin.pos_embed.detach()
+    twin.__class__ = VisionTransformer
+    del twin.dist_token, twin.head_dist
+    twin.num_prefix_tokens = 1
+    twin.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, 2:]], dim=1).clone())
+    return twin
+
+
 def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], origin: str) -> None:
-    """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head."""
+    """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head; a plain
+    ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``)."""
     vit = backbone.vit
+    if backbone.has_dist_token and "dist_token" not in state_dict and "cls_token" in state_dict:
+        state_dict = _lift_to_distilled(state_dict)
     try:
         sd = checkpoint_filter_fn(state_dict, vit)
     except Exception as e:
@@ -70,8 +98,8 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], 
     own = vit.state_dict()
     head_fits = "head.weight" in sd and "head.weight" in own and sd["head.weight"].shape == own["head.weight"].shape
     optional = set()
-    if not head_fits:  # another class count: keep the fresh head
-        optional = {"head.weight", "head.bias"}
+    if not head_fits:  # another class count: keep the fresh head(s)
+        optional = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
         for k in optional:
             sd.pop(k, None)
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
@@ -89,7 +117,12 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], 
 def _load_npz(backbone: ViTBackbone, path: Path) -> None:
     try:
         with torch.no_grad():
-            backbone.vit.load_pretrained(str(path))
+            if backbone.has_dist_token:  # timm's .npz loader knows the plain layout only
+                twin = _plain_copy(backbone.vit)
+                twin.load_pretrained(str(path))
+                _load_timm_state_dict(backbone, twin.state_dict(), str(path))
+            else:
+                backbone.vit.load_pretrained(str(path))
     except Exception as e:
         raise ValueError(f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
@@ -105,10 +138,11 @@ def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) 
                           str(path))
     _copy_cls_to_zoom_tokens(backbone)
     with torch.no_grad():
-        for i, token in enumerate(backbone.zoom_cls_tokens):
-            saved = model_sd.get(f"backbone.zoom_cls_tokens.{i}")
-            if saved is not None and saved.shape == token.shape:
-                token.copy_(saved)
+        for kind, tokens in (("cls", backbone.zoom_cls_tokens), ("dist", backbone.zoom_dist_tokens)):
+            for i, token in enumerate(tokens):
+                saved = model_sd.get(f"backbone.zoom_{kind}_tokens.{i}")
+                if saved is not None and saved.shape == token.shape:
+                    token.copy_(saved)
     if "backbone.norm_mean" in model_sd and "backbone.norm_std" in model_sd:
         backbone.set_normalization(model_sd["backbone.norm_mean"].tolist(), model_sd["backbone.norm_std"].tolist())
 
@@ -117,6 +151,8 @@ def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
     with torch.no_grad():
         for token in backbone.zoom_cls_tokens:
             token.copy_(backbone.vit.cls_token)
+        for token in backbone.zoom_dist_tokens:
+            token.copy_(backbone.vit.dist_token)
 
 
 def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Optional[dict]]:
@@ -231,3 +267,61 @@ def load_pretrained(backbone: ViTBackbone, source: str, download_timeout_s: floa
         _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
         backbone.set_normalization(cfg["mean"], cfg["std"])
     _copy_cls_to_zoom_tokens(backbone)
+
+
+def _load_net_state_dict(backbone, state_dict: Dict[str, Tensor], origin: str) -> None:
+    """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
+    net = backbone.net
+    own = net.state_dict()
+    head = net.get_classifier()
+    head_ids = {id(p) for p in (head.parameters() if isinstance(head, nn.Module) else ())}
+    head_keys = {n for n, p in net.named_parameters() if id(p) in head_ids}
+    sd = dict(state_dict)
+    if any(k in sd and sd[k].shape != own[k].shape for k in head_keys):  # another class count: keep the fresh head
+        for k in head_keys:
+            sd.pop(k, None)
+    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"pretrained weights {origin} do not fit model '{backbone.name}': {k} has shape "
+                         f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in head_keys]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ValueError(f"pretrained weights {origin} do not fit model '{backbone.name}': {what}")
+
+
+def load_pretrained_net(backbone, source: str, download_timeout_s: float = 60.0) -> None:
+    """Initialise a classifier's ``NetBackbone`` in place: from a timm ``.safetensors`` / ``.pth`` state dict, a
+    ramstrans checkpoint of a classifier (its EMA weights when it has them, and its normalisation), weights shipped
+    with the package, or a timm pretrained tag (``"timm"``: the model's default; from the local cache or the hub).
+
+    Raises:
+        FileNotFoundError: ``source`` looks like a path and does not exist.
+        ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
+    """
+    path = Path(os.path.expanduser(str(source)))
+    if source in shipped_weights() and not path.exists():
+        file = shipped_weights()[source]
+        meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
+        _load_net_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}' ({meta.get('architecture')})")
+        backbone.set_normalization(meta["mean"], meta["std"])
+    elif path.is_file():
+        obj = read_state_dict(path)
+        if obj.get("format") == "ramstrans":
+            sd = obj["model_ema"] if isinstance(obj.get("model_ema"), dict) else obj["model"]
+            _load_net_state_dict(backbone, {k[len("backbone.net."):]: v for k, v in sd.items()
+                                            if k.startswith("backbone.net.")}, str(path))
+            backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
+            return
+        sd = _unwrap(obj)
+        if not sd:
+            raise ValueError(f"pretrained file {path} holds no tensors")
+        _load_net_state_dict(backbone, sd, str(path))
+    elif path.suffix or os.sep in str(source) or path.exists():
+        raise FileNotFoundError(f"pretrained file {source} does not exist")
+    else:
+        file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
+        _load_net_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
+        backbone.set_normalization(cfg["mean"], cfg["std"])

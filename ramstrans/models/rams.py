@@ -4,13 +4,13 @@ Scale 1 sees the image; its attention rollout is thresholded into a box (the Dyn
 k + 1 sees that box of the ORIGINAL image resized to the input size (one resampling however deep the recursion, so
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .backbone import ViTBackbone, create_vit
+from .backbone import HEADS, Head, ViTBackbone, create_vit
 from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
@@ -30,12 +30,15 @@ class MultiScaleOutput:
         boxes: per zoom (num_scales - 1 entries), (B, 4) float xyxy in original-image pixels.
         rollout: per zoom, (B, gh, gw) saliency of the scale that proposed the box.
         cls_attention: per scale, (B, gh * gw) last block's head-mean CLS attention over patches (for TransMix).
+        dist_logits: per scale, (B, K) of the distillation token's head; empty without a distillation token. With
+            one, ``logits`` are the class token's head (the label-supervised one).
     """
 
     logits: List[Tensor]
     boxes: List[Tensor]
     rollout: List[Tensor]
     cls_attention: List[Tensor]
+    dist_logits: List[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -47,12 +50,15 @@ class Prediction:
         boxes: (B, 4) xyxy pixels of scale 1's proposal, or None when not asked for.
         zoomed: (B,) bool, which images ran the zoomed scales.
         scale_probs: per scale, (B, K) softmax; NaN rows where the scale did not run.
+        head_probs: with a distillation token, the fused (B, K) probabilities of every head ("mean", "cls",
+            "dist"), zoomed as ``probs``; empty without one.
     """
 
     probs: Tensor
     boxes: Optional[Tensor]
     zoomed: Tensor
     scale_probs: List[Tensor]
+    head_probs: Dict[str, Tensor] = field(default_factory=dict)
 
 
 def zoom_confidence(probs: Tensor, zoom_on: str = "maxprob") -> Tensor:
@@ -101,6 +107,8 @@ class RAMSTrans(nn.Module):
         rollout_rows: "cls" (CLS query row) or "mean" (mean of all query rows, as the official code).
         pretrained: optional weights source (see ``load_pretrained``).
         download_timeout_s: the longest a download of hub weights may take in all.
+        dist_token: a class and a distillation token per scale on timm's distilled layout (a DeiT student).
+        eval_head: with a distillation token, the test-time logits: "mean" of the two heads (DeiT's), "cls" or "dist".
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
@@ -115,6 +123,8 @@ class RAMSTrans(nn.Module):
             rollout_rows: RolloutRows = "cls",
             pretrained: Optional[str] = None,
             download_timeout_s: float = 60.0,
+            dist_token: bool = False,
+            eval_head: Head = "mean",
             **backbone_kwargs,
     ) -> None:
         super().__init__()
@@ -128,7 +138,10 @@ class RAMSTrans(nn.Module):
             raise ValueError(f"residual must be >= 0, got {residual!r}")
         if rollout_rows not in ("cls", "mean"):
             raise ValueError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
-        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, backbone_kwargs)
+        if eval_head not in HEADS:
+            raise ValueError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
+        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, dist_token, backbone_kwargs)
+        self.eval_head: Head = eval_head
         self.num_classes = self.backbone.num_classes
         self.num_scales = num_scales
         self.alpha = float(alpha)
@@ -149,15 +162,15 @@ class RAMSTrans(nn.Module):
             x: (B, C, H, W) normalised images.
 
         Returns:
-            (B, K) logits.
+            (B, K) logits (with a distillation token: of ``eval_head``).
         """
         self._check_input(x)
-        return self.backbone(x, scale=0)
+        return self.backbone(x, scale=0, head=self.eval_head)
 
     def _propose_boxes(self, attentions: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Rollout -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
         bb = self.backbone
-        rollout = attention_rollout(attentions, bb.grid_size, self.residual, self.rollout_rows)
+        rollout = attention_rollout(attentions, bb.grid_size, self.residual, self.rollout_rows, bb.num_prefix_tokens)
         mask = threshold_rollout(rollout, self.alpha)
         component = largest_component(mask)
         return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
@@ -182,8 +195,8 @@ class RAMSTrans(nn.Module):
         num_scales = self._num_scales(num_scales)
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
-        out = MultiScaleOutput(logits=[bb.forward_head(feats.tokens)], boxes=[], rollout=[],
-                               cls_attention=[feats.cls_attention])
+        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[feats.cls_attention])
+        _append_heads(out, *bb.forward_heads(feats.tokens))
         if num_scales > 1:
             rollout, _, _, box = self._propose_boxes(feats.attentions)
             out.rollout.append(rollout)
@@ -199,7 +212,7 @@ class RAMSTrans(nn.Module):
             is_last = scale == num_scales - 1
             feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale,
                                         capture="cls" if is_last else "all")
-            out.logits.append(bb.forward_head(feats.tokens))
+            _append_heads(out, *bb.forward_heads(feats.tokens))
             out.cls_attention.append(feats.cls_attention)
             if is_last:
                 break
@@ -216,7 +229,8 @@ class RAMSTrans(nn.Module):
         Adaptive (``scales="auto"``): every image runs scale 1; only those whose scale-1 confidence (``zoom_on``: the
         top probability, or the margin between the top two) is below ``zoom_threshold`` run the zoomed scales, and
         their scales' probabilities are averaged. Threshold 0 is the single-scale model, a threshold above 1 the full
-        fusion. Fused probabilities are the mean of the scales' softmax.
+        fusion. Fused probabilities are the mean of the scales' softmax. With a distillation token the probabilities
+        are those of ``eval_head`` (the zoom decision too), and every head's are in ``head_probs``.
 
         Args:
             x: (B, C, H, W) normalised images.
@@ -234,32 +248,47 @@ class RAMSTrans(nn.Module):
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
         if zoom_on not in ("maxprob", "margin"):
             raise ValueError(f"zoom_on must be 'maxprob' or 'margin', got {zoom_on!r}")
-        if num_scales == 1 and not boxes:
-            probs = self(x).float().softmax(-1)
-            return Prediction(probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool),
-                              scale_probs=[probs])
-        if num_scales == 1 and not adaptive:
-            prop = self.propose(x)
-            probs = prop.logits.float().softmax(-1)
-            return Prediction(probs=probs, boxes=prop.boxes, scale_probs=[probs],
-                              zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool))
-        if not adaptive:
-            out = self.forward_multiscale(x, num_scales)
-            scale_probs = [lg.float().softmax(-1) for lg in out.logits]
-            return Prediction(probs=_fuse(scale_probs), boxes=out.boxes[0], scale_probs=scale_probs,
-                              zoomed=torch.ones_like(scale_probs[0][:, 0], dtype=torch.bool))
-        feats = self.backbone.forward_features(x, scale=0, capture="all")
-        first = self.backbone.forward_head(feats.tokens).float().softmax(-1)
-        box = self._propose_boxes(feats.attentions)[3]
-        zoomed = zoom_confidence(first, zoom_on) < zoom_threshold
-        idx = zoomed.nonzero(as_tuple=True)[0]  # the images to zoom: one host sync per batch
+        bb = self.backbone
+        feats = bb.forward_features(x, scale=0, capture="all" if boxes or num_scales > 1 else "none")
+        box = self._propose_boxes(feats.attentions)[3] if feats.attentions else None
+        first = self._head_probs(*bb.forward_heads(feats.tokens))
+        main = self.eval_head if bb.has_dist_token else "cls"
+        zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
+        if adaptive:
+            zoomed = zoom_confidence(first[main], zoom_on) < zoom_threshold
+        idx = zoomed.nonzero(as_tuple=True)[0] if adaptive else None  # the images to zoom: one host sync per batch
         sub = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
-        if num_scales > 1 and idx.numel() > 0:
-            self._zoom_scales(x[idx], box[idx], num_scales, sub)
-        scale_probs = [first] + [torch.full_like(first, float("nan")).index_copy(0, idx, lg.float().softmax(-1))
-                                 for lg in sub.logits]
-        fused = first.index_copy(0, idx, _fuse([first[idx]] + [p[idx] for p in scale_probs[1:]]))
-        return Prediction(probs=fused, boxes=box, zoomed=zoomed, scale_probs=scale_probs)
+        if num_scales > 1 and (idx is None or idx.numel() > 0):
+            self._zoom_scales(x if idx is None else x[idx], box if idx is None else box[idx], num_scales, sub)
+        zooms = [self._head_probs(c, d) for c, d in zip(sub.logits, sub.dist_logits or [None] * len(sub.logits))]
+
+        def placed(base: Tensor, values: Tensor) -> Tensor:  # values of the zoomed images into a (B, K) tensor
+            return values if idx is None else base.index_copy(0, idx, values)
+
+        def rows(t: Tensor) -> Tensor:
+            return t if idx is None else t[idx]
+
+        fused = {h: placed(p, _fuse([rows(p)] + [z[h] for z in zooms])) if zooms else p for h, p in first.items()}
+        nan = torch.full_like(first[main], float("nan"))
+        return Prediction(probs=fused[main], boxes=box if boxes else None, zoomed=zoomed,
+                          scale_probs=[first[main]] + [placed(nan, z[main]) for z in zooms],
+                          head_probs=fused if bb.has_dist_token else {})
+
+    def head_logits(self, out: MultiScaleOutput) -> List[Tensor]:
+        """Per scale, the (B, K) test-time logits of ``out``: the class head's, or with a distillation token those of
+        ``eval_head``."""
+        if not out.dist_logits:
+            return list(out.logits)
+        pick = {"cls": lambda c, d: c, "dist": lambda c, d: d, "mean": lambda c, d: (c + d) / 2}[self.eval_head]
+        return [pick(c, d) for c, d in zip(out.logits, out.dist_logits)]
+
+    @staticmethod
+    def _head_probs(cls: Tensor, dist: Optional[Tensor]) -> Dict[str, Tensor]:
+        """Softmax probabilities per head: {"cls"} without a distillation token, else {"mean", "cls", "dist"}."""
+        if dist is None:
+            return {"cls": cls.float().softmax(-1)}
+        return {"mean": ((cls + dist) / 2).float().softmax(-1), "cls": cls.float().softmax(-1),
+                "dist": dist.float().softmax(-1)}
 
     @torch.no_grad()
     def propose(self, x: Tensor) -> Proposal:
@@ -274,20 +303,22 @@ class RAMSTrans(nn.Module):
         self._check_input(x)
         feats = self.backbone.forward_features(x, scale=0, capture="all")
         rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
-        return Proposal(logits=self.backbone.forward_head(feats.tokens), rollout=rollout, mask=mask,
+        return Proposal(logits=self.backbone.forward_head(feats.tokens, self.eval_head), rollout=rollout, mask=mask,
                         component=component, boxes=boxes)
 
     def no_weight_decay(self) -> Set[str]:
         """Parameters timm's optimizer factory keeps out of weight decay: tokens and position embedding."""
-        return {f"backbone.vit.{n}" for n in self.backbone.vit.no_weight_decay()} | {
-            f"backbone.zoom_cls_tokens.{i}" for i in range(len(self.backbone.zoom_cls_tokens))}
+        bb = self.backbone
+        return {f"backbone.vit.{n}" for n in bb.vit.no_weight_decay()} | {
+            f"backbone.zoom_cls_tokens.{i}" for i in range(len(bb.zoom_cls_tokens))} | {
+            f"backbone.zoom_dist_tokens.{i}" for i in range(len(bb.zoom_dist_tokens))}
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """timm's layer groups (for layer-wise lr decay): the wrapped ViT's own, under this module's parameter names;
-        the zoom-scale CLS tokens join the embedding (stem) group with the ViT's CLS token."""
+        the zoom-scale CLS (and distillation) tokens join the embedding (stem) group with the ViT's CLS token."""
         groups = {name: _prefixed(rule, r"backbone\.vit\.")
                   for name, rule in self.backbone.vit.group_matcher(coarse=coarse).items()}
-        groups["stem"] += r"|^backbone\.zoom_cls_tokens\."
+        groups["stem"] += r"|^backbone\.zoom_cls_tokens\.|^backbone\.zoom_dist_tokens\."
         return groups
 
 
@@ -306,17 +337,27 @@ class MultiScaleForward(nn.Module):
         return self.model.forward_multiscale(x)
 
 
+def _append_heads(out: MultiScaleOutput, cls: Tensor, dist: Optional[Tensor]) -> None:
+    """One scale's class-token logits (and distillation-token logits) onto ``out``."""
+    out.logits.append(cls)
+    if dist is not None:
+        out.dist_logits.append(dist)
+
+
 def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
-                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int,
+                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int, dist_token: bool,
                  kwargs: Dict[str, Any]) -> ViTBackbone:
     """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments."""
     if isinstance(backbone, str):
-        return ViTBackbone(vit=create_vit(backbone, img_size, num_classes, **kwargs), num_scales=num_scales)
+        return ViTBackbone(vit=create_vit(backbone, img_size, num_classes, **kwargs), num_scales=num_scales,
+                           dist_token=dist_token or None)
     if kwargs or img_size is not None:
         raise ValueError("img_size and timm keyword arguments apply to a backbone given by name, not to a built "
                          f"{type(backbone).__name__}")
     if not isinstance(backbone, ViTBackbone):
-        backbone = ViTBackbone(vit=backbone, num_scales=num_scales)
+        backbone = ViTBackbone(vit=backbone, num_scales=num_scales, dist_token=dist_token or None)
+    if dist_token and not backbone.has_dist_token:
+        raise ValueError("dist_token is True but the given backbone has no distillation token")
     if backbone.num_scales != num_scales:
         raise ValueError(f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is "
                          f"{num_scales}")

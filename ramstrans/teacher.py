@@ -1,0 +1,124 @@
+"""The frozen teacher of knowledge distillation: a trained ramstrans model (a classifier such as a CNN, or a RAMS-Trans
+ViT's single scale) loaded from a checkpoint, a run folder or an exported timm folder.
+
+The teacher is always in eval mode, has no trainable parameters, draws no random numbers (so a resumed run continues
+exactly), is never wrapped in DDP (the criterion holds it, not the trained module), and sees exactly the student's
+pixels, renormalised from the student's mean / std to its own.
+"""
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import LATEST, load_checkpoint, model_from_checkpoint
+from .errors import CheckpointError, ConfigError
+
+__all__ = ["Teacher", "TeacherSource", "load_teacher", "file_sha256"]
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Teacher(nn.Module):
+    """A frozen classifier that takes the student's normalised images.
+
+    Args:
+        model: the teacher (RAMSTrans or Classifier): (B, C, H, W) its own normalisation -> (B, K) logits.
+        student_mean: the student's per-channel input mean (the batches arrive normalised with it).
+        student_std: the student's per-channel input std.
+
+    With the teacher's own mean m_t, std s_t: x_t = (x · s_s + m_s − m_t) / s_t, computed as x · a + b.
+    """
+
+    def __init__(self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        s_mean, s_std = (torch.tensor(v, dtype=torch.float64) for v in (student_mean, student_std))
+        t_mean, t_std = (torch.tensor(v, dtype=torch.float64) for v in (model.backbone.mean, model.backbone.std))
+        if s_mean.numel() != t_mean.numel():
+            raise ValueError(f"the teacher takes {t_mean.numel()} input channels, the student {s_mean.numel()}")
+        self.register_buffer("scale", (s_std / t_std).float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((s_mean - t_mean) / t_std).float().view(1, -1, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """The wrapper follows ``mode``; the teacher itself stays in eval mode (BatchNorm statistics never move)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    num_scales = 1
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, scales=1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
+                boxes: bool = True):
+        """The teacher's own single-scale ``Prediction`` on the student's images (to report its accuracy)."""
+        return self.model.predict(self.normalize_input(x), 1, boxes=False)
+
+    def normalize_input(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) images in the student's normalisation -> the same pixels in the teacher's."""
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) images in the student's normalisation -> (B, K) teacher logits (no gradient)."""
+        return self.model(self.normalize_input(x))
+
+
+@dataclass
+class TeacherSource:
+    """Who the teacher is: what the checkpoint records and a resume checks."""
+
+    path: str
+    name: str
+    sha256: str
+
+    def as_dict(self) -> Dict[str, str]:
+        return {"path": self.path, "name": self.name, "sha256": self.sha256}
+
+
+def _read(source: str) -> Tuple[nn.Module, List[str], int, Path, str]:
+    """(model, class names, input side, weights file, architecture) of a checkpoint, run folder or export folder."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"distill.teacher {source} does not exist")
+    if path.is_dir() and (path / "config.json").is_file():
+        from .export import model_from_export
+        model, names, transform = model_from_export(str(path))
+        return model, names, int(transform["crop"]), path / "model.safetensors", model.backbone.name
+    ckpt_path = path / LATEST if path.is_dir() else path
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"distill.teacher {source} is a folder with neither a checkpoint nor an exported model")
+    model, cfg, names = model_from_checkpoint(load_checkpoint(ckpt_path), origin=f"distill.teacher {ckpt_path}")
+    return model, names, cfg.model.img_size, ckpt_path, cfg.model.backbone
+
+
+def load_teacher(source: str, class_names: Sequence[str], img_size: int, student_mean: Sequence[float],
+                 student_std: Sequence[float]) -> Tuple[Teacher, TeacherSource]:
+    """The teacher of ``distill.teacher``, checked against the student's classes and input size.
+
+    Raises:
+        FileNotFoundError: the teacher does not exist.
+        CheckpointError: not a checkpoint, run folder or export the toolkit can read.
+        ConfigError: trained on other classes, or at another input size than the student's.
+    """
+    model, names, side, weights, arch = _read(source)
+    if list(names) != list(class_names):
+        raise ConfigError(f"distill.teacher {source} was trained on other classes ({len(names)}: "
+                          f"{', '.join(names[:3])}, ...) than the data set ({len(class_names)}: "
+                          f"{', '.join(list(class_names)[:3])}, ...)")
+    if side != img_size:
+        raise ConfigError(f"distill.teacher {source} takes {side}-pixel images but model.img_size is {img_size}: "
+                          "the teacher must see the student's pixels")
+    teacher = Teacher(model=model, student_mean=student_mean, student_std=student_std)
+    return teacher, TeacherSource(path=str(weights), name=arch, sha256=file_sha256(weights))
