@@ -7,11 +7,13 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["RAMSTrans", "create_model", "load_config", "MultiScaleLoss", "build_criterion", "load_checkpoint",
-           "model_from_checkpoint", "__version__"]
+__all__ = ["RAMSTrans", "Classifier", "create_model", "load_config", "MultiScaleLoss", "DistillationLoss",
+           "build_criterion", "Teacher", "load_teacher", "load_checkpoint", "model_from_checkpoint", "__version__"]
 
-_WHERE = {"RAMSTrans": ".models", "create_model": ".models", "load_config": ".config", "MultiScaleLoss": ".losses",
-          "build_criterion": ".losses", "load_checkpoint": ".checkpoint", "model_from_checkpoint": ".checkpoint"}
+_WHERE = {"RAMSTrans": ".models", "Classifier": ".models", "create_model": ".models", "load_config": ".config",
+          "MultiScaleLoss": ".losses", "DistillationLoss": ".losses", "build_criterion": ".losses",
+          "Teacher": ".teacher", "load_teacher": ".teacher", "load_checkpoint": ".checkpoint",
+          "model_from_checkpoint": ".checkpoint"}
 
 
 def __getattr__(name: str) -> Any:

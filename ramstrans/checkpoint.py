@@ -20,7 +20,7 @@ from torch import nn
 from .config import Config, ConfigError, config_diff, config_from_dict
 from .errors import CheckpointError
 from .files import atomic_write
-from .models import RAMSTrans, build_model
+from .models import Model, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint", "weights_used",
            "load_model_state", "find_checkpoint", "save_run_checkpoint", "FORMAT", "LATEST"]
@@ -160,7 +160,7 @@ def weights_used(ckpt: Dict[str, Any], weights: str = "auto", origin: str = "the
 
 
 def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "auto",
-                          origin: str = "the checkpoint") -> Tuple[RAMSTrans, Config, List[str]]:
+                          origin: str = "the checkpoint") -> Tuple[Model, Config, List[str]]:
     """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
 
     Args:

@@ -15,7 +15,7 @@ from .data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from .dist import resolve_device
 from .engine import amp_setup, autocast, evaluate
 from .files import write_text_atomic
-from .models import RAMSTrans, zoom_confidence
+from .models import Model, zoom_confidence
 from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
                     plot_zoom_sweep)
 
@@ -25,7 +25,7 @@ SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0
 SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
 
 
-def eval_transform(cfg: Config, model: RAMSTrans) -> Transform:
+def eval_transform(cfg: Config, model: Model) -> Transform:
     """The deterministic test-time transform of a trained model (resize, center crop, its normalisation)."""
     return Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize, mean=model.backbone.mean,
                      std=model.backbone.std)
@@ -72,7 +72,7 @@ def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
 
 
 def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Optional[str],
-          skip_corrupt: bool) -> Tuple[RAMSTrans, Config, List[str], Dict, ImageDataset, torch.device]:
+          skip_corrupt: bool) -> Tuple[Model, Config, List[str], Dict, ImageDataset, torch.device]:
     """Model (eval mode, on the device), config, class names, checkpoint and the split's dataset."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -147,7 +147,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
 
 
 @torch.no_grad()
-def _scale_probs(model: RAMSTrans, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
+def _scale_probs(model: Model, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
     """Scale-1 and fused probabilities (all scales) and the labels of every image, on the CPU."""
     first, fused, labels = [], [], []
     for batch in loader:

@@ -25,7 +25,7 @@ from .engine import amp_setup, autocast
 from .errors import DataError
 from .evaluate import check_threshold, parse_scales
 from .files import write_text_atomic
-from .models import RAMSTrans
+from .models import Model
 
 __all__ = ["run_predict", "expand_paths", "load_for_inference"]
 
@@ -56,7 +56,7 @@ def expand_paths(paths: Sequence[str]) -> List[Path]:
     return list(out)
 
 
-def load_for_inference(source: str, weights: str = "auto") -> Tuple[RAMSTrans, List[str], Transform]:
+def load_for_inference(source: str, weights: str = "auto") -> Tuple[Model, List[str], Transform]:
     """The model (eval mode), class names and test transform of a ramstrans checkpoint or an exported timm folder.
 
     Raises:
@@ -151,6 +151,8 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
     check_threshold(zoom_threshold)
     files = expand_paths(paths)
     model, names, transform = load_for_inference(model_path, weights)
+    if visualize and not hasattr(model, "propose"):
+        raise ValueError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
     scales = parse_scales(scales, model.num_scales)
     dev = resolve_device(device)
     model.to(dev)

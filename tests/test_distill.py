@@ -16,7 +16,7 @@ from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.config import load_config
 from ramstrans.losses import DistillationLoss, MultiScaleLoss, kd_term
-from ramstrans.models import Classifier, MultiScaleOutput, RAMSTrans
+from ramstrans.models import Classifier, MultiScaleForward, MultiScaleOutput, RAMSTrans, crop_and_zoom
 from ramstrans.models.pretrained import load_pretrained
 from ramstrans.teacher import Teacher
 from ramstrans.train import run_training
@@ -72,6 +72,17 @@ def test_tail_token_layout_with_moved_position_embedding_is_the_same_function():
         tokens = vit.norm(vit.blocks(tail))
         want = (vit.head(tokens[:, 0]) + vit.head_dist(tokens[:, -1])) / 2
         torch.testing.assert_close(model(x), want, rtol=0, atol=1e-10)
+
+
+def test_a_plain_ramstrans_checkpoint_lifts_into_the_student(trained):
+    model = _student(num_scales=2)
+    load_pretrained(model.backbone, str(trained / "checkpoint.pth"))
+    sd = load_checkpoint(trained / "checkpoint.pth")["model"]
+    vit = model.backbone.vit
+    assert torch.equal(vit.dist_token, sd["backbone.vit.cls_token"])
+    assert torch.equal(vit.pos_embed[:, 1], sd["backbone.vit.pos_embed"][:, 0])
+    assert torch.equal(model.backbone.zoom_cls_tokens[0], sd["backbone.zoom_cls_tokens.0"])
+    assert torch.equal(model.backbone.zoom_dist_tokens[0], sd["backbone.vit.cls_token"])  # from the dist token
 
 
 def test_plain_vit_weights_lift_into_the_student(tmp_path):
@@ -258,3 +269,35 @@ def test_onnx_of_a_student_and_a_classifier(tmp_path):
         got = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
         want = model.predict(x, scales, boxes=False).probs if scales > 1 else model(x)
         np.testing.assert_allclose(got[1 if scales > 1 else 0], want.detach().numpy(), atol=1e-4)
+
+
+class _Spy(torch.nn.Module):
+    """A teacher that records the images it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return torch.zeros(x.shape[0], 5)
+
+
+def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_targets():
+    from ramstrans.engine import _backward
+    from ramstrans.mixing import Mixer
+    student = _student(num_scales=2).train()
+    spy = _Spy()
+    loss = DistillationLoss(base=MultiScaleLoss(weights=(1.0, 1.0)), teacher=spy, alpha=0.5, scales=[0, 1])
+    mixer = Mixer(num_classes=5, image_size=(64, 64), grid_size=(4, 4), mixup_alpha=0.0, cutmix_alpha=1.0, seed=3)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    terms = _backward(MultiScaleForward(student), loss, {"image": x, "label": y}, torch.device("cpu"), None, None,
+                      mixer, 7, 1.0, lambda record: None)
+    mixed, targets_for = mixer(x, y, 7)
+    assert not torch.equal(mixed, x) and torch.equal(spy.seen[0], mixed)
+    out = student.forward_multiscale(mixed)
+    targets, _ = targets_for(out)
+    assert targets[0].dim() == 2  # soft (B, K) targets of the TransMix λ
+    assert torch.equal(spy.seen[1], crop_and_zoom(mixed, out.boxes[0], (64, 64)))  # scale 2: the student's crop
+    want_ce = 0.5 * -(targets[0] * out.logits[0].log_softmax(-1)).sum(-1).mean()
+    assert terms["ce_scale1"].item() == pytest.approx(want_ce.item(), rel=1e-5)

@@ -131,6 +131,30 @@ def test_only_rank0_writes_and_a_single_process_resumes(tmp_path, synthetic_root
     assert resumed["train"]["steps"] == 2  # continued at step 4, not from scratch
 
 
+DISTILL = ["model.dist_token=true", "distill.enabled=true", "distill.scales=[1, 2]", "train.steps=3",
+           "train.warmup_steps=0", "train.ckpt_every=3"]
+
+
+def _distill_worker(rank, world, port, root, out, teacher):
+    _env(rank, world, port)
+    run_training(_cfg(root, out, *DISTILL, f"distill.teacher={teacher}", "train.batch_size=2"), show_progress=False)
+
+
+def test_ddp_distillation_equals_one_process_on_the_joint_batch(tmp_path, synthetic_root):
+    """The teacher stays outside DDP (in the criterion): two processes of 2 images train the student as one of 4."""
+    teacher = tmp_path / "teacher"
+    run_training(_cfg(synthetic_root, teacher, "model.type=classifier", "model.backbone=resnet10t",
+                      "model.num_scales=1", "loss.scale_weights=[1.0]",
+                      "model.backbone_kwargs={channels: [8, 8, 16, 16]}"), show_progress=False)
+    mp.start_processes(_distill_worker, args=(2, _free_port(), synthetic_root, tmp_path / "ddp", teacher), nprocs=2,
+                       start_method="spawn")
+    run_training(_cfg(synthetic_root, tmp_path / "one", *DISTILL, f"distill.teacher={teacher}",
+                      "train.batch_size=4"), show_progress=False)
+    got, want = (load_checkpoint(tmp_path / d / "checkpoint.pth")["model"] for d in ("ddp", "one"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=2e-6, rtol=1e-5, msg=k)
+
+
 def _unreachable_worker(rank, world, port, root, out):
     os.environ.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
