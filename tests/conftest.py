@@ -59,3 +59,18 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(*TINY_TRAIN)) == 0
     return out
+
+
+def stop_after_step(monkeypatch, step: int):
+    """Make training runs raise KeyboardInterrupt right after writing their step-``step`` checkpoint (a user stopping
+    them); returns the function that restores normal saving."""
+    from ramstrans import checkpoint
+    real = checkpoint.save_run_checkpoint
+
+    def save_then_stop(state, out_dir, keep):
+        real(state, out_dir, keep)
+        if state["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
+    return lambda: monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.deit import VisionTransformerDistilled
 
-from conftest import TINY_TRAIN, sets
+from conftest import TINY_TRAIN, sets, stop_after_step
 from ramstrans import checkpoint as ckpt_mod
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
@@ -104,6 +104,26 @@ def test_plain_vit_weights_lift_into_the_student(tmp_path):
     fresh = other.backbone.vit.head_dist.weight.clone()
     load_pretrained(other.backbone, str(tmp_path / "plain.pth"))  # another class count: fresh heads stay
     assert torch.equal(other.backbone.vit.head_dist.weight, fresh)
+
+
+def test_a_classifier_loads_timm_files_and_its_own_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+    torch.manual_seed(2)
+    src = timm.create_model("resnet10t", num_classes=9, channels=[8, 8, 16, 16])
+    save_file(src.state_dict(), str(tmp_path / "r.safetensors"))
+    clf = Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16],
+                     pretrained=str(tmp_path / "r.safetensors"))
+    got, want = clf.backbone.net.state_dict(), src.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want if not k.startswith("fc."))
+    assert clf.backbone.net.fc.weight.shape == (5, 16)  # 9 classes in the file: the fresh head stays
+    with pytest.raises(ValueError, match="do not fit model 'resnet10t'"):
+        Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 32],
+                   pretrained=str(tmp_path / "r.safetensors"))
+    run = _teacher_run(tmp_path)  # a ramstrans checkpoint of a classifier: its weights and normalisation
+    clf = Classifier("resnet10t", num_classes=3, img_size=64, channels=[8, 8, 16, 16],
+                     pretrained=str(run / "checkpoint.pth"))
+    saved = load_checkpoint(run / "checkpoint.pth")["model"]
+    assert all(torch.equal(v, saved[f"backbone.{k}"]) for k, v in clf.backbone.state_dict().items())
 
 
 def _hand_kl(student, teacher, tau):
@@ -232,17 +252,10 @@ def test_resume_with_a_teacher_is_exact_and_checks_the_teacher(tmp_path, monkeyp
 
     straight = run_training(cfg(tmp_path / "a"), show_progress=False)
     want = load_checkpoint(straight["checkpoint"])["model"]
-    real_save = ckpt_mod.save_run_checkpoint
-
-    def save_then_stop(state, out_dir, keep):
-        real_save(state, out_dir, keep)
-        if state["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
+    restore = stop_after_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(tmp_path / "b"), show_progress=False)
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real_save)
+    restore()
     other = shutil.copytree(run, tmp_path / "other_teacher")
     state = torch.load(other / "checkpoint.pth", weights_only=False)
     state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}

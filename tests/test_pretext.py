@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ramstrans import checkpoint as ckpt_mod
+from conftest import stop_after_step
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import Transform, eval_loader, train_loader
@@ -51,17 +51,10 @@ def test_labels_are_coarse_families_disjoint_from_the_fine_grained_species():
 def test_short_pretraining_resumes_exactly(tmp_path, monkeypatch):
     cfg = lambda out: load_config("pretrain_synthetic", PRETRAIN_TINY + [f"train.output_dir={out}"])  # noqa: E731
     want = load_checkpoint(run_training(cfg(tmp_path / "a"), show_progress=False)["checkpoint"])["model"]
-    real = ckpt_mod.save_run_checkpoint
-
-    def stop_after_two(state, out_dir, keep):
-        real(state, out_dir, keep)
-        if state["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", stop_after_two)
+    restore = stop_after_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(tmp_path / "b"), show_progress=False)
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real)
+    restore()
     got = run_training(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "checkpoint.pth"), show_progress=False)
     got = load_checkpoint(got["checkpoint"])["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)

@@ -4,8 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
-from ramstrans import checkpoint as ckpt_mod
+from conftest import TINY_TRAIN, stop_after_step
 from ramstrans.checkpoint import load_checkpoint, save_checkpoint
 from ramstrans.config import load_config
 from ramstrans.train import build_optimizer, build_scheduler, run_training
@@ -19,17 +18,10 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     straight = run_training(_cfg(tmp_path / "a", "train.steps=4"), show_progress=False)
     want = load_checkpoint(straight["checkpoint"])["model"]
 
-    real_save = ckpt_mod.save_run_checkpoint
-
-    def save_then_stop(state, out_dir, keep):
-        real_save(state, out_dir, keep)
-        if state["step"] == 2:
-            raise KeyboardInterrupt  # the user stops the run right after the step-2 checkpoint
-
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
+    restore = stop_after_step(monkeypatch, 2)  # the user stops the run right after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_training(_cfg(tmp_path / "b", "train.steps=4"), show_progress=False)
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real_save)
+    restore()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["step"] == 2
     resumed = run_training(_cfg(tmp_path / "b", "train.steps=4"), resume=str(tmp_path / "b" / "checkpoint.pth"),
                            show_progress=False)

@@ -67,7 +67,6 @@ def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int]
         threads: torch / onnxruntime intra-op threads.
         repeats: timed repeats per measurement.
     """
-    import onnxruntime as ort
     import timm
 
     from ..checkpoint import load_checkpoint, model_from_checkpoint
@@ -94,18 +93,23 @@ def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int]
         paths = {s: export_onnx(checkpoint, str(Path(tmp) / f"m{s}.onnx"), scales=s) for s in (1, 2)}
         for n_threads in threads:
             torch.set_num_threads(n_threads)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
-            # idle onnxruntime threads otherwise spin for a while after a run, taking a core from what runs next
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sessions = {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                        for s, p in paths.items()}
+            sessions = _ort_sessions(paths, n_threads)
             for batch in batches:
                 x = images[:batch]
                 result["rows"].append({"batch": batch, "threads": n_threads,
                                        **_time_models(model, vit, sessions, x, zoom_threshold, repeats)})
     torch.set_num_threads(available)
     return result
+
+
+def _ort_sessions(paths: Dict[int, Path], n_threads: int) -> Dict[int, object]:
+    """onnxruntime CPU sessions of the ONNX files (keyed by number of scales) on ``n_threads`` threads."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
+    # idle onnxruntime threads otherwise spin for a while after a run, taking a core from what runs next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for s, p in paths.items()}
 
 
 def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeats: int) -> Dict[str, object]:
@@ -215,8 +219,6 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
         threads: torch / onnxruntime intra-op threads.
         repeats: timed repeats per measurement.
     """
-    import onnxruntime as ort
-
     from ..config import load_config
     from ..export import write_onnx
     from ..models import build_model
@@ -239,11 +241,7 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
             paths = {s: write_onnx(model, Path(tmp) / f"m{s}.onnx", s) for s in sorted({1, scales})}
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                sessions = {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-                            for s, p in paths.items()}
+                sessions = _ort_sessions(paths, n_threads)
                 fns = {"eager_single": lambda: model(x),
                        **{f"onnx_{'single' if s == 1 else 'fused'}": (lambda s=s: sessions[s].run(
                            None, {"images": x.numpy()})) for s in sessions}}

@@ -4,7 +4,7 @@ from typing import Union
 
 from .backbone import InputNorm, ViTBackbone, ViTFeatures, create_vit, make_distilled
 from .classifier import Classifier, NetBackbone, create_net
-from .pretrained import load_pretrained, load_pretrained_net
+from .pretrained import load_pretrained
 from .proposal import (component_boxes, component_labels, compose_boxes, crop_and_zoom, largest_component,
                        threshold_rollout)
 from .rams import (MultiScaleForward, MultiScaleOutput, Prediction, Proposal, RAMSTrans, create_model,
@@ -14,7 +14,7 @@ from .rollout import attention_rollout
 __all__ = ["ViTBackbone", "ViTFeatures", "create_vit", "load_pretrained", "component_boxes", "compose_boxes",
            "crop_and_zoom", "largest_component", "threshold_rollout", "MultiScaleForward", "MultiScaleOutput",
            "Prediction", "Proposal", "RAMSTrans", "create_model", "zoom_confidence", "attention_rollout",
-           "build_model", "component_labels", "Classifier", "NetBackbone", "create_net", "load_pretrained_net",
+           "build_model", "component_labels", "Classifier", "NetBackbone", "create_net",
            "InputNorm", "make_distilled", "Model"]
 
 Model = Union[RAMSTrans, Classifier]

@@ -12,6 +12,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from .backbone import InputNorm, _pair
+from .pretrained import load_pretrained
 from .rams import MultiScaleOutput, Prediction, _prefixed
 
 __all__ = ["Classifier", "NetBackbone", "create_net"]
@@ -94,7 +95,7 @@ class Classifier(nn.Module):
         num_classes: number of classes K; None keeps the model's own.
         img_size: input size (int or (H, W)); None: 224.
         pretrained: optional weights (a timm state dict file, a ramstrans checkpoint, shipped weights or a timm tag;
-            see ``load_pretrained_net``).
+            see ``load_pretrained``).
         download_timeout_s: the longest a download of hub weights may take in all.
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
@@ -115,8 +116,7 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         if pretrained:
-            from .pretrained import load_pretrained_net
-            load_pretrained_net(backbone, pretrained, download_timeout_s)
+            load_pretrained(backbone, pretrained, download_timeout_s)
 
     def _check_input(self, x: Tensor) -> None:
         C, (H, W) = self.backbone.in_chans, self.backbone.img_size

@@ -1,4 +1,5 @@
-"""Pretrained initialisation of a ViTBackbone from Google .npz, timm state dicts, the timm hub or ramstrans checkpoints.
+"""Pretrained initialisation of a ViTBackbone (or a classifier's NetBackbone) from Google .npz, timm state dicts, the
+timm hub or ramstrans checkpoints.
 
 Every route ends the same way: position embeddings resampled to the backbone's grid, the classifier kept only when its
 class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from .backbone import ViTBackbone
 
-__all__ = ["load_pretrained", "load_pretrained_net", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
+__all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 
 # Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
 GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -95,23 +96,26 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], 
         sd = checkpoint_filter_fn(state_dict, vit)
     except Exception as e:
         raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
-    own = vit.state_dict()
-    head_fits = "head.weight" in sd and "head.weight" in own and sd["head.weight"].shape == own["head.weight"].shape
-    optional = set()
-    if not head_fits:  # another class count: keep the fresh head(s)
-        optional = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
-        for k in optional:
+    _load_fitting(vit, sd, {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"},
+                  f"pretrained weights {origin} do not fit backbone '{backbone.name}'")
+
+
+def _load_fitting(module: nn.Module, sd: Dict[str, Tensor], head_keys: set, misfit: str) -> None:
+    """Load ``sd`` into ``module``; the head (``head_keys``) is dropped and left fresh when its shape differs (another
+    class count). Anything else missing, unexpected or of another shape is a ValueError starting with ``misfit``."""
+    own = module.state_dict()
+    sd = dict(sd)
+    if not all(k in sd and sd[k].shape == own[k].shape for k in head_keys if k in own):
+        for k in head_keys:
             sd.pop(k, None)
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
-        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {k} has shape "
-                         f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
-    missing, unexpected = vit.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in optional]
+        raise ValueError(f"{misfit}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in head_keys]
     if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {what}")
+        raise ValueError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
 
 
 def _load_npz(backbone: ViTBackbone, path: Path) -> None:
@@ -224,104 +228,66 @@ def shipped_weights() -> Dict[str, Path]:
     return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.safetensors"))}
 
 
-def _load_shipped(backbone: ViTBackbone, name: str) -> None:
+def _load_shipped(backbone, name: str, load_sd) -> None:
     file = shipped_weights()[name]
     meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
-    _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
+    load_sd(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
     backbone.set_normalization(meta["mean"], meta["std"])
 
 
-def load_pretrained(backbone: ViTBackbone, source: str, download_timeout_s: float = 60.0) -> None:
-    """Initialise ``backbone`` in place from ``source``.
+def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> None:
+    """Initialise a ``ViTBackbone`` (or a classifier's ``NetBackbone``) in place from ``source``.
 
     Args:
         backbone: the model to fill.
-        source: a path to Google's ``.npz``, a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
-            checkpoint; the name of weights shipped with the package (``"synthetic-tiny"``); or ``"timm"`` (the
-            model's default timm weights) or a timm pretrained tag such as ``"augreg_in21k"`` (downloaded from the hub
-            unless cached; needs internet).
+        source: a path to Google's ``.npz`` (ViTs), a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
+            checkpoint (its EMA weights when it has them, and its normalisation); the name of weights shipped with the
+            package (``"synthetic-tiny"``); or ``"timm"`` (the model's default timm weights) or a timm pretrained tag
+            such as ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
         download_timeout_s: the longest a hub download may take in all.
 
     Raises:
         FileNotFoundError: ``source`` looks like a path and does not exist.
         ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
     """
+    vit = isinstance(backbone, ViTBackbone)
+    load_sd = _load_timm_state_dict if vit else _load_net_state_dict
     path = Path(os.path.expanduser(str(source)))
     if source in shipped_weights() and not path.exists():
-        _load_shipped(backbone, source)
-    elif path.is_file() and path.suffix == ".npz":
+        _load_shipped(backbone, source, load_sd)
+    elif vit and path.is_file() and path.suffix == ".npz":
         _load_npz(backbone, path)
     elif path.is_file():
         obj = read_state_dict(path)
         if obj.get("format") == "ramstrans":
-            _load_ramstrans(backbone, obj, path)
+            (_load_ramstrans if vit else _load_ramstrans_net)(backbone, obj, path)
             return
         sd = _unwrap(obj)
         if not sd:
             raise ValueError(f"pretrained file {path} holds no tensors")
-        _load_timm_state_dict(backbone, sd, str(path))
+        load_sd(backbone, sd, str(path))
     elif path.suffix or os.sep in str(source) or path.exists():
         raise FileNotFoundError(f"pretrained file {source} does not exist")
     else:
         file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
-        _load_timm_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
+        load_sd(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
         backbone.set_normalization(cfg["mean"], cfg["std"])
-    _copy_cls_to_zoom_tokens(backbone)
+    if vit:
+        _copy_cls_to_zoom_tokens(backbone)
+
+
+def _load_ramstrans_net(backbone, ckpt: Dict[str, object], path: Path) -> None:
+    """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
+    sd = ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
+    _load_net_state_dict(backbone, {k[len("backbone.net."):]: v for k, v in sd.items()
+                                    if k.startswith("backbone.net.")}, str(path))
+    backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
 
 
 def _load_net_state_dict(backbone, state_dict: Dict[str, Tensor], origin: str) -> None:
     """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
     net = backbone.net
-    own = net.state_dict()
     head = net.get_classifier()
     head_ids = {id(p) for p in (head.parameters() if isinstance(head, nn.Module) else ())}
-    head_keys = {n for n, p in net.named_parameters() if id(p) in head_ids}
-    sd = dict(state_dict)
-    if any(k in sd and sd[k].shape != own[k].shape for k in head_keys):  # another class count: keep the fresh head
-        for k in head_keys:
-            sd.pop(k, None)
-    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        k = mismatched[0]
-        raise ValueError(f"pretrained weights {origin} do not fit model '{backbone.name}': {k} has shape "
-                         f"{tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in head_keys]
-    if missing or unexpected:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ValueError(f"pretrained weights {origin} do not fit model '{backbone.name}': {what}")
-
-
-def load_pretrained_net(backbone, source: str, download_timeout_s: float = 60.0) -> None:
-    """Initialise a classifier's ``NetBackbone`` in place: from a timm ``.safetensors`` / ``.pth`` state dict, a
-    ramstrans checkpoint of a classifier (its EMA weights when it has them, and its normalisation), weights shipped
-    with the package, or a timm pretrained tag (``"timm"``: the model's default; from the local cache or the hub).
-
-    Raises:
-        FileNotFoundError: ``source`` looks like a path and does not exist.
-        ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
-    """
-    path = Path(os.path.expanduser(str(source)))
-    if source in shipped_weights() and not path.exists():
-        file = shipped_weights()[source]
-        meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
-        _load_net_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}' ({meta.get('architecture')})")
-        backbone.set_normalization(meta["mean"], meta["std"])
-    elif path.is_file():
-        obj = read_state_dict(path)
-        if obj.get("format") == "ramstrans":
-            sd = obj["model_ema"] if isinstance(obj.get("model_ema"), dict) else obj["model"]
-            _load_net_state_dict(backbone, {k[len("backbone.net."):]: v for k, v in sd.items()
-                                            if k.startswith("backbone.net.")}, str(path))
-            backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
-            return
-        sd = _unwrap(obj)
-        if not sd:
-            raise ValueError(f"pretrained file {path} holds no tensors")
-        _load_net_state_dict(backbone, sd, str(path))
-    elif path.suffix or os.sep in str(source) or path.exists():
-        raise FileNotFoundError(f"pretrained file {source} does not exist")
-    else:
-        file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
-        _load_net_state_dict(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
-        backbone.set_normalization(cfg["mean"], cfg["std"])
+    _load_fitting(net, state_dict, {n for n, p in net.named_parameters() if id(p) in head_ids},
+                  f"pretrained weights {origin} do not fit model '{backbone.name}'")
