@@ -41,6 +41,10 @@ class ModelConfig:
     grad_checkpointing: bool = False  # trade compute for memory
     dist_token: bool = False  # a class + distillation token per scale (a DeiT student; timm's distilled layout)
     eval_head: str = "mean"  # with dist_token, the test-time logits: mean of the two heads | cls | dist
+    attn_window: int = 0  # 0: global attention; r >= 1: patches attend to patches within Chebyshev distance r
+    ffn: str = "mlp"  # mlp (timm's) | conv (a depthwise convolution of the patch tokens, identity-initialised)
+    ffn_kernel: int = 3  # conv: odd kernel of the depthwise convolution
+    ffn_prefix: str = "mlp"  # conv: the class / distillation tokens go through fc1 -> act -> fc2 (mlp) or bypass it
 
 
 @dataclass
@@ -202,6 +206,10 @@ _POSITIVE = ((lambda v: v > 0), "> 0")
 _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.type", lambda v: v in ("rams", "classifier"), "rams or classifier"),
     ("model.eval_head", lambda v: v in ("mean", "cls", "dist"), "mean, cls or dist"),
+    ("model.attn_window", _at_least(0)[0], ">= 0 (0 = global attention)"),
+    ("model.ffn", lambda v: v in ("mlp", "conv"), "mlp or conv"),
+    ("model.ffn_kernel", lambda v: v >= 1 and v % 2 == 1, "odd and >= 1"),
+    ("model.ffn_prefix", lambda v: v in ("mlp", "bypass"), "mlp or bypass"),
     ("model.img_size", *_at_least(1)),
     ("model.num_scales", *_at_least(1)),
     ("model.alpha", *_POSITIVE),
@@ -259,6 +267,10 @@ _COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
      "must be 1 for model.type classifier (it has no attention to zoom with)"),
     ("model.dist_token", lambda c: c.model.type == "classifier" and c.model.dist_token,
      "needs model.type rams (a ViT student); a classifier has no tokens"),
+    ("model.attn_window", lambda c: c.model.type == "classifier" and c.model.attn_window,
+     "needs model.type rams (a ViT's attention); a classifier cannot take it"),
+    ("model.ffn", lambda c: c.model.type == "classifier" and c.model.ffn != "mlp",
+     "needs model.type rams (a ViT's blocks); a classifier cannot take it"),
     ("mix.transmix", lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
      "needs a ViT's attention; set mix.transmix=false for model.type classifier"),
     ("distill.enabled", lambda c: c.distill.enabled and not c.model.dist_token,

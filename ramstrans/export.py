@@ -64,6 +64,9 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     ckpt = load_checkpoint(checkpoint)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
     folder = _checked_out(out, scales, model)
+    if cfg.model.attn_window or cfg.model.ffn != "mlp":
+        raise ValueError(f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
+                         "have (a timm folder would load another function): export it with --format onnx")
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"export folder {folder} is not empty: give a new or empty folder")
     staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed

@@ -154,6 +154,15 @@ CASES = [
      ["distill.scales", "beyond model.num_scales"]),
     ("visualize_classifier", lambda c: ["visualize", "--checkpoint", str(_teacher(c)), "--num", "1"], 2,
      ["resnet10t classifier", "no attention"]),
+    # 6. the distilled transformer's options
+    ("attn_window_beyond_grid", lambda c: _resume(c, "train.steps=4", "model.attn_window=4"), 2,
+     ["model.attn_window", "[1, 3]", "4 x 4 patch grid"]),
+    ("attn_window_negative", lambda c: _resume(c, "model.attn_window=-1"), 2, ["model.attn_window", ">= 0"]),
+    ("ffn_kernel_even", lambda c: _resume(c, "model.ffn=conv", "model.ffn_kernel=2"), 2,
+     ["model.ffn_kernel", "odd"]),
+    ("classifier_window", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
+        *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t", "model.num_scales=1",
+        "loss.scale_weights=[1.0]", "model.attn_window=1"), 2, ["model.attn_window", "classifier cannot take it"]),
     ("classifier_two_scales", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
         *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t"), 2, ["model.num_scales", "classifier"]),
 ]

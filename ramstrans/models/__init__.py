@@ -2,7 +2,8 @@
 teacher); ``build_model`` maps the config."""
 from typing import Union
 
-from .backbone import InputNorm, ViTBackbone, ViTFeatures, create_vit, make_distilled
+from .backbone import ViTBackbone, ViTFeatures, create_vit, make_distilled
+from .inputs import InputNorm
 from .classifier import Classifier, NetBackbone, create_net
 from .pretrained import load_pretrained
 from .proposal import (component_boxes, component_labels, compose_boxes, crop_and_zoom, largest_component,
@@ -34,7 +35,8 @@ def build_model(model_cfg, num_classes: int) -> Model:
                           num_scales=model_cfg.num_scales, alpha=model_cfg.alpha, residual=model_cfg.residual,
                           rollout_rows=model_cfg.rollout_rows, pretrained=model_cfg.pretrained,
                           download_timeout_s=model_cfg.download_timeout_s, dist_token=model_cfg.dist_token,
-                          eval_head=model_cfg.eval_head, **kwargs)
+                          eval_head=model_cfg.eval_head, attn_window=model_cfg.attn_window, ffn=model_cfg.ffn,
+                          ffn_kernel=model_cfg.ffn_kernel, ffn_prefix=model_cfg.ffn_prefix, **kwargs)
     if model_cfg.grad_checkpointing:
         model.backbone.timm_model.set_grad_checkpointing(True)
     if model_cfg.mean is not None or model_cfg.std is not None:

@@ -28,7 +28,11 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "create_vit", "make_distilled", "InputNorm"]
+from .attention import WindowAttention
+from .ffn import ConvMlp
+from .inputs import InputNorm
+
+__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "create_vit", "make_distilled"]
 
 Head = Literal["mean", "cls", "dist"]
 HEADS = ("mean", "cls", "dist")
@@ -117,13 +121,15 @@ def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
 
 
 def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None, num_classes: Optional[int] = None,
-               **timm_kwargs) -> VisionTransformer:
+               window_attention: bool = False, conv_ffn: bool = False, **timm_kwargs) -> VisionTransformer:
     """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
 
     Args:
         name: timm model name, e.g. ``vit_base_patch16_224``.
         img_size: input size (int or (H, W)); None keeps the model's default.
         num_classes: classifier outputs; None keeps the model's default.
+        window_attention: build the blocks' attention as ``WindowAttention`` (sized by ``ViTBackbone``).
+        conv_ffn: build the blocks' feed-forward as ``ConvMlp`` (sized by ``ViTBackbone``).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
 
     Raises:
@@ -136,6 +142,10 @@ def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None
         kwargs["img_size"] = img_size
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if window_attention:
+        kwargs["attn_layer"] = WindowAttention
+    if conv_ffn:
+        kwargs["mlp_layer"] = ConvMlp
     try:
         vit = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
@@ -171,59 +181,21 @@ def _capture(module: nn.Module, args: tuple, k: Tensor) -> None:
     q = tap.pop("q")
     q = q[:, :, :1] if tap["cls_only"] else q
     with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
-        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N)
-        tap["maps"].append((q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"]).softmax(dim=-1).mean(dim=1))
+        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the block's attention
+        logits = (q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"])
+        if tap["mask"] is not None:
+            logits.masked_fill_(~tap["mask"][:q.shape[2]], float("-inf"))
+        tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
 
 
 def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: Optional[List[Tensor]]) -> None:
     """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
     chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
     for blk in chosen:
-        tap = None if maps is None else {"maps": maps, "cls_only": mode == "cls", "scale": blk.attn.scale}
+        tap = None if maps is None else {"maps": maps, "cls_only": mode == "cls", "scale": blk.attn.scale,
+                                         "mask": getattr(blk.attn, "window_mask", None)}
         setattr(blk.attn.q_norm, _TAP, tap)
         setattr(blk.attn.k_norm, _TAP, tap)
-
-
-class InputNorm(nn.Module):
-    """The input normalisation a model's weights expect, as buffers (``norm_mean``, ``norm_std``) so it travels with
-    the state dict; the data pipeline reads it (``mean``, ``std``) to normalise images.
-
-    Args:
-        in_chans: input channels.
-        mean: per-channel mean in [0, 1] pixel units.
-        std: per-channel std.
-    """
-
-    def __init__(self, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("norm_mean", torch.zeros(in_chans, dtype=torch.float64))
-        self.register_buffer("norm_std", torch.ones(in_chans, dtype=torch.float64))
-        self.set_normalization(mean, std)
-
-    @property
-    def mean(self) -> Tuple[float, ...]:
-        """Per-channel input mean the weights expect (in [0, 1] pixel units)."""
-        return tuple(self.norm_mean.tolist())
-
-    @property
-    def std(self) -> Tuple[float, ...]:
-        return tuple(self.norm_std.tolist())
-
-    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Set the input normalisation (e.g. what pretrained weights expect).
-
-        Raises:
-            ValueError: not one value per input channel, or a std that is not positive.
-        """
-        mean, std = [float(v) for v in mean], [float(v) for v in std]
-        n = self.norm_mean.numel()
-        if len(mean) != n or len(std) != n:
-            raise ValueError(f"normalisation needs {n} values each, got mean {mean} and std {std}")
-        if min(std) <= 0:
-            raise ValueError(f"normalisation std must be positive, got {std}")
-        with torch.no_grad():
-            self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
-            self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
 
 
 class ViTBackbone(InputNorm):
@@ -238,10 +210,15 @@ class ViTBackbone(InputNorm):
         std: per-channel input std; None as ``mean``.
         dist_token: True converts a plain ViT to timm's distilled layout (``make_distilled``); None keeps the model's
             own layout; False refuses a distilled model.
+        attn_window: 0 (global attention) or a radius r >= 1 on the patch grid; needs ``WindowAttention`` blocks
+            (``create_vit(window_attention=True)``).
+        ffn_kernel: odd kernel of the ``ConvMlp`` blocks' depthwise convolution (where the blocks have them).
+        ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
     """
 
     def __init__(self, *, vit: VisionTransformer, num_scales: int = 2, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, dist_token: Optional[bool] = None) -> None:
+                 std: Optional[Sequence[float]] = None, dist_token: Optional[bool] = None, attn_window: int = 0,
+                 ffn_kernel: int = 3, ffn_prefix: str = "mlp") -> None:
         reason = _unsupported_reason(vit)
         if reason is not None:
             raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
@@ -263,10 +240,25 @@ class ViTBackbone(InputNorm):
         self.zoom_dist_tokens = nn.ParameterList(
             [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)] if self.has_dist_token
             else [])
+        self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
         for blk in vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
             blk.attn.q_norm.register_forward_hook(_keep_queries)
             blk.attn.k_norm.register_forward_hook(_capture)
+
+    def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
+        """Give the window attention and conv feed-forward blocks the grid and prefix count (after any conversion)."""
+        grid, prefix = self.grid_size, self.num_prefix_tokens
+        windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
+        if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
+            raise ValueError(f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
+                             f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
+                             f"{attn_window}")
+        for attn in windowed:
+            attn.set_window(grid, prefix, attn_window)
+        for blk in self.vit.blocks:
+            if isinstance(blk.mlp, ConvMlp):
+                blk.mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
 
     # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
     @property

@@ -11,7 +11,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-from .backbone import InputNorm, _pair
+from .backbone import _pair
+from .inputs import InputNorm
 from .pretrained import load_pretrained
 from .rams import MultiScaleOutput, Prediction, _prefixed
 

@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import huggingface_hub
 import torch
@@ -96,13 +96,17 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], 
         sd = checkpoint_filter_fn(state_dict, vit)
     except Exception as e:
         raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
+    # a plain ViT has no conv feed-forward: those convolutions keep their identity initialisation
+    fresh = {k for k in vit.state_dict() if ".mlp.dwconv." in k and k not in sd}
     _load_fitting(vit, sd, {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"},
-                  f"pretrained weights {origin} do not fit backbone '{backbone.name}'")
+                  f"pretrained weights {origin} do not fit backbone '{backbone.name}'", fresh)
 
 
-def _load_fitting(module: nn.Module, sd: Dict[str, Tensor], head_keys: set, misfit: str) -> None:
+def _load_fitting(module: nn.Module, sd: Dict[str, Tensor], head_keys: set, misfit: str,
+                  fresh: Set[str] = frozenset()) -> None:
     """Load ``sd`` into ``module``; the head (``head_keys``) is dropped and left fresh when its shape differs (another
-    class count). Anything else missing, unexpected or of another shape is a ValueError starting with ``misfit``."""
+    class count), and ``fresh`` keys may be absent. Anything else missing, unexpected or of another shape is a
+    ValueError starting with ``misfit``."""
     own = module.state_dict()
     sd = dict(sd)
     if not all(k in sd and sd[k].shape == own[k].shape for k in head_keys if k in own):
@@ -113,7 +117,7 @@ def _load_fitting(module: nn.Module, sd: Dict[str, Tensor], head_keys: set, misf
         k = mismatched[0]
         raise ValueError(f"{misfit}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
     missing, unexpected = module.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in head_keys]
+    missing = [k for k in missing if k not in head_keys and k not in fresh]
     if missing or unexpected:
         raise ValueError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
 

@@ -109,6 +109,11 @@ class RAMSTrans(nn.Module):
         download_timeout_s: the longest a download of hub weights may take in all.
         dist_token: a class and a distillation token per scale on timm's distilled layout (a DeiT student).
         eval_head: with a distillation token, the test-time logits: "mean" of the two heads (DeiT's), "cls" or "dist".
+        attn_window: 0 (global attention) or the radius of sliding-window attention on the patch grid (a backbone
+            given by name).
+        ffn: "mlp" (timm's) or "conv" (``ConvMlp``: a depthwise convolution of the patch tokens; by name).
+        ffn_kernel: the conv feed-forward's odd kernel.
+        ffn_prefix: the conv feed-forward's treatment of the class / distillation tokens: "mlp" or "bypass".
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
@@ -125,6 +130,10 @@ class RAMSTrans(nn.Module):
             download_timeout_s: float = 60.0,
             dist_token: bool = False,
             eval_head: Head = "mean",
+            attn_window: int = 0,
+            ffn: str = "mlp",
+            ffn_kernel: int = 3,
+            ffn_prefix: str = "mlp",
             **backbone_kwargs,
     ) -> None:
         super().__init__()
@@ -140,7 +149,11 @@ class RAMSTrans(nn.Module):
             raise ValueError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
         if eval_head not in HEADS:
             raise ValueError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
-        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, dist_token, backbone_kwargs)
+        if ffn not in ("mlp", "conv"):
+            raise ValueError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
+        options = dict(dist_token=dist_token, attn_window=attn_window, ffn=ffn, ffn_kernel=ffn_kernel,
+                       ffn_prefix=ffn_prefix)
+        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, options, backbone_kwargs)
         self.eval_head: Head = eval_head
         self.num_classes = self.backbone.num_classes
         self.num_scales = num_scales
@@ -345,17 +358,21 @@ def _append_heads(out: MultiScaleOutput, cls: Tensor, dist: Optional[Tensor]) ->
 
 
 def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
-                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int, dist_token: bool,
+                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int, options: Dict[str, Any],
                  kwargs: Dict[str, Any]) -> ViTBackbone:
-    """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments."""
+    """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments
+    (``options``: dist_token, attn_window, ffn, ffn_kernel, ffn_prefix)."""
+    dist_token = options["dist_token"]
+    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix")}
     if isinstance(backbone, str):
-        return ViTBackbone(vit=create_vit(backbone, img_size, num_classes, **kwargs), num_scales=num_scales,
-                           dist_token=dist_token or None)
+        vit = create_vit(backbone, img_size, num_classes, window_attention=options["attn_window"] > 0,
+                         conv_ffn=options["ffn"] == "conv", **kwargs)
+        return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)
     if kwargs or img_size is not None:
         raise ValueError("img_size and timm keyword arguments apply to a backbone given by name, not to a built "
                          f"{type(backbone).__name__}")
     if not isinstance(backbone, ViTBackbone):
-        backbone = ViTBackbone(vit=backbone, num_scales=num_scales, dist_token=dist_token or None)
+        backbone = ViTBackbone(vit=backbone, num_scales=num_scales, dist_token=dist_token or None, **sizing)
     if dist_token and not backbone.has_dist_token:
         raise ValueError("dist_token is True but the given backbone has no distillation token")
     if backbone.num_scales != num_scales:

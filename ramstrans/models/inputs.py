@@ -1,0 +1,49 @@
+"""The input normalisation every model of the pipeline carries (ViT backbone and classifier alike)."""
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["InputNorm"]
+
+
+class InputNorm(nn.Module):
+    """The input normalisation a model's weights expect, as buffers (``norm_mean``, ``norm_std``) so it travels with
+    the state dict; the data pipeline reads it (``mean``, ``std``) to normalise images.
+
+    Args:
+        in_chans: input channels.
+        mean: per-channel mean in [0, 1] pixel units.
+        std: per-channel std.
+    """
+
+    def __init__(self, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("norm_mean", torch.zeros(in_chans, dtype=torch.float64))
+        self.register_buffer("norm_std", torch.ones(in_chans, dtype=torch.float64))
+        self.set_normalization(mean, std)
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        """Per-channel input mean the weights expect (in [0, 1] pixel units)."""
+        return tuple(self.norm_mean.tolist())
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return tuple(self.norm_std.tolist())
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set the input normalisation (e.g. what pretrained weights expect).
+
+        Raises:
+            ValueError: not one value per input channel, or a std that is not positive.
+        """
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        n = self.norm_mean.numel()
+        if len(mean) != n or len(std) != n:
+            raise ValueError(f"normalisation needs {n} values each, got mean {mean} and std {std}")
+        if min(std) <= 0:
+            raise ValueError(f"normalisation std must be positive, got {std}")
+        with torch.no_grad():
+            self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
+            self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))

@@ -1,0 +1,96 @@
+"""The distilled transformer's architecture options: sliding-window attention and the convolutional feed-forward."""
+import pytest
+import timm
+import torch
+from timm.layers import Mlp
+from timm.models.pvt_v2 import MlpWithDepthwiseConv
+
+from ramstrans.models import RAMSTrans
+from ramstrans.models.attention import WindowAttention, window_mask
+from ramstrans.models.ffn import ConvMlp
+
+
+def test_window_mask_rows_at_a_corner_and_in_the_centre_and_global_tokens():
+    r, prefix, (gh, gw) = 1, 2, (5, 5)
+    m = window_mask((gh, gw), prefix, r)
+    assert m.shape == (prefix + gh * gw,) * 2
+    assert m[:prefix].all() and m[:, :prefix].all()  # class and distillation tokens are global both ways
+    corner, centre = prefix + 0, prefix + 2 * gw + 2
+    assert m[corner].sum() == prefix + (r + 1) ** 2 and m[centre].sum() == prefix + (2 * r + 1) ** 2
+    assert window_mask((gh, gw), prefix, 2)[centre].sum() == prefix + 25
+    edge = prefix + 0 * gw + 2  # top row, middle column: 2 rows x 3 columns
+    assert m[edge].sum() == prefix + 6
+
+
+def _brute_force(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Per query: softmax over the keys its mask row allows, in float64."""
+    B, N, C = x.shape
+    H, d = attn.num_heads, C // attn.num_heads
+    qkv = attn.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    out = torch.zeros(B, H, N, d, dtype=x.dtype)
+    for i in range(N):
+        keys = attn.window_mask[i].nonzero().flatten()
+        w = (q[:, :, i:i + 1] @ k[:, :, keys].transpose(-2, -1) * d ** -0.5).softmax(-1)
+        out[:, :, i] = (w @ v[:, :, keys])[:, :, 0]
+    return attn.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
+def test_window_attention_equals_a_per_query_loop_and_the_capture_is_masked(grid):
+    torch.manual_seed(0)
+    img = (grid[0] * 16, grid[1] * 16)
+    model = RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=img, depth=2, embed_dim=32, num_heads=2,
+                      attn_window=1, dist_token=True).double().eval()
+    attn = model.backbone.vit.blocks[0].attn
+    assert isinstance(attn, WindowAttention) and attn.window_mask.shape == (2 + grid[0] * grid[1],) * 2
+    x = torch.randn(2, 2 + grid[0] * grid[1], 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), _brute_force(attn, x), rtol=0, atol=1e-10)
+        maps = model.backbone.forward_features(torch.randn(2, 3, *img, dtype=torch.float64), capture="all").attentions
+    for a in maps:
+        assert (a[:, ~attn.window_mask] == 0).all()
+        torch.testing.assert_close(a.sum(-1), torch.ones_like(a[..., 0]), rtol=0, atol=1e-6)  # float32 capture
+    assert model.forward_multiscale(torch.randn(2, 3, *img, dtype=torch.float64)).boxes[0].shape == (2, 4)
+
+
+def test_conv_ffn_equals_timms_depthwise_mlp_and_starts_as_timms_mlp():
+    torch.manual_seed(0)
+    grid, d, hidden = (3, 5), 16, 32
+    ours = ConvMlp(in_features=d, hidden_features=hidden)
+    ours.set_grid(grid, 0, 3)
+    ref = MlpWithDepthwiseConv(d, hidden)
+    torch.nn.init.normal_(ours.dwconv.weight)
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items()})
+    x = torch.randn(2, 15, d)
+    torch.testing.assert_close(ours(x), ref(x, list(grid)), rtol=0, atol=1e-6)
+    fresh = ConvMlp(in_features=d, hidden_features=hidden)  # identity-initialised
+    fresh.set_grid(grid, 2, 5, "mlp")
+    mlp = Mlp(d, hidden)
+    mlp.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("dwconv")})
+    x = torch.randn(2, 17, d)
+    torch.testing.assert_close(fresh(x), mlp(x), rtol=0, atol=1e-6)
+    fresh.set_grid(grid, 2, 5, "bypass")
+    out = fresh(x)
+    assert (out[:, :2] == 0).all() and torch.allclose(out[:, 2:], mlp(x)[:, 2:], atol=1e-6)
+
+
+def test_a_pretrained_vit_with_the_conv_ffn_is_the_same_function_at_initialisation(tmp_path):
+    torch.manual_seed(1)
+    plain = timm.create_model("vit_tiny_patch16_224", img_size=(48, 80), depth=2, embed_dim=32, num_heads=2,
+                              num_classes=4).eval()
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    model = RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=(48, 80), depth=2, embed_dim=32, num_heads=2,
+                      ffn="conv", ffn_kernel=3, pretrained=str(tmp_path / "plain.pth")).eval()
+    x = torch.randn(2, 3, 48, 80)
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"attn_window": 4}, "model.attn_window must be 0"),
+    ({"attn_window": -1}, "model.attn_window must be 0"),
+    ({"ffn": "conv", "ffn_kernel": 2}, "model.ffn_kernel must be odd"),
+])
+def test_options_out_of_range_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=64, depth=1, **kwargs)
