@@ -35,7 +35,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
         _print_sweep(run_zoom_sweep(a.checkpoint, **common))
         return
     r = run_eval(a.checkpoint, scales=a.scales, zoom_threshold=a.zoom_threshold, show_progress=not a.no_progress,
-                 **common)
+                 shift=[n for n in (a.shift or "").split(",") if n], **common)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
 
 
@@ -246,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-corrupt", action="store_true", help="skip and count unreadable images")
     e.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--shift", help="a shifted test set: comma-separated colour, blur, contrast (fixed hue rotation, "
+                                   "Gaussian blur, halved contrast) applied after the crop")
     e.set_defaults(func=_cmd_eval)
 
     v = sub.add_parser("visualize", help="draw where the model zooms")

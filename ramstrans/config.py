@@ -45,6 +45,7 @@ class ModelConfig:
     ffn: str = "mlp"  # mlp (timm's) | conv (a depthwise convolution of the patch tokens, identity-initialised)
     ffn_kernel: int = 3  # conv: odd kernel of the depthwise convolution
     ffn_prefix: str = "mlp"  # conv: the class / distillation tokens go through fc1 -> act -> fc2 (mlp) or bypass it
+    fwt: str = "off"  # feature-wise transformation in training: off | fixed | learned (by learning-to-learn)
 
 
 @dataclass
@@ -210,6 +211,7 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.ffn", lambda v: v in ("mlp", "conv"), "mlp or conv"),
     ("model.ffn_kernel", lambda v: v >= 1 and v % 2 == 1, "odd and >= 1"),
     ("model.ffn_prefix", lambda v: v in ("mlp", "bypass"), "mlp or bypass"),
+    ("model.fwt", lambda v: v in ("off", "fixed", "learned"), "off, fixed or learned"),
     ("model.img_size", *_at_least(1)),
     ("model.num_scales", *_at_least(1)),
     ("model.alpha", *_POSITIVE),
@@ -271,6 +273,10 @@ _COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
      "needs model.type rams (a ViT's attention); a classifier cannot take it"),
     ("model.ffn", lambda c: c.model.type == "classifier" and c.model.ffn != "mlp",
      "needs model.type rams (a ViT's blocks); a classifier cannot take it"),
+    ("model.fwt", lambda c: c.model.type == "classifier" and c.model.fwt != "off",
+     "needs model.type rams (a ViT's blocks); a classifier cannot take it"),
+    ("model.fwt", lambda c: c.model.fwt == "learned" and c.mix.enabled,
+     "learned needs hard labels to split the classes: it cannot be combined with mix.enabled"),
     ("mix.transmix", lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
      "needs a ViT's attention; set mix.transmix=false for model.type classifier"),
     ("distill.enabled", lambda c: c.distill.enabled and not c.model.dist_token,

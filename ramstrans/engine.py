@@ -101,6 +101,7 @@ def train_steps(
         after_step: Optional[Callable[[int, int], None]] = None,
         show_progress: bool = True,
         world_size: int = 1,
+        fwt_learner: Optional[Callable] = None,
 ) -> Dict[str, float]:
     """Optimizer steps ``start_step`` .. ``total_steps - 1`` on batches from the endless ``loader``.
 
@@ -131,6 +132,8 @@ def train_steps(
         after_step: called with (steps done, batches drawn so far) after every step (EMA, checkpoints, evaluation).
         show_progress: a tqdm bar when stderr is a terminal; log lines otherwise.
         world_size: processes (for the global images/s).
+        fwt_learner: the learning-to-learn step of the feature-wise transformation (``l2l.FwtLearner``), run
+            instead of the plain forward / backward of each batch (hard labels, no mixer).
 
     Returns:
         {"steps", "images" (this process), "seconds", "skipped" (unreadable images), "batches" (position at the end)}.
@@ -160,7 +163,8 @@ def train_steps(
             sync = i == len(batches) - 1 or not hasattr(model, "no_sync")  # DDP all-reduces on the last batch only
             with contextlib.nullcontext() if sync else model.no_sync():
                 part = _backward(model, criterion, batch, device, amp_dtype, scaler, mixer, batch_pos + i, share,
-                                 lambda record: log("mix", {"step": step + 1, **record}) if log else None)
+                                 lambda record: log("mix", {"step": step + 1, **record}) if log else None,
+                                 fwt_learner)
             for k, v in part.items():
                 terms[k] = terms.get(k, 0.0) + v
         batch_pos += drawn
@@ -196,11 +200,14 @@ def train_steps(
 
 def _backward(model: nn.Module, criterion: Callable, batch: dict, device: torch.device,
               amp_dtype: Optional[torch.dtype], scaler: Optional[torch.amp.GradScaler], mixer: Optional[Callable],
-              key: int, share: float, log_mix: Callable[[Dict[str, object]], None]) -> Dict[str, Tensor]:
+              key: int, share: float, log_mix: Callable[[Dict[str, object]], None],
+              fwt_learner: Optional[Callable] = None) -> Dict[str, Tensor]:
     """Forward (mixed if ``mixer``), loss terms weighted by ``share``, backward; returns the detached weighted terms."""
     x = batch["image"].to(device, non_blocking=True)
     y = batch["label"].to(device, non_blocking=True)
     with autocast(device, amp_dtype):
+        if fwt_learner is not None:
+            return fwt_learner(model, criterion, x, y, key, share)
         if mixer is None:
             terms = criterion(x, model(x), y)
         else:

@@ -4,7 +4,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0
 SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
 
 
-def eval_transform(cfg: Config, model: Model) -> Transform:
-    """The deterministic test-time transform of a trained model (resize, center crop, its normalisation)."""
+def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Transform:
+    """The deterministic test-time transform of a trained model (resize, center crop, any named distribution
+    ``shift``, its normalisation)."""
     return Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize, mean=model.backbone.mean,
-                     std=model.backbone.std)
+                     std=model.backbone.std, shift=shift)
 
 
 def parse_scales(value: Union[str, int], num_scales: int) -> Union[int, str]:
@@ -55,10 +56,11 @@ def check_threshold(threshold: float) -> float:
 
 
 def eval_folder(checkpoint: str, split: str, scales: Union[int, str], weights: str, threshold: float = 0.0,
-                zoom_on: str = "maxprob") -> Path:
-    """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales and weights."""
+                zoom_on: str = "maxprob", shift: Sequence[str] = ()) -> Path:
+    """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales, weights (and
+    shift)."""
     mode = f"auto{threshold:g}{'' if zoom_on == 'maxprob' else '_margin'}" if scales == "auto" else f"scales{scales}"
-    return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}"
+    return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}{'_shift-' + '+'.join(shift) if shift else ''}"
 
 
 def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
@@ -71,8 +73,8 @@ def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
     return buf.getvalue()
 
 
-def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Optional[str],
-          skip_corrupt: bool) -> Tuple[Model, Config, List[str], Dict, ImageDataset, torch.device]:
+def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Optional[str], skip_corrupt: bool,
+          shift: Sequence[str] = ()) -> Tuple[Model, Config, List[str], Dict, ImageDataset, torch.device]:
     """Model (eval mode, on the device), config, class names, checkpoint and the split's dataset."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -87,7 +89,7 @@ def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Opt
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
         raise ValueError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    ds = ImageDataset(index.root, tables[split], names, eval_transform(cfg, model), skip_corrupt)
+    ds = ImageDataset(index.root, tables[split], names, eval_transform(cfg, model, shift), skip_corrupt)
     return model, cfg, names, ckpt, ds, dev
 
 
@@ -103,7 +105,7 @@ def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
 def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
              zoom_threshold: float = 0.5, zoom_on: str = "maxprob", weights: str = "auto", batch_size: int = 32,
              device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
-             skip_corrupt: bool = False, show_progress: bool = True) -> Dict[str, object]:
+             skip_corrupt: bool = False, show_progress: bool = True, shift: Sequence[str] = ()) -> Dict[str, object]:
     """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
     images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
     confused class pairs (CSV and PNG, more classes).
@@ -122,8 +124,9 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
         num_workers: loader workers.
         skip_corrupt: skip and count undecodable images.
         show_progress: a progress bar on a terminal.
+        shift: named distribution shifts of the images (``data.transforms.SHIFTS``: colour, blur, contrast).
     """
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
+    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
     scales = parse_scales(scales, model.num_scales)
     check_threshold(zoom_threshold)
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
@@ -131,9 +134,11 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
                           amp_dtype=amp_dtype, scales=scales, zoom_threshold=zoom_threshold, zoom_on=zoom_on,
                           show_progress=show_progress, what=f"{split} split")
     used = weights_used(ckpt, weights)
-    out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on)
+    out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on,
+                                                          shift)
     out.mkdir(parents=True, exist_ok=True)
-    res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]))
+    res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]),
+               shift=list(shift))
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))

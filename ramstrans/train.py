@@ -26,6 +26,7 @@ from .data import build_data, eval_loader, load_index, train_loader
 from .dist import DistInfo, all_reduce_sum_, barrier, broadcast_object, init_distributed, shutdown
 from .engine import amp_setup, evaluate, train_steps
 from .files import FileLock, write_text_atomic
+from .l2l import FwtLearner
 from .losses import build_criterion
 from .mixing import Mixer
 from .models import Model, MultiScaleForward, build_model
@@ -322,12 +323,14 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
             criterion = build_criterion(cfg.loss, cfg.model.num_scales, cfg.distill, r.teacher)
             loader = train_loader(r.data.train, t.batch_size, t.seed, r.start_batch, cfg.data.num_workers, info.rank,
                                   info.world_size, t.grad_accum)
+            learner = _fwt_learner(cfg, r, info)
             stats = train_steps(_train_module(r.model, info, device, t), criterion, r.optimizer, r.scheduler, loader,
                                 device=device, start_step=r.start, total_steps=t.steps, start_batch=r.start_batch,
                                 grad_accum=t.grad_accum, amp_dtype=r.amp_dtype, scaler=r.scaler,
                                 clip_grad=t.clip_grad, mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
                                 log_every=t.log_every, log=monitor.log, after_step=monitor.after_step,
-                                show_progress=show_progress and info.is_main, world_size=info.world_size)
+                                show_progress=show_progress and info.is_main, world_size=info.world_size,
+                                fwt_learner=learner)
         final = monitor.evaluate("test", t.steps, final=True)
     finally:
         if metrics is not None:
@@ -340,6 +343,21 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> Optional[FwtLearner]:
+    """The learning-to-learn step of ``model.fwt: learned`` (None otherwise).
+
+    Raises:
+        ConfigError: combined with DDP, torch.compile or fp16 loss scaling (its second-order step computes its own
+            gradients, which none of them would see).
+    """
+    if cfg.model.fwt != "learned":
+        return None
+    if info.enabled or cfg.train.compile or r.scaler is not None:
+        raise ConfigError("model.fwt learned runs its own second-order gradient step: it cannot be combined with "
+                          "several processes, train.compile or fp16 loss scaling")
+    return FwtLearner(layers=r.model.backbone.fwt, optimizer=r.optimizer)
 
 
 def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> Dict[str, object]:

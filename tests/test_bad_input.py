@@ -160,6 +160,11 @@ CASES = [
     ("attn_window_negative", lambda c: _resume(c, "model.attn_window=-1"), 2, ["model.attn_window", ">= 0"]),
     ("ffn_kernel_even", lambda c: _resume(c, "model.ffn=conv", "model.ffn_kernel=2"), 2,
      ["model.ffn_kernel", "odd"]),
+    ("fwt_learned_one_class_batches", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
+        *TINY_TRAIN, "model.fwt=learned", "train.batch_size=1"), 2,
+     ["model.fwt learned", "at least 2 classes"]),
+    ("fwt_learned_with_mixing", lambda c: _resume(c, "model.fwt=learned", "mix.enabled=true"), 2,
+     ["model.fwt", "mix.enabled"]),
     ("classifier_window", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
         *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t", "model.num_scales=1",
         "loss.scale_weights=[1.0]", "model.attn_window=1"), 2, ["model.attn_window", "classifier cannot take it"]),

@@ -94,3 +94,105 @@ def test_a_pretrained_vit_with_the_conv_ffn_is_the_same_function_at_initialisati
 def test_options_out_of_range_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=64, depth=1, **kwargs)
+
+
+def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
+    from ramstrans.models.fwt import FeatureWiseTransform
+    layer = FeatureWiseTransform(4)
+    x = torch.randn(3, 5, 4)
+    assert torch.equal(layer.eval()(x), x)
+    layer.train()
+    ones = torch.ones(20000, 1, 4)
+    draws = torch.stack([layer(ones[i]) - 1 for i in range(20000)])  # γ - 1 + β per draw, (20000, 1, 4)
+    zeros = torch.stack([layer(torch.zeros(1, 4)) for _ in range(20000)])  # β alone
+    sp = torch.nn.functional.softplus
+    want_beta, want_gamma = sp(torch.tensor(0.5)).item(), sp(torch.tensor(0.3)).item()
+    assert zeros.mean().item() == pytest.approx(0.0, abs=0.02) and zeros.std().item() == pytest.approx(want_beta,
+                                                                                                      rel=0.03)
+    total = (want_gamma ** 2 + want_beta ** 2) ** 0.5  # γ - 1 and β independent
+    assert draws.mean().item() == pytest.approx(0.0, abs=0.03) and draws.std().item() == pytest.approx(total,
+                                                                                                      rel=0.03)
+
+
+def test_the_learning_to_learn_gradient_matches_a_finite_difference():
+    from ramstrans.l2l import meta_losses
+    from ramstrans.models import MultiScaleForward
+    torch.manual_seed(0)
+    model = RAMSTrans("vit_tiny_patch16_224", num_classes=3, img_size=32, depth=1, embed_dim=8, num_heads=2,
+                      num_scales=1, fwt="learned").double().train()
+    for blk in model.backbone.vit.blocks:
+        blk.attn.fused_attn = False
+    module = MultiScaleForward(model)
+
+    def criterion(inputs, output, targets):  # float64 throughout (MultiScaleLoss computes in float32)
+        return {"ce": torch.nn.functional.cross_entropy(output.logits[0], targets)}
+
+    x, y = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    unseen, layers = y == 2, model.backbone.fwt
+    theta = layers[0].theta_gamma
+
+    def loss_unseen():
+        torch.manual_seed(5)  # the same ε in every evaluation
+        return meta_losses(module, criterion, x, y, unseen, layers, inner_lr=0.5)[1]
+
+    (grad,) = torch.autograd.grad(loss_unseen(), [theta])
+    h = 1e-6
+    for i in range(3):
+        with torch.no_grad():
+            theta[i] += h
+        up = loss_unseen().item()
+        with torch.no_grad():
+            theta[i] -= 2 * h
+        down = loss_unseen().item()
+        with torch.no_grad():
+            theta[i] += h
+        assert grad[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-4, abs=1e-9)
+    assert grad.abs().sum() > 0
+
+
+def test_a_run_with_learned_fwt_moves_theta_and_logs_the_unseen_loss(tmp_path):
+    import json
+
+    from conftest import TINY_TRAIN, sets
+    from ramstrans.checkpoint import load_checkpoint
+    from ramstrans.cli import main
+    from ramstrans.models.fwt import FWT_INIT
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(
+        *TINY_TRAIN, "model.fwt=learned", "model.attn_window=1", "model.ffn=conv", "train.warmup_steps=0")) == 0
+    train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert all("l2l_unseen" in r and r["l2l_unseen"] > 0 for r in train)
+    state = load_checkpoint(out / "checkpoint.pth")["model"]
+    assert not torch.all(state["backbone.fwt.0.theta_gamma"] == FWT_INIT[0])  # learned
+    assert main(["export", "--checkpoint", str(out / "checkpoint.pth"), "--format", "onnx", "--out",
+                 str(tmp_path / "m.onnx")]) == 0  # eval: the layers are the identity, nothing of them exported
+    import onnx
+    names = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert not any("fwt" in n or "theta" in n for n in names)
+
+
+def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in_the_output(trained, tmp_path,
+                                                                                            capsys):
+    import json
+    import shutil
+
+    import numpy as np
+
+    from ramstrans.cli import main
+    from ramstrans.data.transforms import Transform
+    img = (np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)
+    plain = Transform(train=False, crop=64, resize=72, mean=(0.5,) * 3, std=(0.5,) * 3)(img, None, 0)[0]
+    for shift in (["colour"], ["blur"], ["contrast"], ["colour", "blur", "contrast"]):
+        t = Transform(train=False, crop=64, resize=72, mean=(0.5,) * 3, std=(0.5,) * 3, shift=shift)
+        a, b = t(img, None, 0)[0], t(img, None, 1)[0]
+        assert torch.equal(a, b) and (a - plain).abs().mean() > 0.02, shift
+    low = Transform(train=False, crop=64, resize=72, mean=(0.5,) * 3, std=(0.5,) * 3, shift=["contrast"])(img, None, 0)
+    assert low[0].std() < 0.6 * plain.std()  # halved contrast
+    run = shutil.copytree(trained, tmp_path / "run")
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "blur,contrast",
+                 "--no-progress", "--workers", "0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["shift"] == ["blur", "contrast"]
+    assert (run / "eval_test_scales1_raw_shift-blur+contrast" / "summary.json").is_file()
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "fog"]) == 2
+    assert "unknown shift 'fog'" in capsys.readouterr().err

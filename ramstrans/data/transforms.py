@@ -17,6 +17,16 @@ __all__ = ["Transform"]
 Box = Tuple[float, float, float, float]
 
 
+# Fixed, deterministic distribution shifts of test images (to measure generalisation to unseen domains, e.g. of the
+# feature-wise transformation): a hue rotation, a Gaussian blur, halved contrast.
+SHIFTS = {
+    "colour": lambda: A.HueSaturationValue(hue_shift_limit=(25, 25), sat_shift_limit=(0, 0), val_shift_limit=(0, 0),
+                                           p=1.0),
+    "blur": lambda: A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(1.5, 1.5), p=1.0),
+    "contrast": lambda: A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(-0.5, -0.5), p=1.0),
+}
+
+
 class Transform:
     """A seeded albumentations pipeline: ``transform(image, box, seed) -> ((3, crop, crop) tensor, box or None)``.
 
@@ -27,12 +37,16 @@ class Transform:
         mean: per-channel mean in [0, 1].
         std: per-channel std in [0, 1].
         hflip: random horizontal flip in training.
+        shift: names of ``SHIFTS`` applied (in this order) after the crop: a shifted test set.
     """
 
     def __init__(self, *, train: bool, crop: int, resize: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: bool = True) -> None:
+                 hflip: bool = True, shift: Sequence[str] = ()) -> None:
         if resize < crop:
             raise ValueError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
+        unknown = [n for n in shift if n not in SHIFTS]
+        if unknown:
+            raise ValueError(f"unknown shift '{unknown[0]}' (known: {', '.join(SHIFTS)})")
         ops = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR)]
         if train:
             ops.append(A.RandomCrop(height=crop, width=crop))
@@ -40,6 +54,7 @@ class Transform:
                 ops.append(A.HorizontalFlip(p=0.5))
         else:
             ops.append(A.CenterCrop(height=crop, width=crop))
+        ops += [SHIFTS[n]() for n in shift]
         ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
         self.pipeline = A.Compose(ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_ids"],
                                                                 clip=True, min_area=1.0))

@@ -36,7 +36,8 @@ def build_model(model_cfg, num_classes: int) -> Model:
                           rollout_rows=model_cfg.rollout_rows, pretrained=model_cfg.pretrained,
                           download_timeout_s=model_cfg.download_timeout_s, dist_token=model_cfg.dist_token,
                           eval_head=model_cfg.eval_head, attn_window=model_cfg.attn_window, ffn=model_cfg.ffn,
-                          ffn_kernel=model_cfg.ffn_kernel, ffn_prefix=model_cfg.ffn_prefix, **kwargs)
+                          ffn_kernel=model_cfg.ffn_kernel, ffn_prefix=model_cfg.ffn_prefix, fwt=model_cfg.fwt,
+                          **kwargs)
     if model_cfg.grad_checkpointing:
         model.backbone.timm_model.set_grad_checkpointing(True)
     if model_cfg.mean is not None or model_cfg.std is not None:

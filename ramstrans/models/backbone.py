@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .attention import WindowAttention
 from .ffn import ConvMlp
+from .fwt import FeatureWiseTransform, attach
 from .inputs import InputNorm
 
 __all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "create_vit", "make_distilled"]
@@ -214,11 +215,13 @@ class ViTBackbone(InputNorm):
             (``create_vit(window_attention=True)``).
         ffn_kernel: odd kernel of the ``ConvMlp`` blocks' depthwise convolution (where the blocks have them).
         ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
+        fwt: "off", "fixed" or "learned": a feature-wise transformation on every block's feed-forward input in
+            training (``FeatureWiseTransform``), kept in ``fwt`` beside the timm model.
     """
 
     def __init__(self, *, vit: VisionTransformer, num_scales: int = 2, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, dist_token: Optional[bool] = None, attn_window: int = 0,
-                 ffn_kernel: int = 3, ffn_prefix: str = "mlp") -> None:
+                 ffn_kernel: int = 3, ffn_prefix: str = "mlp", fwt: str = "off") -> None:
         reason = _unsupported_reason(vit)
         if reason is not None:
             raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
@@ -241,6 +244,11 @@ class ViTBackbone(InputNorm):
             [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)] if self.has_dist_token
             else [])
         self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
+        if fwt not in ("off", "fixed", "learned"):
+            raise ValueError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
+        self.fwt = nn.ModuleList([FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks]
+                                 if fwt != "off" else [])
+        attach(vit.blocks, self.fwt)
         for blk in vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
             blk.attn.q_norm.register_forward_hook(_keep_queries)

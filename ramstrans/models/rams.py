@@ -114,6 +114,7 @@ class RAMSTrans(nn.Module):
         ffn: "mlp" (timm's) or "conv" (``ConvMlp``: a depthwise convolution of the patch tokens; by name).
         ffn_kernel: the conv feed-forward's odd kernel.
         ffn_prefix: the conv feed-forward's treatment of the class / distillation tokens: "mlp" or "bypass".
+        fwt: "off", "fixed" or "learned": the feature-wise transformation layers (training only).
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
@@ -134,6 +135,7 @@ class RAMSTrans(nn.Module):
             ffn: str = "mlp",
             ffn_kernel: int = 3,
             ffn_prefix: str = "mlp",
+            fwt: str = "off",
             **backbone_kwargs,
     ) -> None:
         super().__init__()
@@ -152,7 +154,7 @@ class RAMSTrans(nn.Module):
         if ffn not in ("mlp", "conv"):
             raise ValueError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
         options = dict(dist_token=dist_token, attn_window=attn_window, ffn=ffn, ffn_kernel=ffn_kernel,
-                       ffn_prefix=ffn_prefix)
+                       ffn_prefix=ffn_prefix, fwt=fwt)
         self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, options, backbone_kwargs)
         self.eval_head: Head = eval_head
         self.num_classes = self.backbone.num_classes
@@ -361,9 +363,9 @@ def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
                  img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int, options: Dict[str, Any],
                  kwargs: Dict[str, Any]) -> ViTBackbone:
     """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments
-    (``options``: dist_token, attn_window, ffn, ffn_kernel, ffn_prefix)."""
+    (``options``: dist_token, attn_window, ffn, ffn_kernel, ffn_prefix, fwt)."""
     dist_token = options["dist_token"]
-    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix")}
+    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix", "fwt")}
     if isinstance(backbone, str):
         vit = create_vit(backbone, img_size, num_classes, window_attention=options["attn_window"] > 0,
                          conv_ffn=options["ffn"] == "conv", **kwargs)
