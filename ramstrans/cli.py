@@ -135,6 +135,9 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         from .bench.distill import bench_distill
         r = bench_distill([int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill",
                           overrides=a.set or ())
+    elif a.what == "options":
+        from .bench.options import bench_options
+        r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options")
     elif a.what == "ema":
         from .bench.training import bench_ema
         r = bench_ema([int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema",
@@ -174,11 +177,13 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
     b.add_argument("what", nargs="?", default="core",
-                   choices=("core", "transmix", "ddp", "inat", "demo", "distill", "ema", "accum", "latency"),
+                   choices=("core", "transmix", "ddp", "inat", "demo", "distill", "options", "ema", "accum",
+                            "latency"),
                    help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
                         "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
                         "demo: plain ViT against RAMS-Trans over seeds; distill: the demo teacher, and the student "
-                        "without a teacher, with soft and with hard distillation over seeds; ema: raw against EMA "
+                        "without a teacher, with soft and with hard distillation over seeds; options: the distilled "
+                        "transformer's options against the demo RAMS-Trans (validation); ema: raw against EMA "
                         "weights over seeds (validation); accum: one batch against accumulated batches (validation); "
                         "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
                         "proposal, and of configs (--configs) at batch 1")
