@@ -199,24 +199,28 @@ def _at_least(low: int) -> Tuple[Callable[[Any], bool], str]:
     return (lambda v: v >= low), f">= {low}"
 
 
+def _one_of(*choices: str) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
 _UNIT = ((lambda v: 0 <= v < 1), "in [0, 1)")
 _PROBABILITY = ((lambda v: 0 <= v <= 1), "in [0, 1]")
 _POSITIVE = ((lambda v: v > 0), "> 0")
 
 # Ranges the dataclass types cannot express, checked whenever a config is loaded: (key, test, allowed values).
 _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
-    ("model.type", lambda v: v in ("rams", "classifier"), "rams or classifier"),
-    ("model.eval_head", lambda v: v in ("mean", "cls", "dist"), "mean, cls or dist"),
+    ("model.type", *_one_of("rams", "classifier")),
+    ("model.eval_head", *_one_of("mean", "cls", "dist")),
     ("model.attn_window", _at_least(0)[0], ">= 0 (0 = global attention)"),
-    ("model.ffn", lambda v: v in ("mlp", "conv"), "mlp or conv"),
+    ("model.ffn", *_one_of("mlp", "conv")),
     ("model.ffn_kernel", lambda v: v >= 1 and v % 2 == 1, "odd and >= 1"),
-    ("model.ffn_prefix", lambda v: v in ("mlp", "bypass"), "mlp or bypass"),
-    ("model.fwt", lambda v: v in ("off", "fixed", "learned"), "off, fixed or learned"),
+    ("model.ffn_prefix", *_one_of("mlp", "bypass")),
+    ("model.fwt", *_one_of("off", "fixed", "learned")),
     ("model.img_size", *_at_least(1)),
     ("model.num_scales", *_at_least(1)),
     ("model.alpha", *_POSITIVE),
     ("model.residual", *_at_least(0)),
-    ("model.rollout_rows", lambda v: v in ("cls", "mean"), "cls or mean"),
+    ("model.rollout_rows", *_one_of("cls", "mean")),
     ("model.drop_path_rate", *_UNIT),
     ("model.download_timeout_s", *_POSITIVE),
     ("data.resize", *_at_least(1)),
@@ -235,10 +239,10 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("mix.switch_prob", *_PROBABILITY),
     ("mix.label_smoothing", *_UNIT),
     ("mix.area_weight", *_PROBABILITY),
-    ("distill.type", lambda v: v in ("soft", "hard"), "soft or hard"),
+    ("distill.type", *_one_of("soft", "hard")),
     ("distill.alpha", *_PROBABILITY),
     ("distill.tau", *_POSITIVE),
-    ("distill.kl_reduction", lambda v: v in ("batchmean", "classes"), "batchmean or classes"),
+    ("distill.kl_reduction", *_one_of("batchmean", "classes")),
     ("distill.scales", lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 1,
      "a non-empty list of distinct scales >= 1"),
     ("train.steps", *_at_least(1)),

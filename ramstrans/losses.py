@@ -54,8 +54,13 @@ class MultiScaleLoss(nn.Module):
         """
         per_scale = self.per_scale_targets(output, targets)
         dist = output.dist_logits or [None] * len(output.logits)
-        return {f"ce_scale{s + 1}": w * (self.ce(lg, t) if d is None else (self.ce(lg, t) + self.ce(d, t)) / 2)
+        return {f"ce_scale{s + 1}": w * self.label_term(lg, d, t)
                 for s, (lg, d, t, w) in enumerate(zip(output.logits, dist, per_scale, self.weights))}
+
+    def label_term(self, cls: Tensor, dist: Optional[Tensor], target: Tensor) -> Tensor:
+        """One scale's CE on the labels: the class head's, or the mean of both heads' when there is a distillation
+        head (which then learns the labels too)."""
+        return self.ce(cls, target) if dist is None else (self.ce(cls, target) + self.ce(dist, target)) / 2
 
     def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> List[Tensor]:
         """One target per scale (the shared one repeated), checked against the number of scales."""
@@ -126,7 +131,7 @@ class DistillationLoss(nn.Module):
         terms: Dict[str, Tensor] = {}
         for s, (cls, dist, t, w) in enumerate(zip(output.logits, output.dist_logits, per_scale, self.base.weights)):
             if s not in self.scales:
-                terms[f"ce_scale{s + 1}"] = w * (self.base.ce(cls, t) + self.base.ce(dist, t)) / 2
+                terms[f"ce_scale{s + 1}"] = w * self.base.label_term(cls, dist, t)
                 continue
             kd = kd_term(dist, self.teacher_logits(inputs, output, s), self.kind, self.tau, self.kl_reduction)
             terms[f"ce_scale{s + 1}"] = w * (1.0 - self.alpha) * self.base.ce(cls, t)

@@ -33,7 +33,8 @@ from .ffn import ConvMlp
 from .fwt import FeatureWiseTransform, attach
 from .inputs import InputNorm
 
-__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "create_vit", "make_distilled"]
+__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "HEADS", "create_vit", "make_distilled", "select_head",
+           "with_dist_position"]
 
 Head = Literal["mean", "cls", "dist"]
 HEADS = ("mean", "cls", "dist")
@@ -91,6 +92,18 @@ def _unsupported_reason(vit: nn.Module) -> Optional[str]:
     return None
 
 
+def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
+    """(B, K) logits of ``head``: the class head's, the distillation head's, or their mean (timm's and DeiT's)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
+
+
+def with_dist_position(pos: Tensor) -> Tensor:
+    """(1, 1 + n, D) plain position embedding -> (1, 2 + n, D): the distillation row copies the class token's."""
+    return torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+
+
 def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
     """timm's distilled layout on a built plain ViT, in place (timm's class, so timm's forward, loading and export
     apply): the distillation token and its position embedding start as copies of the class token's, ``head_dist``
@@ -109,7 +122,7 @@ def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
     vit.__class__ = VisionTransformerDistilled
     vit.num_prefix_tokens = 2
     vit.dist_token = nn.Parameter(vit.cls_token.detach().clone())
-    vit.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1).clone())
+    vit.pos_embed = nn.Parameter(with_dist_position(pos).clone())
     if isinstance(vit.head, nn.Linear):
         vit.head_dist = nn.Linear(vit.head.in_features, vit.head.out_features).to(vit.head.weight)
         trunc_normal_(vit.head_dist.weight, std=0.02)
@@ -393,11 +406,7 @@ class ViTBackbone(InputNorm):
         """(B, N, D) tokens -> (B, num_classes) logits through timm's pooling and head(s); with a distillation token,
         ``head`` picks the class head, the distillation head or their mean (timm's and DeiT's test-time output)."""
         cls, dist = self.forward_heads(tokens)
-        if dist is None:
-            return cls
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
+        return cls if dist is None else select_head(cls, dist, head)
 
     def forward(self, x: Tensor, scale: int = 0, head: Head = "mean") -> Tensor:
         """(B, C, H, W) -> (B, num_classes) logits of one scale, attention fused."""

@@ -21,7 +21,7 @@ from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from .backbone import ViTBackbone
+from .backbone import ViTBackbone, with_dist_position
 
 __all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 
@@ -67,8 +67,7 @@ def _lift_to_distilled(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     class token's, ``head_dist`` copies ``head`` (kept only when the class count fits, as ``head``)."""
     sd = dict(sd)
     sd["dist_token"] = sd["cls_token"].clone()
-    pos = sd["pos_embed"]
-    sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+    sd["pos_embed"] = with_dist_position(sd["pos_embed"])
     for k in ("weight", "bias"):
         if f"head.{k}" in sd:
             sd[f"head_dist.{k}"] = sd[f"head.{k}"].clone()
@@ -137,10 +136,15 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
     backbone.set_normalization(*GOOGLE_MEAN_STD)
 
 
+def _checkpoint_weights(ckpt: Dict[str, object]) -> Dict[str, Tensor]:
+    """A ramstrans checkpoint's weights to start from: its EMA weights when it has them (as its run reported)."""
+    return ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
+
+
 def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) -> None:
     """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
     CLS tokens where it has them for that scale."""
-    model_sd = ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
+    model_sd = _checkpoint_weights(ckpt)
     prefix = "backbone.vit."
     _load_timm_state_dict(backbone, {k[len(prefix):]: v for k, v in model_sd.items() if k.startswith(prefix)},
                           str(path))
@@ -282,7 +286,7 @@ def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> 
 
 def _load_ramstrans_net(backbone, ckpt: Dict[str, object], path: Path) -> None:
     """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
-    sd = ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
+    sd = _checkpoint_weights(ckpt)
     _load_net_state_dict(backbone, {k[len("backbone.net."):]: v for k, v in sd.items()
                                     if k.startswith("backbone.net.")}, str(path))
     backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())

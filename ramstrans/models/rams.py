@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .backbone import HEADS, Head, ViTBackbone, create_vit
+from .backbone import HEADS, Head, ViTBackbone, create_vit, select_head
 from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
@@ -294,16 +294,14 @@ class RAMSTrans(nn.Module):
         ``eval_head``."""
         if not out.dist_logits:
             return list(out.logits)
-        pick = {"cls": lambda c, d: c, "dist": lambda c, d: d, "mean": lambda c, d: (c + d) / 2}[self.eval_head]
-        return [pick(c, d) for c, d in zip(out.logits, out.dist_logits)]
+        return [select_head(c, d, self.eval_head) for c, d in zip(out.logits, out.dist_logits)]
 
     @staticmethod
     def _head_probs(cls: Tensor, dist: Optional[Tensor]) -> Dict[str, Tensor]:
         """Softmax probabilities per head: {"cls"} without a distillation token, else {"mean", "cls", "dist"}."""
         if dist is None:
             return {"cls": cls.float().softmax(-1)}
-        return {"mean": ((cls + dist) / 2).float().softmax(-1), "cls": cls.float().softmax(-1),
-                "dist": dist.float().softmax(-1)}
+        return {h: select_head(cls, dist, h).float().softmax(-1) for h in HEADS}
 
     @torch.no_grad()
     def propose(self, x: Tensor) -> Proposal:
