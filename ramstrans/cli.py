@@ -110,7 +110,8 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
 def _bench_latency(a: argparse.Namespace) -> dict:
     from .bench.latency import bench_config_latency, bench_latency, bench_proposal
     if a.configs:
-        return {"configs": bench_config_latency(a.configs.split(","), batch=a.batch, repeats=a.repeats)}
+        return {"configs": bench_config_latency(a.configs.split(","), batch=a.batch, repeats=a.repeats,
+                                                    overrides=a.set or ())}
     r = {"proposal": bench_proposal(repeats=a.repeats)}
     if a.checkpoint:
         if a.zoom_threshold is None:
@@ -137,7 +138,7 @@ def _cmd_bench(a: argparse.Namespace) -> None:
                           overrides=a.set or ())
     elif a.what == "options":
         from .bench.options import bench_options
-        r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options")
+        r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options", overrides=a.set or ())
     elif a.what == "ema":
         from .bench.training import bench_ema
         r = bench_ema([int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema",
@@ -203,7 +204,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", help="demo, ema, accum: run folders, named after each run's resolved config (finished "
                                  "runs are reused; default runs/bench_<what>)")
     b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="demo, distill, ema, accum: config override (distill: teacher and students)")
+                   help="demo, distill, options, ema, accum, latency --configs: config override (distill: teacher and "
+                        "students; options: students only; latency: every config)")
     b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
     b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
     b.add_argument("--zoom-threshold", type=float, help="demo --split test, latency: the adaptive threshold (demo's "

@@ -209,7 +209,7 @@ _CLASSES = {"cub": 200, "dogs": 120, "nabirds": 555, "inat17": 5089}
 
 
 def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequence[int] = (1, 2),
-                         repeats: int = 10) -> Dict[str, object]:
+                         repeats: int = 10, overrides: Sequence[str] = ()) -> Dict[str, object]:
     """Test-time latency of the models of configs (randomly initialised: no data, no pretrained file), on the CPU:
     eager single scale, eager fused (models with zoom scales), and both through onnxruntime.
 
@@ -218,6 +218,7 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
         batch: images per call.
         threads: torch / onnxruntime intra-op threads.
         repeats: timed repeats per measurement.
+        overrides: settings applied to every config (e.g. ``model.attn_window=2``).
     """
     from ..config import load_config
     from ..export import write_onnx
@@ -225,16 +226,17 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
     rows = []
     available = torch.get_num_threads()
     for name in configs:
-        cfg = load_config(name)
+        cfg = load_config(name, list(overrides))
         k = cfg.data.synthetic.num_classes if cfg.data.dataset == "synthetic" else _CLASSES.get(cfg.data.dataset, 200)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = build_model(replace(cfg.model, pretrained=None), k).eval()
         scales = model.num_scales
         x = torch.randn(batch, model.backbone.in_chans, *model.backbone.img_size)
-        row: Dict[str, object] = {"config": name, "model": cfg.model.backbone, "type": cfg.model.type,
-                                  "dist_token": cfg.model.dist_token, "img_size": cfg.model.img_size, "classes": k,
-                                  "scales": scales, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        row: Dict[str, object] = {"config": name, "overrides": list(overrides), "model": cfg.model.backbone,
+                                  "type": cfg.model.type, "dist_token": cfg.model.dist_token,
+                                  "img_size": cfg.model.img_size, "classes": k, "scales": scales,
+                                  "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
         with torch.no_grad():
             row["gmacs_single"] = _gmacs(lambda: model(x[:1]))
         with tempfile.TemporaryDirectory() as tmp:

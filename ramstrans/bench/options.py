@@ -4,16 +4,17 @@ RAMS-Trans at an equal budget from the same initialisation, over seeds (validati
 Per seed: the demo RAMS-Trans (``synthetic_cpu``) and the same with one option on: sliding-window attention r = 1, 2,
 3; the conv feed-forward with the prefix tokens through the MLP or bypassing it; the feature-wise transformation fixed
 or learned; embedding dropout 0.3. Then the assembled source system (``seed_system_synthetic_cpu``) and the distilled
-student alone (``distill_synthetic_cpu``, soft), both taught by the ``bench distill`` teacher of the seed. Every run is
+student alone (``distill_synthetic_cpu``, soft), both taught by the ``bench distill`` teacher of the seed and trained
+with the same overrides as the rest. Every run is
 scored on the validation split, plain and shifted (colour + blur + contrast), single scale and fused, with the
-proposal's mIoU and the training time per step; the cost of one training step (median time and the process's peak
-resident memory) is probed once per variant in a fresh process.
+proposal's mIoU and the training time per step; the cost of one training step (median time, the process's peak
+resident memory and the rise the steps caused) is probed once per variant in a fresh process.
 """
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -47,25 +48,40 @@ def _scores(run_dir: Path) -> Dict[str, float]:
             "loc_miou": single.get("loc_miou", float("nan")), "s_per_step": train["seconds"] / max(train["steps"], 1)}
 
 
+def _vm_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process in MiB (unlike ``ru_maxrss``, the peak restarts at exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
-    """In a fresh process: median seconds of a training step at the config's batch size, and the peak RSS."""
+    """In a fresh process: the median seconds of a training step at the config's batch size (the learning-to-learn
+    step where ``fwt: learned``; no teacher), the peak resident memory, and how far the steps raised it."""
     import torch
 
     from ..config import load_config
+    from ..l2l import FwtLearner
     from ..losses import build_criterion
     from ..models import MultiScaleForward, build_model
     cfg = load_config(config, [*sets, "model.pretrained=null", "distill.enabled=false"])
     model = build_model(cfg.model, cfg.data.synthetic.num_classes).train()
     criterion, module = build_criterion(cfg.loss, cfg.model.num_scales), MultiScaleForward(model)
+    learner = FwtLearner(layers=model.backbone.fwt, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.train.lr)) \
+        if cfg.model.fwt == "learned" else None
     x = torch.randn(cfg.train.batch_size, 3, cfg.model.img_size, cfg.model.img_size)
     y = torch.arange(cfg.train.batch_size) % cfg.data.synthetic.num_classes
-    times = []
-    for _ in range(steps):
+    times, before = [], _vm_mib("VmRSS")
+    for key in range(steps):
         t = time.perf_counter()
-        sum(criterion(x, module(x), y).values()).backward()
+        if learner is None:
+            sum(criterion(x, module(x), y).values()).backward()
+        else:
+            learner(module, criterion, x, y, key, 1.0)
         times.append(time.perf_counter() - t)
-    queue.put({"step_s": statistics.median(times[1:]), "peak_rss_mib": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"step_s": statistics.median(times[1:]), "peak_rss_mib": _vm_mib("VmHWM"),
+               "step_rise_mib": _vm_mib("VmHWM") - before})
 
 
 def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
@@ -78,34 +94,48 @@ def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
     return out
 
 
+def _run(config: str, sets: List[str], folder: Path, name: str, record: Dict[str, Dict[str, list]]) -> Dict[str, float]:
+    """Train (or reuse) one run, note its folder and resolved config under ``record``, and score it."""
+    from ..config import load_config
+    run = run_or_reuse(config, sets, folder, name)
+    record["run_folders"].setdefault(name.rsplit("_seed", 1)[0], []).append(str(run))
+    record["resolved_configs"].setdefault(name.rsplit("_seed", 1)[0], asdict(load_config(config, sets)))
+    return _scores(run)
+
+
 def bench_options(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str = "runs/bench_options",
-                  teacher_dir: str = "runs/bench_distill") -> Dict[str, object]:
-    """The options table (see the module doc). The teachers come from ``bench distill --split val`` (same seeds,
-    its ``out_dir``: ``teacher_dir``), trained there if missing.
+                  teacher_dir: str = "runs/bench_distill", overrides: Sequence[str] = ()) -> Dict[str, object]:
+    """The options table (see the module doc).
+
+    Args:
+        seeds: training seeds.
+        out_dir: one sub-folder per run, and ``val_result.json``.
+        teacher_dir: the teachers of ``bench distill --split val`` (same seeds; trained there if missing).
+        overrides: settings for every student run (not the teachers), e.g. a shorter ``train.steps``.
     """
-    base_sets = ["data.val_fraction=0.2"]
+    seed_base = ["data.val_fraction=0.2"]
     rows: Dict[str, List[Dict[str, float]]] = {}
+    record: Dict[str, Dict[str, list]] = {"run_folders": {}, "resolved_configs": {}}
     for seed in seeds:
-        seed_sets = [*base_sets, f"train.seed={seed}"]
+        seed_sets = [*seed_base, f"train.seed={seed}"]
         for name, sets in VARIANTS.items():
-            run = run_or_reuse("synthetic_cpu", [*seed_sets, *sets], Path(out_dir), f"{name}_seed{seed}")
-            rows.setdefault(name, []).append(_scores(run))
+            rows.setdefault(name, []).append(
+                _run("synthetic_cpu", [*seed_sets, *overrides, *sets], Path(out_dir), f"{name}_seed{seed}", record))
         teacher = run_or_reuse("teacher_synthetic_cpu", seed_sets, Path(teacher_dir) / "val", f"teacher_seed{seed}")
-        taught = [*seed_sets, "distill.enabled=true", f"distill.teacher={teacher}"]
+        taught = [*seed_sets, *overrides, "distill.enabled=true", f"distill.teacher={teacher}"]
         for name, config, extra in (("distilled", "distill_synthetic_cpu", ["distill.type=soft"]),
                                     ("assembled", "seed_system_synthetic_cpu", [])):
-            folder = Path(teacher_dir) / "val" if name == "distilled" else Path(out_dir)
-            run = run_or_reuse(config, [*taught, *extra], folder,
-                               f"student_soft_seed{seed}" if name == "distilled" else f"{name}_seed{seed}")
-            rows.setdefault(name, []).append(_scores(run))
-    result: Dict[str, object] = {"split": "val", "seeds": list(seeds), "shift": list(SHIFT), "variants": VARIANTS}
+            rows.setdefault(name, []).append(_run(config, [*taught, *extra], Path(out_dir), f"{name}_seed{seed}",
+                                                  record))
+    result: Dict[str, object] = {"split": "val", "seeds": list(seeds), "overrides": list(overrides),
+                                 "shift": list(SHIFT), "variants": VARIANTS, **record}
     for name, res in rows.items():
         result[name] = {k: mean_spread([r[k] for r in res]) for k in res[0]}
-        if name != "base":
-            result[f"{name}_minus_base"] = {k: mean_spread([r[k] - b[k] for r, b in zip(res, rows["base"])])
-                                            for k in ("single", "fused", "shifted_single", "loc_miou")}
-    result["cost"] = {name: _cost("synthetic_cpu", sets) for name, sets in VARIANTS.items()}
-    result["cost"]["assembled"] = _cost("seed_system_synthetic_cpu", [])
+    for name, ref in [*((n, "base") for n in rows if n != "base"), ("assembled", "distilled")]:
+        result[f"{name}_minus_{ref}"] = {k: mean_spread([r[k] - b[k] for r, b in zip(rows[name], rows[ref])])
+                                         for k in ("single", "fused", "shifted_single", "loc_miou", "s_per_step")}
+    result["cost"] = {name: _cost("synthetic_cpu", [*overrides, *sets]) for name, sets in VARIANTS.items()}
+    result["cost"]["assembled"] = _cost("seed_system_synthetic_cpu", list(overrides))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     Path(out_dir, "val_result.json").write_text(json.dumps(result, indent=1))
     return result

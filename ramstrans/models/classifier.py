@@ -119,14 +119,9 @@ class Classifier(nn.Module):
         if pretrained:
             load_pretrained(backbone, pretrained, download_timeout_s)
 
-    def _check_input(self, x: Tensor) -> None:
-        C, (H, W) = self.backbone.in_chans, self.backbone.img_size
-        if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
-            raise ValueError(f"the classifier expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")
-
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) normalised images -> (B, K) logits: timm's own forward."""
-        self._check_input(x)
+        self.backbone.check_input(x, "the classifier")
         return self.backbone(x)
 
     def forward_multiscale(self, x: Tensor, num_scales: Optional[int] = None) -> MultiScaleOutput:

@@ -2,14 +2,15 @@
 from typing import Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["InputNorm"]
 
 
 class InputNorm(nn.Module):
     """The input normalisation a model's weights expect, as buffers (``norm_mean``, ``norm_std``) so it travels with
-    the state dict; the data pipeline reads it (``mean``, ``std``) to normalise images.
+    the state dict; the data pipeline reads it (``mean``, ``std``) to normalise images. Subclasses define
+    ``in_chans`` and ``img_size`` (H, W), which ``check_input`` holds batches to.
 
     Args:
         in_chans: input channels.
@@ -47,3 +48,13 @@ class InputNorm(nn.Module):
         with torch.no_grad():
             self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
             self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
+
+    def check_input(self, x: Tensor, model: str) -> None:
+        """Refuse a batch that is not (B, in_chans, H, W) at the model's input size.
+
+        Raises:
+            ValueError: naming ``model`` and the expected and given shapes.
+        """
+        C, (H, W) = self.in_chans, self.img_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
+            raise ValueError(f"{model} expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")

@@ -165,11 +165,6 @@ class RAMSTrans(nn.Module):
         if pretrained:
             load_pretrained(self.backbone, pretrained, download_timeout_s)
 
-    def _check_input(self, x: Tensor) -> None:
-        C, (H, W) = self.backbone.in_chans, self.backbone.img_size
-        if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
-            raise ValueError(f"RAMSTrans expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")
-
     def forward(self, x: Tensor) -> Tensor:
         """Single-scale logits: the test-time path, exactly a plain ViT forward with fused attention.
 
@@ -179,7 +174,7 @@ class RAMSTrans(nn.Module):
         Returns:
             (B, K) logits (with a distillation token: of ``eval_head``).
         """
-        self._check_input(x)
+        self.backbone.check_input(x, "RAMSTrans")
         return self.backbone(x, scale=0, head=self.eval_head)
 
     def _propose_boxes(self, attentions: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -206,7 +201,7 @@ class RAMSTrans(nn.Module):
         Returns:
             MultiScaleOutput with num_scales logits and num_scales - 1 boxes / rollouts.
         """
-        self._check_input(x)
+        self.backbone.check_input(x, "RAMSTrans")
         num_scales = self._num_scales(num_scales)
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
@@ -258,7 +253,7 @@ class RAMSTrans(nn.Module):
             Prediction with (B, K) probabilities, (B, 4) boxes (or None), (B,) zoomed flags and the per-scale
             probabilities (NaN rows for scales not run).
         """
-        self._check_input(x)
+        self.backbone.check_input(x, "RAMSTrans")
         adaptive = scales == "auto"
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
         if zoom_on not in ("maxprob", "margin"):
@@ -313,7 +308,7 @@ class RAMSTrans(nn.Module):
         Returns:
             Proposal with the rollout, mask, kept component, boxes and the scale-1 logits.
         """
-        self._check_input(x)
+        self.backbone.check_input(x, "RAMSTrans")
         feats = self.backbone.forward_features(x, scale=0, capture="all")
         rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
         return Proposal(logits=self.backbone.forward_head(feats.tokens, self.eval_head), rollout=rollout, mask=mask,
