@@ -314,3 +314,14 @@ def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_t
     assert torch.equal(spy.seen[1], crop_and_zoom(mixed, out.boxes[0], (64, 64)))  # scale 2: the student's crop
     want_ce = 0.5 * -(targets[0] * out.logits[0].log_softmax(-1)).sum(-1).mean()
     assert terms["ce_scale1"].item() == pytest.approx(want_ce.item(), rel=1e-5)
+
+
+def test_both_models_refuse_a_batch_of_the_wrong_shape_naming_the_expected_one():
+    """The one shape check (InputNorm.check_input) serves RAMSTrans and the classifier, each named in its message."""
+    from conftest import tiny_model
+    clf = Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16])
+    for model, who in ((tiny_model(), "RAMSTrans"), (clf, "the classifier")):
+        with pytest.raises(ValueError, match=rf"^{who} expects a \(B, 3, 64, 64\) batch, got shape \(2, 3, 48, 64\)$"):
+            model(torch.zeros(2, 3, 48, 64))
+    with pytest.raises(ValueError, match=r"^RAMSTrans expects a \(B, 3, 64, 64\) batch, got shape \(3, 64, 64\)$"):
+        tiny_model().forward_multiscale(torch.zeros(3, 64, 64))

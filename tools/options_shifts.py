@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ramstrans.bench.demo import mean_spread
 from ramstrans.evaluate import run_eval
+from ramstrans.files import write_text_atomic
 
 VARIANTS, SHIFTS = ("base", "fwt_fixed", "fwt_learned"), (None, "colour", "blur", "contrast")
 
@@ -22,7 +23,7 @@ def main(runs: str, out: str) -> None:
                                     show_progress=False, shift=() if s is None else (s,))["top1"] for f in folders]
                   for s in SHIFTS}
         result[name] = {"folders": [str(f) for f in folders], **{k: mean_spread(v) for k, v in scores.items()}}
-    Path(out).write_text(json.dumps(result, indent=1))
+    write_text_atomic(out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

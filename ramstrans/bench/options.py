@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from ..files import write_text_atomic
 from .demo import mean_spread, run_or_reuse
 
 __all__ = ["bench_options", "VARIANTS"]
@@ -80,8 +81,8 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
         else:
             learner(module, criterion, x, y, key, 1.0)
         times.append(time.perf_counter() - t)
-    queue.put({"step_s": statistics.median(times[1:]), "peak_rss_mib": _vm_mib("VmHWM"),
-               "step_rise_mib": _vm_mib("VmHWM") - before})
+    peak = _vm_mib("VmHWM")
+    queue.put({"step_s": statistics.median(times[1:]), "peak_rss_mib": peak, "step_rise_mib": peak - before})
 
 
 def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
@@ -94,12 +95,13 @@ def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
     return out
 
 
-def _run(config: str, sets: List[str], folder: Path, name: str, record: Dict[str, Dict[str, list]]) -> Dict[str, float]:
-    """Train (or reuse) one run, note its folder and resolved config under ``record``, and score it."""
+def _run(config: str, sets: List[str], folder: Path, variant: str, seed: int,
+         record: Dict[str, Dict[str, list]]) -> Dict[str, float]:
+    """Train (or reuse) one run, note its folder and resolved config under ``record[...][variant]``, and score it."""
     from ..config import load_config
-    run = run_or_reuse(config, sets, folder, name)
-    record["run_folders"].setdefault(name.rsplit("_seed", 1)[0], []).append(str(run))
-    record["resolved_configs"].setdefault(name.rsplit("_seed", 1)[0], asdict(load_config(config, sets)))
+    run = run_or_reuse(config, sets, folder, f"{variant}_seed{seed}")
+    record["run_folders"].setdefault(variant, []).append(str(run))
+    record["resolved_configs"].setdefault(variant, asdict(load_config(config, sets)))
     return _scores(run)
 
 
@@ -120,13 +122,12 @@ def bench_options(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str = "runs/b
         seed_sets = [*seed_base, f"train.seed={seed}"]
         for name, sets in VARIANTS.items():
             rows.setdefault(name, []).append(
-                _run("synthetic_cpu", [*seed_sets, *overrides, *sets], Path(out_dir), f"{name}_seed{seed}", record))
+                _run("synthetic_cpu", [*seed_sets, *overrides, *sets], Path(out_dir), name, seed, record))
         teacher = run_or_reuse("teacher_synthetic_cpu", seed_sets, Path(teacher_dir) / "val", f"teacher_seed{seed}")
         taught = [*seed_sets, *overrides, "distill.enabled=true", f"distill.teacher={teacher}"]
         for name, config, extra in (("distilled", "distill_synthetic_cpu", ["distill.type=soft"]),
                                     ("assembled", "seed_system_synthetic_cpu", [])):
-            rows.setdefault(name, []).append(_run(config, [*taught, *extra], Path(out_dir), f"{name}_seed{seed}",
-                                                  record))
+            rows.setdefault(name, []).append(_run(config, [*taught, *extra], Path(out_dir), name, seed, record))
     result: Dict[str, object] = {"split": "val", "seeds": list(seeds), "overrides": list(overrides),
                                  "shift": list(SHIFT), "variants": VARIANTS, **record}
     for name, res in rows.items():
@@ -137,5 +138,5 @@ def bench_options(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str = "runs/b
     result["cost"] = {name: _cost("synthetic_cpu", [*overrides, *sets]) for name, sets in VARIANTS.items()}
     result["cost"]["assembled"] = _cost("seed_system_synthetic_cpu", list(overrides))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, "val_result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, "val_result.json"), json.dumps(result, indent=1))
     return result
