@@ -20,7 +20,7 @@ from torch import nn
 from .config import Config, ConfigError, config_diff, config_from_dict
 from .errors import CheckpointError
 from .files import atomic_write
-from .models import Model, build_model
+from .models import Model, RAMSTrans, ZoomGate, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint", "weights_used",
            "load_model_state", "find_checkpoint", "save_run_checkpoint", "FORMAT", "LATEST"]
@@ -160,7 +160,7 @@ def weights_used(ckpt: Dict[str, Any], weights: str = "auto", origin: str = "the
 
 
 def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "auto",
-                          origin: str = "the checkpoint") -> Tuple[Model, Config, List[str]]:
+                          origin: str = "the checkpoint", gate: bool = True) -> Tuple[Model, Config, List[str]]:
     """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
 
     Args:
@@ -168,6 +168,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "
         model_cfg: the model section to build (e.g. with resume overrides); default the checkpoint's own.
         weights: "raw", "ema" (its EMA weights) or "auto" (EMA weights when the checkpoint has them).
         origin: how to name the checkpoint in errors.
+        gate: attach the zoom gate the checkpoint holds (``ramstrans fit-gate``); a resumed training does not (the
+            weights move on, and the gate was fitted to these).
 
     Raises:
         CheckpointError: EMA weights asked for but absent, or the weights do not fit ``model_cfg``.
@@ -194,6 +196,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "
         key, (old, new) = next(iter(differs.items()))
         raise CheckpointError(f"{origin} does not fit the configured model: its {key} is {old}, the configured one "
                               f"{new}") from None
+    if gate and isinstance(ckpt.get("zoom_gate"), dict) and isinstance(model, RAMSTrans):
+        model.zoom_gate = ZoomGate.from_state(ckpt["zoom_gate"]["state"])
     return model, cfg, names
 
 

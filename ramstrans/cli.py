@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .config import DEFAULT_CONFIG
@@ -37,6 +38,21 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     r = run_eval(a.checkpoint, scales=a.scales, zoom_threshold=a.zoom_threshold, show_progress=not a.no_progress,
                  shift=[n for n in (a.shift or "").split(",") if n], **common)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+def _cmd_fit_gate(a: argparse.Namespace) -> None:
+    from .zoom_gate import run_fit_gate
+    r = run_fit_gate(a.checkpoint, out=a.out, split=a.split, weights=a.weights, batch_size=a.batch_size,
+                     device=a.device, data_root=a.data_root, num_workers=a.workers, overwrite=a.overwrite)
+
+    def point(row: Optional[dict]) -> str:
+        return f"{row['top1']:.2f}% at {row['passes_per_image']:.2f} passes per image" if row else "none"
+
+    print(f"{r['split']} split, {r['images']} images: single scale {r['single_scale_top1']:.2f}%, full fusion "
+          f"{r['full_fusion_top1']:.2f}%; the zoom changes {r['changed_share']:.1%} of the answers (oracle: "
+          f"{point(r['oracle'])}). Cheapest within {r['tolerance_points']:g} points of full fusion, out of fold: "
+          f"zoom gate {point(r['gate_oof']['chosen'])} (threshold {r['threshold']:.4g}), top probability "
+          f"{point(r['maxprob']['chosen'])}. Wrote {r['output']} (use --scales auto --zoom-on gate) and {r['report']}")
 
 
 def _print_sweep(r: dict) -> None:
@@ -89,8 +105,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="csv", choices=("csv", "json"), help="CSV rows or JSON lines")
     p.add_argument("--out", help="file to write (default: standard output)")
     p.add_argument("--scales", default="1", help="1, N (fuse N scales) or auto (zoom the images scale 1 is unsure of)")
-    p.add_argument("--zoom-threshold", type=float, default=0.5, help="--scales auto: zoom below this confidence")
-    p.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin"))
+    p.add_argument("--zoom-threshold", type=float,
+                   help="--scales auto: zoom below this confidence (default: the gate's own with --zoom-on gate, "
+                        "else 0.5)")
+    p.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin", "gate"),
+                   help="--scales auto: the confidence: the top probability, the top-1 minus top-2 margin, or 1 - the "
+                        "fitted zoom gate's probability that the zoom changes the answer (ramstrans fit-gate)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
@@ -146,6 +166,11 @@ def _cmd_bench(a: argparse.Namespace) -> None:
     elif a.what == "accum":
         from .bench.training import bench_accum
         r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
+    elif a.what == "zoom":
+        from .bench.zoom import bench_zoom
+        r = bench_zoom(a.stage, [int(s) for s in a.seeds.split(",")], a.config, a.out or "runs/bench_zoom", a.set or ())
+        print(f"bench zoom --stage {a.stage}: written to {Path(a.out or 'runs/bench_zoom') / f'{a.stage}_result.json'}")
+        return
     elif a.what == "latency":
         r = _bench_latency(a)
     elif a.what == "transmix":
@@ -179,7 +204,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
     b.add_argument("what", nargs="?", default="core",
                    choices=("core", "transmix", "ddp", "inat", "demo", "distill", "options", "ema", "accum",
-                            "latency"),
+                            "latency", "zoom"),
                    help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
                         "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
                         "demo: plain ViT against RAMS-Trans over seeds; distill: the demo teacher, and the student "
@@ -187,7 +212,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                         "transformer's options against the demo RAMS-Trans (validation); ema: raw against EMA "
                         "weights over seeds (validation); accum: one batch against accumulated batches (validation); "
                         "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
-                        "proposal, and of configs (--configs) at batch 1")
+                        "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
+                        "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage")
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
@@ -211,6 +237,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--zoom-threshold", type=float, help="demo --split test, latency: the adaptive threshold (demo's "
                                                         "default: the one bench demo --split val chose)")
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
+    b.add_argument("--stage", default="screen", choices=("screen", "ema", "report", "latency"),
+                   help="zoom: screen (the grids, on validation), ema (the target's source with an EMA), report "
+                        "(every row, validation and test), latency (ms per image; run it alone)")
     b.add_argument("--configs", help="latency: comma-separated configs whose models to time at --batch (instead of the "
                                      "proposal and a checkpoint)")
     b.set_defaults(func=_cmd_bench)
@@ -237,11 +266,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test")
     e.add_argument("--scales", default="1", help="1 (the test-time model, default), N (fuse the first N scales) or "
                                                   "auto (zoom only the images scale 1 is unsure of)")
-    e.add_argument("--zoom-threshold", type=float, default=0.5,
+    e.add_argument("--zoom-threshold", type=float,
                    help="--scales auto: zoom the images whose scale-1 confidence is below this, in [0, 1] (choose it "
-                        "with --sweep-zoom on --split val)")
-    e.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin"),
-                   help="--scales auto: the confidence, the top probability or the top-1 minus top-2 margin")
+                        "with --sweep-zoom on --split val; default: the gate's own with --zoom-on gate, else 0.5)")
+    e.add_argument("--zoom-on", default="maxprob", choices=("maxprob", "margin", "gate"),
+                   help="--scales auto: the confidence, the top probability, the top-1 minus top-2 margin, or 1 - the "
+                        "fitted zoom gate's probability that the zoom changes the answer (ramstrans fit-gate)")
     e.add_argument("--sweep-zoom", action="store_true",
                    help="top-1 against cost for a grid of zoom thresholds (on a validation split, never test); "
                         "names the cheapest within 0.5 points of full fusion")
@@ -288,6 +318,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true", help="replace what --out holds (by default that is refused)")
     m.set_defaults(func=_cmd_make_synthetic)
+
+    g = sub.add_parser("fit-gate", help="fit the learned zoom gate of a multi-scale checkpoint on its validation split "
+                                         "and write a new checkpoint with it")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--split", default="val", help="the split to fit on (never test; default: %(default)s)")
+    g.add_argument("--out", help="the checkpoint to write (default: <checkpoint stem>_gate.pth beside it)")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--data-root", help="data set root, if not the training config's")
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    g.set_defaults(func=_cmd_fit_gate)
 
     _add_predict(sub)
     _add_check_data(sub)

@@ -74,6 +74,12 @@ class DataConfig:
 class LossConfig:
     scale_weights: List[float] = field(default_factory=lambda: [1.0, 1.0])  # per scale; λ = weight of scale 2
     label_smoothing: float = 0.0  # on hard labels
+    self_distill: float = 0.0  # β: scale 1 learns the zoom's detached prediction: β·τ²·KL(target ‖ scale 1) (0: off)
+    self_distill_tau: float = 1.0  # τ of that term
+    self_distill_target: str = "fused"  # fused: the mean of all scales' softmax (the test-time fusion) | last: the
+    # deepest scale alone
+    self_distill_source: str = "online"  # online: the step's own forward | ema: the EMA weights' forward (two more
+    # passes without gradient; needs train.ema_decay > 0)
 
 
 @dataclass
@@ -91,8 +97,11 @@ class MixConfig:
 
 @dataclass
 class DistillConfig:
-    enabled: bool = False  # knowledge distillation from a frozen teacher into the distillation token's head
+    enabled: bool = False  # knowledge distillation from a frozen teacher (into the distillation token's head, or
+    # with no distillation token into the only head: (1 - λ)·CE + λ·KD)
     teacher: str = ""  # a ramstrans checkpoint (or run folder) or an exported timm folder, same classes and size
+    teacher_scales: int = 0  # a multi-scale RAMS-Trans teacher: how many of its scales it fuses (0 = all; 1 = its
+    # single pass)
     type: str = "soft"  # soft: τ²·KL(teacher ‖ student) at temperature τ | hard: CE to the teacher's argmax
     alpha: float = 0.5  # λ: loss = (1 - λ)·CE(class head, labels) + λ·distillation term
     tau: float = 1.0  # temperature of the soft term
@@ -233,6 +242,10 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.pretext_test_size", *_at_least(1)),
     ("loss.scale_weights", lambda v: len(v) >= 1 and min(v) >= 0, "a non-empty list of numbers >= 0"),
     ("loss.label_smoothing", *_UNIT),
+    ("loss.self_distill", _at_least(0)[0], ">= 0 (0 = off)"),
+    ("loss.self_distill_tau", *_POSITIVE),
+    ("loss.self_distill_target", *_one_of("fused", "last")),
+    ("loss.self_distill_source", *_one_of("online", "ema")),
     ("mix.mixup_alpha", *_at_least(0)),
     ("mix.cutmix_alpha", *_at_least(0)),
     ("mix.prob", *_PROBABILITY),
@@ -243,6 +256,7 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("distill.alpha", *_PROBABILITY),
     ("distill.tau", *_POSITIVE),
     ("distill.kl_reduction", *_one_of("batchmean", "classes")),
+    ("distill.teacher_scales", _at_least(0)[0], ">= 0 (0 = all of the teacher's scales)"),
     ("distill.scales", lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 1,
      "a non-empty list of distinct scales >= 1"),
     ("train.steps", *_at_least(1)),
@@ -283,8 +297,12 @@ _COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
      "learned needs hard labels to split the classes: it cannot be combined with mix.enabled"),
     ("mix.transmix", lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
      "needs a ViT's attention; set mix.transmix=false for model.type classifier"),
-    ("distill.enabled", lambda c: c.distill.enabled and not c.model.dist_token,
-     "needs model.dist_token: true (the teacher supervises the distillation token's head)"),
+    ("loss.self_distill", lambda c: c.loss.self_distill > 0 and c.model.num_scales < 2,
+     "needs model.num_scales >= 2: the zoomed scales are scale 1's teacher"),
+    ("loss.self_distill", lambda c: c.loss.self_distill > 0 and c.distill.enabled,
+     "cannot be combined with distill.enabled: scale 1 learns from one teacher, the zoom or distill.teacher"),
+    ("loss.self_distill_source", lambda c: c.loss.self_distill > 0 and c.loss.self_distill_source == "ema"
+     and c.train.ema_decay <= 0, "ema needs train.ema_decay > 0"),
     ("distill.teacher", lambda c: c.distill.enabled and not c.distill.teacher,
      "must name the teacher (a ramstrans checkpoint or an exported timm folder) when distill.enabled is true"),
     ("distill.scales", lambda c: c.distill.enabled and max(c.distill.scales) > c.model.num_scales,

@@ -15,11 +15,12 @@ from .data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from .dist import resolve_device
 from .engine import amp_setup, autocast, evaluate
 from .files import write_text_atomic
-from .models import Model, zoom_confidence
+from .models import Model, fuse_probs
 from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
                     plot_zoom_sweep)
 
-__all__ = ["run_eval", "run_zoom_sweep", "eval_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS"]
+__all__ = ["run_eval", "run_zoom_sweep", "eval_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS",
+           "scale_outputs", "resolve_threshold", "sweep_rows", "cheapest_within"]
 
 SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0.05, ..., 1
 SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
@@ -55,11 +56,28 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
+def resolve_threshold(model: Model, zoom_on: str, threshold: Optional[float]) -> float:
+    """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
+    gate``) or 0.5; checked to lie in [0, 1].
+
+    Raises:
+        ValueError: ``--zoom-on gate`` on a model without a fitted gate, or a threshold outside [0, 1].
+    """
+    gate = model.zoom_gate
+    if zoom_on == "gate" and gate is None:
+        raise ValueError("--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint "
+                         "... writes one")
+    if threshold is None:
+        threshold = float(gate.threshold) if zoom_on == "gate" else 0.5
+    return check_threshold(threshold)
+
+
 def eval_folder(checkpoint: str, split: str, scales: Union[int, str], weights: str, threshold: float = 0.0,
                 zoom_on: str = "maxprob", shift: Sequence[str] = ()) -> Path:
     """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales, weights (and
     shift)."""
-    mode = f"auto{threshold:g}{'' if zoom_on == 'maxprob' else '_margin'}" if scales == "auto" else f"scales{scales}"
+    rule = "" if zoom_on == "maxprob" else f"_{zoom_on}"
+    mode = f"auto{threshold:g}{rule}" if scales == "auto" else f"scales{scales}"
     return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}{'_shift-' + '+'.join(shift) if shift else ''}"
 
 
@@ -103,8 +121,8 @@ def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
 
 
 def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
-             zoom_threshold: float = 0.5, zoom_on: str = "maxprob", weights: str = "auto", batch_size: int = 32,
-             device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
+             zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob", weights: str = "auto",
+             batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
              skip_corrupt: bool = False, show_progress: bool = True, shift: Sequence[str] = ()) -> Dict[str, object]:
     """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
     images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
@@ -115,8 +133,10 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
         output_dir: where to write (default ``eval_folder``: beside the checkpoint).
         split: data split to evaluate ("val": the data set's own, or the one the run carved with data.val_fraction).
         scales: 1 = the single-scale test-time model; N fuses the first N scales; "auto" zooms the uncertain images.
-        zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it (choose it with the sweep).
-        zoom_on: "auto": the confidence, "maxprob" (top probability) or "margin" (top-1 minus top-2).
+        zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it (choose it with the sweep;
+            default: the gate's own with ``zoom_on="gate"``, else 0.5).
+        zoom_on: "auto": the confidence, "maxprob" (top probability), "margin" (top-1 minus top-2) or "gate" (1 − the
+            fitted zoom gate's probability that the zoom changes the answer).
         weights: "auto" (the EMA weights when the checkpoint has them, as training reported), "raw" or "ema".
         batch_size: images per batch.
         device: auto | cpu | cuda.
@@ -128,7 +148,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
     """
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
     scales = parse_scales(scales, model.num_scales)
-    check_threshold(zoom_threshold)
+    zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
     res, state = evaluate(model, eval_loader(ds, batch_size, num_workers), device=dev, num_classes=len(names),
                           amp_dtype=amp_dtype, scales=scales, zoom_threshold=zoom_threshold, zoom_on=zoom_on,
@@ -152,18 +172,41 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
 
 
 @torch.no_grad()
-def _scale_probs(model: Model, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
-    """Scale-1 and fused probabilities (all scales) and the labels of every image, on the CPU."""
-    first, fused, labels = [], [], []
+def scale_outputs(model: Model, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
+    """Per image, on the CPU: scale 1's (N, D) pooled features and (N, K) probabilities, the (N, K) fused
+    probabilities of all scales (exactly ``predict``'s) and the (N,) labels. The model is in eval mode."""
+    pooled, first, fused, labels = [], [], [], []
     for batch in loader:
         if "image" not in batch:
             continue
         with autocast(device, amp_dtype):
-            pred = model.predict(batch["image"].to(device), model.num_scales, boxes=False)
-        first.append(pred.scale_probs[0].float().cpu())
-        fused.append(pred.probs.float().cpu())
+            out = model.forward_multiscale(batch["image"].to(device))
+            probs = [z.float().softmax(-1) for z in model.head_logits(out)]
+        pooled.append(out.features[0].float().cpu())
+        first.append(probs[0].cpu())
+        fused.append(fuse_probs(probs).cpu())
         labels.append(batch["label"])
-    return torch.cat(first), torch.cat(fused), torch.cat(labels)
+    return torch.cat(pooled), torch.cat(first), torch.cat(fused), torch.cat(labels)
+
+
+def sweep_rows(confidence: torch.Tensor, first: torch.Tensor, fused: torch.Tensor, labels: torch.Tensor,
+               thresholds: Sequence[float], num_scales: int) -> List[Dict[str, float]]:
+    """Top-1 and cost of adaptive zoom at each threshold: (N,) confidences, (N, K) scale-1 and fused probabilities."""
+    rows = []
+    for t in thresholds:
+        zoom = confidence < t
+        probs = torch.where(zoom[:, None], fused, first)
+        rows.append({"threshold": float(t), "top1": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
+                     "zoomed_share": zoom.float().mean().item(),
+                     "passes_per_image": 1.0 + zoom.float().mean().item() * (num_scales - 1)})
+    return rows
+
+
+def cheapest_within(rows: List[Dict[str, float]], full_top1: float,
+                    tolerance: float = SWEEP_TOLERANCE) -> Optional[Dict[str, float]]:
+    """The row with the fewest passes per image (then the highest top-1) within ``tolerance`` of full fusion."""
+    good = [r for r in rows if r["top1"] >= full_top1 - tolerance]
+    return min(good, key=lambda r: (r["passes_per_image"], -r["top1"])) if good else None
 
 
 def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "val", zoom_on: str = "maxprob",
@@ -180,20 +223,14 @@ def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: 
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
     if model.num_scales < 2:
         raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
-    first, fused, labels = _scale_probs(model, eval_loader(ds, batch_size, num_workers), dev,
-                                        amp_setup(dev, cfg.train.amp)[0])
-    confidence = zoom_confidence(first, zoom_on)
-    rows = []
-    for t in SWEEP_THRESHOLDS:
-        zoom = confidence < t
-        probs = torch.where(zoom[:, None], fused, first)
-        rows.append({"threshold": t, "top1": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
-                     "zoomed_share": zoom.float().mean().item(),
-                     "passes_per_image": 1.0 + zoom.float().mean().item() * (model.num_scales - 1)})
+    resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
+    pooled, first, fused, labels = scale_outputs(model, eval_loader(ds, batch_size, num_workers), dev,
+                                                 amp_setup(dev, cfg.train.amp)[0])
+    rows = sweep_rows(model.zoom_score(pooled, first, zoom_on), first, fused, labels, SWEEP_THRESHOLDS,
+                      model.num_scales)
     full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
     single = 100.0 * (first.argmax(1) == labels).double().mean().item()
-    good = [r for r in rows if r["top1"] >= full - SWEEP_TOLERANCE]
-    chosen = min(good, key=lambda r: (r["passes_per_image"], -r["top1"])) if good else None
+    chosen = cheapest_within(rows, full)
     result = {"checkpoint": str(checkpoint), "split": split, "images": len(labels), "zoom_on": zoom_on,
               "weights": weights_used(ckpt, weights), "single_scale_top1": single, "full_fusion_top1": full,
               "full_fusion_passes_per_image": float(model.num_scales), "tolerance_points": SWEEP_TOLERANCE,

@@ -8,8 +8,9 @@
   written the same way. A student with a distillation token is written as timm's distilled ViT (architecture
   ``deit_*_distilled_*`` with the student's own arguments), whose timm forward is the mean of the two heads.
 - ``onnx``: the single-scale model (``images`` -> ``logits``), or the fused multi-scale model (``images`` ->
-  ``logits`` (B, S, K) per scale, ``probs`` (B, K) their mean softmax, ``boxes`` (B, 4) scale 1's proposal), proposal
-  included; the batch dimension is dynamic.
+  ``logits`` (B, S, K) per scale, ``probs`` (B, K) their mean softmax, ``boxes`` (B, 4) scale 1's proposal, and for a
+  checkpoint with a fitted zoom gate ``zoom_confidence`` (B,), zoomed where below the metadata's ``zoom_threshold``),
+  proposal included; the batch dimension is dynamic. A timm folder does not carry the zoom gate.
 """
 import json
 import math
@@ -145,16 +146,21 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
 
 
 class _Fused(nn.Module):
-    """The multi-scale test-time model as one graph: per-scale logits, their mean softmax, scale 1's boxes."""
+    """The multi-scale test-time model as one graph: per-scale logits, their mean softmax, scale 1's boxes, and with a
+    fitted zoom gate scale 1's zoom confidence (1 − the gate's probability that the zoom changes the answer)."""
 
     def __init__(self, model: RAMSTrans, scales: int) -> None:
         super().__init__()
         self.model, self.scales = model, scales
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         out = self.model.forward_multiscale(images, self.scales)
         logits = torch.stack(self.model.head_logits(out), dim=1)
-        return logits, logits.float().softmax(-1).mean(1), out.boxes[0]
+        probs = logits.float().softmax(-1)
+        fused = (logits, probs.mean(1), out.boxes[0])
+        if self.model.zoom_gate is None:
+            return fused
+        return (*fused, self.model.zoom_score(out.features[0], probs[:, 0], "gate"))
 
 
 def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18) -> Path:
@@ -187,7 +193,10 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: Optional[Dict[st
             from None
     model.eval()
     module = (model if scales == 1 else _Fused(model, scales)).eval()
-    outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"]
+    gate = scales > 1 and model.zoom_gate is not None
+    outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"] + (["zoom_confidence"] if gate else [])
+    if gate:  # a client zooms where zoom_confidence < this
+        meta = {**(meta or {}), "zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(module, (example,), input_names=["images"], output_names=outputs,

@@ -1,14 +1,16 @@
 """Training criteria. Like DeiT's, a criterion sees the inputs and the model's output (the distillation loss runs its
-teacher on the inputs, and on the zoomed views it rebuilds from the output's boxes), and returns named scalar terms
-whose sum is the loss."""
+teacher on the inputs, and on the zoomed views it rebuilds from the output's boxes; self-distillation reads the zoomed
+scales of the same output), and returns named scalar terms whose sum is the loss."""
 from typing import Dict, List, Optional, Sequence, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import MultiScaleOutput, crop_and_zoom
+from .models import MultiScaleOutput, crop_and_zoom, fused_log_probs
+from .models.backbone import Head, select_head
 
-__all__ = ["MultiScaleLoss", "DistillationLoss", "kd_term", "build_criterion"]
+__all__ = ["MultiScaleLoss", "DistillationLoss", "SelfDistillationLoss", "kd_term", "build_criterion"]
 
 Targets = Union[Tensor, Sequence[Tensor]]
 
@@ -71,7 +73,8 @@ class MultiScaleLoss(nn.Module):
 
 def kd_term(student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1.0,
             reduction: str = "batchmean") -> Tensor:
-    """The distillation term of the distillation head's (B, K) logits against the teacher's (B, K) logits.
+    """The distillation term of the student head's (B, K) logits against the teacher's (B, K) logits or
+    log-probabilities (the same up to a constant per row: a fused teacher gives the log of its fused probabilities).
 
     soft: τ² · KL(softmax(teacher / τ) ‖ softmax(student / τ)), summed over classes and divided by B ("batchmean",
     timm's TokenDistillationTask) or by B · K ("classes", DeiT's code). hard: CE(student, argmax teacher).
@@ -87,12 +90,13 @@ def kd_term(student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1
 class DistillationLoss(nn.Module):
     """DeiT's token distillation on RAMS-Trans scales: for every supervised scale s,
     ``ce_scale{s}`` = w_s · (1 − λ) · CE(class head, target) and ``kd_scale{s}`` = w_s · λ · KD(distillation head,
-    teacher); other scales train both heads on the labels (``MultiScaleLoss``). Soft (mixed) targets go to the CE term;
-    the teacher sees the mixed image, and for a zoomed scale the same crop the student saw.
+    teacher); other scales train both heads on the labels (``MultiScaleLoss``). A student without a distillation token
+    gets DeiT's plain distillation on its only head: the KD term goes to the class head. Soft (mixed) targets go to the
+    CE term; the teacher sees the mixed image, and for a zoomed scale the same crop the student saw.
 
     Args:
         base: the multi-scale CE (scale weights, label smoothing).
-        teacher: the frozen teacher (takes the student's normalised images).
+        teacher: the frozen teacher: the student's normalised images -> (B, K) logits or log-probabilities.
         kind: "soft" or "hard".
         alpha: λ in [0, 1].
         tau: temperature (> 0) of the soft term.
@@ -113,7 +117,8 @@ class DistillationLoss(nn.Module):
         self.scales = tuple(sorted(int(s) for s in scales))
 
     def teacher_logits(self, inputs: Tensor, output: MultiScaleOutput, scale: int) -> Tensor:
-        """(B, K) teacher logits on the view scale ``scale`` (0-based) saw: the input, or its zoomed crop."""
+        """(B, K) teacher logits (or log-probabilities) on the view scale ``scale`` (0-based) saw: the input, or its
+        zoomed crop."""
         view = inputs if scale == 0 else crop_and_zoom(inputs, output.boxes[scale - 1], tuple(inputs.shape[-2:]))
         return self.teacher(view.detach())
 
@@ -122,34 +127,107 @@ class DistillationLoss(nn.Module):
 
         Args:
             inputs: (B, C, H, W) the (mixed) images the student saw at scale 1.
-            output: the student's MultiScaleOutput, with distillation-token logits.
+            output: the student's MultiScaleOutput (with distillation-token logits when it has that token).
             targets: as ``MultiScaleLoss``.
         """
-        if not output.dist_logits:
-            raise ValueError("distillation needs a student with a distillation token (model.dist_token: true)")
         per_scale = self.base.per_scale_targets(output, targets)
+        dists = output.dist_logits or [None] * len(output.logits)
         terms: Dict[str, Tensor] = {}
-        for s, (cls, dist, t, w) in enumerate(zip(output.logits, output.dist_logits, per_scale, self.base.weights)):
+        for s, (cls, dist, t, w) in enumerate(zip(output.logits, dists, per_scale, self.base.weights)):
             if s not in self.scales:
                 terms[f"ce_scale{s + 1}"] = w * self.base.label_term(cls, dist, t)
                 continue
-            kd = kd_term(dist, self.teacher_logits(inputs, output, s), self.kind, self.tau, self.kl_reduction)
+            student = cls if dist is None else dist
+            kd = kd_term(student, self.teacher_logits(inputs, output, s), self.kind, self.tau, self.kl_reduction)
             terms[f"ce_scale{s + 1}"] = w * (1.0 - self.alpha) * self.base.ce(cls, t)
             terms[f"kd_scale{s + 1}"] = w * self.alpha * kd
         return terms
 
 
-def build_criterion(loss_cfg, num_scales: int, distill_cfg=None,
-                    teacher: Optional[nn.Module] = None) -> Union[MultiScaleLoss, DistillationLoss]:
+class SelfDistillationLoss(nn.Module):
+    """RAMS-Trans with its own zoom as scale 1's teacher: the multi-scale CE of ``base`` plus
+    ``sd_scale1`` = β · τ² · KL(target_τ ‖ softmax(z_1 / τ)) (batchmean), where target_τ = softmax(log p / τ) of the
+    detached target p: the fusion of all scales (the mean of their softmax, exactly ``RAMSTrans.predict``'s) or the
+    deepest scale alone. At τ = 1 target_τ is p itself.
+
+    The target comes from the same forward (no extra pass), detached: on a mixed batch it is the prediction of the
+    mixed image. With ``ema`` it comes from the EMA weights' own multi-scale forward of the same inputs instead (two
+    passes without gradient). With a distillation token the scale-1 distillation head takes the term and the class
+    head keeps the labels (DeiT's split); the target is fused from the ``head`` logits of every scale.
+
+    Args:
+        base: the multi-scale CE (scale weights, label smoothing); at least two scales.
+        beta: β >= 0.
+        tau: τ > 0.
+        target: "fused" or "last".
+        head: with a distillation token, the head whose logits make the target (the model's test-time head).
+        ema: a RAMSTrans (the EMA copy) whose forward gives the target, or None for the step's own output.
+    """
+
+    def __init__(self, *, base: MultiScaleLoss, beta: float, tau: float = 1.0, target: str = "fused",
+                 head: Head = "mean", ema: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if len(base.weights) < 2:
+            raise ValueError("self-distillation needs at least two scales: the zoomed scales are scale 1's teacher")
+        if not beta >= 0 or not tau > 0 or target not in ("fused", "last"):
+            raise ValueError(f"self-distillation needs beta >= 0, tau > 0 and target fused or last, got {beta}, {tau} "
+                             f"and {target!r}")
+        self.base, self.beta, self.tau, self.target, self.head, self.ema = base, float(beta), float(tau), target, \
+            head, ema
+
+    def target_log_probs(self, inputs: Tensor, output: MultiScaleOutput) -> Tensor:
+        """(B, K) detached float32 log-probabilities of the target at τ = 1."""
+        if self.ema is not None:
+            with torch.no_grad():
+                output = self.ema.forward_multiscale(inputs)
+        dists = output.dist_logits or [None] * len(output.logits)
+        logits = [(c if d is None else select_head(c, d, self.head)).detach() for c, d in zip(output.logits, dists)]
+        return fused_log_probs(logits) if self.target == "fused" else F.log_softmax(logits[-1].float(), dim=-1)
+
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
+        """The base terms (with a distillation token, ``ce_scale1`` of the class head alone) and ``sd_scale1``.
+
+        Args:
+            inputs: (B, C, H, W) the (mixed) images the model saw at scale 1.
+            output: the model's MultiScaleOutput.
+            targets: as ``MultiScaleLoss``.
+        """
+        terms = self.base(inputs, output, targets)
+        student = output.logits[0]
+        if output.dist_logits:
+            student = output.dist_logits[0]
+            label = self.base.per_scale_targets(output, targets)[0]
+            terms["ce_scale1"] = self.base.weights[0] * self.base.ce(output.logits[0], label)
+        terms["sd_scale1"] = self.beta * kd_term(student, self.target_log_probs(inputs, output), "soft", self.tau)
+        return terms
+
+
+def build_criterion(loss_cfg, num_scales: int, distill_cfg=None, teacher: Optional[nn.Module] = None,
+                    head: Head = "mean", ema: Optional[nn.Module] = None) -> nn.Module:
     """The only place that maps ``cfg.loss`` (and ``cfg.distill`` with its built teacher) to a criterion.
 
+    Args:
+        loss_cfg: ``cfg.loss``.
+        num_scales: the model's scales.
+        distill_cfg: ``cfg.distill`` (read when ``teacher`` is given).
+        teacher: the built frozen teacher, or None.
+        head: the model's test-time head (``model.eval_head``): self-distillation fuses its logits.
+        ema: the EMA model, needed by ``loss.self_distill_source: ema``.
+
     Raises:
-        ValueError: ``loss.scale_weights`` does not have one entry per scale.
+        ValueError: ``loss.scale_weights`` does not have one entry per scale, or self-distillation from an EMA that
+            is not there.
     """
     if len(loss_cfg.scale_weights) != num_scales:
         raise ValueError(f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is "
                          f"{num_scales}")
     base = MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
+    if loss_cfg.self_distill > 0:
+        if loss_cfg.self_distill_source == "ema" and ema is None:
+            raise ValueError("loss.self_distill_source ema needs train.ema_decay > 0")
+        return SelfDistillationLoss(base=base, beta=loss_cfg.self_distill, tau=loss_cfg.self_distill_tau,
+                                    target=loss_cfg.self_distill_target, head=head,
+                                    ema=ema if loss_cfg.self_distill_source == "ema" else None)
     if teacher is None:
         return base
     d = distill_cfg

@@ -198,3 +198,29 @@ def plot_zoom_sweep(rows: Sequence[dict], single: float, full: float, num_scales
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save_png(fig, png)
+
+
+def plot_gate_frontier(report: dict, num_scales: int, png: Path) -> None:
+    """Top-1 against backbone passes per image of adaptive zoom on the fitting split: the zoom gate's out-of-fold
+    frontier, the top probability's, the oracle, single scale and full fusion."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for key, label in (("maxprob", "top probability"), ("gate_oof", "zoom gate (out of fold)")):
+        rows = report[key]["rows"]
+        ax.plot([r["passes_per_image"] for r in rows], [r["top1"] for r in rows], "-", label=label)
+        chosen = report[key]["chosen"]
+        if chosen is not None:
+            ax.plot([chosen["passes_per_image"]], [chosen["top1"]], "*", markersize=12,
+                    label=f"{label}: {chosen['top1']:.1f}% at {chosen['passes_per_image']:.2f}")
+    oracle = report["oracle"]
+    ax.plot([oracle["passes_per_image"]], [oracle["top1"]], "^", color="tab:purple",
+            label=f"oracle {oracle['top1']:.1f}% at {oracle['passes_per_image']:.2f}")
+    ax.plot([1.0], [report["single_scale_top1"]], "s", color="tab:gray",
+            label=f"single scale {report['single_scale_top1']:.1f}%")
+    ax.plot([float(num_scales)], [report["full_fusion_top1"]], "D", color="tab:green",
+            label=f"full fusion {report['full_fusion_top1']:.1f}%")
+    ax.set_xlabel("backbone passes per image")
+    ax.set_ylabel(f"top-1 (%), {report['split']} split")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_png(fig, png)

@@ -23,7 +23,7 @@ from .data.folder import IMAGE_EXTENSIONS
 from .dist import resolve_device
 from .engine import amp_setup, autocast
 from .errors import DataError
-from .evaluate import check_threshold, parse_scales
+from .evaluate import check_threshold, parse_scales, resolve_threshold
 from .files import write_text_atomic
 from .models import Model
 
@@ -124,7 +124,7 @@ def _format(rows: List[dict], fmt: str, topk: int, adaptive: bool) -> str:
 
 
 def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: str = "csv", out: Optional[str] = None,
-                scales: Union[int, str] = 1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
+                scales: Union[int, str] = 1, zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob",
                 batch_size: int = 32, device: str = "auto", num_workers: int = 0, weights: str = "auto",
                 visualize: Optional[str] = None, show_progress: bool = True) -> Dict[str, int]:
     """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
@@ -136,8 +136,9 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
         fmt: "csv" or "json" (JSON lines).
         out: file to write (default: standard output).
         scales: 1, N (fuse N scales) or "auto" (zoom the images scale 1 is unsure of).
-        zoom_threshold: "auto": zoom below this scale-1 confidence.
-        zoom_on: "maxprob" or "margin".
+        zoom_threshold: "auto": zoom below this scale-1 confidence (default: the gate's own with ``zoom_on="gate"``,
+            else 0.5).
+        zoom_on: "maxprob", "margin" or "gate" (a checkpoint with a fitted zoom gate).
         batch_size: images per batch.
         device: auto | cpu | cuda.
         num_workers: decoding processes (0: in this process).
@@ -148,12 +149,14 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
     if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
         raise ValueError(f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, "
                          f"{batch_size}, {fmt})")
-    check_threshold(zoom_threshold)
+    if zoom_threshold is not None:
+        check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
     files = expand_paths(paths)
     model, names, transform = load_for_inference(model_path, weights)
     if visualize and not hasattr(model, "propose"):
         raise ValueError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
     scales = parse_scales(scales, model.num_scales)
+    zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     dev = resolve_device(device)
     model.to(dev)
     amp_dtype = amp_setup(dev, True)[0]

@@ -1,9 +1,11 @@
 """The frozen teacher of knowledge distillation: a trained ramstrans model (a classifier such as a CNN, or a RAMS-Trans
-ViT's single scale) loaded from a checkpoint, a run folder or an exported timm folder.
+ViT: its single scale, or the fusion of its zoomed scales) loaded from a checkpoint, a run folder or an exported timm
+folder.
 
 The teacher is always in eval mode, has no trainable parameters, draws no random numbers (so a resumed run continues
 exactly), is never wrapped in DDP (the criterion holds it, not the trained module), and sees exactly the student's
-pixels, renormalised from the student's mean / std to its own.
+pixels, renormalised from the student's mean / std to its own. It gives the loss log-probabilities: those of its single
+pass, or the log of its fused prediction (the mean of its scales' softmax, exactly what ``eval --scales N`` scores).
 """
 import hashlib
 from dataclasses import dataclass
@@ -11,10 +13,12 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import LATEST, load_checkpoint, model_from_checkpoint
 from .errors import CheckpointError, ConfigError
+from .models import fused_log_probs
 
 __all__ = ["Teacher", "TeacherSource", "load_teacher", "file_sha256"]
 
@@ -35,12 +39,17 @@ class Teacher(nn.Module):
         model: the teacher (RAMSTrans or Classifier): (B, C, H, W) its own normalisation -> (B, K) logits.
         student_mean: the student's per-channel input mean (the batches arrive normalised with it).
         student_std: the student's per-channel input std.
+        scales: how many of a RAMS-Trans teacher's scales to fuse (1: its single pass; a classifier has 1).
 
     With the teacher's own mean m_t, std s_t: x_t = (x · s_s + m_s − m_t) / s_t, computed as x · a + b.
     """
 
-    def __init__(self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float]) -> None:
+    def __init__(self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float],
+                 scales: int = 1) -> None:
         super().__init__()
+        if not 1 <= scales <= model.num_scales:
+            raise ValueError(f"the teacher has {model.num_scales} scale(s); cannot fuse {scales}")
+        self.scales = int(scales)
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -57,13 +66,19 @@ class Teacher(nn.Module):
         self.model.eval()
         return self
 
-    num_scales = 1
+    num_scales = 1  # what evaluation sees: one prediction (``predict``), fused inside when ``scales`` > 1
+
+    @property
+    def passes_per_image(self) -> int:
+        """Backbone passes the teacher runs per image it sees."""
+        return self.scales
 
     @torch.no_grad()
     def predict(self, x: Tensor, scales=1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
                 boxes: bool = True):
-        """The teacher's own single-scale ``Prediction`` on the student's images (to report its accuracy)."""
-        return self.model.predict(self.normalize_input(x), 1, boxes=False)
+        """The teacher's own ``Prediction`` on the student's images (to report its accuracy): its ``self.scales``
+        fused, whatever ``scales`` the caller asks for (the teacher is one fixed predictor)."""
+        return self.model.predict(self.normalize_input(x), self.scales, boxes=False)
 
     def normalize_input(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in the student's normalisation -> the same pixels in the teacher's."""
@@ -71,8 +86,12 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) images in the student's normalisation -> (B, K) teacher logits (no gradient)."""
-        return self.model(self.normalize_input(x))
+        """(B, C, H, W) images in the student's normalisation -> (B, K) float32 teacher log-probabilities (no
+        gradient): of the single pass, or the log of the mean of ``scales`` scales' softmax."""
+        x = self.normalize_input(x)
+        if self.scales == 1:
+            return F.log_softmax(self.model(x).float(), dim=-1)
+        return fused_log_probs(self.model.head_logits(self.model.forward_multiscale(x, self.scales)))
 
 
 @dataclass
@@ -104,15 +123,27 @@ def _read(source: str) -> Tuple[nn.Module, List[str], int, Path, str]:
 
 
 def load_teacher(source: str, class_names: Sequence[str], img_size: int, student_mean: Sequence[float],
-                 student_std: Sequence[float]) -> Tuple[Teacher, TeacherSource]:
+                 student_std: Sequence[float], scales: int = 0) -> Tuple[Teacher, TeacherSource]:
     """The teacher of ``distill.teacher``, checked against the student's classes and input size.
+
+    Args:
+        source: a checkpoint, run folder or exported timm folder.
+        class_names: the student's classes.
+        img_size: the student's input side.
+        student_mean: the student's input mean.
+        student_std: the student's input std.
+        scales: ``distill.teacher_scales``: how many of the teacher's scales to fuse (0: all it has).
 
     Raises:
         FileNotFoundError: the teacher does not exist.
         CheckpointError: not a checkpoint, run folder or export the toolkit can read.
-        ConfigError: trained on other classes, or at another input size than the student's.
+        ConfigError: trained on other classes, at another input size than the student's, or with fewer scales than
+            ``scales``.
     """
     model, names, side, weights, arch = _read(source)
+    if scales > model.num_scales:
+        raise ConfigError(f"distill.teacher_scales is {scales} but the teacher {source} has {model.num_scales} "
+                          "scale(s)")
     if list(names) != list(class_names):
         raise ConfigError(f"distill.teacher {source} was trained on other classes ({len(names)}: "
                           f"{', '.join(names[:3])}, ...) than the data set ({len(class_names)}: "
@@ -120,5 +151,6 @@ def load_teacher(source: str, class_names: Sequence[str], img_size: int, student
     if side != img_size:
         raise ConfigError(f"distill.teacher {source} takes {side}-pixel images but model.img_size is {img_size}: "
                           "the teacher must see the student's pixels")
-    teacher = Teacher(model=model, student_mean=student_mean, student_std=student_std)
+    teacher = Teacher(model=model, student_mean=student_mean, student_std=student_std,
+                      scales=scales or model.num_scales)
     return teacher, TeacherSource(path=str(weights), name=arch, sha256=file_sha256(weights))

@@ -171,7 +171,7 @@ def build_teacher(cfg: Config, class_names, model: Model, device: torch.device,
         return None, None
     with torch.random.fork_rng(devices=[]):  # the teacher's (discarded) initialisation leaves the run's RNG as it was
         teacher, source = load_teacher(cfg.distill.teacher, class_names, cfg.model.img_size, model.backbone.mean,
-                                       model.backbone.std)
+                                       model.backbone.std, cfg.distill.teacher_scales)
     before = (ckpt or {}).get("teacher")
     if before and before["sha256"] != source.sha256:
         raise ConfigError(f"distill.teacher {cfg.distill.teacher} is not the teacher the checkpoint was trained with "
@@ -220,7 +220,7 @@ def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.devi
     if info.is_main:
         barrier()
     if ckpt is not None:
-        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume")[0]
+        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume", gate=False)[0]
         if list(ckpt["class_names"]) != index.class_names:
             raise ValueError("the checkpoint to resume was trained on other classes than the configured data set")
     else:
@@ -320,7 +320,8 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
         teacher_eval = _report_teacher(r, monitor, evaluate_fn) if r.teacher is not None and ckpt is None else None
         if r.start < t.steps:
-            criterion = build_criterion(cfg.loss, cfg.model.num_scales, cfg.distill, r.teacher)
+            criterion = build_criterion(cfg.loss, cfg.model.num_scales, cfg.distill, r.teacher,
+                                        head=cfg.model.eval_head, ema=r.ema.module if r.ema is not None else None)
             loader = train_loader(r.data.train, t.batch_size, t.seed, r.start_batch, cfg.data.num_workers, info.rank,
                                   info.world_size, t.grad_accum)
             learner = _fwt_learner(cfg, r, info)
@@ -364,9 +365,12 @@ def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> Dict[st
     """The teacher's own accuracy before the student learns from it (validation split, or test without one)."""
     split, ds = ("val", r.data.val) if r.data.val is not None else ("test", r.data.test)
     res = evaluate_fn(r.teacher, ds, split)
-    monitor.log("teacher", {"step": 0, "split": split, **r.teacher_source, **res})
-    logger.info("teacher %s: %s top-1 %.2f%% (mean class accuracy %.2f%%)", r.teacher_source["name"], split,
-                res["top1"], res["mean_class_acc"])
+    passes = r.teacher.passes_per_image
+    monitor.log("teacher", {"step": 0, "split": split, **r.teacher_source, **res, "teacher_scales": r.teacher.scales,
+                            "passes_per_image": passes})
+    logger.info("teacher %s (%d scale(s) fused: %d backbone pass(es) without gradient per image and supervised "
+                "scale, each step): %s top-1 %.2f%% (mean class accuracy %.2f%%)", r.teacher_source["name"],
+                r.teacher.scales, passes, split, res["top1"], res["mean_class_acc"])
     return {"split": split, **res}
 
 

@@ -175,3 +175,24 @@ def test_more_processes_than_images_is_refused(tmp_path, synthetic_root, monkeyp
     from ramstrans.train import _build
     with pytest.raises(ValueError, match="the test split has 9 images, fewer than the 16 processes"):
         _build(_cfg(synthetic_root, tmp_path), None, DistInfo(rank=0, world_size=16), torch.device("cpu"))
+
+
+SELF_DISTILL = ["loss.self_distill=2.0", "loss.self_distill_tau=2.0", "train.steps=3", "train.warmup_steps=0",
+                "train.ckpt_every=3"]
+
+
+def _self_distill_worker(rank, world, port, root, out):
+    _env(rank, world, port)
+    run_training(_cfg(root, out, *SELF_DISTILL, "train.batch_size=2"), show_progress=False)
+
+
+def test_ddp_self_distillation_equals_one_process_on_the_joint_batch(tmp_path, synthetic_root):
+    """Each image's target is its own fused prediction: two processes of 2 images train as one of 4."""
+    mp.start_processes(_self_distill_worker, args=(2, _free_port(), synthetic_root, tmp_path / "ddp"), nprocs=2,
+                       start_method="spawn")
+    run_training(_cfg(synthetic_root, tmp_path / "one", *SELF_DISTILL, "train.batch_size=4"), show_progress=False)
+    got, want = (load_checkpoint(tmp_path / d / "checkpoint.pth")["model"] for d in ("ddp", "one"))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=2e-6, rtol=1e-5, msg=k)
+    moved = load_checkpoint(tmp_path / "one" / "checkpoint.pth")
+    assert moved["config"]["loss"]["self_distill"] == 2.0

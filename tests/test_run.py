@@ -247,10 +247,12 @@ def test_layer_decay_goes_through_timm_with_the_models_layers(caplog):
         assert scale[id(p)] == want[key], name
 
 
-def test_compiled_training_gives_the_same_weights(tmp_path):
-    plain = run_training(_cfg(tmp_path / "p", "train.steps=2"), show_progress=False)
-    comp = run_training(_cfg(tmp_path / "c", "train.steps=2", "train.compile=true", "train.compile_backend=aot_eager"),
-                        show_progress=False)
+@pytest.mark.parametrize("extra", [[], ["loss.self_distill=1.0", "train.ema_decay=0.9",
+                                         "loss.self_distill_source=ema"]], ids=["plain", "self_distill_from_ema"])
+def test_compiled_training_gives_the_same_weights(tmp_path, extra):
+    plain = run_training(_cfg(tmp_path / "p", "train.steps=2", *extra), show_progress=False)
+    comp = run_training(_cfg(tmp_path / "c", "train.steps=2", "train.compile=true", "train.compile_backend=aot_eager",
+                             *extra), show_progress=False)
     a, b = load_checkpoint(plain["checkpoint"])["model"], load_checkpoint(comp["checkpoint"])["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -8,15 +8,17 @@ from .classifier import Classifier, NetBackbone, create_net
 from .pretrained import load_pretrained
 from .proposal import (component_boxes, component_labels, compose_boxes, crop_and_zoom, largest_component,
                        threshold_rollout)
-from .rams import (MultiScaleForward, MultiScaleOutput, Prediction, Proposal, RAMSTrans, create_model,
-                   zoom_confidence)
+from .gate import ZoomGate, fit_zoom_gate
+from .rams import (ZOOM_CRITERIA, MultiScaleForward, MultiScaleOutput, Prediction, Proposal, RAMSTrans, create_model,
+                   fuse_probs, fused_log_probs, zoom_confidence)
 from .rollout import attention_rollout
 
 __all__ = ["ViTBackbone", "ViTFeatures", "create_vit", "load_pretrained", "component_boxes", "compose_boxes",
            "crop_and_zoom", "largest_component", "threshold_rollout", "MultiScaleForward", "MultiScaleOutput",
            "Prediction", "Proposal", "RAMSTrans", "create_model", "zoom_confidence", "attention_rollout",
            "build_model", "component_labels", "Classifier", "NetBackbone", "create_net",
-           "InputNorm", "make_distilled", "Model"]
+           "InputNorm", "make_distilled", "Model", "fused_log_probs", "fuse_probs", "ZoomGate", "fit_zoom_gate",
+           "ZOOM_CRITERIA"]
 
 Model = Union[RAMSTrans, Classifier]
 

@@ -402,6 +402,11 @@ class ViTBackbone(InputNorm):
             return out
         return self.vit.head(tokens[:, 0]), self.vit.head_dist(tokens[:, 1])
 
+    def pre_logits(self, tokens: Tensor) -> Tensor:
+        """(B, N, D) tokens -> (B, D) the pooled features timm's heads read (with a distillation token, the mean of
+        the two tokens, as timm's distilled ``forward_head(pre_logits=True)``)."""
+        return self.vit.forward_head(tokens, pre_logits=True)
+
     def forward_head(self, tokens: Tensor, head: Head = "mean") -> Tensor:
         """(B, N, D) tokens -> (B, num_classes) logits through timm's pooling and head(s); with a distillation token,
         ``head`` picks the class head, the distillation head or their mean (timm's and DeiT's test-time output)."""

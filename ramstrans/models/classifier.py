@@ -103,6 +103,7 @@ class Classifier(nn.Module):
 
     num_scales = 1
     eval_head = "cls"
+    zoom_gate = None  # nothing to zoom
 
     def __init__(self, backbone: Union[str, NetBackbone] = "resnet50", num_classes: Optional[int] = None,
                  img_size: Optional[Union[int, Tuple[int, int]]] = None, pretrained: Optional[str] = None,

@@ -4,6 +4,7 @@ Scale 1 sees the image; its attention rollout is thresholded into a box (the Dyn
 k + 1 sees that box of the ORIGINAL image resized to the input size (one resampling however deep the recursion, so
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
 
@@ -11,14 +12,16 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import HEADS, Head, ViTBackbone, create_vit, select_head
+from .gate import ZoomGate
 from .pretrained import load_pretrained
 from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .rollout import RolloutRows, attention_rollout
 
-ZoomCriterion = Literal["maxprob", "margin"]
+ZoomCriterion = Literal["maxprob", "margin", "gate"]
+ZOOM_CRITERIA = ("maxprob", "margin", "gate")
 
 __all__ = ["RAMSTrans", "MultiScaleForward", "MultiScaleOutput", "Prediction", "Proposal", "ZoomCriterion",
-           "create_model", "zoom_confidence"]
+           "create_model", "zoom_confidence", "fused_log_probs", "fuse_probs", "ZOOM_CRITERIA"]
 
 
 @dataclass
@@ -32,6 +35,8 @@ class MultiScaleOutput:
         cls_attention: per scale, (B, gh * gw) last block's head-mean CLS attention over patches (for TransMix).
         dist_logits: per scale, (B, K) of the distillation token's head; empty without a distillation token. With
             one, ``logits`` are the class token's head (the label-supervised one).
+        features: per scale, (B, D) pooled pre-logit features (timm's ``forward_head(pre_logits=True)``), in eval mode
+            only (in training, reading them would draw the head dropout a second time); empty otherwise.
     """
 
     logits: List[Tensor]
@@ -39,6 +44,7 @@ class MultiScaleOutput:
     rollout: List[Tensor]
     cls_attention: List[Tensor]
     dist_logits: List[Tensor] = field(default_factory=list)
+    features: List[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -69,9 +75,16 @@ def zoom_confidence(probs: Tensor, zoom_on: str = "maxprob") -> Tensor:
     return probs.max(dim=-1).values
 
 
-def _fuse(probs: List[Tensor]) -> Tensor:
+def fuse_probs(probs: List[Tensor]) -> Tensor:
     """The mean of per-scale (B, K) probabilities (one code path, so every fusion is bit-identical)."""
     return torch.stack(probs).mean(dim=0)
+
+
+def fused_log_probs(logits: List[Tensor]) -> Tensor:
+    """Per-scale (B, K) logits -> (B, K) float32 log of the mean of their softmax: the log of the test-time fusion
+    (``predict``'s probabilities), computed stably as logsumexp of the log-softmaxes minus log S."""
+    log_probs = torch.stack([torch.log_softmax(z.float(), dim=-1) for z in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 @dataclass
@@ -162,6 +175,7 @@ class RAMSTrans(nn.Module):
         self.alpha = float(alpha)
         self.residual = float(residual)
         self.rollout_rows: RolloutRows = rollout_rows
+        self.zoom_gate: Optional[ZoomGate] = None  # fitted after training (``fit_zoom_gate``) for zoom_on="gate"
         if pretrained:
             load_pretrained(self.backbone, pretrained, download_timeout_s)
 
@@ -206,7 +220,7 @@ class RAMSTrans(nn.Module):
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
         out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[feats.cls_attention])
-        _append_heads(out, *bb.forward_heads(feats.tokens))
+        _append_heads(out, bb, feats.tokens)
         if num_scales > 1:
             rollout, _, _, box = self._propose_boxes(feats.attentions)
             out.rollout.append(rollout)
@@ -222,7 +236,7 @@ class RAMSTrans(nn.Module):
             is_last = scale == num_scales - 1
             feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale,
                                         capture="cls" if is_last else "all")
-            _append_heads(out, *bb.forward_heads(feats.tokens))
+            _append_heads(out, bb, feats.tokens)
             out.cls_attention.append(feats.cls_attention)
             if is_last:
                 break
@@ -237,7 +251,8 @@ class RAMSTrans(nn.Module):
         """Test-time class probabilities: single scale, the fusion of the first ``scales`` scales, or adaptive.
 
         Adaptive (``scales="auto"``): every image runs scale 1; only those whose scale-1 confidence (``zoom_on``: the
-        top probability, or the margin between the top two) is below ``zoom_threshold`` run the zoomed scales, and
+        top probability, the margin between the top two, or ``gate``: 1 − the fitted zoom gate's probability that the
+        zoom changes the answer) is below ``zoom_threshold`` run the zoomed scales, and
         their scales' probabilities are averaged. Threshold 0 is the single-scale model, a threshold above 1 the full
         fusion. Fused probabilities are the mean of the scales' softmax. With a distillation token the probabilities
         are those of ``eval_head`` (the zoom decision too), and every head's are in ``head_probs``.
@@ -246,7 +261,7 @@ class RAMSTrans(nn.Module):
             x: (B, C, H, W) normalised images.
             scales: 1, a number of scales to fuse, or "auto".
             zoom_threshold: adaptive only: zoom the images whose confidence is below it.
-            zoom_on: "maxprob" or "margin".
+            zoom_on: "maxprob", "margin" or "gate" (needs ``zoom_gate``).
             boxes: also return scale 1's proposal (single scale: costs the attention capture).
 
         Returns:
@@ -256,8 +271,11 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         adaptive = scales == "auto"
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
-        if zoom_on not in ("maxprob", "margin"):
-            raise ValueError(f"zoom_on must be 'maxprob' or 'margin', got {zoom_on!r}")
+        if zoom_on not in ZOOM_CRITERIA:
+            raise ValueError(f"zoom_on must be one of {', '.join(ZOOM_CRITERIA)}, got {zoom_on!r}")
+        if zoom_on == "gate" and adaptive and self.zoom_gate is None:
+            raise ValueError("zoom_on 'gate' needs a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes a "
+                             "checkpoint with one")
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="all" if boxes or num_scales > 1 else "none")
         box = self._propose_boxes(feats.attentions)[3] if feats.attentions else None
@@ -265,7 +283,7 @@ class RAMSTrans(nn.Module):
         main = self.eval_head if bb.has_dist_token else "cls"
         zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
         if adaptive:
-            zoomed = zoom_confidence(first[main], zoom_on) < zoom_threshold
+            zoomed = self.zoom_score(bb.pre_logits(feats.tokens), first[main], zoom_on) < zoom_threshold
         idx = zoomed.nonzero(as_tuple=True)[0] if adaptive else None  # the images to zoom: one host sync per batch
         sub = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
         if num_scales > 1 and (idx is None or idx.numel() > 0):
@@ -278,11 +296,25 @@ class RAMSTrans(nn.Module):
         def rows(t: Tensor) -> Tensor:
             return t if idx is None else t[idx]
 
-        fused = {h: placed(p, _fuse([rows(p)] + [z[h] for z in zooms])) if zooms else p for h, p in first.items()}
+        fused = {h: placed(p, fuse_probs([rows(p)] + [z[h] for z in zooms])) if zooms else p for h, p in first.items()}
         nan = torch.full_like(first[main], float("nan"))
         return Prediction(probs=fused[main], boxes=box if boxes else None, zoomed=zoomed,
                           scale_probs=[first[main]] + [placed(nan, z[main]) for z in zooms],
                           head_probs=fused if bb.has_dist_token else {})
+
+    def zoom_score(self, pooled: Tensor, probs: Tensor, zoom_on: ZoomCriterion) -> Tensor:
+        """(B,) scale-1 confidence that adaptive zoom compares with its threshold (zoom below it).
+
+        Args:
+            pooled: (B, D) scale-1 pooled features.
+            probs: (B, K) scale-1 probabilities (of the test-time head).
+            zoom_on: "maxprob", "margin", or "gate": 1 − the zoom gate's probability that zooming changes the answer.
+        """
+        if zoom_on == "gate":
+            if self.zoom_gate is None:
+                raise ValueError("zoom_on 'gate' needs a fitted zoom gate (ramstrans fit-gate)")
+            return 1.0 - self.zoom_gate(pooled, probs)
+        return zoom_confidence(probs, zoom_on)
 
     def head_logits(self, out: MultiScaleOutput) -> List[Tensor]:
         """Per scale, the (B, K) test-time logits of ``out``: the class head's, or with a distillation token those of
@@ -345,11 +377,15 @@ class MultiScaleForward(nn.Module):
         return self.model.forward_multiscale(x)
 
 
-def _append_heads(out: MultiScaleOutput, cls: Tensor, dist: Optional[Tensor]) -> None:
-    """One scale's class-token logits (and distillation-token logits) onto ``out``."""
+def _append_heads(out: MultiScaleOutput, bb: ViTBackbone, tokens: Tensor) -> None:
+    """One scale's class-token logits (and distillation-token logits) and pooled features from its (B, N, D) tokens
+    onto ``out``."""
+    cls, dist = bb.forward_heads(tokens)
     out.logits.append(cls)
     if dist is not None:
         out.dist_logits.append(dist)
+    if not bb.training:
+        out.features.append(bb.pre_logits(tokens))
 
 
 def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
