@@ -111,17 +111,18 @@ def _paired(rows: Dict[str, List[Dict[str, float]]], a: str, b: str, key: str) -
     return mean_spread([x[key] - y[key] for x, y in zip(rows[a], rows[b])])
 
 
-def _screen(runs: _Runs, seeds: Sequence[int]) -> Dict[str, object]:
+def _screen(runs: _Runs, seeds: Sequence[int], sd_grid: Dict[str, Sequence], student_grid: Sequence[Dict[str, object]]
+            ) -> Dict[str, object]:
     """The self-distillation grid and the student grid on validation (see the module doc)."""
     sd, students = [], []
     for seed in seeds:
         teacher = runs.run("rams", seed, [])
         base = {"seed": seed, **_two_scale(teacher)}
         sd.append({"beta": 0.0, "tau": None, "target": None, **base})
-        for beta, tau, target in itertools.product(*SD_GRID.values()):
+        for beta, tau, target in itertools.product(sd_grid["beta"], sd_grid["tau"], sd_grid["target"]):
             run_dir = runs.run("sd", seed, _sd_sets(beta, tau, target))
             sd.append({"beta": beta, "tau": tau, "target": target, "seed": seed, **_two_scale(run_dir)})
-        for s in STUDENT_GRID:
+        for s in student_grid:
             run_dir = runs.run("student", seed, _student_sets(teacher, s["alpha"], s["tau"], s["mix"], runs.steps))
             students.append({**s, "seed": seed, **_one_scale(run_dir)})
     def best(rows: List[Dict[str, object]], keys: Tuple[str, ...]) -> Dict[str, object]:
@@ -253,8 +254,9 @@ def _plot(summary: Dict[str, Dict[str, Dict[str, object]]], png: Path) -> None:
 
 
 def bench_zoom(stage: str = "screen", seeds: Sequence[int] = (0,), config: str = "synthetic_cpu",
-               out_dir: str = "runs/bench_zoom", overrides: Sequence[str] = (),
-               result: Optional[str] = None) -> Dict[str, object]:
+               out_dir: str = "runs/bench_zoom", overrides: Sequence[str] = (), result: Optional[str] = None,
+               sd_grid: Dict[str, Sequence] = SD_GRID,
+               student_grid: Sequence[Dict[str, object]] = STUDENT_GRID) -> Dict[str, object]:
     """One stage of the zoom-at-one-pass measurement (see the module doc); writes ``<out_dir>/<stage>_result.json``
     (or ``result``) with every run's resolved config and folder.
 
@@ -265,6 +267,8 @@ def bench_zoom(stage: str = "screen", seeds: Sequence[int] = (0,), config: str =
         out_dir: run folders (reused) and results.
         overrides: extra settings for every run.
         result: where to write the stage's JSON (default ``<out_dir>/<stage>_result.json``).
+        sd_grid: screen: β, τ and target values of self-distillation.
+        student_grid: screen: the student's (alpha, tau, mix) settings.
 
     Raises:
         ValueError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
@@ -279,7 +283,7 @@ def bench_zoom(stage: str = "screen", seeds: Sequence[int] = (0,), config: str =
     out: Dict[str, object] = {"stage": stage, "config": config, "seeds": list(seeds), "overrides": list(overrides),
                               "steps": runs.steps}
     if stage == "screen":
-        out.update(_screen(runs, seeds))
+        out.update(_screen(runs, seeds, sd_grid, student_grid))
     else:
         chosen = json.loads(screened.read_text())
         sd, student = chosen["chosen_self_distill"], chosen["chosen_student"]
