@@ -6,7 +6,6 @@ states) plus what evaluation and deployment need (resolved config, class names; 
 model's state dict). ``model_from_checkpoint`` is the one way back from a checkpoint to a model: train (resume), eval,
 visualize and export all use it, and none needs the pretrained file the run started from.
 """
-import errno
 import os
 import re
 import shutil
@@ -38,13 +37,8 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
     """
     try:
         atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp), fsync=True)
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as a RuntimeError
-        full = getattr(e, "errno", None) == errno.ENOSPC or "write failed" in str(e) or "No space left" in str(e)
-        if not full and isinstance(e, OSError):
-            raise
-        error = OSError(f"no space left on device: {path}" if full else f"could not write {path}: {e}")
-        error.errno = errno.ENOSPC if full else None
-        raise error from None
+    except RuntimeError as e:  # torch's zip writer: not a full disk (atomic_write names that), another write error
+        raise OSError(f"could not write {path}: {e}") from None
 
 
 def save_run_checkpoint(state: Dict[str, Any], out_dir: Path, keep: int) -> Path:

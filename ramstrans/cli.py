@@ -31,7 +31,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_eval(a: argparse.Namespace) -> None:
     from .evaluate import run_eval, run_zoom_sweep
     common = dict(output_dir=a.output, split=a.split, zoom_on=a.zoom_on, weights=a.weights, batch_size=a.batch_size,
-                  device=a.device, data_root=a.data_root, num_workers=a.workers, skip_corrupt=a.skip_corrupt)
+                  device=a.device, data_root=a.data_root, num_workers=a.workers, skip_corrupt=a.skip_corrupt,
+                  overwrite=a.overwrite)
     if a.sweep_zoom:
         _print_sweep(run_zoom_sweep(a.checkpoint, **common))
         return
@@ -71,18 +72,18 @@ def _print_sweep(r: dict) -> None:
 def _cmd_visualize(a: argparse.Namespace) -> None:
     from .visualize import run_visualize
     files = run_visualize(a.checkpoint, output_dir=a.output, images=a.images or (), split=a.split, num=a.num,
-                          device=a.device, data_root=a.data_root, weights=a.weights)
+                          device=a.device, data_root=a.data_root, weights=a.weights, overwrite=a.overwrite)
     print(f"wrote {len(files)} PNGs to {files[-1].parent}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
     from .export import export_onnx, export_timm
     if a.format == "timm":
-        path = export_timm(a.checkpoint, a.out, a.scales, a.weights)
+        path = export_timm(a.checkpoint, a.out, a.scales, a.weights, overwrite=a.overwrite)
         print(f"wrote a timm folder to {path}: timm.create_model('local-dir:{path}', pretrained=True) loads the "
               f"single-scale model" + (f"; ramstrans predict {path} runs {a.scales} scales" if a.scales > 1 else ""))
     else:
-        path = export_onnx(a.checkpoint, a.out, a.scales, a.weights)
+        path = export_onnx(a.checkpoint, a.out, a.scales, a.weights, overwrite=a.overwrite)
         print(f"wrote the {'single-scale' if a.scales == 1 else f'fused {a.scales}-scale'} model as ONNX to {path}")
 
 
@@ -90,7 +91,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict import run_predict
     r = run_predict(a.model, a.paths, topk=a.topk, fmt=a.format, out=a.out, scales=a.scales,
                     zoom_threshold=a.zoom_threshold, zoom_on=a.zoom_on, batch_size=a.batch_size, device=a.device,
-                    num_workers=a.workers, weights=a.weights, visualize=a.visualize, show_progress=not a.no_progress)
+                    num_workers=a.workers, weights=a.weights, visualize=a.visualize, show_progress=not a.no_progress,
+                    overwrite=a.overwrite)
     if r["skipped"]:
         print(f"ramstrans: {r['skipped']} of {r['images']} files could not be read (listed in the output)",
               file=sys.stderr)
@@ -117,6 +119,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     p.add_argument("--visualize", metavar="DIR", help="also draw the zoom panel of every image into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it already exists (never one of the inputs)")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -285,6 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--shift", help="a shifted test set: comma-separated colour, blur, contrast (fixed hue rotation, "
                                    "Gaussian blur, halved contrast) applied after the crop")
+    e.add_argument("--overwrite", action="store_true", help="replace the output if it already exists (never one of the inputs)")
     e.set_defaults(func=_cmd_eval)
 
     v = sub.add_parser("visualize", help="draw where the model zooms")
@@ -296,6 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto")
     v.add_argument("--data-root")
     v.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    v.add_argument("--overwrite", action="store_true", help="replace the output if it already exists (never one of the inputs)")
     v.set_defaults(func=_cmd_visualize)
 
     x = sub.add_parser("export", help="write a trained model as a timm folder or an ONNX file")
@@ -307,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="1: the single-scale model; N: the fused N-scale model (onnx: in the graph; timm: rebuilt by "
                         "ramstrans predict, timm itself loads scale 1)")
     x.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    x.add_argument("--overwrite", action="store_true", help="replace the output if it already exists (never one of the inputs)")
     x.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("make-synthetic", help="write the synthetic fine-grained birds in the CUB layout")

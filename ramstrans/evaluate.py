@@ -14,7 +14,7 @@ from .config import Config
 from .data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from .dist import resolve_device
 from .engine import amp_setup, autocast, evaluate
-from .files import write_text_atomic
+from .files import check_output, write_text_atomic
 from .models import Model, fuse_probs
 from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
                     plot_zoom_sweep)
@@ -123,7 +123,8 @@ def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
 def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
              zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob", weights: str = "auto",
              batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
-             skip_corrupt: bool = False, show_progress: bool = True, shift: Sequence[str] = ()) -> Dict[str, object]:
+             skip_corrupt: bool = False, show_progress: bool = True, shift: Sequence[str] = (),
+             overwrite: bool = False) -> Dict[str, object]:
     """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
     images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
     confused class pairs (CSV and PNG, more classes).
@@ -145,7 +146,10 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
         skip_corrupt: skip and count undecodable images.
         show_progress: a progress bar on a terminal.
         shift: named distribution shifts of the images (``data.transforms.SHIFTS``: colour, blur, contrast).
+        overwrite: write into ``output_dir`` even if it holds files.
     """
+    if output_dir:
+        check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
@@ -211,7 +215,7 @@ def cheapest_within(rows: List[Dict[str, float]], full_top1: float,
 
 def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "val", zoom_on: str = "maxprob",
                    weights: str = "auto", batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None,
-                   num_workers: int = 2, skip_corrupt: bool = False) -> Dict[str, object]:
+                   num_workers: int = 2, skip_corrupt: bool = False, overwrite: bool = False) -> Dict[str, object]:
     """Top-1 against cost (backbone passes per image) of adaptive zoom for ``SWEEP_THRESHOLDS``, on a validation split;
     names the cheapest threshold within ``SWEEP_TOLERANCE`` points of full fusion. Writes sweep.json / .csv / .png.
 
@@ -220,6 +224,8 @@ def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: 
     """
     if split == "test":
         raise ValueError("the zoom threshold is chosen on a validation split, never on test: use --split val")
+    if output_dir:
+        check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
     if model.num_scales < 2:
         raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")

@@ -14,6 +14,7 @@
 """
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, model_from_checkpoint, weights_used
 from .config import Config
 from .errors import CheckpointError
-from .files import atomic_write, write_text_atomic
+from .files import atomic_write, check_output, full_disk_error, is_full_disk, write_text_atomic
 from .models import Classifier, Model, NetBackbone, RAMSTrans
 
 __all__ = ["export_timm", "export_onnx", "write_onnx", "model_from_export", "TestTransform", "EXPORT_INFO"]
@@ -43,58 +44,73 @@ def _crop_pct(crop: int, resize: int) -> float:
     return pct
 
 
-def _checked_out(out: str, scales: int, model: Model) -> Path:
+def _checked_out(out: str, scales: int, model: Model, checkpoint: str, overwrite: bool) -> Path:
     if not 1 <= scales <= model.num_scales:
         raise ValueError(f"the model has {model.num_scales} scale(s); cannot export {scales}")
-    return Path(out).expanduser()
+    return check_output(out, [checkpoint], overwrite, "--out")
 
 
-def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto") -> Path:
+def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", overwrite: bool = False) -> Path:
     """Write a checkpoint's model as a timm folder (see the module doc).
 
     Args:
         checkpoint: ramstrans checkpoint.
-        out: the folder to write (must be new or empty).
+        out: the folder to write (new or empty, or replaced whole with ``overwrite``).
         scales: 1, or the number of scales ramstrans should rebuild from the folder (timm always sees scale 1).
         weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
+        overwrite: replace ``out`` if it holds files.
 
     Returns:
         The folder.
     """
-    from timm.models import save_for_hf
     ckpt = load_checkpoint(checkpoint)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
-    folder = _checked_out(out, scales, model)
+    folder = _checked_out(out, scales, model, checkpoint, overwrite)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out} is a file; a timm export is a folder")
     if cfg.model.attn_window or cfg.model.ffn != "mlp":
         raise ValueError(f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
                          "have (a timm folder would load another function): export it with --format onnx")
-    if folder.exists() and any(folder.iterdir()):
-        raise ValueError(f"export folder {folder} is not empty: give a new or empty folder")
     staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed
-    data_config = {"input_size": (model.backbone.in_chans, *model.backbone.img_size),
-                   "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize), "crop_mode": "center",
-                   "interpolation": "bilinear", "mean": model.backbone.mean, "std": model.backbone.std}
-    model_config = {"label_names": names}
-    if getattr(model.backbone, "has_dist_token", False):  # timm rebuilds it as its distilled ViT
-        model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
-    save_for_hf(model.backbone.timm_model, str(staging), model_config=model_config, safe_serialization=True,
-                data_config=data_config)
+    if staging.exists():  # left by a killed export: start empty
+        shutil.rmtree(staging)
     info = {"format": "ramstrans-export", "model_type": cfg.model.type, "num_scales": scales,
             "class_names": names, "test_transform": _transform(cfg), "source_checkpoint": str(checkpoint),
             "step": int(ckpt["step"]), "weights": weights_used(ckpt, weights)}
+    try:
+        _write_timm_folder(staging, model, cfg, info)
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_full_disk(e):
+            raise full_disk_error(folder) from None
+        raise
+    if folder.exists():
+        shutil.rmtree(folder)  # empty, or the user's --overwrite
+    staging.rename(folder)
+    return folder
+
+
+def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: Dict[str, object]) -> None:
+    """timm's ``save_for_hf`` files, the zoom tokens of ``info["num_scales"]`` scales and ``ramstrans.json``."""
+    from timm.models import save_for_hf
+    data_config = {"input_size": (model.backbone.in_chans, *model.backbone.img_size),
+                   "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize), "crop_mode": "center",
+                   "interpolation": "bilinear", "mean": model.backbone.mean, "std": model.backbone.std}
+    model_config: Dict[str, object] = {"label_names": info["class_names"]}
+    if model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
+        model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
+    save_for_hf(model.backbone.timm_model, str(staging), model_config=model_config, safe_serialization=True,
+                data_config=data_config)
     if isinstance(model, RAMSTrans):
         info.update(alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows,
                     eval_head=model.eval_head)
+    scales = int(info["num_scales"])
     if scales > 1:
         bb = model.backbone
         save_file({**{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[:scales - 1])},
                    **{f"dist{i}": t.detach().contiguous() for i, t in enumerate(bb.zoom_dist_tokens[:scales - 1])}},
                   str(staging / ZOOM_TOKENS))
     write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
-    if folder.exists():
-        folder.rmdir()
-    staging.rename(folder)
-    return folder
 
 
 def _distilled_architecture(patch_size: Tuple[int, int]) -> str:
@@ -163,7 +179,8 @@ class _Fused(nn.Module):
         return (*fused, self.model.zoom_score(out.features[0], probs[:, 0], "gate"))
 
 
-def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18) -> Path:
+def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18,
+                overwrite: bool = False) -> Path:
     """Write a checkpoint's single-scale or fused multi-scale model as ONNX (see the module doc); the class names and
     the test transform go into the file's metadata.
 
@@ -172,7 +189,9 @@ def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     """
     ckpt = load_checkpoint(checkpoint)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {checkpoint}")
-    path = _checked_out(out, scales, model)
+    path = _checked_out(out, scales, model, checkpoint, overwrite)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; an ONNX export is a file such as model.onnx")
     return write_onnx(model, path, scales, {"class_names": json.dumps(names), "test_transform":
                                             json.dumps(_transform(cfg))}, opset)
 

@@ -1,14 +1,77 @@
 """Files that lose nothing: every file is written to a temp name beside it, then renamed; a folder that one process
 works in is locked against a second one."""
+import errno
 import fcntl
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "write_text_atomic", "FileLock", "LockedError"]
+__all__ = ["atomic_write", "write_text_atomic", "FileLock", "LockedError", "check_output", "same_file", "umask_mode",
+           "full_disk_error", "is_full_disk"]
+
+# How a full disk shows in the messages of writers that hide the errno (torch's zip writer, safetensors).
+_FULL_DISK_SIGNS = ("No space left", "file write failed", "unexpected pos")
+
+
+def is_full_disk(e: BaseException) -> bool:
+    """Whether an error raised while writing means the disk is full."""
+    return getattr(e, "errno", None) == errno.ENOSPC or any(sign in str(e) for sign in _FULL_DISK_SIGNS)
+
+
+def full_disk_error(path: Union[str, Path]) -> OSError:
+    """The one sentence for a full disk, naming the file or folder being written (errno ENOSPC)."""
+    error = OSError(f"no space left on device: {path}")
+    error.errno = errno.ENOSPC
+    return error
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: what ``open`` / ``mkdir`` would give a new file or folder (a temp
+    file from ``mkstemp`` is private, 0600, until it is given this mode)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
+    """Whether two paths name the same file or folder: the same device and inode (symlinks and hard links included),
+    or the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]], overwrite: bool = False,
+                 flag: str = "--out") -> Path:
+    """The one guard of every writer: an output may never be one of the command's inputs, nor replace a file or a
+    non-empty folder the user already has unless ``overwrite``.
+
+    Args:
+        out: the file or folder the command is about to write.
+        inputs: the files and folders the command reads.
+        overwrite: the user asked to replace ``out`` if it exists.
+        flag: how the user named the output (for the message).
+
+    Raises:
+        ValueError: ``out`` is an input (or holds one: a folder output around an input), or exists without
+            ``overwrite``.
+    """
+    path = Path(out).expanduser()
+    for given in inputs:
+        inp = Path(given).expanduser()
+        if same_file(path, inp):
+            raise ValueError(f"{flag} {out} is one of the command's inputs ({given}): it would be destroyed; choose "
+                             "another output")
+        if path.is_dir() and path.resolve() in inp.resolve().parents:
+            raise ValueError(f"{flag} {out} holds one of the command's inputs ({given}): choose a folder of its own")
+    exists = path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
+    if exists and not overwrite:
+        raise ValueError(f"{flag} {out} already exists; choose another output or pass --overwrite to replace it")
+    return path
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[str], None], fsync: bool = False) -> Path:
@@ -21,17 +84,25 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None], fsync: bo
         fsync: flush the temp file to disk before the rename (for files a resume depends on).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_full_disk(e):
+            raise full_disk_error(path) from None
+        raise
     os.close(fd)
     try:
         write(tmp)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp's private 0600 would survive the rename
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and is_full_disk(e):
+            raise full_disk_error(path) from None
         raise
     return path
 

@@ -24,7 +24,7 @@ from .dist import resolve_device
 from .engine import amp_setup, autocast
 from .errors import DataError
 from .evaluate import check_threshold, parse_scales, resolve_threshold
-from .files import write_text_atomic
+from .files import check_output, write_text_atomic
 from .models import Model
 
 __all__ = ["run_predict", "expand_paths", "load_for_inference"]
@@ -126,7 +126,7 @@ def _format(rows: List[dict], fmt: str, topk: int, adaptive: bool) -> str:
 def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: str = "csv", out: Optional[str] = None,
                 scales: Union[int, str] = 1, zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob",
                 batch_size: int = 32, device: str = "auto", num_workers: int = 0, weights: str = "auto",
-                visualize: Optional[str] = None, show_progress: bool = True) -> Dict[str, int]:
+                visualize: Optional[str] = None, show_progress: bool = True, overwrite: bool = False) -> Dict[str, int]:
     """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
 
     Args:
@@ -145,6 +145,7 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
         weights: checkpoint only: "auto", "raw" or "ema".
         visualize: also draw the zoom panel of every read image into this folder.
         show_progress: a progress bar on a terminal.
+        overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
     """
     if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
         raise ValueError(f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, "
@@ -152,6 +153,11 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
     if zoom_threshold is not None:
         check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
     files = expand_paths(paths)
+    inputs = [model_path, *files]
+    if out:
+        check_output(out, inputs, overwrite, "--out")
+    if visualize:
+        check_output(visualize, inputs, overwrite, "--visualize")
     model, names, transform = load_for_inference(model_path, weights)
     if visualize and not hasattr(model, "propose"):
         raise ValueError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")

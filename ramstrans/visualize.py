@@ -11,6 +11,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import ImageReadError, load_index, read_image
 from .dist import resolve_device
 from .evaluate import eval_transform
+from .files import check_output
 from .models import RAMSTrans, crop_and_zoom
 from .plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 
@@ -27,7 +28,7 @@ def _pick(n_total: int, num: int) -> List[int]:
 
 def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: Sequence[str] = (),
                   split: str = "test", num: int = 16, device: str = "auto", data_root: Optional[str] = None,
-                  weights: str = "auto") -> List[Path]:
+                  weights: str = "auto", overwrite: bool = False) -> List[Path]:
     """Per image a panel PNG of where the model zooms, plus ``contact_sheet.png``; returns the files written.
 
     Args:
@@ -40,6 +41,7 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
         device: auto | cpu | cuda.
         data_root: the data set at another path than the training config's (used as it is, never generated).
         weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
+        overwrite: write into ``output_dir`` even if it holds files.
     """
     if not images and num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
@@ -64,6 +66,8 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
         paths = [index.root / p for p in rows["path"]]
         titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
         truths = [names[k] for k in rows["label"]]
+    if output_dir:
+        check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
     written, tiles, unreadable = [], [], []
     for start in range(0, len(paths), BATCH):

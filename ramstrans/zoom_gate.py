@@ -17,7 +17,7 @@ from .checkpoint import save_checkpoint, weights_used
 from .evaluate import SWEEP_TOLERANCE, _load, cheapest_within, scale_outputs, sweep_rows
 from .data import eval_loader
 from .engine import amp_setup
-from .files import write_text_atomic
+from .files import check_output, write_text_atomic
 from .models import fit_zoom_gate, zoom_confidence
 from .plots import plot_gate_frontier
 
@@ -60,11 +60,7 @@ def run_fit_gate(checkpoint: str, *, out: Optional[str] = None, split: str = "va
     """
     if split == "test":
         raise ValueError("the zoom gate is fitted on a validation split, never on test: use --split val")
-    target = Path(out) if out else default_gate_path(checkpoint)
-    if target.resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"--out {target} is the input checkpoint: the gate goes into a new file")
-    if target.exists() and not overwrite:
-        raise ValueError(f"{target} already exists; choose another --out or pass --overwrite")
+    target = check_output(out or default_gate_path(checkpoint), [checkpoint], overwrite, "--out")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, False)
     if model.num_scales < 2:
         raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")

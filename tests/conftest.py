@@ -22,10 +22,19 @@ def tiny_model(**overrides):
     return RAMSTrans(**kwargs)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    """Generated data never lands in the user's cache: set before any session fixture (``trained``) runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAMSTRANS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """Generated data never lands in the user's cache."""
-    monkeypatch.setenv("RAMSTRANS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _cwd(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder: nothing depends on, or is written into, the folder pytest runs in
+    (the README's demo leaves runs/synthetic_cpu there)."""
+    monkeypatch.chdir(tmp_path)
 
 
 TINY_TRAIN = [

@@ -170,7 +170,55 @@ CASES = [
         "loss.scale_weights=[1.0]", "model.attn_window=1"), 2, ["model.attn_window", "classifier cannot take it"]),
     ("classifier_two_scales", lambda c: ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(
         *TINY_TRAIN, "model.type=classifier", "model.backbone=resnet10t"), 2, ["model.num_scales", "classifier"]),
+    # 7. an output that is one of the inputs, or replaces a file the user has (issue 23: data loss)
+    ("predict_out_is_the_checkpoint", lambda c: _predict(c, "--out", str(c["run"] / "checkpoint.pth")), 2,
+     ["--out", "is one of the command's inputs"]),
+    ("predict_out_is_a_hard_link_of_it", lambda c: _predict(c, "--out", _hard_link(c)), 2,
+     ["--out", "is one of the command's inputs"]),
+    ("predict_out_is_the_image", lambda c: _predict(c, "--out", str(_mine(c))), 2,
+     ["--out", "mine.jpg is one of the command's inputs"]),
+    ("predict_out_exists", lambda c: _predict(c, "--out", str(_users_file(c))), 2,
+     ["--out", "notes.txt already exists", "--overwrite"]),
+    ("export_onnx_onto_the_checkpoint", lambda c: ["export", "--checkpoint", str(c["run"] / "checkpoint.pth"),
+                                                   "--format", "onnx", "--out", str(c["run"] / "checkpoint.pth")], 2,
+     ["--out", "is one of the command's inputs"]),
+    ("export_timm_into_the_run_folder", lambda c: ["export", "--checkpoint", str(c["run"] / "checkpoint.pth"),
+                                                   "--out", str(c["run"]), "--overwrite"], 2,
+     ["--out", "holds one of the command's inputs"]),
+    ("export_onnx_onto_a_users_file", lambda c: ["export", "--checkpoint", str(c["run"] / "checkpoint.pth"),
+                                                 "--format", "onnx", "--out", str(_users_file(c))], 2,
+     ["notes.txt already exists"]),
+    ("eval_output_holds_files", lambda c: ["eval", "--checkpoint", str(c["run"] / "checkpoint.pth"), "--workers",
+                                           "0", "--output", str(_users_file(c).parent)], 2,
+     ["--output", "already exists"]),
+    ("visualize_output_is_the_run_folder", lambda c: ["visualize", "--checkpoint", str(c["run"] / "checkpoint.pth"),
+                                                      "--output", str(c["run"]), "--overwrite", "--num", "1"], 2,
+     ["--output", "holds one of the command's inputs"]),
 ]
+
+
+def _mine(ctx):
+    """The user's own image."""
+    mine = ctx["tmp"] / "mine.jpg"
+    shutil.copy(_first_test_image(ctx["synthetic"]), mine)
+    return mine
+
+
+def _predict(ctx, *extra):
+    return ["predict", str(ctx["run"] / "checkpoint.pth"), str(_mine(ctx)), "--no-progress", *extra]
+
+
+def _hard_link(ctx):
+    link = ctx["tmp"] / "link.pth"
+    link.hardlink_to(ctx["run"] / "checkpoint.pth")
+    return str(link)
+
+
+def _users_file(ctx):
+    notes = ctx["tmp"] / "mine" / "notes.txt"
+    notes.parent.mkdir(exist_ok=True)
+    notes.write_text("the user's own notes")
+    return notes
 
 
 def _teacher(ctx):
@@ -217,6 +265,10 @@ def test_hostile_input_gets_one_sentence(name, make_argv, code, fragments, train
     for fragment in fragments:
         assert fragment in message, message
     assert _snapshot(run) == before  # nothing in the existing run folder was touched
+    notes = tmp_path / "mine" / "notes.txt"  # the user's files that outputs aimed at are whole
+    assert not notes.exists() or notes.read_text() == "the user's own notes"
+    if (tmp_path / "mine.jpg").exists():
+        assert (tmp_path / "mine.jpg").read_bytes() == _first_test_image(synthetic_root).read_bytes()
 
 
 def test_skip_corrupt_skips_empty_and_oversized_images(trained, synthetic_root, tmp_path, capsys):

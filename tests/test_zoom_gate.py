@@ -150,7 +150,7 @@ def test_the_fused_onnx_graph_carries_the_gate(zoom_run, tmp_path):
 
 @pytest.mark.parametrize("args,culprit", [
     (["--split", "test"], "never on test"),
-    (["--out", "SELF"], "is the input checkpoint"),
+    (["--out", "SELF"], "is one of the command's inputs"),
     (["--out", "EXISTS"], "already exists"),
 ])
 def test_fit_gate_refusals_are_one_sentence(zoom_run, tmp_path, capsys, args, culprit):
