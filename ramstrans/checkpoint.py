@@ -16,13 +16,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, config_diff, config_from_dict
+from .config import Config, ConfigError, config_diff, config_from_dict, short_repr
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import Model, RAMSTrans, ZoomGate, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint", "weights_used",
-           "load_model_state", "find_checkpoint", "save_run_checkpoint", "FORMAT", "LATEST"]
+           "load_model_state", "find_checkpoint", "save_run_checkpoint", "checkpoint_file", "FORMAT", "LATEST"]
 
 FORMAT = "ramstrans"
 LATEST = "checkpoint.pth"  # a run folder's newest checkpoint; older kept ones are checkpoint_step<N>.pth
@@ -89,7 +89,32 @@ def load_checkpoint(path: Union[str, Path], mmap: bool = False) -> Dict[str, Any
     for key in ("config", "class_names", "step"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path} has no '{key}' entry (it was not written by ramstrans train)")
+    step, names = ckpt["step"], ckpt["class_names"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path} has a damaged 'step' entry ({short_repr(step)}, not a step number)")
+    if not isinstance(names, (list, tuple)) or len(names) < 1 or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"checkpoint {path} has a damaged 'class_names' entry (not a non-empty list of names)")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"checkpoint {path} has a damaged 'config' entry (not a mapping)")
     return ckpt
+
+
+def checkpoint_file(path: Union[str, Path]) -> Path:
+    """What ``--checkpoint`` names: a checkpoint file, or a run folder's newest checkpoint.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder that holds no checkpoint.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        newest = find_checkpoint("auto", path)
+        if newest is None:
+            raise FileNotFoundError(f"{path} is a folder without a checkpoint ({LATEST}): give a checkpoint file or a "
+                                    "run folder")
+        return newest
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
 
 
 def find_checkpoint(resume: str, output_dir: Union[str, Path]) -> Optional[Path]:

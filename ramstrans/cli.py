@@ -12,6 +12,8 @@ from .runlog import setup_console_logging
 
 __all__ = ["main"]
 
+_AT_LEAST = {"workers": 0, "batch_size": 1, "topk": 1, "repeats": 1, "batch": 1}
+CHECKPOINT_HELP = "a checkpoint file, or a run folder (its newest checkpoint)"
 WEIGHTS_HELP = "auto (the EMA weights when the checkpoint has them, as training reported), raw or ema"
 
 
@@ -21,7 +23,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
     if a.output_dir:
         overrides.append(f"train.output_dir={a.output_dir}")
     cfg, checkpoint = resolve_training(a.config, overrides, a.resume)
-    s = run_training(cfg, resume=checkpoint, show_progress=not a.no_progress, overwrite=a.overwrite)
+    s = run_training(cfg, resume=checkpoint, show_progress=not a.no_progress, overwrite=a.overwrite,
+                     restart=a.resume == "auto")
     t = s["test"]
     loc = f", proposal mIoU {t['loc_miou']:.3f}, IoU>=0.5 {t['loc_iou50']:.1f}%" if "loc_miou" in t else ""
     print(f"test top-1 {t['top1']:.2f}% (single scale, {s['weights']} weights, {t['images']} images){loc}; "
@@ -38,7 +41,21 @@ def _cmd_eval(a: argparse.Namespace) -> None:
         return
     r = run_eval(a.checkpoint, scales=a.scales, zoom_threshold=a.zoom_threshold, show_progress=not a.no_progress,
                  shift=[n for n in (a.shift or "").split(",") if n], **common)
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    print(eval_sentence(r))
+
+
+def eval_sentence(r: dict) -> str:
+    """One line a person reads: what was scored how, the accuracy, and where the files went (the JSON is there)."""
+    if r["scales"] == "auto":
+        mode = (f"adaptive zoom below {r['zoom_threshold']:g} on {r['zoom_on']}, {r['passes_per_image']:.2f} backbone "
+                "passes per image")
+    else:
+        mode = "single scale" if r["scales"] == 1 else f"{r['scales']} scales fused"
+    loc = f", proposal mIoU {r['loc_miou']:.3f}, IoU>=0.5 {r['loc_iou50']:.1f}%" if "loc_miou" in r else ""
+    skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
+    return (f"{r['split']} top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, mean class accuracy "
+            f"{r['mean_class_acc']:.2f}% ({mode}, {r['weights']} weights, {r['images']} images{skipped}){loc}; "
+            f"written to {r['output']}")
 
 
 def _cmd_fit_gate(a: argparse.Namespace) -> None:
@@ -94,7 +111,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                     num_workers=a.workers, weights=a.weights, visualize=a.visualize, show_progress=not a.no_progress,
                     overwrite=a.overwrite)
     if r["skipped"]:
-        print(f"ramstrans: {r['skipped']} of {r['images']} files could not be read (listed in the output)",
+        print(f"ramstrans: {r['skipped']} of {r['images']} paths could not be read (listed in the output)",
               file=sys.stderr)
     return 1 if r["skipped"] else 0
 
@@ -265,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     e.add_argument("--split", default="test")
     e.add_argument("--scales", default="1", help="1 (the test-time model, default), N (fuse the first N scales) or "
                                                   "auto (zoom only the images scale 1 is unsure of)")
@@ -292,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     v = sub.add_parser("visualize", help="draw where the model zooms")
-    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     v.add_argument("--images", nargs="+", help="image files to draw")
     v.add_argument("--split", default="test")
     v.add_argument("--num", type=int, default=16)
@@ -304,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_visualize)
 
     x = sub.add_parser("export", help="write a trained model as a timm folder or an ONNX file")
-    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     x.add_argument("--format", default="timm", choices=("timm", "onnx"),
                    help="timm: a folder timm loads with create_model('local-dir:PATH', pretrained=True); onnx: a file")
     x.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
@@ -327,7 +344,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("fit-gate", help="fit the learned zoom gate of a multi-scale checkpoint on its validation split "
                                          "and write a new checkpoint with it")
-    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     g.add_argument("--split", default="val", help="the split to fit on (never test; default: %(default)s)")
     g.add_argument("--out", help="the checkpoint to write (default: <checkpoint stem>_gate.pth beside it)")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -356,6 +373,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     setup_console_logging()
     try:
+        for name, low in _AT_LEAST.items():  # counts argparse types cannot bound
+            value = getattr(args, name, None)
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if getattr(args, "checkpoint", None):  # a run folder stands for its newest checkpoint
+            from .checkpoint import checkpoint_file
+            args.checkpoint = str(checkpoint_file(args.checkpoint))
         code = args.func(args)
     except (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
         print(f"ramstrans: error: {_one_sentence(e)}", file=sys.stderr)

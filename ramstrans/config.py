@@ -4,6 +4,8 @@ The defaults are the paper recipe (ViT-B/16 at 448 on CUB-200-2011, SGD momentum
 steps then cosine to 10,000, clip 1.0, α = 1.3). Unknown keys and values of the wrong type are errors that name the key.
 """
 import dataclasses
+import math
+import reprlib
 import sys
 import types
 import typing
@@ -152,6 +154,49 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+MAX_VALUES = 10_000  # values one config key may hold (lists and mappings counted through): a YAML alias bomb stops here
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 60, 60
+
+
+def short_repr(value: Any) -> str:
+    """A value as a message shows it: never whole (a long list or string is cut with ...)."""
+    return _REPR.repr(value)
+
+
+def _check_size(value: Any, key: str) -> None:
+    """Refuse a value that holds more than ``MAX_VALUES`` values, counting shared (aliased) ones every time they occur
+    and stopping at the bound, so a nine-level alias bomb (9^9 values) is refused at once."""
+    stack, seen = [value], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"config key '{key}' holds more than {MAX_VALUES} values")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a mapping with the same key twice (plain YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ConfigError(f"config {node.start_mark.name} line {key_node.start_mark.line + 1}: the key "
+                              f"{short_repr(key)} appears twice in one section")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -168,29 +213,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, List, Sequence):
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a list, got {short_repr(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a mapping, got {short_repr(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {short_repr(value)}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     return value
 
 
 def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
     if not isinstance(updates, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {updates!r}")
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got "
+                          f"{short_repr(updates)}")
     hints = typing.get_type_hints(type(node))
     names = {f.name for f in dataclasses.fields(node)}
     for k, v in updates.items():
@@ -201,6 +249,7 @@ def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             _merge(current, v, key + ".")
         else:
+            _check_size(v, key)
             setattr(node, k, _coerce(v, hints[k], key))
 
 
@@ -285,6 +334,8 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
 _COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.num_scales", lambda c: c.model.type == "classifier" and c.model.num_scales != 1,
      "must be 1 for model.type classifier (it has no attention to zoom with)"),
+    ("model.eval_head", lambda c: c.model.eval_head == "dist" and not c.model.dist_token,
+     "dist needs model.dist_token: true (without a distillation token there is only the class head)"),
     ("model.dist_token", lambda c: c.model.type == "classifier" and c.model.dist_token,
      "needs model.type rams (a ViT student); a classifier has no tokens"),
     ("model.attn_window", lambda c: c.model.type == "classifier" and c.model.attn_window,
@@ -326,7 +377,7 @@ def validate(cfg: Config) -> Config:
     for key, ok, allowed in _RANGES:
         value = _get(cfg, key)
         if not ok(value):
-            raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {short_repr(value)}")
     for key, broken, why in _COMBINATIONS:
         if broken(cfg):
             raise ConfigError(f"config key '{key}' {why}")
@@ -357,7 +408,7 @@ def _parse_override(item: str) -> Dict[str, Any]:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     out: Dict[str, Any] = {}
@@ -383,7 +434,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     if path is not None:
         file = find_config(path)
         try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            with open(file, encoding="utf-8") as stream:  # the stream's name goes into YAML's messages
+                data = yaml.load(stream, Loader=_StrictLoader) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {file} is not UTF-8 text (a YAML file is expected)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
         _merge(cfg, data, "")

@@ -162,7 +162,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
                                                           shift)
     out.mkdir(parents=True, exist_ok=True)
     res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]),
-               shift=list(shift))
+               shift=list(shift), output=str(out / "summary.json"))
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))

@@ -137,7 +137,7 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
         vit = timm.create_model(f"local-dir:{path}", pretrained=True)
     except Exception as e:  # timm's own message: missing weights, unknown architecture
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
-    info = json.loads((path / EXPORT_INFO).read_text()) if (path / EXPORT_INFO).is_file() else {}
+    info = _read_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
     scales = int(info.get("num_scales", 1))
     cfg = vit.pretrained_cfg
     if info.get("model_type") == "classifier" or not isinstance(vit, VisionTransformer):
@@ -159,6 +159,21 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
     transform = info.get("test_transform") or {"resize": math.floor(crop / cfg.get("crop_pct", 0.875)), "crop": crop,
                                                 "interpolation": cfg.get("interpolation", "bilinear")}
     return model.eval(), names, transform
+
+
+def _read_info(file: Path) -> Dict[str, object]:
+    """An export folder's ``ramstrans.json``.
+
+    Raises:
+        CheckpointError: not a JSON object (a damaged file), naming it.
+    """
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is damaged (not JSON: {str(e).splitlines()[0][:80]})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{file} is damaged (not a JSON object)")
+    return info
 
 
 class _Fused(nn.Module):

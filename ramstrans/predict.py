@@ -30,15 +30,32 @@ from .models import Model
 __all__ = ["run_predict", "expand_paths", "load_for_inference"]
 
 
-def expand_paths(paths: Sequence[str]) -> List[Path]:
+def _walk_images(folder: Path, unlistable: List[Tuple[Path, str]]) -> List[Path]:
+    """Image files under ``folder`` (hidden files and folders skipped), sorted; a folder that cannot be listed goes
+    into ``unlistable`` with the reason instead of vanishing."""
+    def failed(e: OSError) -> None:
+        unlistable.append((Path(e.filename or folder), f"cannot be listed ({e.strerror or type(e).__name__})"))
+
+    found = []
+    for here, dirs, files in os.walk(folder, onerror=failed):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def expand_paths(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[Path, str]]]:
     """Files as given, folders walked recursively for image files (hidden ones skipped), globs expanded; in order,
     without repeats.
 
+    Returns:
+        (image files, (folder, reason) of every folder that could not be listed).
+
     Raises:
         FileNotFoundError: a path (or glob) that matches nothing.
-        DataError: a folder that holds no image files.
+        DataError: a folder that holds no image files (and none it could not list).
     """
     out: Dict[Path, None] = {}
+    unlistable: List[Tuple[Path, str]] = []
     for raw in paths:
         matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
         if not matches or not all(os.path.exists(m) for m in matches):
@@ -46,14 +63,14 @@ def expand_paths(paths: Sequence[str]) -> List[Path]:
                                                               glob.has_magic(raw) else ""))
         for m in map(Path, matches):
             if m.is_dir():
-                found = sorted(p for p in m.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                               and not any(part.startswith(".") for part in p.relative_to(m).parts))
-                if not found:
+                before = len(unlistable)
+                found = _walk_images(m, unlistable)
+                if not found and len(unlistable) == before:
                     raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
                 out.update(dict.fromkeys(found))
             else:
                 out[m] = None
-    return list(out)
+    return list(out), unlistable
 
 
 def load_for_inference(source: str, weights: str = "auto") -> Tuple[Model, List[str], Transform]:
@@ -152,7 +169,7 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
                          f"{batch_size}, {fmt})")
     if zoom_threshold is not None:
         check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
-    files = expand_paths(paths)
+    files, unlistable = expand_paths(paths)
     inputs = [model_path, *files]
     if out:
         check_output(out, inputs, overwrite, "--out")
@@ -185,10 +202,11 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
                                      first=drawn)[0])
     for path, row in zip(files, rows):
         row["path"] = str(path)
+    rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
     text = _format(rows, fmt, topk, scales == "auto")
     if out:
         write_text_atomic(out, text)
     else:
         sys.stdout.write(text)
     skipped = sum(r["status"] == "skipped" for r in rows)
-    return {"images": len(files), "read": len(files) - skipped, "skipped": skipped}
+    return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}

@@ -9,7 +9,6 @@ resumed step; a warning gives the lr before and after.
 """
 import json
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -23,22 +22,23 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import LATEST, find_checkpoint, load_checkpoint, model_from_checkpoint, set_rng_state
 from .config import DEFAULT_CONFIG, Config, ConfigError, config_diff, config_from_dict, load_config, save_config
 from .data import build_data, eval_loader, load_index, train_loader
-from .dist import DistInfo, all_reduce_sum_, barrier, broadcast_object, init_distributed, shutdown
+from .dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
 from .engine import amp_setup, evaluate, train_steps
-from .files import FileLock, write_text_atomic
+from .errors import CheckpointError
+from .files import write_text_atomic
 from .l2l import FwtLearner
 from .losses import build_criterion
 from .mixing import Mixer
 from .models import Model, MultiScaleForward, build_model
 from .monitor import RunMonitor, TrainingRun
 from .plots import plot_curves
+from .runfolder import first_missing, prepare_folder, remove_if_unused
 from .runlog import MetricsLog
 from .teacher import Teacher, load_teacher
 
 __all__ = ["run_training", "resolve_training", "build_optimizer", "build_scheduler", "build_mixer", "build_ema"]
 
 logger = logging.getLogger("ramstrans")
-RUN_LOCK = ".lock"  # held by the training process for the run's life
 _SCHEDULE_KEYS = ("steps", "warmup_steps", "warmup_lr", "lr", "min_lr", "lr_ref_batch", "batch_size", "grad_accum")
 
 
@@ -183,6 +183,10 @@ def build_teacher(cfg: Config, class_names, model: Model, device: torch.device,
 def _resume(r: TrainingRun, ckpt: Dict, cfg: Config, info: DistInfo) -> None:
     """Continue ``r`` from a checkpoint: EMA, optimizer, scaler, step, data position, RNG; warn where the config
     changed what the checkpoint planned."""
+    missing = [k for k in ("optimizer", "rng", "step") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint to resume has no '{missing[0]}' entry: it cannot be continued exactly; "
+                              "start a new run from its weights with --set model.pretrained=CHECKPOINT")
     old_cfg = config_from_dict(ckpt["config"])
     t, old = cfg.train, old_cfg.train
     r.start = int(ckpt["step"])
@@ -241,38 +245,8 @@ def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.devi
     return r
 
 
-def _prepare_folder(out_dir: Path, resume_from: Optional[Path], overwrite: bool,
-                    info: DistInfo) -> Tuple[bool, Optional[FileLock]]:
-    """Lock the run folder for this run's life (rank 0) and make sure it holds no other run; remove the temp files of
-    writes a killed process left. Returns (whether the run continues in its own folder, the lock).
-
-    Raises:
-        ValueError: another process holds the folder, or it holds files of another run and ``overwrite`` is off.
-    """
-    same = resume_from is not None and out_dir.resolve() == resume_from.parent.resolve()
-    error, lock = None, None
-    if info.is_main:
-        try:
-            lock = FileLock(out_dir / RUN_LOCK, f"run folder {out_dir}").acquire()
-            files = [p for p in out_dir.iterdir() if p.name != RUN_LOCK]
-            if files and not same and not overwrite:
-                raise ValueError(f"run folder {out_dir} already holds a run; continue it with --resume auto, choose "
-                                 "another --output-dir, or replace it with --overwrite")
-            for p in files:
-                if not same or (p.name.startswith(".") and p.name.endswith(".tmp")):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        except ValueError as e:
-            if lock is not None:
-                lock.release()
-            error = str(e)
-    error = broadcast_object(error)  # every rank stops with rank 0's sentence instead of waiting for it
-    if error:
-        raise ValueError(error)
-    return same, lock
-
-
 def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_progress: bool = True,
-                 overwrite: bool = False) -> Dict[str, object]:
+                 overwrite: bool = False, restart: bool = False) -> Dict[str, object]:
     """Train as configured (single process, or one rank of a torchrun job); returns the final single-scale test
     metrics of the reported weights and the run's files. Only rank 0 writes files and shows progress.
 
@@ -282,18 +256,23 @@ def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_pr
             continues exactly when the batch size, accumulation and number of processes are the same).
         show_progress: a tqdm bar on a terminal (log lines otherwise).
         overwrite: replace the files of another run in ``train.output_dir`` (by default that is refused).
+        restart: ``--resume auto`` found no checkpoint: a run of the same config that died before its first
+            checkpoint (config and logs only) is started again from step 0 in its folder.
     """
     t = cfg.train
+    out_dir = Path(t.output_dir).expanduser()
     info, device = init_distributed(t.device, t.dist_timeout_s)
-    lock = None
+    lock, created = None, first_missing(out_dir.absolute())
     try:
         ckpt = load_checkpoint(resume) if resume else None
-        same, lock = _prepare_folder(Path(t.output_dir).expanduser(), Path(resume) if resume else None, overwrite,
-                                     info)
+        same, lock = prepare_folder(out_dir, Path(resume) if resume else None, overwrite, info,
+                                    cfg if restart else None)
         return _train(cfg, ckpt, same, info, device, show_progress)
     finally:
         if lock is not None:
             lock.release()
+        if info.is_main:
+            remove_if_unused(out_dir.absolute(), created)  # a failed start leaves no folder it created
         shutdown()
 
 

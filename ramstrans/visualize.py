@@ -55,7 +55,9 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     transform = eval_transform(cfg, model)
     if images:
         from .predict import expand_paths
-        paths = expand_paths(images)
+        paths, unlistable = expand_paths(images)
+        for folder, reason in unlistable:
+            logger.warning("skipping folder %s: it %s", folder, reason)
         titles, truths = [p.name for p in paths], None
     else:
         if data_root:

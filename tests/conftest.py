@@ -83,3 +83,10 @@ def stop_after_step(monkeypatch, step: int):
 
     monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
     return lambda: monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real)
+
+
+def eval_summary(capsys) -> dict:
+    """The summary.json of the evaluation whose sentence ``ramstrans eval`` just printed ("...; written to PATH")."""
+    import json
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    return json.loads(open(line.rsplit("written to ", 1)[1]).read())

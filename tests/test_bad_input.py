@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, eval_summary
 from ramstrans.cli import main
 
 
@@ -277,7 +277,7 @@ def test_skip_corrupt_skips_empty_and_oversized_images(trained, synthetic_root, 
     argv = ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(root), "--workers", "0",
             "--no-progress", "--output", str(tmp_path / "ev"), "--skip-corrupt"]
     assert main(argv) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = eval_summary(capsys)
     assert res["skipped"] == 2 and res["images"] == 7
     sets = TINY_TRAIN + [f"data.root={root}", "data.skip_corrupt=true", f"train.output_dir={tmp_path / 'r'}"]
     assert main(["train", "--no-progress"] + _sets(*sets)) == 0

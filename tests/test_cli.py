@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, eval_summary
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.cli import main
 
@@ -47,7 +47,7 @@ def test_train_eval_visualize(trained, capsys, tmp_path, synthetic_root):
     assert (tmp_path / "ev" / "confusion.png").is_file()
     assert main(["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--output", str(tmp_path / "ev2"),
                  "--scales", "2", "--workers", "0"]) == 0
-    res2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res2 = eval_summary(capsys)
     assert res2["scales"] == 2 and res2["top1"] == pytest.approx(_fused_top1(trained / "checkpoint.pth",
                                                                              synthetic_root), abs=1e-4)
     assert main(["visualize", "--checkpoint", str(trained / "checkpoint.pth"), "--num", "3",
@@ -106,7 +106,7 @@ def test_corrupt_image_names_the_file_and_skip_corrupt_counts(capsys, tmp_path, 
             "--output", str(tmp_path / "ev")]
     assert f"{bad.name} cannot be decoded" in _error(capsys, argv)
     assert main(argv + ["--skip-corrupt"]) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = eval_summary(capsys)
     assert res["skipped"] == 1 and res["images"] == 8
 
 

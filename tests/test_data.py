@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ramstrans.data import DataError, ImageDataset, Transform, collate, read_image
+from ramstrans.data import DataError, ImageDataset, ImageReadError, Transform, collate, read_image
 from ramstrans.data.cub import load_cub
 from ramstrans.data.loader import StepSampler, stratified_split
 from ramstrans.data.synthetic import Painter, draw_bird, render_bird_scene, species_list, write_cub_layout
@@ -104,7 +104,7 @@ def test_read_image_decodes_by_content(tmp_path):
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(DataError, match="corrupt.jpg cannot be decoded"):
         read_image(tmp_path / "corrupt.jpg")
-    with pytest.raises(FileNotFoundError, match="gone.jpg does not exist"):
+    with pytest.raises(ImageReadError, match="gone.jpg does not exist"):
         read_image(tmp_path / "gone.jpg")
 
 

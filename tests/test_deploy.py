@@ -160,7 +160,7 @@ def test_predict_a_folder(trained, synthetic_root, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     code = main(["predict", str(trained / "checkpoint.pth"), str(tmp_path / "imgs"), "--topk", "2", "--out", str(out),
                  "--no-progress"])
-    assert code == 1 and "1 of 5 files could not be read" in capsys.readouterr().err
+    assert code == 1 and "1 of 5 paths could not be read" in capsys.readouterr().err
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["path"] for r in rows] == [str(tmp_path / "imgs" / n) for n in names_in_order]
     broken = rows[2]

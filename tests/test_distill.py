@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.deit import VisionTransformerDistilled
 
-from conftest import TINY_TRAIN, sets, stop_after_step
+from conftest import TINY_TRAIN, eval_summary, sets, stop_after_step
 from ramstrans import checkpoint as ckpt_mod
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
@@ -233,12 +233,12 @@ def test_a_teacher_trained_and_exported_by_the_cli_teaches(tmp_path, capsys):
         assert ckpt["teacher"]["name"] == "resnet10t" and len(ckpt["teacher"]["sha256"]) == 64
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--no-progress"]) == 0
-    teacher_alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    teacher_alone = eval_summary(capsys)
     summary = json.loads((tmp_path / "student0" / "summary.json").read_text())
     for k in ("top1", "top5", "mean_class_acc"):  # reported through the student's renormalisation
         assert summary["teacher"][k] == pytest.approx(teacher_alone[k], abs=1e-3), k
     assert main(["eval", "--checkpoint", str(tmp_path / "student0" / "checkpoint.pth"), "--no-progress"]) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = eval_summary(capsys)
     assert {"top1_mean", "top1_cls", "top1_dist"} <= set(res) and res["top1"] == res["top1_mean"]
 
 

@@ -89,6 +89,36 @@ def test_kill_9_then_resume_finishes_and_clears_stale_temp_files(tmp_path):
     assert train_steps == list(range(1, 41))
 
 
+def test_kill_9_before_the_first_checkpoint_then_the_same_command_restarts(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = _sets(*TINY_TRAIN, "train.steps=40", "train.ckpt_every=1000", "train.log_every=1")
+    argv = ["train", "--no-progress", "--resume", "auto", "--output-dir", str(run)] + sets
+    proc = subprocess.Popen([sys.executable, "-m", "ramstrans", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while '"kind": "train"' not in ((run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else "") \
+            and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # logs and config written, no checkpoint yet
+    proc.wait()
+    assert (run / "config.yaml").is_file() and not (run / "checkpoint.pth").exists()
+    other = ["train", "--no-progress", "--resume", "auto", "--output-dir", str(run)] + _sets(
+        *TINY_TRAIN, "train.steps=41", "train.ckpt_every=1000", "train.log_every=1")
+    assert "unfinished run of another config (it differs in train.steps)" in _error(capsys, other)
+    assert main(argv) == 0  # the very command that was killed
+    assert load_checkpoint(run / "checkpoint.pth")["step"] == 40
+    train_steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                   if '"kind": "train"' in x]
+    assert train_steps == list(range(1, 41))
+
+
+def test_a_start_that_fails_leaves_no_folder_behind(tmp_path, capsys):
+    run = tmp_path / "runs" / "new"
+    msg = _error(capsys, ["train", "--no-progress", "--output-dir", str(run), "--set", "data.dataset=cub", "--set",
+                          f"data.root={tmp_path / 'missing'}"])
+    assert "data set root" in msg and not (tmp_path / "runs").exists()
+
+
 def test_ctrl_c_is_one_line(tmp_path):
     sets = _sets(*TINY_TRAIN, "train.steps=400", "train.ckpt_every=1", "train.log_every=1")
     # a child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt handler): give it the default

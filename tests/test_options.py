@@ -5,6 +5,7 @@ import torch
 from timm.layers import Mlp
 from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
+from conftest import eval_summary
 from ramstrans.models import RAMSTrans
 from ramstrans.models.attention import WindowAttention, window_mask
 from ramstrans.models.ffn import ConvMlp
@@ -191,7 +192,7 @@ def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in
     run = shutil.copytree(trained, tmp_path / "run")
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "blur,contrast",
                  "--no-progress", "--workers", "0"]) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = eval_summary(capsys)
     assert res["shift"] == ["blur", "contrast"]
     assert (run / "eval_test_scales1_raw_shift-blur+contrast" / "summary.json").is_file()
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "fog"]) == 2

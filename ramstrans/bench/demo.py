@@ -80,6 +80,7 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_
     """
     from ..config import load_config
     from ..evaluate import SWEEP_TOLERANCE, run_zoom_sweep
+    load_config(config, overrides)  # a bad override is named before anything else
     if split == "test" and zoom_threshold is None:
         chosen = Path(out_dir, "val_result.json")
         if not chosen.is_file():

@@ -109,7 +109,13 @@ def bench_inat_index(num_images: int = 579184, num_classes: int = 5089,
         num_classes: categories.
         workdir: where to write the JSON files (kept); default: a temporary folder, removed afterwards.
         num_val: images of val2017.json.
+
+    Raises:
+        ValueError: fewer images than classes, or fewer than one of either.
     """
+    if not 1 <= num_classes <= num_images or num_val < 1:
+        raise ValueError(f"bench inat needs --num-classes >= 1 and --num-images >= --num-classes (got {num_images} "
+                         f"images, {num_classes} classes)")
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         return _run(Path(workdir), num_images, num_classes, num_val)

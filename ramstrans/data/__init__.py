@@ -7,7 +7,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from .cub import load_cub
-from .dataset import DataError, DatasetIndex, ImageDataset, ImageReadError, collate, read_image
+from .dataset import DataError, DatasetIndex, ImageDataset, ImageReadError, collate, missing_files, read_image
 from .dogs import load_dogs
 from .folder import load_csv, load_folder
 from .inat import load_inat17
@@ -76,4 +76,11 @@ def split_tables(data_cfg, index: DatasetIndex, seed: int) -> Dict[str, pd.DataF
         if len(tables["val"]) == 0:
             raise DataError(f"data.val_fraction {data_cfg.val_fraction} leaves no validation images (no class of the "
                             f"data set at {index.root} has two training images)")
+    if not data_cfg.skip_corrupt:  # fail now, not when the missing file is drawn
+        for name, table in tables.items():
+            missing = missing_files(index.root, table["path"])
+            if missing:
+                raise DataError(f"{name} image {index.root / missing[0]} is listed but does not exist ({len(missing)} "
+                                "listed images are missing; ramstrans check-data lists them, data.skip_corrupt skips "
+                                "and counts them)")
     return tables

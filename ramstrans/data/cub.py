@@ -10,7 +10,7 @@ from typing import List
 
 import pandas as pd
 
-from .dataset import DataError, DatasetIndex, check_inside_root
+from .dataset import DataError, DatasetIndex, check_inside_root, data_folder
 
 __all__ = ["load_cub", "index_records", "read_records"]
 
@@ -76,9 +76,7 @@ def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
     Raises:
         DataError: a file is missing or the files disagree.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data set root {root} does not exist")
+    root = data_folder(root)
     images = read_records(root / "images.txt", ["id", "path"])
     classes = _numeric(read_records(root / "classes.txt", ["cid", "name"]), ["cid"], "classes.txt", True)
     labels = _numeric(read_records(root / "image_class_labels.txt", ["id", "cid"]), ["cid"],

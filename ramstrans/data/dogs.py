@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
-from .dataset import BOX_COLUMNS, DataError, DatasetIndex, check_inside_root
+from .dataset import BOX_COLUMNS, DataError, DatasetIndex, check_inside_root, data_folder
 
 __all__ = ["load_dogs", "read_dogs_list", "union_box"]
 
@@ -142,9 +142,7 @@ def load_dogs(root: Path) -> DatasetIndex:
         DataError: a list file is missing or unreadable, a label is out of range, an image is listed twice, a path
             leaves the root, or an annotation file is missing or has no box.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data set root {root} does not exist")
+    root = data_folder(root)
     parts = []
     for split, name in LIST_FILES.items():
         path = _find_list(root, name)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
-from .dataset import BOX_COLUMNS, DataError, DatasetIndex, check_inside_root
+from .dataset import BOX_COLUMNS, DataError, DatasetIndex, check_inside_root, data_folder
 
 __all__ = ["load_folder", "load_csv", "IMAGE_EXTENSIONS"]
 
@@ -52,9 +52,7 @@ def load_folder(root: Path) -> DatasetIndex:
         DataError: train/ or test/ is missing, train/ has no classes or an empty class folder, or another split has a
             class folder train/ lacks.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data set root {root} does not exist")
+    root = data_folder(root)
     tables = {}
     for split in SPLITS:
         if (root / split).is_dir():

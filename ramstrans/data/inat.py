@@ -14,7 +14,7 @@ from typing import Dict, List, Tuple
 
 import pandas as pd
 
-from .dataset import DataError, DatasetIndex, check_inside_root
+from .dataset import DataError, DatasetIndex, check_inside_root, data_folder
 
 __all__ = ["load_inat17", "SPLIT_FILES"]
 
@@ -110,9 +110,7 @@ def load_inat17(root: Path) -> DatasetIndex:
         DataError: a JSON is missing, malformed or without annotations; an image is listed twice or unlabelled; a
             category id is undefined; a path leaves the root.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data set root {root} does not exist")
+    root = data_folder(root)
     tables: Dict[str, pd.DataFrame] = {}
     cats = []
     for split, file in SPLIT_FILES.items():

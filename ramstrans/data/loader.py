@@ -113,7 +113,7 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, indices
 
 def stratified_split(table: pd.DataFrame, fraction: float, seed: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Carve a seeded, per-class share ``fraction`` of ``table`` out as validation (at least one image per class
-    that has two or more).
+    that has two or more, and never a class's last training image).
 
     Returns:
         (train, val) tables.
@@ -124,7 +124,7 @@ def stratified_split(table: pd.DataFrame, fraction: float, seed: int) -> Tuple[p
     val_rows = []
     for _, group in table.groupby("label", sort=True):
         n_val = int(round(fraction * len(group)))
-        n_val = max(n_val, 1) if len(group) >= 2 else 0
+        n_val = min(max(n_val, 1), len(group) - 1) if len(group) >= 2 else 0
         val_rows.extend(rng.permutation(group.index.to_numpy())[:n_val].tolist())
     val_mask = table.index.isin(val_rows)
     return table[~val_mask].reset_index(drop=True), table[val_mask].reset_index(drop=True)

@@ -92,6 +92,20 @@ def _unsupported_reason(vit: nn.Module) -> Optional[str]:
     return None
 
 
+def _check_whole_patches(vit: nn.Module) -> None:
+    """Refuse an input size that is not a whole number of patches (timm's patch embedding would drop the rest).
+
+    Raises:
+        ValueError: naming the size, the patch and the nearest sizes that fit.
+    """
+    size, patch = _pair(vit.patch_embed.img_size), _pair(vit.patch_embed.patch_size)
+    for side, p in zip(size, patch):
+        if side % p:
+            low, high = side - side % p, side - side % p + p
+            raise ValueError(f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
+                             f"{side % p} pixels of every image would be dropped; use {low or high} or {high}")
+
+
 def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
     """(B, K) logits of ``head``: the class head's, the distillation head's, or their mean (timm's and DeiT's)."""
     if head not in HEADS:
@@ -242,6 +256,7 @@ class ViTBackbone(InputNorm):
             raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
         if dist_token is False and isinstance(vit, VisionTransformerDistilled):
             raise ValueError("the given backbone has a distillation token but dist_token is False")
+        _check_whole_patches(vit)
         cfg = getattr(vit, "pretrained_cfg", None) or {}
         super().__init__(int(vit.patch_embed.proj.in_channels), mean if mean is not None else
                          cfg.get("mean", IMAGENET_DEFAULT_MEAN), std if std is not None else
