@@ -90,7 +90,8 @@ def _cmd_visualize(a: argparse.Namespace) -> None:
     from .visualize import run_visualize
     files = run_visualize(a.checkpoint, output_dir=a.output, images=a.images or (), split=a.split, num=a.num,
                           device=a.device, data_root=a.data_root, weights=a.weights, overwrite=a.overwrite)
-    print(f"wrote {len(files)} PNGs to {files[-1].parent}")
+    print(f"wrote {len(files) - 1} zoom panels and their contact sheet ({files[-1].name}, with a legend) to "
+          f"{files[-1].parent}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
@@ -172,6 +173,8 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         from .bench.demo import bench_demo
         r = bench_demo([int(s) for s in a.seeds.split(",")], a.config, a.split, a.out or "runs/bench_demo",
                        a.set or (), a.zoom_threshold)
+        print(_demo_table(r, Path(a.out or "runs/bench_demo") / f"{a.split}_result.json"))
+        return
     elif a.what == "distill":
         from .bench.distill import bench_distill
         r = bench_distill([int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill",
@@ -200,6 +203,22 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         from .bench.core import bench_core
         r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     print(json.dumps(r, indent=1))
+
+
+def _demo_table(r: dict, path: Path) -> str:
+    """bench demo's result as a person reads it: per model, mean ± half-range of top-1 and the per-seed values."""
+    rows = [("plain ViT", r["vit"]["top1"]), ("RAMS-Trans, single scale", r["rams"]["top1"]),
+            ("RAMS-Trans, both scales fused", r["rams_fused"]["top1"])]
+    if "rams_adaptive" in r:
+        passes = r["rams_adaptive"]["passes_per_image"]["mean"]
+        rows.append((f"RAMS-Trans, adaptive ({r['zoom_threshold']:g}; {passes:.2f} passes)",
+                     r["rams_adaptive"]["top1"]))
+    rows.append(("RAMS-Trans single - ViT, same seed", r["rams_minus_vit_top1"]))
+    lines = [f"bench demo, {r['split']} split, seeds {', '.join(map(str, r['seeds']))} (top-1 %):"]
+    for name, m in rows:
+        lines.append(f"  {name:<44} {m['mean']:6.1f} ± {m['spread']:4.1f}   per seed "
+                     + ", ".join(f"{v:.1f}" for v in m["values"]))
+    return "\n".join(lines + [f"written to {path}"])
 
 
 def _cmd_check_data(a: argparse.Namespace) -> int:

@@ -144,9 +144,12 @@ class FileLock:
             os.close(fd)
             raise LockedError(f"{self.what} is in use by {holder}; wait for it to finish or use another "
                               "folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 .encode())
+        try:  # who holds it, for another process's message; the lock holds without it (a full disk)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        except OSError:
+            pass
         self._fd = fd
         return self
 

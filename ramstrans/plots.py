@@ -69,7 +69,7 @@ def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndar
     axes[1].imshow(heatmap_overlay(image, rollout))
     axes[1].set_title("attention rollout")
     axes[2].imshow(_mask_picture(mask, component, image.shape[:2]), cmap="gray", vmin=0, vmax=255)
-    axes[2].set_title("mask (white: kept component)")
+    axes[2].set_title("mask: grey > α·mean, white: kept component", fontsize=9)
     axes[3].imshow(zoom)
     axes[3].set_title("zoomed crop (scale 2)")
     lines = []
@@ -84,28 +84,40 @@ def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndar
     _save_png(fig, path)
 
 
+CONTACT_LEGEND = ("green box: the zoom (what scale 2 sees); colours: attention rollout",
+                  "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong")
+
+
+def _text(cell: np.ndarray, lines: Sequence[str], colours: Sequence[Tuple[int, int, int]], width: int) -> None:
+    for j, (line, colour) in enumerate(zip(lines, colours)):
+        cv2.putText(cell, line[:width], (4, 13 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
+
+
 def contact_sheet(tiles: List[Tuple[np.ndarray, List[str], List[bool]]], path: Path, cols: int = 4,
                   tile: int = 224) -> None:
-    """Tile (H, W, 3) uint8 images into one PNG, each with its caption lines on a dark strip at the top (a line in
-    green when its prediction is right or the truth unknown, red when wrong; the first line may name the truth).
+    """Tile (H, W, 3) uint8 images into one PNG, each under its caption lines on a dark band of its own (so no
+    caption hides the picture; a line in green when its prediction is right or the truth unknown, red when wrong; the
+    first line may name the truth), with a legend band at the bottom.
 
     Args:
         tiles: per image (picture, caption lines, per prediction line: right or unknown).
         path: the PNG to write.
         cols: tiles per row.
-        tile: side of a tile in pixels.
+        tile: side of a tile's picture in pixels.
     """
     rows = (len(tiles) + cols - 1) // cols
-    sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
+    band = 14 * max(len(lines) for _, lines, _ in tiles) + 4
+    legend = 14 * len(CONTACT_LEGEND) + 6
+    sheet = np.full((rows * (band + tile) + legend, cols * tile, 3), 255, np.uint8)
     for i, (img, lines, right) in enumerate(tiles):
         r, c = divmod(i, cols)
-        cell = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
-        cell[:14 * len(lines) + 4] //= 3  # a dark strip behind the caption
+        cell = np.full((band + tile, tile, 3), 40, np.uint8)
+        cell[band:] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
         colours = [(255, 255, 255)] * (len(lines) - len(right)) + [(90, 230, 90) if ok else (255, 90, 90)
                                                                    for ok in right]
-        for j, (line, colour) in enumerate(zip(lines, colours)):
-            cv2.putText(cell, line[:34], (4, 13 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
-        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cell
+        _text(cell, lines, colours, 34)
+        sheet[r * (band + tile):(r + 1) * (band + tile), c * tile:(c + 1) * tile] = cell
+    _text(sheet[-legend:], CONTACT_LEGEND, [(0, 0, 0)] * len(CONTACT_LEGEND), 200)
     png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
 
@@ -118,7 +130,7 @@ def plot_curves(log_path: Path, png: Path) -> None:
     axes = fig.subplots(1, 3)
     if train:
         steps = [r["step"] for r in train]
-        for key in sorted({k for r in train for k in r if k.startswith(("ce_scale", "kd_scale"))}) + ["loss"]:
+        for key in sorted({k for r in train for k in r if k.startswith(("ce_scale", "kd_scale", "sd_scale"))}) + ["loss"]:
             axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
         axes[0].legend()
         axes[1].plot(steps, [r["lr"] for r in train])

@@ -191,10 +191,77 @@ CASES = [
     ("eval_output_holds_files", lambda c: ["eval", "--checkpoint", str(c["run"] / "checkpoint.pth"), "--workers",
                                            "0", "--output", str(_users_file(c).parent)], 2,
      ["--output", "already exists"]),
+    # 8. values that used to hang, pass silently or end in someone else's words (issue 23)
+    ("config_alias_bomb", lambda c: _train_cfg(c, _ALIAS_BOMB), 2, ["model.mean", "more than 10000 values"]),
+    ("config_duplicate_key", lambda c: _train_cfg(c, "train: {steps: 2, steps: 4}\n"), 2,
+     ["line 1", "'steps' appears twice"]),
+    ("config_utf16", lambda c: _train_cfg(c, "train: {steps: 2}\n".encode("utf-16")), 2, ["not UTF-8 text"]),
+    ("tau_infinite", lambda c: _resume(c, "distill.tau=.inf"), 2, ["distill.tau", "finite number"]),
+    ("eval_head_dist_without_token", lambda c: _resume(c, "model.eval_head=dist"), 2,
+     ["model.eval_head", "model.dist_token: true"]),
+    ("img_size_not_whole_patches", lambda c: _train_on(c["synthetic"], "model.img_size=60"), 2,
+     ["model.img_size 60", "16-pixel patches", "use 48 or 64"]),
+    ("one_class", lambda c: _train_on(_spoiled_root(c, _one_class)), 2, ["defines 1 class(es)", "at least 2"]),
+    ("listed_image_missing", lambda c: _train_on(_data_copy(c, _remove_train_image)), 2,
+     ["_1_0000.jpg is listed but does not exist", "data.skip_corrupt"]),
+    ("data_root_is_a_file", lambda c: _train_on(_first_test_image(c["synthetic"])), 2, ["is a file", "data.root"]),
+    ("checkpoint_step_not_a_number", lambda c: ["eval", "--checkpoint", _ckpt(c, _bad_step)], 2,
+     ["damaged 'step' entry", "'x'"]),
+    ("checkpoint_without_class_names", lambda c: ["eval", "--checkpoint", _ckpt(c, _no_names)], 2,
+     ["damaged 'class_names' entry"]),
+    ("resume_without_optimizer", lambda c: ["train", "--resume", _ckpt(c, lambda s: s.pop("optimizer"))], 2,
+     ["no 'optimizer' entry", "model.pretrained"]),
+    ("resume_without_rng", lambda c: ["train", "--resume", _ckpt(c, lambda s: s.pop("rng"))], 2, ["no 'rng' entry"]),
+    ("export_json_damaged", lambda c: ["predict", _damaged_export(c), str(_first_test_image(c["synthetic"]))], 2,
+     ["ramstrans.json is damaged"]),
+    ("eval_negative_workers", lambda c: ["eval", "--checkpoint", str(c["run"]), "--workers", "-1"], 2,
+     ["--workers must be at least 0, got -1"]),
+    ("predict_negative_workers", lambda c: _predict(c, "--workers", "-1"), 2, ["--workers must be at least 0"]),
+    ("check_data_negative_workers", lambda c: ["check-data", "--dataset", "cub", "--root", str(c["synthetic"]),
+                                               "--workers", "-1"], 2, ["--workers must be at least 0"]),
+    ("bench_demo_bad_set", lambda c: ["bench", "demo", "--set", "train.steps=abc", "--out", str(c["tmp"] / "b")], 2,
+     ["train.steps", "must be int"]),
+    ("bench_inat_no_images", lambda c: ["bench", "inat", "--num-images", "0"], 2, ["bench inat needs"]),
     ("visualize_output_is_the_run_folder", lambda c: ["visualize", "--checkpoint", str(c["run"] / "checkpoint.pth"),
                                                       "--output", str(c["run"]), "--overwrite", "--num", "1"], 2,
      ["--output", "holds one of the command's inputs"]),
 ]
+
+
+_ALIAS_BOMB = "model:\n  mean: [" + ", ".join(["&a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+    f"&{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefgh", "bcdefghi")]) + "]\n"
+
+
+def _train_cfg(ctx, text):
+    """train with a config file of ``text`` (str or bytes)."""
+    path = ctx["tmp"] / "hostile.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return ["train", "--no-progress", "--config", str(path), "--output-dir", str(ctx["tmp"] / "new")]
+
+
+def _one_class(root):
+    (root / "classes.txt").write_text("1 only_class\n")
+    (root / "image_class_labels.txt").write_text(
+        "".join(f"{line.split()[0]} 1\n" for line in (root / "images.txt").read_text().splitlines()))
+
+
+def _remove_train_image(test_img, train_img):
+    train_img.unlink()
+
+
+def _bad_step(state):
+    state["step"] = "x"
+
+
+def _no_names(state):
+    state["class_names"] = []
+
+
+def _damaged_export(ctx):
+    out = ctx["tmp"] / "exported"
+    assert main(["export", "--checkpoint", str(ctx["run"]), "--out", str(out)]) == 0
+    (out / "ramstrans.json").write_text("{not json")
+    return str(out)
 
 
 def _mine(ctx):

@@ -213,12 +213,13 @@ def test_a_symlink_loop_in_an_image_folder_indexes_every_image_once(tmp_path):
 
     from ramstrans.data import DATASETS
     for split in ("train", "test"):
-        cls = tmp_path / split / "a"
-        cls.mkdir(parents=True)
-        cv2.imwrite(str(cls / "x.png"), np.zeros((8, 8, 3), np.uint8))
-        os.symlink("..", cls / "loop")  # a/loop -> the split folder -> a -> ...
+        for name in ("a", "b"):
+            cls = tmp_path / split / name
+            cls.mkdir(parents=True)
+            cv2.imwrite(str(cls / "x.png"), np.zeros((8, 8, 3), np.uint8))
+            os.symlink("..", cls / "loop")  # a/loop -> the split folder -> a -> ...
     index = DATASETS["folder"](tmp_path)
-    assert index.split("train")["path"].tolist() == ["train/a/x.png"]
+    assert index.split("train")["path"].tolist() == ["train/a/x.png", "train/b/x.png"]
 
 
 def test_check_data_reports_bad_boxes(synthetic_root, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The repository's own plumbing: CI finds the README's test command by its marker, wherever the block is."""
+"""The repository's own plumbing: CI runs the README's demo command, then its test command (found by its marker,
+wherever the block is), in one clone."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -6,14 +7,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ci_runs_the_block_after_the_marker(tmp_path):
+def test_ci_runs_the_demo_block_then_the_block_after_the_marker_in_one_folder(tmp_path):
     (tmp_path / ".ci").mkdir()
     shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
-    (tmp_path / "README.md").write_text("```bash\necho first block\n```\n\ntext\n\n```bash\necho other\n```\n\n"
-                                        "<!-- ci: test command -->\n"
-                                        "```bash\necho pytest ran from the marked block\n```\n")
+    (tmp_path / "README.md").write_text("```bash\necho demo ran > left_by_demo\n```\n\ntext\n\n```bash\necho other\n"
+                                        "```\n\n<!-- ci: test command -->\n"
+                                        "```bash\ncat left_by_demo && echo pytest ran from the marked block\n```\n")
     r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "pytest ran from the marked block"
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-2:] == ["demo ran", "pytest ran from the marked block"]
     (tmp_path / "README.md").write_text("```bash\necho no marker\n```\n")
     r = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no pytest command" in r.stderr

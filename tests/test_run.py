@@ -296,7 +296,9 @@ def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypat
     with pytest.raises(ValueError, match="no zoom threshold"):  # the adaptive threshold is chosen on validation
         bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN)
     first = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)
-    assert first["resolved_configs"]["rams"]["train"]["steps"] == 3 and first["zoom_threshold"] == 0.5
+    rams = first["run_folders"]["rams"][0]
+    assert first["zoom_threshold"] == 0.5 and first["resolved_configs"][rams]["train"]["steps"] == 3
+    assert first["resolved_configs"][rams]["train"]["output_dir"] == rams  # each run's own folder and seed
     assert first["rams_fused"]["passes_per_image"]["values"] == [2.0]
     longer = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN + ["train.steps=4"], 0.5)
     assert len(list((tmp_path / "test").iterdir())) == 4  # other settings, other folders

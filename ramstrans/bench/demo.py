@@ -1,12 +1,15 @@
 """``ramstrans bench demo``: the demo's accuracy claim, plain ViT against RAMS-Trans over seeds."""
 import hashlib
 import json
+import logging
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["bench_demo", "run_or_reuse", "mean_spread"]
+__all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved"]
+
+logger = logging.getLogger("ramstrans")
 
 
 def mean_spread(values: List[float]) -> Dict[str, float]:
@@ -29,10 +32,17 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
     from ..train import resolve_training, run_training
     run_dir = Path(folder) / f"{name}_{_run_key(load_config(config, sets))}"
     if not (run_dir / "summary.json").is_file():
+        logger.info("bench: %s: training into %s", name, run_dir)
         sets = [*sets, f"train.output_dir={run_dir}"]
         cfg, ckpt = resolve_training(config, sets, "auto" if find_checkpoint("auto", run_dir) else None)
         run_training(cfg, resume=ckpt, show_progress=False)
     return run_dir
+
+
+def resolved(config: str, sets: Sequence[str], run_dir: Path) -> dict:
+    """The resolved config a bench run trained with, with its own run folder (and so its own seed) in it."""
+    from ..config import load_config
+    return asdict(load_config(config, [*sets, f"train.output_dir={run_dir}"]))
 
 
 def _joint_threshold(sweeps: List[Dict[str, object]], tolerance: float) -> Dict[str, float]:
@@ -97,7 +107,7 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_
             sets += [f"loss.scale_weights={weights}"] if weights else []
             sets += ["data.val_fraction=0.2"] if split == "val" else []
             run_dir = run_or_reuse(config, sets, Path(out_dir) / split, f"{name}_seed{seed}")
-            configs.setdefault(name, asdict(load_config(config, sets)))
+            configs[str(run_dir)] = resolved(config, sets, run_dir)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs[name].append(summary["final_val"] if split == "val" else summary["test"])
             folders[name].append(str(run_dir))

@@ -7,11 +7,10 @@ each head (mean, cls, dist) on scale 1 alone and on the two scales fused: "with 
 time. Differences are paired by seed. Resumable (``run_or_reuse``).
 """
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from .demo import mean_spread, run_or_reuse
+from .demo import mean_spread, resolved, run_or_reuse
 
 __all__ = ["bench_distill", "VARIANTS"]
 
@@ -58,14 +57,14 @@ def bench_distill(seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "val", ou
         summary = json.loads((t_dir / "summary.json").read_text())
         teachers.append(summary["final_val"] if split == "val" else summary["test"])
         folders["teacher"].append(str(t_dir))
-        configs.setdefault("teacher", asdict(load_config(teacher_config, t_sets)))
+        configs[str(t_dir)] = resolved(teacher_config, t_sets, t_dir)
         for variant in VARIANTS:
             sets = [*base, f"train.seed={seed}"] + (["distill.enabled=false"] if variant == "none" else [
                 "distill.enabled=true", f"distill.teacher={t_dir}", f"distill.type={variant}"])
             run_dir = run_or_reuse(student_config, sets, Path(out_dir) / split, f"student_{variant}_seed{seed}")
             scores[variant].append(_scores(run_dir, split))
             folders[variant].append(str(run_dir))
-            configs.setdefault(variant, asdict(load_config(student_config, sets)))
+            configs[str(run_dir)] = resolved(student_config, sets, run_dir)
     result: Dict[str, object] = {"split": split, "seeds": list(seeds), "overrides": list(overrides),
                                  "teacher": {k: mean_spread([t[k] for t in teachers]) for k in ("top1",
                                                                                                 "mean_class_acc")},

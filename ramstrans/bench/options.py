@@ -14,12 +14,11 @@ import json
 import multiprocessing as mp
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ..files import write_text_atomic
-from .demo import mean_spread, run_or_reuse
+from .demo import mean_spread, resolved, run_or_reuse
 
 __all__ = ["bench_options", "VARIANTS"]
 
@@ -98,10 +97,9 @@ def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
 def _run(config: str, sets: List[str], folder: Path, variant: str, seed: int,
          record: Dict[str, Dict[str, list]]) -> Dict[str, float]:
     """Train (or reuse) one run, note its folder and resolved config under ``record[...][variant]``, and score it."""
-    from ..config import load_config
     run = run_or_reuse(config, sets, folder, f"{variant}_seed{seed}")
     record["run_folders"].setdefault(variant, []).append(str(run))
-    record["resolved_configs"].setdefault(variant, asdict(load_config(config, sets)))
+    record["resolved_configs"][str(run)] = resolved(config, sets, run)
     return _scores(run)
 
 

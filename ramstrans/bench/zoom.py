@@ -18,13 +18,12 @@ choose anything). Runs are reused by the hash of their resolved config (``run_or
 import itertools
 import json
 import statistics
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .demo import mean_spread, run_or_reuse
+from .demo import mean_spread, resolved, run_or_reuse
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
@@ -59,10 +58,9 @@ class _Runs:
         self.configs: Dict[str, dict] = {}
 
     def run(self, name: str, seed: int, sets: Sequence[str]) -> Path:
-        from ..config import load_config
         sets = ["data.val_fraction=0.2", f"train.seed={seed}", *self.overrides, *sets]
         run_dir = run_or_reuse(self.config, sets, self.folder, f"{name}_seed{seed}")
-        self.configs[str(run_dir)] = asdict(load_config(self.config, sets))
+        self.configs[str(run_dir)] = resolved(self.config, sets, run_dir)
         return run_dir
 
 

@@ -35,8 +35,11 @@ def _scan_split(root: Path, split: str) -> pd.DataFrame:
     stray = sorted(p.name for p in top.iterdir() if p.is_file() and _is_image(p.name))
     if stray:
         raise DataError(f"{top} holds the image {stray[0]} outside any class folder ({split}/<class>/<image>)")
-    for cls in sorted(p.name for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        seen = set()  # real folders walked: a symlink back up the tree (a loop) is not followed again
+    classes = sorted(p.name for p in top.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # real folders not to enter through a symlink: the split folder and every class folder (a symlink up the tree, a
+    # loop, or into another class would count images twice or under the wrong class), and those already walked
+    seen = {os.path.realpath(top)} | {os.path.realpath(top / cls) for cls in classes}
+    for cls in classes:
         for dirpath, dirnames, filenames in os.walk(top / cls, followlinks=True):
             seen.add(os.path.realpath(dirpath))
             dirnames[:] = sorted(d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen)

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
-from ..files import FileLock
+from ..files import FileLock, full_disk_error, is_full_disk, umask_mode
 
 __all__ = ["BirdSpecies", "Painter", "species_list", "render_background", "render_clutter", "draw_bird",
            "render_scene", "render_bird_scene", "write_cub_layout", "make_synthetic", "ensure_synthetic", "PALETTE",
@@ -218,8 +218,8 @@ def write_cub_layout(out_dir: Path, num_classes: int = 10, train_per_class: int 
                 img, (x, y, w, h) = render_bird_scene(rng, image_size, sp)
                 img_id += 1
                 rel = f"{folder}/{sp.name}_{split_id}_{i:04d}.jpg"
-                cv2.imwrite(str(out_dir / "images" / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+                ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                (out_dir / "images" / rel).write_bytes(jpg.tobytes())  # a full disk raises (imwrite only says False)
                 images.append(f"{img_id} {rel}")
                 labels.append(f"{img_id} {k + 1}")
                 split.append(f"{img_id} {split_id}")
@@ -241,13 +241,21 @@ def _generate(out: Path, num_classes: int, train_per_class: int, test_per_class:
     """Write the set into a temp folder beside ``out``, then rename it to ``out`` (which must not exist or be empty):
     a half-written set never has the final name."""
     import tempfile
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise full_disk_error(out) if is_full_disk(e) else e from None
     try:
         write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed)
+        tmp.chmod(umask_mode(0o777))  # mkdtemp's private 0700 would survive the rename
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         tmp.rename(out)
+    except OSError as e:
+        if is_full_disk(e):
+            raise full_disk_error(out) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -296,6 +304,8 @@ def ensure_synthetic(root: str, num_classes: int, train_per_class: int, test_per
     """
     name = f"synthetic-birds-v2-k{num_classes}-n{train_per_class}-{test_per_class}-s{image_size}-seed{seed}"
     out = Path(root).expanduser() if root else default_cache_dir() / name
+    if out.exists() and not out.is_dir():
+        raise DataError(f"data set root {out} is a file; data.root names the data set's folder")
     if (out / "images.txt").is_file():
         return out
     with FileLock(out.parent / f".{out.name}.lock", f"the synthetic set {out}"):
