@@ -11,8 +11,9 @@ choose anything). Runs are reused by the hash of their resolved config (``run_or
   against from the EMA weights.
 - ``report`` (>= 5 seeds, validation and test): plain ViT; RAMS-Trans single / fused / adaptive (top probability) /
   adaptive (zoom gate) and the oracle that zooms exactly where the zoom changes the answer; RAMS-Trans with the chosen
-  self-distillation, single / fused; the single-pass student with and without the fused teacher at 1x, 2x and 4x the
-  demo's steps. Mean ± half-range with per-seed values, paired differences, and the frontier PNG.
+  self-distillation and RAMS-Trans at 4x the demo's steps, the same; the single-pass student with and without the
+  fused teacher at 1x, 2x and 4x the demo's steps. Mean ± half-range with per-seed values, paired differences, and
+  the frontier PNG.
 - ``latency``: ms per image at batch 32 and 1 of each kind of row on this machine (run it alone).
 """
 import itertools
@@ -144,15 +145,19 @@ def _ema(runs: _Runs, seeds: Sequence[int], chosen: Dict[str, object]) -> Dict[s
             "ema_minus_online": {k: _paired(rows, "ema", "online", k) for k in ("val_single", "val_fused")}}
 
 
+TWO_SCALE_ROWS = ("rams", "sd", "rams_x4")  # rows with a zoom: single, fused, adaptive (top probability, gate)
+
+
 def _report(runs: _Runs, seeds: Sequence[int], sd: Dict[str, object],
             student: Dict[str, object]) -> Tuple[Dict[str, object], Dict[str, List[Dict[str, float]]]]:
     """Every row of the frontier on validation and test (see the module doc)."""
-    rows: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": [], "sd": []}
+    rows: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": [], "sd": [], "rams_x4": []}
     for seed in seeds:
         rows["vit"].append(_one_scale(runs.run("vit", seed, VIT)))
         teacher = runs.run("rams", seed, [])
         rows["rams"].append(_two_scale(teacher))
         rows["sd"].append(_two_scale(runs.run("sd", seed, _sd_sets(**sd))))
+        rows["rams_x4"].append(_two_scale(runs.run("rams", seed, [f"train.steps={runs.steps * 4}"])))
         for m in MULTIPLES:
             steps = runs.steps * m
             if m > 1:
@@ -162,12 +167,16 @@ def _report(runs: _Runs, seeds: Sequence[int], sd: Dict[str, object],
                 "student", seed, _student_sets(teacher, student["alpha"], student["tau"], student["mix"], steps))))
     rows["vit_x1"] = rows["vit"]
     result: Dict[str, object] = {"rows": _summarise({k: v for k, v in rows.items() if k != "vit_x1"})}
-    paired = {"sd_minus_rams": {k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single",
-                                                                           "val_fused", "test_fused")},
-              **{f"student_x{m}_minus_vit_x{m}": {k: _paired(rows, f"student_x{m}", f"vit_x{m}", k)
-                                                 for k in ("val_single", "test_single")} for m in MULTIPLES}}
-    paired["rams_gate_minus_fused"] = mean_spread([r["test_gate"] - r["test_fused"] for r in rows["rams"]])
-    paired["rams_maxprob_minus_fused"] = mean_spread([r["test_maxprob"] - r["test_fused"] for r in rows["rams"]])
+    paired: Dict[str, object] = {
+        "sd_minus_rams": {k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single", "val_fused",
+                                                                      "test_fused")},
+        "rams_x4_minus_vit_x4": {k: _paired(rows, "rams_x4", "vit_x4", k) for k in ("val_single", "test_single")},
+        **{f"student_x{m}_minus_vit_x{m}": {k: _paired(rows, f"student_x{m}", f"vit_x{m}", k)
+                                           for k in ("val_single", "test_single")} for m in MULTIPLES}}
+    for name in TWO_SCALE_ROWS:
+        for rule in ("gate", "maxprob"):
+            paired[f"{name}_{rule}_minus_fused"] = mean_spread([r[f"test_{rule}"] - r["test_fused"]
+                                                                for r in rows[name]])
     result["paired"] = paired
     result["goals"] = _goals(result["rows"])
     return result, rows
@@ -175,17 +184,19 @@ def _report(runs: _Runs, seeds: Sequence[int], sd: Dict[str, object],
 
 def _goals(summary: Dict[str, Dict[str, Dict[str, object]]]) -> Dict[str, object]:
     """The issue's two goals on the test split: a single pass within 2 points of today's fused top-1 (>= 94.9), and
-    adaptive inference within 0.5 points of fused at <= 1.3 passes per image."""
-    fused_today = TODAY[2]["top1"]
-    single = {name: m["test_single"]["mean"] for name, m in summary.items() if name != "rams"}
-    single["rams"] = summary["rams"]["test_single"]["mean"]
+    adaptive inference within 0.5 points of its model's fused top-1 at <= 1.3 passes per image (per row and rule)."""
+    goal = TODAY[2]["top1"] - 2.0
+    single = {name: m["test_single"]["mean"] for name, m in summary.items()}
     best = max(single, key=single.get)
-    gate, rams = summary["rams"]["test_gate"]["mean"], summary["rams"]["test_fused"]["mean"]
-    passes = summary["rams"]["test_gate_passes"]["mean"]
-    return {"single_pass": {"goal_top1": fused_today - 2.0, "best_row": best, "best_top1": single[best],
-                            "short_by": max(0.0, fused_today - 2.0 - single[best])},
-            "adaptive_gate": {"top1_minus_fused": gate - rams, "passes_per_image": passes,
-                              "reached": gate >= rams - 0.5 and passes <= 1.3}}
+    adaptive = {}
+    for name in TWO_SCALE_ROWS:
+        m = summary[name]
+        for rule in ("maxprob", "gate"):
+            drop, passes = m[f"test_{rule}"]["mean"] - m["test_fused"]["mean"], m[f"test_{rule}_passes"]["mean"]
+            adaptive[f"{name}_{rule}"] = {"top1_minus_fused": drop, "passes_per_image": passes,
+                                          "reached": drop >= -0.5 and passes <= 1.3}
+    return {"single_pass": {"goal_top1": goal, "best_row": best, "best_top1": single[best],
+                            "short_by": max(0.0, goal - single[best])}, "adaptive": adaptive}
 
 
 def _latency(rams_dir: Path, repeats: int = 5) -> Dict[str, object]:
@@ -233,7 +244,11 @@ def _plot(summary: Dict[str, Dict[str, Dict[str, object]]], png: Path) -> None:
               ("adaptive, zoom gate", rams["test_gate_passes"]["mean"], rams["test_gate"], "P", "tab:purple"),
               ("oracle zoom (bound)", rams["test_oracle_passes"]["mean"], rams["test_fused"], "*", "tab:purple"),
               ("+ self-distillation, scale 1", 1.0, summary["sd"]["test_single"], "o", "tab:orange"),
-              ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange")]
+              ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange"),
+              ("RAMS-Trans 4x steps, scale 1", 1.0, summary["rams_x4"]["test_single"], "o", "tab:green"),
+              ("RAMS-Trans 4x steps, fused", 2.0, summary["rams_x4"]["test_fused"], "o", "tab:green"),
+              ("RAMS-Trans 4x steps, adaptive (top probability)", summary["rams_x4"]["test_maxprob_passes"]["mean"],
+               summary["rams_x4"]["test_maxprob"], "D", "tab:green")]
     for m, shade in zip(MULTIPLES, ("#9ecae1", "#4292c6", "#08519c")):
         points.append((f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"],
                        "^", shade))
