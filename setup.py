@@ -1,10 +1,15 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).parent
+# one version source: ramstrans/__init__.py
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "ramstrans" / "__init__.py").read_text(), re.M).group(1)
+
 setup(
     name="ramstrans",
-    version="0.1.0",
+    version=VERSION,
     description="RAMS-Trans (ACM MM 2021) with TransMix for fine-grained image recognition on timm ViTs",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -26,8 +31,12 @@ setup(
         "tqdm",
         "safetensors",
         "matplotlib",
+        "huggingface_hub",
     ],
-    extras_require={"test": ["pytest", "tensorboard", "onnx", "onnxscript", "onnxruntime"],
-                    "tensorboard": ["tensorboard"], "deploy": ["onnx", "onnxscript", "onnxruntime"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "ruff", "mypy", "tensorboard", "onnx", "onnxscript", "onnxruntime"],
+        "tensorboard": ["tensorboard"],
+        "deploy": ["onnx", "onnxscript", "onnxruntime"],
+    },
     entry_points={"console_scripts": ["ramstrans = ramstrans.cli:main"]},
 )

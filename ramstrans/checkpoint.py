@@ -6,30 +6,43 @@ states) plus what evaluation and deployment need (resolved config, class names; 
 model's state dict). ``model_from_checkpoint`` is the one way back from a checkpoint to a model: train (resume), eval,
 visualize and export all use it, and none needs the pretrained file the run started from.
 """
+
 import os
 import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, config_diff, config_from_dict, short_repr
+from .config import Config, ConfigError, ModelConfig, config_diff, config_from_dict, short_repr
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import Model, RAMSTrans, ZoomGate, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "model_from_checkpoint", "weights_used",
-           "load_model_state", "find_checkpoint", "save_run_checkpoint", "checkpoint_file", "FORMAT", "LATEST"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "model_from_checkpoint",
+    "weights_used",
+    "load_model_state",
+    "find_checkpoint",
+    "save_run_checkpoint",
+    "checkpoint_file",
+    "FORMAT",
+    "LATEST",
+]
 
 FORMAT = "ramstrans"
 LATEST = "checkpoint.pth"  # a run folder's newest checkpoint; older kept ones are checkpoint_step<N>.pth
 _STEP_FILE = re.compile(r"^checkpoint_step(\d+)\.pth$")
 
 
-def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file, whole.
 
     Raises:
@@ -41,7 +54,7 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
         raise OSError(f"could not write {path}: {e}") from None
 
 
-def save_run_checkpoint(state: Dict[str, Any], out_dir: Path, keep: int) -> Path:
+def save_run_checkpoint(state: dict[str, Any], out_dir: Path, keep: int) -> Path:
     """Write a run's newest checkpoint as ``checkpoint.pth`` and keep the last ``keep`` ones.
 
     With ``keep`` > 1 (or 0: all), the newest is also linked as ``checkpoint_step<N>.pth`` (a hard link: no second
@@ -66,7 +79,7 @@ def save_run_checkpoint(state: Dict[str, Any], out_dir: Path, keep: int) -> Path
     return latest
 
 
-def load_checkpoint(path: Union[str, Path], mmap: bool = False) -> Dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Read a ramstrans checkpoint on the CPU.
 
     Args:
@@ -99,7 +112,7 @@ def load_checkpoint(path: Union[str, Path], mmap: bool = False) -> Dict[str, Any
     return ckpt
 
 
-def checkpoint_file(path: Union[str, Path]) -> Path:
+def checkpoint_file(path: str | Path) -> Path:
     """What ``--checkpoint`` names: a checkpoint file, or a run folder's newest checkpoint.
 
     Raises:
@@ -109,15 +122,16 @@ def checkpoint_file(path: Union[str, Path]) -> Path:
     if path.is_dir():
         newest = find_checkpoint("auto", path)
         if newest is None:
-            raise FileNotFoundError(f"{path} is a folder without a checkpoint ({LATEST}): give a checkpoint file or a "
-                                    "run folder")
+            raise FileNotFoundError(
+                f"{path} is a folder without a checkpoint ({LATEST}): give a checkpoint file or a run folder"
+            )
         return newest
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
 
 
-def find_checkpoint(resume: str, output_dir: Union[str, Path]) -> Optional[Path]:
+def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
     """The checkpoint that ``--resume`` names.
 
     Args:
@@ -143,7 +157,7 @@ def find_checkpoint(resume: str, output_dir: Union[str, Path]) -> Optional[Path]
     raise FileNotFoundError(f"--resume {resume}: the folder holds no checkpoint ({LATEST})")
 
 
-def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], origin: str) -> None:
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """``model.load_state_dict(state)`` that explains a mismatch in one sentence.
 
     Raises:
@@ -152,17 +166,21 @@ def load_model_state(model: nn.Module, state: Dict[str, torch.Tensor], origin: s
     own = model.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise CheckpointError(f"{origin} does not fit the configured model: {k} has shape {tuple(v.shape)} in the "
-                                  f"checkpoint, {tuple(own[k].shape)} in the model")
+            raise CheckpointError(
+                f"{origin} does not fit the configured model: {k} has shape {tuple(v.shape)} in the "
+                f"checkpoint, {tuple(own[k].shape)} in the model"
+            )
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         what = f"the model's {missing[0]} is missing" if missing else f"it holds {unexpected[0]}, which the model lacks"
-        raise CheckpointError(f"{origin} does not fit the configured model: {what} ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected keys)")
+        raise CheckpointError(
+            f"{origin} does not fit the configured model: {what} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys)"
+        )
     model.load_state_dict(state)
 
 
-def weights_used(ckpt: Dict[str, Any], weights: str = "auto", origin: str = "the checkpoint") -> str:
+def weights_used(ckpt: dict[str, Any], weights: str = "auto", origin: str = "the checkpoint") -> str:
     """Which weights of a checkpoint ``weights`` ("auto", "raw" or "ema") means: "ema" when asked for, or with "auto"
     when the checkpoint has EMA weights (as its run reported); else "raw".
 
@@ -178,8 +196,13 @@ def weights_used(ckpt: Dict[str, Any], weights: str = "auto", origin: str = "the
     return "ema" if has_ema and weights != "raw" else "raw"
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "auto",
-                          origin: str = "the checkpoint", gate: bool = True) -> Tuple[Model, Config, List[str]]:
+def model_from_checkpoint(
+    ckpt: dict[str, Any],
+    model_cfg: ModelConfig | None = None,
+    weights: str = "auto",
+    origin: str = "the checkpoint",
+    gate: bool = True,
+) -> tuple[Model, Config, list[str]]:
     """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
 
     Args:
@@ -201,34 +224,38 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_cfg=None, weights: str = "
     state = ckpt["model_ema"] if weights_used(ckpt, weights, origin) == "ema" else ckpt["model"]
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
-        raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier "
-                              "checkpoint")
+        raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier checkpoint")
     wanted = replace(model_cfg or cfg.model, pretrained=None)
     model = build_model(wanted, len(names))
     try:
         load_model_state(model, state, origin)
     except CheckpointError:
-        differs = {k: v for k, v in config_diff(replace(cfg, model=replace(cfg.model, pretrained=None)),
-                                                replace(cfg, model=wanted), "model").items()}
+        differs = {
+            k: v
+            for k, v in config_diff(
+                replace(cfg, model=replace(cfg.model, pretrained=None)), replace(cfg, model=wanted), "model"
+            ).items()
+        }
         if not differs:
             raise
         key, (old, new) = next(iter(differs.items()))
-        raise CheckpointError(f"{origin} does not fit the configured model: its {key} is {old}, the configured one "
-                              f"{new}") from None
+        raise CheckpointError(
+            f"{origin} does not fit the configured model: its {key} is {old}, the configured one {new}"
+        ) from None
     if gate and isinstance(ckpt.get("zoom_gate"), dict) and isinstance(model, RAMSTrans):
         model.zoom_gate = ZoomGate.from_state(ckpt["zoom_gate"]["state"])
     return model, cfg, names
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """The torch RNG states (CPU and every CUDA device) that training draws from."""
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -3,15 +3,17 @@
 The defaults are the paper recipe (ViT-B/16 at 448 on CUB-200-2011, SGD momentum 0.9, lr 0.03, batch 16, 500 warm-up
 steps then cosine to 10,000, clip 1.0, α = 1.3). Unknown keys and values of the wrong type are errors that name the key.
 """
+
 import dataclasses
 import math
 import reprlib
 import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import yaml
 
@@ -34,12 +36,12 @@ class ModelConfig:
     alpha: float = 1.3  # proposal threshold: g > alpha * mean(g)
     residual: float = 1.0  # χ in rownorm(A + χI)
     rollout_rows: str = "cls"  # "cls" or "mean" (official code)
-    pretrained: Optional[str] = None  # .npz / .safetensors / .pth / ramstrans checkpoint / timm tag / shipped name
+    pretrained: str | None = None  # .npz / .safetensors / .pth / ramstrans checkpoint / timm tag / shipped name
     download_timeout_s: float = 60.0  # the longest a hub download of pretrained weights may take in all
     drop_path_rate: float = 0.0  # stochastic depth
-    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
-    mean: Optional[List[float]] = None  # normalisation override; None = the backbone's pretrained config
-    std: Optional[List[float]] = None
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs (depth, embed_dim, ...)
+    mean: list[float] | None = None  # normalisation override; None = the backbone's pretrained config
+    std: list[float] | None = None
     grad_checkpointing: bool = False  # trade compute for memory
     dist_token: bool = False  # a class + distillation token per scale (a DeiT student; timm's distilled layout)
     eval_head: str = "mean"  # with dist_token, the test-time logits: mean of the two heads | cls | dist
@@ -74,7 +76,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    scale_weights: List[float] = field(default_factory=lambda: [1.0, 1.0])  # per scale; λ = weight of scale 2
+    scale_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # per scale; λ = weight of scale 2
     label_smoothing: float = 0.0  # on hard labels
     self_distill: float = 0.0  # β: scale 1 learns the zoom's detached prediction: β·τ²·KL(target ‖ scale 1) (0: off)
     self_distill_tau: float = 1.0  # τ of that term
@@ -109,7 +111,7 @@ class DistillConfig:
     tau: float = 1.0  # temperature of the soft term
     kl_reduction: str = "batchmean"  # batchmean (timm: KL summed over classes, mean over images) | classes (DeiT:
     # the summed KL divided by images x classes, an effective λ K times smaller)
-    scales: List[int] = field(default_factory=lambda: [1])  # the scales (1-based) the teacher supervises
+    scales: list[int] = field(default_factory=lambda: [1])  # the scales (1-based) the teacher supervises
 
 
 @dataclass
@@ -183,13 +185,15 @@ class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses a mapping with the same key twice (plain YAML keeps the last one silently)."""
 
 
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Dict[Any, Any]:
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
         if key in seen:
-            raise ConfigError(f"config {node.start_mark.name} line {key_node.start_mark.line + 1}: the key "
-                              f"{short_repr(key)} appears twice in one section")
+            raise ConfigError(
+                f"config {node.start_mark.name} line {key_node.start_mark.line + 1}: the key "
+                f"{short_repr(key)} appears twice in one section"
+            )
         seen.add(key)
     return loader.construct_mapping(node)
 
@@ -210,12 +214,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
-    if origin in (list, List, Sequence):
+    if origin in (list, list, Sequence):
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {short_repr(value)}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
+    if origin in (dict, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {short_repr(value)}")
         return dict(value)
@@ -235,10 +239,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
+def _merge(node: Any, updates: dict[str, Any], prefix: str) -> None:
     if not isinstance(updates, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got "
-                          f"{short_repr(updates)}")
+        raise ConfigError(
+            f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {short_repr(updates)}"
+        )
     hints = typing.get_type_hints(type(node))
     names = {f.name for f in dataclasses.fields(node)}
     for k, v in updates.items():
@@ -253,11 +258,11 @@ def _merge(node: Any, updates: Dict[str, Any], prefix: str) -> None:
             setattr(node, k, _coerce(v, hints[k], key))
 
 
-def _at_least(low: int) -> Tuple[Callable[[Any], bool], str]:
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v >= low), f">= {low}"
 
 
-def _one_of(*choices: str) -> Tuple[Callable[[Any], bool], str]:
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
@@ -266,7 +271,7 @@ _PROBABILITY = ((lambda v: 0 <= v <= 1), "in [0, 1]")
 _POSITIVE = ((lambda v: v > 0), "> 0")
 
 # Ranges the dataclass types cannot express, checked whenever a config is loaded: (key, test, allowed values).
-_RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.type", *_one_of("rams", "classifier")),
     ("model.eval_head", *_one_of("mean", "cls", "dist")),
     ("model.attn_window", _at_least(0)[0], ">= 0 (0 = global attention)"),
@@ -306,8 +311,11 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
     ("distill.tau", *_POSITIVE),
     ("distill.kl_reduction", *_one_of("batchmean", "classes")),
     ("distill.teacher_scales", _at_least(0)[0], ">= 0 (0 = all of the teacher's scales)"),
-    ("distill.scales", lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 1,
-     "a non-empty list of distinct scales >= 1"),
+    (
+        "distill.scales",
+        lambda v: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 1,
+        "a non-empty list of distinct scales >= 1",
+    ),
     ("train.steps", *_at_least(1)),
     ("train.batch_size", *_at_least(1)),
     ("train.grad_accum", *_at_least(1)),
@@ -331,33 +339,72 @@ _RANGES: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
 
 
 # Settings that exclude each other: (key named in the error, test that the config breaks the rule, why).
-_COMBINATIONS: Tuple[Tuple[str, Callable[[Any], bool], str], ...] = (
-    ("model.num_scales", lambda c: c.model.type == "classifier" and c.model.num_scales != 1,
-     "must be 1 for model.type classifier (it has no attention to zoom with)"),
-    ("model.eval_head", lambda c: c.model.eval_head == "dist" and not c.model.dist_token,
-     "dist needs model.dist_token: true (without a distillation token there is only the class head)"),
-    ("model.dist_token", lambda c: c.model.type == "classifier" and c.model.dist_token,
-     "needs model.type rams (a ViT student); a classifier has no tokens"),
-    ("model.attn_window", lambda c: c.model.type == "classifier" and c.model.attn_window,
-     "needs model.type rams (a ViT's attention); a classifier cannot take it"),
-    ("model.ffn", lambda c: c.model.type == "classifier" and c.model.ffn != "mlp",
-     "needs model.type rams (a ViT's blocks); a classifier cannot take it"),
-    ("model.fwt", lambda c: c.model.type == "classifier" and c.model.fwt != "off",
-     "needs model.type rams (a ViT's blocks); a classifier cannot take it"),
-    ("model.fwt", lambda c: c.model.fwt == "learned" and c.mix.enabled,
-     "learned needs hard labels to split the classes: it cannot be combined with mix.enabled"),
-    ("mix.transmix", lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
-     "needs a ViT's attention; set mix.transmix=false for model.type classifier"),
-    ("loss.self_distill", lambda c: c.loss.self_distill > 0 and c.model.num_scales < 2,
-     "needs model.num_scales >= 2: the zoomed scales are scale 1's teacher"),
-    ("loss.self_distill", lambda c: c.loss.self_distill > 0 and c.distill.enabled,
-     "cannot be combined with distill.enabled: scale 1 learns from one teacher, the zoom or distill.teacher"),
-    ("loss.self_distill_source", lambda c: c.loss.self_distill > 0 and c.loss.self_distill_source == "ema"
-     and c.train.ema_decay <= 0, "ema needs train.ema_decay > 0"),
-    ("distill.teacher", lambda c: c.distill.enabled and not c.distill.teacher,
-     "must name the teacher (a ramstrans checkpoint or an exported timm folder) when distill.enabled is true"),
-    ("distill.scales", lambda c: c.distill.enabled and max(c.distill.scales) > c.model.num_scales,
-     "names a scale beyond model.num_scales"),
+_COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    (
+        "model.num_scales",
+        lambda c: c.model.type == "classifier" and c.model.num_scales != 1,
+        "must be 1 for model.type classifier (it has no attention to zoom with)",
+    ),
+    (
+        "model.eval_head",
+        lambda c: c.model.eval_head == "dist" and not c.model.dist_token,
+        "dist needs model.dist_token: true (without a distillation token there is only the class head)",
+    ),
+    (
+        "model.dist_token",
+        lambda c: c.model.type == "classifier" and c.model.dist_token,
+        "needs model.type rams (a ViT student); a classifier has no tokens",
+    ),
+    (
+        "model.attn_window",
+        lambda c: c.model.type == "classifier" and c.model.attn_window,
+        "needs model.type rams (a ViT's attention); a classifier cannot take it",
+    ),
+    (
+        "model.ffn",
+        lambda c: c.model.type == "classifier" and c.model.ffn != "mlp",
+        "needs model.type rams (a ViT's blocks); a classifier cannot take it",
+    ),
+    (
+        "model.fwt",
+        lambda c: c.model.type == "classifier" and c.model.fwt != "off",
+        "needs model.type rams (a ViT's blocks); a classifier cannot take it",
+    ),
+    (
+        "model.fwt",
+        lambda c: c.model.fwt == "learned" and c.mix.enabled,
+        "learned needs hard labels to split the classes: it cannot be combined with mix.enabled",
+    ),
+    (
+        "mix.transmix",
+        lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
+        "needs a ViT's attention; set mix.transmix=false for model.type classifier",
+    ),
+    (
+        "loss.self_distill",
+        lambda c: c.loss.self_distill > 0 and c.model.num_scales < 2,
+        "needs model.num_scales >= 2: the zoomed scales are scale 1's teacher",
+    ),
+    (
+        "loss.self_distill",
+        lambda c: c.loss.self_distill > 0 and c.distill.enabled,
+        "cannot be combined with distill.enabled: scale 1 learns from one teacher, the zoom or distill.teacher",
+    ),
+    (
+        "loss.self_distill_source",
+        lambda c: c.loss.self_distill > 0 and c.loss.self_distill_source == "ema" and c.train.ema_decay <= 0,
+        "ema needs train.ema_decay > 0",
+    ),
+    (
+        "distill.teacher",
+        lambda c: c.distill.enabled and not c.distill.teacher,
+        "must name the teacher (a ramstrans checkpoint or an exported timm folder) when distill.enabled is true",
+    ),
+    (
+        "distill.scales",
+        lambda c: c.distill.enabled and max(c.distill.scales) > c.model.num_scales,
+        "names a scale beyond model.num_scales",
+    ),
 )
 
 
@@ -384,7 +431,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def config_from_dict(d: Dict[str, Any]) -> Config:
+def config_from_dict(d: dict[str, Any]) -> Config:
     """A Config from nested dicts of differences (strict, validated)."""
     cfg = Config()
     _merge(cfg, d or {}, "")
@@ -403,7 +450,7 @@ def find_config(name_or_path: str) -> Path:
     raise FileNotFoundError(f"config {name_or_path} not found (neither a file nor a name in {CONFIG_DIRS[0]})")
 
 
-def _parse_override(item: str) -> Dict[str, Any]:
+def _parse_override(item: str) -> dict[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
@@ -411,7 +458,7 @@ def _parse_override(item: str) -> Dict[str, Any]:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -420,8 +467,7 @@ def _parse_override(item: str) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
-                base: Optional[Dict[str, Any]] = None) -> Config:
+def load_config(path: str | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Defaults (or ``base``, e.g. a checkpoint's stored config), then the YAML file's differences, then
     ``section.key=value`` overrides.
 
@@ -446,11 +492,11 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     return validate(cfg)
 
 
-def config_diff(old: Config, new: Config, section: Optional[str] = None) -> Dict[str, Tuple[Any, Any]]:
+def config_diff(old: Config, new: Config, section: str | None = None) -> dict[str, tuple[Any, Any]]:
     """{"section.key": (old, new)} for every value that differs (within ``section`` if given)."""
-    out: Dict[str, Tuple[Any, Any]] = {}
+    out: dict[str, tuple[Any, Any]] = {}
 
-    def walk(a: Dict[str, Any], b: Dict[str, Any], prefix: str) -> None:
+    def walk(a: dict[str, Any], b: dict[str, Any], prefix: str) -> None:
         for k in list(a) + [k for k in b if k not in a]:
             x, y = a.get(k), b.get(k)
             if isinstance(x, dict) and isinstance(y, dict):

@@ -3,16 +3,24 @@
 Launched by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT in the environment) it joins the
 process group (NCCL on CUDA, gloo on the CPU); launched plainly it makes no distributed call at all.
 """
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Dict, List
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum_", "all_gather_int", "broadcast_object",
-           "barrier", "shutdown"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "resolve_device",
+    "all_reduce_sum_",
+    "all_gather_int",
+    "broadcast_object",
+    "barrier",
+    "shutdown",
+]
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
         ValueError: CUDA asked for without a GPU, or the process group cannot be joined in time.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=world,
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(
+        rank=int(os.environ.get("RANK", "0")), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
     dev = resolve_device(device, info.local_rank)
     if not info.enabled:
         return DistInfo(), dev
@@ -69,13 +78,15 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
     try:
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     except Exception as e:  # store connection refused / timed out: the rendezvous is unreachable
-        raise ValueError(f"rank {info.rank} of {world} could not join the process group at {where} within "
-                         f"{timeout_s:g} s ({type(e).__name__}); check --rdzv_endpoint / MASTER_ADDR and the "
-                         "firewall, or raise train.dist_timeout_s") from None
+        raise ValueError(
+            f"rank {info.rank} of {world} could not join the process group at {where} within "
+            f"{timeout_s:g} s ({type(e).__name__}); check --rdzv_endpoint / MASTER_ADDR and the "
+            "firewall, or raise train.dist_timeout_s"
+        ) from None
     return info, dev
 
 
-def all_reduce_sum_(state: Dict[str, torch.Tensor]) -> None:
+def all_reduce_sum_(state: dict[str, torch.Tensor]) -> None:
     """Sum every tensor of ``state`` over all processes, in place (counts and sums reduce exactly)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
@@ -86,11 +97,11 @@ def all_reduce_sum_(state: Dict[str, torch.Tensor]) -> None:
         state[k] = t.to(v.device)
 
 
-def all_gather_int(value: int) -> List[int]:
+def all_gather_int(value: int) -> list[int]:
     """Every process's ``value``, in rank order (``[value]`` without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [int(value)]
-    out: List[object] = [None] * dist.get_world_size()
+    out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, int(value))
     return [int(v) for v in out]
 

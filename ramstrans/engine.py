@@ -1,9 +1,10 @@
 """The two loops: ``train_steps`` and ``evaluate``. They receive built objects and return dicts; no config here."""
+
 import contextlib
 import logging
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -21,14 +22,14 @@ logger = logging.getLogger("ramstrans")
 MAX_EMPTY_DRAWS = 100
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed-precision context for ``dtype`` (None: full precision)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def amp_setup(device: torch.device, enabled: bool) -> Tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
+def amp_setup(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """bf16 autocast where supported, else fp16 with a GradScaler; nothing on the CPU."""
     if not enabled or device.type != "cuda":
         return None, None
@@ -45,24 +46,32 @@ class _Progress:
         self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, unit="step") if show_bar else None
         self.start, self.total, self.t0 = start, total, time.perf_counter()
 
-    def update(self, done: int, entry: Optional[Dict[str, float]]) -> None:
+    def update(self, done: int, entry: dict[str, float] | None) -> None:
         if self.bar is not None:
             self.bar.update(1)
             if entry is not None:
-                self.bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}",
-                                     img_s=f"{entry['img_per_s']:.1f}")
+                self.bar.set_postfix(
+                    loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}", img_s=f"{entry['img_per_s']:.1f}"
+                )
         elif entry is not None:
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / max(done - self.start, 1) * (self.total - done)
-            logger.info("step %d/%d  loss %.4f  lr %.3g  %.1f img/s  eta %s", done, self.total, entry["loss"],
-                        entry["lr"], entry["img_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+            logger.info(
+                "step %d/%d  loss %.4f  lr %.3g  %.1f img/s  eta %s",
+                done,
+                self.total,
+                entry["loss"],
+                entry["lr"],
+                entry["img_per_s"],
+                time.strftime("%H:%M:%S", time.gmtime(eta)),
+            )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _draw(data: Iterator[dict], count: int, step: int) -> Tuple[List[dict], int, int]:
+def _draw(data: Iterator[dict], count: int, step: int) -> tuple[list[dict], int, int]:
     """The next ``count`` batches of one optimizer step; a draw whose batches are all unreadable is redrawn.
 
     Returns:
@@ -76,33 +85,35 @@ def _draw(data: Iterator[dict], count: int, step: int) -> Tuple[List[dict], int,
         kept = [b for b in batches if "image" in b]
         if kept:
             return kept, skipped, drawn
-    raise DataError(f"every image of {drawn} batches in a row was unreadable at step {step + 1}: the training data "
-                    "is broken (run ramstrans check-data)")
+    raise DataError(
+        f"every image of {drawn} batches in a row was unreadable at step {step + 1}: the training data "
+        "is broken (run ramstrans check-data)"
+    )
 
 
 def train_steps(
-        model: nn.Module,
-        criterion: Callable,
-        optimizer: torch.optim.Optimizer,
-        scheduler,
-        loader: DataLoader,
-        *,
-        device: torch.device,
-        start_step: int,
-        total_steps: int,
-        start_batch: Optional[int] = None,
-        grad_accum: int = 1,
-        amp_dtype: Optional[torch.dtype] = None,
-        scaler: Optional[torch.amp.GradScaler] = None,
-        clip_grad: float = 0.0,
-        mixer: Optional[Callable] = None,
-        log_every: int = 20,
-        log: Optional[Callable[[str, Dict[str, object]], None]] = None,
-        after_step: Optional[Callable[[int, int], None]] = None,
-        show_progress: bool = True,
-        world_size: int = 1,
-        fwt_learner: Optional[Callable] = None,
-) -> Dict[str, float]:
+    model: nn.Module,
+    criterion: Callable,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    start_step: int,
+    total_steps: int,
+    start_batch: int | None = None,
+    grad_accum: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float = 0.0,
+    mixer: Callable | None = None,
+    log_every: int = 20,
+    log: Callable[[str, dict[str, object]], None] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
+    show_progress: bool = True,
+    world_size: int = 1,
+    fwt_learner: Callable | None = None,
+) -> dict[str, float]:
     """Optimizer steps ``start_step`` .. ``total_steps - 1`` on batches from the endless ``loader``.
 
     Every step is one optimizer update on ``grad_accum`` batches: each batch's loss is weighted by its share of the
@@ -149,7 +160,7 @@ def train_steps(
     progress = _Progress(start_step, total_steps, show_progress and sys.stderr.isatty())
     t0 = t_log = time.perf_counter()
     images = images_log = skipped = window = 0
-    sums: Dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, kept on the device
     for step in range(start_step, total_steps):
         batches, n_skipped, drawn = _draw(data, grad_accum, step)
@@ -157,14 +168,24 @@ def train_steps(
         scheduler.step_update(num_updates=step)
         optimizer.zero_grad(set_to_none=True)
         n_images = sum(b["image"].shape[0] for b in batches)
-        terms: Dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {}
         for i, batch in enumerate(batches):
             share = batch["image"].shape[0] / n_images
             sync = i == len(batches) - 1 or not hasattr(model, "no_sync")  # DDP all-reduces on the last batch only
             with contextlib.nullcontext() if sync else model.no_sync():
-                part = _backward(model, criterion, batch, device, amp_dtype, scaler, mixer, batch_pos + i, share,
-                                 lambda record: log("mix", {"step": step + 1, **record}) if log else None,
-                                 fwt_learner)
+                part = _backward(
+                    model,
+                    criterion,
+                    batch,
+                    device,
+                    amp_dtype,
+                    scaler,
+                    mixer,
+                    batch_pos + i,
+                    share,
+                    lambda record: log("mix", {"step": step + 1, **record}) if log else None,  # noqa: B023
+                    fwt_learner,
+                )  # (called within this step: the loop variable is the current one)
             for k, v in part.items():
                 terms[k] = terms.get(k, 0.0) + v
         batch_pos += drawn
@@ -180,13 +201,18 @@ def train_steps(
         entry = None
         if done % log_every == 0 or done == total_steps:
             if first_bad.item() >= 0:
-                raise FloatingPointError(f"the training loss became non-finite at step {first_bad.item()}; lower "
-                                         "train.lr or check the data")
+                raise FloatingPointError(
+                    f"the training loss became non-finite at step {first_bad.item()}; lower train.lr or check the data"
+                )
             now = time.perf_counter()
-            entry = {"step": done, "lr": optimizer.param_groups[0]["lr"],
-                     **{k: float(v) / window for k, v in sums.items()},
-                     "img_per_s": images_log * world_size / max(now - t_log, 1e-9), "skipped": skipped,
-                     "time": time.time()}
+            entry = {
+                "step": done,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: float(v) / window for k, v in sums.items()},
+                "img_per_s": images_log * world_size / max(now - t_log, 1e-9),
+                "skipped": skipped,
+                "time": time.time(),
+            }
             if log is not None:
                 log("train", entry)
             sums, images_log, t_log, window = {}, 0, now, 0
@@ -194,14 +220,28 @@ def train_steps(
         if after_step is not None:
             after_step(done, batch_pos)
     progress.close()
-    return {"steps": total_steps - start_step, "images": images, "seconds": time.perf_counter() - t0,
-            "skipped": skipped, "batches": batch_pos}
+    return {
+        "steps": total_steps - start_step,
+        "images": images,
+        "seconds": time.perf_counter() - t0,
+        "skipped": skipped,
+        "batches": batch_pos,
+    }
 
 
-def _backward(model: nn.Module, criterion: Callable, batch: dict, device: torch.device,
-              amp_dtype: Optional[torch.dtype], scaler: Optional[torch.amp.GradScaler], mixer: Optional[Callable],
-              key: int, share: float, log_mix: Callable[[Dict[str, object]], None],
-              fwt_learner: Optional[Callable] = None) -> Dict[str, Tensor]:
+def _backward(
+    model: nn.Module,
+    criterion: Callable,
+    batch: dict,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    mixer: Callable | None,
+    key: int,
+    share: float,
+    log_mix: Callable[[dict[str, object]], None],
+    fwt_learner: Callable | None = None,
+) -> dict[str, Tensor]:
     """Forward (mixed if ``mixer``), loss terms weighted by ``share``, backward; returns the detached weighted terms."""
     x = batch["image"].to(device, non_blocking=True)
     y = batch["label"].to(device, non_blocking=True)
@@ -221,8 +261,9 @@ def _backward(model: nn.Module, criterion: Callable, batch: dict, device: torch.
     return {k: v.detach() * share for k, v in terms.items()}
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, params: List[nn.Parameter],
-                    scaler: Optional[torch.amp.GradScaler], clip_grad: float) -> None:
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], scaler: torch.amp.GradScaler | None, clip_grad: float
+) -> None:
     """Optional unscale + clip, and the optimizer step (through the fp16 scaler when there is one)."""
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -237,19 +278,19 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: List[nn.Parameter]
 
 @torch.no_grad()
 def evaluate(
-        model: nn.Module,
-        loader: DataLoader,
-        *,
-        device: torch.device,
-        num_classes: int,
-        amp_dtype: Optional[torch.dtype] = None,
-        scales: Union[int, str] = 1,
-        zoom_threshold: float = 0.5,
-        zoom_on: str = "maxprob",
-        reduce: Optional[Callable[[Dict[str, Tensor]], None]] = None,
-        show_progress: bool = False,
-        what: str = "evaluated split",
-) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+    scales: int | str = 1,
+    zoom_threshold: float = 0.5,
+    zoom_on: str = "maxprob",
+    reduce: Callable[[dict[str, Tensor]], None] | None = None,
+    show_progress: bool = False,
+    what: str = "evaluated split",
+) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Accuracy of ``RAMSTrans.predict`` (single scale by default, the fusion of the first ``scales`` scales, or
     "auto": adaptive zoom) and, where the batches carry boxes, the scale-1 proposal's IoU with them. A single-scale
     batch without boxes runs the plain forward (no attention capture).
@@ -279,7 +320,7 @@ def evaluate(
     model.eval()
     acc = MetricAccumulator(num_classes)
     skipped = zoomed = 0
-    heads: Dict[str, Tensor] = {}  # with a distillation token: correct images per head, summed on the device
+    heads: dict[str, Tensor] = {}  # with a distillation token: correct images per head, summed on the device
     for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
         skipped += batch["skipped"]
         if "image" not in batch:

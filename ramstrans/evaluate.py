@@ -1,10 +1,11 @@
 """``ramstrans eval``: a trained checkpoint on a split of its data set (or of a copy of it at another root), single
 scale, fused, or with adaptive zoom; and the sweep that chooses the adaptive threshold on a validation split."""
+
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,11 +17,20 @@ from .dist import resolve_device
 from .engine import amp_setup, autocast, evaluate
 from .files import check_output, write_text_atomic
 from .models import Model, fuse_probs
-from .plots import (CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion,
-                    plot_zoom_sweep)
+from .plots import CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion, plot_zoom_sweep
 
-__all__ = ["run_eval", "run_zoom_sweep", "eval_transform", "eval_folder", "parse_scales", "SWEEP_THRESHOLDS",
-           "scale_outputs", "resolve_threshold", "sweep_rows", "cheapest_within"]
+__all__ = [
+    "run_eval",
+    "run_zoom_sweep",
+    "eval_transform",
+    "eval_folder",
+    "parse_scales",
+    "SWEEP_THRESHOLDS",
+    "scale_outputs",
+    "resolve_threshold",
+    "sweep_rows",
+    "cheapest_within",
+]
 
 SWEEP_THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.0, 1.0, 21))  # 0, 0.05, ..., 1
 SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshold may give up
@@ -29,11 +39,17 @@ SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshol
 def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Transform:
     """The deterministic test-time transform of a trained model (resize, center crop, any named distribution
     ``shift``, its normalisation)."""
-    return Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize, mean=model.backbone.mean,
-                     std=model.backbone.std, shift=shift)
+    return Transform(
+        train=False,
+        crop=cfg.model.img_size,
+        resize=cfg.data.resize,
+        mean=model.backbone.mean,
+        std=model.backbone.std,
+        shift=shift,
+    )
 
 
-def parse_scales(value: Union[str, int], num_scales: int) -> Union[int, str]:
+def parse_scales(value: str | int, num_scales: int) -> int | str:
     """``--scales`` as given (1, a number of scales, or "auto"), checked against the model.
 
     Raises:
@@ -56,7 +72,7 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def resolve_threshold(model: Model, zoom_on: str, threshold: Optional[float]) -> float:
+def resolve_threshold(model: Model, zoom_on: str, threshold: float | None) -> float:
     """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
     gate``) or 0.5; checked to lie in [0, 1].
 
@@ -65,15 +81,23 @@ def resolve_threshold(model: Model, zoom_on: str, threshold: Optional[float]) ->
     """
     gate = model.zoom_gate
     if zoom_on == "gate" and gate is None:
-        raise ValueError("--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint "
-                         "... writes one")
+        raise ValueError(
+            "--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes one"
+        )
     if threshold is None:
         threshold = float(gate.threshold) if zoom_on == "gate" else 0.5
     return check_threshold(threshold)
 
 
-def eval_folder(checkpoint: str, split: str, scales: Union[int, str], weights: str, threshold: float = 0.0,
-                zoom_on: str = "maxprob", shift: Sequence[str] = ()) -> Path:
+def eval_folder(
+    checkpoint: str,
+    split: str,
+    scales: int | str,
+    weights: str,
+    threshold: float = 0.0,
+    zoom_on: str = "maxprob",
+    shift: Sequence[str] = (),
+) -> Path:
     """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales, weights (and
     shift)."""
     rule = "" if zoom_on == "maxprob" else f"_{zoom_on}"
@@ -81,7 +105,7 @@ def eval_folder(checkpoint: str, split: str, scales: Union[int, str], weights: s
     return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}{'_shift-' + '+'.join(shift) if shift else ''}"
 
 
-def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
+def _per_class_csv(state: dict[str, torch.Tensor], names: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["class_id", "class_name", "images", "correct", "accuracy"])
@@ -91,8 +115,15 @@ def _per_class_csv(state: Dict[str, torch.Tensor], names: List[str]) -> str:
     return buf.getvalue()
 
 
-def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Optional[str], skip_corrupt: bool,
-          shift: Sequence[str] = ()) -> Tuple[Model, Config, List[str], Dict, ImageDataset, torch.device]:
+def _load(
+    checkpoint: str,
+    weights: str,
+    device: str,
+    split: str,
+    data_root: str | None,
+    skip_corrupt: bool,
+    shift: Sequence[str] = (),
+) -> tuple[Model, Config, list[str], dict, ImageDataset, torch.device]:
     """Model (eval mode, on the device), config, class names, checkpoint and the split's dataset."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -111,7 +142,7 @@ def _load(checkpoint: str, weights: str, device: str, split: str, data_root: Opt
     return model, cfg, names, ckpt, ds, dev
 
 
-def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
+def confused_pairs_csv(confusion: np.ndarray, names: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["true_class", "predicted_class", "images", "share_of_true_class"])
@@ -120,11 +151,24 @@ def confused_pairs_csv(confusion: np.ndarray, names: List[str]) -> str:
     return buf.getvalue()
 
 
-def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "test", scales: Union[int, str] = 1,
-             zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob", weights: str = "auto",
-             batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
-             skip_corrupt: bool = False, show_progress: bool = True, shift: Sequence[str] = (),
-             overwrite: bool = False) -> Dict[str, object]:
+def run_eval(
+    checkpoint: str,
+    *,
+    output_dir: str | None = None,
+    split: str = "test",
+    scales: int | str = 1,
+    zoom_threshold: float | None = None,
+    zoom_on: str = "maxprob",
+    weights: str = "auto",
+    batch_size: int = 32,
+    device: str = "auto",
+    data_root: str | None = None,
+    num_workers: int = 2,
+    skip_corrupt: bool = False,
+    show_progress: bool = True,
+    shift: Sequence[str] = (),
+    overwrite: bool = False,
+) -> dict[str, object]:
     """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
     images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
     confused class pairs (CSV and PNG, more classes).
@@ -154,15 +198,32 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
-    res, state = evaluate(model, eval_loader(ds, batch_size, num_workers), device=dev, num_classes=len(names),
-                          amp_dtype=amp_dtype, scales=scales, zoom_threshold=zoom_threshold, zoom_on=zoom_on,
-                          show_progress=show_progress, what=f"{split} split")
+    res, state = evaluate(
+        model,
+        eval_loader(ds, batch_size, num_workers),
+        device=dev,
+        num_classes=len(names),
+        amp_dtype=amp_dtype,
+        scales=scales,
+        zoom_threshold=zoom_threshold,
+        zoom_on=zoom_on,
+        show_progress=show_progress,
+        what=f"{split} split",
+    )
     used = weights_used(ckpt, weights)
-    out = Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on,
-                                                          shift)
+    out = (
+        Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
+    )
     out.mkdir(parents=True, exist_ok=True)
-    res.update(split=split, scales=scales, weights=used, checkpoint=str(checkpoint), step=int(ckpt["step"]),
-               shift=list(shift), output=str(out / "summary.json"))
+    res.update(
+        split=split,
+        scales=scales,
+        weights=used,
+        checkpoint=str(checkpoint),
+        step=int(ckpt["step"]),
+        shift=list(shift),
+        output=str(out / "summary.json"),
+    )
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))
@@ -176,7 +237,7 @@ def run_eval(checkpoint: str, *, output_dir: Optional[str] = None, split: str = 
 
 
 @torch.no_grad()
-def scale_outputs(model: Model, loader, device: torch.device, amp_dtype) -> Tuple[torch.Tensor, ...]:
+def scale_outputs(model: Model, loader, device: torch.device, amp_dtype) -> tuple[torch.Tensor, ...]:
     """Per image, on the CPU: scale 1's (N, D) pooled features and (N, K) probabilities, the (N, K) fused
     probabilities of all scales (exactly ``predict``'s) and the (N,) labels. The model is in eval mode."""
     pooled, first, fused, labels = [], [], [], []
@@ -193,29 +254,52 @@ def scale_outputs(model: Model, loader, device: torch.device, amp_dtype) -> Tupl
     return torch.cat(pooled), torch.cat(first), torch.cat(fused), torch.cat(labels)
 
 
-def sweep_rows(confidence: torch.Tensor, first: torch.Tensor, fused: torch.Tensor, labels: torch.Tensor,
-               thresholds: Sequence[float], num_scales: int) -> List[Dict[str, float]]:
+def sweep_rows(
+    confidence: torch.Tensor,
+    first: torch.Tensor,
+    fused: torch.Tensor,
+    labels: torch.Tensor,
+    thresholds: Sequence[float],
+    num_scales: int,
+) -> list[dict[str, float]]:
     """Top-1 and cost of adaptive zoom at each threshold: (N,) confidences, (N, K) scale-1 and fused probabilities."""
     rows = []
     for t in thresholds:
         zoom = confidence < t
         probs = torch.where(zoom[:, None], fused, first)
-        rows.append({"threshold": float(t), "top1": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
-                     "zoomed_share": zoom.float().mean().item(),
-                     "passes_per_image": 1.0 + zoom.float().mean().item() * (num_scales - 1)})
+        rows.append(
+            {
+                "threshold": float(t),
+                "top1": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
+                "zoomed_share": zoom.float().mean().item(),
+                "passes_per_image": 1.0 + zoom.float().mean().item() * (num_scales - 1),
+            }
+        )
     return rows
 
 
-def cheapest_within(rows: List[Dict[str, float]], full_top1: float,
-                    tolerance: float = SWEEP_TOLERANCE) -> Optional[Dict[str, float]]:
+def cheapest_within(
+    rows: list[dict[str, float]], full_top1: float, tolerance: float = SWEEP_TOLERANCE
+) -> dict[str, float] | None:
     """The row with the fewest passes per image (then the highest top-1) within ``tolerance`` of full fusion."""
     good = [r for r in rows if r["top1"] >= full_top1 - tolerance]
     return min(good, key=lambda r: (r["passes_per_image"], -r["top1"])) if good else None
 
 
-def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: str = "val", zoom_on: str = "maxprob",
-                   weights: str = "auto", batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None,
-                   num_workers: int = 2, skip_corrupt: bool = False, overwrite: bool = False) -> Dict[str, object]:
+def run_zoom_sweep(
+    checkpoint: str,
+    *,
+    output_dir: str | None = None,
+    split: str = "val",
+    zoom_on: str = "maxprob",
+    weights: str = "auto",
+    batch_size: int = 32,
+    device: str = "auto",
+    data_root: str | None = None,
+    num_workers: int = 2,
+    skip_corrupt: bool = False,
+    overwrite: bool = False,
+) -> dict[str, object]:
     """Top-1 against cost (backbone passes per image) of adaptive zoom for ``SWEEP_THRESHOLDS``, on a validation split;
     names the cheapest threshold within ``SWEEP_TOLERANCE`` points of full fusion. Writes sweep.json / .csv / .png.
 
@@ -230,17 +314,28 @@ def run_zoom_sweep(checkpoint: str, *, output_dir: Optional[str] = None, split: 
     if model.num_scales < 2:
         raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
     resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
-    pooled, first, fused, labels = scale_outputs(model, eval_loader(ds, batch_size, num_workers), dev,
-                                                 amp_setup(dev, cfg.train.amp)[0])
-    rows = sweep_rows(model.zoom_score(pooled, first, zoom_on), first, fused, labels, SWEEP_THRESHOLDS,
-                      model.num_scales)
+    pooled, first, fused, labels = scale_outputs(
+        model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]
+    )
+    rows = sweep_rows(
+        model.zoom_score(pooled, first, zoom_on), first, fused, labels, SWEEP_THRESHOLDS, model.num_scales
+    )
     full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
     single = 100.0 * (first.argmax(1) == labels).double().mean().item()
     chosen = cheapest_within(rows, full)
-    result = {"checkpoint": str(checkpoint), "split": split, "images": len(labels), "zoom_on": zoom_on,
-              "weights": weights_used(ckpt, weights), "single_scale_top1": single, "full_fusion_top1": full,
-              "full_fusion_passes_per_image": float(model.num_scales), "tolerance_points": SWEEP_TOLERANCE,
-              "chosen": chosen, "rows": rows}
+    result = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "images": len(labels),
+        "zoom_on": zoom_on,
+        "weights": weights_used(ckpt, weights),
+        "single_scale_top1": single,
+        "full_fusion_top1": full,
+        "full_fusion_passes_per_image": float(model.num_scales),
+        "tolerance_points": SWEEP_TOLERANCE,
+        "chosen": chosen,
+        "rows": rows,
+    }
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / f"sweep_zoom_{split}_{result['weights']}"
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.json", json.dumps(result, indent=1))

@@ -12,11 +12,11 @@
   checkpoint with a fitted zoom gate ``zoom_confidence`` (B,), zoomed where below the metadata's ``zoom_threshold``),
   proposal included; the batch dimension is dynamic. A timm folder does not carry the zoom gate.
 """
+
 import json
 import math
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,7 +33,7 @@ __all__ = ["export_timm", "export_onnx", "write_onnx", "model_from_export", "Tes
 
 EXPORT_INFO = "ramstrans.json"
 ZOOM_TOKENS = "zoom_cls_tokens.safetensors"
-TestTransform = Dict[str, object]  # {"resize": shortest side, "crop": side, "interpolation": "bilinear"}
+TestTransform = dict[str, object]  # {"resize": shortest side, "crop": side, "interpolation": "bilinear"}
 
 
 def _crop_pct(crop: int, resize: int) -> float:
@@ -69,14 +69,23 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--out {out} is a file; a timm export is a folder")
     if cfg.model.attn_window or cfg.model.ffn != "mlp":
-        raise ValueError(f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
-                         "have (a timm folder would load another function): export it with --format onnx")
+        raise ValueError(
+            f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
+            "have (a timm folder would load another function): export it with --format onnx"
+        )
     staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed
     if staging.exists():  # left by a killed export: start empty
         shutil.rmtree(staging)
-    info = {"format": "ramstrans-export", "model_type": cfg.model.type, "num_scales": scales,
-            "class_names": names, "test_transform": _transform(cfg), "source_checkpoint": str(checkpoint),
-            "step": int(ckpt["step"]), "weights": weights_used(ckpt, weights)}
+    info = {
+        "format": "ramstrans-export",
+        "model_type": cfg.model.type,
+        "num_scales": scales,
+        "class_names": names,
+        "test_transform": _transform(cfg),
+        "source_checkpoint": str(checkpoint),
+        "step": int(ckpt["step"]),
+        "weights": weights_used(ckpt, weights),
+    }
     try:
         _write_timm_folder(staging, model, cfg, info)
     except Exception as e:
@@ -90,39 +99,56 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     return folder
 
 
-def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: Dict[str, object]) -> None:
+def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str, object]) -> None:
     """timm's ``save_for_hf`` files, the zoom tokens of ``info["num_scales"]`` scales and ``ramstrans.json``."""
     from timm.models import save_for_hf
-    data_config = {"input_size": (model.backbone.in_chans, *model.backbone.img_size),
-                   "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize), "crop_mode": "center",
-                   "interpolation": "bilinear", "mean": model.backbone.mean, "std": model.backbone.std}
-    model_config: Dict[str, object] = {"label_names": info["class_names"]}
+
+    data_config = {
+        "input_size": (model.backbone.in_chans, *model.backbone.img_size),
+        "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize),
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": model.backbone.mean,
+        "std": model.backbone.std,
+    }
+    model_config: dict[str, object] = {"label_names": info["class_names"]}
     if model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
         model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
-    save_for_hf(model.backbone.timm_model, str(staging), model_config=model_config, safe_serialization=True,
-                data_config=data_config)
+    save_for_hf(
+        model.backbone.timm_model,
+        str(staging),
+        model_config=model_config,
+        safe_serialization=True,
+        data_config=data_config,
+    )
     if isinstance(model, RAMSTrans):
-        info.update(alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows,
-                    eval_head=model.eval_head)
+        info.update(
+            alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows, eval_head=model.eval_head
+        )
     scales = int(info["num_scales"])
     if scales > 1:
         bb = model.backbone
-        save_file({**{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[:scales - 1])},
-                   **{f"dist{i}": t.detach().contiguous() for i, t in enumerate(bb.zoom_dist_tokens[:scales - 1])}},
-                  str(staging / ZOOM_TOKENS))
+        save_file(
+            {
+                **{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[: scales - 1])},
+                **{f"dist{i}": t.detach().contiguous() for i, t in enumerate(bb.zoom_dist_tokens[: scales - 1])},
+            },
+            str(staging / ZOOM_TOKENS),
+        )
     write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
 
 
-def _distilled_architecture(patch_size: Tuple[int, int]) -> str:
+def _distilled_architecture(patch_size: tuple[int, int]) -> str:
     """A timm distilled-ViT entry point of this patch size (the student's own arguments are stored beside it)."""
     import timm
+
     names = timm.list_models(f"deit_*_distilled_patch{patch_size[0]}_*")
     if not names:
         raise ValueError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
     return names[0]
 
 
-def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
+def model_from_export(folder: str) -> tuple[Model, list[str], TestTransform]:
     """The model (eval mode) rebuilt from an exported timm folder, its class names and its test transform. A plain
     timm ViT folder without ``ramstrans.json`` gives the single-scale RAMSTrans; any other timm model a Classifier.
 
@@ -130,6 +156,7 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
         CheckpointError: not a timm folder (no config.json) or one it cannot load.
     """
     import timm
+
     path = Path(folder).expanduser()
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not an exported model folder (it has no config.json)")
@@ -141,12 +168,18 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
     scales = int(info.get("num_scales", 1))
     cfg = vit.pretrained_cfg
     if info.get("model_type") == "classifier" or not isinstance(vit, VisionTransformer):
-        model = Classifier(backbone=NetBackbone(net=vit, img_size=tuple(cfg["input_size"][1:]),
-                                                in_chans=int(cfg["input_size"][0])))
+        model = Classifier(
+            backbone=NetBackbone(net=vit, img_size=tuple(cfg["input_size"][1:]), in_chans=int(cfg["input_size"][0]))
+        )
     else:
-        model = RAMSTrans(backbone=vit, num_scales=scales, alpha=info.get("alpha", 1.3),
-                          residual=info.get("residual", 1.0), rollout_rows=info.get("rollout_rows", "cls"),
-                          eval_head=info.get("eval_head", "mean"))
+        model = RAMSTrans(
+            backbone=vit,
+            num_scales=scales,
+            alpha=info.get("alpha", 1.3),
+            residual=info.get("residual", 1.0),
+            rollout_rows=info.get("rollout_rows", "cls"),
+            eval_head=info.get("eval_head", "mean"),
+        )
     if scales > 1:
         tokens = load_file(str(path / ZOOM_TOKENS))
         with torch.no_grad():
@@ -156,12 +189,15 @@ def model_from_export(folder: str) -> Tuple[Model, List[str], TestTransform]:
                 token.copy_(tokens[f"dist{i}"])
     names = list(info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(vit.num_classes)])
     crop = int(cfg["input_size"][-1])
-    transform = info.get("test_transform") or {"resize": math.floor(crop / cfg.get("crop_pct", 0.875)), "crop": crop,
-                                                "interpolation": cfg.get("interpolation", "bilinear")}
+    transform = info.get("test_transform") or {
+        "resize": math.floor(crop / cfg.get("crop_pct", 0.875)),
+        "crop": crop,
+        "interpolation": cfg.get("interpolation", "bilinear"),
+    }
     return model.eval(), names, transform
 
 
-def _read_info(file: Path) -> Dict[str, object]:
+def _read_info(file: Path) -> dict[str, object]:
     """An export folder's ``ramstrans.json``.
 
     Raises:
@@ -184,7 +220,7 @@ class _Fused(nn.Module):
         super().__init__()
         self.model, self.scales = model, scales
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.model.forward_multiscale(images, self.scales)
         logits = torch.stack(self.model.head_logits(out), dim=1)
         probs = logits.float().softmax(-1)
@@ -194,8 +230,9 @@ class _Fused(nn.Module):
         return (*fused, self.model.zoom_score(out.features[0], probs[:, 0], "gate"))
 
 
-def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18,
-                overwrite: bool = False) -> Path:
+def export_onnx(
+    checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18, overwrite: bool = False
+) -> Path:
     """Write a checkpoint's single-scale or fused multi-scale model as ONNX (see the module doc); the class names and
     the test transform go into the file's metadata.
 
@@ -207,12 +244,12 @@ def export_onnx(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     path = _checked_out(out, scales, model, checkpoint, overwrite)
     if path.is_dir():
         raise ValueError(f"--out {out} is a folder; an ONNX export is a file such as model.onnx")
-    return write_onnx(model, path, scales, {"class_names": json.dumps(names), "test_transform":
-                                            json.dumps(_transform(cfg))}, opset)
+    return write_onnx(
+        model, path, scales, {"class_names": json.dumps(names), "test_transform": json.dumps(_transform(cfg))}, opset
+    )
 
 
-def write_onnx(model: Model, path: Path, scales: int = 1, meta: Optional[Dict[str, str]] = None,
-               opset: int = 18) -> Path:
+def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] | None = None, opset: int = 18) -> Path:
     """Write ``model`` (single scale, or the fusion of ``scales`` scales) as an ONNX file with a dynamic batch and
     ``meta`` (plus the normalisation and the number of scales) in its metadata.
 
@@ -223,8 +260,9 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: Optional[Dict[st
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
-        raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'") \
-            from None
+        raise ValueError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'"
+        ) from None
     model.eval()
     module = (model if scales == 1 else _Fused(model, scales)).eval()
     gate = scales > 1 and model.zoom_gate is not None
@@ -233,11 +271,26 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: Optional[Dict[st
         meta = {**(meta or {}), "zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    program = torch.onnx.export(module, (example,), input_names=["images"], output_names=outputs,
-                                dynamic_shapes=({0: batch},), dynamo=True, opset_version=opset, verbose=False)
+    program = torch.onnx.export(
+        module,
+        (example,),
+        input_names=["images"],
+        output_names=outputs,
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        opset_version=opset,
+        verbose=False,
+    )
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {"mean": json.dumps(list(model.backbone.mean)), "num_scales": str(scales),
-                                        "std": json.dumps(list(model.backbone.std)), **(meta or {})})
+    onnx.helper.set_model_props(
+        proto,
+        {
+            "mean": json.dumps(list(model.backbone.mean)),
+            "num_scales": str(scales),
+            "std": json.dumps(list(model.backbone.std)),
+            **(meta or {}),
+        },
+    )
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     return path
 

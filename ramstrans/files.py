@@ -1,16 +1,26 @@
 """Files that lose nothing: every file is written to a temp name beside it, then renamed; a folder that one process
 works in is locked against a second one."""
+
 import errno
 import fcntl
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "write_text_atomic", "FileLock", "LockedError", "check_output", "same_file", "umask_mode",
-           "full_disk_error", "is_full_disk"]
+__all__ = [
+    "atomic_write",
+    "write_text_atomic",
+    "FileLock",
+    "LockedError",
+    "check_output",
+    "same_file",
+    "umask_mode",
+    "full_disk_error",
+    "is_full_disk",
+]
 
 # How a full disk shows in the messages of writers that hide the errno (torch's zip writer, safetensors).
 _FULL_DISK_SIGNS = ("No space left", "file write failed", "unexpected pos")
@@ -21,7 +31,7 @@ def is_full_disk(e: BaseException) -> bool:
     return getattr(e, "errno", None) == errno.ENOSPC or any(sign in str(e) for sign in _FULL_DISK_SIGNS)
 
 
-def full_disk_error(path: Union[str, Path]) -> OSError:
+def full_disk_error(path: str | Path) -> OSError:
     """The one sentence for a full disk, naming the file or folder being written (errno ENOSPC)."""
     error = OSError(f"no space left on device: {path}")
     error.errno = errno.ENOSPC
@@ -36,7 +46,7 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name the same file or folder: the same device and inode (symlinks and hard links included),
     or the same resolved path."""
     try:
@@ -45,8 +55,7 @@ def same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]], overwrite: bool = False,
-                 flag: str = "--out") -> Path:
+def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool = False, flag: str = "--out") -> Path:
     """The one guard of every writer: an output may never be one of the command's inputs, nor replace a file or a
     non-empty folder the user already has unless ``overwrite``.
 
@@ -64,8 +73,9 @@ def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]], over
     for given in inputs:
         inp = Path(given).expanduser()
         if same_file(path, inp):
-            raise ValueError(f"{flag} {out} is one of the command's inputs ({given}): it would be destroyed; choose "
-                             "another output")
+            raise ValueError(
+                f"{flag} {out} is one of the command's inputs ({given}): it would be destroyed; choose another output"
+            )
         if path.is_dir() and path.resolve() in inp.resolve().parents:
             raise ValueError(f"{flag} {out} holds one of the command's inputs ({given}): choose a folder of its own")
     exists = path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
@@ -74,7 +84,7 @@ def check_output(out: Union[str, Path], inputs: Sequence[Union[str, Path]], over
     return path
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[str], None], fsync: bool = False) -> Path:
+def atomic_write(path: str | Path, write: Callable[[str], None], fsync: bool = False) -> Path:
     """Call ``write(tmp)`` on a temp file beside ``path``, then rename it onto ``path``: a crash at any moment leaves
     either the old file or the new one, whole.
 
@@ -107,9 +117,13 @@ def atomic_write(path: Union[str, Path], write: Callable[[str], None], fsync: bo
     return path
 
 
-def write_text_atomic(path: Union[str, Path], text: str) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     """``Path.write_text`` through ``atomic_write``."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 class LockedError(ValueError):
@@ -125,9 +139,9 @@ class FileLock:
         what: how to name the locked thing in the error, e.g. "run folder runs/x".
     """
 
-    def __init__(self, path: Union[str, Path], what: str) -> None:
+    def __init__(self, path: str | Path, what: str) -> None:
         self.path, self.what = Path(path), what
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     def acquire(self, wait: bool = False) -> "FileLock":
         """Take the lock; with ``wait``, block until the holder releases it.
@@ -142,12 +156,15 @@ class FileLock:
         except BlockingIOError:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise LockedError(f"{self.what} is in use by {holder}; wait for it to finish or use another "
-                              "folder") from None
+            raise LockedError(
+                f"{self.what} is in use by {holder}; wait for it to finish or use another folder"
+            ) from None
         try:  # who holds it, for another process's message; the lock holds without it (a full disk)
             os.ftruncate(fd, 0)
-            os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            os.write(
+                fd,
+                f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+            )
         except OSError:
             pass
         self._fd = fd
@@ -163,5 +180,5 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         return self.acquire(wait=True)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()

@@ -11,8 +11,9 @@ step on one batch:
 The second-order gradient needs the attention's double backward, which the fused SDPA kernel lacks on the CPU: the
 step runs timm's unfused attention (same function). Each step needs the labels on the host (to split the classes).
 """
+
 import contextlib
-from typing import Callable, Dict, Iterator, List, Tuple
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +48,9 @@ def _layers_off(layers: nn.ModuleList) -> Iterator[None]:
             layer.active = True
 
 
-def meta_losses(module: nn.Module, criterion: Callable, x: Tensor, y: Tensor, unseen: Tensor, layers: nn.ModuleList,
-                inner_lr: float) -> Tuple[Dict[str, Tensor], Tensor, List[nn.Parameter], Tuple[Tensor, ...]]:
+def meta_losses(
+    module: nn.Module, criterion: Callable, x: Tensor, y: Tensor, unseen: Tensor, layers: nn.ModuleList, inner_lr: float
+) -> tuple[dict[str, Tensor], Tensor, list[nn.Parameter], tuple[Tensor, ...]]:
     """Steps 2–4 (see the module doc).
 
     Args:
@@ -85,8 +87,9 @@ class FwtLearner:
     def __init__(self, *, layers: nn.ModuleList, optimizer: torch.optim.Optimizer) -> None:
         self.layers, self.optimizer = layers, optimizer
 
-    def __call__(self, module: nn.Module, criterion: Callable, x: Tensor, y: Tensor, key: int,
-                 share: float) -> Dict[str, Tensor]:
+    def __call__(
+        self, module: nn.Module, criterion: Callable, x: Tensor, y: Tensor, key: int, share: float
+    ) -> dict[str, Tensor]:
         """Accumulate ``share`` × the step's gradients into ``.grad``; returns the detached weighted terms (the
         pseudo-seen loss terms and ``l2l_unseen``).
 
@@ -95,13 +98,16 @@ class FwtLearner:
         """
         classes = y.unique()
         if classes.numel() < 2:
-            raise DataError(f"model.fwt learned needs at least 2 classes in every batch; batch {key} holds only "
-                            f"class {int(classes[0])} (raise train.batch_size)")
+            raise DataError(
+                f"model.fwt learned needs at least 2 classes in every batch; batch {key} holds only "
+                f"class {int(classes[0])} (raise train.batch_size)"
+            )
         pick = torch.randint(classes.numel(), (1,), generator=torch.Generator().manual_seed(key)).item()
         inner_lr = max(g["lr"] for g in self.optimizer.param_groups)
         with _unfused(module):
-            terms, loss_unseen, weights, grads = meta_losses(module, criterion, x, y, y == classes[pick],
-                                                             self.layers, inner_lr)
+            terms, loss_unseen, weights, grads = meta_losses(
+                module, criterion, x, y, y == classes[pick], self.layers, inner_lr
+            )
             thetas = [p for p in self.layers.parameters()]
             theta_grads = torch.autograd.grad(loss_unseen, thetas, allow_unused=True)
         for p, g in list(zip(weights, grads)) + list(zip(thetas, theta_grads)):

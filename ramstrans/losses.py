@@ -1,18 +1,20 @@
 """Training criteria. Like DeiT's, a criterion sees the inputs and the model's output (the distillation loss runs its
 teacher on the inputs, and on the zoomed views it rebuilds from the output's boxes; self-distillation reads the zoomed
 scales of the same output), and returns named scalar terms whose sum is the loss."""
-from typing import Dict, List, Optional, Sequence, Union
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import MultiScaleOutput, crop_and_zoom, fused_log_probs
+from .config import DistillConfig, LossConfig
+from .models import MultiScaleOutput, RAMSTrans, crop_and_zoom, fused_log_probs
 from .models.backbone import Head, select_head
 
 __all__ = ["MultiScaleLoss", "DistillationLoss", "SelfDistillationLoss", "kd_term", "build_criterion"]
 
-Targets = Union[Tensor, Sequence[Tensor]]
+Targets = Tensor | Sequence[Tensor]
 
 
 class MultiScaleLoss(nn.Module):
@@ -41,7 +43,7 @@ class MultiScaleLoss(nn.Module):
             return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
 
-    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> dict[str, Tensor]:
         """Weighted per-scale terms.
 
         Args:
@@ -55,24 +57,29 @@ class MultiScaleLoss(nn.Module):
             class head's and the distillation head's CE.
         """
         per_scale = self.per_scale_targets(output, targets)
-        dist = output.dist_logits or [None] * len(output.logits)
-        return {f"ce_scale{s + 1}": w * self.label_term(lg, d, t)
-                for s, (lg, d, t, w) in enumerate(zip(output.logits, dist, per_scale, self.weights))}
+        dist = output.dist_per_scale()
+        return {
+            f"ce_scale{s + 1}": w * self.label_term(lg, d, t)
+            for s, (lg, d, t, w) in enumerate(zip(output.logits, dist, per_scale, self.weights))
+        }
 
-    def label_term(self, cls: Tensor, dist: Optional[Tensor], target: Tensor) -> Tensor:
+    def label_term(self, cls: Tensor, dist: Tensor | None, target: Tensor) -> Tensor:
         """One scale's CE on the labels: the class head's, or the mean of both heads' when there is a distillation
         head (which then learns the labels too)."""
         return self.ce(cls, target) if dist is None else (self.ce(cls, target) + self.ce(dist, target)) / 2
 
-    def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> List[Tensor]:
+    def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> list[Tensor]:
         """One target per scale (the shared one repeated), checked against the number of scales."""
         if len(output.logits) != len(self.weights):
             raise ValueError(f"got logits for {len(output.logits)} scales but {len(self.weights)} loss weights")
-        return list(targets) if isinstance(targets, (list, tuple)) else [targets] * len(output.logits)
+        if isinstance(targets, Tensor):
+            return [targets] * len(output.logits)
+        return list(targets)
 
 
-def kd_term(student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1.0,
-            reduction: str = "batchmean") -> Tensor:
+def kd_term(
+    student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1.0, reduction: str = "batchmean"
+) -> Tensor:
     """The distillation term of the student head's (B, K) logits against the teacher's (B, K) logits or
     log-probabilities (the same up to a constant per row: a fused teacher gives the log of its fused probabilities).
 
@@ -82,8 +89,9 @@ def kd_term(student: Tensor, teacher: Tensor, kind: str = "soft", tau: float = 1
     student, teacher = student.float(), teacher.float()
     if kind == "hard":
         return F.cross_entropy(student, teacher.argmax(dim=-1))
-    kl = F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1), reduction="sum",
-                  log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1), reduction="sum", log_target=True
+    )
     return kl * (tau * tau) / (student.numel() if reduction == "classes" else student.shape[0])
 
 
@@ -104,12 +112,23 @@ class DistillationLoss(nn.Module):
         scales: the 0-based scales the teacher supervises.
     """
 
-    def __init__(self, *, base: MultiScaleLoss, teacher: nn.Module, kind: str = "soft", alpha: float = 0.5,
-                 tau: float = 1.0, kl_reduction: str = "batchmean", scales: Sequence[int] = (0,)) -> None:
+    def __init__(
+        self,
+        *,
+        base: MultiScaleLoss,
+        teacher: nn.Module,
+        kind: str = "soft",
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        kl_reduction: str = "batchmean",
+        scales: Sequence[int] = (0,),
+    ) -> None:
         super().__init__()
         if kind not in ("soft", "hard") or kl_reduction not in ("batchmean", "classes"):
-            raise ValueError(f"distillation type must be soft or hard and kl_reduction batchmean or classes, got "
-                             f"{kind!r} and {kl_reduction!r}")
+            raise ValueError(
+                f"distillation type must be soft or hard and kl_reduction batchmean or classes, got "
+                f"{kind!r} and {kl_reduction!r}"
+            )
         if not 0.0 <= alpha <= 1.0 or not tau > 0:
             raise ValueError(f"distillation alpha must be in [0, 1] and tau > 0, got {alpha} and {tau}")
         self.base, self.teacher = base, teacher
@@ -119,10 +138,11 @@ class DistillationLoss(nn.Module):
     def teacher_logits(self, inputs: Tensor, output: MultiScaleOutput, scale: int) -> Tensor:
         """(B, K) teacher logits (or log-probabilities) on the view scale ``scale`` (0-based) saw: the input, or its
         zoomed crop."""
-        view = inputs if scale == 0 else crop_and_zoom(inputs, output.boxes[scale - 1], tuple(inputs.shape[-2:]))
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        view = inputs if scale == 0 else crop_and_zoom(inputs, output.boxes[scale - 1], size)
         return self.teacher(view.detach())
 
-    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> dict[str, Tensor]:
         """Weighted terms ``ce_scale{s}`` (and ``kd_scale{s}`` for supervised scales); the loss is their sum.
 
         Args:
@@ -131,8 +151,8 @@ class DistillationLoss(nn.Module):
             targets: as ``MultiScaleLoss``.
         """
         per_scale = self.base.per_scale_targets(output, targets)
-        dists = output.dist_logits or [None] * len(output.logits)
-        terms: Dict[str, Tensor] = {}
+        dists = output.dist_per_scale()
+        terms: dict[str, Tensor] = {}
         for s, (cls, dist, t, w) in enumerate(zip(output.logits, dists, per_scale, self.base.weights)):
             if s not in self.scales:
                 terms[f"ce_scale{s + 1}"] = w * self.base.label_term(cls, dist, t)
@@ -164,27 +184,36 @@ class SelfDistillationLoss(nn.Module):
         ema: a RAMSTrans (the EMA copy) whose forward gives the target, or None for the step's own output.
     """
 
-    def __init__(self, *, base: MultiScaleLoss, beta: float, tau: float = 1.0, target: str = "fused",
-                 head: Head = "mean", ema: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self,
+        *,
+        base: MultiScaleLoss,
+        beta: float,
+        tau: float = 1.0,
+        target: str = "fused",
+        head: Head = "mean",
+        ema: RAMSTrans | None = None,
+    ) -> None:
         super().__init__()
         if len(base.weights) < 2:
             raise ValueError("self-distillation needs at least two scales: the zoomed scales are scale 1's teacher")
         if not beta >= 0 or not tau > 0 or target not in ("fused", "last"):
-            raise ValueError(f"self-distillation needs beta >= 0, tau > 0 and target fused or last, got {beta}, {tau} "
-                             f"and {target!r}")
-        self.base, self.beta, self.tau, self.target, self.head, self.ema = base, float(beta), float(tau), target, \
-            head, ema
+            raise ValueError(
+                f"self-distillation needs beta >= 0, tau > 0 and target fused or last, got {beta}, {tau} and {target!r}"
+            )
+        self.base, self.beta, self.tau, self.target = base, float(beta), float(tau), target
+        self.head, self.ema = head, ema
 
     def target_log_probs(self, inputs: Tensor, output: MultiScaleOutput) -> Tensor:
         """(B, K) detached float32 log-probabilities of the target at τ = 1."""
         if self.ema is not None:
             with torch.no_grad():
                 output = self.ema.forward_multiscale(inputs)
-        dists = output.dist_logits or [None] * len(output.logits)
+        dists = output.dist_per_scale()
         logits = [(c if d is None else select_head(c, d, self.head)).detach() for c, d in zip(output.logits, dists)]
         return fused_log_probs(logits) if self.target == "fused" else F.log_softmax(logits[-1].float(), dim=-1)
 
-    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> Dict[str, Tensor]:
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> dict[str, Tensor]:
         """The base terms (with a distillation token, ``ce_scale1`` of the class head alone) and ``sd_scale1``.
 
         Args:
@@ -202,8 +231,14 @@ class SelfDistillationLoss(nn.Module):
         return terms
 
 
-def build_criterion(loss_cfg, num_scales: int, distill_cfg=None, teacher: Optional[nn.Module] = None,
-                    head: Head = "mean", ema: Optional[nn.Module] = None) -> nn.Module:
+def build_criterion(
+    loss_cfg: LossConfig,
+    num_scales: int,
+    distill_cfg: DistillConfig | None = None,
+    teacher: nn.Module | None = None,
+    head: Head = "mean",
+    ema: RAMSTrans | None = None,
+) -> nn.Module:
     """The only place that maps ``cfg.loss`` (and ``cfg.distill`` with its built teacher) to a criterion.
 
     Args:
@@ -219,17 +254,32 @@ def build_criterion(loss_cfg, num_scales: int, distill_cfg=None, teacher: Option
             is not there.
     """
     if len(loss_cfg.scale_weights) != num_scales:
-        raise ValueError(f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is "
-                         f"{num_scales}")
+        raise ValueError(
+            f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is {num_scales}"
+        )
     base = MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
     if loss_cfg.self_distill > 0:
         if loss_cfg.self_distill_source == "ema" and ema is None:
             raise ValueError("loss.self_distill_source ema needs train.ema_decay > 0")
-        return SelfDistillationLoss(base=base, beta=loss_cfg.self_distill, tau=loss_cfg.self_distill_tau,
-                                    target=loss_cfg.self_distill_target, head=head,
-                                    ema=ema if loss_cfg.self_distill_source == "ema" else None)
+        return SelfDistillationLoss(
+            base=base,
+            beta=loss_cfg.self_distill,
+            tau=loss_cfg.self_distill_tau,
+            target=loss_cfg.self_distill_target,
+            head=head,
+            ema=ema if loss_cfg.self_distill_source == "ema" else None,
+        )
     if teacher is None:
         return base
     d = distill_cfg
-    return DistillationLoss(base=base, teacher=teacher, kind=d.type, alpha=d.alpha, tau=d.tau,
-                            kl_reduction=d.kl_reduction, scales=[s - 1 for s in d.scales])
+    if d is None:
+        raise ValueError("a teacher needs cfg.distill (its type, alpha, tau, reduction, scales)")
+    return DistillationLoss(
+        base=base,
+        teacher=teacher,
+        kind=d.type,
+        alpha=d.alpha,
+        tau=d.tau,
+        kl_reduction=d.kl_reduction,
+        scales=[s - 1 for s in d.scales],
+    )

@@ -1,5 +1,4 @@
 """Classification and localization metrics kept as sums and counts, so that shards reduce exactly."""
-from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -27,7 +26,7 @@ class MetricAccumulator:
 
     def __init__(self, num_classes: int) -> None:
         self.k = num_classes
-        self.state: Dict[str, Tensor] = {
+        self.state: dict[str, Tensor] = {
             "count": torch.zeros(num_classes, dtype=torch.float64),
             "correct": torch.zeros(num_classes, dtype=torch.float64),
             "top5": torch.zeros((), dtype=torch.float64),
@@ -38,8 +37,9 @@ class MetricAccumulator:
         if num_classes <= CONFUSION_MAX_CLASSES:
             self.state["confusion"] = torch.zeros(num_classes, num_classes, dtype=torch.float64)
 
-    def update(self, scores: Tensor, labels: Tensor, pred_boxes: Optional[Tensor] = None,
-               gt_boxes: Optional[Tensor] = None) -> None:
+    def update(
+        self, scores: Tensor, labels: Tensor, pred_boxes: Tensor | None = None, gt_boxes: Tensor | None = None
+    ) -> None:
         """Add a batch: scores (B, K), labels (B,), optional xyxy boxes (B, 4) with NaN rows for 'no box'."""
         scores, labels = scores.detach().float().cpu(), labels.cpu()
         pred = scores.argmax(dim=1)
@@ -59,15 +59,17 @@ class MetricAccumulator:
             s["iou_hits"] += (iou >= 0.5).sum()
             s["iou_count"] += valid.sum()
 
-    def summary(self) -> Dict[str, float]:
+    def summary(self) -> dict[str, float]:
         """top1 / top5 / mean per-class accuracy in percent; IoU metrics where boxes were seen."""
         s = self.state
         n = s["count"].sum().item()
         seen = s["count"] > 0
-        out = {"images": int(n),
-               "top1": 100.0 * s["correct"].sum().item() / max(n, 1),
-               "top5": 100.0 * s["top5"].item() / max(n, 1),
-               "mean_class_acc": 100.0 * (s["correct"][seen] / s["count"][seen]).mean().item() if seen.any() else 0.0}
+        out = {
+            "images": int(n),
+            "top1": 100.0 * s["correct"].sum().item() / max(n, 1),
+            "top5": 100.0 * s["top5"].item() / max(n, 1),
+            "mean_class_acc": 100.0 * (s["correct"][seen] / s["count"][seen]).mean().item() if seen.any() else 0.0,
+        }
         if s["iou_count"] > 0:
             out["loc_miou"] = s["iou_sum"].item() / s["iou_count"].item()
             out["loc_iou50"] = 100.0 * s["iou_hits"].item() / s["iou_count"].item()

@@ -14,8 +14,9 @@ the PASTED (partner) image in the target; the kept image gets 1 - λ.
   λ_area = share of the crop covered by the box, λ_attn = that scale's CLS attention share on the box mapped into
   the crop's grid; a crop that misses the box gets λ = 0, a crop inside the box λ = 1.
 """
+
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 
 __all__ = ["MixInfo", "Mixer", "transmix_lambda", "zoomed_lambda", "patch_box_mask", "cutmix_box"]
 
-Box = Tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels, exclusive ends, as timm's cutmix_bbox_and_lam
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels, exclusive ends, as timm's cutmix_bbox_and_lam
 
 
 @dataclass
@@ -33,12 +34,12 @@ class MixInfo:
 
     kind: str  # "none" | "mixup" | "cutmix"
     lam_area: float  # area (or blend) share of the partner image
-    box: Optional[Box] = None  # the pasted region (cutmix only)
-    partner: Optional[Tensor] = None  # (B,) index of each sample's partner
-    lam: List[Tensor] = field(default_factory=list)  # per scale, (B,) partner weight actually used
+    box: Box | None = None  # the pasted region (cutmix only)
+    partner: Tensor | None = None  # (B,) index of each sample's partner
+    lam: list[Tensor] = field(default_factory=list)  # per scale, (B,) partner weight actually used
 
 
-def patch_box_mask(box: Box, crop: Tensor, image_size: Tuple[int, int], grid_size: Tuple[int, int]) -> Tensor:
+def patch_box_mask(box: Box, crop: Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
     """Which patches of each (zoomed) view lie in the box: a patch is inside when its top-left pixel is.
 
     Args:
@@ -62,7 +63,7 @@ def patch_box_mask(box: Box, crop: Tensor, image_size: Tuple[int, int], grid_siz
     return (inside_y[:, :, None] & inside_x[:, None, :]).flatten(1).float()
 
 
-def cutmix_box(rng: np.random.Generator, image_size: Tuple[int, int], lam: float) -> Box:
+def cutmix_box(rng: np.random.Generator, image_size: tuple[int, int], lam: float) -> Box:
     """timm's ``rand_bbox`` rule drawn from ``rng`` (timm draws from numpy's global generator): a box of
     ``sqrt(1 - lam)`` times each side (odd sizes kept exact), centred uniformly in the image, clipped to it.
 
@@ -78,8 +79,12 @@ def cutmix_box(rng: np.random.Generator, image_size: Tuple[int, int], lam: float
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(H * ratio), int(W * ratio)
     cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
-    return (int(np.clip(cy - cut_h // 2, 0, H)), int(np.clip(cy + (cut_h + 1) // 2, 0, H)),
-            int(np.clip(cx - cut_w // 2, 0, W)), int(np.clip(cx + (cut_w + 1) // 2, 0, W)))
+    return (
+        int(np.clip(cy - cut_h // 2, 0, H)),
+        int(np.clip(cy + (cut_h + 1) // 2, 0, H)),
+        int(np.clip(cx - cut_w // 2, 0, W)),
+        int(np.clip(cx + (cut_w + 1) // 2, 0, W)),
+    )
 
 
 def _attention_share(cls_attention: Tensor, mask: Tensor) -> Tensor:
@@ -87,8 +92,14 @@ def _attention_share(cls_attention: Tensor, mask: Tensor) -> Tensor:
     return (attn * mask).sum(dim=1) / attn.sum(dim=1).clamp(min=1e-12)
 
 
-def transmix_lambda(cls_attention: Tensor, box: Box, lam_area: float, image_size: Tuple[int, int],
-                    grid_size: Tuple[int, int], area_weight: float = 0.5) -> Tensor:
+def transmix_lambda(
+    cls_attention: Tensor,
+    box: Box,
+    lam_area: float,
+    image_size: tuple[int, int],
+    grid_size: tuple[int, int],
+    area_weight: float = 0.5,
+) -> Tensor:
     """TransMix weight of the pasted image: w·λ_area + (1 - w)·λ_attn, per sample.
 
     Args:
@@ -108,8 +119,14 @@ def transmix_lambda(cls_attention: Tensor, box: Box, lam_area: float, image_size
     return area_weight * lam_area + (1 - area_weight) * _attention_share(cls_attention, mask)
 
 
-def zoomed_lambda(cls_attention: Tensor, crop: Tensor, box: Box, image_size: Tuple[int, int],
-                  grid_size: Tuple[int, int], area_weight: float = 0.5) -> Tensor:
+def zoomed_lambda(
+    cls_attention: Tensor,
+    crop: Tensor,
+    box: Box,
+    image_size: tuple[int, int],
+    grid_size: tuple[int, int],
+    area_weight: float = 0.5,
+) -> Tensor:
     """The zoomed scale's partner weight: the crop's share covered by the box and its attention share on it.
 
     Args:
@@ -151,22 +168,40 @@ class Mixer:
         rank: process rank (each process mixes its own batch).
     """
 
-    def __init__(self, *, num_classes: int, image_size: Tuple[int, int], grid_size: Tuple[int, int],
-                 mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.8,
-                 label_smoothing: float = 0.1, correct_lam: bool = True, transmix: bool = True,
-                 area_weight: float = 0.5, seed: int = 0, rank: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        image_size: tuple[int, int],
+        grid_size: tuple[int, int],
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.8,
+        label_smoothing: float = 0.1,
+        correct_lam: bool = True,
+        transmix: bool = True,
+        area_weight: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ValueError("mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in "
-                             "[0, 1]")
+            raise ValueError(
+                "mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in [0, 1]"
+            )
         if not 0 <= area_weight <= 1:
             raise ValueError(f"mix.area_weight must be in [0, 1], got {area_weight}")
         self.k, self.image_size, self.grid_size = num_classes, tuple(image_size), tuple(grid_size)
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
-        self.smoothing, self.correct_lam, self.transmix, self.area_weight = label_smoothing, correct_lam, transmix, \
-            area_weight
+        self.smoothing, self.correct_lam, self.transmix, self.area_weight = (
+            label_smoothing,
+            correct_lam,
+            transmix,
+            area_weight,
+        )
         self.seed, self.rank = seed, rank
 
-    def _draw(self, rng: np.random.Generator) -> Tuple[str, float]:
+    def _draw(self, rng: np.random.Generator) -> tuple[str, float]:
         use_mixup, use_cutmix = self.mixup_alpha > 0, self.cutmix_alpha > 0
         if not (use_mixup or use_cutmix) or rng.random() >= self.prob:
             return "none", 1.0
@@ -174,7 +209,7 @@ class Mixer:
         alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
         return ("cutmix" if cutmix else "mixup"), float(rng.beta(alpha, alpha))
 
-    def mix(self, x: Tensor, key: int) -> Tuple[Tensor, MixInfo]:
+    def mix(self, x: Tensor, key: int) -> tuple[Tensor, MixInfo]:
         """Mix (B, C, H, W) images; ``key`` (the batch's position in the run) seeds the draw. Returns the mixed batch
         and what was done."""
         rng = np.random.default_rng([self.seed, self.rank, key])
@@ -191,7 +226,7 @@ class Mixer:
         x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
         return x, MixInfo(kind, 1.0 - keep, (int(y0), int(y1), int(x0), int(x1)), partner)
 
-    def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> List[Tensor]:
+    def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> list[Tensor]:
         """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2. A model
         without attention (a classifier: no ``cls_attention``) has one scale and the area (or blend) weight."""
         B, dev = info.partner.shape[0], info.partner.device
@@ -203,17 +238,18 @@ class Mixer:
             lams.append(zoomed_lambda(attn, crop, info.box, self.image_size, self.grid_size, w))
         return lams
 
-    def targets(self, labels: Tensor, info: MixInfo, lams: Sequence[Tensor]) -> List[Tensor]:
+    def targets(self, labels: Tensor, info: MixInfo, lams: Sequence[Tensor]) -> list[Tensor]:
         """Per scale, (B, K) soft targets: (1 - λ)·y + λ·y_partner with label smoothing applied once."""
-        return [mixup_target(labels, self.k, lam=(1.0 - lam.float())[:, None], smoothing=self.smoothing)
-                for lam in lams]
+        return [
+            mixup_target(labels, self.k, lam=(1.0 - lam.float())[:, None], smoothing=self.smoothing) for lam in lams
+        ]
 
-    def __call__(self, x: Tensor, y: Tensor, key: int) -> Tuple[Tensor, Callable]:
+    def __call__(self, x: Tensor, y: Tensor, key: int) -> tuple[Tensor, Callable]:
         """Mix a batch (``key``: its position in the run, which seeds the draw); the returned function maps the model's
         MultiScaleOutput to (per-scale targets, log record)."""
         x, info = self.mix(x, key)
 
-        def targets_for(out) -> Tuple[List[Tensor], Dict[str, object]]:
+        def targets_for(out) -> tuple[list[Tensor], dict[str, object]]:
             info.lam = self.scale_lambdas(info, out.cls_attention, out.boxes)
             record = {"mix": info.kind, **{f"lam_scale{s + 1}": float(lam.mean()) for s, lam in enumerate(info.lam)}}
             return self.targets(y, info, info.lam), record

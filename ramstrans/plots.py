@@ -3,8 +3,9 @@
 Pure drawing on arrays and files (cv2 / matplotlib); no model code here. Figures are made with matplotlib's object
 API (``Figure``, no pyplot), so drawing never switches the backend of a notebook or a GUI that imported us.
 """
+
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -14,8 +15,18 @@ from matplotlib.patches import Rectangle
 from .files import atomic_write
 from .runlog import read_records
 
-__all__ = ["denormalize", "heatmap_overlay", "save_panel", "contact_sheet", "plot_curves", "plot_confusion",
-           "confused_pairs", "plot_confused_pairs", "plot_zoom_sweep", "CONFUSION_PLOT_MAX"]
+__all__ = [
+    "denormalize",
+    "heatmap_overlay",
+    "save_panel",
+    "contact_sheet",
+    "plot_curves",
+    "plot_confusion",
+    "confused_pairs",
+    "plot_confused_pairs",
+    "plot_zoom_sweep",
+    "CONFUSION_PLOT_MAX",
+]
 
 CONFUSION_PLOT_MAX = 50  # classes up to which the confusion matrix is drawn; above, the most confused pairs
 
@@ -39,14 +50,23 @@ def heatmap_overlay(image: np.ndarray, saliency: np.ndarray, weight: float = 0.5
     return cv2.addWeighted(image, 1 - weight, heat, weight, 0)
 
 
-def _mask_picture(mask: np.ndarray, component: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def _mask_picture(mask: np.ndarray, component: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Grey cells: above the threshold; white cells: the kept component."""
     cells = np.where(component, 255, np.where(mask, 110, 0)).astype(np.uint8)
     return cv2.resize(cells, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
-def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndarray, component: np.ndarray,
-               box: Sequence[float], zoom: np.ndarray, top3: List[List[Tuple[str, float]]], title: str = "") -> None:
+def save_panel(
+    path: Path,
+    image: np.ndarray,
+    rollout: np.ndarray,
+    mask: np.ndarray,
+    component: np.ndarray,
+    box: Sequence[float],
+    zoom: np.ndarray,
+    top3: list[list[tuple[str, float]]],
+    title: str = "",
+) -> None:
     """One PNG: input with the box, rollout overlay, mask with the kept component, zoomed crop, top-3 per scale.
 
     Args:
@@ -84,17 +104,20 @@ def save_panel(path: Path, image: np.ndarray, rollout: np.ndarray, mask: np.ndar
     _save_png(fig, path)
 
 
-CONTACT_LEGEND = ("green box: the zoom (what scale 2 sees); colours: attention rollout",
-                  "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong")
+CONTACT_LEGEND = (
+    "green box: the zoom (what scale 2 sees); colours: attention rollout",
+    "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong",
+)
 
 
-def _text(cell: np.ndarray, lines: Sequence[str], colours: Sequence[Tuple[int, int, int]], width: int) -> None:
+def _text(cell: np.ndarray, lines: Sequence[str], colours: Sequence[tuple[int, int, int]], width: int) -> None:
     for j, (line, colour) in enumerate(zip(lines, colours)):
         cv2.putText(cell, line[:width], (4, 13 + 14 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1, cv2.LINE_AA)
 
 
-def contact_sheet(tiles: List[Tuple[np.ndarray, List[str], List[bool]]], path: Path, cols: int = 4,
-                  tile: int = 224) -> None:
+def contact_sheet(
+    tiles: list[tuple[np.ndarray, list[str], list[bool]]], path: Path, cols: int = 4, tile: int = 224
+) -> None:
     """Tile (H, W, 3) uint8 images into one PNG, each under its caption lines on a dark band of its own (so no
     caption hides the picture; a line in green when its prediction is right or the truth unknown, red when wrong; the
     first line may name the truth), with a legend band at the bottom.
@@ -113,10 +136,11 @@ def contact_sheet(tiles: List[Tuple[np.ndarray, List[str], List[bool]]], path: P
         r, c = divmod(i, cols)
         cell = np.full((band + tile, tile, 3), 40, np.uint8)
         cell[band:] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
-        colours = [(255, 255, 255)] * (len(lines) - len(right)) + [(90, 230, 90) if ok else (255, 90, 90)
-                                                                   for ok in right]
+        colours = [(255, 255, 255)] * (len(lines) - len(right)) + [
+            (90, 230, 90) if ok else (255, 90, 90) for ok in right
+        ]
         _text(cell, lines, colours, 34)
-        sheet[r * (band + tile):(r + 1) * (band + tile), c * tile:(c + 1) * tile] = cell
+        sheet[r * (band + tile) : (r + 1) * (band + tile), c * tile : (c + 1) * tile] = cell
     _text(sheet[-legend:], CONTACT_LEGEND, [(0, 0, 0)] * len(CONTACT_LEGEND), 200)
     png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
@@ -130,7 +154,9 @@ def plot_curves(log_path: Path, png: Path) -> None:
     axes = fig.subplots(1, 3)
     if train:
         steps = [r["step"] for r in train]
-        for key in sorted({k for r in train for k in r if k.startswith(("ce_scale", "kd_scale", "sd_scale"))}) + ["loss"]:
+        for key in sorted({k for r in train for k in r if k.startswith(("ce_scale", "kd_scale", "sd_scale"))}) + [
+            "loss"
+        ]:
             axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
         axes[0].legend()
         axes[1].plot(steps, [r["lr"] for r in train])
@@ -165,7 +191,7 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], png: Path) -> None:
     _save_png(fig, png)
 
 
-def confused_pairs(confusion: np.ndarray, top: int = 20) -> List[Tuple[int, int, int, float]]:
+def confused_pairs(confusion: np.ndarray, top: int = 20) -> list[tuple[int, int, int, float]]:
     """The ``top`` most frequent (true, predicted) mistakes: (true, predicted, images, share of the true class),
     most images first (ties: by class ids)."""
     off = confusion.copy()
@@ -198,13 +224,24 @@ def plot_zoom_sweep(rows: Sequence[dict], single: float, full: float, num_scales
     ax = fig.subplots()
     ax.plot([r["passes_per_image"] for r in rows], [r["top1"] for r in rows], "o-", label="adaptive (threshold)")
     for r in rows[::4]:
-        ax.annotate(f"{r['threshold']:g}", (r["passes_per_image"], r["top1"]), fontsize=7, xytext=(3, -9),
-                    textcoords="offset points")
+        ax.annotate(
+            f"{r['threshold']:g}",
+            (r["passes_per_image"], r["top1"]),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
     ax.plot([1.0], [single], "s", color="tab:gray", label=f"single scale {single:.1f}%")
     ax.plot([float(num_scales)], [full], "D", color="tab:green", label=f"full fusion {full:.1f}%")
     if chosen is not None:
-        ax.plot([chosen["passes_per_image"]], [chosen["top1"]], "*", markersize=14, color="tab:red",
-                label=f"chosen: threshold {chosen['threshold']:g}")
+        ax.plot(
+            [chosen["passes_per_image"]],
+            [chosen["top1"]],
+            "*",
+            markersize=14,
+            color="tab:red",
+            label=f"chosen: threshold {chosen['threshold']:g}",
+        )
     ax.set_xlabel("backbone passes per image")
     ax.set_ylabel("top-1 (%)")
     ax.legend(fontsize=8)
@@ -222,15 +259,35 @@ def plot_gate_frontier(report: dict, num_scales: int, png: Path) -> None:
         ax.plot([r["passes_per_image"] for r in rows], [r["top1"] for r in rows], "-", label=label)
         chosen = report[key]["chosen"]
         if chosen is not None:
-            ax.plot([chosen["passes_per_image"]], [chosen["top1"]], "*", markersize=12,
-                    label=f"{label}: {chosen['top1']:.1f}% at {chosen['passes_per_image']:.2f}")
+            ax.plot(
+                [chosen["passes_per_image"]],
+                [chosen["top1"]],
+                "*",
+                markersize=12,
+                label=f"{label}: {chosen['top1']:.1f}% at {chosen['passes_per_image']:.2f}",
+            )
     oracle = report["oracle"]
-    ax.plot([oracle["passes_per_image"]], [oracle["top1"]], "^", color="tab:purple",
-            label=f"oracle {oracle['top1']:.1f}% at {oracle['passes_per_image']:.2f}")
-    ax.plot([1.0], [report["single_scale_top1"]], "s", color="tab:gray",
-            label=f"single scale {report['single_scale_top1']:.1f}%")
-    ax.plot([float(num_scales)], [report["full_fusion_top1"]], "D", color="tab:green",
-            label=f"full fusion {report['full_fusion_top1']:.1f}%")
+    ax.plot(
+        [oracle["passes_per_image"]],
+        [oracle["top1"]],
+        "^",
+        color="tab:purple",
+        label=f"oracle {oracle['top1']:.1f}% at {oracle['passes_per_image']:.2f}",
+    )
+    ax.plot(
+        [1.0],
+        [report["single_scale_top1"]],
+        "s",
+        color="tab:gray",
+        label=f"single scale {report['single_scale_top1']:.1f}%",
+    )
+    ax.plot(
+        [float(num_scales)],
+        [report["full_fusion_top1"]],
+        "D",
+        color="tab:green",
+        label=f"full fusion {report['full_fusion_top1']:.1f}%",
+    )
     ax.set_xlabel("backbone passes per image")
     ax.set_ylabel(f"top-1 (%), {report['split']} split")
     ax.legend(fontsize=7)

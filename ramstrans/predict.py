@@ -4,14 +4,15 @@ Every path is one output row: its top-k classes and probabilities (and, with ``-
 or, for a file that cannot be read, the reason. Rows go to a CSV (default) or JSON lines, on standard output or into a
 file written whole (a temp file renamed at the end).
 """
+
 import csv
 import glob
 import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -30,9 +31,10 @@ from .models import Model
 __all__ = ["run_predict", "expand_paths", "load_for_inference"]
 
 
-def _walk_images(folder: Path, unlistable: List[Tuple[Path, str]]) -> List[Path]:
+def _walk_images(folder: Path, unlistable: list[tuple[Path, str]]) -> list[Path]:
     """Image files under ``folder`` (hidden files and folders skipped), sorted; a folder that cannot be listed goes
     into ``unlistable`` with the reason instead of vanishing."""
+
     def failed(e: OSError) -> None:
         unlistable.append((Path(e.filename or folder), f"cannot be listed ({e.strerror or type(e).__name__})"))
 
@@ -43,7 +45,7 @@ def _walk_images(folder: Path, unlistable: List[Tuple[Path, str]]) -> List[Path]
     return sorted(found)
 
 
-def expand_paths(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[Path, str]]]:
+def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files as given, folders walked recursively for image files (hidden ones skipped), globs expanded; in order,
     without repeats.
 
@@ -54,13 +56,14 @@ def expand_paths(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[Path, str
         FileNotFoundError: a path (or glob) that matches nothing.
         DataError: a folder that holds no image files (and none it could not list).
     """
-    out: Dict[Path, None] = {}
-    unlistable: List[Tuple[Path, str]] = []
+    out: dict[Path, None] = {}
+    unlistable: list[tuple[Path, str]] = []
     for raw in paths:
         matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
         if not matches or not all(os.path.exists(m) for m in matches):
-            raise FileNotFoundError(f"{raw} does not exist" + (" (the pattern matches nothing)" if
-                                                              glob.has_magic(raw) else ""))
+            raise FileNotFoundError(
+                f"{raw} does not exist" + (" (the pattern matches nothing)" if glob.has_magic(raw) else "")
+            )
         for m in map(Path, matches):
             if m.is_dir():
                 before = len(unlistable)
@@ -73,7 +76,7 @@ def expand_paths(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[Path, str
     return list(out), unlistable
 
 
-def load_for_inference(source: str, weights: str = "auto") -> Tuple[Model, List[str], Transform]:
+def load_for_inference(source: str, weights: str = "auto") -> tuple[Model, list[str], Transform]:
     """The model (eval mode), class names and test transform of a ramstrans checkpoint or an exported timm folder.
 
     Raises:
@@ -85,18 +88,37 @@ def load_for_inference(source: str, weights: str = "auto") -> Tuple[Model, List[
         raise FileNotFoundError(f"model {source} does not exist")
     if path.is_dir():
         from .export import model_from_export
+
         model, names, t = model_from_export(str(path))
-        return model, names, Transform(train=False, crop=int(t["crop"]), resize=int(t["resize"]),
-                                       mean=model.backbone.mean, std=model.backbone.std)
+        return (
+            model,
+            names,
+            Transform(
+                train=False,
+                crop=int(t["crop"]),
+                resize=int(t["resize"]),
+                mean=model.backbone.mean,
+                std=model.backbone.std,
+            ),
+        )
     model, cfg, names = model_from_checkpoint(load_checkpoint(path), weights=weights, origin=f"checkpoint {path}")
-    return model.eval(), names, Transform(train=False, crop=cfg.model.img_size, resize=cfg.data.resize,
-                                          mean=model.backbone.mean, std=model.backbone.std)
+    return (
+        model.eval(),
+        names,
+        Transform(
+            train=False,
+            crop=cfg.model.img_size,
+            resize=cfg.data.resize,
+            mean=model.backbone.mean,
+            std=model.backbone.std,
+        ),
+    )
 
 
 class _Files(Dataset):
     """Decoded, transformed images; an unreadable file gives its reason instead."""
 
-    def __init__(self, paths: List[Path], transform: Transform) -> None:
+    def __init__(self, paths: list[Path], transform: Transform) -> None:
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
@@ -111,39 +133,80 @@ class _Files(Dataset):
             return {"index": i, "error": f"cannot be read ({e.strerror or type(e).__name__})"}
 
 
-def _collate(items: List[dict]) -> dict:
+def _collate(items: list[dict]) -> dict:
     ok = [it for it in items if "image" in it]
-    return {"index": [it["index"] for it in ok], "image": torch.stack([it["image"] for it in ok]) if ok else None,
-            "errors": [(it["index"], it["error"]) for it in items if "error" in it]}
+    return {
+        "index": [it["index"] for it in ok],
+        "image": torch.stack([it["image"] for it in ok]) if ok else None,
+        "errors": [(it["index"], it["error"]) for it in items if "error" in it],
+    }
 
 
-def _rows(probs: torch.Tensor, zoomed: torch.Tensor, names: List[str], topk: int, adaptive: bool) -> List[dict]:
+def _rows(probs: torch.Tensor, zoomed: torch.Tensor, names: list[str], topk: int, adaptive: bool) -> list[dict]:
     p, k = probs.float().topk(min(topk, len(names)), dim=-1)
-    return [{"status": "ok", "top": [(names[j], float(q)) for q, j in zip(pr.tolist(), kr.tolist())],
-             **({"zoomed": bool(z)} if adaptive else {})}
-            for pr, kr, z in zip(p, k, zoomed.tolist())]
+    return [
+        {
+            "status": "ok",
+            "top": [(names[j], float(q)) for q, j in zip(pr.tolist(), kr.tolist())],
+            **({"zoomed": bool(z)} if adaptive else {}),
+        }
+        for pr, kr, z in zip(p, k, zoomed.tolist())
+    ]
 
 
-def _format(rows: List[dict], fmt: str, topk: int, adaptive: bool) -> str:
+def _format(rows: list[dict], fmt: str, topk: int, adaptive: bool) -> str:
     if fmt == "json":
-        return "".join(json.dumps({"path": r["path"], **({"top": [{"class": c, "prob": q} for c, q in r["top"]]}
-                                                          if r["status"] == "ok" else {"error": r["error"]}),
-                                   **({"zoomed": r["zoomed"]} if "zoomed" in r else {})}) + "\n" for r in rows)
+        return "".join(
+            json.dumps(
+                {
+                    "path": r["path"],
+                    **(
+                        {"top": [{"class": c, "prob": q} for c, q in r["top"]]}
+                        if r["status"] == "ok"
+                        else {"error": r["error"]}
+                    ),
+                    **({"zoomed": r["zoomed"]} if "zoomed" in r else {}),
+                }
+            )
+            + "\n"
+            for r in rows
+        )
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "status", "error"] + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
-               + (["zoomed"] if adaptive else []))
+    w.writerow(
+        ["path", "status", "error"]
+        + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
+        + (["zoomed"] if adaptive else [])
+    )
     for r in rows:
         top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
-        w.writerow([r["path"], r["status"], r.get("error", "")] + top + [""] * (2 * topk - len(top))
-                   + ([r.get("zoomed", "")] if adaptive else []))
+        w.writerow(
+            [r["path"], r["status"], r.get("error", "")]
+            + top
+            + [""] * (2 * topk - len(top))
+            + ([r.get("zoomed", "")] if adaptive else [])
+        )
     return buf.getvalue()
 
 
-def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: str = "csv", out: Optional[str] = None,
-                scales: Union[int, str] = 1, zoom_threshold: Optional[float] = None, zoom_on: str = "maxprob",
-                batch_size: int = 32, device: str = "auto", num_workers: int = 0, weights: str = "auto",
-                visualize: Optional[str] = None, show_progress: bool = True, overwrite: bool = False) -> Dict[str, int]:
+def run_predict(
+    model_path: str,
+    paths: Sequence[str],
+    *,
+    topk: int = 5,
+    fmt: str = "csv",
+    out: str | None = None,
+    scales: int | str = 1,
+    zoom_threshold: float | None = None,
+    zoom_on: str = "maxprob",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int = 0,
+    weights: str = "auto",
+    visualize: str | None = None,
+    show_progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, int]:
     """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
 
     Args:
@@ -165,8 +228,9 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
         overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
     """
     if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
-        raise ValueError(f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, "
-                         f"{batch_size}, {fmt})")
+        raise ValueError(
+            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
+        )
     if zoom_threshold is not None:
         check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
     files, unlistable = expand_paths(paths)
@@ -183,7 +247,7 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
     dev = resolve_device(device)
     model.to(dev)
     amp_dtype = amp_setup(dev, True)[0]
-    rows: List[Optional[dict]] = [None] * len(files)
+    rows: list[dict | None] = [None] * len(files)
     drawn = 0
     loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True):
@@ -198,8 +262,10 @@ def run_predict(model_path: str, paths: Sequence[str], *, topk: int = 5, fmt: st
             rows[i] = row
         if visualize:
             from .visualize import draw_panels
-            drawn += len(draw_panels(model, x, [files[i] for i in batch["index"]], names, Path(visualize),
-                                     first=drawn)[0])
+
+            drawn += len(
+                draw_panels(model, x, [files[i] for i in batch["index"]], names, Path(visualize), first=drawn)[0]
+            )
     for path, row in zip(files, rows):
         row["path"] = str(path)
     rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]

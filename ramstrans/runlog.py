@@ -5,12 +5,13 @@ Kinds: ``start`` (one per start or resume), ``train`` (every ``train.log_every``
 ``mix`` (every mixed batch: kind and mean λ per scale), ``eval`` (a split evaluated: ``split``, ``weights`` raw or ema,
 the metrics; ``final`` on the run's reported result).
 """
+
 import csv
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .files import write_text_atomic
 
@@ -19,7 +20,7 @@ __all__ = ["MetricsLog", "read_records", "setup_console_logging"]
 _NOT_SCALARS = {"step", "time", "kind"}
 
 
-def read_records(path: Path) -> List[Dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (none if it does not exist)."""
     path = Path(path)
     if not path.is_file():
@@ -40,10 +41,10 @@ class MetricsLog:
         ValueError: ``tensorboard`` is on but the tensorboard package is not installed.
     """
 
-    def __init__(self, out_dir: Path, tensorboard: bool = False, resume_step: Optional[int] = None) -> None:
+    def __init__(self, out_dir: Path, tensorboard: bool = False, resume_step: int | None = None) -> None:
         self.dir = Path(out_dir)
         self.jsonl = self.dir / "metrics.jsonl"
-        self._headers: Dict[str, List[str]] = {}  # CSV file name -> its columns (read once)
+        self._headers: dict[str, list[str]] = {}  # CSV file name -> its columns (read once)
         if resume_step is not None:
             self._truncate(resume_step)
         self.writer = None
@@ -51,8 +52,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("train.tensorboard needs the tensorboard package: pip install "
-                                 "'ramstrans[tensorboard]'") from None
+                raise ValueError(
+                    "train.tensorboard needs the tensorboard package: pip install 'ramstrans[tensorboard]'"
+                ) from None
             self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
 
     def _truncate(self, step: int) -> None:
@@ -63,7 +65,7 @@ class MetricsLog:
         for r in kept:
             self._csv(r)
 
-    def _csv(self, record: Dict[str, Any]) -> None:
+    def _csv(self, record: dict[str, Any]) -> None:
         path = self.dir / f"metrics_{record['kind']}.csv"
         header = self._headers.get(path.name)
         if header is None and path.is_file():  # a resumed run's table: keep its columns
@@ -77,7 +79,7 @@ class MetricsLog:
                 writer.writeheader()
             writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in record.items()})
 
-    def write(self, kind: str, record: Dict[str, Any]) -> None:
+    def write(self, kind: str, record: dict[str, Any]) -> None:
         """Append one record of ``kind``."""
         record = {"kind": kind, **record}
         with open(self.jsonl, "a", encoding="utf-8") as f:

@@ -7,10 +7,11 @@ exactly), is never wrapped in DDP (the criterion holds it, not the trained modul
 pixels, renormalised from the student's mean / std to its own. It gives the loss log-probabilities: those of its single
 pass, or the log of its fused prediction (the mean of its scales' softmax, exactly what ``eval --scales N`` scores).
 """
+
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,9 @@ class Teacher(nn.Module):
     With the teacher's own mean m_t, std s_t: x_t = (x · s_s + m_s − m_t) / s_t, computed as x · a + b.
     """
 
-    def __init__(self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float],
-                 scales: int = 1) -> None:
+    def __init__(
+        self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float], scales: int = 1
+    ) -> None:
         super().__init__()
         if not 1 <= scales <= model.num_scales:
             raise ValueError(f"the teacher has {model.num_scales} scale(s); cannot fuse {scales}")
@@ -74,8 +76,7 @@ class Teacher(nn.Module):
         return self.scales
 
     @torch.no_grad()
-    def predict(self, x: Tensor, scales=1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
-                boxes: bool = True):
+    def predict(self, x: Tensor, scales=1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob", boxes: bool = True):
         """The teacher's own ``Prediction`` on the student's images (to report its accuracy): its ``self.scales``
         fused, whatever ``scales`` the caller asks for (the teacher is one fixed predictor)."""
         return self.model.predict(self.normalize_input(x), self.scales, boxes=False)
@@ -102,17 +103,18 @@ class TeacherSource:
     name: str
     sha256: str
 
-    def as_dict(self) -> Dict[str, str]:
+    def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "name": self.name, "sha256": self.sha256}
 
 
-def _read(source: str) -> Tuple[nn.Module, List[str], int, Path, str]:
+def _read(source: str) -> tuple[nn.Module, list[str], int, Path, str]:
     """(model, class names, input side, weights file, architecture) of a checkpoint, run folder or export folder."""
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"distill.teacher {source} does not exist")
     if path.is_dir() and (path / "config.json").is_file():
         from .export import model_from_export
+
         model, names, transform = model_from_export(str(path))
         return model, names, int(transform["crop"]), path / "model.safetensors", model.backbone.name
     ckpt_path = path / LATEST if path.is_dir() else path
@@ -122,8 +124,14 @@ def _read(source: str) -> Tuple[nn.Module, List[str], int, Path, str]:
     return model, names, cfg.model.img_size, ckpt_path, cfg.model.backbone
 
 
-def load_teacher(source: str, class_names: Sequence[str], img_size: int, student_mean: Sequence[float],
-                 student_std: Sequence[float], scales: int = 0) -> Tuple[Teacher, TeacherSource]:
+def load_teacher(
+    source: str,
+    class_names: Sequence[str],
+    img_size: int,
+    student_mean: Sequence[float],
+    student_std: Sequence[float],
+    scales: int = 0,
+) -> tuple[Teacher, TeacherSource]:
     """The teacher of ``distill.teacher``, checked against the student's classes and input size.
 
     Args:
@@ -142,15 +150,21 @@ def load_teacher(source: str, class_names: Sequence[str], img_size: int, student
     """
     model, names, side, weights, arch = _read(source)
     if scales > model.num_scales:
-        raise ConfigError(f"distill.teacher_scales is {scales} but the teacher {source} has {model.num_scales} "
-                          "scale(s)")
+        raise ConfigError(
+            f"distill.teacher_scales is {scales} but the teacher {source} has {model.num_scales} scale(s)"
+        )
     if list(names) != list(class_names):
-        raise ConfigError(f"distill.teacher {source} was trained on other classes ({len(names)}: "
-                          f"{', '.join(names[:3])}, ...) than the data set ({len(class_names)}: "
-                          f"{', '.join(list(class_names)[:3])}, ...)")
+        raise ConfigError(
+            f"distill.teacher {source} was trained on other classes ({len(names)}: "
+            f"{', '.join(names[:3])}, ...) than the data set ({len(class_names)}: "
+            f"{', '.join(list(class_names)[:3])}, ...)"
+        )
     if side != img_size:
-        raise ConfigError(f"distill.teacher {source} takes {side}-pixel images but model.img_size is {img_size}: "
-                          "the teacher must see the student's pixels")
-    teacher = Teacher(model=model, student_mean=student_mean, student_std=student_std,
-                      scales=scales or model.num_scales)
+        raise ConfigError(
+            f"distill.teacher {source} takes {side}-pixel images but model.img_size is {img_size}: "
+            "the teacher must see the student's pixels"
+        )
+    teacher = Teacher(
+        model=model, student_mean=student_mean, student_std=student_std, scales=scales or model.num_scales
+    )
     return teacher, TeacherSource(path=str(weights), name=arch, sha256=file_sha256(weights))

@@ -7,11 +7,12 @@ The learning-rate schedule is a function of the config and the step (nothing of 
 ``train.steps`` (or lr, warm-up, min_lr) re-plans the cosine over the new length and training continues on it from the
 resumed step; a warning gives the lr before and after.
 """
+
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -49,8 +50,9 @@ def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if train_cfg.layer_decay > 0:
         kwargs["layer_decay"] = train_cfg.layer_decay
     try:
-        return create_optimizer_v2(model, opt=train_cfg.opt, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
-                                   **kwargs)
+        return create_optimizer_v2(
+            model, opt=train_cfg.opt, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, **kwargs
+        )
     except (AssertionError, ValueError) as e:
         raise ValueError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from None
 
@@ -58,27 +60,44 @@ def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 def build_scheduler(train_cfg, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
     """Linear warm-up for ``warmup_steps``, then cosine from lr to ``min_lr`` at ``steps``, updated per step."""
     if not 0 <= train_cfg.warmup_steps < train_cfg.steps:
-        raise ValueError(f"train.warmup_steps ({train_cfg.warmup_steps}) must be in [0, train.steps "
-                         f"({train_cfg.steps}))")
-    return CosineLRScheduler(optimizer, t_initial=train_cfg.steps - train_cfg.warmup_steps, lr_min=train_cfg.min_lr,
-                             warmup_t=train_cfg.warmup_steps, warmup_lr_init=train_cfg.warmup_lr,
-                             warmup_prefix=True, t_in_epochs=False)
+        raise ValueError(
+            f"train.warmup_steps ({train_cfg.warmup_steps}) must be in [0, train.steps ({train_cfg.steps}))"
+        )
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=train_cfg.steps - train_cfg.warmup_steps,
+        lr_min=train_cfg.min_lr,
+        warmup_t=train_cfg.warmup_steps,
+        warmup_lr_init=train_cfg.warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
-def build_mixer(mix_cfg, model: Model, seed: int, rank: int = 0) -> Optional[Mixer]:
+def build_mixer(mix_cfg, model: Model, seed: int, rank: int = 0) -> Mixer | None:
     """The batch mixer of ``cfg.mix`` (None when off); sizes come from the backbone (a classifier has no patch grid:
     TransMix is refused for it when the config is loaded)."""
     if not mix_cfg.enabled:
         return None
     bb = model.backbone
-    return Mixer(num_classes=model.num_classes, image_size=bb.img_size, grid_size=getattr(bb, "grid_size", (1, 1)),
-                 mixup_alpha=mix_cfg.mixup_alpha, cutmix_alpha=mix_cfg.cutmix_alpha, prob=mix_cfg.prob,
-                 switch_prob=mix_cfg.switch_prob, label_smoothing=mix_cfg.label_smoothing,
-                 correct_lam=mix_cfg.correct_lam, transmix=mix_cfg.transmix, area_weight=mix_cfg.area_weight,
-                 seed=seed, rank=rank)
+    return Mixer(
+        num_classes=model.num_classes,
+        image_size=bb.img_size,
+        grid_size=getattr(bb, "grid_size", (1, 1)),
+        mixup_alpha=mix_cfg.mixup_alpha,
+        cutmix_alpha=mix_cfg.cutmix_alpha,
+        prob=mix_cfg.prob,
+        switch_prob=mix_cfg.switch_prob,
+        label_smoothing=mix_cfg.label_smoothing,
+        correct_lam=mix_cfg.correct_lam,
+        transmix=mix_cfg.transmix,
+        area_weight=mix_cfg.area_weight,
+        seed=seed,
+        rank=rank,
+    )
 
 
-def build_ema(train_cfg, model: Model) -> Optional[ModelEmaV3]:
+def build_ema(train_cfg, model: Model) -> ModelEmaV3 | None:
     """timm's ModelEmaV3 of the weights when ``train.ema_decay`` > 0 (a deep copy, updated after every step)."""
     if train_cfg.ema_decay <= 0:
         return None
@@ -100,8 +119,7 @@ def _lr_at(train_cfg, step: int) -> float:
     return float(opt.param_groups[0]["lr"])
 
 
-def resolve_training(config: Optional[str], overrides: Sequence[str], resume: Optional[str]
-                     ) -> Tuple[Config, Optional[Path]]:
+def resolve_training(config: str | None, overrides: Sequence[str], resume: str | None) -> tuple[Config, Path | None]:
     """The config and checkpoint of ``ramstrans train [--config] [--set ...] [--resume ...]``.
 
     Without ``--resume``: the config file (default ``synthetic_cpu``) and the overrides. With ``--resume CKPT|DIR``: the
@@ -116,8 +134,10 @@ def resolve_training(config: Optional[str], overrides: Sequence[str], resume: Op
     if resume is None:
         return load_config(config or DEFAULT_CONFIG, overrides), None
     if resume != "auto" and config is not None:
-        raise ConfigError("--config cannot be combined with --resume CHECKPOINT: the checkpoint holds the run's "
-                          "config; change values with --set")
+        raise ConfigError(
+            "--config cannot be combined with --resume CHECKPOINT: the checkpoint holds the run's "
+            "config; change values with --set"
+        )
     named = load_config(config or DEFAULT_CONFIG, overrides) if resume == "auto" else None
     path = find_checkpoint(resume, named.train.output_dir if named else "")
     if path is None:
@@ -127,22 +147,28 @@ def resolve_training(config: Optional[str], overrides: Sequence[str], resume: Op
     cfg = load_config(None, overrides, base=stored)
     differs = sorted(k for k in config_diff(named, cfg) if k != "train.output_dir") if named else []
     if differs:
-        logger.warning("resuming %s with the config stored in it; the --config file differs in %s", path,
-                       ", ".join(differs))
+        logger.warning(
+            "resuming %s with the config stored in it; the --config file differs in %s", path, ", ".join(differs)
+        )
     return cfg, path
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: Dict, old_opt: str, new_opt: str) -> None:
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict, old_opt: str, new_opt: str) -> None:
     """Per-parameter state (momentum, Adam moments) from the checkpoint; hyperparameters stay the configured ones."""
     fresh = optimizer.state_dict()
     same = old_opt == new_opt and [len(g["params"]) for g in saved["param_groups"]] == [
-        len(g["params"]) for g in fresh["param_groups"]]
+        len(g["params"]) for g in fresh["param_groups"]
+    ]
     if not same:
-        raise ConfigError(f"the optimizer differs from the checkpoint's (train.opt {old_opt} -> {new_opt}, or other "
-                          "parameter groups from train.layer_decay / train.weight_decay): its state cannot be "
-                          "resumed; start a new run from the checkpoint with --set model.pretrained=CHECKPOINT")
-    groups = [{**s, **{k: v for k, v in f.items() if k != "params"}}
-              for s, f in zip(saved["param_groups"], fresh["param_groups"])]
+        raise ConfigError(
+            f"the optimizer differs from the checkpoint's (train.opt {old_opt} -> {new_opt}, or other "
+            "parameter groups from train.layer_decay / train.weight_decay): its state cannot be "
+            "resumed; start a new run from the checkpoint with --set model.pretrained=CHECKPOINT"
+        )
+    groups = [
+        {**s, **{k: v for k, v in f.items() if k != "params"}}
+        for s, f in zip(saved["param_groups"], fresh["param_groups"])
+    ]
     optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
 
 
@@ -153,14 +179,20 @@ def _warn_if_replanned(old: Config, new: Config, start: int, world_size: int) ->
         return
     before = _lr_at(_scaled(old.train, world_size), min(start, old.train.steps - 1))
     after = _lr_at(_scaled(new.train, world_size), start)
-    logger.warning("the lr schedule changed on resume (%s): it is re-planned over %d steps and continues from step %d "
-                   "at lr %.3g (the checkpoint's schedule had %.3g)",
-                   ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), new.train.steps, start, after,
-                   before)
+    logger.warning(
+        "the lr schedule changed on resume (%s): it is re-planned over %d steps and continues from step %d "
+        "at lr %.3g (the checkpoint's schedule had %.3g)",
+        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+        new.train.steps,
+        start,
+        after,
+        before,
+    )
 
 
-def build_teacher(cfg: Config, class_names, model: Model, device: torch.device,
-                  ckpt: Optional[Dict] = None) -> Tuple[Optional[Teacher], Optional[Dict[str, str]]]:
+def build_teacher(
+    cfg: Config, class_names, model: Model, device: torch.device, ckpt: dict | None = None
+) -> tuple[Teacher | None, dict[str, str] | None]:
     """The frozen teacher of ``cfg.distill`` on ``device`` (None when distillation is off), built without drawing
     random numbers; on resume, the same teacher file as the checkpoint's.
 
@@ -170,29 +202,40 @@ def build_teacher(cfg: Config, class_names, model: Model, device: torch.device,
     if not cfg.distill.enabled:
         return None, None
     with torch.random.fork_rng(devices=[]):  # the teacher's (discarded) initialisation leaves the run's RNG as it was
-        teacher, source = load_teacher(cfg.distill.teacher, class_names, cfg.model.img_size, model.backbone.mean,
-                                       model.backbone.std, cfg.distill.teacher_scales)
+        teacher, source = load_teacher(
+            cfg.distill.teacher,
+            class_names,
+            cfg.model.img_size,
+            model.backbone.mean,
+            model.backbone.std,
+            cfg.distill.teacher_scales,
+        )
     before = (ckpt or {}).get("teacher")
     if before and before["sha256"] != source.sha256:
-        raise ConfigError(f"distill.teacher {cfg.distill.teacher} is not the teacher the checkpoint was trained with "
-                          f"({before['name']} at {before['path']}, sha256 {before['sha256'][:12]}...; this file has "
-                          f"{source.sha256[:12]}...): resume with the same teacher")
+        raise ConfigError(
+            f"distill.teacher {cfg.distill.teacher} is not the teacher the checkpoint was trained with "
+            f"({before['name']} at {before['path']}, sha256 {before['sha256'][:12]}...; this file has "
+            f"{source.sha256[:12]}...): resume with the same teacher"
+        )
     return teacher.to(device), source.as_dict()
 
 
-def _resume(r: TrainingRun, ckpt: Dict, cfg: Config, info: DistInfo) -> None:
+def _resume(r: TrainingRun, ckpt: dict, cfg: Config, info: DistInfo) -> None:
     """Continue ``r`` from a checkpoint: EMA, optimizer, scaler, step, data position, RNG; warn where the config
     changed what the checkpoint planned."""
     missing = [k for k in ("optimizer", "rng", "step") if k not in ckpt]
     if missing:
-        raise CheckpointError(f"the checkpoint to resume has no '{missing[0]}' entry: it cannot be continued exactly; "
-                              "start a new run from its weights with --set model.pretrained=CHECKPOINT")
+        raise CheckpointError(
+            f"the checkpoint to resume has no '{missing[0]}' entry: it cannot be continued exactly; "
+            "start a new run from its weights with --set model.pretrained=CHECKPOINT"
+        )
     old_cfg = config_from_dict(ckpt["config"])
     t, old = cfg.train, old_cfg.train
     r.start = int(ckpt["step"])
     if t.steps < r.start:
-        raise ConfigError(f"the checkpoint is at step {r.start} but train.steps is {t.steps}: raise train.steps to "
-                          "train on")
+        raise ConfigError(
+            f"the checkpoint is at step {r.start} but train.steps is {t.steps}: raise train.steps to train on"
+        )
     _warn_if_replanned(old_cfg, cfg, r.start, info.world_size)
     _restore_optimizer(r.optimizer, ckpt["optimizer"], old.opt, t.opt)
     if r.scaler is not None and ckpt.get("scaler"):
@@ -208,13 +251,17 @@ def _resume(r: TrainingRun, ckpt: Dict, cfg: Config, info: DistInfo) -> None:
         r.start_batch = int(positions[info.rank])
     else:
         r.start_batch = r.start * t.grad_accum
-        logger.warning("the batch layout differs from the checkpoint's (%s -> %s): the data continues in another, "
-                       "equally valid order", ckpt.get("data_layout"), layout)
+        logger.warning(
+            "the batch layout differs from the checkpoint's (%s -> %s): the data continues in another, "
+            "equally valid order",
+            ckpt.get("data_layout"),
+            layout,
+        )
     r.best_val = ckpt.get("best_val")
     set_rng_state(ckpt["rng"])
 
 
-def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.device) -> TrainingRun:
+def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device) -> TrainingRun:
     """Data, model (fresh, or rebuilt from the checkpoint alone), EMA, optimizer, schedule, AMP; resumed if ``ckpt``."""
     t = cfg.train
     torch.manual_seed(t.seed)  # once per run: the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -237,16 +284,29 @@ def _build(cfg: Config, ckpt: Optional[Dict], info: DistInfo, device: torch.devi
     optimizer = build_optimizer(_scaled(t, info.world_size), model)
     amp_dtype, scaler = amp_setup(device, t.amp)
     teacher, source = build_teacher(cfg, index.class_names, model, device, ckpt)
-    r = TrainingRun(model=model, ema=build_ema(t, model), data=data, optimizer=optimizer,
-                    scheduler=build_scheduler(_scaled(t, info.world_size), optimizer), scaler=scaler,
-                    amp_dtype=amp_dtype, teacher=teacher, teacher_source=source)
+    r = TrainingRun(
+        model=model,
+        ema=build_ema(t, model),
+        data=data,
+        optimizer=optimizer,
+        scheduler=build_scheduler(_scaled(t, info.world_size), optimizer),
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        teacher=teacher,
+        teacher_source=source,
+    )
     if ckpt is not None:
         _resume(r, ckpt, cfg, info)
     return r
 
 
-def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_progress: bool = True,
-                 overwrite: bool = False, restart: bool = False) -> Dict[str, object]:
+def run_training(
+    cfg: Config,
+    resume: str | Path | None = None,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    restart: bool = False,
+) -> dict[str, object]:
     """Train as configured (single process, or one rank of a torchrun job); returns the final single-scale test
     metrics of the reported weights and the run's files. Only rank 0 writes files and shows progress.
 
@@ -265,8 +325,9 @@ def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_pr
     lock, created = None, first_missing(out_dir.absolute())
     try:
         ckpt = load_checkpoint(resume) if resume else None
-        same, lock = prepare_folder(out_dir, Path(resume) if resume else None, overwrite, info,
-                                    cfg if restart else None)
+        same, lock = prepare_folder(
+            out_dir, Path(resume) if resume else None, overwrite, info, cfg if restart else None
+        )
         return _train(cfg, ckpt, same, info, device, show_progress)
     finally:
         if lock is not None:
@@ -276,8 +337,9 @@ def run_training(cfg: Config, resume: Optional[Union[str, Path]] = None, show_pr
         shutdown()
 
 
-def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo, device: torch.device,
-           show_progress: bool) -> Dict[str, object]:
+def _train(
+    cfg: Config, ckpt: dict | None, same_folder: bool, info: DistInfo, device: torch.device, show_progress: bool
+) -> dict[str, object]:
     t = cfg.train
     r = _build(cfg, ckpt, info, device)
     out_dir = Path(t.output_dir).expanduser()
@@ -287,11 +349,17 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         save_config(cfg, out_dir / "config.yaml")
         metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
 
-    def evaluate_fn(model: Model, dataset, split: str) -> Dict[str, float]:
+    def evaluate_fn(model: Model, dataset, split: str) -> dict[str, float]:
         shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
-        return evaluate(model, eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard), device=device,
-                        num_classes=len(r.data.index.class_names), amp_dtype=r.amp_dtype, reduce=all_reduce_sum_,
-                        what=f"{split} split")[0]
+        return evaluate(
+            model,
+            eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard),
+            device=device,
+            num_classes=len(r.data.index.class_names),
+            amp_dtype=r.amp_dtype,
+            reduce=all_reduce_sum_,
+            what=f"{split} split",
+        )[0]
 
     monitor = RunMonitor(cfg=cfg, run=r, out_dir=out_dir, info=info, metrics=metrics, evaluate_fn=evaluate_fn)
     stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}
@@ -299,33 +367,69 @@ def _train(cfg: Config, ckpt: Optional[Dict], same_folder: bool, info: DistInfo,
         _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
         teacher_eval = _report_teacher(r, monitor, evaluate_fn) if r.teacher is not None and ckpt is None else None
         if r.start < t.steps:
-            criterion = build_criterion(cfg.loss, cfg.model.num_scales, cfg.distill, r.teacher,
-                                        head=cfg.model.eval_head, ema=r.ema.module if r.ema is not None else None)
-            loader = train_loader(r.data.train, t.batch_size, t.seed, r.start_batch, cfg.data.num_workers, info.rank,
-                                  info.world_size, t.grad_accum)
+            criterion = build_criterion(
+                cfg.loss,
+                cfg.model.num_scales,
+                cfg.distill,
+                r.teacher,
+                head=cfg.model.eval_head,
+                ema=r.ema.module if r.ema is not None else None,
+            )
+            loader = train_loader(
+                r.data.train,
+                t.batch_size,
+                t.seed,
+                r.start_batch,
+                cfg.data.num_workers,
+                info.rank,
+                info.world_size,
+                t.grad_accum,
+            )
             learner = _fwt_learner(cfg, r, info)
-            stats = train_steps(_train_module(r.model, info, device, t), criterion, r.optimizer, r.scheduler, loader,
-                                device=device, start_step=r.start, total_steps=t.steps, start_batch=r.start_batch,
-                                grad_accum=t.grad_accum, amp_dtype=r.amp_dtype, scaler=r.scaler,
-                                clip_grad=t.clip_grad, mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
-                                log_every=t.log_every, log=monitor.log, after_step=monitor.after_step,
-                                show_progress=show_progress and info.is_main, world_size=info.world_size,
-                                fwt_learner=learner)
+            stats = train_steps(
+                _train_module(r.model, info, device, t),
+                criterion,
+                r.optimizer,
+                r.scheduler,
+                loader,
+                device=device,
+                start_step=r.start,
+                total_steps=t.steps,
+                start_batch=r.start_batch,
+                grad_accum=t.grad_accum,
+                amp_dtype=r.amp_dtype,
+                scaler=r.scaler,
+                clip_grad=t.clip_grad,
+                mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
+                log_every=t.log_every,
+                log=monitor.log,
+                after_step=monitor.after_step,
+                show_progress=show_progress and info.is_main,
+                world_size=info.world_size,
+                fwt_learner=learner,
+            )
         final = monitor.evaluate("test", t.steps, final=True)
     finally:
         if metrics is not None:
             metrics.close()
-    summary = {"test": final[monitor.reported], "weights": monitor.reported,
-               "test_by_weights": final, "train": stats, "checkpoint": str(out_dir / LATEST),
-               "best_val": monitor.best if r.data.val is not None and monitor.best["top1"] >= 0 else None,
-               "final_val": monitor.last_val or None, "world_size": info.world_size, "teacher": teacher_eval}
+    summary = {
+        "test": final[monitor.reported],
+        "weights": monitor.reported,
+        "test_by_weights": final,
+        "train": stats,
+        "checkpoint": str(out_dir / LATEST),
+        "best_val": monitor.best if r.data.val is not None and monitor.best["top1"] >= 0 else None,
+        "final_val": monitor.last_val or None,
+        "world_size": info.world_size,
+        "teacher": teacher_eval,
+    }
     if info.is_main:
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
-def _fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> Optional[FwtLearner]:
+def _fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> FwtLearner | None:
     """The learning-to-learn step of ``model.fwt: learned`` (None otherwise).
 
     Raises:
@@ -335,21 +439,39 @@ def _fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> Optional[FwtLea
     if cfg.model.fwt != "learned":
         return None
     if info.enabled or cfg.train.compile or r.scaler is not None:
-        raise ConfigError("model.fwt learned runs its own second-order gradient step: it cannot be combined with "
-                          "several processes, train.compile or fp16 loss scaling")
+        raise ConfigError(
+            "model.fwt learned runs its own second-order gradient step: it cannot be combined with "
+            "several processes, train.compile or fp16 loss scaling"
+        )
     return FwtLearner(layers=r.model.backbone.fwt, optimizer=r.optimizer)
 
 
-def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> Dict[str, object]:
+def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> dict[str, object]:
     """The teacher's own accuracy before the student learns from it (validation split, or test without one)."""
     split, ds = ("val", r.data.val) if r.data.val is not None else ("test", r.data.test)
     res = evaluate_fn(r.teacher, ds, split)
     passes = r.teacher.passes_per_image
-    monitor.log("teacher", {"step": 0, "split": split, **r.teacher_source, **res, "teacher_scales": r.teacher.scales,
-                            "passes_per_image": passes})
-    logger.info("teacher %s (%d scale(s) fused: %d backbone pass(es) without gradient per image and supervised "
-                "scale, each step): %s top-1 %.2f%% (mean class accuracy %.2f%%)", r.teacher_source["name"],
-                r.teacher.scales, passes, split, res["top1"], res["mean_class_acc"])
+    monitor.log(
+        "teacher",
+        {
+            "step": 0,
+            "split": split,
+            **r.teacher_source,
+            **res,
+            "teacher_scales": r.teacher.scales,
+            "passes_per_image": passes,
+        },
+    )
+    logger.info(
+        "teacher %s (%d scale(s) fused: %d backbone pass(es) without gradient per image and supervised "
+        "scale, each step): %s top-1 %.2f%% (mean class accuracy %.2f%%)",
+        r.teacher_source["name"],
+        r.teacher.scales,
+        passes,
+        split,
+        res["top1"],
+        res["mean_class_acc"],
+    )
     return {"split": split, **res}
 
 
@@ -365,17 +487,42 @@ def _train_module(model: Model, info: DistInfo, device: torch.device, train_cfg)
     return module
 
 
-def _log_start(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, monitor: RunMonitor,
-               resumed: bool) -> None:
+def _log_start(
+    cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, monitor: RunMonitor, resumed: bool
+) -> None:
     t = cfg.train
     global_batch = t.batch_size * t.grad_accum * info.world_size
     peak = _scaled(t, info.world_size).lr
     lr_now = _lr_at(_scaled(t, info.world_size), min(r.start, t.steps - 1))
-    monitor.log("start", {"step": r.start, "resumed": resumed, "world_size": info.world_size,
-                          "global_batch": global_batch, "lr": lr_now, "peak_lr": peak, "device": str(device),
-                          "train_images": len(r.data.train), "weights_reported": monitor.reported})
+    monitor.log(
+        "start",
+        {
+            "step": r.start,
+            "resumed": resumed,
+            "world_size": info.world_size,
+            "global_batch": global_batch,
+            "lr": lr_now,
+            "peak_lr": peak,
+            "device": str(device),
+            "train_images": len(r.data.train),
+            "weights_reported": monitor.reported,
+        },
+    )
     if info.is_main:
-        logger.info("training %s with %d scale(s) on %d images: global batch %d (%d x %d accumulated x %d "
-                    "process(es)), lr %.3g at step %d (peak %.3g), steps %d..%d on %s", cfg.model.backbone,
-                    cfg.model.num_scales, len(r.data.train), global_batch, t.batch_size, t.grad_accum,
-                    info.world_size, lr_now, r.start, peak, r.start, t.steps, device)
+        logger.info(
+            "training %s with %d scale(s) on %d images: global batch %d (%d x %d accumulated x %d "
+            "process(es)), lr %.3g at step %d (peak %.3g), steps %d..%d on %s",
+            cfg.model.backbone,
+            cfg.model.num_scales,
+            len(r.data.train),
+            global_batch,
+            t.batch_size,
+            t.grad_accum,
+            info.world_size,
+            lr_now,
+            r.start,
+            peak,
+            r.start,
+            t.steps,
+            device,
+        )

@@ -1,7 +1,8 @@
 """``ramstrans visualize``: where a trained model zooms, on images of a split or on any image files."""
+
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -21,14 +22,23 @@ logger = logging.getLogger("ramstrans")
 BATCH = 32  # images drawn per forward
 
 
-def _pick(n_total: int, num: int) -> List[int]:
+def _pick(n_total: int, num: int) -> list[int]:
     """``num`` indices spread evenly over a split (deterministic)."""
     return sorted(set(np.linspace(0, n_total - 1, min(num, n_total)).round().astype(int).tolist()))
 
 
-def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: Sequence[str] = (),
-                  split: str = "test", num: int = 16, device: str = "auto", data_root: Optional[str] = None,
-                  weights: str = "auto", overwrite: bool = False) -> List[Path]:
+def run_visualize(
+    checkpoint: str,
+    *,
+    output_dir: str | None = None,
+    images: Sequence[str] = (),
+    split: str = "test",
+    num: int = 16,
+    device: str = "auto",
+    data_root: str | None = None,
+    weights: str = "auto",
+    overwrite: bool = False,
+) -> list[Path]:
     """Per image a panel PNG of where the model zooms, plus ``contact_sheet.png``; returns the files written.
 
     Args:
@@ -46,15 +56,19 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     if not images and num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
     dev = resolve_device(device)
-    model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint), weights=weights,
-                                              origin=f"checkpoint {checkpoint}")
+    model, cfg, names = model_from_checkpoint(
+        load_checkpoint(checkpoint), weights=weights, origin=f"checkpoint {checkpoint}"
+    )
     if not hasattr(model, "propose"):
-        raise ValueError(f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
-                         "show (visualize needs a RAMS-Trans model)")
+        raise ValueError(
+            f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
+            "show (visualize needs a RAMS-Trans model)"
+        )
     model.to(dev).eval()
     transform = eval_transform(cfg, model)
     if images:
         from .predict import expand_paths
+
         paths, unlistable = expand_paths(images)
         for folder, reason in unlistable:
             logger.warning("skipping folder %s: it %s", folder, reason)
@@ -83,9 +97,16 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
                 logger.warning("skipping %s: it %s", paths[i], e.reason)
                 unreadable.append(f"{paths[i]} {e.reason}")
         if kept:
-            w, t = draw_panels(model, torch.stack(images_read).to(dev), [paths[i] for i in kept], names, out,
-                               [titles[i] for i in kept], [truths[i] for i in kept] if truths else None,
-                               first=len(written))
+            w, t = draw_panels(
+                model,
+                torch.stack(images_read).to(dev),
+                [paths[i] for i in kept],
+                names,
+                out,
+                [titles[i] for i in kept],
+                [truths[i] for i in kept] if truths else None,
+                first=len(written),
+            )
             written += w
             tiles += t
     if not tiles:
@@ -94,9 +115,16 @@ def run_visualize(checkpoint: str, *, output_dir: Optional[str] = None, images: 
     return written + [out / "contact_sheet.png"]
 
 
-def draw_panels(model: RAMSTrans, x: torch.Tensor, paths: Sequence[Path], names: List[str], out: Path,
-                titles: Optional[Sequence[str]] = None, truths: Optional[Sequence[Optional[str]]] = None,
-                first: int = 0) -> Tuple[List[Path], List[Tuple[np.ndarray, List[str], List[bool]]]]:
+def draw_panels(
+    model: RAMSTrans,
+    x: torch.Tensor,
+    paths: Sequence[Path],
+    names: list[str],
+    out: Path,
+    titles: Sequence[str] | None = None,
+    truths: Sequence[str | None] | None = None,
+    first: int = 0,
+) -> tuple[list[Path], list[tuple[np.ndarray, list[str], list[bool]]]]:
     """One panel PNG per image (input with the zoom box, rollout, kept component, zoomed crop, top-3 per scale) and a
     labelled contact-sheet tile per image (true class if known, the prediction of each scale).
 
@@ -128,9 +156,17 @@ def draw_panels(model: RAMSTrans, x: torch.Tensor, paths: Sequence[Path], names:
             p, k = lg[i].float().softmax(-1).topk(min(3, len(names)))
             top3.append([(names[j], float(q)) for q, j in zip(p.tolist(), k.tolist())])
         file = out / f"{first + i:03d}_{Path(path).stem}.png"
-        save_panel(file, img, prop.rollout[i].cpu().numpy(), prop.mask[i].cpu().numpy(),
-                   prop.component[i].cpu().numpy(), prop.boxes[i].tolist(),
-                   denormalize(zoom[i].cpu().numpy(), mean, std), top3, titles[i] if titles else Path(path).name)
+        save_panel(
+            file,
+            img,
+            prop.rollout[i].cpu().numpy(),
+            prop.mask[i].cpu().numpy(),
+            prop.component[i].cpu().numpy(),
+            prop.boxes[i].tolist(),
+            denormalize(zoom[i].cpu().numpy(), mean, std),
+            top3,
+            titles[i] if titles else Path(path).name,
+        )
         written.append(file)
         over = heatmap_overlay(img, prop.rollout[i].cpu().numpy(), 0.35)
         x0, y0, x1, y1 = (int(round(v)) for v in prop.boxes[i].tolist())

@@ -7,16 +7,16 @@ cross-fitting on the same split, so the choice is not made on the images each sc
 0.5 top-1 points of full fusion. The report puts it beside today's rule (the top probability, whose threshold is chosen
 the same way on the same images) and the oracle that zooms exactly the images whose answer the zoom changes.
 """
+
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import torch
 
 from .checkpoint import save_checkpoint, weights_used
-from .evaluate import SWEEP_TOLERANCE, _load, cheapest_within, scale_outputs, sweep_rows
 from .data import eval_loader
 from .engine import amp_setup
+from .evaluate import SWEEP_TOLERANCE, _load, cheapest_within, scale_outputs, sweep_rows
 from .files import check_output, write_text_atomic
 from .models import fit_zoom_gate, zoom_confidence
 from .plots import plot_gate_frontier
@@ -24,7 +24,7 @@ from .plots import plot_gate_frontier
 __all__ = ["run_fit_gate", "frontier_thresholds", "default_gate_path"]
 
 
-def frontier_thresholds(confidence: torch.Tensor) -> List[float]:
+def frontier_thresholds(confidence: torch.Tensor) -> list[float]:
     """Every distinct operating point of a (N,) confidence: 0, the midpoints between consecutive distinct values, and
     just above the largest (zoom all; at most 1)."""
     u = torch.unique(confidence.double())
@@ -38,15 +38,36 @@ def default_gate_path(checkpoint: str) -> Path:
     return path.with_name(f"{path.stem}_gate.pth")
 
 
-def _frontier(confidence: torch.Tensor, first: torch.Tensor, fused: torch.Tensor, labels: torch.Tensor,
-              num_scales: int, full: float) -> Dict[str, object]:
+def _frontier(
+    confidence: torch.Tensor,
+    first: torch.Tensor,
+    fused: torch.Tensor,
+    labels: torch.Tensor,
+    num_scales: int,
+    full: float,
+) -> dict[str, object]:
     rows = sweep_rows(confidence, first, fused, labels, frontier_thresholds(confidence), num_scales)
     return {"chosen": cheapest_within(rows, full), "rows": rows}
 
 
-def run_fit_gate(checkpoint: str, *, out: Optional[str] = None, split: str = "val", weights: str = "auto",
-                 batch_size: int = 32, device: str = "auto", data_root: Optional[str] = None, num_workers: int = 2,
-                 overwrite: bool = False) -> Dict[str, object]:
+def _chosen_threshold(frontier: dict[str, object]) -> float:
+    """The chosen row's threshold, or 1.0 (zoom everything) when no threshold comes within the tolerance."""
+    chosen = frontier["chosen"]
+    return float(chosen["threshold"]) if isinstance(chosen, dict) else 1.0
+
+
+def run_fit_gate(
+    checkpoint: str,
+    *,
+    out: str | None = None,
+    split: str = "val",
+    weights: str = "auto",
+    batch_size: int = 32,
+    device: str = "auto",
+    data_root: str | None = None,
+    num_workers: int = 2,
+    overwrite: bool = False,
+) -> dict[str, object]:
     """Fit the zoom gate on ``split`` and write ``out`` (default ``<stem>_gate.pth``): the checkpoint plus the gate.
 
     Returns:
@@ -64,23 +85,40 @@ def run_fit_gate(checkpoint: str, *, out: Optional[str] = None, split: str = "va
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, False)
     if model.num_scales < 2:
         raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
-    pooled, first, fused, labels = scale_outputs(model, eval_loader(ds, batch_size, num_workers), dev,
-                                                 amp_setup(dev, cfg.train.amp)[0])
+    pooled, first, fused, labels = scale_outputs(
+        model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]
+    )
     changed = fused.argmax(1) != first.argmax(1)
     gate, oof, l2 = fit_zoom_gate(pooled, first, changed)
     full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
-    report: Dict[str, object] = {
-        "checkpoint": str(checkpoint), "split": split, "images": len(labels), "l2": l2,
-        "single_scale_top1": 100.0 * (first.argmax(1) == labels).double().mean().item(), "full_fusion_top1": full,
-        "tolerance_points": SWEEP_TOLERANCE, "changed_share": changed.float().mean().item(),
+    gate_frontier = _frontier(1.0 - oof, first, fused, labels, model.num_scales, full)
+    report: dict[str, object] = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "images": len(labels),
+        "l2": l2,
+        "single_scale_top1": 100.0 * (first.argmax(1) == labels).double().mean().item(),
+        "full_fusion_top1": full,
+        "tolerance_points": SWEEP_TOLERANCE,
+        "changed_share": changed.float().mean().item(),
         "oracle": {"top1": full, "passes_per_image": 1.0 + changed.float().mean().item() * (model.num_scales - 1)},
-        "gate_oof": _frontier(1.0 - oof, first, fused, labels, model.num_scales, full),
-        "maxprob": _frontier(zoom_confidence(first), first, fused, labels, model.num_scales, full)}
-    chosen = report["gate_oof"]["chosen"]
-    gate.threshold.fill_(chosen["threshold"] if chosen else 1.0)
-    save_checkpoint({**{k: v for k, v in ckpt.items() if k != "format"}, "zoom_gate": {
-        "state": gate.state_dict(), "split": split, "images": len(labels), "l2": l2,
-        "threshold": float(gate.threshold)}}, target)
+        "gate_oof": gate_frontier,
+        "maxprob": _frontier(zoom_confidence(first), first, fused, labels, model.num_scales, full),
+    }
+    gate.threshold.fill_(_chosen_threshold(gate_frontier))
+    save_checkpoint(
+        {
+            **{k: v for k, v in ckpt.items() if k != "format"},
+            "zoom_gate": {
+                "state": gate.state_dict(),
+                "split": split,
+                "images": len(labels),
+                "l2": l2,
+                "threshold": float(gate.threshold),
+            },
+        },
+        target,
+    )
     folder = target.parent / f"fit_gate_{split}_{weights_used(ckpt, weights)}"
     folder.mkdir(parents=True, exist_ok=True)
     report.update(output=str(target), report=str(folder / "gate.json"), threshold=float(gate.threshold))

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny timm ViTs, offline hub."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +18,7 @@ def _seed():
 def tiny_model(**overrides):
     """A 2-block ViT-Ti/16 RAMSTrans at 64 px (4x4 grid) with 5 classes."""
     from ramstrans import RAMSTrans
+
     kwargs = dict(TINY, num_classes=5)
     kwargs.update(overrides)
     return RAMSTrans(**kwargs)
@@ -38,13 +40,26 @@ def _cwd(tmp_path, monkeypatch):
 
 
 TINY_TRAIN = [
-    "model.backbone=vit_tiny_patch16_224", "model.img_size=64", "model.pretrained=null",
+    "model.backbone=vit_tiny_patch16_224",
+    "model.img_size=64",
+    "model.pretrained=null",
     "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
-    "data.dataset=synthetic", "data.root=", "data.resize=72", "data.num_workers=0",  # root: the tmp cache
-    "data.synthetic.num_classes=3", "data.synthetic.train_per_class=6", "data.synthetic.test_per_class=3",
+    "data.dataset=synthetic",
+    "data.root=",
+    "data.resize=72",
+    "data.num_workers=0",  # root: the tmp cache
+    "data.synthetic.num_classes=3",
+    "data.synthetic.train_per_class=6",
+    "data.synthetic.test_per_class=3",
     "data.synthetic.image_size=80",
-    "train.batch_size=4", "train.steps=3", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=2",
-    "train.eval_batch_size=8", "train.opt=momentum", "train.lr=0.01",
+    "train.batch_size=4",
+    "train.steps=3",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.ckpt_every=2",
+    "train.eval_batch_size=8",
+    "train.opt=momentum",
+    "train.lr=0.01",
 ]
 
 
@@ -52,8 +67,10 @@ TINY_TRAIN = [
 def synthetic_root(tmp_path_factory):
     """A tiny synthetic set in the CUB layout (3 classes, 6 + 3 images each, 80 px)."""
     from ramstrans.data.synthetic import write_cub_layout
-    return write_cub_layout(tmp_path_factory.mktemp("syn"), num_classes=3, train_per_class=6, test_per_class=3,
-                            image_size=80, seed=0)
+
+    return write_cub_layout(
+        tmp_path_factory.mktemp("syn"), num_classes=3, train_per_class=6, test_per_class=3, image_size=80, seed=0
+    )
 
 
 def sets(*items):
@@ -65,6 +82,7 @@ def sets(*items):
 def trained(tmp_path_factory):
     """A tiny run trained once through the CLI (TINY_TRAIN, 3 steps); tests that change it work on a copy."""
     from ramstrans.cli import main
+
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(*TINY_TRAIN)) == 0
     return out
@@ -74,6 +92,7 @@ def stop_after_step(monkeypatch, step: int):
     """Make training runs raise KeyboardInterrupt right after writing their step-``step`` checkpoint (a user stopping
     them); returns the function that restores normal saving."""
     from ramstrans import checkpoint
+
     real = checkpoint.save_run_checkpoint
 
     def save_then_stop(state, out_dir, keep):
@@ -88,5 +107,6 @@ def stop_after_step(monkeypatch, step: int):
 def eval_summary(capsys) -> dict:
     """The summary.json of the evaluation whose sentence ``ramstrans eval`` just printed ("...; written to PATH")."""
     import json
+
     line = capsys.readouterr().out.strip().splitlines()[-1]
     return json.loads(open(line.rsplit("written to ", 1)[1]).read())

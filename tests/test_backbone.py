@@ -1,10 +1,11 @@
 """ViTBackbone: timm equivalence, scale-wise CLS tokens, attention capture, refusals, grid facts."""
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from ramstrans.models import RAMSTrans, ViTBackbone, create_vit
 
 
@@ -99,6 +100,7 @@ def test_capture_keeps_nothing_for_backward():
 
 def test_capture_that_never_fires_is_an_error():
     import copy
+
     model = tiny_model()
     attn = model.backbone.vit.blocks[1].attn
     attn.forward = copy.deepcopy(attn).forward  # as if timm's Attention stopped calling its own q_norm / k_norm
@@ -106,21 +108,25 @@ def test_capture_that_never_fires_is_an_error():
         model.backbone.forward_features(torch.randn(1, 3, 64, 64), capture="all")
 
 
-@pytest.mark.parametrize("name,kwargs,reason", [
-    ("resnet18", {}, "not a timm VisionTransformer"),
-    ("vit_tiny_patch16_224", {"reg_tokens": 4}, "register"),
-    ("vit_tiny_patch16_224", {"no_embed_class": True}, "no_embed_class"),
-    ("vit_tiny_patch16_224", {"dynamic_img_size": True}, "dynamic image size"),
-    ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}, "no class token"),
-    ("vit_tiny_patch16_224", {"global_pool": "avg"}, "pools with 'avg'"),
-    ("vit_tiny_patch16_224", {"patch_drop_rate": 0.5}, "patch dropout"),
-    ("no_such_model", {}, "unknown backbone"),
-    ("vit_tiny_patch16_224", {"not_a_kwarg": 1}, "does not accept"),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,reason",
+    [
+        ("resnet18", {}, "not a timm VisionTransformer"),
+        ("vit_tiny_patch16_224", {"reg_tokens": 4}, "register"),
+        ("vit_tiny_patch16_224", {"no_embed_class": True}, "no_embed_class"),
+        ("vit_tiny_patch16_224", {"dynamic_img_size": True}, "dynamic image size"),
+        ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}, "no class token"),
+        ("vit_tiny_patch16_224", {"global_pool": "avg"}, "pools with 'avg'"),
+        ("vit_tiny_patch16_224", {"patch_drop_rate": 0.5}, "patch dropout"),
+        ("no_such_model", {}, "unknown backbone"),
+        ("vit_tiny_patch16_224", {"not_a_kwarg": 1}, "does not accept"),
+    ],
+)
 def test_unsupported_backbones_are_refused(name, kwargs, reason):
     with pytest.raises(ValueError, match=reason):
-        create_vit(name, img_size=64, num_classes=3, depth=1, **kwargs) if name.startswith("vit") else \
-            create_vit(name, img_size=64, num_classes=3, **kwargs)
+        create_vit(name, img_size=64, num_classes=3, depth=1, **kwargs) if name.startswith("vit") else create_vit(
+            name, img_size=64, num_classes=3, **kwargs
+        )
 
 
 def test_timms_distilled_vit_by_name_is_a_student_and_dist_token_false_refuses_it():

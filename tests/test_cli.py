@@ -1,4 +1,5 @@
 """The ramstrans command end to end on tiny synthetic data, and its answers to bad input."""
+
 import json
 import re
 import subprocess
@@ -6,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, eval_summary
+
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.cli import main
 
@@ -20,6 +21,7 @@ def _fused_top1(checkpoint, root):
     """Independent two-scale top-1: the mean of both scales' softmax over the test images, one at a time."""
     from ramstrans.data import load_index, read_image
     from ramstrans.evaluate import eval_transform
+
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
     model.eval()
     cfg.data.root = str(root)
@@ -37,34 +39,101 @@ def _fused_top1(checkpoint, root):
 def test_train_eval_visualize(trained, capsys, tmp_path, synthetic_root):
     assert (trained / "checkpoint.pth").is_file() and (trained / "curves.png").is_file()
     final = json.loads((trained / "summary.json").read_text())["test"]
-    assert main(["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--output", str(tmp_path / "ev"),
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--output",
+                str(tmp_path / "ev"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert res["images"] == 9 and res["scales"] == 1 and res["weights"] == "raw" and res["step"] == 3
     assert res["top1"] == final["top1"]  # the same checkpoint on the same images as training's final evaluation
     assert res["loc_miou"] == pytest.approx(final["loc_miou"], abs=1e-6)
     assert (tmp_path / "ev" / "per_class.csv").read_text().count("\n") == 4
     assert (tmp_path / "ev" / "confusion.png").is_file()
-    assert main(["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--output", str(tmp_path / "ev2"),
-                 "--scales", "2", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--output",
+                str(tmp_path / "ev2"),
+                "--scales",
+                "2",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     res2 = eval_summary(capsys)
-    assert res2["scales"] == 2 and res2["top1"] == pytest.approx(_fused_top1(trained / "checkpoint.pth",
-                                                                             synthetic_root), abs=1e-4)
-    assert main(["visualize", "--checkpoint", str(trained / "checkpoint.pth"), "--num", "3",
-                 "--output", str(tmp_path / "vis")]) == 0
+    assert res2["scales"] == 2 and res2["top1"] == pytest.approx(
+        _fused_top1(trained / "checkpoint.pth", synthetic_root), abs=1e-4
+    )
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--num",
+                "3",
+                "--output",
+                str(tmp_path / "vis"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "vis").glob("*.png"))) == 4  # 3 panels + the contact sheet
 
 
 def test_visualize_any_image_file(trained, tmp_path, synthetic_root):
     img = next((synthetic_root / "images").rglob("*.jpg"))
-    assert main(["visualize", "--checkpoint", str(trained / "checkpoint.pth"), "--images", str(img),
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--images",
+                str(img),
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "contact_sheet.png").is_file() and (tmp_path / f"000_{img.stem}.png").is_file()
 
 
 def test_make_synthetic(tmp_path, capsys):
-    assert main(["make-synthetic", "--out", str(tmp_path / "s"), "--num-classes", "2", "--train-per-class", "1",
-                 "--test-per-class", "1", "--image-size", "48"]) == 0
+    assert (
+        main(
+            [
+                "make-synthetic",
+                "--out",
+                str(tmp_path / "s"),
+                "--num-classes",
+                "2",
+                "--train-per-class",
+                "1",
+                "--test-per-class",
+                "1",
+                "--image-size",
+                "48",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s" / "bounding_boxes.txt").read_text().count("\n") == 4
 
 
@@ -80,30 +149,45 @@ def test_user_mistakes_are_one_sentence(capsys, tmp_path, trained, synthetic_roo
     assert "unknown config key 'train.lrr'" in _error(capsys, ["train", "--set", "train.lrr=1"])
     assert "must be int" in _error(capsys, ["train", "--set", "train.steps=many"])
     assert "config nope not found" in _error(capsys, ["train", "--config", "nope"])
-    assert "data set root" in _error(capsys, ["train", "--set", "data.dataset=cub",
-                                              "--set", f"data.root={tmp_path / 'missing'}"])
+    assert "data set root" in _error(
+        capsys, ["train", "--set", "data.dataset=cub", "--set", f"data.root={tmp_path / 'missing'}"]
+    )
     assert "checkpoint" in _error(capsys, ["eval", "--checkpoint", str(tmp_path / "nope.pth")])
     (tmp_path / "junk.pth").write_text("junk")
     assert "not a readable ramstrans checkpoint" in _error(capsys, ["eval", "--checkpoint", str(tmp_path / "junk.pth")])
     if not torch.cuda.is_available():  # on a CUDA machine this is a valid request
-        assert "no CUDA GPU" in _error(capsys, ["eval", "--checkpoint", str(trained / "checkpoint.pth"),
-                                                "--device", "cuda"])
-    assert "unknown backbone" in _error(capsys, ["train", "--output-dir", str(tmp_path / "x")]
-                                        + _sets(*TINY_TRAIN, "model.backbone=vit_nope"))
-    assert "cannot run 3" in _error(capsys, ["eval", "--checkpoint", str(trained / "checkpoint.pth"),
-                                             "--scales", "3", "--workers", "0"])
-    assert "gone.jpg does not exist" in _error(capsys, ["visualize", "--checkpoint", str(trained / "checkpoint.pth"),
-                                                        "--images", str(tmp_path / "gone.jpg")])
+        assert "no CUDA GPU" in _error(
+            capsys, ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--device", "cuda"]
+        )
+    assert "unknown backbone" in _error(
+        capsys, ["train", "--output-dir", str(tmp_path / "x")] + _sets(*TINY_TRAIN, "model.backbone=vit_nope")
+    )
+    assert "cannot run 3" in _error(
+        capsys, ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--scales", "3", "--workers", "0"]
+    )
+    assert "gone.jpg does not exist" in _error(
+        capsys, ["visualize", "--checkpoint", str(trained / "checkpoint.pth"), "--images", str(tmp_path / "gone.jpg")]
+    )
 
 
 def test_corrupt_image_names_the_file_and_skip_corrupt_counts(capsys, tmp_path, trained, synthetic_root):
     import shutil
+
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
     bad = sorted((root / "images").rglob("*_0_0001.jpg"))[0]
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    argv = ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(root), "--workers", "0",
-            "--output", str(tmp_path / "ev")]
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(trained / "checkpoint.pth"),
+        "--data-root",
+        str(root),
+        "--workers",
+        "0",
+        "--output",
+        str(tmp_path / "ev"),
+    ]
     assert f"{bad.name} cannot be decoded" in _error(capsys, argv)
     assert main(argv + ["--skip-corrupt"]) == 0
     res = eval_summary(capsys)
@@ -113,19 +197,25 @@ def test_corrupt_image_names_the_file_and_skip_corrupt_counts(capsys, tmp_path, 
 def test_console_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "ramstrans", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "make-synthetic" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "ramstrans", "train", "--set", "train.nope=1"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "ramstrans", "train", "--set", "train.nope=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "train.nope" in r.stderr
 
 
 def _copy_run(trained, dest):
     import shutil
+
     return shutil.copytree(trained, dest)
 
 
 def test_help_imports_nothing_heavy():
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ramstrans", "--help"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ramstrans", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "make-synthetic" in r.stdout
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
     assert not imported & {"torch", "timm", "cv2", "pandas", "albumentations", "matplotlib", "scipy", "numpy"}
@@ -148,8 +238,9 @@ def test_resume_alone_takes_the_stored_config_and_the_run_folder(trained, tmp_pa
     assert main(["train", "--no-progress", "--resume", "auto", "--output-dir", str(fresh)] + _sets(*TINY_TRAIN)) == 0
     assert [json.loads(x)["step"] for x in (fresh / "metrics.jsonl").read_text().splitlines()][0] == 0  # a new run
     capsys.readouterr()
-    assert "--config cannot be combined with --resume" in _error(capsys, ["train", "--config", "synthetic_cpu",
-                                                                          "--resume", str(run)])
+    assert "--config cannot be combined with --resume" in _error(
+        capsys, ["train", "--config", "synthetic_cpu", "--resume", str(run)]
+    )
     assert "holds no checkpoint" in _error(capsys, ["train", "--resume", str(tmp_path)])
 
 
@@ -167,8 +258,21 @@ def test_a_run_folder_is_never_silently_overwritten(trained, tmp_path, capsys):
 def test_eval_folders_are_per_split_scales_and_weights(trained, tmp_path):
     run = _copy_run(trained, tmp_path / "run")
     for scales in (1, 2):
-        assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--scales", str(scales), "--workers", "0",
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(run / "checkpoint.pth"),
+                    "--scales",
+                    str(scales),
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     one = json.loads((run / "eval_test_scales1_raw" / "summary.json").read_text())
     two = json.loads((run / "eval_test_scales2_raw" / "summary.json").read_text())
     assert (one["scales"], two["scales"]) == (1, 2)
@@ -176,8 +280,10 @@ def test_eval_folders_are_per_split_scales_and_weights(trained, tmp_path):
 
 def test_eval_data_root_is_used_as_given(trained, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a data set")
-    msg = _error(capsys, ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(tmp_path),
-                          "--workers", "0"])
+    msg = _error(
+        capsys,
+        ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--data-root", str(tmp_path), "--workers", "0"],
+    )
     assert "images.txt is missing" in msg and "Errno" not in msg
 
 

@@ -1,4 +1,5 @@
 """Config: defaults are the paper recipe, files and overrides are strict about keys and types."""
+
 import pytest
 import yaml
 
@@ -7,11 +8,23 @@ from ramstrans.config import Config, ConfigError, config_from_dict, load_config,
 
 def test_defaults_are_the_paper_recipe():
     c = Config()
-    assert (c.model.backbone, c.model.img_size, c.model.alpha, c.model.num_scales) == \
-        ("vit_base_patch16_224", 448, 1.3, 2)
+    assert (c.model.backbone, c.model.img_size, c.model.alpha, c.model.num_scales) == (
+        "vit_base_patch16_224",
+        448,
+        1.3,
+        2,
+    )
     t = c.train
-    assert (t.opt, t.lr, t.momentum, t.weight_decay, t.batch_size, t.warmup_steps, t.steps, t.clip_grad) == \
-        ("momentum", 0.03, 0.9, 0.0, 16, 500, 10000, 1.0)
+    assert (t.opt, t.lr, t.momentum, t.weight_decay, t.batch_size, t.warmup_steps, t.steps, t.clip_grad) == (
+        "momentum",
+        0.03,
+        0.9,
+        0.0,
+        16,
+        500,
+        10000,
+        1.0,
+    )
     assert c.data.resize == 600 and c.loss.scale_weights == [1.0, 1.0]
 
 
@@ -23,8 +36,18 @@ def test_shipped_configs_load_and_hold_only_differences():
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
-    cfg = load_config(None, ["train.lr=0.1", "train.steps=7", "model.pretrained=null", "loss.scale_weights=[1, 0.5]",
-                             "model.backbone_kwargs={depth: 2}", "data.synthetic.seed=3", "train.amp=false"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=0.1",
+            "train.steps=7",
+            "model.pretrained=null",
+            "loss.scale_weights=[1, 0.5]",
+            "model.backbone_kwargs={depth: 2}",
+            "data.synthetic.seed=3",
+            "train.amp=false",
+        ],
+    )
     assert cfg.train.lr == 0.1 and isinstance(cfg.train.lr, float) and cfg.train.steps == 7
     assert cfg.model.pretrained is None and cfg.loss.scale_weights == [1.0, 0.5]
     assert cfg.model.backbone_kwargs == {"depth": 2} and cfg.data.synthetic.seed == 3 and cfg.train.amp is False
@@ -32,18 +55,21 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert config_from_dict(yaml.safe_load((tmp_path / "c.yaml").read_text())) == cfg
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
-    (["nope.x=1"], "unknown config key 'nope'"),
-    (["train.steps=ten"], "'train.steps' must be int"),
-    (["train.steps=1.5"], "'train.steps' must be int"),
-    (["train.steps=true"], "'train.steps' must be int"),
-    (["train.amp=3"], "'train.amp' must be bool"),
-    (["loss.scale_weights=1"], "'loss.scale_weights' must be a list"),
-    (["loss.scale_weights=[1, a]"], r"'loss.scale_weights\[1\]' must be float"),
-    (["train=3"], "section 'train' must be a mapping"),
-    (["train.lr"], "must look like section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
+        (["nope.x=1"], "unknown config key 'nope'"),
+        (["train.steps=ten"], "'train.steps' must be int"),
+        (["train.steps=1.5"], "'train.steps' must be int"),
+        (["train.steps=true"], "'train.steps' must be int"),
+        (["train.amp=3"], "'train.amp' must be bool"),
+        (["loss.scale_weights=1"], "'loss.scale_weights' must be a list"),
+        (["loss.scale_weights=[1, a]"], r"'loss.scale_weights\[1\]' must be float"),
+        (["train=3"], "section 'train' must be a mapping"),
+        (["train.lr"], "must look like section.key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)

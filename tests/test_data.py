@@ -1,4 +1,5 @@
 """CUB loader on fixtures written in the distributed format; decoding; transforms; the synthetic generator."""
+
 import cv2
 import numpy as np
 import pytest
@@ -26,8 +27,12 @@ def write_cub(root, images, classes, labels, split, boxes=None):
 def cub_root(tmp_path):
     root = tmp_path / "CUB_200_2011"
     classes = [(1, "001.Black_footed_Albatross"), (2, "002.Mr.Dot.Bird"), (3, "003.Parakeet_Auklet")]
-    images = [(3, "002.Mr.Dot.Bird/b.jpg"), (1, "001.Black_footed_Albatross/a.jpg"),
-              (2, "003.Parakeet_Auklet/c.jpg"), (4, "001.Black_footed_Albatross/d.jpg")]  # ids out of order
+    images = [
+        (3, "002.Mr.Dot.Bird/b.jpg"),
+        (1, "001.Black_footed_Albatross/a.jpg"),
+        (2, "003.Parakeet_Auklet/c.jpg"),
+        (4, "001.Black_footed_Albatross/d.jpg"),
+    ]  # ids out of order
     for _, p in images:
         (root / "images" / p).parent.mkdir(parents=True, exist_ok=True)
     rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
@@ -35,8 +40,14 @@ def cub_root(tmp_path):
     cv2.imwrite(str(root / "images" / images[1][1]), rgb[..., 0].copy())  # grayscale JPEG
     cv2.imwrite(str(root / "images" / images[2][1]), rgb[..., ::-1].copy())
     cv2.imwrite(str(root / "images" / images[3][1]), rgb[..., ::-1].copy())
-    write_cub(root, images, classes, [(1, 1), (3, 2), (2, 3), (4, 1)], [(2, 0), (1, 1), (3, 1), (4, 0)],
-              [(1, (1.0, 2.0, 10.0, 20.0)), (2, (0, 0, 60, 40)), (3, (5.5, 6.5, 7.0, 8.0)), (4, (0, 0, 1, 1))])
+    write_cub(
+        root,
+        images,
+        classes,
+        [(1, 1), (3, 2), (2, 3), (4, 1)],
+        [(2, 0), (1, 1), (3, 1), (4, 0)],
+        [(1, (1.0, 2.0, 10.0, 20.0)), (2, (0, 0, 60, 40)), (3, (5.5, 6.5, 7.0, 8.0)), (4, (0, 0, 1, 1))],
+    )
     return root
 
 
@@ -53,19 +64,22 @@ def test_cub_loader_maps_ids_labels_names_and_boxes(cub_root):
     assert torch.equal(item["image"][0], item["image"][1])
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda r: (r / "train_test_split.txt").unlink(), "train_test_split.txt is missing"),
-    (lambda r: _append(r / "images.txt", "1 001.Black_footed_Albatross/x.jpg\n"), "lists id 1 more than once"),
-    (lambda r: _append(r / "images.txt", "9 001.Black_footed_Albatross/a.jpg\n"), "lists the image .* twice"),
-    (lambda r: _append(r / "images.txt", "5 001.Black_footed_Albatross/e.jpg\n"), "misses image id 5"),
-    (lambda r: _replace(r / "image_class_labels.txt", "4 1", "4 7"), "label 7, which classes.txt does not define"),
-    (lambda r: _replace(r / "image_class_labels.txt", "4 1", "4 x"), "'x' in column cid is not a number"),
-    (lambda r: _replace(r / "train_test_split.txt", "4 0", "4 2"), "flag each image 1"),
-    (lambda r: _replace(r / "images.txt", "001.Black_footed_Albatross/d.jpg", "../../etc/passwd"), "leaves"),
-    (lambda r: _replace(r / "images.txt", "001.Black_footed_Albatross/d.jpg", "/etc/passwd"), "leaves"),
-    (lambda r: _replace(r / "bounding_boxes.txt", "4 0 0 1 1\n", ""), "bounding_boxes.txt misses image id 4"),
-    (lambda r: _replace(r / "images.txt", "2 003", "2"), "must have 2 fields"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda r: (r / "train_test_split.txt").unlink(), "train_test_split.txt is missing"),
+        (lambda r: _append(r / "images.txt", "1 001.Black_footed_Albatross/x.jpg\n"), "lists id 1 more than once"),
+        (lambda r: _append(r / "images.txt", "9 001.Black_footed_Albatross/a.jpg\n"), "lists the image .* twice"),
+        (lambda r: _append(r / "images.txt", "5 001.Black_footed_Albatross/e.jpg\n"), "misses image id 5"),
+        (lambda r: _replace(r / "image_class_labels.txt", "4 1", "4 7"), "label 7, which classes.txt does not define"),
+        (lambda r: _replace(r / "image_class_labels.txt", "4 1", "4 x"), "'x' in column cid is not a number"),
+        (lambda r: _replace(r / "train_test_split.txt", "4 0", "4 2"), "flag each image 1"),
+        (lambda r: _replace(r / "images.txt", "001.Black_footed_Albatross/d.jpg", "../../etc/passwd"), "leaves"),
+        (lambda r: _replace(r / "images.txt", "001.Black_footed_Albatross/d.jpg", "/etc/passwd"), "leaves"),
+        (lambda r: _replace(r / "bounding_boxes.txt", "4 0 0 1 1\n", ""), "bounding_boxes.txt misses image id 4"),
+        (lambda r: _replace(r / "images.txt", "2 003", "2"), "must have 2 fields"),
+    ],
+)
 def test_inconsistent_metadata_is_refused(cub_root, edit, match):
     edit(cub_root)
     with pytest.raises(DataError, match=match):
@@ -90,7 +104,10 @@ def test_missing_root(tmp_path):
 def test_read_image_decodes_by_content(tmp_path):
     rgb = np.zeros((8, 12, 3), np.uint8)
     rgb[..., 0] = 200  # red
-    cv2.imwrite(str(tmp_path / "png_bytes.jpg"), rgb[..., ::-1].copy(), )
+    cv2.imwrite(
+        str(tmp_path / "png_bytes.jpg"),
+        rgb[..., ::-1].copy(),
+    )
     (tmp_path / "real.png").write_bytes((tmp_path / "png_bytes.jpg").read_bytes())
     png = tmp_path / "png.jpg"
     ok, buf = cv2.imencode(".png", rgb[..., ::-1].copy())
@@ -171,6 +188,7 @@ def test_step_sampler_is_resumable_and_sharded():
 
 def test_stratified_split_is_seeded_and_per_class():
     import pandas as pd
+
     table = pd.DataFrame({"path": [f"{i}.jpg" for i in range(30)], "label": [i % 3 for i in range(30)]})
     tr, val = stratified_split(table, 0.2, seed=1)
     assert len(val) == 6 and sorted(val["label"].value_counts().tolist()) == [2, 2, 2]
@@ -197,7 +215,7 @@ def test_synthetic_species_differ_only_in_small_parts():
     img_b, box_b = render_bird_scene(rng(), 160, species[1])  # same scene, another crown colour
     assert box == box_b
     x, y, w, h = box
-    differ = (np.abs(img_a.astype(int) - img_b.astype(int)).sum(-1) > 30)
+    differ = np.abs(img_a.astype(int) - img_b.astype(int)).sum(-1) > 30
     assert differ.sum() > 0
     assert differ.sum() < 0.06 * w * h  # the crown is a few percent of the bird's box
     assert w * h < 0.35 * 160 * 160  # the bird covers a minority of the image

@@ -1,5 +1,6 @@
 """Stanford Dogs, iNaturalist 2017, NABirds, image-folder and CSV loaders on fixtures written in the distributed
 formats, their answers to bad input, and ``ramstrans check-data``."""
+
 import json
 
 import cv2
@@ -40,20 +41,27 @@ def _cells(strings):
 
 
 def write_dogs_list(path, entries, label_dtype=np.uint8, drop=None):
-    mat = {"file_list": _cells([f"{n}.jpg" for n, _ in entries]), "annotation_list": _cells([n for n, _ in entries]),
-           "labels": np.array([[lab] for _, lab in entries], dtype=label_dtype)}
+    mat = {
+        "file_list": _cells([f"{n}.jpg" for n, _ in entries]),
+        "annotation_list": _cells([n for n, _ in entries]),
+        "labels": np.array([[lab] for _, lab in entries], dtype=label_dtype),
+    }
     mat.pop(drop, None)
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), mat)
 
 
 def _voc(boxes):
-    objs = "".join(f"<object><name>dog</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
-                   f"<bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
-                   for a, b, c, d in boxes)
-    return (f"<annotation><folder>02085620</folder><filename>%s</filename><source><database>ImageNet database"
-            f"</database></source><size><width>100</width><height>80</height><depth>3</depth></size>"
-            f"<segment>0</segment>{objs}</annotation>")
+    objs = "".join(
+        f"<object><name>dog</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+        f"<bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+        for a, b, c, d in boxes
+    )
+    return (
+        f"<annotation><folder>02085620</folder><filename>%s</filename><source><database>ImageNet database"
+        f"</database></source><size><width>100</width><height>80</height><depth>3</depth></size>"
+        f"<segment>0</segment>{objs}</annotation>"
+    )
 
 
 @pytest.fixture
@@ -91,22 +99,33 @@ def _dogs_list(root, entries, **kw):
     write_dogs_list(root / "lists" / "train_list.mat", entries, **kw)
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda r: (r / "lists" / "test_list.mat").unlink(), r"test_list.mat is missing \(looked in .*lists and "),
-    (lambda r: _dogs_list(r, DOGS_TRAIN[:2] + [(DOGS_TRAIN[2][0], 4)]),
-     r"train_list.mat gives n02085782-Japanese_spaniel/n02085782_2.jpg the label 4, outside 1..3"),
-    (lambda r: _dogs_list(r, DOGS_TRAIN + [DOGS_TEST[0]]),
-     rf"train_list.mat and test_list.mat list the image {CHI}/n02085620_9.jpg twice"),
-    (lambda r: _dogs_list(r, DOGS_TRAIN + [DOGS_TRAIN[0]]), r"train_list.mat lists the image .*_1.jpg twice"),
-    (lambda r: _dogs_list(r, DOGS_TRAIN + [("../../etc/passwd", 1)]), "lists the path '../../etc/passwd.jpg', which "
-                                                                       "leaves the data set root"),
-    (lambda r: _dogs_list(r, DOGS_TRAIN, drop="labels"), "train_list.mat has no variable 'labels'"),
-    (lambda r: _dogs_list(r, [(DOGS_TRAIN[0][0], 2), (DOGS_TRAIN[1][0], 3), (DOGS_TRAIN[2][0], 1)]),
-     "give the label 1 to images of the folders n02085782-Japanese_spaniel and n02085620-Chihuahua"),
-    (lambda r: (r / "lists" / "train_list.mat").write_bytes(b"not a mat file"), "train_list.mat is not a readable"),
-    (lambda r: (r / "Annotation" / TWO_DOGS).write_text(_voc([]) % "x"), r"n02086240_7 has no bndbox"),
-    (lambda r: (r / "Annotation" / TWO_DOGS).unlink(), r"annotation .*n02086240_7 is missing"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda r: (r / "lists" / "test_list.mat").unlink(), r"test_list.mat is missing \(looked in .*lists and "),
+        (
+            lambda r: _dogs_list(r, DOGS_TRAIN[:2] + [(DOGS_TRAIN[2][0], 4)]),
+            r"train_list.mat gives n02085782-Japanese_spaniel/n02085782_2.jpg the label 4, outside 1..3",
+        ),
+        (
+            lambda r: _dogs_list(r, DOGS_TRAIN + [DOGS_TEST[0]]),
+            rf"train_list.mat and test_list.mat list the image {CHI}/n02085620_9.jpg twice",
+        ),
+        (lambda r: _dogs_list(r, DOGS_TRAIN + [DOGS_TRAIN[0]]), r"train_list.mat lists the image .*_1.jpg twice"),
+        (
+            lambda r: _dogs_list(r, DOGS_TRAIN + [("../../etc/passwd", 1)]),
+            "lists the path '../../etc/passwd.jpg', which leaves the data set root",
+        ),
+        (lambda r: _dogs_list(r, DOGS_TRAIN, drop="labels"), "train_list.mat has no variable 'labels'"),
+        (
+            lambda r: _dogs_list(r, [(DOGS_TRAIN[0][0], 2), (DOGS_TRAIN[1][0], 3), (DOGS_TRAIN[2][0], 1)]),
+            "give the label 1 to images of the folders n02085782-Japanese_spaniel and n02085620-Chihuahua",
+        ),
+        (lambda r: (r / "lists" / "train_list.mat").write_bytes(b"not a mat file"), "train_list.mat is not a readable"),
+        (lambda r: (r / "Annotation" / TWO_DOGS).write_text(_voc([]) % "x"), r"n02086240_7 has no bndbox"),
+        (lambda r: (r / "Annotation" / TWO_DOGS).unlink(), r"annotation .*n02086240_7 is missing"),
+    ],
+)
 def test_dogs_bad_inputs(dogs_root, edit, match):
     edit(dogs_root)
     with pytest.raises(DataError, match=match):
@@ -115,23 +134,33 @@ def test_dogs_bad_inputs(dogs_root, edit, match):
 
 # ------------------------------------------------------------------------------------------------ iNaturalist 2017
 
-INAT_CATS = [{"id": 40, "name": "Cardinalis cardinalis", "supercategory": "Aves"},
-             {"id": 5, "name": "Quercus agrifolia", "supercategory": "Plantae"},
-             {"id": 12, "name": "Turdus migratorius", "supercategory": "Aves"}]
-ROBIN, OAK, CARDINAL = "train_val_images/Aves/Turdus migratorius", "train_val_images/Plantae/Quercus agrifolia", \
-    "train_val_images/Aves/Cardinalis cardinalis"
+INAT_CATS = [
+    {"id": 40, "name": "Cardinalis cardinalis", "supercategory": "Aves"},
+    {"id": 5, "name": "Quercus agrifolia", "supercategory": "Plantae"},
+    {"id": 12, "name": "Turdus migratorius", "supercategory": "Aves"},
+]
+ROBIN, OAK, CARDINAL = (
+    "train_val_images/Aves/Turdus migratorius",
+    "train_val_images/Plantae/Quercus agrifolia",
+    "train_val_images/Aves/Cardinalis cardinalis",
+)
 
 
 def _inat(images, anns, cats=INAT_CATS):
-    return {"info": {"year": 2017}, "licenses": [],
-            "images": [{"license": 1, "file_name": f, "rights_holder": "x", "height": 40, "width": 50, "id": i}
-                       for i, f in images],
-            "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(anns)],
-            "categories": cats}
+    return {
+        "info": {"year": 2017},
+        "licenses": [],
+        "images": [
+            {"license": 1, "file_name": f, "rights_holder": "x", "height": 40, "width": 50, "id": i} for i, f in images
+        ],
+        "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(anns)],
+        "categories": cats,
+    }
 
 
-TRAIN_JSON = _inat([(10, f"{ROBIN}/a.jpg"), (3, f"{OAK}/b.jpg"), (7, f"{CARDINAL}/c.jpg")],
-                   [(7, 40), (10, 12), (3, 5)])  # annotations in another order than the images
+TRAIN_JSON = _inat(
+    [(10, f"{ROBIN}/a.jpg"), (3, f"{OAK}/b.jpg"), (7, f"{CARDINAL}/c.jpg")], [(7, 40), (10, 12), (3, 5)]
+)  # annotations in another order than the images
 VAL_JSON = _inat([(20, f"{ROBIN}/d.jpg"), (21, f"{OAK}/e.jpg")], [(21, 5), (20, 12)])
 
 
@@ -169,30 +198,55 @@ def _edit_json(root, file, fn):
     (root / file).write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda r: _edit_json(r, "val2017.json", lambda d: d.pop("annotations")),
-     "val2017.json has no 'annotations' list, or it is empty"),
-    (lambda r: (r / "train2017.json").unlink(), "train2017.json is missing from"),
-    (lambda r: (r / "train2017.json").write_text("{not json"), "train2017.json is not valid JSON"),
-    (lambda r: _edit_json(r, "train2017.json", lambda d: d["annotations"][0].update(category_id=99)),
-     "train2017.json gives image id 7 the category_id 99, which its categories do not define"),
-    (lambda r: _edit_json(r, "train2017.json", lambda d: d["images"][1].update(file_name=f"{ROBIN}/a.jpg")),
-     "train2017.json lists the image .*/a.jpg twice"),
-    (lambda r: _edit_json(r, "val2017.json", lambda d: d["images"][0].update(file_name=f"{OAK}/b.jpg")),
-     "train2017.json and val2017.json both list the image .*/b.jpg"),
-    (lambda r: _edit_json(r, "train2017.json", lambda d: d["images"][2].update(file_name="../outside.jpg")),
-     "train2017.json lists the path '../outside.jpg', which leaves the data set root"),
-    (lambda r: _edit_json(r, "train2017.json", lambda d: d["annotations"].pop(0)),
-     "train2017.json has no annotation for the image .*/c.jpg"),
-    (lambda r: _edit_json(r, "train2017.json", lambda d: d["annotations"].append({"image_id": 3, "category_id": 5})),
-     "train2017.json gives image id 3 more than one annotation"),
-    (lambda r: _edit_json(r, "val2017.json", lambda d: d["annotations"][0].update(image_id=99)),
-     "val2017.json has an annotation for image id 99, which its images do not list"),
-    (lambda r: _edit_json(r, "val2017.json", lambda d: d["images"][0].pop("file_name")),
-     "val2017.json: entry 0 of 'images' has no 'file_name'"),
-    (lambda r: _edit_json(r, "val2017.json", lambda d: d["categories"][0].update(name="Other")),
-     "give category id 40 two names"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (
+            lambda r: _edit_json(r, "val2017.json", lambda d: d.pop("annotations")),
+            "val2017.json has no 'annotations' list, or it is empty",
+        ),
+        (lambda r: (r / "train2017.json").unlink(), "train2017.json is missing from"),
+        (lambda r: (r / "train2017.json").write_text("{not json"), "train2017.json is not valid JSON"),
+        (
+            lambda r: _edit_json(r, "train2017.json", lambda d: d["annotations"][0].update(category_id=99)),
+            "train2017.json gives image id 7 the category_id 99, which its categories do not define",
+        ),
+        (
+            lambda r: _edit_json(r, "train2017.json", lambda d: d["images"][1].update(file_name=f"{ROBIN}/a.jpg")),
+            "train2017.json lists the image .*/a.jpg twice",
+        ),
+        (
+            lambda r: _edit_json(r, "val2017.json", lambda d: d["images"][0].update(file_name=f"{OAK}/b.jpg")),
+            "train2017.json and val2017.json both list the image .*/b.jpg",
+        ),
+        (
+            lambda r: _edit_json(r, "train2017.json", lambda d: d["images"][2].update(file_name="../outside.jpg")),
+            "train2017.json lists the path '../outside.jpg', which leaves the data set root",
+        ),
+        (
+            lambda r: _edit_json(r, "train2017.json", lambda d: d["annotations"].pop(0)),
+            "train2017.json has no annotation for the image .*/c.jpg",
+        ),
+        (
+            lambda r: _edit_json(
+                r, "train2017.json", lambda d: d["annotations"].append({"image_id": 3, "category_id": 5})
+            ),
+            "train2017.json gives image id 3 more than one annotation",
+        ),
+        (
+            lambda r: _edit_json(r, "val2017.json", lambda d: d["annotations"][0].update(image_id=99)),
+            "val2017.json has an annotation for image id 99, which its images do not list",
+        ),
+        (
+            lambda r: _edit_json(r, "val2017.json", lambda d: d["images"][0].pop("file_name")),
+            "val2017.json: entry 0 of 'images' has no 'file_name'",
+        ),
+        (
+            lambda r: _edit_json(r, "val2017.json", lambda d: d["categories"][0].update(name="Other")),
+            "give category id 40 two names",
+        ),
+    ],
+)
 def test_inat_bad_inputs(inat_root, edit, match):
     edit(inat_root)
     with pytest.raises(DataError, match=match):
@@ -201,8 +255,12 @@ def test_inat_bad_inputs(inat_root, edit, match):
 
 # ----------------------------------------------------------------------------------------------------------- NABirds
 
-U = ["4c3e5f3e-0b4a-4c29-9e3b-2c1a7e8d9f01", "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
-     "ffe0c8a2-1111-4b2c-9d3e-5f6a7b8c9d0e", "12345678-9abc-4def-8123-456789abcdef"]
+U = [
+    "4c3e5f3e-0b4a-4c29-9e3b-2c1a7e8d9f01",
+    "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+    "ffe0c8a2-1111-4b2c-9d3e-5f6a7b8c9d0e",
+    "12345678-9abc-4def-8123-456789abcdef",
+]
 
 
 @pytest.fixture
@@ -213,9 +271,11 @@ def nabirds_root(tmp_path):
     for p in paths.values():
         _image(root / "images" / p)
     root.joinpath("images.txt").write_text("".join(f"{u} {paths[u]}\n" for u, _ in images))
-    root.joinpath("classes.txt").write_text("0 Birds\n1 Perching Birds\n295 American Robin\n"
-                                            "313 Northern Cardinal (Adult Male)\n314 Northern Cardinal\n"
-                                            "1010 Zebra Finch\n")  # 0, 1, 314 are parents without images
+    root.joinpath("classes.txt").write_text(
+        "0 Birds\n1 Perching Birds\n295 American Robin\n"
+        "313 Northern Cardinal (Adult Male)\n314 Northern Cardinal\n"
+        "1010 Zebra Finch\n"
+    )  # 0, 1, 314 are parents without images
     root.joinpath("image_class_labels.txt").write_text("".join(f"{u} {c}\n" for u, c in images))
     root.joinpath("train_test_split.txt").write_text(f"{U[0]} 1\n{U[1]} 1\n{U[2]} 0\n{U[3]} 0\n")
     root.joinpath("bounding_boxes.txt").write_text("".join(f"{u} {i} {2 * i} 10 20\n" for i, u in enumerate(U)))
@@ -227,20 +287,30 @@ def test_nabirds_uuids_and_class_gaps(nabirds_root):
     assert idx.class_names == ["American Robin", "Northern Cardinal (Adult Male)", "Zebra Finch"]
     train, test = idx.split("train"), idx.split("test")
     # UUIDs are not numbers: rows come in the order of the id strings
-    assert train["path"].tolist() == [f"images/1010/{U[1].replace('-', '')}.jpg",
-                                      f"images/0295/{U[0].replace('-', '')}.jpg"]
+    assert train["path"].tolist() == [
+        f"images/1010/{U[1].replace('-', '')}.jpg",
+        f"images/0295/{U[0].replace('-', '')}.jpg",
+    ]
     assert train["label"].tolist() == [2, 0] and test["label"].tolist() == [0, 1]
     assert train[BOXES].values.tolist() == [[1, 2, 11, 22], [0, 0, 10, 20]]
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda r: (r / "image_class_labels.txt").write_text(
-        (r / "image_class_labels.txt").read_text().replace(f"{U[1]} 1010", f"{U[1]} 9999")),
-     f"image_class_labels.txt gives image {U[1]} the label 9999, which classes.txt does not define"),
-    (lambda r: (r / "classes.txt").unlink(), "classes.txt is missing from"),
-    (lambda r: (r / "images.txt").write_text((r / "images.txt").read_text() + f"{U[0]} 0295/again.jpg\n"),
-     f"images.txt lists id {U[0]} more than once"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (
+            lambda r: (r / "image_class_labels.txt").write_text(
+                (r / "image_class_labels.txt").read_text().replace(f"{U[1]} 1010", f"{U[1]} 9999")
+            ),
+            f"image_class_labels.txt gives image {U[1]} the label 9999, which classes.txt does not define",
+        ),
+        (lambda r: (r / "classes.txt").unlink(), "classes.txt is missing from"),
+        (
+            lambda r: (r / "images.txt").write_text((r / "images.txt").read_text() + f"{U[0]} 0295/again.jpg\n"),
+            f"images.txt lists id {U[0]} more than once",
+        ),
+    ],
+)
 def test_nabirds_bad_inputs(nabirds_root, edit, match):
     edit(nabirds_root)
     with pytest.raises(DataError, match=match):
@@ -249,9 +319,9 @@ def test_nabirds_bad_inputs(nabirds_root, edit, match):
 
 # ---------------------------------------------------------------------------------------------- folder tree and CSV
 
+
 def test_image_folder(tmp_path):
-    for p in ("train/cat_b/x.png", "train/cat_a/y.jpg", "train/cat_a/sub/z.JPG", "test/cat_a/t.jpg",
-              "val/cat_b/v.jpg"):
+    for p in ("train/cat_b/x.png", "train/cat_a/y.jpg", "train/cat_a/sub/z.JPG", "test/cat_a/t.jpg", "val/cat_b/v.jpg"):
         _image(tmp_path / p)
     (tmp_path / "train" / "cat_a" / "notes.txt").write_text("not an image")
     idx = load_folder(tmp_path)
@@ -268,8 +338,10 @@ def test_image_folder(tmp_path):
 
 
 def test_csv_one_file_with_split_and_numeric_labels(tmp_path):
-    (tmp_path / "data.csv").write_text("path,label,split,x0,y0,x1,y1\nimg/a.jpg,10,train,0,0,5,5\n"
-                                       "img/b.jpg,2,train,1,1,4,4\nimg/c.jpg,10,test,0,0,2,2\n")
+    (tmp_path / "data.csv").write_text(
+        "path,label,split,x0,y0,x1,y1\nimg/a.jpg,10,train,0,0,5,5\n"
+        "img/b.jpg,2,train,1,1,4,4\nimg/c.jpg,10,test,0,0,2,2\n"
+    )
     for idx in (load_csv(tmp_path), load_csv(tmp_path / "data.csv")):
         assert idx.class_names == ["2", "10"] and idx.root == tmp_path  # 2 < 10 as numbers
         assert idx.split("train")["label"].tolist() == [1, 0] and idx.split("test")["label"].tolist() == [1]
@@ -295,6 +367,7 @@ def test_csv_per_split_files_and_bad_inputs(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------- check-data
 
+
 def _check(capsys, *argv):
     code = main(["check-data", "--no-progress", *argv])
     return code, capsys.readouterr().out
@@ -319,7 +392,9 @@ def test_check_data_lists_missing_and_corrupt_images(dogs_root, capsys):
     code, out = _check(capsys, "--dataset", "dogs", "--root", str(dogs_root), "--json")
     problems = json.loads(out)["problems"]
     assert code == 1 and [(p["kind"], p["split"], p["path"]) for p in problems] == [
-        ("missing", "train", f"Images/{DOGS_TRAIN[0][0]}.jpg"), ("unreadable", "test", f"Images/{DOGS_TEST[1][0]}.jpg")]
+        ("missing", "train", f"Images/{DOGS_TRAIN[0][0]}.jpg"),
+        ("unreadable", "test", f"Images/{DOGS_TEST[1][0]}.jpg"),
+    ]
     code, out = _check(capsys, "--dataset", "dogs", "--root", str(dogs_root), "--json", "--no-decode")
     assert code == 1 and [p["kind"] for p in json.loads(out)["problems"]] == ["missing"]
 
@@ -329,17 +404,24 @@ def test_check_data_structural_error_is_the_one_problem(inat_root, capsys):
     code, out = _check(capsys, "--dataset", "inat17", "--root", str(inat_root), "--json")
     report = json.loads(out)
     assert code == 1 and report["splits"] == {} and len(report["problems"]) == 1
-    assert report["problems"][0]["kind"] == "structure" and "val2017.json has no 'annotations'" in \
-        report["problems"][0]["message"]
+    assert (
+        report["problems"][0]["kind"] == "structure"
+        and "val2017.json has no 'annotations'" in report["problems"][0]["message"]
+    )
 
 
 def test_check_data_duplicates_and_labels(nabirds_root, capsys, monkeypatch):
     code, out = _check(capsys, "--dataset", "nabirds", "--root", str(nabirds_root))
     assert code == 0 and "test: 2 images, 2 classes" in out
     a, b = load_nabirds(nabirds_root).split("train")["path"]
-    bad = DatasetIndex(nabirds_root, ["x", "y"], {"train": pd.DataFrame({"path": [a, b], "label": [0, 2]}),
-                                                  "test": pd.DataFrame({"path": [a.replace("/", "/./", 1)],
-                                                                        "label": [1]})})
+    bad = DatasetIndex(
+        nabirds_root,
+        ["x", "y"],
+        {
+            "train": pd.DataFrame({"path": [a, b], "label": [0, 2]}),
+            "test": pd.DataFrame({"path": [a.replace("/", "/./", 1)], "label": [1]}),
+        },
+    )
     monkeypatch.setitem(DATASETS, "broken", lambda root: bad)  # a loader breaking the DatasetIndex contract
     code, out = _check(capsys, "--dataset", "broken", "--root", str(nabirds_root), "--json")
     problems = json.loads(out)["problems"]

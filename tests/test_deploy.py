@@ -1,5 +1,6 @@
 """Using what was trained: adaptive zoom, the threshold sweep, predict, and exports that timm and onnxruntime load
 with the same outputs."""
+
 import csv
 import io
 import json
@@ -9,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_TRAIN
+
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.cli import main
 from ramstrans.data import read_image
@@ -26,8 +27,13 @@ def _sets(*items):
 def trained(tmp_path_factory):
     """A tiny two-scale run with a carved validation split; attention sharpened so proposals are real boxes."""
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + _sets(*TINY_TRAIN, "data.val_fraction=0.34",
-                                                                           "train.steps=6")) == 0
+    assert (
+        main(
+            ["train", "--no-progress", "--output-dir", str(out)]
+            + _sets(*TINY_TRAIN, "data.val_fraction=0.34", "train.steps=6")
+        )
+        == 0
+    )
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     for k, v in ckpt["model"].items():
         if k.endswith("attn.qkv.weight"):
@@ -59,8 +65,14 @@ def test_adaptive_threshold_0_is_single_scale_and_above_1_is_full_fusion(trained
 
 def test_adaptive_eval_costs_and_shares(trained):
     model, cfg, names = _model(trained)
-    batch = [{"image": torch.randn(6, 3, 64, 64), "label": torch.arange(6) % 3,
-              "box": torch.full((6, 4), float("nan")), "skipped": 0}]
+    batch = [
+        {
+            "image": torch.randn(6, 3, 64, 64),
+            "label": torch.arange(6) % 3,
+            "box": torch.full((6, 4), float("nan")),
+            "skipped": 0,
+        }
+    ]
     one = evaluate(model, batch, device=torch.device("cpu"), num_classes=3, scales=1)[0]
     zero = evaluate(model, batch, device=torch.device("cpu"), num_classes=3, scales="auto", zoom_threshold=0.0)[0]
     both = evaluate(model, batch, device=torch.device("cpu"), num_classes=3, scales=2)[0]
@@ -85,8 +97,10 @@ def test_the_zoom_sweep_is_on_validation_and_picks_the_cheapest_near_full_fusion
     good = [r for r in sweep["rows"] if r["top1"] >= sweep["full_fusion_top1"] - 0.5]
     assert sweep["chosen"] == min(good, key=lambda r: (r["passes_per_image"], -r["top1"]))
     t = sweep["chosen"]["threshold"]
-    assert main(argv + ["--split", "val", "--scales", "auto", "--zoom-threshold", str(t), "--output",
-                        str(trained / "va")]) == 0
+    assert (
+        main(argv + ["--split", "val", "--scales", "auto", "--zoom-threshold", str(t), "--output", str(trained / "va")])
+        == 0
+    )
     adaptive = json.loads((trained / "va" / "summary.json").read_text())
     assert adaptive["top1"] == pytest.approx(sweep["chosen"]["top1"], abs=1e-9)
     assert adaptive["passes_per_image"] == pytest.approx(sweep["chosen"]["passes_per_image"])
@@ -97,9 +111,24 @@ def test_the_zoom_sweep_is_on_validation_and_picks_the_cheapest_near_full_fusion
 
 def test_timm_folder_round_trip(trained, tmp_path):
     import timm
+
     out = tmp_path / "export"
-    assert main(["export", "--checkpoint", str(trained / "checkpoint.pth"), "--format", "timm", "--out", str(out),
-                 "--scales", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--format",
+                "timm",
+                "--out",
+                str(out),
+                "--scales",
+                "2",
+            ]
+        )
+        == 0
+    )
     model, cfg, names = _model(trained)
     vit = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     x = torch.randn(3, 3, 64, 64)
@@ -110,6 +139,7 @@ def test_timm_folder_round_trip(trained, tmp_path):
     assert tuple(data["mean"]) == model.backbone.mean and tuple(data["std"]) == model.backbone.std
     assert int(np.floor(64 / data["crop_pct"])) == cfg.data.resize == 72  # timm resizes to 72, then crops 64
     from ramstrans.export import model_from_export
+
     again, again_names, transform = model_from_export(str(out))
     assert again_names == names and transform == {"resize": 72, "crop": 64, "interpolation": "bilinear"}
     for got, want in zip(again.forward_multiscale(x).logits, model.forward_multiscale(x).logits):
@@ -120,9 +150,24 @@ def test_timm_folder_round_trip(trained, tmp_path):
 def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(trained, tmp_path, scales):
     import onnx
     import onnxruntime as ort
+
     out = tmp_path / "m.onnx"
-    assert main(["export", "--checkpoint", str(trained / "checkpoint.pth"), "--format", "onnx", "--out", str(out),
-                 "--scales", str(scales)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+                "--scales",
+                str(scales),
+            ]
+        )
+        == 0
+    )
     model, _, names = _model(trained)
     x = torch.randn(3, 3, 64, 64)  # another batch size than the export's example
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -158,8 +203,18 @@ def _images(folder, synthetic_root):
 def test_predict_a_folder(trained, synthetic_root, tmp_path, capsys):
     names_in_order = _images(tmp_path / "imgs", synthetic_root)
     out = tmp_path / "pred.csv"
-    code = main(["predict", str(trained / "checkpoint.pth"), str(tmp_path / "imgs"), "--topk", "2", "--out", str(out),
-                 "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(trained / "checkpoint.pth"),
+            str(tmp_path / "imgs"),
+            "--topk",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "1 of 5 paths could not be read" in capsys.readouterr().err
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["path"] for r in rows] == [str(tmp_path / "imgs" / n) for n in names_in_order]
@@ -178,15 +233,34 @@ def test_predict_a_folder(trained, synthetic_root, tmp_path, capsys):
 
 def test_predict_from_an_export_with_adaptive_zoom_as_json(trained, synthetic_root, tmp_path, capsys):
     names_in_order = _images(tmp_path / "imgs", synthetic_root)
-    assert main(["export", "--checkpoint", str(trained / "checkpoint.pth"), "--out", str(tmp_path / "exp"),
-                 "--scales", "2"]) == 0
+    assert (
+        main(
+            ["export", "--checkpoint", str(trained / "checkpoint.pth"), "--out", str(tmp_path / "exp"), "--scales", "2"]
+        )
+        == 0
+    )
     capsys.readouterr()
     glob_arg = str(tmp_path / "imgs" / "**" / "*.jpg")
-    code = main(["predict", str(tmp_path / "exp"), glob_arg, "--format", "json", "--scales", "auto",
-                 "--zoom-threshold", "1.0", "--no-progress", "--visualize", str(tmp_path / "vis")])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "exp"),
+            glob_arg,
+            "--format",
+            "json",
+            "--scales",
+            "auto",
+            "--zoom-threshold",
+            "1.0",
+            "--no-progress",
+            "--visualize",
+            str(tmp_path / "vis"),
+        ]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert code == 1 and [x["path"] for x in lines] == [str(tmp_path / "imgs" / n) for n in names_in_order
-                                                         if n.endswith(".jpg")]
+    assert code == 1 and [x["path"] for x in lines] == [
+        str(tmp_path / "imgs" / n) for n in names_in_order if n.endswith(".jpg")
+    ]
     assert "error" in lines[1] and all(x["zoomed"] for x in lines if "top" in x)
     model, cfg, _ = _model(trained)
     x = eval_transform(cfg, model)(read_image(lines[0]["path"]), None, 0)[0][None]
@@ -194,15 +268,18 @@ def test_predict_from_an_export_with_adaptive_zoom_as_json(trained, synthetic_ro
     assert len(list((tmp_path / "vis").glob("*.png"))) == 2
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["{ckpt}", "{tmp}/nope"], "nope does not exist"),
-    (["{ckpt}", "{tmp}/empty"], "holds no image files"),
-    (["{tmp}/notes.txt", "{tmp}/empty"], "holds no image files"),
-    (["{tmp}/junk.pth", "{img}"], "not a readable ramstrans checkpoint"),
-    (["{ckpt}", "{img}", "--scales", "3"], "cannot run 3"),
-    (["{ckpt}", "{img}", "--scales", "auto", "--zoom-threshold", "1.5"], "--zoom-threshold must be in [0, 1]"),
-    (["{tmp}", "{img}"], "not an exported model folder"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["{ckpt}", "{tmp}/nope"], "nope does not exist"),
+        (["{ckpt}", "{tmp}/empty"], "holds no image files"),
+        (["{tmp}/notes.txt", "{tmp}/empty"], "holds no image files"),
+        (["{tmp}/junk.pth", "{img}"], "not a readable ramstrans checkpoint"),
+        (["{ckpt}", "{img}", "--scales", "3"], "cannot run 3"),
+        (["{ckpt}", "{img}", "--scales", "auto", "--zoom-threshold", "1.5"], "--zoom-threshold must be in [0, 1]"),
+        (["{tmp}", "{img}"], "not an exported model folder"),
+    ],
+)
 def test_predict_bad_input_is_one_sentence(trained, synthetic_root, tmp_path, capsys, argv, fragment):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("x")
@@ -216,11 +293,25 @@ def test_predict_bad_input_is_one_sentence(trained, synthetic_root, tmp_path, ca
 
 def test_many_classes_get_the_most_confused_pairs(trained, tmp_path, monkeypatch):
     from ramstrans.plots import confused_pairs
+
     m = np.array([[5, 3, 0], [1, 4, 2], [0, 3, 6]])
     assert confused_pairs(m) == [(0, 1, 3, 3 / 8), (2, 1, 3, 3 / 9), (1, 2, 2, 2 / 7), (1, 0, 1, 1 / 7)]
     monkeypatch.setattr("ramstrans.evaluate.CONFUSION_PLOT_MAX", 2)  # as if the 3 classes were more than 50
-    assert main(["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--workers", "0", "--no-progress",
-                 "--output", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(trained / "checkpoint.pth"),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--output",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "ev" / "confusion.png").exists()
     pairs = list(csv.DictReader(io.StringIO((tmp_path / "ev" / "confused_pairs.csv").read_text())))
     assert pairs and set(pairs[0]) == {"true_class", "predicted_class", "images", "share_of_true_class"}

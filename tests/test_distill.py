@@ -1,5 +1,6 @@
 """Knowledge distillation: the student's tokens against timm's distilled ViT, the loss against hand-written formulas,
 the frozen teacher, exact resume, and a teacher trained and exported by the CLI."""
+
 import json
 import shutil
 
@@ -8,9 +9,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import TINY_TRAIN, eval_summary, sets, stop_after_step
+from test_pretrained import write_google_npz
 from timm.models.deit import VisionTransformerDistilled
 
-from conftest import TINY_TRAIN, eval_summary, sets, stop_after_step
 from ramstrans import checkpoint as ckpt_mod
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
@@ -20,18 +22,31 @@ from ramstrans.models import Classifier, MultiScaleForward, MultiScaleOutput, RA
 from ramstrans.models.pretrained import load_pretrained
 from ramstrans.teacher import Teacher
 from ramstrans.train import run_training
-from test_pretrained import write_google_npz
 
 VIT = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5)
-TEACHER_TRAIN = ["model.type=classifier", "model.backbone=resnet10t", "model.num_scales=1", "loss.scale_weights=[1.0]",
-                 "model.backbone_kwargs={channels: [8, 8, 16, 16]}"]
+TEACHER_TRAIN = [
+    "model.type=classifier",
+    "model.backbone=resnet10t",
+    "model.num_scales=1",
+    "loss.scale_weights=[1.0]",
+    "model.backbone_kwargs={channels: [8, 8, 16, 16]}",
+]
 STUDENT = ["model.dist_token=true"]
 
 
 def _student(num_scales=1, **kw):
     torch.manual_seed(0)
-    return RAMSTrans("vit_tiny_patch16_224", num_classes=5, img_size=64, num_scales=num_scales, dist_token=True,
-                     embed_dim=32, depth=2, num_heads=2, **kw)
+    return RAMSTrans(
+        "vit_tiny_patch16_224",
+        num_classes=5,
+        img_size=64,
+        num_scales=num_scales,
+        dist_token=True,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        **kw,
+    )
 
 
 def test_one_scale_student_is_timms_distilled_vit():
@@ -66,8 +81,14 @@ def test_tail_token_layout_with_moved_position_embedding_is_the_same_function():
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     patches = vit.patch_embed(x)
     pos = vit.pos_embed
-    tail = torch.cat([vit.cls_token.expand(2, -1, -1) + pos[:, :1], patches + pos[:, 2:],
-                      vit.dist_token.expand(2, -1, -1) + pos[:, 1:2]], dim=1)
+    tail = torch.cat(
+        [
+            vit.cls_token.expand(2, -1, -1) + pos[:, :1],
+            patches + pos[:, 2:],
+            vit.dist_token.expand(2, -1, -1) + pos[:, 1:2],
+        ],
+        dim=1,
+    )
     with torch.no_grad():
         tokens = vit.norm(vit.blocks(tail))
         want = (vit.head(tokens[:, 0]) + vit.head_dist(tokens[:, -1])) / 2
@@ -108,20 +129,24 @@ def test_plain_vit_weights_lift_into_the_student(tmp_path):
 
 def test_a_classifier_loads_timm_files_and_its_own_checkpoints(tmp_path):
     from safetensors.torch import save_file
+
     torch.manual_seed(2)
     src = timm.create_model("resnet10t", num_classes=9, channels=[8, 8, 16, 16])
     save_file(src.state_dict(), str(tmp_path / "r.safetensors"))
-    clf = Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16],
-                     pretrained=str(tmp_path / "r.safetensors"))
+    clf = Classifier(
+        "resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16], pretrained=str(tmp_path / "r.safetensors")
+    )
     got, want = clf.backbone.net.state_dict(), src.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want if not k.startswith("fc."))
     assert clf.backbone.net.fc.weight.shape == (5, 16)  # 9 classes in the file: the fresh head stays
     with pytest.raises(ValueError, match="do not fit model 'resnet10t'"):
-        Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 32],
-                   pretrained=str(tmp_path / "r.safetensors"))
+        Classifier(
+            "resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 32], pretrained=str(tmp_path / "r.safetensors")
+        )
     run = _teacher_run(tmp_path)  # a ramstrans checkpoint of a classifier: its weights and normalisation
-    clf = Classifier("resnet10t", num_classes=3, img_size=64, channels=[8, 8, 16, 16],
-                     pretrained=str(run / "checkpoint.pth"))
+    clf = Classifier(
+        "resnet10t", num_classes=3, img_size=64, channels=[8, 8, 16, 16], pretrained=str(run / "checkpoint.pth")
+    )
     saved = load_checkpoint(run / "checkpoint.pth")["model"]
     assert all(torch.equal(v, saved[f"backbone.{k}"]) for k, v in clf.backbone.state_dict().items())
 
@@ -129,7 +154,7 @@ def test_a_classifier_loads_timm_files_and_its_own_checkpoints(tmp_path):
 def _hand_kl(student, teacher, tau):
     s, t = student.double() / tau, teacher.double() / tau
     p_t = t.softmax(-1)
-    return (p_t * (p_t.log() - s.log_softmax(-1))).sum() * tau ** 2
+    return (p_t * (p_t.log() - s.log_softmax(-1))).sum() * tau**2
 
 
 def test_distillation_terms_equal_the_formulas():
@@ -137,8 +162,7 @@ def test_distillation_terms_equal_the_formulas():
     B, K, tau = 4, 6, 2.0
     s, t = torch.randn(B, K), torch.randn(B, K)
     assert kd_term(s, t, "soft", tau, "batchmean").item() == pytest.approx(_hand_kl(s, t, tau).item() / B, rel=1e-5)
-    assert kd_term(s, t, "soft", tau, "classes").item() == pytest.approx(_hand_kl(s, t, tau).item() / (B * K),
-                                                                          rel=1e-5)
+    assert kd_term(s, t, "soft", tau, "classes").item() == pytest.approx(_hand_kl(s, t, tau).item() / (B * K), rel=1e-5)
     hard = -s.double().log_softmax(-1)[torch.arange(B), t.argmax(-1)].mean()
     assert kd_term(s, t, "hard").item() == pytest.approx(hard.item(), rel=1e-6)
     assert kd_term(t, t, "soft", tau).item() == pytest.approx(0.0, abs=1e-6)  # student agrees with the teacher
@@ -160,10 +184,12 @@ def test_distillation_loss_weights_the_terms_per_scale():
     B, K, alpha, tau = 3, 5, 0.3, 1.5
     cls, dist, t = torch.randn(2, B, K), torch.randn(2, B, K), torch.randn(B, K)
     y = torch.tensor([0, 4, 2])
-    out = MultiScaleOutput(logits=list(cls), dist_logits=list(dist), boxes=[torch.zeros(B, 4)], rollout=[],
-                           cls_attention=[])
-    loss = DistillationLoss(base=MultiScaleLoss(weights=(1.0, 0.7)), teacher=_Fixed(t), kind="soft", alpha=alpha,
-                            tau=tau, scales=[0])
+    out = MultiScaleOutput(
+        logits=list(cls), dist_logits=list(dist), boxes=[torch.zeros(B, 4)], rollout=[], cls_attention=[]
+    )
+    loss = DistillationLoss(
+        base=MultiScaleLoss(weights=(1.0, 0.7)), teacher=_Fixed(t), kind="soft", alpha=alpha, tau=tau, scales=[0]
+    )
     terms = loss(torch.zeros(B, 3, 8, 8), out, y)
     ce = [F.cross_entropy(c.double(), y).item() for c in (*cls, *dist)]
     assert terms["ce_scale1"].item() == pytest.approx((1 - alpha) * ce[0], rel=1e-6)
@@ -202,8 +228,9 @@ def test_teacher_sees_the_student_pixels_in_its_own_normalisation():
     teacher = Teacher(model=net, student_mean=s_mean, student_std=s_std)
     pixels = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     x = ((pixels - torch.tensor(s_mean).view(1, 3, 1, 1)) / torch.tensor(s_std).view(1, 3, 1, 1)).float()
-    t_mean, t_std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406),
-                                                                                      (0.229, 0.224, 0.225)))
+    t_mean, t_std = (
+        torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    )
     want = (pixels - t_mean) / t_std
     torch.testing.assert_close(teacher.normalize_input(x).double(), want, rtol=0, atol=1e-5)
     torch.testing.assert_close(teacher(x), torch.log_softmax(net.eval()(want.float()), -1), rtol=0, atol=1e-5)
@@ -217,12 +244,31 @@ def _teacher_run(tmp_path):
 
 def test_a_teacher_trained_and_exported_by_the_cli_teaches(tmp_path, capsys):
     run = _teacher_run(tmp_path)
-    assert main(["export", "--checkpoint", str(run / "checkpoint.pth"), "--format", "timm", "--out",
-                 str(tmp_path / "exported")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run / "checkpoint.pth"),
+                "--format",
+                "timm",
+                "--out",
+                str(tmp_path / "exported"),
+            ]
+        )
+        == 0
+    )
     for i, teacher in enumerate((run / "checkpoint.pth", run, tmp_path / "exported")):
         student = tmp_path / f"student{i}"
-        assert main(["train", "--no-progress", "--output-dir", str(student)] + sets(
-            *TINY_TRAIN, *STUDENT, "distill.enabled=true", f"distill.teacher={teacher}", "distill.scales=[1, 2]")) == 0
+        assert (
+            main(
+                ["train", "--no-progress", "--output-dir", str(student)]
+                + sets(
+                    *TINY_TRAIN, *STUDENT, "distill.enabled=true", f"distill.teacher={teacher}", "distill.scales=[1, 2]"
+                )
+            )
+            == 0
+        )
         records = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
         first = next(r for r in records if r["kind"] == "teacher")
         assert first["name"] == "resnet10t" and first["split"] == "test"
@@ -246,9 +292,18 @@ def test_resume_with_a_teacher_is_exact_and_checks_the_teacher(tmp_path, monkeyp
     run = _teacher_run(tmp_path)
 
     def cfg(out, teacher=run):
-        return load_config(None, TINY_TRAIN + STUDENT + ["distill.enabled=true", f"distill.teacher={teacher}",
-                                                         "distill.type=hard", "train.steps=4",
-                                                         f"train.output_dir={out}"])
+        return load_config(
+            None,
+            TINY_TRAIN
+            + STUDENT
+            + [
+                "distill.enabled=true",
+                f"distill.teacher={teacher}",
+                "distill.type=hard",
+                "train.steps=4",
+                f"train.output_dir={out}",
+            ],
+        )
 
     straight = run_training(cfg(tmp_path / "a"), show_progress=False)
     want = load_checkpoint(straight["checkpoint"])["model"]
@@ -275,8 +330,10 @@ def test_onnx_of_a_student_and_a_classifier(tmp_path):
     assert main(["train", "--no-progress", "--output-dir", str(student)] + sets(*TINY_TRAIN, *STUDENT)) == 0
     for ckpt, scales in ((run / "checkpoint.pth", 1), (student / "checkpoint.pth", 2)):
         path = tmp_path / f"{ckpt.parent.name}.onnx"
-        assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(path), "--scales",
-                     str(scales)]) == 0
+        assert (
+            main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(path), "--scales", str(scales)])
+            == 0
+        )
         model = ckpt_mod.model_from_checkpoint(load_checkpoint(ckpt))[0].eval()
         x = torch.randn(3, 3, 64, 64)
         got = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
@@ -299,13 +356,24 @@ class _Spy(torch.nn.Module):
 def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_targets():
     from ramstrans.engine import _backward
     from ramstrans.mixing import Mixer
+
     student = _student(num_scales=2).train()
     spy = _Spy()
     loss = DistillationLoss(base=MultiScaleLoss(weights=(1.0, 1.0)), teacher=spy, alpha=0.5, scales=[0, 1])
     mixer = Mixer(num_classes=5, image_size=(64, 64), grid_size=(4, 4), mixup_alpha=0.0, cutmix_alpha=1.0, seed=3)
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    terms = _backward(MultiScaleForward(student), loss, {"image": x, "label": y}, torch.device("cpu"), None, None,
-                      mixer, 7, 1.0, lambda record: None)
+    terms = _backward(
+        MultiScaleForward(student),
+        loss,
+        {"image": x, "label": y},
+        torch.device("cpu"),
+        None,
+        None,
+        mixer,
+        7,
+        1.0,
+        lambda record: None,
+    )
     mixed, targets_for = mixer(x, y, 7)
     assert not torch.equal(mixed, x) and torch.equal(spy.seen[0], mixed)
     out = student.forward_multiscale(mixed)
@@ -319,6 +387,7 @@ def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_t
 def test_both_models_refuse_a_batch_of_the_wrong_shape_naming_the_expected_one():
     """The one shape check (InputNorm.check_input) serves RAMSTrans and the classifier, each named in its message."""
     from conftest import tiny_model
+
     clf = Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16])
     for model, who in ((tiny_model(), "RAMSTrans"), (clf, "the classifier")):
         with pytest.raises(ValueError, match=rf"^{who} expects a \(B, 3, 64, 64\) batch, got shape \(2, 3, 48, 64\)$"):

@@ -1,4 +1,5 @@
 """DistributedDataParallel on the CPU with gloo: two spawned processes against one process on the joint batch."""
+
 import json
 import os
 import socket
@@ -7,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import TINY_TRAIN
+
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import build_data, eval_loader, load_index, train_loader
@@ -26,8 +27,9 @@ def _free_port() -> int:
 
 
 def _env(rank: int, world: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
 
 
 def _cfg(root, out, *extra):
@@ -58,10 +60,21 @@ def _train_and_record(root, out, batch, rank=0, world=1, accum=1):
 
     record(0)
     # no warm-up: the first step's lr is not 0, so every compared step moves the weights
-    train_steps(module, MultiScaleLoss(), opt, build_scheduler(replace(t, warmup_steps=0), opt),
-                train_loader(data.train, batch, t.seed, 0, 0, rank, world, accum), device=device, start_step=0,
-                total_steps=3, grad_accum=accum, clip_grad=1.0, after_step=record, show_progress=False,
-                world_size=world)
+    train_steps(
+        module,
+        MultiScaleLoss(),
+        opt,
+        build_scheduler(replace(t, warmup_steps=0), opt),
+        train_loader(data.train, batch, t.seed, 0, 0, rank, world, accum),
+        device=device,
+        start_step=0,
+        total_steps=3,
+        grad_accum=accum,
+        clip_grad=1.0,
+        after_step=record,
+        show_progress=False,
+        world_size=world,
+    )
     shutdown()
 
 
@@ -72,8 +85,12 @@ def _ddp_train_worker(rank, world, port, root, out, batch, accum):
 
 @pytest.mark.parametrize("batch,accum", [(2, 1), (1, 2)])
 def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root, batch, accum):
-    mp.start_processes(_ddp_train_worker, args=(2, _free_port(), synthetic_root, tmp_path, batch, accum), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _ddp_train_worker,
+        args=(2, _free_port(), synthetic_root, tmp_path, batch, accum),
+        nprocs=2,
+        start_method="spawn",
+    )
     _train_and_record(synthetic_root, tmp_path, batch=4)
     for step in (1, 2, 3):
         r0, r1 = (torch.load(tmp_path / f"w2_rank{r}_step{step}.pt") for r in (0, 1))
@@ -88,16 +105,16 @@ def _ddp_eval_worker(rank, world, port, root, ckpt_out):
     info, device = init_distributed("cpu", 60)
     _, model, data = _tiny(root, ckpt_out)
     shard = range(rank, len(data.test), world)
-    res, _ = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3,
-                      reduce=all_reduce_sum_)
+    res, _ = evaluate(model, eval_loader(data.test, 2, 0, shard), device=device, num_classes=3, reduce=all_reduce_sum_)
     if info.is_main:
         (ckpt_out / "dist_eval.json").write_text(json.dumps(res))
     shutdown()
 
 
 def test_distributed_evaluation_equals_single_process(tmp_path, synthetic_root):
-    mp.start_processes(_ddp_eval_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _ddp_eval_worker, args=(2, _free_port(), synthetic_root, tmp_path), nprocs=2, start_method="spawn"
+    )
     got = json.loads((tmp_path / "dist_eval.json").read_text())
     _, model, data = _tiny(synthetic_root, tmp_path)
     want, _ = evaluate(model, eval_loader(data.test, 3, 0), device=torch.device("cpu"), num_classes=3)
@@ -113,26 +130,46 @@ def _run_training_worker(rank, world, port, root, out):
 
 def test_only_rank0_writes_and_a_single_process_resumes(tmp_path, synthetic_root):
     out = tmp_path / "run"
-    mp.start_processes(_run_training_worker, args=(2, _free_port(), synthetic_root, out), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _run_training_worker, args=(2, _free_port(), synthetic_root, out), nprocs=2, start_method="spawn"
+    )
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3]  # one writer: each step logged once
     assert sorted(p.name for p in out.iterdir()) == [
-        ".lock", "checkpoint.pth", "config.yaml", "curves.png", "metrics.jsonl", "metrics_eval.csv",
-        "metrics_start.csv", "metrics_train.csv", "summary.json"]
+        ".lock",
+        "checkpoint.pth",
+        "config.yaml",
+        "curves.png",
+        "metrics.jsonl",
+        "metrics_eval.csv",
+        "metrics_start.csv",
+        "metrics_train.csv",
+        "summary.json",
+    ]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     assert load_checkpoint(out / "checkpoint.pth")["data_positions"] == [3, 3]  # both ranks' batch positions
-    resumed = run_training(_cfg(synthetic_root, out, "train.steps=5", "train.ckpt_every=5"),
-                           resume=str(out / "checkpoint.pth"), show_progress=False)
+    resumed = run_training(
+        _cfg(synthetic_root, out, "train.steps=5", "train.ckpt_every=5"),
+        resume=str(out / "checkpoint.pth"),
+        show_progress=False,
+    )
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert [(r["step"], r["resumed"], r["world_size"]) for r in lines if r["kind"] == "start"] == [
-        (0, False, 2), (3, True, 1)]
+        (0, False, 2),
+        (3, True, 1),
+    ]
     assert resumed["train"]["steps"] == 2  # continued at step 4, not from scratch
 
 
-DISTILL = ["model.dist_token=true", "distill.enabled=true", "distill.scales=[1, 2]", "train.steps=3",
-           "train.warmup_steps=0", "train.ckpt_every=3"]
+DISTILL = [
+    "model.dist_token=true",
+    "distill.enabled=true",
+    "distill.scales=[1, 2]",
+    "train.steps=3",
+    "train.warmup_steps=0",
+    "train.ckpt_every=3",
+]
 
 
 def _distill_worker(rank, world, port, root, out, teacher):
@@ -143,13 +180,28 @@ def _distill_worker(rank, world, port, root, out, teacher):
 def test_ddp_distillation_equals_one_process_on_the_joint_batch(tmp_path, synthetic_root):
     """The teacher stays outside DDP (in the criterion): two processes of 2 images train the student as one of 4."""
     teacher = tmp_path / "teacher"
-    run_training(_cfg(synthetic_root, teacher, "model.type=classifier", "model.backbone=resnet10t",
-                      "model.num_scales=1", "loss.scale_weights=[1.0]",
-                      "model.backbone_kwargs={channels: [8, 8, 16, 16]}"), show_progress=False)
-    mp.start_processes(_distill_worker, args=(2, _free_port(), synthetic_root, tmp_path / "ddp", teacher), nprocs=2,
-                       start_method="spawn")
-    run_training(_cfg(synthetic_root, tmp_path / "one", *DISTILL, f"distill.teacher={teacher}",
-                      "train.batch_size=4"), show_progress=False)
+    run_training(
+        _cfg(
+            synthetic_root,
+            teacher,
+            "model.type=classifier",
+            "model.backbone=resnet10t",
+            "model.num_scales=1",
+            "loss.scale_weights=[1.0]",
+            "model.backbone_kwargs={channels: [8, 8, 16, 16]}",
+        ),
+        show_progress=False,
+    )
+    mp.start_processes(
+        _distill_worker,
+        args=(2, _free_port(), synthetic_root, tmp_path / "ddp", teacher),
+        nprocs=2,
+        start_method="spawn",
+    )
+    run_training(
+        _cfg(synthetic_root, tmp_path / "one", *DISTILL, f"distill.teacher={teacher}", "train.batch_size=4"),
+        show_progress=False,
+    )
     got, want = (load_checkpoint(tmp_path / d / "checkpoint.pth")["model"] for d in ("ddp", "one"))
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=2e-6, rtol=1e-5, msg=k)
@@ -173,12 +225,18 @@ def test_unreachable_rendezvous_is_a_clear_timeout(tmp_path):
 def test_more_processes_than_images_is_refused(tmp_path, synthetic_root, monkeypatch):
     from ramstrans.dist import DistInfo
     from ramstrans.train import _build
+
     with pytest.raises(ValueError, match="the test split has 9 images, fewer than the 16 processes"):
         _build(_cfg(synthetic_root, tmp_path), None, DistInfo(rank=0, world_size=16), torch.device("cpu"))
 
 
-SELF_DISTILL = ["loss.self_distill=2.0", "loss.self_distill_tau=2.0", "train.steps=3", "train.warmup_steps=0",
-                "train.ckpt_every=3"]
+SELF_DISTILL = [
+    "loss.self_distill=2.0",
+    "loss.self_distill_tau=2.0",
+    "train.steps=3",
+    "train.warmup_steps=0",
+    "train.ckpt_every=3",
+]
 
 
 def _self_distill_worker(rank, world, port, root, out):
@@ -188,8 +246,9 @@ def _self_distill_worker(rank, world, port, root, out):
 
 def test_ddp_self_distillation_equals_one_process_on_the_joint_batch(tmp_path, synthetic_root):
     """Each image's target is its own fused prediction: two processes of 2 images train as one of 4."""
-    mp.start_processes(_self_distill_worker, args=(2, _free_port(), synthetic_root, tmp_path / "ddp"), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _self_distill_worker, args=(2, _free_port(), synthetic_root, tmp_path / "ddp"), nprocs=2, start_method="spawn"
+    )
     run_training(_cfg(synthetic_root, tmp_path / "one", *SELF_DISTILL, "train.batch_size=4"), show_progress=False)
     got, want = (load_checkpoint(tmp_path / d / "checkpoint.pth")["model"] for d in ("ddp", "one"))
     for k in want:

@@ -1,4 +1,5 @@
 """MultiScaleLoss against torch's own cross-entropy."""
+
 import pytest
 import torch
 import torch.nn.functional as F

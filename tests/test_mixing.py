@@ -1,11 +1,12 @@
 """TransMix / CutMix / Mixup weights on hand-worked cases, the zoomed-scale rule, targets, and a CLI run."""
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY_TRAIN
+
 from ramstrans.cli import main
 from ramstrans.mixing import Mixer, MixInfo, patch_box_mask, transmix_lambda, zoomed_lambda
 
@@ -41,10 +42,14 @@ def test_patch_mask_is_nearest_neighbour_downsampling_of_the_pixel_mask():
 
 def test_zoomed_scale_rule_on_hand_worked_crops():
     box = (0, 16, 32, 64)  # the pasted region: top-right quarter of a 32 x 64 image
-    crops = torch.tensor([[0.0, 16.0, 32.0, 32.0],    # bottom-left quarter: misses the box
-                          [32.0, 0.0, 64.0, 16.0],    # exactly the box
-                          [40.0, 4.0, 56.0, 12.0],    # inside the box
-                          [16.0, 0.0, 48.0, 16.0]])   # half over the box (right half)
+    crops = torch.tensor(
+        [
+            [0.0, 16.0, 32.0, 32.0],  # bottom-left quarter: misses the box
+            [32.0, 0.0, 64.0, 16.0],  # exactly the box
+            [40.0, 4.0, 56.0, 12.0],  # inside the box
+            [16.0, 0.0, 48.0, 16.0],
+        ]
+    )  # half over the box (right half)
     attn = torch.zeros(4, 8)
     attn[:, 3] = 1.0  # each zoomed view attends to its top-right patch only
     lam = zoomed_lambda(attn, crops, box, IMG, GRID)
@@ -90,6 +95,7 @@ def test_cutmix_pastes_the_partner_and_mixup_blends():
 
 def test_switch_prob_sets_the_share_of_cutmix():
     import numpy as np
+
     m = Mixer(num_classes=4, image_size=IMG, grid_size=GRID, switch_prob=0.8)
     kinds = [m.mix(torch.zeros(2, 3, *IMG), key)[1].kind for key in range(400)]
     # the documented rule, drawn independently: mixed if u1 < prob, then CutMix if u2 < switch_prob
@@ -103,34 +109,37 @@ def test_switch_prob_sets_the_share_of_cutmix():
 def test_the_box_is_timms_rule_and_numpys_global_generator_is_untouched(monkeypatch):
     import numpy as np
     from timm.data import mixup as timm_mixup
+
     for lam, centre in [(0.75, (10, 40)), (0.3, (0, 0)), (0.9, (31, 63))]:
         draws = iter(centre)
-        monkeypatch.setattr(timm_mixup.np.random, "randint", lambda lo, hi, size=None: next(draws))
+        monkeypatch.setattr(timm_mixup.np.random, "randint", lambda lo, hi, size=None, draws=draws: next(draws))
         want = timm_mixup.rand_bbox((2, 3) + IMG, lam)  # timm's own rule with the same centre
         monkeypatch.undo()
 
         class Fixed:
-            def __init__(self):
+            def __init__(self, centre=centre):
                 self.values = iter(centre)
 
             def integers(self, lo, hi):
                 return next(self.values)
 
         from ramstrans.mixing import cutmix_box
+
         assert cutmix_box(Fixed(), IMG, lam) == tuple(int(v) for v in want)
     np.random.seed(123)
     state = np.random.get_state()
     Mixer(num_classes=4, image_size=IMG, grid_size=GRID, mixup_alpha=0.0).mix(torch.zeros(2, 3, *IMG), 5)
-    assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-               for a, b in zip(np.random.get_state(), state))
+    assert all(
+        np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(np.random.get_state(), state)
+    )
 
 
 def test_correct_lam_off_keeps_the_beta_draw_as_the_area_weight():
     import numpy as np
+
     x = torch.zeros(2, 3, *IMG)
     for correct in (True, False):
-        m = Mixer(num_classes=4, image_size=IMG, grid_size=GRID, mixup_alpha=0.0, correct_lam=correct,
-                  transmix=False)
+        m = Mixer(num_classes=4, image_size=IMG, grid_size=GRID, mixup_alpha=0.0, correct_lam=correct, transmix=False)
         _, info = m.mix(x, 7)
         rng = np.random.default_rng([0, 0, 7])
         rng.random()  # mixed or not
@@ -150,8 +159,12 @@ def test_bad_mix_settings():
 
 
 def test_transmix_training_through_the_cli_logs_lambda(tmp_path):
-    sets = TINY_TRAIN + ["mix.enabled=true", "mix.switch_prob=1.0", "mix.transmix=false",
-                         f"train.output_dir={tmp_path}"]
+    sets = TINY_TRAIN + [
+        "mix.enabled=true",
+        "mix.switch_prob=1.0",
+        "mix.transmix=false",
+        f"train.output_dir={tmp_path}",
+    ]
     assert main(["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]) == 0
     mix = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "mix"]
     assert [r["step"] for r in mix] == [1, 2, 3] and all(r["mix"] == "cutmix" for r in mix)

@@ -1,11 +1,12 @@
 """The distilled transformer's architecture options: sliding-window attention and the convolutional feed-forward."""
+
 import pytest
 import timm
 import torch
+from conftest import eval_summary
 from timm.layers import Mlp
 from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
-from conftest import eval_summary
 from ramstrans.models import RAMSTrans
 from ramstrans.models.attention import WindowAttention, window_mask
 from ramstrans.models.ffn import ConvMlp
@@ -32,7 +33,7 @@ def _brute_force(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(B, H, N, d, dtype=x.dtype)
     for i in range(N):
         keys = attn.window_mask[i].nonzero().flatten()
-        w = (q[:, :, i:i + 1] @ k[:, :, keys].transpose(-2, -1) * d ** -0.5).softmax(-1)
+        w = (q[:, :, i : i + 1] @ k[:, :, keys].transpose(-2, -1) * d**-0.5).softmax(-1)
         out[:, :, i] = (w @ v[:, :, keys])[:, :, 0]
     return attn.proj(out.transpose(1, 2).reshape(B, N, C))
 
@@ -41,8 +42,20 @@ def _brute_force(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
 def test_window_attention_equals_a_per_query_loop_and_the_capture_is_masked(grid):
     torch.manual_seed(0)
     img = (grid[0] * 16, grid[1] * 16)
-    model = RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=img, depth=2, embed_dim=32, num_heads=2,
-                      attn_window=1, dist_token=True).double().eval()
+    model = (
+        RAMSTrans(
+            "vit_tiny_patch16_224",
+            num_classes=4,
+            img_size=img,
+            depth=2,
+            embed_dim=32,
+            num_heads=2,
+            attn_window=1,
+            dist_token=True,
+        )
+        .double()
+        .eval()
+    )
     attn = model.backbone.vit.blocks[0].attn
     assert isinstance(attn, WindowAttention) and attn.window_mask.shape == (2 + grid[0] * grid[1],) * 2
     x = torch.randn(2, 2 + grid[0] * grid[1], 32, dtype=torch.float64)
@@ -78,20 +91,33 @@ def test_conv_ffn_equals_timms_depthwise_mlp_and_starts_as_timms_mlp():
 
 def test_a_pretrained_vit_with_the_conv_ffn_is_the_same_function_at_initialisation(tmp_path):
     torch.manual_seed(1)
-    plain = timm.create_model("vit_tiny_patch16_224", img_size=(48, 80), depth=2, embed_dim=32, num_heads=2,
-                              num_classes=4).eval()
+    plain = timm.create_model(
+        "vit_tiny_patch16_224", img_size=(48, 80), depth=2, embed_dim=32, num_heads=2, num_classes=4
+    ).eval()
     torch.save(plain.state_dict(), tmp_path / "plain.pth")
-    model = RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=(48, 80), depth=2, embed_dim=32, num_heads=2,
-                      ffn="conv", ffn_kernel=3, pretrained=str(tmp_path / "plain.pth")).eval()
+    model = RAMSTrans(
+        "vit_tiny_patch16_224",
+        num_classes=4,
+        img_size=(48, 80),
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        ffn="conv",
+        ffn_kernel=3,
+        pretrained=str(tmp_path / "plain.pth"),
+    ).eval()
     x = torch.randn(2, 3, 48, 80)
     torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"attn_window": 4}, "model.attn_window must be 0"),
-    ({"attn_window": -1}, "model.attn_window must be 0"),
-    ({"ffn": "conv", "ffn_kernel": 2}, "model.ffn_kernel must be odd"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"attn_window": 4}, "model.attn_window must be 0"),
+        ({"attn_window": -1}, "model.attn_window must be 0"),
+        ({"ffn": "conv", "ffn_kernel": 2}, "model.ffn_kernel must be odd"),
+    ],
+)
 def test_options_out_of_range_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=64, depth=1, **kwargs)
@@ -99,6 +125,7 @@ def test_options_out_of_range_are_refused(kwargs, message):
 
 def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
     from ramstrans.models.fwt import FeatureWiseTransform
+
     layer = FeatureWiseTransform(4)
     x = torch.randn(3, 5, 4)
     assert torch.equal(layer.eval()(x), x)
@@ -108,19 +135,32 @@ def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
     zeros = torch.stack([layer(torch.zeros(1, 4)) for _ in range(20000)])  # β alone
     sp = torch.nn.functional.softplus
     want_beta, want_gamma = sp(torch.tensor(0.5)).item(), sp(torch.tensor(0.3)).item()
-    assert zeros.mean().item() == pytest.approx(0.0, abs=0.02) and zeros.std().item() == pytest.approx(want_beta,
-                                                                                                      rel=0.03)
-    total = (want_gamma ** 2 + want_beta ** 2) ** 0.5  # γ - 1 and β independent
-    assert draws.mean().item() == pytest.approx(0.0, abs=0.03) and draws.std().item() == pytest.approx(total,
-                                                                                                      rel=0.03)
+    assert zeros.mean().item() == pytest.approx(0.0, abs=0.02) and zeros.std().item() == pytest.approx(
+        want_beta, rel=0.03
+    )
+    total = (want_gamma**2 + want_beta**2) ** 0.5  # γ - 1 and β independent
+    assert draws.mean().item() == pytest.approx(0.0, abs=0.03) and draws.std().item() == pytest.approx(total, rel=0.03)
 
 
 def test_the_learning_to_learn_gradient_matches_a_finite_difference():
     from ramstrans.l2l import meta_losses
     from ramstrans.models import MultiScaleForward
+
     torch.manual_seed(0)
-    model = RAMSTrans("vit_tiny_patch16_224", num_classes=3, img_size=32, depth=1, embed_dim=8, num_heads=2,
-                      num_scales=1, fwt="learned").double().train()
+    model = (
+        RAMSTrans(
+            "vit_tiny_patch16_224",
+            num_classes=3,
+            img_size=32,
+            depth=1,
+            embed_dim=8,
+            num_heads=2,
+            num_scales=1,
+            fwt="learned",
+        )
+        .double()
+        .train()
+    )
     for blk in model.backbone.vit.blocks:
         blk.attn.fused_attn = False
     module = MultiScaleForward(model)
@@ -155,32 +195,51 @@ def test_a_run_with_learned_fwt_moves_theta_and_logs_the_unseen_loss(tmp_path):
     import json
 
     from conftest import TINY_TRAIN, sets
+
     from ramstrans.checkpoint import load_checkpoint
     from ramstrans.cli import main
     from ramstrans.models.fwt import FWT_INIT
+
     out = tmp_path / "run"
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(
-        *TINY_TRAIN, "model.fwt=learned", "model.attn_window=1", "model.ffn=conv", "train.warmup_steps=0")) == 0
+    assert (
+        main(
+            ["train", "--no-progress", "--output-dir", str(out)]
+            + sets(*TINY_TRAIN, "model.fwt=learned", "model.attn_window=1", "model.ffn=conv", "train.warmup_steps=0")
+        )
+        == 0
+    )
     train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert all("l2l_unseen" in r and r["l2l_unseen"] > 0 for r in train)
     state = load_checkpoint(out / "checkpoint.pth")["model"]
     assert not torch.all(state["backbone.fwt.0.theta_gamma"] == FWT_INIT[0])  # learned
-    assert main(["export", "--checkpoint", str(out / "checkpoint.pth"), "--format", "onnx", "--out",
-                 str(tmp_path / "m.onnx")]) == 0  # eval: the layers are the identity, nothing of them exported
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(out / "checkpoint.pth"),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )  # eval: the layers are the identity, nothing of them exported
     import onnx
+
     names = {i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
     assert not any("fwt" in n or "theta" in n for n in names)
 
 
-def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in_the_output(trained, tmp_path,
-                                                                                            capsys):
-    import json
+def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in_the_output(trained, tmp_path, capsys):
     import shutil
 
     import numpy as np
 
     from ramstrans.cli import main
     from ramstrans.data.transforms import Transform
+
     img = (np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)
     plain = Transform(train=False, crop=64, resize=72, mean=(0.5,) * 3, std=(0.5,) * 3)(img, None, 0)[0]
     for shift in (["colour"], ["blur"], ["contrast"], ["colour", "blur", "contrast"]):
@@ -190,8 +249,21 @@ def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in
     low = Transform(train=False, crop=64, resize=72, mean=(0.5,) * 3, std=(0.5,) * 3, shift=["contrast"])(img, None, 0)
     assert low[0].std() < 0.6 * plain.std()  # halved contrast
     run = shutil.copytree(trained, tmp_path / "run")
-    assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "blur,contrast",
-                 "--no-progress", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run / "checkpoint.pth"),
+                "--shift",
+                "blur,contrast",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     res = eval_summary(capsys)
     assert res["shift"] == ["blur", "contrast"]
     assert (run / "eval_test_scales1_raw_shift-blur+contrast" / "summary.json").is_file()

@@ -1,10 +1,11 @@
 """The pretext stream, pretraining resume, and the shipped `synthetic-tiny` weights."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import stop_after_step
+
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import Transform, eval_loader, train_loader
@@ -16,9 +17,18 @@ from ramstrans.models.pretrained import shipped_weights
 from ramstrans.train import run_training
 
 PRETRAIN_TINY = [
-    "model.img_size=64", "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "data.resize=72",
-    "data.num_workers=0", "data.synthetic.image_size=80", "data.pretext_test_size=8", "train.batch_size=4",
-    "train.steps=4", "train.warmup_steps=1", "train.log_every=1", "train.ckpt_every=2", "train.eval_every=0",
+    "model.img_size=64",
+    "model.backbone_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+    "data.resize=72",
+    "data.num_workers=0",
+    "data.synthetic.image_size=80",
+    "data.pretext_test_size=8",
+    "train.batch_size=4",
+    "train.steps=4",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.ckpt_every=2",
+    "train.eval_every=0",
     "train.eval_batch_size=8",
 ]
 
@@ -64,8 +74,14 @@ def test_shipped_weights_load_offline_by_name_and_keep_their_accuracy(monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "synthetic-tiny" in shipped_weights()
     meta = json.loads(shipped_weights()["synthetic-tiny"].with_suffix(".json").read_text())
-    model = RAMSTrans(backbone=meta["architecture"], num_classes=meta["num_classes"], img_size=meta["img_size"],
-                      num_scales=1, pretrained="synthetic-tiny", **meta["timm_kwargs"]).eval()
+    model = RAMSTrans(
+        backbone=meta["architecture"],
+        num_classes=meta["num_classes"],
+        img_size=meta["img_size"],
+        num_scales=1,
+        pretrained="synthetic-tiny",
+        **meta["timm_kwargs"],
+    ).eval()
     assert model.backbone.mean == tuple(meta["mean"]) and model.backbone.std == tuple(meta["std"])
     check = meta["pretext_check"]
     t = Transform(train=False, crop=meta["img_size"], resize=check["resize"], mean=meta["mean"], std=meta["std"])
@@ -74,7 +90,12 @@ def test_shipped_weights_load_offline_by_name_and_keep_their_accuracy(monkeypatc
     chance = 100.0 / len(FAMILIES)
     assert check["top1"] > 3 * chance  # the recorded number is that of a trained model
     assert res["top1"] == pytest.approx(check["top1"], abs=2.0)
-    fresh = RAMSTrans(backbone=meta["architecture"], num_classes=meta["num_classes"], img_size=meta["img_size"],
-                      num_scales=1, **meta["timm_kwargs"]).eval()
+    fresh = RAMSTrans(
+        backbone=meta["architecture"],
+        num_classes=meta["num_classes"],
+        img_size=meta["img_size"],
+        num_scales=1,
+        **meta["timm_kwargs"],
+    ).eval()
     res_fresh, _ = evaluate(fresh, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=meta["num_classes"])
     assert res_fresh["top1"] < check["top1"] - 20  # a random file would not pass

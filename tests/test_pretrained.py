@@ -1,4 +1,5 @@
 """Pretrained loading from files the tests write in the real on-disk formats."""
+
 import time
 
 import numpy as np
@@ -6,15 +7,15 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-
 from conftest import tiny_model
+from safetensors.torch import save_file
 
 
 def _source(num_classes=7, img_size=64, depth=2):
     torch.manual_seed(1)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size, depth=depth,
-                             num_classes=num_classes).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=img_size, depth=depth, num_classes=num_classes
+    ).eval()
 
 
 def write_google_npz(vit, path, extra=None):
@@ -39,8 +40,8 @@ def write_google_npz(vit, path, extra=None):
         b, p = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
         qkv_w, qkv_b = sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]
         for j, n in enumerate(("query", "key", "value")):
-            w[f"{b}MultiHeadDotProductAttention_1/{n}/kernel"] = qkv_w[j * D:(j + 1) * D].T.reshape(D, H, hd)
-            w[f"{b}MultiHeadDotProductAttention_1/{n}/bias"] = qkv_b[j * D:(j + 1) * D].reshape(H, hd)
+            w[f"{b}MultiHeadDotProductAttention_1/{n}/kernel"] = qkv_w[j * D : (j + 1) * D].T.reshape(D, H, hd)
+            w[f"{b}MultiHeadDotProductAttention_1/{n}/bias"] = qkv_b[j * D : (j + 1) * D].reshape(H, hd)
         w[f"{b}MultiHeadDotProductAttention_1/out/kernel"] = sd[p + "attn.proj.weight"].T.reshape(H, hd, D)
         w[f"{b}MultiHeadDotProductAttention_1/out/bias"] = sd[p + "attn.proj.bias"]
         for ln, n in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
@@ -89,8 +90,14 @@ def test_google_npz_at_another_resolution_resamples_pos_embed_like_timm(tmp_path
     torch.testing.assert_close(vit.pos_embed, want_pos, atol=1e-6, rtol=0)
     _assert_same_weights(vit, src, skip=("pos_embed", "head.weight", "head.bias"))
     assert vit.head.weight.shape == (5, 192)
-    timm_own = timm.create_model("vit_tiny_patch16_224", img_size=96, depth=2, num_classes=5, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "w.npz"), custom_load=True))
+    timm_own = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=96,
+        depth=2,
+        num_classes=5,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "w.npz"), custom_load=True),
+    )
     _assert_same_weights(vit, timm_own, skip=("head.weight", "head.bias"))
 
 
@@ -129,18 +136,33 @@ class _Evil:
         return (print, ("unpickled!",))
 
 
-@pytest.mark.parametrize("make,exc,match", [
-    (lambda d: d / "missing.npz", FileNotFoundError, "does not exist"),
-    (lambda d: _written(d / "t.pth", b"not a checkpoint"), ValueError, "not a readable"),
-    (lambda d: _written(d / "t.safetensors", b"\0" * 20), ValueError, "not a readable"),
-    (lambda d: torch.save({"obj": _Evil()}, d / "evil.pth") or d / "evil.pth", ValueError, "not a readable"),
-    (lambda d: np.savez(d / "r.npz", a=np.zeros(3)) or d / "r.npz", ValueError, "not a Google ViT .npz"),
-    (lambda d: write_google_npz(_source(depth=1), d / "d1.npz") or d / "d1.npz", ValueError, "not a Google ViT"),
-    (lambda d: save_file(timm.create_model("vit_small_patch16_224", img_size=64, depth=2).state_dict(),
-                         str(d / "s.safetensors")) or d / "s.safetensors", ValueError, "has shape"),
-    (lambda d: save_file({"foo": torch.zeros(2)}, str(d / "f.safetensors")) or d / "f.safetensors", ValueError,
-     "do not fit"),
-])
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda d: d / "missing.npz", FileNotFoundError, "does not exist"),
+        (lambda d: _written(d / "t.pth", b"not a checkpoint"), ValueError, "not a readable"),
+        (lambda d: _written(d / "t.safetensors", b"\0" * 20), ValueError, "not a readable"),
+        (lambda d: torch.save({"obj": _Evil()}, d / "evil.pth") or d / "evil.pth", ValueError, "not a readable"),
+        (lambda d: np.savez(d / "r.npz", a=np.zeros(3)) or d / "r.npz", ValueError, "not a Google ViT .npz"),
+        (lambda d: write_google_npz(_source(depth=1), d / "d1.npz") or d / "d1.npz", ValueError, "not a Google ViT"),
+        (
+            lambda d: (
+                save_file(
+                    timm.create_model("vit_small_patch16_224", img_size=64, depth=2).state_dict(),
+                    str(d / "s.safetensors"),
+                )
+                or d / "s.safetensors"
+            ),
+            ValueError,
+            "has shape",
+        ),
+        (
+            lambda d: save_file({"foo": torch.zeros(2)}, str(d / "f.safetensors")) or d / "f.safetensors",
+            ValueError,
+            "do not fit",
+        ),
+    ],
+)
 def test_bad_pretrained_files_are_refused(tmp_path, make, exc, match):
     path = make(tmp_path)
     with pytest.raises(exc, match=match):

@@ -1,9 +1,10 @@
 """Proposal geometry on hand-worked grids; batched crop-and-zoom against per-sample references."""
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ramstrans.models import compose_boxes, component_boxes, crop_and_zoom, largest_component, threshold_rollout
+from ramstrans.models import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
 
 P = (16, 16)
 
@@ -19,33 +20,20 @@ def _box(rows, patch=P):
 
 
 def test_one_blob():
-    assert _box(["....",
-                 ".##.",
-                 ".#..",
-                 "...."]) == [16, 16, 48, 48]
+    assert _box(["....", ".##.", ".#..", "...."]) == [16, 16, 48, 48]
 
 
 def test_two_blobs_keep_the_larger():
-    assert _box(["##...",
-                 "#....",
-                 ".....",
-                 "...##",
-                 "...##"]) == [48, 48, 80, 80]
+    assert _box(["##...", "#....", ".....", "...##", "...##"]) == [48, 48, 80, 80]
 
 
 def test_diagonal_only_connection_is_one_component():
-    assert _box(["#...",
-                 ".#..",
-                 "..#.",
-                 "...."]) == [0, 0, 48, 48]
+    assert _box(["#...", ".#..", "..#.", "...."]) == [0, 0, 48, 48]
 
 
 def test_tie_goes_to_the_component_first_in_row_major_order():
     # two 2-cell components; the right one starts on row 0, the left one on row 1
-    assert _box(["...#",
-                 "#..#",
-                 "#...",
-                 "...."]) == [48, 0, 64, 32]
+    assert _box(["...#", "#..#", "#...", "...."]) == [48, 0, 64, 32]
 
 
 def test_empty_mask_gives_the_full_image():
@@ -57,9 +45,14 @@ def test_full_mask_gives_the_full_image():
 
 
 def test_non_square_grid_and_patch():
-    assert _box(["......",
-                 "....##",
-                 "....#.",], patch=(8, 16)) == [64, 8, 96, 24]
+    assert _box(
+        [
+            "......",
+            "....##",
+            "....#.",
+        ],
+        patch=(8, 16),
+    ) == [64, 8, 96, 24]
 
 
 def test_batch_is_labelled_without_crossing_samples():
@@ -89,8 +82,12 @@ def _bilinear_reference(img, box, out_hw):
     yh, xh = np.minimum(yl + 1, H - 1), np.minimum(xl + 1, W - 1)
     wy, wx = (ys - yl)[:, None], (xs - xl)[None, :]
     a = img.double().numpy()
-    return ((1 - wy) * (1 - wx) * a[:, yl][:, :, xl] + (1 - wy) * wx * a[:, yl][:, :, xh]
-            + wy * (1 - wx) * a[:, yh][:, :, xl] + wy * wx * a[:, yh][:, :, xh])
+    return (
+        (1 - wy) * (1 - wx) * a[:, yl][:, :, xl]
+        + (1 - wy) * wx * a[:, yl][:, :, xh]
+        + wy * (1 - wx) * a[:, yh][:, :, xl]
+        + wy * wx * a[:, yh][:, :, xh]
+    )
 
 
 def test_crop_and_zoom_matches_per_sample_references():
@@ -127,6 +124,7 @@ def test_compose_boxes_maps_zoomed_pixels_back():
 def _scipy_largest(mask: np.ndarray) -> np.ndarray:
     """The reference: scipy's 8-connected labelling, largest component, ties to the first cell in row-major order."""
     from scipy import ndimage
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros_like(mask)
@@ -145,11 +143,11 @@ def _long_paths(h, w):
     spiral = np.zeros((h, w), bool)
     top, left, bottom, right = 0, 0, h - 1, w - 1
     while top <= bottom and left <= right:
-        spiral[top, left:right + 1] = spiral[top:bottom + 1, right] = True
+        spiral[top, left : right + 1] = spiral[top : bottom + 1, right] = True
         if bottom - top >= 2:
-            spiral[bottom, left:right + 1] = True
+            spiral[bottom, left : right + 1] = True
         if right - left >= 2:
-            spiral[top + 2:bottom + 1, left] = True
+            spiral[top + 2 : bottom + 1, left] = True
         top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
     return [snake, spiral, snake.T.copy() if h == w else snake[::-1].copy()]
 
@@ -159,8 +157,9 @@ def test_device_components_equal_scipy_on_random_and_adversarial_masks():
     total = 0
     for h, w in [(1, 1), (1, 7), (3, 2), (4, 4), (6, 9), (8, 8), (14, 14), (28, 28), (20, 35)]:
         masks = [rng.random((h, w)) < p for p in np.linspace(0.0, 1.0, 150)]  # empty ... full
-        masks += [np.kron(rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.4, np.ones((2, 2), bool))[:h, :w]
-                  for _ in range(20)]  # blocky shapes: many equal-size components, so many ties
+        masks += [
+            np.kron(rng.random(((h + 1) // 2, (w + 1) // 2)) < 0.4, np.ones((2, 2), bool))[:h, :w] for _ in range(20)
+        ]  # blocky shapes: many equal-size components, so many ties
         masks += _long_paths(h, w)
         got = largest_component(torch.from_numpy(np.stack(masks))).numpy()
         for m, g in zip(masks, got):
@@ -171,6 +170,7 @@ def test_device_components_equal_scipy_on_random_and_adversarial_masks():
 
 def test_the_two_scale_forward_is_one_graph_and_exports_with_a_dynamic_batch():
     from conftest import tiny_model
+
     model = tiny_model(num_scales=2).eval()
     with torch.no_grad():
         for blk in model.backbone.vit.blocks:
@@ -191,11 +191,18 @@ def test_the_two_scale_forward_is_one_graph_and_exports_with_a_dynamic_batch():
 
 def test_crop_and_zoom_is_torchvisions_roi_align():
     from torchvision.ops import roi_align
+
     gen = torch.Generator().manual_seed(3)
     imgs = torch.randn(6, 3, 48, 64, generator=gen)
     lo = torch.rand(6, 2, generator=gen) * torch.tensor([40.0, 30.0])
     boxes = torch.cat([lo, lo + 4 + torch.rand(6, 2, generator=gen) * (torch.tensor([64.0, 48.0]) - lo - 4)], 1)
-    want = roi_align(imgs, torch.cat([torch.arange(6.0)[:, None], boxes], 1), output_size=(48, 64), spatial_scale=1.0,
-                     sampling_ratio=1, aligned=True)
+    want = roi_align(
+        imgs,
+        torch.cat([torch.arange(6.0)[:, None], boxes], 1),
+        output_size=(48, 64),
+        spatial_scale=1.0,
+        sampling_ratio=1,
+        aligned=True,
+    )
     # both are float32 computations of the same samples (each within ~1e-5 of float64 bilinear sampling)
     torch.testing.assert_close(crop_and_zoom(imgs, boxes, (48, 64)), want, atol=3e-5, rtol=0)

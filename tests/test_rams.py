@@ -1,10 +1,10 @@
 """RAMSTrans: structure of every output, gradient flow per scale, recursion geometry, bad input."""
+
 import pytest
 import torch
-
 from conftest import tiny_model
-from ramstrans.models import (attention_rollout, component_boxes, crop_and_zoom, largest_component,
-                              threshold_rollout)
+
+from ramstrans.models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 
 
 def _sharpened(**kw):
@@ -97,10 +97,17 @@ def test_wrong_input_shape_is_refused(shape):
             fn(torch.randn(*shape))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_classes": 0}, "num_classes"), ({"alpha": 0.0}, "alpha"), ({"alpha": -1.0}, "alpha"),
-    ({"num_scales": 0}, "num_scales"), ({"rollout_rows": "max"}, "rollout_rows"), ({"residual": -1.0}, "residual"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_classes": 0}, "num_classes"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"num_scales": 0}, "num_scales"),
+        ({"rollout_rows": "max"}, "rollout_rows"),
+        ({"residual": -1.0}, "residual"),
+    ],
+)
 def test_bad_constructor_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_model(**kwargs)
@@ -108,8 +115,8 @@ def test_bad_constructor_arguments_are_refused(kwargs, match):
 
 def test_create_model_is_the_public_entry():
     import ramstrans
-    model = ramstrans.create_model(backbone="vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3,
-                                   num_scales=1)
+
+    model = ramstrans.create_model(backbone="vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3, num_scales=1)
     assert isinstance(model, ramstrans.RAMSTrans) and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
@@ -121,15 +128,21 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for m in (plain, ckpt):
         out = m.forward_multiscale(x)
         (out.logits[0].logsumexp(-1).sum() + out.logits[1].logsumexp(-1).sum()).backward()
-    torch.testing.assert_close(ckpt.backbone.vit.blocks[0].attn.qkv.weight.grad,
-                               plain.backbone.vit.blocks[0].attn.qkv.weight.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ckpt.backbone.zoom_cls_tokens[0].grad, plain.backbone.zoom_cls_tokens[0].grad,
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ckpt.backbone.vit.blocks[0].attn.qkv.weight.grad,
+        plain.backbone.vit.blocks[0].attn.qkv.weight.grad,
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    torch.testing.assert_close(
+        ckpt.backbone.zoom_cls_tokens[0].grad, plain.backbone.zoom_cls_tokens[0].grad, atol=1e-5, rtol=1e-4
+    )
 
 
 def _same_output(a, b):
-    for got, want in zip([a.logits, a.boxes, a.rollout, a.cls_attention], [b.logits, b.boxes, b.rollout,
-                                                                           b.cls_attention]):
+    for got, want in zip(
+        [a.logits, a.boxes, a.rollout, a.cls_attention], [b.logits, b.boxes, b.rollout, b.cls_attention]
+    ):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 
@@ -139,6 +152,7 @@ def test_copies_emas_pickles_and_compiled_models_run_every_scale():
     import io
 
     from timm.utils import ModelEmaV3
+
     model = _sharpened(num_scales=3).eval()
     x = torch.randn(3, 3, 64, 64)
     want = model.forward_multiscale(x)
@@ -173,6 +187,7 @@ def test_a_built_backbone_can_be_injected():
 
     from ramstrans import RAMSTrans
     from ramstrans.models import ViTBackbone
+
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=4)
     model = RAMSTrans(backbone=vit, num_scales=2)
     assert model.backbone.vit is vit and model.num_classes == 4 and model.backbone.img_size == (64, 64)

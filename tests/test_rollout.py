@@ -1,4 +1,5 @@
 """Attention rollout against a float64 full-matrix reference."""
+
 import pytest
 import torch
 

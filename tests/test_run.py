@@ -1,5 +1,6 @@
 """A training run as a user drives it: resume and extension, run folders, EMA, accumulation, layer decay, compile,
 metric files, and the engine's handling of unreadable batches."""
+
 import csv
 import json
 import logging
@@ -10,9 +11,9 @@ import shutil
 import pytest
 import timm
 import torch
+from conftest import TINY_TRAIN, tiny_model
 from safetensors.torch import save_file
 
-from conftest import TINY_TRAIN, tiny_model
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.config import ConfigError, load_config
 from ramstrans.data import DataError, StepSampler, load_index
@@ -60,22 +61,26 @@ def test_a_schedule_shorter_than_the_checkpoint_or_another_optimizer_is_refused(
     with pytest.raises(ConfigError, match="the checkpoint is at step 3 but train.steps is 2"):
         run_training(resolve_training(None, ["train.steps=2"], str(ckpt))[0], resume=ckpt, show_progress=False)
     with pytest.raises(ConfigError, match=r"train.opt momentum -> adamw"):
-        run_training(resolve_training(None, ["train.steps=4", "train.opt=adamw"], str(ckpt))[0], resume=ckpt,
-                     show_progress=False)
+        run_training(
+            resolve_training(None, ["train.steps=4", "train.opt=adamw"], str(ckpt))[0], resume=ckpt, show_progress=False
+        )
 
 
 def test_resume_and_eval_need_only_the_checkpoint(tmp_path):
     init = timm.create_model("vit_tiny_patch16_224", img_size=64, embed_dim=32, depth=2, num_heads=2, num_classes=3)
     save_file(init.state_dict(), str(tmp_path / "init.safetensors"))
-    run_training(_cfg(tmp_path / "run", f"model.pretrained={tmp_path / 'init.safetensors'}", "train.steps=2"),
-                 show_progress=False)
+    run_training(
+        _cfg(tmp_path / "run", f"model.pretrained={tmp_path / 'init.safetensors'}", "train.steps=2"),
+        show_progress=False,
+    )
     os.remove(tmp_path / "init.safetensors")
     cfg, ckpt = resolve_training(None, ["train.steps=3"], str(tmp_path / "run"))
     assert run_training(cfg, resume=ckpt, show_progress=False)["train"]["steps"] == 1
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pth")
     model, _, names = model_from_checkpoint(state)
-    assert names == state["class_names"] and all(torch.equal(v, state["model"][k])
-                                                 for k, v in model.state_dict().items())
+    assert names == state["class_names"] and all(
+        torch.equal(v, state["model"][k]) for k, v in model.state_dict().items()
+    )
 
 
 def test_resume_drops_the_interrupted_tail_of_the_log(tmp_path, monkeypatch):
@@ -136,10 +141,18 @@ def test_a_step_whose_batches_are_all_unreadable_draws_new_ones():
     model = tiny_model(num_scales=1, num_classes=3)
     sched, calls = _Schedule(), []
     loader = [_batch(2), _batch(0, 2), _batch(0, 2), _batch(2), _batch(2)]
-    stats = train_steps(MultiScaleForward(model), MultiScaleLoss(weights=(1.0,)),
-                        torch.optim.SGD(model.parameters(), lr=0.1), sched, loader, device=torch.device("cpu"),
-                        start_step=0, total_steps=3, after_step=lambda d, b: calls.append((d, b)),
-                        show_progress=False)
+    stats = train_steps(
+        MultiScaleForward(model),
+        MultiScaleLoss(weights=(1.0,)),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        sched,
+        loader,
+        device=torch.device("cpu"),
+        start_step=0,
+        total_steps=3,
+        after_step=lambda d, b: calls.append((d, b)),
+        show_progress=False,
+    )
     assert calls == [(1, 1), (2, 4), (3, 5)]  # every step (the final one too) is done and reported
     assert sched.updates == [0, 1, 2] and stats["skipped"] == 4 and stats["batches"] == 5 and stats["steps"] == 3
 
@@ -148,9 +161,17 @@ def test_only_unreadable_batches_is_a_data_error(monkeypatch):
     monkeypatch.setattr("ramstrans.engine.MAX_EMPTY_DRAWS", 3)
     model = tiny_model(num_scales=1, num_classes=3)
     with pytest.raises(DataError, match="every image of 3 batches in a row was unreadable at step 1"):
-        train_steps(MultiScaleForward(model), MultiScaleLoss(weights=(1.0,)),
-                    torch.optim.SGD(model.parameters(), lr=0.1), _Schedule(), iter([_batch(0, 4)] * 5),
-                    device=torch.device("cpu"), start_step=0, total_steps=2, show_progress=False)
+        train_steps(
+            MultiScaleForward(model),
+            MultiScaleLoss(weights=(1.0,)),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            _Schedule(),
+            iter([_batch(0, 4)] * 5),
+            device=torch.device("cpu"),
+            start_step=0,
+            total_steps=2,
+            show_progress=False,
+        )
 
 
 def test_resume_is_exact_across_a_redrawn_batch(tmp_path, synthetic_root, monkeypatch):
@@ -177,8 +198,7 @@ def test_resume_is_exact_across_a_redrawn_batch(tmp_path, synthetic_root, monkey
     with pytest.raises(KeyboardInterrupt):
         run_training(_cfg(tmp_path / "b", *sets), show_progress=False)
     monkeypatch.setattr(RunMonitor, "after_step", real)
-    resumed = run_training(_cfg(tmp_path / "b", *sets), resume=tmp_path / "b" / "checkpoint.pth",
-                           show_progress=False)
+    resumed = run_training(_cfg(tmp_path / "b", *sets), resume=tmp_path / "b" / "checkpoint.pth", show_progress=False)
     got = load_checkpoint(resumed["checkpoint"])
     assert got["data_positions"] == [5]
     assert all(torch.equal(got["model"][k], v) for k, v in ck["model"].items())
@@ -186,6 +206,7 @@ def test_resume_is_exact_across_a_redrawn_batch(tmp_path, synthetic_root, monkey
 
 def test_ema_is_timms_average_checkpointed_and_reported(tmp_path, monkeypatch):
     import ramstrans.train as train_mod
+
     seen, real_ema, real_step = [], train_mod.build_ema, RunMonitor.after_step
 
     def spy_ema(train_cfg, model):
@@ -215,8 +236,9 @@ def test_ema_is_timms_average_checkpointed_and_reported(tmp_path, monkeypatch):
 
 def test_gradient_accumulation_equals_the_large_batch(tmp_path):
     big = run_training(_cfg(tmp_path / "big", "train.batch_size=4", "train.steps=3"), show_progress=False)
-    acc = run_training(_cfg(tmp_path / "acc", "train.batch_size=2", "train.grad_accum=2", "train.steps=3"),
-                       show_progress=False)
+    acc = run_training(
+        _cfg(tmp_path / "acc", "train.batch_size=2", "train.grad_accum=2", "train.steps=3"), show_progress=False
+    )
     a, b = load_checkpoint(big["checkpoint"])["model"], load_checkpoint(acc["checkpoint"])["model"]
     first = tiny_model(num_classes=3, embed_dim=32, num_heads=2)  # not the run's init; just the shapes
     assert a["backbone.vit.head.weight"].shape == first.backbone.vit.head.weight.shape
@@ -225,8 +247,9 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
     assert [r["global_batch"] for r in _records(tmp_path / "acc", "start")] == [4]
-    losses = [(x["loss"], y["loss"]) for x, y in zip(_records(tmp_path / "big", "train"),
-                                                    _records(tmp_path / "acc", "train"))]
+    losses = [
+        (x["loss"], y["loss"]) for x, y in zip(_records(tmp_path / "big", "train"), _records(tmp_path / "acc", "train"))
+    ]
     assert all(x == pytest.approx(y, rel=1e-5) for x, y in losses)
 
 
@@ -239,20 +262,29 @@ def test_layer_decay_goes_through_timm_with_the_models_layers(caplog):
     scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=5)  # timm's own grouping
     ref = timm.optim.create_optimizer_v2(vit, opt="momentum", lr=0.01, layer_decay=0.5)
-    want = {name: g["lr_scale"] for g in ref.param_groups for name, p in vit.named_parameters()
-            if any(p is q for q in g["params"])}
-    assert want["cls_token"] == 0.5 ** 3 and want["blocks.0.attn.qkv.weight"] == 0.5 ** 2 and want["head.weight"] == 1
+    want = {
+        name: g["lr_scale"]
+        for g in ref.param_groups
+        for name, p in vit.named_parameters()
+        if any(p is q for q in g["params"])
+    }
+    assert want["cls_token"] == 0.5**3 and want["blocks.0.attn.qkv.weight"] == 0.5**2 and want["head.weight"] == 1
     for name, p in model.named_parameters():
-        key = "cls_token" if name.startswith("backbone.zoom_cls_tokens") else name[len("backbone.vit."):]
+        key = "cls_token" if name.startswith("backbone.zoom_cls_tokens") else name[len("backbone.vit.") :]
         assert scale[id(p)] == want[key], name
 
 
-@pytest.mark.parametrize("extra", [[], ["loss.self_distill=1.0", "train.ema_decay=0.9",
-                                         "loss.self_distill_source=ema"]], ids=["plain", "self_distill_from_ema"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["loss.self_distill=1.0", "train.ema_decay=0.9", "loss.self_distill_source=ema"]],
+    ids=["plain", "self_distill_from_ema"],
+)
 def test_compiled_training_gives_the_same_weights(tmp_path, extra):
     plain = run_training(_cfg(tmp_path / "p", "train.steps=2", *extra), show_progress=False)
-    comp = run_training(_cfg(tmp_path / "c", "train.steps=2", "train.compile=true", "train.compile_backend=aot_eager",
-                             *extra), show_progress=False)
+    comp = run_training(
+        _cfg(tmp_path / "c", "train.steps=2", "train.compile=true", "train.compile_backend=aot_eager", *extra),
+        show_progress=False,
+    )
     a, b = load_checkpoint(plain["checkpoint"])["model"], load_checkpoint(comp["checkpoint"])["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
@@ -260,6 +292,7 @@ def test_compiled_training_gives_the_same_weights(tmp_path, extra):
 
 def test_metrics_go_to_csv_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run_training(_cfg(tmp_path, "train.tensorboard=true"), show_progress=False)
     train = _records(tmp_path, "train")
     with open(tmp_path / "metrics_train.csv", newline="") as f:
@@ -293,6 +326,7 @@ def test_evaluation_without_boxes_runs_the_plain_forward(monkeypatch):
 
 def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypatch):
     from ramstrans.bench.demo import bench_demo
+
     with pytest.raises(ValueError, match="no zoom threshold"):  # the adaptive threshold is chosen on validation
         bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN)
     first = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)

@@ -1,10 +1,11 @@
 """Training engine: exact resume, atomic checkpoints, logs, schedule."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, stop_after_step
+
 from ramstrans.checkpoint import load_checkpoint, save_checkpoint
 from ramstrans.config import load_config
 from ramstrans.train import build_optimizer, build_scheduler, run_training
@@ -23,8 +24,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         run_training(_cfg(tmp_path / "b", "train.steps=4"), show_progress=False)
     restore()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pth")["step"] == 2
-    resumed = run_training(_cfg(tmp_path / "b", "train.steps=4"), resume=str(tmp_path / "b" / "checkpoint.pth"),
-                           show_progress=False)
+    resumed = run_training(
+        _cfg(tmp_path / "b", "train.steps=4"), resume=str(tmp_path / "b" / "checkpoint.pth"), show_progress=False
+    )
     got = load_checkpoint(resumed["checkpoint"])
     assert got["step"] == 4
     for k in want:
@@ -67,8 +69,14 @@ def test_run_writes_logs_curves_config_and_never_selects_on_test(tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all({"lr", "loss", "ce_scale1", "ce_scale2", "img_per_s"} <= set(r) for r in train)
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [(r["step"], r["split"]) for r in evals] == [(1, "val"), (1, "test"), (2, "val"), (2, "test"), (3, "val"),
-                                                        (3, "test")]
+    assert [(r["step"], r["split"]) for r in evals] == [
+        (1, "val"),
+        (1, "test"),
+        (2, "val"),
+        (2, "test"),
+        (3, "val"),
+        (3, "test"),
+    ]
     start = records[0]
     assert start["kind"] == "start" and start["global_batch"] == 4 and start["world_size"] == 1
     for f in ("config.yaml", "curves.png", "checkpoint.pth", "best_val.pth", "summary.json"):

@@ -1,5 +1,6 @@
 """What a command does to the user's files: modes that follow the umask, a full disk named in one sentence (on a real
 tmpfs), a killed export's leftovers, unlistable folders, missing listed images, run folders given as checkpoints."""
+
 import json
 import os
 import shutil
@@ -8,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_TRAIN, eval_summary, sets
+
 from ramstrans.cli import main
 from ramstrans.data.loader import stratified_split
 
@@ -45,8 +46,21 @@ def full_disk(tmp_path):
 def test_outputs_follow_the_umask(trained, tmp_path):
     old = os.umask(0o027)
     try:
-        assert main(["eval", "--checkpoint", str(trained), "--workers", "0", "--no-progress", "--output",
-                     str(tmp_path / "ev")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(trained),
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                    "--output",
+                    str(tmp_path / "ev"),
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     for name in ("summary.json", "per_class.csv", "confusion.png"):
@@ -62,8 +76,22 @@ def test_a_full_disk_is_one_sentence_naming_the_output(trained, synthetic_root, 
         (["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(full_disk / "m.onnx")], "m.onnx"),
         (["export", "--checkpoint", ckpt, "--out", str(full_disk / "timm")], "timm"),
         (["eval", "--checkpoint", ckpt, "--workers", "0", "--no-progress", "--output", str(full_disk / "ev")], "ev/"),
-        (["make-synthetic", "--out", str(full_disk / "syn"), "--num-classes", "2", "--train-per-class", "2",
-          "--test-per-class", "1", "--image-size", "32"], "syn"),
+        (
+            [
+                "make-synthetic",
+                "--out",
+                str(full_disk / "syn"),
+                "--num-classes",
+                "2",
+                "--train-per-class",
+                "2",
+                "--test-per-class",
+                "1",
+                "--image-size",
+                "32",
+            ],
+            "syn",
+        ),
     ]
     for argv, culprit in cases:
         msg = _error(capsys, argv)
@@ -80,8 +108,9 @@ def test_a_killed_exports_staging_folder_does_not_end_up_in_the_next(trained, tm
     assert "stale.bin" not in {p.name for p in (tmp_path / "exported").iterdir()} and not stale.exists()
 
 
-def test_a_folder_that_cannot_be_listed_is_a_row_and_counts_in_the_exit_code(trained, synthetic_root, tmp_path,
-                                                                            monkeypatch, capsys):
+def test_a_folder_that_cannot_be_listed_is_a_row_and_counts_in_the_exit_code(
+    trained, synthetic_root, tmp_path, monkeypatch, capsys
+):
     images = tmp_path / "imgs"
     shutil.copytree(synthetic_root / "images" / sorted(os.listdir(synthetic_root / "images"))[0], images / "ok")
     (images / "locked").mkdir()
@@ -105,14 +134,23 @@ def test_missing_listed_images_are_skipped_and_counted_with_skip_corrupt(synthet
     root = shutil.copytree(synthetic_root, tmp_path / "data")
     sorted((root / "images").rglob("*_0_0000.jpg"))[0].unlink()  # a test image
     out = tmp_path / "run"
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(
-        *TINY_TRAIN, f"data.root={root}", "data.skip_corrupt=true")) == 0
+    assert (
+        main(
+            ["train", "--no-progress", "--output-dir", str(out)]
+            + sets(*TINY_TRAIN, f"data.root={root}", "data.skip_corrupt=true")
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["test"]["skipped"] == 1
 
 
 def test_a_run_folder_stands_for_its_newest_checkpoint(trained, tmp_path, capsys):
-    assert main(["eval", "--checkpoint", str(trained), "--workers", "0", "--no-progress", "--output",
-                 str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            ["eval", "--checkpoint", str(trained), "--workers", "0", "--no-progress", "--output", str(tmp_path / "ev")]
+        )
+        == 0
+    )
     assert eval_summary(capsys)["checkpoint"] == str(trained / "checkpoint.pth")
     (tmp_path / "empty").mkdir()
     assert "is a folder without a checkpoint" in _error(capsys, ["eval", "--checkpoint", str(tmp_path / "empty")])
@@ -120,6 +158,7 @@ def test_a_run_folder_stands_for_its_newest_checkpoint(trained, tmp_path, capsys
 
 def test_a_validation_fraction_never_takes_a_class_s_last_training_image(synthetic_root):
     import pandas as pd
+
     table = pd.DataFrame({"path": [f"{i}.jpg" for i in range(12)], "label": [0] * 6 + [1] * 4 + [2] * 2})
     train, val = stratified_split(table, 0.99, seed=0)
     assert sorted(train["label"].value_counts().items()) == [(0, 1), (1, 1), (2, 1)]

@@ -1,15 +1,16 @@
 """The learned zoom gate: its ridge logistic regression against scipy's optimiser, its forward against a hand
 computation, adaptive zoom on it at the extreme thresholds, ``ramstrans fit-gate`` end to end (a new checkpoint, the
 input untouched, eval / predict / ONNX with the gate), and its refusals."""
+
 import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN, sets, tiny_model
 from scipy.optimize import minimize
 
-from conftest import TINY_TRAIN, sets, tiny_model
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.cli import main
 from ramstrans.models import ZoomGate, fit_zoom_gate
@@ -56,8 +57,9 @@ def test_the_fitted_gate_is_the_ridge_fit_of_all_rows_at_the_cross_validated_str
     mean, std = x.mean(0), x.std(0, unbiased=False)
     w, b = _fit_logistic((x - mean) / std, changed.double(), l2)
     torch.testing.assert_close(gate.linear.weight[0].double(), w, rtol=0, atol=1e-5)
-    torch.testing.assert_close(gate(pooled, probs).double(), torch.sigmoid(((x - mean) / std) @ w + b), rtol=0,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        gate(pooled, probs).double(), torch.sigmoid(((x - mean) / std) @ w + b), rtol=0, atol=1e-5
+    )
     assert oof.shape == (60,) and not torch.allclose(oof, gate(pooled, probs))  # held-out scores, not refits
     with pytest.raises(ValueError, match="changes the answer and images where it does not"):
         fit_zoom_gate(pooled, probs, torch.zeros(60, dtype=torch.bool))
@@ -88,9 +90,19 @@ def zoom_run(tmp_path_factory):
     that holds out half of its 60 training images."""
     folder = tmp_path_factory.mktemp("zoomrun")
     tiny = [t for t in TINY_TRAIN if not t.startswith(("model.backbone_kwargs", "model.pretrained"))]
-    assert main(["train", "--no-progress", "--output-dir", str(folder)] + sets(
-        *tiny, "model.pretrained=synthetic-tiny", "model.backbone_kwargs={embed_dim: 128, depth: 6, num_heads: 4}",
-        "data.val_fraction=0.5", "data.synthetic.train_per_class=20")) == 0
+    assert (
+        main(
+            ["train", "--no-progress", "--output-dir", str(folder)]
+            + sets(
+                *tiny,
+                "model.pretrained=synthetic-tiny",
+                "model.backbone_kwargs={embed_dim: 128, depth: 6, num_heads: 4}",
+                "data.val_fraction=0.5",
+                "data.synthetic.train_per_class=20",
+            )
+        )
+        == 0
+    )
     return folder
 
 
@@ -114,14 +126,48 @@ def test_fit_gate_writes_a_new_checkpoint_that_eval_predict_and_onnx_use(zoom_ru
     assert float(model.zoom_gate.threshold) == pytest.approx(report["threshold"])
     assert model_from_checkpoint(gated, gate=False)[0].zoom_gate is None
     # eval: the gate's own threshold by default
-    assert main(["eval", "--checkpoint", str(tmp_path / "g.pth"), "--scales", "auto", "--zoom-on", "gate",
-                 "--workers", "0", "--no-progress", "--output", str(tmp_path / "e")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "g.pth"),
+                "--scales",
+                "auto",
+                "--zoom-on",
+                "gate",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--output",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["zoom_on"] == "gate" and summary["zoom_threshold"] == pytest.approx(report["threshold"])
     capsys.readouterr()
     # a checkpoint without a gate: one sentence
-    assert main(["eval", "--checkpoint", str(ckpt), "--scales", "auto", "--zoom-on", "gate", "--workers", "0",
-                 "--no-progress", "--output", str(tmp_path / "e2")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(ckpt),
+                "--scales",
+                "auto",
+                "--zoom-on",
+                "gate",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--output",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fit-gate" in err[0]
 
@@ -129,10 +175,15 @@ def test_fit_gate_writes_a_new_checkpoint_that_eval_predict_and_onnx_use(zoom_ru
 def test_the_fused_onnx_graph_carries_the_gate(zoom_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "g.pth"
-    assert main(["fit-gate", "--checkpoint", str(zoom_run / "checkpoint.pth"), "--workers", "0", "--out",
-                 str(out)]) == 0
-    assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--scales", "2", "--out",
-                 str(tmp_path / "m.onnx")]) == 0
+    assert (
+        main(["fit-gate", "--checkpoint", str(zoom_run / "checkpoint.pth"), "--workers", "0", "--out", str(out)]) == 0
+    )
+    assert (
+        main(
+            ["export", "--checkpoint", str(out), "--format", "onnx", "--scales", "2", "--out", str(tmp_path / "m.onnx")]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "probs", "boxes", "zoom_confidence"]
     meta = session.get_modelmeta().custom_metadata_map
@@ -148,11 +199,14 @@ def test_the_fused_onnx_graph_carries_the_gate(zoom_run, tmp_path):
     np.testing.assert_allclose(got[1], model.predict(x, 2).probs.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("args,culprit", [
-    (["--split", "test"], "never on test"),
-    (["--out", "SELF"], "is one of the command's inputs"),
-    (["--out", "EXISTS"], "already exists"),
-])
+@pytest.mark.parametrize(
+    "args,culprit",
+    [
+        (["--split", "test"], "never on test"),
+        (["--out", "SELF"], "is one of the command's inputs"),
+        (["--out", "EXISTS"], "already exists"),
+    ],
+)
 def test_fit_gate_refusals_are_one_sentence(zoom_run, tmp_path, capsys, args, culprit):
     ckpt = zoom_run / "checkpoint.pth"
     (tmp_path / "exists.pth").write_text("mine")

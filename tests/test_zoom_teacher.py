@@ -1,19 +1,20 @@
 """The zoom as a teacher: scale self-distillation against float64 hand computations, its detached target against the
 model's own test-time fusion, a multi-scale RAMS-Trans teacher for single-pass students, exact resume, and the bad
 inputs of the new keys."""
+
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY_TRAIN, sets, stop_after_step, tiny_model
+
 from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
 from ramstrans.cli import main
 from ramstrans.config import load_config
 from ramstrans.evaluate import run_eval
 from ramstrans.losses import DistillationLoss, MultiScaleLoss, SelfDistillationLoss, build_criterion
-from ramstrans.models import MultiScaleOutput, fused_log_probs
+from ramstrans.models import MultiScaleOutput
 from ramstrans.teacher import load_teacher
 from ramstrans.train import run_training
 
@@ -22,8 +23,9 @@ SD = ["loss.self_distill=2.0", "loss.self_distill_tau=2.0"]
 
 def _out(logits, dist=None):
     B = logits[0].shape[0]
-    return MultiScaleOutput(logits=list(logits), dist_logits=list(dist or []), boxes=[torch.zeros(B, 4)],
-                            rollout=[], cls_attention=[])
+    return MultiScaleOutput(
+        logits=list(logits), dist_logits=list(dist or []), boxes=[torch.zeros(B, 4)], rollout=[], cls_attention=[]
+    )
 
 
 def _hand_sd(student, scales, beta, tau, target):
@@ -33,7 +35,7 @@ def _hand_sd(student, scales, beta, tau, target):
     q = p ** (1 / tau)
     q = q / q.sum(-1, keepdim=True)
     log_s = torch.log_softmax(student.double() / tau, -1)
-    return beta * tau ** 2 * (q * (q.log() - log_s)).sum() / student.shape[0]
+    return beta * tau**2 * (q * (q.log() - log_s)).sum() / student.shape[0]
 
 
 @pytest.mark.parametrize("target", ["fused", "last"])
@@ -48,7 +50,8 @@ def test_self_distillation_term_equals_the_float64_formula(target, tau):
     assert terms["sd_scale1"].item() == pytest.approx(want.item(), rel=1e-5)
     ce = [F.cross_entropy(s.double(), y).item() for s in z]
     assert [terms[f"ce_scale{i + 1}"].item() for i in range(3)] == pytest.approx(
-        [ce[0], 0.5 * ce[1], 0.25 * ce[2]], rel=1e-6)
+        [ce[0], 0.5 * ce[1], 0.25 * ce[2]], rel=1e-6
+    )
     assert set(terms) == {"ce_scale1", "ce_scale2", "ce_scale3", "sd_scale1"}
 
 
@@ -73,8 +76,11 @@ def test_no_gradient_reaches_the_target():
 def test_beta_zero_is_bit_identical_to_today():
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
     grads = []
-    for criterion in (MultiScaleLoss(), SelfDistillationLoss(base=MultiScaleLoss(), beta=0.0),
-                      build_criterion(load_config(None, ["loss.self_distill=0"]).loss, 2)):
+    for criterion in (
+        MultiScaleLoss(),
+        SelfDistillationLoss(base=MultiScaleLoss(), beta=0.0),
+        build_criterion(load_config(None, ["loss.self_distill=0"]).loss, 2),
+    ):
         torch.manual_seed(0)
         model = tiny_model().train()  # the same weights for each criterion
         loss = sum(criterion(x, model.forward_multiscale(x), y).values())
@@ -93,8 +99,12 @@ def test_the_fused_target_is_the_models_own_test_time_fusion():
     target = loss.target_log_probs(x, model.forward_multiscale(x)).exp()
     torch.testing.assert_close(target, model.predict(x, 2).probs, rtol=0, atol=1e-6)
     last = SelfDistillationLoss(base=MultiScaleLoss(), beta=1.0, target="last")
-    torch.testing.assert_close(last.target_log_probs(x, model.forward_multiscale(x)).exp(),
-                               model.predict(x, 2).scale_probs[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        last.target_log_probs(x, model.forward_multiscale(x)).exp(),
+        model.predict(x, 2).scale_probs[1],
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_with_a_distillation_token_the_dist_head_takes_the_term_and_the_class_head_the_labels():
@@ -105,9 +115,9 @@ def test_with_a_distillation_token_the_dist_head_takes_the_term_and_the_class_he
     terms = loss(torch.zeros(4, 3, 8, 8), _out(list(cls), list(dist)), y)
     assert terms["ce_scale1"].item() == pytest.approx(F.cross_entropy(cls[0].double(), y).item(), rel=1e-6)
     assert terms["ce_scale2"].item() == pytest.approx(
-        (F.cross_entropy(cls[1].double(), y) + F.cross_entropy(dist[1].double(), y)).item() / 2, rel=1e-6)
-    assert terms["sd_scale1"].item() == pytest.approx(_hand_sd(dist[0], list(cls), 1.0, 1.0, "fused").item(),
-                                                      rel=1e-5)
+        (F.cross_entropy(cls[1].double(), y) + F.cross_entropy(dist[1].double(), y)).item() / 2, rel=1e-6
+    )
+    assert terms["sd_scale1"].item() == pytest.approx(_hand_sd(dist[0], list(cls), 1.0, 1.0, "fused").item(), rel=1e-5)
 
 
 def test_the_ema_source_takes_the_target_from_the_ema_model():
@@ -115,7 +125,7 @@ def test_the_ema_source_takes_the_target_from_the_ema_model():
     with torch.no_grad():
         for p in ema.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    x = torch.randn(2, 3, 64, 64)
     loss = SelfDistillationLoss(base=MultiScaleLoss(), beta=1.0, ema=ema)
     out = online.forward_multiscale(x)
     torch.testing.assert_close(loss.target_log_probs(x, out).exp(), ema.predict(x, 2).probs, rtol=0, atol=1e-6)
@@ -134,12 +144,23 @@ def test_a_two_scale_teacher_teaches_its_fusion_as_eval_scales_2_scores_it(train
     # a one-scale student without a distillation token learns from it on its only head, and the teacher's reported
     # accuracy is eval --scales 2 of its checkpoint
     out = tmp_path / "student"
-    assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(
-        *TINY_TRAIN, "model.num_scales=1", "loss.scale_weights=[1.0]", "distill.enabled=true",
-        f"distill.teacher={trained}")) == 0
+    assert (
+        main(
+            ["train", "--no-progress", "--output-dir", str(out)]
+            + sets(
+                *TINY_TRAIN,
+                "model.num_scales=1",
+                "loss.scale_weights=[1.0]",
+                "distill.enabled=true",
+                f"distill.teacher={trained}",
+            )
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
-    fused = run_eval(str(trained / "checkpoint.pth"), scales=2, output_dir=str(tmp_path / "e"), num_workers=0,
-                     show_progress=False)
+    fused = run_eval(
+        str(trained / "checkpoint.pth"), scales=2, output_dir=str(tmp_path / "e"), num_workers=0, show_progress=False
+    )
     assert summary["teacher"]["top1"] == pytest.approx(fused["top1"], abs=1e-6)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert next(r for r in records if r["kind"] == "teacher")["passes_per_image"] == 2
@@ -158,7 +179,7 @@ def test_plain_distillation_of_a_student_without_a_distillation_token():
     loss = DistillationLoss(base=MultiScaleLoss(weights=(1.0,)), teacher=Fixed(), alpha=0.3, tau=2.0)
     terms = loss(torch.zeros(4, 3, 8, 8), _out([z]), y)
     q = torch.softmax(t.double() / 2, -1)
-    kl = 2 ** 2 * (q * (q.log() - torch.log_softmax(z.double() / 2, -1))).sum() / 4  # τ² · KL summed / B
+    kl = 2**2 * (q * (q.log() - torch.log_softmax(z.double() / 2, -1))).sum() / 4  # τ² · KL summed / B
     assert terms["ce_scale1"].item() == pytest.approx(0.7 * F.cross_entropy(z.double(), y).item(), rel=1e-6)
     assert terms["kd_scale1"].item() == pytest.approx(0.3 * kl.item(), rel=1e-5)
 
@@ -172,8 +193,11 @@ def test_resume_with_self_distillation_is_exact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(tmp_path / "b"), show_progress=False)
     restore()
-    got = load_checkpoint(run_training(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "checkpoint.pth"),
-                                       show_progress=False)["checkpoint"])["model"]
+    got = load_checkpoint(
+        run_training(cfg(tmp_path / "b"), resume=str(tmp_path / "b" / "checkpoint.pth"), show_progress=False)[
+            "checkpoint"
+        ]
+    )["model"]
     for k in want:
         assert torch.equal(got[k], want[k]), k
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -182,13 +206,16 @@ def test_resume_with_self_distillation_is_exact(tmp_path, monkeypatch):
     assert all(abs(r["loss"] - r["ce_scale1"] - r["ce_scale2"] - r["sd_scale1"]) < 1e-5 for r in train)
 
 
-@pytest.mark.parametrize("extra,culprit", [
-    (["loss.self_distill=-1"], "loss.self_distill"),
-    (["loss.self_distill=1", "loss.self_distill_tau=0"], "loss.self_distill_tau"),
-    (["loss.self_distill=1", "loss.self_distill_target=mean"], "loss.self_distill_target"),
-    (["loss.self_distill=1", "model.num_scales=1", "loss.scale_weights=[1.0]"], "loss.self_distill"),
-    (["loss.self_distill=1", "loss.self_distill_source=ema"], "loss.self_distill_source"),
-])
+@pytest.mark.parametrize(
+    "extra,culprit",
+    [
+        (["loss.self_distill=-1"], "loss.self_distill"),
+        (["loss.self_distill=1", "loss.self_distill_tau=0"], "loss.self_distill_tau"),
+        (["loss.self_distill=1", "loss.self_distill_target=mean"], "loss.self_distill_target"),
+        (["loss.self_distill=1", "model.num_scales=1", "loss.scale_weights=[1.0]"], "loss.self_distill"),
+        (["loss.self_distill=1", "loss.self_distill_source=ema"], "loss.self_distill_source"),
+    ],
+)
 def test_bad_self_distillation_settings_are_one_sentence(tmp_path, capsys, extra, culprit):
     out = tmp_path / "run"
     assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(*TINY_TRAIN, *extra)) == 2
@@ -199,8 +226,14 @@ def test_bad_self_distillation_settings_are_one_sentence(tmp_path, capsys, extra
 
 def test_teacher_scales_beyond_the_teachers_are_one_sentence(trained, tmp_path, capsys):
     out = tmp_path / "student"
-    args = sets(*TINY_TRAIN, "model.num_scales=1", "loss.scale_weights=[1.0]", "distill.enabled=true",
-                f"distill.teacher={trained}", "distill.teacher_scales=3")
+    args = sets(
+        *TINY_TRAIN,
+        "model.num_scales=1",
+        "loss.scale_weights=[1.0]",
+        "distill.enabled=true",
+        f"distill.teacher={trained}",
+        "distill.teacher_scales=3",
+    )
     assert main(["train", "--no-progress", "--output-dir", str(out)] + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "distill.teacher_scales is 3" in err[0] and "2 scale(s)" in err[0]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Benchmarks: the same as `ramstrans bench {core,transmix,inat,demo} [options]` (see BENCHMARKS.md)."""
+
 import sys
 
 from ramstrans.cli import main

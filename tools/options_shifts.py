@@ -4,6 +4,7 @@ bench scores leaves every variant at chance, so this separates the three.
 
 Usage: python tools/options_shifts.py runs/bench_options benchmarks/options/val_150steps_shifts.json
 """
+
 import json
 import sys
 from pathlib import Path
@@ -19,9 +20,20 @@ def main(runs: str, out: str) -> None:
     result = {"split": "val", "scales": 1, "runs": runs}
     for name in VARIANTS:
         folders = sorted(Path(runs).glob(f"{name}_seed*"))
-        scores = {str(s): [run_eval(str(f / "checkpoint.pth"), split="val", scales=1, num_workers=0,
-                                    show_progress=False, shift=() if s is None else (s,))["top1"] for f in folders]
-                  for s in SHIFTS}
+        scores = {
+            str(s): [
+                run_eval(
+                    str(f / "checkpoint.pth"),
+                    split="val",
+                    scales=1,
+                    num_workers=0,
+                    show_progress=False,
+                    shift=() if s is None else (s,),
+                )["top1"]
+                for f in folders
+            ]
+            for s in SHIFTS
+        }
         result[name] = {"folders": [str(f) for f in folders], **{k: mean_spread(v) for k, v in scores.items()}}
     write_text_atomic(out, json.dumps(result, indent=1))
 

@@ -3,6 +3,7 @@
 
 python tools/ship_synthetic_tiny.py runs/pretrain_synthetic/checkpoint.pth "<command>" <minutes>
 """
+
 import json
 import sys
 
@@ -22,17 +23,28 @@ if __name__ == "__main__":
     state = load_checkpoint(ckpt)
     model, cfg, names = model_from_checkpoint(state)
     model.eval()
-    t = Transform(train=False, crop=cfg.model.img_size, resize=CHECK["resize"], mean=model.backbone.mean,
-                  std=model.backbone.std)
+    t = Transform(
+        train=False, crop=cfg.model.img_size, resize=CHECK["resize"], mean=model.backbone.mean, std=model.backbone.std
+    )
     ds = PretextDataset(CHECK["image_size"], CHECK["seed"], t, length=CHECK["num_images"])
     res, _ = evaluate(model, eval_loader(ds, 128), device=torch.device("cpu"), num_classes=len(names))
     check = {**CHECK, "top1": res["top1"], "loc_miou": res["loc_miou"]}
     save_file({k: v.contiguous() for k, v in model.backbone.vit.state_dict().items()}, f"{OUT}.safetensors")
-    meta = {"architecture": cfg.model.backbone, "timm_kwargs": dict(cfg.model.backbone_kwargs),
-            "img_size": cfg.model.img_size, "num_classes": len(names), "mean": list(model.backbone.mean),
-            "std": list(model.backbone.std), "class_names": names, "source_checkpoint": ckpt,
-            "step": int(state["step"]), "pretext_check": check, "command": command,
-            "images_seen": int(state["step"]) * cfg.train.batch_size, "minutes": minutes}
+    meta = {
+        "architecture": cfg.model.backbone,
+        "timm_kwargs": dict(cfg.model.backbone_kwargs),
+        "img_size": cfg.model.img_size,
+        "num_classes": len(names),
+        "mean": list(model.backbone.mean),
+        "std": list(model.backbone.std),
+        "class_names": names,
+        "source_checkpoint": ckpt,
+        "step": int(state["step"]),
+        "pretext_check": check,
+        "command": command,
+        "images_seen": int(state["step"]) * cfg.train.batch_size,
+        "minutes": minutes,
+    }
     with open(f"{OUT}.json", "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     print(OUT, check)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The same as `ramstrans train [options]`."""
+
 import sys
 
 from ramstrans.cli import main

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The same as `ramstrans visualize [options]`."""
+
 import sys
 
 from ramstrans.cli import main

@@ -7,22 +7,28 @@ Measured:
 - the two attention-capture designs: hooks recomputing softmax(QK^T) beside fused SDPA (ours) against unfused
   attention with the probabilities kept, by time and by bytes saved for backward.
 """
+
 import platform
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import timm
 import torch
 import torch.nn.functional as F
 
-from ..models import (RAMSTrans, attention_rollout, component_boxes, crop_and_zoom, largest_component,
-                      threshold_rollout)
+from ..models import RAMSTrans, attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 from .timing import interleaved, saved_bytes
 
 __all__ = ["bench_core"]
 
 
-def bench_core(backbone: str = "vit_base_patch16_224", img_size: int = 448, batch: int = 2, repeats: int = 5,
-               device: str = "cpu", depth: int = 0) -> Dict[str, object]:
+def bench_core(
+    backbone: str = "vit_base_patch16_224",
+    img_size: int = 448,
+    batch: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    depth: int = 0,
+) -> dict[str, object]:
     """Run the core benchmark and return its numbers (also printed by the CLI).
 
     Args:
@@ -59,9 +65,16 @@ def bench_core(backbone: str = "vit_base_patch16_224", img_size: int = 448, batc
             boxes = component_boxes(largest_component(threshold_rollout(g, model.alpha)), bb.patch_size, (H, W))
             return crop_and_zoom(x, boxes, (H, W))
 
-        infer = interleaved({"ours_forward": lambda: model(x), "timm_forward": lambda: ref(x),
-                              "capture_forward": lambda: bb.forward_features(x, capture="all"), "dppm": dppm},
-                             repeats, dev)
+        infer = interleaved(
+            {
+                "ours_forward": lambda: model(x),
+                "timm_forward": lambda: ref(x),
+                "capture_forward": lambda: bb.forward_features(x, capture="all"),
+                "dppm": dppm,
+            },
+            repeats,
+            dev,
+        )
 
     model.train(), ref.train(), unfused.train()
 
@@ -85,28 +98,37 @@ def bench_core(backbone: str = "vit_base_patch16_224", img_size: int = 448, batc
                 loss = net().float().logsumexp(-1).sum()
             loss.backward()
             kept.clear()
+
         return step
 
     ours_capture = lambda: bb.forward_head(bb.forward_features(x, capture="all").tokens)  # noqa: E731
-    train = interleaved({"ours_2scale_step": ours_step, "timm_2_steps": timm_two_steps,
-                          "capture_hooks_step": capture_step(ours_capture),
-                          "capture_unfused_step": capture_step(lambda: unfused(x))}, repeats, dev)
+    train = interleaved(
+        {
+            "ours_2scale_step": ours_step,
+            "timm_2_steps": timm_two_steps,
+            "capture_hooks_step": capture_step(ours_capture),
+            "capture_unfused_step": capture_step(lambda: unfused(x)),
+        },
+        repeats,
+        dev,
+    )
     with amp:
         mem_hooks = saved_bytes(ours_capture)
         mem_unfused = saved_bytes(lambda: unfused(x))
         kept.clear()
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-                   + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
+        + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
         "versions": f"torch {torch.__version__}, timm {timm.__version__}",
         "setting": f"{backbone}{f' depth {depth}' if depth else ''} @ {img_size}, batch {batch}, {device}"
-                   + (" bf16" if dev.type == "cuda" else " fp32") + f", median of {repeats}",
+        + (" bf16" if dev.type == "cuda" else " fp32")
+        + f", median of {repeats}",
         "seconds": {k: round(v, 5) for k, v in {**infer, **train}.items()},
         "forward_ratio": infer["ours_forward"] / infer["timm_forward"],
         "dppm_over_forward": infer["dppm"] / infer["ours_forward"],
         "capture_overhead": infer["capture_forward"] / infer["ours_forward"] - 1,
         "train_ratio": train["ours_2scale_step"] / train["timm_2_steps"],
         "capture_step_hooks_over_unfused": train["capture_hooks_step"] / train["capture_unfused_step"],
-        "saved_for_backward_MiB": {"hooks": mem_hooks / 2 ** 20, "unfused": mem_unfused / 2 ** 20},
+        "saved_for_backward_MiB": {"hooks": mem_hooks / 2**20, "unfused": mem_unfused / 2**20},
     }
     return result

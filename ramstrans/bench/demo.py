@@ -1,18 +1,19 @@
 """``ramstrans bench demo``: the demo's accuracy claim, plain ViT against RAMS-Trans over seeds."""
+
 import hashlib
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 __all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved"]
 
 logger = logging.getLogger("ramstrans")
 
 
-def mean_spread(values: List[float]) -> Dict[str, float]:
+def mean_spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "spread": (max(values) - min(values)) / 2, "values": values}
 
 
@@ -20,6 +21,7 @@ def _run_key(cfg) -> str:
     """A short hash of a resolved config's differences from the defaults, without its run folder: runs are reused
     only under the same settings, and stay reusable when a later version adds keys with defaults."""
     from ..config import Config, config_diff
+
     settings = {k: new for k, (_, new) in config_diff(Config(), cfg).items() if k != "train.output_dir"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -30,6 +32,7 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
     from ..checkpoint import find_checkpoint
     from ..config import load_config
     from ..train import resolve_training, run_training
+
     run_dir = Path(folder) / f"{name}_{_run_key(load_config(config, sets))}"
     if not (run_dir / "summary.json").is_file():
         logger.info("bench: %s: training into %s", name, run_dir)
@@ -42,33 +45,46 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
 def resolved(config: str, sets: Sequence[str], run_dir: Path) -> dict:
     """The resolved config a bench run trained with, with its own run folder (and so its own seed) in it."""
     from ..config import load_config
+
     return asdict(load_config(config, [*sets, f"train.output_dir={run_dir}"]))
 
 
-def _joint_threshold(sweeps: List[Dict[str, object]], tolerance: float) -> Dict[str, float]:
+def _joint_threshold(sweeps: list[dict[str, object]], tolerance: float) -> dict[str, float]:
     """The cheapest threshold whose top-1, averaged over the runs, is within ``tolerance`` of their mean full fusion."""
     full = statistics.mean(sw["full_fusion_top1"] for sw in sweeps)
     rows = []
     for i, row in enumerate(sweeps[0]["rows"]):
-        rows.append({"threshold": row["threshold"],
-                     "top1": statistics.mean(sw["rows"][i]["top1"] for sw in sweeps),
-                     "passes_per_image": statistics.mean(sw["rows"][i]["passes_per_image"] for sw in sweeps)})
+        rows.append(
+            {
+                "threshold": row["threshold"],
+                "top1": statistics.mean(sw["rows"][i]["top1"] for sw in sweeps),
+                "passes_per_image": statistics.mean(sw["rows"][i]["passes_per_image"] for sw in sweeps),
+            }
+        )
     good = [r for r in rows if r["top1"] >= full - tolerance]
     return {**min(good, key=lambda r: (r["passes_per_image"], -r["top1"])), "full_fusion_top1": full}
 
 
-def _test_modes(run_dir: Path, threshold: float) -> Dict[str, Dict[str, float]]:
+def _test_modes(run_dir: Path, threshold: float) -> dict[str, dict[str, float]]:
     """Fused and adaptive test evaluations of a two-scale run (written into its folder)."""
     from ..evaluate import run_eval
+
     ckpt = str(run_dir / "checkpoint.pth")
     kw = dict(split="test", num_workers=0, show_progress=False)
-    return {"fused": run_eval(ckpt, scales=2, **kw), "adaptive": run_eval(ckpt, scales="auto",
-                                                                           zoom_threshold=threshold, **kw)}
+    return {
+        "fused": run_eval(ckpt, scales=2, **kw),
+        "adaptive": run_eval(ckpt, scales="auto", zoom_threshold=threshold, **kw),
+    }
 
 
-def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_cpu", split: str = "test",
-               out_dir: str = "runs/bench_demo", overrides: Sequence[str] = (),
-               zoom_threshold: Optional[float] = None) -> Dict[str, object]:
+def bench_demo(
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    config: str = "synthetic_cpu",
+    split: str = "test",
+    out_dir: str = "runs/bench_demo",
+    overrides: Sequence[str] = (),
+    zoom_threshold: float | None = None,
+) -> dict[str, object]:
     """The demo's claim, measured: the plain ViT (num_scales=1) against RAMS-Trans (num_scales=2) at equal steps from
     the same init, over several seeds; single-scale top-1 and the proposals' localization, and for RAMS-Trans also the
     two-scale fusion and adaptive zoom (top-1 and backbone passes per image).
@@ -90,16 +106,18 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_
     """
     from ..config import load_config
     from ..evaluate import SWEEP_TOLERANCE, run_zoom_sweep
+
     load_config(config, overrides)  # a bad override is named before anything else
     if split == "test" and zoom_threshold is None:
         chosen = Path(out_dir, "val_result.json")
         if not chosen.is_file():
-            raise ValueError(f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass "
-                             "--zoom-threshold")
+            raise ValueError(
+                f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass --zoom-threshold"
+            )
         zoom_threshold = json.loads(chosen.read_text())["zoom_threshold"]["threshold"]
-    runs: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": [], "rams_fused": [], "rams_adaptive": []}
-    folders: Dict[str, List[str]] = {"vit": [], "rams": []}
-    configs: Dict[str, dict] = {}
+    runs: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "rams_fused": [], "rams_adaptive": []}
+    folders: dict[str, list[str]] = {"vit": [], "rams": []}
+    configs: dict[str, dict] = {}
     sweeps = []
     for seed in seeds:
         for name, scales, weights in (("vit", 1, "[1.0]"), ("rams", 2, None)):
@@ -117,8 +135,14 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_
                 modes = _test_modes(run_dir, zoom_threshold)
                 runs["rams_fused"].append(modes["fused"])
                 runs["rams_adaptive"].append(modes["adaptive"])
-    result: Dict[str, object] = {"config": config, "split": split, "seeds": list(seeds), "overrides": list(overrides),
-                                 "resolved_configs": configs, "run_folders": folders}
+    result: dict[str, object] = {
+        "config": config,
+        "split": split,
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "resolved_configs": configs,
+        "run_folders": folders,
+    }
     for name, res in runs.items():
         keys = [k for k in ("top1", "loc_miou", "loc_iou50", "passes_per_image", "zoomed_share") if res and k in res[0]]
         if res:
@@ -131,7 +155,8 @@ def bench_demo(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: str = "synthetic_
         result["zoom_sweeps"] = [{"threshold_chosen": sw["chosen"], "rows": sw["rows"]} for sw in sweeps]
     else:
         result["zoom_threshold"] = zoom_threshold
-        result["rams_fused_minus_vit_top1"] = mean_spread([f["top1"] - v["top1"]
-                                                           for f, v in zip(runs["rams_fused"], runs["vit"])])
+        result["rams_fused_minus_vit_top1"] = mean_spread(
+            [f["top1"] - v["top1"] for f, v in zip(runs["rams_fused"], runs["vit"])]
+        )
     Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
     return result

@@ -6,9 +6,10 @@ without a teacher (both heads learn the labels), with soft and with hard distill
 each head (mean, cls, dist) on scale 1 alone and on the two scales fused: "with and without the zoomed scale" at test
 time. Differences are paired by seed. Resumable (``run_or_reuse``).
 """
+
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 from .demo import mean_spread, resolved, run_or_reuse
 
@@ -18,11 +19,12 @@ VARIANTS = ("none", "soft", "hard")
 HEADS = ("mean", "cls", "dist")
 
 
-def _scores(run_dir: Path, split: str) -> Dict[str, float]:
+def _scores(run_dir: Path, split: str) -> dict[str, float]:
     """Top-1 of every head, single scale and fused, and the proposal's mIoU (on ``split``)."""
     from ..evaluate import run_eval
+
     ckpt = str(run_dir / "checkpoint.pth")
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for scales, tag in ((1, "single"), (2, "fused")):
         res = run_eval(ckpt, split=split, scales=scales, num_workers=0, show_progress=False)
         out.update({f"{tag}_{h}": res[f"top1_{h}"] for h in HEADS})
@@ -31,9 +33,14 @@ def _scores(run_dir: Path, split: str) -> Dict[str, float]:
     return out
 
 
-def bench_distill(seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "val", out_dir: str = "runs/bench_distill",
-                  teacher_config: str = "teacher_synthetic_cpu", student_config: str = "distill_synthetic_cpu",
-                  overrides: Sequence[str] = ()) -> Dict[str, object]:
+def bench_distill(
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    split: str = "val",
+    out_dir: str = "runs/bench_distill",
+    teacher_config: str = "teacher_synthetic_cpu",
+    student_config: str = "distill_synthetic_cpu",
+    overrides: Sequence[str] = (),
+) -> dict[str, object]:
     """The distillation table (see the module doc); ``split="val"`` holds out 20% of the training images and scores
     on them, ``"test"`` scores on the test split.
 
@@ -45,12 +52,11 @@ def bench_distill(seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "val", ou
         student_config: the student's config (its distill section is set per variant).
         overrides: extra settings for every run (teacher and students).
     """
-    from ..config import load_config
     base = [*overrides] + (["data.val_fraction=0.2"] if split == "val" else [])
-    teachers: List[Dict[str, float]] = []
-    scores: Dict[str, List[Dict[str, float]]] = {v: [] for v in VARIANTS}
-    folders: Dict[str, List[str]] = {"teacher": [], **{v: [] for v in VARIANTS}}
-    configs: Dict[str, dict] = {}
+    teachers: list[dict[str, float]] = []
+    scores: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    folders: dict[str, list[str]] = {"teacher": [], **{v: [] for v in VARIANTS}}
+    configs: dict[str, dict] = {}
     for seed in seeds:
         t_sets = [*base, f"train.seed={seed}"]
         t_dir = run_or_reuse(teacher_config, t_sets, Path(out_dir) / split, f"teacher_seed{seed}")
@@ -59,22 +65,31 @@ def bench_distill(seeds: Sequence[int] = (0, 1, 2, 3, 4), split: str = "val", ou
         folders["teacher"].append(str(t_dir))
         configs[str(t_dir)] = resolved(teacher_config, t_sets, t_dir)
         for variant in VARIANTS:
-            sets = [*base, f"train.seed={seed}"] + (["distill.enabled=false"] if variant == "none" else [
-                "distill.enabled=true", f"distill.teacher={t_dir}", f"distill.type={variant}"])
+            sets = [*base, f"train.seed={seed}"] + (
+                ["distill.enabled=false"]
+                if variant == "none"
+                else ["distill.enabled=true", f"distill.teacher={t_dir}", f"distill.type={variant}"]
+            )
             run_dir = run_or_reuse(student_config, sets, Path(out_dir) / split, f"student_{variant}_seed{seed}")
             scores[variant].append(_scores(run_dir, split))
             folders[variant].append(str(run_dir))
             configs[str(run_dir)] = resolved(student_config, sets, run_dir)
-    result: Dict[str, object] = {"split": split, "seeds": list(seeds), "overrides": list(overrides),
-                                 "teacher": {k: mean_spread([t[k] for t in teachers]) for k in ("top1",
-                                                                                                "mean_class_acc")},
-                                 "resolved_configs": configs, "run_folders": folders}
+    result: dict[str, object] = {
+        "split": split,
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "teacher": {k: mean_spread([t[k] for t in teachers]) for k in ("top1", "mean_class_acc")},
+        "resolved_configs": configs,
+        "run_folders": folders,
+    }
     for variant, rows in scores.items():
         result[variant] = {k: mean_spread([r[k] for r in rows]) for k in rows[0]}
     for variant in ("soft", "hard"):
         result[f"{variant}_minus_none"] = {
             k: mean_spread([d[k] - n[k] for d, n in zip(scores[variant], scores["none"])])
-            for k in scores["none"][0] if k != "loc_miou"}
+            for k in scores["none"][0]
+            if k != "loc_miou"
+        }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
     return result

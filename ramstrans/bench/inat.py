@@ -8,6 +8,7 @@ written for each).  Goal: <= 10 s and <= 1 GiB resident for the index. ``peak_rs
 process; ``index_rss_mib`` is that peak less the memory resident once the imports are done (importing torch alone is
 ~600 MiB on Linux, which a training process pays anyway).
 """
+
 import json
 import os
 import platform
@@ -15,14 +16,26 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
 __all__ = ["bench_inat_index", "write_inat_json"]
 
-SUPERCATEGORIES = ("Plantae", "Insecta", "Aves", "Reptilia", "Mammalia", "Fungi", "Amphibia", "Mollusca", "Animalia",
-                   "Arachnida", "Actinopterygii", "Chromista", "Protozoa")
+SUPERCATEGORIES = (
+    "Plantae",
+    "Insecta",
+    "Aves",
+    "Reptilia",
+    "Mammalia",
+    "Fungi",
+    "Amphibia",
+    "Mollusca",
+    "Animalia",
+    "Arachnida",
+    "Actinopterygii",
+    "Chromista",
+    "Protozoa",
+)
 CHUNK = 20000  # entries written per write() call
 CHILD = """
 import json, os, resource, sys, time
@@ -60,30 +73,44 @@ def write_inat_json(path: Path, num_images: int, num_classes: int, first_id: int
     hashes = rng.bytes(16 * num_images).hex()
     sizes = rng.integers(300, 801, size=(num_images, 2))
     with open(path, "w", encoding="utf-8") as f:
-        f.write('{"info": {"year": 2017, "version": "generated", "description": "ramstrans bench inat"}, '
-                '"licenses": [{"id": 1, "name": "CC BY", "url": "http://creativecommons.org/licenses/by/4.0/"}], '
-                '"images": [')
+        f.write(
+            '{"info": {"year": 2017, "version": "generated", "description": "ramstrans bench inat"}, '
+            '"licenses": [{"id": 1, "name": "CC BY", "url": "http://creativecommons.org/licenses/by/4.0/"}], '
+            '"images": ['
+        )
         for s in range(0, num_images, CHUNK):
-            f.write((", " if s else "") + ", ".join(
-                f'{{"license": 1, "file_name": "train_val_images/{SUPERCATEGORIES[c % 13]}/{_category_name(c)}/'
-                f'{hashes[32 * i:32 * i + 32]}.jpg", "rights_holder": "Observer {i % 9973}", '
-                f'"height": {sizes[i, 0]}, "width": {sizes[i, 1]}, "id": {first_id + i}}}'
-                for i, c in zip(range(s, min(s + CHUNK, num_images)), labels[s:s + CHUNK])))
+            f.write(
+                (", " if s else "")
+                + ", ".join(
+                    f'{{"license": 1, "file_name": "train_val_images/{SUPERCATEGORIES[c % 13]}/{_category_name(c)}/'
+                    f'{hashes[32 * i : 32 * i + 32]}.jpg", "rights_holder": "Observer {i % 9973}", '
+                    f'"height": {sizes[i, 0]}, "width": {sizes[i, 1]}, "id": {first_id + i}}}'
+                    for i, c in zip(range(s, min(s + CHUNK, num_images)), labels[s : s + CHUNK])
+                )
+            )
         f.write('], "annotations": [')
         order = rng.permutation(num_images)  # annotation order differs from image order
         for s in range(0, num_images, CHUNK):
-            f.write((", " if s else "") + ", ".join(
-                f'{{"id": {first_id + j}, "image_id": {first_id + i}, "category_id": {labels[i]}}}'
-                for j, i in zip(range(s, s + CHUNK), order[s:s + CHUNK])))
+            f.write(
+                (", " if s else "")
+                + ", ".join(
+                    f'{{"id": {first_id + j}, "image_id": {first_id + i}, "category_id": {labels[i]}}}'
+                    for j, i in zip(range(s, s + CHUNK), order[s : s + CHUNK])
+                )
+            )
         f.write('], "categories": [')
-        f.write(", ".join(f'{{"id": {k}, "name": "{_category_name(k)}", "supercategory": "{SUPERCATEGORIES[k % 13]}"}}'
-                          for k in rng.permutation(num_classes)))
+        f.write(
+            ", ".join(
+                f'{{"id": {k}, "name": "{_category_name(k)}", "supercategory": "{SUPERCATEGORIES[k % 13]}"}}'
+                for k in rng.permutation(num_classes)
+            )
+        )
         f.write("]}")
     return labels
 
 
 def _mib(maxrss: int) -> float:
-    return maxrss / 2 ** 20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
 
 
 def _touch_images(workdir: Path, json_file: Path) -> None:
@@ -98,26 +125,39 @@ def _run(workdir: Path, num_images: int, num_classes: int, num_val: int) -> dict
     labels = write_inat_json(workdir / "train2017.json", num_images, num_classes, 0, seed=0)
     write_inat_json(workdir / "val2017.json", num_val, num_classes, num_images, seed=1)
     _touch_images(workdir, workdir / "train2017.json")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2])]
-                                                      + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        ),
+    )
     r = subprocess.run([sys.executable, "-c", CHILD, str(workdir)], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"the indexing process failed: {r.stderr.strip().splitlines()[-1]}")
     child = json.loads(r.stdout.strip().splitlines()[-1])
     if child["checksum"] != int((labels * np.arange(num_images)).sum()):
         raise RuntimeError("load_inat17 paired images and labels wrongly on the generated JSON")
-    return {"train_images": child["train"], "test_images": child["test"], "classes": child["classes"],
-            "train_json_mib": round((workdir / "train2017.json").stat().st_size / 2 ** 20, 1),
-            "seconds": round(child["seconds"], 2), "peak_rss_mib": round(_mib(child["peak"]), 1),
-            "rss_after_imports_mib": round(_mib(child["imported"]), 1),
-            "index_rss_mib": round(_mib(child["peak"] - child["imported"]), 1),
-            "missing_check_seconds": round(child["check_seconds"], 2), "missing_found": child["missing"],
-            "goal": "seconds <= 10, index_rss_mib <= 1024, missing_check_seconds <= 5", "labels_checked": True,
-            "python": platform.python_version(), "cpus": os.cpu_count()}
+    return {
+        "train_images": child["train"],
+        "test_images": child["test"],
+        "classes": child["classes"],
+        "train_json_mib": round((workdir / "train2017.json").stat().st_size / 2**20, 1),
+        "seconds": round(child["seconds"], 2),
+        "peak_rss_mib": round(_mib(child["peak"]), 1),
+        "rss_after_imports_mib": round(_mib(child["imported"]), 1),
+        "index_rss_mib": round(_mib(child["peak"] - child["imported"]), 1),
+        "missing_check_seconds": round(child["check_seconds"], 2),
+        "missing_found": child["missing"],
+        "goal": "seconds <= 10, index_rss_mib <= 1024, missing_check_seconds <= 5",
+        "labels_checked": True,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
 
 
-def bench_inat_index(num_images: int = 579184, num_classes: int = 5089,
-                     workdir: Optional[Union[str, Path]] = None, num_val: int = 95986) -> dict:
+def bench_inat_index(
+    num_images: int = 579184, num_classes: int = 5089, workdir: str | Path | None = None, num_val: int = 95986
+) -> dict:
     """Index a generated iNat 2017 folder of the real size; seconds and peak resident MiB of the indexing process.
 
     Args:
@@ -130,8 +170,10 @@ def bench_inat_index(num_images: int = 579184, num_classes: int = 5089,
         ValueError: fewer images than classes, or fewer than one of either.
     """
     if not 1 <= num_classes <= num_images or num_val < 1:
-        raise ValueError(f"bench inat needs --num-classes >= 1 and --num-images >= --num-classes (got {num_images} "
-                         f"images, {num_classes} classes)")
+        raise ValueError(
+            f"bench inat needs --num-classes >= 1 and --num-images >= --num-classes (got {num_images} "
+            f"images, {num_classes} classes)"
+        )
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         return _run(Path(workdir), num_images, num_classes, num_val)

@@ -14,13 +14,15 @@ device-side proposal (rollout, threshold, components, boxes, zoom) against the b
 against a per-sample transcription of the official algorithm's structure (a Python loop over samples: the full N x N
 rollout chain, a component search per mask, the largest area's box, a per-sample resize).
 """
+
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +33,9 @@ from ..models import attention_rollout, component_boxes, crop_and_zoom, largest_
 __all__ = ["bench_latency", "bench_proposal", "bench_config_latency"]
 
 
-def _times(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Dict[str, float]]:
+def _times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
     """Median and p90 seconds of each fn, called in turn within every repeat (drift hits all alike)."""
-    runs: Dict[str, List[float]] = {k: [] for k in fns}
+    runs: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up
     for _ in range(repeats):
@@ -41,12 +43,15 @@ def _times(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Dict
             t = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t)
-    return {k: {"median_ms": 1000 * statistics.median(v), "p90_ms": 1000 * float(np.percentile(v, 90))}
-            for k, v in runs.items()}
+    return {
+        k: {"median_ms": 1000 * statistics.median(v), "p90_ms": 1000 * float(np.percentile(v, 90))}
+        for k, v in runs.items()
+    }
 
 
 def _gmacs(fn: Callable[[], object]) -> float:
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 2 / 1e9
@@ -56,8 +61,13 @@ def _machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads available, torch {torch.__version__}"
 
 
-def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int] = (1, 32),
-                  threads: Sequence[int] = (1, 2), repeats: int = 10) -> Dict[str, object]:
+def bench_latency(
+    checkpoint: str,
+    zoom_threshold: float,
+    batches: Sequence[int] = (1, 32),
+    threads: Sequence[int] = (1, 2),
+    repeats: int = 10,
+) -> dict[str, object]:
     """Test-time latency of a two-scale checkpoint on the CPU (see the module doc).
 
     Args:
@@ -73,20 +83,29 @@ def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int]
     from ..data import ImageDataset, eval_loader, load_index
     from ..evaluate import eval_transform
     from ..export import export_onnx
+
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
     model.eval()
-    vit = timm.create_model(cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names),
-                            **cfg.model.backbone_kwargs).eval()
+    vit = timm.create_model(
+        cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names), **cfg.model.backbone_kwargs
+    ).eval()
     vit.load_state_dict(model.backbone.vit.state_dict())
     index = load_index(cfg.data)
     ds = ImageDataset(index.root, index.split("test"), names, eval_transform(cfg, model))
     images = next(iter(eval_loader(ds, max(batches))))["image"]
-    result: Dict[str, object] = {"checkpoint": checkpoint, "zoom_threshold": zoom_threshold, "machine": _machine(),
-                                 "params_M": sum(p.numel() for p in vit.parameters()) / 1e6, "rows": []}
+    result: dict[str, object] = {
+        "checkpoint": checkpoint,
+        "zoom_threshold": zoom_threshold,
+        "machine": _machine(),
+        "params_M": sum(p.numel() for p in vit.parameters()) / 1e6,
+        "rows": [],
+    }
     one = images[:1]
     with torch.no_grad():
-        result["gmacs_per_image"] = {"single": _gmacs(lambda: model(one)),
-                                     "fused": _gmacs(lambda: model.predict(one, 2, boxes=False))}
+        result["gmacs_per_image"] = {
+            "single": _gmacs(lambda: model(one)),
+            "fused": _gmacs(lambda: model.predict(one, 2, boxes=False)),
+        }
         result["zoomed_share_of_the_batch"] = float(model.predict(images, "auto", zoom_threshold).zoomed.float().mean())
     available = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,15 +115,21 @@ def bench_latency(checkpoint: str, zoom_threshold: float, batches: Sequence[int]
             sessions = _ort_sessions(paths, n_threads)
             for batch in batches:
                 x = images[:batch]
-                result["rows"].append({"batch": batch, "threads": n_threads,
-                                       **_time_models(model, vit, sessions, x, zoom_threshold, repeats)})
+                result["rows"].append(
+                    {
+                        "batch": batch,
+                        "threads": n_threads,
+                        **_time_models(model, vit, sessions, x, zoom_threshold, repeats),
+                    }
+                )
     torch.set_num_threads(available)
     return result
 
 
-def _ort_sessions(paths: Dict[int, Path], n_threads: int) -> Dict[int, object]:
+def _ort_sessions(paths: dict[int, Path], n_threads: int) -> dict[int, object]:
     """onnxruntime CPU sessions of the ONNX files (keyed by number of scales) on ``n_threads`` threads."""
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = n_threads, 1
     # idle onnxruntime threads otherwise spin for a while after a run, taking a core from what runs next
@@ -112,7 +137,7 @@ def _ort_sessions(paths: Dict[int, Path], n_threads: int) -> Dict[int, object]:
     return {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for s, p in paths.items()}
 
 
-def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeats: int) -> Dict[str, object]:
+def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeats: int) -> dict[str, object]:
     x_np = x.numpy()
 
     def ort_adaptive():
@@ -122,19 +147,27 @@ def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeat
             sessions[2].run(None, {"images": x_np[unsure.numpy()]})
 
     with torch.no_grad():
-        return _times({"timm_eager": lambda: vit(x), "ours_single": lambda: model(x),
-                       "ours_fused": lambda: model.predict(x, 2, boxes=False),
-                       "ours_adaptive": lambda: model.predict(x, "auto", threshold, boxes=False),
-                       "onnx_single": lambda: sessions[1].run(None, {"images": x_np}),
-                       "onnx_fused": lambda: sessions[2].run(None, {"images": x_np}),
-                       "onnx_adaptive": ort_adaptive}, repeats)
+        return _times(
+            {
+                "timm_eager": lambda: vit(x),
+                "ours_single": lambda: model(x),
+                "ours_fused": lambda: model.predict(x, 2, boxes=False),
+                "ours_adaptive": lambda: model.predict(x, "auto", threshold, boxes=False),
+                "onnx_single": lambda: sessions[1].run(None, {"images": x_np}),
+                "onnx_fused": lambda: sessions[2].run(None, {"images": x_np}),
+                "onnx_adaptive": ort_adaptive,
+            },
+            repeats,
+        )
 
 
-def _official_per_sample(attentions: List[torch.Tensor], images: torch.Tensor, alpha: float,
-                         patch: int) -> torch.Tensor:
+def _official_per_sample(
+    attentions: list[torch.Tensor], images: torch.Tensor, alpha: float, patch: int
+) -> torch.Tensor:
     """Per sample: the N x N rollout chain, mean-row saliency, threshold, a component search, the largest area's box,
     a resize of the crop (the structure of the official code, written here for the comparison)."""
     from scipy import ndimage
+
     B, N, _ = attentions[0].shape
     g = int(round((N - 1) ** 0.5))
     out = []
@@ -148,19 +181,23 @@ def _official_per_sample(attentions: List[torch.Tensor], images: torch.Tensor, a
         mask = (sal > alpha * sal.mean()).reshape(g, g).numpy()
         labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
         if n == 0:
-            out.append(images[b:b + 1])
+            out.append(images[b : b + 1])
             continue
         k = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
         rows, cols = np.nonzero(labels == k)
         y0, y1, x0, x1 = rows.min() * patch, (rows.max() + 1) * patch, cols.min() * patch, (cols.max() + 1) * patch
-        out.append(F.interpolate(images[b:b + 1, :, y0:y1, x0:x1], size=images.shape[-2:], mode="bilinear",
-                                 align_corners=False))
+        out.append(
+            F.interpolate(
+                images[b : b + 1, :, y0:y1, x0:x1], size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
+        )
     return torch.cat(out)
 
 
 def _scipy_batched(mask: torch.Tensor) -> torch.Tensor:
     """The batched labelling the device path replaced: one scipy call for the batch on the host."""
     from scipy import ndimage
+
     m = mask.cpu().numpy()
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = True
@@ -177,8 +214,9 @@ def _scipy_batched(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(keep)
 
 
-def bench_proposal(batch: int = 16, grid: int = 28, depth: int = 12, patch: int = 16, repeats: int = 5,
-                   alpha: float = 1.3) -> Dict[str, object]:
+def bench_proposal(
+    batch: int = 16, grid: int = 28, depth: int = 12, patch: int = 16, repeats: int = 5, alpha: float = 1.3
+) -> dict[str, object]:
     """The proposal alone at ViT-B/16 448 px scale (see the module doc); goal: >= 10x faster than per-sample."""
     gen = torch.Generator().manual_seed(0)
     n = grid * grid + 1
@@ -196,20 +234,46 @@ def bench_proposal(batch: int = 16, grid: int = 28, depth: int = 12, patch: int 
         boxes = component_boxes(_scipy_batched(threshold_rollout(g, alpha)), (patch, patch), size)
         return crop_and_zoom(images, boxes, size)
 
-    t = _times({"device": device_path, "scipy_batched": scipy_path,
-                "official_per_sample": lambda: _official_per_sample(attentions, images, alpha, patch)}, repeats)
-    return {"setting": f"batch {batch}, {grid} x {grid} grid, {depth} blocks, {patch}-px patches, CPU",
-            "machine": _machine(), "ms": t,
-            "official_over_device": t["official_per_sample"]["median_ms"] / t["device"]["median_ms"],
-            "scipy_over_device": t["scipy_batched"]["median_ms"] / t["device"]["median_ms"]}
+    t = _times(
+        {
+            "device": device_path,
+            "scipy_batched": scipy_path,
+            "official_per_sample": lambda: _official_per_sample(attentions, images, alpha, patch),
+        },
+        repeats,
+    )
+    return {
+        "setting": f"batch {batch}, {grid} x {grid} grid, {depth} blocks, {patch}-px patches, CPU",
+        "machine": _machine(),
+        "ms": t,
+        "official_over_device": t["official_per_sample"]["median_ms"] / t["device"]["median_ms"],
+        "scipy_over_device": t["scipy_batched"]["median_ms"] / t["device"]["median_ms"],
+    }
 
 
 # Classes of each data set, for timing a config's model without its data (the weights do not change the cost).
 _CLASSES = {"cub": 200, "dogs": 120, "nabirds": 555, "inat17": 5089}
 
 
-def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequence[int] = (1, 2),
-                         repeats: int = 10, overrides: Sequence[str] = ()) -> Dict[str, object]:
+def _config_fns(model, x: torch.Tensor, sessions: dict[int, object]) -> dict[str, Callable[[], object]]:
+    """What ``bench_config_latency`` times for one model: eager single (and fused) scale, and each ONNX session."""
+    feed = {"images": x.numpy()}
+    fns: dict[str, Callable[[], object]] = {"eager_single": partial(model, x)}
+    fns.update(
+        {f"onnx_{'single' if s == 1 else 'fused'}": partial(sess.run, None, feed) for s, sess in sessions.items()}
+    )
+    if model.num_scales > 1:
+        fns["eager_fused"] = partial(model.predict, x, model.num_scales, boxes=False)
+    return fns
+
+
+def bench_config_latency(
+    configs: Sequence[str],
+    batch: int = 1,
+    threads: Sequence[int] = (1, 2),
+    repeats: int = 10,
+    overrides: Sequence[str] = (),
+) -> dict[str, object]:
     """Test-time latency of the models of configs (randomly initialised: no data, no pretrained file), on the CPU:
     eager single scale, eager fused (models with zoom scales), and both through onnxruntime.
 
@@ -223,6 +287,7 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
     from ..config import load_config
     from ..export import write_onnx
     from ..models import build_model
+
     rows = []
     available = torch.get_num_threads()
     for name in configs:
@@ -233,24 +298,27 @@ def bench_config_latency(configs: Sequence[str], batch: int = 1, threads: Sequen
             model = build_model(replace(cfg.model, pretrained=None), k).eval()
         scales = model.num_scales
         x = torch.randn(batch, model.backbone.in_chans, *model.backbone.img_size)
-        row: Dict[str, object] = {"config": name, "overrides": list(overrides), "model": cfg.model.backbone,
-                                  "type": cfg.model.type, "dist_token": cfg.model.dist_token,
-                                  "img_size": cfg.model.img_size, "classes": k, "scales": scales,
-                                  "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        row: dict[str, object] = {
+            "config": name,
+            "overrides": list(overrides),
+            "model": cfg.model.backbone,
+            "type": cfg.model.type,
+            "dist_token": cfg.model.dist_token,
+            "img_size": cfg.model.img_size,
+            "classes": k,
+            "scales": scales,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        }
         with torch.no_grad():
-            row["gmacs_single"] = _gmacs(lambda: model(x[:1]))
+            row["gmacs_single"] = _gmacs(partial(model, x[:1]))
         with tempfile.TemporaryDirectory() as tmp:
             paths = {s: write_onnx(model, Path(tmp) / f"m{s}.onnx", s) for s in sorted({1, scales})}
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                sessions = _ort_sessions(paths, n_threads)
-                fns = {"eager_single": lambda: model(x),
-                       **{f"onnx_{'single' if s == 1 else 'fused'}": (lambda s=s: sessions[s].run(
-                           None, {"images": x.numpy()})) for s in sessions}}
-                if scales > 1:
-                    fns["eager_fused"] = lambda: model.predict(x, scales, boxes=False)
                 with torch.no_grad():
-                    row[f"threads{n_threads}_ms"] = _times(fns, repeats)
+                    row[f"threads{n_threads}_ms"] = _times(
+                        _config_fns(model, x, _ort_sessions(paths, n_threads)), repeats
+                    )
         rows.append(row)
     torch.set_num_threads(available)
     return {"batch": batch, "machine": _machine(), "rows": rows}

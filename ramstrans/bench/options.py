@@ -10,12 +10,13 @@ scored on the validation split, plain and shifted (colour + blur + contrast), si
 proposal's mIoU and the training time per step; the cost of one training step (median time, the process's peak
 resident memory and the rise the steps caused) is probed once per variant in a fresh process.
 """
+
 import json
 import multiprocessing as mp
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 from ..files import write_text_atomic
 from .demo import mean_spread, resolved, run_or_reuse
@@ -23,7 +24,7 @@ from .demo import mean_spread, resolved, run_or_reuse
 __all__ = ["bench_options", "VARIANTS"]
 
 _DEMO_KWARGS = "{embed_dim: 128, depth: 6, num_heads: 4"
-VARIANTS: Dict[str, List[str]] = {
+VARIANTS: dict[str, list[str]] = {
     "base": [],
     "window1": ["model.attn_window=1"],
     "window2": ["model.attn_window=2"],
@@ -37,15 +38,21 @@ VARIANTS: Dict[str, List[str]] = {
 SHIFT = ("colour", "blur", "contrast")
 
 
-def _scores(run_dir: Path) -> Dict[str, float]:
+def _scores(run_dir: Path) -> dict[str, float]:
     from ..evaluate import run_eval
+
     ckpt = str(run_dir / "checkpoint.pth")
     kw = dict(split="val", num_workers=0, show_progress=False)
     single, fused = run_eval(ckpt, scales=1, **kw), run_eval(ckpt, scales=2, **kw)
     shifted = run_eval(ckpt, scales=1, shift=SHIFT, **kw)
     train = json.loads((run_dir / "summary.json").read_text())["train"]
-    return {"single": single["top1"], "fused": fused["top1"], "shifted_single": shifted["top1"],
-            "loc_miou": single.get("loc_miou", float("nan")), "s_per_step": train["seconds"] / max(train["steps"], 1)}
+    return {
+        "single": single["top1"],
+        "fused": fused["top1"],
+        "shifted_single": shifted["top1"],
+        "loc_miou": single.get("loc_miou", float("nan")),
+        "s_per_step": train["seconds"] / max(train["steps"], 1),
+    }
 
 
 def _vm_mib(field: str) -> float:
@@ -65,11 +72,15 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
     from ..l2l import FwtLearner
     from ..losses import build_criterion
     from ..models import MultiScaleForward, build_model
+
     cfg = load_config(config, [*sets, "model.pretrained=null", "distill.enabled=false"])
     model = build_model(cfg.model, cfg.data.synthetic.num_classes).train()
     criterion, module = build_criterion(cfg.loss, cfg.model.num_scales), MultiScaleForward(model)
-    learner = FwtLearner(layers=model.backbone.fwt, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.train.lr)) \
-        if cfg.model.fwt == "learned" else None
+    learner = (
+        FwtLearner(layers=model.backbone.fwt, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.train.lr))
+        if cfg.model.fwt == "learned"
+        else None
+    )
     x = torch.randn(cfg.train.batch_size, 3, cfg.model.img_size, cfg.model.img_size)
     y = torch.arange(cfg.train.batch_size) % cfg.data.synthetic.num_classes
     times, before = [], _vm_mib("VmRSS")
@@ -84,7 +95,7 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
     queue.put({"step_s": statistics.median(times[1:]), "peak_rss_mib": peak, "step_rise_mib": peak - before})
 
 
-def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
+def _cost(config: str, sets: Sequence[str], steps: int = 6) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_probe, args=(config, list(sets), steps, queue))
@@ -94,8 +105,9 @@ def _cost(config: str, sets: Sequence[str], steps: int = 6) -> Dict[str, float]:
     return out
 
 
-def _run(config: str, sets: List[str], folder: Path, variant: str, seed: int,
-         record: Dict[str, Dict[str, list]]) -> Dict[str, float]:
+def _run(
+    config: str, sets: list[str], folder: Path, variant: str, seed: int, record: dict[str, dict[str, list]]
+) -> dict[str, float]:
     """Train (or reuse) one run, note its folder and resolved config under ``record[...][variant]``, and score it."""
     run = run_or_reuse(config, sets, folder, f"{variant}_seed{seed}")
     record["run_folders"].setdefault(variant, []).append(str(run))
@@ -103,8 +115,12 @@ def _run(config: str, sets: List[str], folder: Path, variant: str, seed: int,
     return _scores(run)
 
 
-def bench_options(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str = "runs/bench_options",
-                  teacher_dir: str = "runs/bench_distill", overrides: Sequence[str] = ()) -> Dict[str, object]:
+def bench_options(
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    out_dir: str = "runs/bench_options",
+    teacher_dir: str = "runs/bench_distill",
+    overrides: Sequence[str] = (),
+) -> dict[str, object]:
     """The options table (see the module doc).
 
     Args:
@@ -114,25 +130,36 @@ def bench_options(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str = "runs/b
         overrides: settings for every student run (not the teachers), e.g. a shorter ``train.steps``.
     """
     seed_base = ["data.val_fraction=0.2"]
-    rows: Dict[str, List[Dict[str, float]]] = {}
-    record: Dict[str, Dict[str, list]] = {"run_folders": {}, "resolved_configs": {}}
+    rows: dict[str, list[dict[str, float]]] = {}
+    record: dict[str, dict[str, list]] = {"run_folders": {}, "resolved_configs": {}}
     for seed in seeds:
         seed_sets = [*seed_base, f"train.seed={seed}"]
         for name, sets in VARIANTS.items():
             rows.setdefault(name, []).append(
-                _run("synthetic_cpu", [*seed_sets, *overrides, *sets], Path(out_dir), name, seed, record))
+                _run("synthetic_cpu", [*seed_sets, *overrides, *sets], Path(out_dir), name, seed, record)
+            )
         teacher = run_or_reuse("teacher_synthetic_cpu", seed_sets, Path(teacher_dir) / "val", f"teacher_seed{seed}")
         taught = [*seed_sets, *overrides, "distill.enabled=true", f"distill.teacher={teacher}"]
-        for name, config, extra in (("distilled", "distill_synthetic_cpu", ["distill.type=soft"]),
-                                    ("assembled", "seed_system_synthetic_cpu", [])):
+        for name, config, extra in (
+            ("distilled", "distill_synthetic_cpu", ["distill.type=soft"]),
+            ("assembled", "seed_system_synthetic_cpu", []),
+        ):
             rows.setdefault(name, []).append(_run(config, [*taught, *extra], Path(out_dir), name, seed, record))
-    result: Dict[str, object] = {"split": "val", "seeds": list(seeds), "overrides": list(overrides),
-                                 "shift": list(SHIFT), "variants": VARIANTS, **record}
+    result: dict[str, object] = {
+        "split": "val",
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "shift": list(SHIFT),
+        "variants": VARIANTS,
+        **record,
+    }
     for name, res in rows.items():
         result[name] = {k: mean_spread([r[k] for r in res]) for k in res[0]}
     for name, ref in [*((n, "base") for n in rows if n != "base"), ("assembled", "distilled")]:
-        result[f"{name}_minus_{ref}"] = {k: mean_spread([r[k] - b[k] for r, b in zip(rows[name], rows[ref])])
-                                         for k in ("single", "fused", "shifted_single", "loc_miou", "s_per_step")}
+        result[f"{name}_minus_{ref}"] = {
+            k: mean_spread([r[k] - b[k] for r, b in zip(rows[name], rows[ref])])
+            for k in ("single", "fused", "shifted_single", "loc_miou", "s_per_step")
+        }
     result["cost"] = {name: _cost("synthetic_cpu", [*overrides, *sets]) for name, sets in VARIANTS.items()}
     result["cost"]["assembled"] = _cost("seed_system_synthetic_cpu", list(overrides))
     Path(out_dir).mkdir(parents=True, exist_ok=True)

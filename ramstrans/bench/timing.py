@@ -1,7 +1,8 @@
 """Timing helpers of the benchmarks: interleaved repeats with medians, bytes saved for backward."""
+
 import statistics
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
@@ -13,9 +14,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, float]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each fn, calling them in turn within every repeat (drift hits all alike)."""
-    times: Dict[str, List[float]] = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(repeats):
@@ -30,7 +31,7 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device: torc
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
     """Bytes of the distinct tensors autograd saves for backward while ``fn`` runs."""
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()

@@ -1,5 +1,6 @@
 """``ramstrans bench transmix``: the per-step cost of TransMix."""
-from typing import Callable, Dict
+
+from collections.abc import Callable
 
 import torch
 
@@ -11,8 +12,14 @@ from .timing import interleaved
 __all__ = ["bench_transmix"]
 
 
-def bench_transmix(backbone: str = "vit_base_patch16_224", img_size: int = 448, batch: int = 2, repeats: int = 5,
-                   device: str = "cpu", depth: int = 0) -> Dict[str, object]:
+def bench_transmix(
+    backbone: str = "vit_base_patch16_224",
+    img_size: int = 448,
+    batch: int = 2,
+    repeats: int = 5,
+    device: str = "cpu",
+    depth: int = 0,
+) -> dict[str, object]:
     """Per-step cost of TransMix (mixing, λ at every scale, soft targets) against a two-scale step without mixing
     (goal <= 1%). CutMix is forced so that the attention path is always the one measured."""
     dev = torch.device(device)
@@ -39,16 +46,20 @@ def bench_transmix(backbone: str = "vit_base_patch16_224", img_size: int = 448, 
                 loss = sum(criterion(xm if mix else x, o, targets).values())
             loss.backward()
             model.zero_grad(set_to_none=True)
+
         return run
 
     def mixing_only():
         xm, targets_for = mixer(x, y, 0)
         return targets_for(out)
 
-    t = interleaved({"step_plain": step(False), "step_transmix": step(True), "transmix_work": mixing_only},
-                     repeats, dev)
-    return {"setting": f"{backbone}{f' depth {depth}' if depth else ''} @ {img_size}, batch {batch}, {device}, "
-                       f"median of {repeats}",
-            "seconds": {k: round(v, 6) for k, v in t.items()},
-            "transmix_work_over_step": t["transmix_work"] / t["step_plain"],
-            "step_ratio": t["step_transmix"] / t["step_plain"]}
+    t = interleaved(
+        {"step_plain": step(False), "step_transmix": step(True), "transmix_work": mixing_only}, repeats, dev
+    )
+    return {
+        "setting": f"{backbone}{f' depth {depth}' if depth else ''} @ {img_size}, batch {batch}, {device}, "
+        f"median of {repeats}",
+        "seconds": {k: round(v, 6) for k, v in t.items()},
+        "transmix_work_over_step": t["transmix_work"] / t["step_plain"],
+        "step_ratio": t["step_transmix"] / t["step_plain"],
+    }

@@ -16,11 +16,12 @@ choose anything). Runs are reused by the hash of their resolved config (``run_or
   the frontier PNG.
 - ``latency``: ms per image at batch 32 and 1 of each kind of row on this machine (run it alone).
 """
+
 import itertools
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,24 +30,37 @@ from .demo import mean_spread, resolved, run_or_reuse
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
 SD_GRID = {"beta": (0.5, 1.0, 2.0, 4.0), "tau": (1.0, 2.0, 4.0), "target": ("fused", "last")}
-STUDENT_GRID = ({"alpha": 0.5, "tau": 1.0, "mix": False}, {"alpha": 0.5, "tau": 2.0, "mix": False},
-                {"alpha": 1.0, "tau": 1.0, "mix": False}, {"alpha": 0.5, "tau": 1.0, "mix": True})
+STUDENT_GRID = (
+    {"alpha": 0.5, "tau": 1.0, "mix": False},
+    {"alpha": 0.5, "tau": 2.0, "mix": False},
+    {"alpha": 1.0, "tau": 1.0, "mix": False},
+    {"alpha": 0.5, "tau": 1.0, "mix": True},
+)
 MULTIPLES = (1, 2, 4)
 EMA_DECAY = 0.99  # the decay bench ema measured on the demo
 # Today's points (README "The demo, measured": full training split, test, seeds 0-4), drawn for comparison.
-TODAY = ({"label": "today: single scale", "passes": 1.0, "top1": 84.3},
-         {"label": "today: adaptive 0.95", "passes": 1.88, "top1": 96.9},
-         {"label": "today: fused", "passes": 2.0, "top1": 96.9})
+TODAY = (
+    {"label": "today: single scale", "passes": 1.0, "top1": 84.3},
+    {"label": "today: adaptive 0.95", "passes": 1.88, "top1": 96.9},
+    {"label": "today: fused", "passes": 2.0, "top1": 96.9},
+)
 VIT = ["model.num_scales=1", "loss.scale_weights=[1.0]"]
 
 
-def _sd_sets(beta: float, tau: float, target: str) -> List[str]:
+def _sd_sets(beta: float, tau: float, target: str) -> list[str]:
     return [f"loss.self_distill={beta}", f"loss.self_distill_tau={tau}", f"loss.self_distill_target={target}"]
 
 
-def _student_sets(teacher: Path, alpha: float, tau: float, mix: bool, steps: int) -> List[str]:
-    return [*VIT, "distill.enabled=true", f"distill.teacher={teacher}", "distill.type=soft", f"distill.alpha={alpha}",
-            f"distill.tau={tau}", f"train.steps={steps}"] + (["mix.enabled=true", "mix.transmix=false"] if mix else [])
+def _student_sets(teacher: Path, alpha: float, tau: float, mix: bool, steps: int) -> list[str]:
+    return [
+        *VIT,
+        "distill.enabled=true",
+        f"distill.teacher={teacher}",
+        "distill.type=soft",
+        f"distill.alpha={alpha}",
+        f"distill.tau={tau}",
+        f"train.steps={steps}",
+    ] + (["mix.enabled=true", "mix.transmix=false"] if mix else [])
 
 
 class _Runs:
@@ -54,9 +68,10 @@ class _Runs:
 
     def __init__(self, config: str, out_dir: str, overrides: Sequence[str]) -> None:
         from ..config import load_config
+
         self.config, self.folder, self.overrides = config, Path(out_dir) / "val", list(overrides)
         self.steps = load_config(config, self.overrides).train.steps
-        self.configs: Dict[str, dict] = {}
+        self.configs: dict[str, dict] = {}
 
     def run(self, name: str, seed: int, sets: Sequence[str]) -> Path:
         sets = ["data.val_fraction=0.2", f"train.seed={seed}", *self.overrides, *sets]
@@ -65,12 +80,12 @@ class _Runs:
         return run_dir
 
 
-def _one_scale(run_dir: Path) -> Dict[str, float]:
+def _one_scale(run_dir: Path) -> dict[str, float]:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"val_single": summary["final_val"]["top1"], "test_single": summary["test"]["top1"]}
 
 
-def _two_scale(run_dir: Path) -> Dict[str, float]:
+def _two_scale(run_dir: Path) -> dict[str, float]:
     """Validation and test scores of a two-scale run (cached in its folder as zoom_eval.json): single, fused,
     adaptive with the top probability and with the zoom gate at thresholds chosen on validation, and the oracle."""
     cached = run_dir / "zoom_eval.json"
@@ -81,37 +96,51 @@ def _two_scale(run_dir: Path) -> Dict[str, float]:
     from ..files import write_text_atomic
     from ..models import zoom_confidence
     from ..zoom_gate import default_gate_path, run_fit_gate
+
     gate_ckpt = default_gate_path(str(run_dir / "checkpoint.pth"))
     report = run_fit_gate(str(run_dir / "checkpoint.pth"), num_workers=0, overwrite=True)
     model, _, _, _, ds, dev = _load(str(gate_ckpt), "auto", "cpu", "test", None, False)
     pooled, first, fused, labels = scale_outputs(model, eval_loader(ds, 100, 0), dev, None)
-    out: Dict[str, float] = {"val_single": report["single_scale_top1"], "val_fused": report["full_fusion_top1"],
-                             "val_oracle_passes": report["oracle"]["passes_per_image"],
-                             "test_single": 100.0 * (first.argmax(1) == labels).double().mean().item(),
-                             "test_fused": 100.0 * (fused.argmax(1) == labels).double().mean().item(),
-                             "test_oracle_passes": 1.0 + (fused.argmax(1) != first.argmax(1)).float().mean().item()}
+    out: dict[str, float] = {
+        "val_single": report["single_scale_top1"],
+        "val_fused": report["full_fusion_top1"],
+        "val_oracle_passes": report["oracle"]["passes_per_image"],
+        "test_single": 100.0 * (first.argmax(1) == labels).double().mean().item(),
+        "test_fused": 100.0 * (fused.argmax(1) == labels).double().mean().item(),
+        "test_oracle_passes": 1.0 + (fused.argmax(1) != first.argmax(1)).float().mean().item(),
+    }
     for rule, confidence in (("maxprob", zoom_confidence(first)), ("gate", model.zoom_score(pooled, first, "gate"))):
         chosen = report["gate_oof" if rule == "gate" else rule]["chosen"]
         row = sweep_rows(confidence, first, fused, labels, [chosen["threshold"]], 2)[0]
-        out.update({f"val_{rule}_threshold": chosen["threshold"], f"val_{rule}": chosen["top1"],
-                    f"val_{rule}_passes": chosen["passes_per_image"], f"test_{rule}": row["top1"],
-                    f"test_{rule}_passes": row["passes_per_image"]})
+        out.update(
+            {
+                f"val_{rule}_threshold": chosen["threshold"],
+                f"val_{rule}": chosen["top1"],
+                f"val_{rule}_passes": chosen["passes_per_image"],
+                f"test_{rule}": row["top1"],
+                f"test_{rule}_passes": row["passes_per_image"],
+            }
+        )
     write_text_atomic(cached, json.dumps(out, indent=1))
     return out
 
 
-def _summarise(rows: Dict[str, List[Dict[str, float]]]) -> Dict[str, Dict[str, Dict[str, object]]]:
+def _summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, object]]]:
     """Per row and metric: mean ± half-range over seeds with the per-seed values."""
-    return {name: {k: mean_spread([r[k] for r in per_seed]) for k in per_seed[0]} for name, per_seed in rows.items()
-            if per_seed}
+    return {
+        name: {k: mean_spread([r[k] for r in per_seed]) for k in per_seed[0]}
+        for name, per_seed in rows.items()
+        if per_seed
+    }
 
 
-def _paired(rows: Dict[str, List[Dict[str, float]]], a: str, b: str, key: str) -> Dict[str, object]:
+def _paired(rows: dict[str, list[dict[str, float]]], a: str, b: str, key: str) -> dict[str, object]:
     return mean_spread([x[key] - y[key] for x, y in zip(rows[a], rows[b])])
 
 
-def _screen(runs: _Runs, seeds: Sequence[int], sd_grid: Dict[str, Sequence], student_grid: Sequence[Dict[str, object]]
-            ) -> Dict[str, object]:
+def _screen(
+    runs: _Runs, seeds: Sequence[int], sd_grid: dict[str, Sequence], student_grid: Sequence[dict[str, object]]
+) -> dict[str, object]:
     """The self-distillation grid and the student grid on validation (see the module doc)."""
     sd, students = [], []
     for seed in seeds:
@@ -124,34 +153,43 @@ def _screen(runs: _Runs, seeds: Sequence[int], sd_grid: Dict[str, Sequence], stu
         for s in student_grid:
             run_dir = runs.run("student", seed, _student_sets(teacher, s["alpha"], s["tau"], s["mix"], runs.steps))
             students.append({**s, "seed": seed, **_one_scale(run_dir)})
-    def best(rows: List[Dict[str, object]], keys: Tuple[str, ...]) -> Dict[str, object]:
-        groups: Dict[tuple, List[Dict[str, object]]] = {}
+
+    def best(rows: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, object]:
+        groups: dict[tuple, list[dict[str, object]]] = {}
         for r in rows:
             groups.setdefault(tuple(r[k] for k in keys), []).append(r)
         top = max(groups.items(), key=lambda kv: statistics.mean(r["val_single"] for r in kv[1]))
         return dict(zip(keys, top[0]))
-    return {"self_distill": sd, "students": students,
-            "chosen_self_distill": best([r for r in sd if r["beta"] > 0], ("beta", "tau", "target")),
-            "chosen_student": best(students, ("alpha", "tau", "mix"))}
+
+    return {
+        "self_distill": sd,
+        "students": students,
+        "chosen_self_distill": best([r for r in sd if r["beta"] > 0], ("beta", "tau", "target")),
+        "chosen_student": best(students, ("alpha", "tau", "mix")),
+    }
 
 
-def _ema(runs: _Runs, seeds: Sequence[int], chosen: Dict[str, object]) -> Dict[str, object]:
+def _ema(runs: _Runs, seeds: Sequence[int], chosen: dict[str, object]) -> dict[str, object]:
     """With an EMA of the weights: self-distillation's target from the online weights against from the EMA weights."""
-    rows: Dict[str, List[Dict[str, float]]] = {"online": [], "ema": []}
+    rows: dict[str, list[dict[str, float]]] = {"online": [], "ema": []}
     for seed, source in itertools.product(seeds, rows):
         sets = [*_sd_sets(**chosen), f"train.ema_decay={EMA_DECAY}", f"loss.self_distill_source={source}"]
         rows[source].append(_two_scale(runs.run("sd_ema", seed, sets)))
-    return {"ema_decay": EMA_DECAY, **_summarise(rows),
-            "ema_minus_online": {k: _paired(rows, "ema", "online", k) for k in ("val_single", "val_fused")}}
+    return {
+        "ema_decay": EMA_DECAY,
+        **_summarise(rows),
+        "ema_minus_online": {k: _paired(rows, "ema", "online", k) for k in ("val_single", "val_fused")},
+    }
 
 
 TWO_SCALE_ROWS = ("rams", "sd", "rams_x4")  # rows with a zoom: single, fused, adaptive (top probability, gate)
 
 
-def _report(runs: _Runs, seeds: Sequence[int], sd: Dict[str, object],
-            student: Dict[str, object]) -> Tuple[Dict[str, object], Dict[str, List[Dict[str, float]]]]:
+def _report(
+    runs: _Runs, seeds: Sequence[int], sd: dict[str, object], student: dict[str, object]
+) -> tuple[dict[str, object], dict[str, list[dict[str, float]]]]:
     """Every row of the frontier on validation and test (see the module doc)."""
-    rows: Dict[str, List[Dict[str, float]]] = {"vit": [], "rams": [], "sd": [], "rams_x4": []}
+    rows: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "sd": [], "rams_x4": []}
     for seed in seeds:
         rows["vit"].append(_one_scale(runs.run("vit", seed, VIT)))
         teacher = runs.run("rams", seed, [])
@@ -163,26 +201,38 @@ def _report(runs: _Runs, seeds: Sequence[int], sd: Dict[str, object],
             if m > 1:
                 vit = runs.run("vit", seed, VIT + [f"train.steps={steps}"])
                 rows.setdefault(f"vit_x{m}", []).append(_one_scale(vit))
-            rows.setdefault(f"student_x{m}", []).append(_one_scale(runs.run(
-                "student", seed, _student_sets(teacher, student["alpha"], student["tau"], student["mix"], steps))))
+            rows.setdefault(f"student_x{m}", []).append(
+                _one_scale(
+                    runs.run(
+                        "student", seed, _student_sets(teacher, student["alpha"], student["tau"], student["mix"], steps)
+                    )
+                )
+            )
     rows["vit_x1"] = rows["vit"]
-    result: Dict[str, object] = {"rows": _summarise({k: v for k, v in rows.items() if k != "vit_x1"})}
-    paired: Dict[str, object] = {
-        "sd_minus_rams": {k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single", "val_fused",
-                                                                      "test_fused")},
+    result: dict[str, object] = {"rows": _summarise({k: v for k, v in rows.items() if k != "vit_x1"})}
+    paired: dict[str, object] = {
+        "sd_minus_rams": {
+            k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single", "val_fused", "test_fused")
+        },
         "rams_x4_minus_vit_x4": {k: _paired(rows, "rams_x4", "vit_x4", k) for k in ("val_single", "test_single")},
-        **{f"student_x{m}_minus_vit_x{m}": {k: _paired(rows, f"student_x{m}", f"vit_x{m}", k)
-                                           for k in ("val_single", "test_single")} for m in MULTIPLES}}
+        **{
+            f"student_x{m}_minus_vit_x{m}": {
+                k: _paired(rows, f"student_x{m}", f"vit_x{m}", k) for k in ("val_single", "test_single")
+            }
+            for m in MULTIPLES
+        },
+    }
     for name in TWO_SCALE_ROWS:
         for rule in ("gate", "maxprob"):
-            paired[f"{name}_{rule}_minus_fused"] = mean_spread([r[f"test_{rule}"] - r["test_fused"]
-                                                                for r in rows[name]])
+            paired[f"{name}_{rule}_minus_fused"] = mean_spread(
+                [r[f"test_{rule}"] - r["test_fused"] for r in rows[name]]
+            )
     result["paired"] = paired
     result["goals"] = _goals(result["rows"])
     return result, rows
 
 
-def _goals(summary: Dict[str, Dict[str, Dict[str, object]]]) -> Dict[str, object]:
+def _goals(summary: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
     """The issue's two goals on the test split: a single pass within 2 points of today's fused top-1 (>= 94.9), and
     adaptive inference within 0.5 points of its model's fused top-1 at <= 1.3 passes per image (per row and rule)."""
     goal = TODAY[2]["top1"] - 2.0
@@ -193,13 +243,23 @@ def _goals(summary: Dict[str, Dict[str, Dict[str, object]]]) -> Dict[str, object
         m = summary[name]
         for rule in ("maxprob", "gate"):
             drop, passes = m[f"test_{rule}"]["mean"] - m["test_fused"]["mean"], m[f"test_{rule}_passes"]["mean"]
-            adaptive[f"{name}_{rule}"] = {"top1_minus_fused": drop, "passes_per_image": passes,
-                                          "reached": drop >= -0.5 and passes <= 1.3}
-    return {"single_pass": {"goal_top1": goal, "best_row": best, "best_top1": single[best],
-                            "short_by": max(0.0, goal - single[best])}, "adaptive": adaptive}
+            adaptive[f"{name}_{rule}"] = {
+                "top1_minus_fused": drop,
+                "passes_per_image": passes,
+                "reached": drop >= -0.5 and passes <= 1.3,
+            }
+    return {
+        "single_pass": {
+            "goal_top1": goal,
+            "best_row": best,
+            "best_top1": single[best],
+            "short_by": max(0.0, goal - single[best]),
+        },
+        "adaptive": adaptive,
+    }
 
 
-def _latency(rams_dir: Path, repeats: int = 5) -> Dict[str, object]:
+def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, object]:
     """ms per image of one pass, the fused two scales and adaptive zoom (top probability and gate, at the thresholds
     chosen on validation) on the first 32 test images: at batch 32, and one image at a time (batch 1)."""
     import time
@@ -207,14 +267,19 @@ def _latency(rams_dir: Path, repeats: int = 5) -> Dict[str, object]:
     from ..data import eval_loader
     from ..evaluate import _load
     from ..zoom_gate import default_gate_path
+
     scores = _two_scale(rams_dir)
-    model, _, _, _, ds, _ = _load(str(default_gate_path(str(rams_dir / "checkpoint.pth"))), "auto", "cpu", "test",
-                                  None, False)
+    model, _, _, _, ds, _ = _load(
+        str(default_gate_path(str(rams_dir / "checkpoint.pth"))), "auto", "cpu", "test", None, False
+    )
     x = next(iter(eval_loader(ds, 32, 0)))["image"]
-    kinds = {"one_pass": lambda b: model(b), "fused": lambda b: model.predict(b, 2, boxes=False),
-             "adaptive_maxprob": lambda b: model.predict(b, "auto", scores["val_maxprob_threshold"], boxes=False),
-             "adaptive_gate": lambda b: model.predict(b, "auto", scores["val_gate_threshold"], "gate", boxes=False)}
-    out: Dict[str, object] = {"threads": torch.get_num_threads(), "images": int(x.shape[0])}
+    kinds = {
+        "one_pass": lambda b: model(b),
+        "fused": lambda b: model.predict(b, 2, boxes=False),
+        "adaptive_maxprob": lambda b: model.predict(b, "auto", scores["val_maxprob_threshold"], boxes=False),
+        "adaptive_gate": lambda b: model.predict(b, "auto", scores["val_gate_threshold"], "gate", boxes=False),
+    }
+    out: dict[str, object] = {"threads": torch.get_num_threads(), "images": int(x.shape[0])}
     with torch.no_grad():
         for name, fn in kinds.items():
             fn(x[:2])  # warm-up
@@ -223,49 +288,70 @@ def _latency(rams_dir: Path, repeats: int = 5) -> Dict[str, object]:
                 for _ in range(repeats):
                     t = time.perf_counter()
                     for i in range(0, x.shape[0], batch):
-                        fn(x[i:i + batch])
+                        fn(x[i : i + batch])
                     times.append(time.perf_counter() - t)
                 out[f"{name}_batch{batch}_ms_per_image"] = 1000 * statistics.median(times) / x.shape[0]
     return out
 
 
-def _plot(summary: Dict[str, Dict[str, Dict[str, object]]], png: Path) -> None:
+def _plot(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
     """Test top-1 against backbone passes per image for every row (mean, bar: half-range over seeds), with today's
     three points and the single-pass goal."""
     from matplotlib.figure import Figure
 
     from ..files import atomic_write
+
     rams = summary["rams"]
-    points = [("plain ViT", 1.0, summary["vit"]["test_single"], "s", "tab:gray"),
-              ("RAMS-Trans, scale 1", 1.0, rams["test_single"], "o", "tab:blue"),
-              ("RAMS-Trans, fused", 2.0, rams["test_fused"], "o", "tab:blue"),
-              ("adaptive, top probability", rams["test_maxprob_passes"]["mean"], rams["test_maxprob"], "D",
-               "tab:blue"),
-              ("adaptive, zoom gate", rams["test_gate_passes"]["mean"], rams["test_gate"], "P", "tab:purple"),
-              ("oracle zoom (bound)", rams["test_oracle_passes"]["mean"], rams["test_fused"], "*", "tab:purple"),
-              ("+ self-distillation, scale 1", 1.0, summary["sd"]["test_single"], "o", "tab:orange"),
-              ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange"),
-              ("RAMS-Trans 4x steps, scale 1", 1.0, summary["rams_x4"]["test_single"], "o", "tab:green"),
-              ("RAMS-Trans 4x steps, fused", 2.0, summary["rams_x4"]["test_fused"], "o", "tab:green"),
-              ("RAMS-Trans 4x steps, adaptive (top probability)", summary["rams_x4"]["test_maxprob_passes"]["mean"],
-               summary["rams_x4"]["test_maxprob"], "D", "tab:green")]
+    points = [
+        ("plain ViT", 1.0, summary["vit"]["test_single"], "s", "tab:gray"),
+        ("RAMS-Trans, scale 1", 1.0, rams["test_single"], "o", "tab:blue"),
+        ("RAMS-Trans, fused", 2.0, rams["test_fused"], "o", "tab:blue"),
+        ("adaptive, top probability", rams["test_maxprob_passes"]["mean"], rams["test_maxprob"], "D", "tab:blue"),
+        ("adaptive, zoom gate", rams["test_gate_passes"]["mean"], rams["test_gate"], "P", "tab:purple"),
+        ("oracle zoom (bound)", rams["test_oracle_passes"]["mean"], rams["test_fused"], "*", "tab:purple"),
+        ("+ self-distillation, scale 1", 1.0, summary["sd"]["test_single"], "o", "tab:orange"),
+        ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange"),
+        ("RAMS-Trans 4x steps, scale 1", 1.0, summary["rams_x4"]["test_single"], "o", "tab:green"),
+        ("RAMS-Trans 4x steps, fused", 2.0, summary["rams_x4"]["test_fused"], "o", "tab:green"),
+        (
+            "RAMS-Trans 4x steps, adaptive (top probability)",
+            summary["rams_x4"]["test_maxprob_passes"]["mean"],
+            summary["rams_x4"]["test_maxprob"],
+            "D",
+            "tab:green",
+        ),
+    ]
     for m, shade in zip(MULTIPLES, ("#9ecae1", "#4292c6", "#08519c")):
-        points.append((f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"],
-                       "^", shade))
+        points.append(
+            (f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"], "^", shade)
+        )
         if m > 1:
             points.append((f"plain ViT, {m}x steps", 1.0, summary[f"vit_x{m}"]["test_single"], "v", shade))
     fig = Figure(figsize=(10, 5.2))
     ax = fig.subplots()
     for i, (label, passes, stat, marker, colour) in enumerate(points):
         x = passes + (0.015 * (i % 7) if passes in (1.0, 2.0) else 0.0)  # spread the points that share a cost
-        ax.errorbar([x], [stat["mean"]], yerr=[stat["spread"]], fmt=marker, color=colour, capsize=3, markersize=7,
-                    label=f"{label}: {stat['mean']:.1f} ± {stat['spread']:.1f}")
+        ax.errorbar(
+            [x],
+            [stat["mean"]],
+            yerr=[stat["spread"]],
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            markersize=7,
+            label=f"{label}: {stat['mean']:.1f} ± {stat['spread']:.1f}",
+        )
     for p, offset in zip(TODAY, ((4, 4), (-40, 8), (4, -12))):
         ax.plot([p["passes"]], [p["top1"]], "x", color="black", markersize=9)
         ax.annotate(p["label"], (p["passes"], p["top1"]), fontsize=7, xytext=offset, textcoords="offset points")
     ax.axhline(TODAY[2]["top1"] - 2.0, color="gray", linestyle=":", linewidth=1)
-    ax.annotate("goal for one pass: today's fused - 2", (1.0, TODAY[2]["top1"] - 2.0), fontsize=7,
-                xytext=(0, -10), textcoords="offset points")
+    ax.annotate(
+        "goal for one pass: today's fused - 2",
+        (1.0, TODAY[2]["top1"] - 2.0),
+        fontsize=7,
+        xytext=(0, -10),
+        textcoords="offset points",
+    )
     ax.set_xlim(0.95, 2.25)
     ax.set_xlabel("backbone passes per image")
     ax.set_ylabel("test top-1 (%), mean over seeds")
@@ -274,10 +360,16 @@ def _plot(summary: Dict[str, Dict[str, Dict[str, object]]], png: Path) -> None:
     atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
-def bench_zoom(stage: str = "screen", seeds: Sequence[int] = (0,), config: str = "synthetic_cpu",
-               out_dir: str = "runs/bench_zoom", overrides: Sequence[str] = (), result: Optional[str] = None,
-               sd_grid: Dict[str, Sequence] = SD_GRID,
-               student_grid: Sequence[Dict[str, object]] = STUDENT_GRID) -> Dict[str, object]:
+def bench_zoom(
+    stage: str = "screen",
+    seeds: Sequence[int] = (0,),
+    config: str = "synthetic_cpu",
+    out_dir: str = "runs/bench_zoom",
+    overrides: Sequence[str] = (),
+    result: str | None = None,
+    sd_grid: dict[str, Sequence] = SD_GRID,
+    student_grid: Sequence[dict[str, object]] = STUDENT_GRID,
+) -> dict[str, object]:
     """One stage of the zoom-at-one-pass measurement (see the module doc); writes ``<out_dir>/<stage>_result.json``
     (or ``result``) with every run's resolved config and folder.
 
@@ -295,14 +387,20 @@ def bench_zoom(stage: str = "screen", seeds: Sequence[int] = (0,), config: str =
         ValueError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
     """
     from ..files import write_text_atomic
+
     if stage not in ("screen", "ema", "report", "latency"):
         raise ValueError(f"bench zoom --stage must be screen, ema, report or latency, got '{stage}'")
     runs = _Runs(config, out_dir, overrides)
     screened = Path(out_dir) / "screen_result.json"
     if stage != "screen" and not screened.is_file():
         raise ValueError(f"bench zoom --stage {stage} needs the settings chosen by --stage screen ({screened})")
-    out: Dict[str, object] = {"stage": stage, "config": config, "seeds": list(seeds), "overrides": list(overrides),
-                              "steps": runs.steps}
+    out: dict[str, object] = {
+        "stage": stage,
+        "config": config,
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "steps": runs.steps,
+    }
     if stage == "screen":
         out.update(_screen(runs, seeds, sd_grid, student_grid))
     else:

@@ -1,7 +1,8 @@
 """Data: loaders of each distributed format -> DatasetIndex -> ImageDataset with albumentations transforms."""
+
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
 
 import pandas as pd
 from torch.utils.data import Dataset
@@ -17,14 +18,34 @@ from .pretext import FAMILIES, PretextDataset
 from .synthetic import ensure_synthetic
 from .transforms import Transform
 
-__all__ = ["DATASETS", "DataBundle", "DataError", "DatasetIndex", "ImageDataset", "ImageReadError", "Transform",
-           "build_data", "split_tables", "load_index", "read_image", "collate", "train_loader", "eval_loader",
-           "StepSampler"]
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "DataError",
+    "DatasetIndex",
+    "ImageDataset",
+    "ImageReadError",
+    "Transform",
+    "build_data",
+    "split_tables",
+    "load_index",
+    "read_image",
+    "collate",
+    "train_loader",
+    "eval_loader",
+    "StepSampler",
+]
 
 # name -> function(root) -> DatasetIndex, one per distributed format
-DATASETS: Dict[str, Callable[[Path], DatasetIndex]] = {
-    "cub": load_cub, "synthetic": load_cub, "dogs": load_dogs, "inat17": load_inat17, "nabirds": load_nabirds,
-    "folder": load_folder, "csv": load_csv}
+DATASETS: dict[str, Callable[[Path], DatasetIndex]] = {
+    "cub": load_cub,
+    "synthetic": load_cub,
+    "dogs": load_dogs,
+    "inat17": load_inat17,
+    "nabirds": load_nabirds,
+    "folder": load_folder,
+    "csv": load_csv,
+}
 
 
 @dataclass
@@ -32,7 +53,7 @@ class DataBundle:
     index: DatasetIndex
     train: Dataset
     test: Dataset
-    val: Optional[Dataset]
+    val: Dataset | None
 
 
 def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
@@ -41,8 +62,7 @@ def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
     if data_cfg.dataset == "pretext":
         return DatasetIndex(root=Path("."), class_names=list(FAMILIES), splits={})
     if data_cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, "
-                         "pretext)")
+        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, pretext)")
     root = data_cfg.root
     if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
@@ -50,22 +70,31 @@ def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
     return DATASETS[data_cfg.dataset](Path(root).expanduser())
 
 
-def build_data(data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float],
-               seed: int) -> DataBundle:
+def build_data(
+    data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float], seed: int
+) -> DataBundle:
     """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured)."""
     train_t = Transform(train=True, crop=img_size, resize=data_cfg.resize, mean=mean, std=std, hflip=data_cfg.hflip)
     test_t = Transform(train=False, crop=img_size, resize=data_cfg.resize, mean=mean, std=std)
     if data_cfg.dataset == "pretext":
         size, s = data_cfg.synthetic.image_size, data_cfg.synthetic.seed
-        return DataBundle(index=index, train=PretextDataset(size, s, train_t), val=None,
-                          test=PretextDataset(size, s + 1, test_t, length=data_cfg.pretext_test_size))
+        return DataBundle(
+            index=index,
+            train=PretextDataset(size, s, train_t),
+            val=None,
+            test=PretextDataset(size, s + 1, test_t, length=data_cfg.pretext_test_size),
+        )
     tables = split_tables(data_cfg, index, seed)
     make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
-    return DataBundle(index=index, train=make(tables["train"], train_t), test=make(tables["test"], test_t),
-                      val=make(tables["val"], test_t) if "val" in tables else None)
+    return DataBundle(
+        index=index,
+        train=make(tables["train"], train_t),
+        test=make(tables["test"], test_t),
+        val=make(tables["val"], test_t) if "val" in tables else None,
+    )
 
 
-def split_tables(data_cfg, index: DatasetIndex, seed: int) -> Dict[str, pd.DataFrame]:
+def split_tables(data_cfg, index: DatasetIndex, seed: int) -> dict[str, pd.DataFrame]:
     """The train / [val] / test tables a run uses: the data set's own splits, or a validation split carved from train
     (``data.val_fraction``, stratified, seeded with the run's seed, so evaluation finds the same one)."""
     tables = dict(index.splits)
@@ -74,13 +103,17 @@ def split_tables(data_cfg, index: DatasetIndex, seed: int) -> Dict[str, pd.DataF
             raise ValueError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
         tables["train"], tables["val"] = stratified_split(index.split("train"), data_cfg.val_fraction, seed)
         if len(tables["val"]) == 0:
-            raise DataError(f"data.val_fraction {data_cfg.val_fraction} leaves no validation images (no class of the "
-                            f"data set at {index.root} has two training images)")
+            raise DataError(
+                f"data.val_fraction {data_cfg.val_fraction} leaves no validation images (no class of the "
+                f"data set at {index.root} has two training images)"
+            )
     if not data_cfg.skip_corrupt:  # fail now, not when the missing file is drawn
         for name, table in tables.items():
             missing = missing_files(index.root, table["path"])
             if missing:
-                raise DataError(f"{name} image {index.root / missing[0]} is listed but does not exist ({len(missing)} "
-                                "listed images are missing; ramstrans check-data lists them, data.skip_corrupt skips "
-                                "and counts them)")
+                raise DataError(
+                    f"{name} image {index.root / missing[0]} is listed but does not exist ({len(missing)} "
+                    "listed images are missing; ramstrans check-data lists them, data.skip_corrupt skips "
+                    "and counts them)"
+                )
     return tables

@@ -8,11 +8,11 @@ every box is checked for a positive size inside the image, and every image for e
 decoded exactly as training decodes it (``read_image``), in batches on a thread pool (OpenCV releases the GIL while
 decoding) behind a tqdm progress bar on stderr.
 """
+
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import pandas as pd
 from tqdm import tqdm
@@ -27,20 +27,22 @@ SHOWN = 50  # problems printed in text form (the JSON form lists all)
 BOX_SLACK = 1.0  # pixels a box may end past the image (annotation tools round outwards)
 
 
-def _problem(kind: str, message: str, split: Optional[str] = None, path: Optional[str] = None) -> dict:
+def _problem(kind: str, message: str, split: str | None = None, path: str | None = None) -> dict:
     out = {"kind": kind, "message": message}
     if split is not None:
         out.update(split=split, path=path)
     return out
 
 
-def _label_problems(index: DatasetIndex) -> List[dict]:
+def _label_problems(index: DatasetIndex) -> list[dict]:
     k = len(index.class_names)
     out = []
     for split, table in index.splits.items():
         bad = table[(table["label"] < 0) | (table["label"] >= k)]
-        out += [_problem("label", f"{split} image {p} has the label {lab}, outside 0..{k - 1}", split, p)
-                for p, lab in zip(bad["path"], bad["label"])]
+        out += [
+            _problem("label", f"{split} image {p} has the label {lab}, outside 0..{k - 1}", split, p)
+            for p, lab in zip(bad["path"], bad["label"])
+        ]
     return out
 
 
@@ -51,24 +53,37 @@ def _all_rows(index: DatasetIndex) -> pd.DataFrame:
     return rows
 
 
-def _box_problems(rows: pd.DataFrame) -> List[dict]:
+def _box_problems(rows: pd.DataFrame) -> list[dict]:
     """Boxes of no area (x1 <= x0 or y1 <= y0) or starting left of or above the image."""
     if "x0" not in rows:
         return []
     bad = rows[(rows["x1"] <= rows["x0"]) | (rows["y1"] <= rows["y0"]) | (rows["x0"] < 0) | (rows["y0"] < 0)]
-    return [_problem("box", f"{r.split} image {r.path} has the box ({r.x0:g}, {r.y0:g}, {r.x1:g}, {r.y1:g}), "
-                            "which is empty or starts outside the image", r.split, r.path)
-            for r in bad.itertuples()]
+    return [
+        _problem(
+            "box",
+            f"{r.split} image {r.path} has the box ({r.x0:g}, {r.y0:g}, {r.x1:g}, {r.y1:g}), "
+            "which is empty or starts outside the image",
+            r.split,
+            r.path,
+        )
+        for r in bad.itertuples()
+    ]
 
 
-def _duplicate_problems(rows: pd.DataFrame) -> List[dict]:
+def _duplicate_problems(rows: pd.DataFrame) -> list[dict]:
     dup = rows[rows["norm"].duplicated(keep=False)]
-    return [_problem("duplicate", f"image {g['path'].iloc[0]} is listed {len(g)} times ({', '.join(g['split'])})",
-                     g["split"].iloc[0], g["path"].iloc[0])
-            for _, g in dup.groupby("norm", sort=False)]
+    return [
+        _problem(
+            "duplicate",
+            f"image {g['path'].iloc[0]} is listed {len(g)} times ({', '.join(g['split'])})",
+            g["split"].iloc[0],
+            g["path"].iloc[0],
+        )
+        for _, g in dup.groupby("norm", sort=False)
+    ]
 
 
-def _check_files(root: Path, batch: List[Tuple[str, str, Optional[Tuple[float, ...]]]], decode: bool) -> List[dict]:
+def _check_files(root: Path, batch: list[tuple[str, str, tuple[float, ...] | None]], decode: bool) -> list[dict]:
     out = []
     for split, path, box in batch:
         file = root / path
@@ -84,20 +99,29 @@ def _check_files(root: Path, batch: List[Tuple[str, str, Optional[Tuple[float, .
             out.append(_problem("unreadable", f"{split} image {path} {why}", split, path))
             continue
         if box is not None and (box[2] > w + BOX_SLACK or box[3] > h + BOX_SLACK):
-            out.append(_problem("box", f"{split} image {path} has the box ({', '.join(f'{v:g}' for v in box)}), "
-                                       f"which ends outside its {w} x {h} pixels", split, path))
+            out.append(
+                _problem(
+                    "box",
+                    f"{split} image {path} has the box ({', '.join(f'{v:g}' for v in box)}), "
+                    f"which ends outside its {w} x {h} pixels",
+                    split,
+                    path,
+                )
+            )
     return out
 
 
-def _file_problems(root: Path, rows: pd.DataFrame, workers: int, decode: bool, progress: bool) -> List[dict]:
+def _file_problems(root: Path, rows: pd.DataFrame, workers: int, decode: bool, progress: bool) -> list[dict]:
     first = rows.drop_duplicates("norm")
     boxes = first[BOX_COLUMNS].itertuples(index=False, name=None) if "x0" in first else [None] * len(first)
     items = list(zip(first["split"], first["path"], boxes))
-    batches = [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
-    out: List[dict] = []
+    batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+    out: list[dict] = []
     desc = "decoding images" if decode else "looking for images"
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
-            tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
+        tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar,
+    ):
         for batch, found in zip(batches, pool.map(lambda b: _check_files(root, b, decode), batches)):
             out += found
             bar.update(len(batch))
@@ -131,8 +155,12 @@ def check_data(dataset: str, root: Path, workers: int = 0, decode: bool = True, 
         return report
     report["splits"] = {s: {"images": len(t), "classes": int(t["label"].nunique())} for s, t in index.splits.items()}
     rows = _all_rows(index)
-    report["problems"] = (_label_problems(index) + _duplicate_problems(rows) + _box_problems(rows)
-                          + _file_problems(index.root, rows, workers, decode, progress))
+    report["problems"] = (
+        _label_problems(index)
+        + _duplicate_problems(rows)
+        + _box_problems(rows)
+        + _file_problems(index.root, rows, workers, decode, progress)
+    )
     return report
 
 
@@ -143,7 +171,7 @@ def exit_code(report: dict) -> int:
 
 def format_report(report: dict) -> str:
     """The report as lines for a terminal (at most ``SHOWN`` problems; the JSON form has them all)."""
-    lines: List[str] = [f"{report['dataset']} at {report['root']}"]
+    lines: list[str] = [f"{report['dataset']} at {report['root']}"]
     lines += [f"  {s}: {v['images']} images, {v['classes']} classes" for s, v in report["splits"].items()]
     problems = report["problems"]
     if not problems:

@@ -5,8 +5,8 @@ The five files are cross-checked: every image id in every file, no duplicate ids
 split flags 0/1, paths inside the root. Labels become 0..K-1 in the order of the class ids. NABirds ships the same five
 files (UUID image ids, non-contiguous class ids, parent classes without images) and shares ``index_records``.
 """
+
 from pathlib import Path
-from typing import List
 
 import pandas as pd
 
@@ -17,12 +17,20 @@ __all__ = ["load_cub", "index_records", "read_records"]
 FILES = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt")
 
 
-def read_records(path: Path, columns: List[str]) -> pd.DataFrame:
+def read_records(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read '<id> <value ...>' lines; the last column keeps any spaces (class names, paths). Ids stay strings."""
     if not path.is_file():
         raise DataError(f"{path.name} is missing from {path.parent}")
-    lines = pd.read_csv(path, header=None, names=["line"], sep="\x01", dtype=str, engine="python",
-                        skip_blank_lines=True, keep_default_na=False)["line"].str.strip()
+    lines = pd.read_csv(
+        path,
+        header=None,
+        names=["line"],
+        sep="\x01",
+        dtype=str,
+        engine="python",
+        skip_blank_lines=True,
+        keep_default_na=False,
+    )["line"].str.strip()
     lines = lines[lines != ""]
     if lines.empty:
         return pd.DataFrame(columns=columns, dtype=str)
@@ -37,7 +45,7 @@ def read_records(path: Path, columns: List[str]) -> pd.DataFrame:
     return parts.reset_index(drop=True)
 
 
-def _numeric(df: pd.DataFrame, cols: List[str], file: str, integer: bool) -> pd.DataFrame:
+def _numeric(df: pd.DataFrame, cols: list[str], file: str, integer: bool) -> pd.DataFrame:
     for c in cols:
         vals = pd.to_numeric(df[c], errors="coerce")
         if vals.isna().any():
@@ -79,10 +87,12 @@ def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
     root = data_folder(root)
     images = read_records(root / "images.txt", ["id", "path"])
     classes = _numeric(read_records(root / "classes.txt", ["cid", "name"]), ["cid"], "classes.txt", True)
-    labels = _numeric(read_records(root / "image_class_labels.txt", ["id", "cid"]), ["cid"],
-                      "image_class_labels.txt", True)
-    split = _numeric(read_records(root / "train_test_split.txt", ["id", "is_train"]), ["is_train"],
-                     "train_test_split.txt", True)
+    labels = _numeric(
+        read_records(root / "image_class_labels.txt", ["id", "cid"]), ["cid"], "image_class_labels.txt", True
+    )
+    split = _numeric(
+        read_records(root / "train_test_split.txt", ["id", "is_train"]), ["is_train"], "train_test_split.txt", True
+    )
     has_boxes = (root / "bounding_boxes.txt").is_file()
     if images["path"].duplicated().any():
         raise DataError(f"images.txt lists the image {images['path'][images['path'].duplicated()].iloc[0]} twice")
@@ -91,8 +101,10 @@ def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
         _same_ids(images["id"], df["id"], file)
     bad = ~labels["cid"].isin(classes["cid"])
     if bad.any():
-        raise DataError(f"image_class_labels.txt gives image {labels['id'][bad].iloc[0]} the label "
-                        f"{labels['cid'][bad].iloc[0]}, which classes.txt does not define")
+        raise DataError(
+            f"image_class_labels.txt gives image {labels['id'][bad].iloc[0]} the label "
+            f"{labels['cid'][bad].iloc[0]}, which classes.txt does not define"
+        )
     if not split["is_train"].isin([0, 1]).all():
         raise DataError("train_test_split.txt must flag each image 1 (train) or 0 (test)")
     if used_classes_only:
@@ -101,8 +113,12 @@ def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
     table = images.merge(labels, on="id").merge(split, on="id")
     table["label"] = table["cid"].map(pd.Series(classes.index, index=classes["cid"])).astype("int64")
     if has_boxes:
-        boxes = _numeric(read_records(root / "bounding_boxes.txt", ["id", "x", "y", "w", "h"]),
-                         ["x", "y", "w", "h"], "bounding_boxes.txt", False)
+        boxes = _numeric(
+            read_records(root / "bounding_boxes.txt", ["id", "x", "y", "w", "h"]),
+            ["x", "y", "w", "h"],
+            "bounding_boxes.txt",
+            False,
+        )
         _same_ids(images["id"], boxes["id"], "bounding_boxes.txt")
         table = table.merge(boxes, on="id")
         table["x0"], table["y0"] = table["x"], table["y"]
@@ -111,6 +127,8 @@ def index_records(root: Path, used_classes_only: bool) -> DatasetIndex:
     keep = ["path", "label"] + (["x0", "y0", "x1", "y1"] if has_boxes else [])
     table["_order"] = pd.to_numeric(table["id"], errors="coerce")
     table = table.sort_values(["_order", "id"])
-    splits = {name: table[table["is_train"] == flag][keep].reset_index(drop=True)
-              for name, flag in (("train", 1), ("test", 0))}
+    splits = {
+        name: table[table["is_train"] == flag][keep].reset_index(drop=True)
+        for name, flag in (("train", 1), ("test", 0))
+    }
     return DatasetIndex(root=root, class_names=classes["name"].tolist(), splits=splits)

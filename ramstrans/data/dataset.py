@@ -5,10 +5,11 @@ split with columns ``path`` (relative to the root), ``label`` (0..K-1) and, wher
 ``x0 y0 x1 y1`` (pixels). ``ImageDataset`` decodes with cv2 and applies an albumentations pipeline; augmentation is a
 pure function of the per-sample seed the sampler passes in, so training resumes exactly whatever the worker count.
 """
+
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,8 +19,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["DataError", "ImageReadError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root",
-           "collate"]
+__all__ = ["DataError", "ImageReadError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
 
 BOX_COLUMNS = ["x0", "y0", "x1", "y1"]
 
@@ -29,14 +29,16 @@ class DatasetIndex:
     """What a loader found: class names and, per split, a table of path / label [/ x0 y0 x1 y1]."""
 
     root: Path
-    class_names: List[str]
-    splits: Dict[str, pd.DataFrame]
+    class_names: list[str]
+    splits: dict[str, pd.DataFrame]
 
     def __post_init__(self) -> None:
         """Every loader ends here: an index with a split of no images is refused, naming the split."""
         if self.splits and len(self.class_names) < 2:
-            raise DataError(f"the data set at {self.root} defines {len(self.class_names)} class(es): classification "
-                            "needs at least 2")
+            raise DataError(
+                f"the data set at {self.root} defines {len(self.class_names)} class(es): classification "
+                "needs at least 2"
+            )
         for name, table in self.splits.items():
             if len(table) == 0:
                 raise DataError(f"the {name} split of the data set at {self.root} has no images")
@@ -51,7 +53,7 @@ class DatasetIndex:
         return self.splits[name]
 
 
-def data_folder(root: Union[str, Path]) -> Path:
+def data_folder(root: str | Path) -> Path:
     """``data.root`` as a folder that exists.
 
     Raises:
@@ -73,10 +75,10 @@ def check_inside_root(root: Path, paths: pd.Series, listed_in: str) -> None:
             raise DataError(f"{listed_in} lists the path '{p}', which leaves the data set root {root}")
 
 
-def missing_files(root: Path, paths: pd.Series) -> List[str]:
+def missing_files(root: Path, paths: pd.Series) -> list[str]:
     """The listed relative ``paths`` that do not exist under ``root``, in order. Each folder is listed once (one
     ``scandir`` per folder instead of a ``stat`` per file: fast on an index of hundreds of thousands of images)."""
-    found: Dict[str, set] = {}
+    found: dict[str, set] = {}
     missing = []
     for p in paths:
         folder, name = os.path.split(p)
@@ -98,7 +100,7 @@ class ImageReadError(DataError):
         self.path, self.reason = path, reason
 
 
-def read_image(path: Union[str, Path]) -> np.ndarray:
+def read_image(path: str | Path) -> np.ndarray:
     """Decode any image file to (H, W, 3) uint8 RGB: grayscale, CMYK, 16-bit, RGBA, or PNG bytes behind a .jpg name.
     Every decoder failure (an empty file, corrupt bytes, a decompression bomb) becomes an ``ImageReadError``.
 
@@ -115,8 +117,9 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # decodes by content, not by name
     except cv2.error as e:  # OpenCV asserts instead of returning None for some inputs (e.g. a decompression bomb)
         if "MAX_IMAGE_PIXELS" in str(e):
-            raise ImageReadError(path, "is too large to decode (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)") \
-                from None
+            raise ImageReadError(
+                path, "is too large to decode (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)"
+            ) from None
         raise ImageReadError(path, f"cannot be decoded (OpenCV: {str(e).strip().splitlines()[-1][:80]})") from None
     if img is None or img.size == 0:
         raise ImageReadError(path, "cannot be decoded (corrupt or not an image)")
@@ -138,8 +141,14 @@ class ImageDataset(Dataset):
         skip_corrupt: skip undecodable images instead of raising.
     """
 
-    def __init__(self, root: Path, table: pd.DataFrame, class_names: List[str],
-                 transform: Optional[Callable] = None, skip_corrupt: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        table: pd.DataFrame,
+        class_names: list[str],
+        transform: Callable | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.table = table.reset_index(drop=True)
         self.paths = self.table["path"].tolist()
@@ -153,7 +162,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Optional[dict]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict | None:
         index, seed = item if isinstance(item, tuple) else (item, index_seed(item))
         path = self.root / self.paths[index]
         try:
@@ -181,13 +190,15 @@ def index_seed(index: int) -> int:
     return int(index)
 
 
-def collate(items: List[Optional[dict]]) -> dict:
+def collate(items: list[dict | None]) -> dict:
     """Stack items; drop the None of skipped corrupt images and count them under ``skipped``."""
     kept = [it for it in items if it is not None]
     out = {"skipped": len(items) - len(kept)}
     if kept:
-        out.update(image=torch.stack([it["image"] for it in kept]),
-                   label=torch.tensor([it["label"] for it in kept], dtype=torch.long),
-                   box=torch.stack([it["box"] for it in kept]),
-                   index=torch.tensor([it["index"] for it in kept], dtype=torch.long))
+        out.update(
+            image=torch.stack([it["image"] for it in kept]),
+            label=torch.tensor([it["label"] for it in kept], dtype=torch.long),
+            box=torch.stack([it["box"] for it in kept]),
+            index=torch.tensor([it["index"] for it in kept], dtype=torch.long),
+        )
     return out

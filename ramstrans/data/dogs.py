@@ -9,10 +9,10 @@ every dog). All XML files are parsed when the index is built, on a small thread 
 local disk; threads overlap the file latency of cold or network storage); nothing is cached beside the data. Without
 an ``Annotation/`` folder the index has no boxes; with it, a missing or box-less annotation file is an error.
 """
+
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ def _find_list(root: Path, name: str) -> Path:
     raise DataError(f"{name} is missing (looked in {root / 'lists'} and {root})")
 
 
-def _cell_strings(value: np.ndarray, var: str, file: str) -> List[str]:
+def _cell_strings(value: np.ndarray, var: str, file: str) -> list[str]:
     """The strings of an N×1 MATLAB cell array as loadmat returns it (each cell a 1-element char array)."""
     cells = np.asarray(value)
     if cells.dtype != object:
@@ -65,14 +65,16 @@ def read_dogs_list(path: Path) -> pd.DataFrame:
     annotations = _cell_strings(mat["annotation_list"], "annotation_list", path.name)
     labels = np.asarray(mat["labels"]).ravel()
     if not len(files) == len(annotations) == len(labels):
-        raise DataError(f"{path.name} has {len(files)} files, {len(annotations)} annotations and {len(labels)} labels; "
-                        "the three must have one entry per image")
+        raise DataError(
+            f"{path.name} has {len(files)} files, {len(annotations)} annotations and {len(labels)} labels; "
+            "the three must have one entry per image"
+        )
     if labels.dtype.kind not in "iuf" or (labels.size and not np.all(labels == np.round(labels))):
         raise DataError(f"{path.name}: 'labels' must hold whole numbers")
     return pd.DataFrame({"file": files, "annotation": annotations, "cid": labels.astype(np.int64)})
 
 
-def union_box(path: Path) -> Tuple[float, float, float, float]:
+def union_box(path: Path) -> tuple[float, float, float, float]:
     """The smallest box (xmin, ymin, xmax, ymax) holding every ``bndbox`` of a VOC-style XML file.
 
     Raises:
@@ -98,10 +100,10 @@ def union_box(path: Path) -> Tuple[float, float, float, float]:
     return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
 
 
-def _union_boxes(files: List[Path]) -> np.ndarray:
+def _union_boxes(files: list[Path]) -> np.ndarray:
     """(N, 4) union boxes of the XML files, read in chunks on threads (overlapping file latency on cold or network
     storage; on a warm local disk 20,580 files take ~1.5 s either way, parsing holds the GIL)."""
-    chunks = [files[i:i + XML_CHUNK] for i in range(0, len(files), XML_CHUNK)]
+    chunks = [files[i : i + XML_CHUNK] for i in range(0, len(files), XML_CHUNK)]
     with ThreadPoolExecutor(max_workers=XML_THREADS) as pool:
         boxes = [box for chunk in pool.map(lambda c: [union_box(f) for f in c], chunks) for box in chunk]
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -113,7 +115,7 @@ def _who(rows: pd.DataFrame, verb: str) -> str:
     return f"{files[0]} {verb}s" if len(files) == 1 else f"{' and '.join(files)} {verb}"
 
 
-def _check_lists(table: pd.DataFrame) -> List[str]:
+def _check_lists(table: pd.DataFrame) -> list[str]:
     """Refuse duplicates and labels that do not match the breed folders; return the K folder names in label order."""
     dup = table["file"].duplicated(keep=False)
     if dup.any():
@@ -124,14 +126,18 @@ def _check_lists(table: pd.DataFrame) -> List[str]:
     bad = (table["cid"] < 1) | (table["cid"] > folders)
     if bad.any():
         row = table[bad].iloc[0]
-        raise DataError(f"{row['source']} gives {row['file']} the label {row['cid']}, outside 1..{folders} "
-                        f"(one label per breed folder)")
+        raise DataError(
+            f"{row['source']} gives {row['file']} the label {row['cid']}, outside 1..{folders} "
+            f"(one label per breed folder)"
+        )
     per_label = table.groupby("cid")["folder"].unique()  # K labels in 1..K, one folder each: a bijection
     mixed = per_label[per_label.map(len) > 1]
     if len(mixed):
         rows = table[table["cid"] == mixed.index[0]]
-        raise DataError(f"{_who(rows, 'give')} the label {mixed.index[0]} to images "
-                        f"of the folders {mixed.iloc[0][0]} and {mixed.iloc[0][1]}; a label must be one breed folder")
+        raise DataError(
+            f"{_who(rows, 'give')} the label {mixed.index[0]} to images "
+            f"of the folders {mixed.iloc[0][0]} and {mixed.iloc[0][1]}; a label must be one breed folder"
+        )
     return table.drop_duplicates("cid").sort_values("cid")["folder"].tolist()
 
 

@@ -10,9 +10,9 @@ folder holding exactly one ``.csv`` file. Columns: ``path`` (relative to the CSV
 integer class id), ``split`` (train / val / test; not needed in per-split files) and optionally ``x0 y0 x1 y1`` (a box
 in pixels). Classes are the distinct labels, sorted numerically when all are integers, else by name.
 """
+
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pandas as pd
 
@@ -73,12 +73,14 @@ def load_folder(root: Path) -> DatasetIndex:
         if extra:
             raise DataError(f"{root / split / extra[0]} is a class folder that train/ does not have")
     label_of = {c: i for i, c in enumerate(classes)}
-    splits = {s: pd.DataFrame({"path": t["path"], "label": t["class"].map(label_of).astype("int64")})
-              for s, t in tables.items()}
+    splits = {
+        s: pd.DataFrame({"path": t["path"], "label": t["class"].map(label_of).astype("int64")})
+        for s, t in tables.items()
+    }
     return DatasetIndex(root=root, class_names=classes, splits=splits)
 
 
-def _csv_files(root: Path) -> Dict[Optional[str], Path]:
+def _csv_files(root: Path) -> dict[str | None, Path]:
     """split -> CSV file (split None: one file with a split column)."""
     if root.is_file():
         return {None: root}
@@ -94,7 +96,7 @@ def _csv_files(root: Path) -> Dict[Optional[str], Path]:
     return {None: found[0]}
 
 
-def _read_csv(path: Path, split: Optional[str]) -> pd.DataFrame:
+def _read_csv(path: Path, split: str | None) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -103,8 +105,10 @@ def _read_csv(path: Path, split: Optional[str]) -> pd.DataFrame:
     need = ["path", "label"] + (["split"] if split is None else [])
     missing = [c for c in need if c not in table.columns]
     if missing:
-        raise DataError(f"{path.name} has no '{missing[0]}' column (columns: path,label"
-                        f"{',split' if split is None else ''}[,x0,y0,x1,y1])")
+        raise DataError(
+            f"{path.name} has no '{missing[0]}' column (columns: path,label"
+            f"{',split' if split is None else ''}[,x0,y0,x1,y1])"
+        )
     if split is not None:
         table["split"] = split
     empty = (table[need] == "").any(axis=1)
@@ -116,7 +120,7 @@ def _read_csv(path: Path, split: Optional[str]) -> pd.DataFrame:
     return table.assign(source=path.name)
 
 
-def _class_order(labels: pd.Series) -> List[str]:
+def _class_order(labels: pd.Series) -> list[str]:
     """Distinct labels, numerically sorted when all are integers, else by name."""
     distinct = pd.Series(labels.unique())
     numbers = pd.to_numeric(distinct, errors="coerce")

@@ -8,9 +8,9 @@ order, with their names as class names. The published validation set (``val2017.
 the fine-grained literature. Indexing is vectorised pandas (``json.load``, a table of each list, a merge on image id):
 a few seconds and well under 1 GB for the 579,184 training images (``ramstrans bench inat``).
 """
+
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import pandas as pd
 
@@ -37,8 +37,11 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path.name} must hold one JSON object with images, annotations and categories")
     for key in LISTS:
         if not isinstance(data.get(key), list) or not data[key]:
-            hint = " (a test-set JSON carries no labels; give train2017.json and val2017.json)" \
-                if key == "annotations" else ""
+            hint = (
+                " (a test-set JSON carries no labels; give train2017.json and val2017.json)"
+                if key == "annotations"
+                else ""
+            )
             raise DataError(f"{path.name} has no '{key}' list, or it is empty{hint}")
     return data
 
@@ -62,7 +65,7 @@ def _first(values: pd.Series, mask: pd.Series) -> object:
     return values[mask].iloc[0]
 
 
-def _split_table(root: Path, file: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
+def _split_table(root: Path, file: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(path, category_id) per image of one JSON, joined by image id, and the JSON's categories (id, name)."""
     data = _read_json(root / file)
     images, anns, cats = (_records(data.pop(key), key, file) for key in LISTS)
@@ -75,16 +78,21 @@ def _split_table(root: Path, file: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
     maybe = images["file_name"].str.contains(MAYBE_OUTSIDE, regex=True)
     check_inside_root(root, images["file_name"][maybe], file)
     if anns["image_id"].duplicated().any():
-        raise DataError(f"{file} gives image id {_first(anns['image_id'], anns['image_id'].duplicated())} more than "
-                        "one annotation (iNaturalist has one label per image)")
+        raise DataError(
+            f"{file} gives image id {_first(anns['image_id'], anns['image_id'].duplicated())} more than "
+            "one annotation (iNaturalist has one label per image)"
+        )
     orphan = ~anns["image_id"].isin(images["id"])
     if orphan.any():
-        raise DataError(f"{file} has an annotation for image id {_first(anns['image_id'], orphan)}, which its "
-                        "images do not list")
+        raise DataError(
+            f"{file} has an annotation for image id {_first(anns['image_id'], orphan)}, which its images do not list"
+        )
     unknown = ~anns["category_id"].isin(cats["id"])
     if unknown.any():
-        raise DataError(f"{file} gives image id {_first(anns['image_id'], unknown)} the category_id "
-                        f"{_first(anns['category_id'], unknown)}, which its categories do not define")
+        raise DataError(
+            f"{file} gives image id {_first(anns['image_id'], unknown)} the category_id "
+            f"{_first(anns['category_id'], unknown)}, which its categories do not define"
+        )
     table = images.merge(anns, how="left", left_on="id", right_on="image_id", sort=False)  # by id, not position
     unlabeled = table["category_id"].isna()
     if unlabeled.any():
@@ -92,14 +100,16 @@ def _split_table(root: Path, file: str) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return table[["file_name", "category_id"]].rename(columns={"file_name": "path"}), cats
 
 
-def _class_ids(cats: List[pd.DataFrame]) -> pd.DataFrame:
+def _class_ids(cats: list[pd.DataFrame]) -> pd.DataFrame:
     """The categories of all files, sorted by id; one id with two names is an error."""
     allcats = pd.concat(cats, ignore_index=True).drop_duplicates()
     twice = allcats["id"].duplicated(keep=False)
     if twice.any():
         rows = allcats[allcats["id"] == _first(allcats["id"], twice)]
-        raise DataError(f"{' and '.join(SPLIT_FILES.values())} give category id {rows['id'].iloc[0]} two names "
-                        f"('{rows['name'].iloc[0]}' and '{rows['name'].iloc[1]}')")
+        raise DataError(
+            f"{' and '.join(SPLIT_FILES.values())} give category id {rows['id'].iloc[0]} two names "
+            f"('{rows['name'].iloc[0]}' and '{rows['name'].iloc[1]}')"
+        )
     return allcats.sort_values("id").reset_index(drop=True)
 
 
@@ -111,18 +121,22 @@ def load_inat17(root: Path) -> DatasetIndex:
             category id is undefined; a path leaves the root.
     """
     root = data_folder(root)
-    tables: Dict[str, pd.DataFrame] = {}
+    tables: dict[str, pd.DataFrame] = {}
     cats = []
     for split, file in SPLIT_FILES.items():
         tables[split], c = _split_table(root, file)
         cats.append(c)
     both = tables["test"]["path"].isin(tables["train"]["path"])
     if both.any():
-        raise DataError(f"{' and '.join(SPLIT_FILES.values())} both list the image "
-                        f"{_first(tables['test']['path'], both)}")
+        raise DataError(
+            f"{' and '.join(SPLIT_FILES.values())} both list the image {_first(tables['test']['path'], both)}"
+        )
     classes = _class_ids(cats)
     label_of = pd.Series(classes.index, index=classes["id"])
-    splits = {split: pd.DataFrame({"path": t["path"].to_numpy(),
-                                   "label": t["category_id"].map(label_of).to_numpy(dtype="int64")})
-              for split, t in tables.items()}
+    splits = {
+        split: pd.DataFrame(
+            {"path": t["path"].to_numpy(), "label": t["category_id"].map(label_of).to_numpy(dtype="int64")}
+        )
+        for split, t in tables.items()
+    }
     return DatasetIndex(root=root, class_names=classes["name"].astype(str).tolist(), splits=splits)

@@ -1,5 +1,6 @@
 """DataLoaders: an endless, resumable, rank-sharded training stream and plain sequential evaluation loaders."""
-from typing import Iterator, Tuple
+
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,18 +36,28 @@ class StepSampler(Sampler):
         grad_accum: batches per optimizer step.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
-                 world_size: int = 1, grad_accum: int = 1) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        grad_accum: int = 1,
+    ) -> None:
         self.step_size = batch_size * grad_accum * world_size
         if num_samples < self.step_size:
-            raise DataError(f"the training split has {num_samples} images, fewer than one optimizer step of "
-                            f"{self.step_size} ({batch_size} per batch x {grad_accum} accumulated x {world_size} "
-                            "processes)")
+            raise DataError(
+                f"the training split has {num_samples} images, fewer than one optimizer step of "
+                f"{self.step_size} ({batch_size} per batch x {grad_accum} accumulated x {world_size} "
+                "processes)"
+            )
         self.n, self.batch, self.seed, self.start_batch = num_samples, batch_size, seed, start_batch
         self.rank, self.accum = rank, grad_accum
         self.steps_per_epoch = num_samples // self.step_size  # the incomplete tail is dropped
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         position, perm, perm_epoch = self.start_batch, None, -1
         while True:
             step, a = divmod(position, self.accum)
@@ -60,7 +71,7 @@ class StepSampler(Sampler):
             position += 1
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
-        return 2 ** 62
+        return 2**62
 
 
 class StreamSampler(Sampler):
@@ -75,12 +86,13 @@ class StreamSampler(Sampler):
         grad_accum: batches per optimizer step.
     """
 
-    def __init__(self, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1,
-                 grad_accum: int = 1) -> None:
+    def __init__(
+        self, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1, grad_accum: int = 1
+    ) -> None:
         self.batch, self.seed, self.start_batch, self.rank = batch_size, seed, start_batch, rank
         self.world, self.accum = world_size, grad_accum
 
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         position = self.start_batch
         while True:
             step, a = divmod(position, self.accum)
@@ -90,28 +102,50 @@ class StreamSampler(Sampler):
             position += 1
 
     def __len__(self) -> int:
-        return 2 ** 62
+        return 2**62
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0, num_workers: int = 0,
-                 rank: int = 0, world_size: int = 1, grad_accum: int = 1) -> DataLoader:
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    grad_accum: int = 1,
+) -> DataLoader:
     """The endless training loader starting at batch position ``start_batch`` (a generated stream is read in order)."""
     if getattr(dataset, "endless", False):
         sampler = StreamSampler(batch_size, seed, start_batch, rank, world_size, grad_accum)
     else:
         sampler = StepSampler(len(dataset), batch_size, seed, start_batch, rank, world_size, grad_accum)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, indices=None) -> DataLoader:
     """Sequential evaluation loader over all items (or over ``indices``, e.g. one rank's shard)."""
     ds = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
-def stratified_split(table: pd.DataFrame, fraction: float, seed: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
+def stratified_split(table: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Carve a seeded, per-class share ``fraction`` of ``table`` out as validation (at least one image per class
     that has two or more, and never a class's last training image).
 

@@ -6,6 +6,7 @@
 classes of the hierarchy (``Birds``, families, species above their sex / age variants), which have no images. Only the
 classes some image is labelled with are kept (555 in the release), as labels 0..K-1 in the order of their ids.
 """
+
 from pathlib import Path
 
 from .cub import index_records

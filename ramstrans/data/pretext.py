@@ -5,7 +5,8 @@ to find objects in that clutter, the way ImageNet pretraining prepares a ViT for
 "bird" is one of them with random crown / bars / tail, so no fine-grained species is a pretext label. Items are a
 pure function of (seed, position): the stream is never stored, never repeats and is the same for any worker count.
 """
-from typing import Callable, Dict, Optional, Tuple
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,10 +16,10 @@ from .synthetic import BODY_COLOURS, PALETTE, BirdSpecies, Painter, draw_bird, r
 
 __all__ = ["FAMILIES", "PretextDataset", "render_pretext"]
 
-Pt = Tuple[float, float]
+Pt = tuple[float, float]
 
 
-def _colour(rng: np.random.Generator) -> Tuple[int, int, int]:
+def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     if rng.random() < 0.3:  # some objects share the birds' body colours, so colour alone does not name the family
         return BODY_COLOURS[rng.integers(len(BODY_COLOURS))]
     return tuple(int(v) for v in rng.integers(20, 236, 3))
@@ -33,8 +34,11 @@ def _frame(rng: np.random.Generator, centre: Pt, length: float) -> Callable[[flo
 
 def _bird(rng, p: Painter, centre: Pt, length: float) -> None:
     names = list(PALETTE)
-    sp = BirdSpecies(crown=names[rng.integers(len(names))], wing_bars=int(rng.integers(0, 4)),
-                     tail_tip=(["body"] + names)[rng.integers(len(names) + 1)])
+    sp = BirdSpecies(
+        crown=names[rng.integers(len(names))],
+        wing_bars=int(rng.integers(0, 4)),
+        tail_tip=(["body"] + names)[rng.integers(len(names) + 1)],
+    )
     draw_bird(rng, p, centre, length, sp)
 
 
@@ -69,8 +73,9 @@ def _mushroom(rng, p: Painter, centre: Pt, length: float) -> None:
     cap = [at(0.32 * np.cos(a), -0.25 * np.sin(a)) for a in np.linspace(0, np.pi, 12)]
     p.polygon(np.array(cap), col)
     for _ in range(3):
-        p.ellipse(at(rng.uniform(-0.2, 0.2), rng.uniform(-0.18, -0.05)), (0.03 * length, 0.03 * length), 0,
-                  (245, 245, 245))
+        p.ellipse(
+            at(rng.uniform(-0.2, 0.2), rng.uniform(-0.18, -0.05)), (0.03 * length, 0.03 * length), 0, (245, 245, 245)
+        )
 
 
 def _house(rng, p: Painter, centre: Pt, length: float) -> None:
@@ -129,13 +134,23 @@ def _kite(rng, p: Painter, centre: Pt, length: float) -> None:
     p.line(at(0, 0.3), at(0.12, 0.5), (40, 40, 40), max(1.0, 0.02 * length))
 
 
-FAMILIES: Dict[str, Callable] = {
-    "bird": _bird, "fish": _fish, "butterfly": _butterfly, "flower": _flower, "mushroom": _mushroom,
-    "house": _house, "car": _car, "tree": _tree, "boat": _boat, "snake": _snake, "cat": _cat, "kite": _kite,
+FAMILIES: dict[str, Callable] = {
+    "bird": _bird,
+    "fish": _fish,
+    "butterfly": _butterfly,
+    "flower": _flower,
+    "mushroom": _mushroom,
+    "house": _house,
+    "car": _car,
+    "tree": _tree,
+    "boat": _boat,
+    "snake": _snake,
+    "cat": _cat,
+    "kite": _kite,
 }
 
 
-def render_pretext(rng: np.random.Generator, size: int, family: int) -> Tuple[np.ndarray, Tuple[float, ...]]:
+def render_pretext(rng: np.random.Generator, size: int, family: int) -> tuple[np.ndarray, tuple[float, ...]]:
     """One scene with one object of ``FAMILIES``' ``family``-th family; returns image and box (x, y, w, h)."""
     draw = list(FAMILIES.values())[family]
     return render_scene(rng, size, lambda p, c, n: draw(rng, p, c, n), length_range=(0.2, 0.6))
@@ -154,14 +169,15 @@ class PretextDataset(Dataset):
         length: number of items, or None for endless.
     """
 
-    def __init__(self, image_size: int, seed: int, transform: Optional[Callable] = None,
-                 length: Optional[int] = None) -> None:
+    def __init__(
+        self, image_size: int, seed: int, transform: Callable | None = None, length: int | None = None
+    ) -> None:
         self.image_size, self.seed, self.transform, self.length = image_size, seed, transform, length
         self.class_names = list(FAMILIES)
         self.endless = length is None
 
     def __len__(self) -> int:
-        return self.length if self.length is not None else 2 ** 62
+        return self.length if self.length is not None else 2**62
 
     def __getitem__(self, item) -> dict:
         position, aug_seed = item if isinstance(item, tuple) else (item, item)

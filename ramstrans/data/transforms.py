@@ -4,7 +4,8 @@ normalise.
 Sizes, mean and std are passed in (they come from the config and the backbone), never looked up here. Boxes ride
 along (pascal_voc xyxy, clipped), so localization can be scored in the network's input pixels.
 """
-from typing import Optional, Sequence, Tuple
+
+from collections.abc import Sequence
 
 import albumentations as A
 import cv2
@@ -14,14 +15,15 @@ from albumentations.pytorch import ToTensorV2
 
 __all__ = ["Transform"]
 
-Box = Tuple[float, float, float, float]
+Box = tuple[float, float, float, float]
 
 
 # Fixed, deterministic distribution shifts of test images (to measure generalisation to unseen domains, e.g. of the
 # feature-wise transformation): a hue rotation, a Gaussian blur, halved contrast.
 SHIFTS = {
-    "colour": lambda: A.HueSaturationValue(hue_shift_limit=(25, 25), sat_shift_limit=(0, 0), val_shift_limit=(0, 0),
-                                           p=1.0),
+    "colour": lambda: A.HueSaturationValue(
+        hue_shift_limit=(25, 25), sat_shift_limit=(0, 0), val_shift_limit=(0, 0), p=1.0
+    ),
     "blur": lambda: A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(1.5, 1.5), p=1.0),
     "contrast": lambda: A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(-0.5, -0.5), p=1.0),
 }
@@ -40,8 +42,17 @@ class Transform:
         shift: names of ``SHIFTS`` applied (in this order) after the crop: a shifted test set.
     """
 
-    def __init__(self, *, train: bool, crop: int, resize: int, mean: Sequence[float], std: Sequence[float],
-                 hflip: bool = True, shift: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        train: bool,
+        crop: int,
+        resize: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        hflip: bool = True,
+        shift: Sequence[str] = (),
+    ) -> None:
         if resize < crop:
             raise ValueError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
         unknown = [n for n in shift if n not in SHIFTS]
@@ -56,15 +67,16 @@ class Transform:
             ops.append(A.CenterCrop(height=crop, width=crop))
         ops += [SHIFTS[n]() for n in shift]
         ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-        self.pipeline = A.Compose(ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_ids"],
-                                                                clip=True, min_area=1.0))
+        self.pipeline = A.Compose(
+            ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_ids"], clip=True, min_area=1.0)
+        )
         self.train, self.crop, self.resize = train, crop, resize
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def __call__(self, image: np.ndarray, box: Optional[Box], seed: int) -> Tuple[torch.Tensor, Optional[Box]]:
+    def __call__(self, image: np.ndarray, box: Box | None, seed: int) -> tuple[torch.Tensor, Box | None]:
         self.pipeline.set_random_seed(seed)  # augmentation = f(seed): exact resume, independent of workers
-        out = self.pipeline(image=image, bboxes=np.array([box] if box else [], np.float32).reshape(-1, 4),
-                            bbox_ids=[0] if box else [])
+        out = self.pipeline(
+            image=image, bboxes=np.array([box] if box else [], np.float32).reshape(-1, 4), bbox_ids=[0] if box else []
+        )
         boxes = out["bboxes"]
         return out["image"], (tuple(float(v) for v in boxes[0]) if len(boxes) else None)
-

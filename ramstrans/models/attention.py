@@ -7,7 +7,6 @@ most), Vision Longformer's exact mode. ``WindowAttention`` is a subclass of timm
 backbone's grid, which timm's own forward passes to its attention kernel, so ``vit.blocks(x)``, gradient checkpointing
 and export keep working. The backbone's attention capture applies the same mask.
 """
-from typing import Optional, Tuple
 
 import torch
 from timm.layers import Attention
@@ -16,8 +15,9 @@ from torch import Tensor
 __all__ = ["WindowAttention", "window_mask"]
 
 
-def window_mask(grid_size: Tuple[int, int], num_prefix_tokens: int, radius: int,
-                device: Optional[torch.device] = None) -> Tensor:
+def window_mask(
+    grid_size: tuple[int, int], num_prefix_tokens: int, radius: int, device: torch.device | None = None
+) -> Tensor:
     """(N, N) boolean mask, True where query row i may attend to key column j; N = prefix + gh * gw.
 
     Prefix rows and columns are all True; patch (y, x) sees patch (y', x') iff max(|y - y'|, |x - x'|) <= radius.
@@ -40,13 +40,14 @@ class WindowAttention(Attention):
         self.register_buffer("window_mask", None, persistent=False)
         self.radius = 0
 
-    def set_window(self, grid_size: Tuple[int, int], num_prefix_tokens: int, radius: int) -> None:
+    def set_window(self, grid_size: tuple[int, int], num_prefix_tokens: int, radius: int) -> None:
         """Attend within ``radius`` patches (0: globally, no mask)."""
         self.radius = int(radius)
-        self.window_mask = window_mask(grid_size, num_prefix_tokens, radius, self.qkv.weight.device) \
-            if radius > 0 else None
+        self.window_mask = (
+            window_mask(grid_size, num_prefix_tokens, radius, self.qkv.weight.device) if radius > 0 else None
+        )
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """(B, N, D) -> (B, N, D); a given ``attn_mask`` (boolean) is combined with the window."""
         mask = self.window_mask
         if mask is not None and attn_mask is not None:

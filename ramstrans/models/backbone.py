@@ -15,15 +15,17 @@ into torch.compile's graph without a break. timm calls q_norm / k_norm on the (B
 before its fused SDPA kernel, so the attention output stays fused and the head-mean softmax probabilities are recomputed
 from the same q, k under ``no_grad``: nothing extra is kept for backward.
 """
+
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import Literal
 
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import checkpoint_seq
 from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -33,11 +35,20 @@ from .ffn import ConvMlp
 from .fwt import FeatureWiseTransform, attach
 from .inputs import InputNorm
 
-__all__ = ["ViTBackbone", "ViTFeatures", "CaptureMode", "Head", "HEADS", "create_vit", "make_distilled", "select_head",
-           "with_dist_position"]
+__all__ = [
+    "ViTBackbone",
+    "ViTFeatures",
+    "CaptureMode",
+    "Head",
+    "HEADS",
+    "create_vit",
+    "make_distilled",
+    "select_head",
+    "with_dist_position",
+]
 
 Head = Literal["mean", "cls", "dist"]
-HEADS = ("mean", "cls", "dist")
+HEADS: tuple[Head, ...] = ("mean", "cls", "dist")
 
 CaptureMode = Literal["none", "cls", "all"]
 
@@ -54,15 +65,26 @@ class ViTFeatures:
     """
 
     tokens: Tensor
-    attentions: List[Tensor] = field(default_factory=list)
-    cls_attention: Optional[Tensor] = None
+    attentions: list[Tensor] = field(default_factory=list)
+    cls_attention: Tensor | None = None
+
+    @property
+    def captured_cls(self) -> Tensor:
+        """``cls_attention`` of a pass that captured (capture "cls" or "all").
+
+        Raises:
+            RuntimeError: the pass captured nothing.
+        """
+        if self.cls_attention is None:
+            raise RuntimeError("this pass captured no attention (capture 'none')")
+        return self.cls_attention
 
 
-def _pair(v: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _unsupported_reason(vit: nn.Module) -> Optional[str]:
+def _unsupported_reason(vit: nn.Module) -> str | None:
     """Why RAMS-Trans cannot run on this model, or None when it can."""
     if not isinstance(vit, VisionTransformer):
         return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
@@ -102,8 +124,10 @@ def _check_whole_patches(vit: nn.Module) -> None:
     for side, p in zip(size, patch):
         if side % p:
             low, high = side - side % p, side - side % p + p
-            raise ValueError(f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
-                             f"{side % p} pixels of every image would be dropped; use {low or high} or {high}")
+            raise ValueError(
+                f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
+                f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
+            )
 
 
 def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
@@ -148,8 +172,14 @@ def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
     return vit
 
 
-def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None, num_classes: Optional[int] = None,
-               window_attention: bool = False, conv_ffn: bool = False, **timm_kwargs) -> VisionTransformer:
+def create_vit(
+    name: str,
+    img_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    window_attention: bool = False,
+    conv_ffn: bool = False,
+    **timm_kwargs,
+) -> VisionTransformer:
     """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
 
     Args:
@@ -182,8 +212,9 @@ def create_vit(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None
         raise ValueError(f"backbone '{name}' does not accept these arguments: {e}") from None
     except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") \
-            from None
+        raise ValueError(
+            f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
+        ) from None
     reason = _unsupported_reason(vit)
     if reason is not None:
         raise ValueError(f"backbone '{name}' is not supported: {reason}")
@@ -212,16 +243,24 @@ def _capture(module: nn.Module, args: tuple, k: Tensor) -> None:
         # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the block's attention
         logits = (q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"])
         if tap["mask"] is not None:
-            logits.masked_fill_(~tap["mask"][:q.shape[2]], float("-inf"))
+            logits.masked_fill_(~tap["mask"][: q.shape[2]], float("-inf"))
         tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
 
 
-def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: Optional[List[Tensor]]) -> None:
+def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
     """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
     chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
     for blk in chosen:
-        tap = None if maps is None else {"maps": maps, "cls_only": mode == "cls", "scale": blk.attn.scale,
-                                         "mask": getattr(blk.attn, "window_mask", None)}
+        tap = (
+            None
+            if maps is None
+            else {
+                "maps": maps,
+                "cls_only": mode == "cls",
+                "scale": blk.attn.scale,
+                "mask": getattr(blk.attn, "window_mask", None),
+            }
+        )
         setattr(blk.attn.q_norm, _TAP, tap)
         setattr(blk.attn.k_norm, _TAP, tap)
 
@@ -246,9 +285,19 @@ class ViTBackbone(InputNorm):
             training (``FeatureWiseTransform``), kept in ``fwt`` beside the timm model.
     """
 
-    def __init__(self, *, vit: VisionTransformer, num_scales: int = 2, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, dist_token: Optional[bool] = None, attn_window: int = 0,
-                 ffn_kernel: int = 3, ffn_prefix: str = "mlp", fwt: str = "off") -> None:
+    def __init__(
+        self,
+        *,
+        vit: VisionTransformer,
+        num_scales: int = 2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        dist_token: bool | None = None,
+        attn_window: int = 0,
+        ffn_kernel: int = 3,
+        ffn_prefix: str = "mlp",
+        fwt: str = "off",
+    ) -> None:
         reason = _unsupported_reason(vit)
         if reason is not None:
             raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
@@ -258,24 +307,30 @@ class ViTBackbone(InputNorm):
             raise ValueError("the given backbone has a distillation token but dist_token is False")
         _check_whole_patches(vit)
         cfg = getattr(vit, "pretrained_cfg", None) or {}
-        super().__init__(int(vit.patch_embed.proj.in_channels), mean if mean is not None else
-                         cfg.get("mean", IMAGENET_DEFAULT_MEAN), std if std is not None else
-                         cfg.get("std", IMAGENET_DEFAULT_STD))
+        super().__init__(
+            int(vit.patch_embed.proj.in_channels),
+            mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+            std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD),
+        )
         if dist_token or isinstance(vit, VisionTransformerDistilled):
             vit = make_distilled(vit)
         self.vit: VisionTransformer = vit
         self.name: str = cfg.get("architecture") or type(vit).__name__
         # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them.
         self.zoom_cls_tokens = nn.ParameterList(
-            [nn.Parameter(vit.cls_token.detach().clone()) for _ in range(num_scales - 1)])
+            [nn.Parameter(vit.cls_token.detach().clone()) for _ in range(num_scales - 1)]
+        )
         self.zoom_dist_tokens = nn.ParameterList(
-            [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)] if self.has_dist_token
-            else [])
+            [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
+            if self.has_dist_token
+            else []
+        )
         self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
         if fwt not in ("off", "fixed", "learned"):
             raise ValueError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
-        self.fwt = nn.ModuleList([FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks]
-                                 if fwt != "off" else [])
+        self.fwt = nn.ModuleList(
+            [FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks] if fwt != "off" else []
+        )
         attach(vit.blocks, self.fwt)
         for blk in vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
@@ -287,9 +342,11 @@ class ViTBackbone(InputNorm):
         grid, prefix = self.grid_size, self.num_prefix_tokens
         windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
         if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
-            raise ValueError(f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
-                             f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
-                             f"{attn_window}")
+            raise ValueError(
+                f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
+                f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
+                f"{attn_window}"
+            )
         for attn in windowed:
             attn.set_window(grid, prefix, attn_window)
         for blk in self.vit.blocks:
@@ -311,15 +368,15 @@ class ViTBackbone(InputNorm):
         return 1 + len(self.zoom_cls_tokens)
 
     @property
-    def img_size(self) -> Tuple[int, int]:
+    def img_size(self) -> tuple[int, int]:
         return _pair(self.vit.patch_embed.img_size)
 
     @property
-    def patch_size(self) -> Tuple[int, int]:
+    def patch_size(self) -> tuple[int, int]:
         return _pair(self.vit.patch_embed.patch_size)
 
     @property
-    def grid_size(self) -> Tuple[int, int]:
+    def grid_size(self) -> tuple[int, int]:
         return _pair(self.vit.patch_embed.grid_size)
 
     @property
@@ -380,7 +437,7 @@ class ViTBackbone(InputNorm):
                 q_norm / k_norm).
         """
         x = self.embed(x, scale)
-        maps: List[Tensor] = []
+        maps: list[Tensor] = []
         if capture != "none":
             _set_taps(self.vit.blocks, capture, maps)
         try:
@@ -395,12 +452,14 @@ class ViTBackbone(InputNorm):
         if len(maps) != expected:
             raise RuntimeError(
                 f"attention capture fired in {len(maps)} of {expected} blocks: the blocks' Attention did not call "
-                "q_norm/k_norm on (B, heads, N, d) tensors")
-        cls_attention = maps[-1][:, 0, self.num_prefix_tokens:] if maps else None
-        return ViTFeatures(tokens=self.vit.norm(x), attentions=maps if capture == "all" else [],
-                           cls_attention=cls_attention)
+                "q_norm/k_norm on (B, heads, N, d) tensors"
+            )
+        cls_attention = maps[-1][:, 0, self.num_prefix_tokens :] if maps else None
+        return ViTFeatures(
+            tokens=self.vit.norm(x), attentions=maps if capture == "all" else [], cls_attention=cls_attention
+        )
 
-    def forward_heads(self, tokens: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward_heads(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         """(B, N, D) tokens -> (B, K) class-token logits and (B, K) distillation-token logits (None without one).
 
         In train mode a distilled model goes through timm's own ``forward_head``, which returns both heads only after
@@ -412,8 +471,10 @@ class ViTBackbone(InputNorm):
         if self.training:
             out = self.vit.forward_head(tokens)
             if not isinstance(out, tuple):
-                raise RuntimeError("timm returned the mean of the two heads in training: the distilled ViT needs "
-                                   "set_distilled_training(True)")
+                raise RuntimeError(
+                    "timm returned the mean of the two heads in training: the distilled ViT needs "
+                    "set_distilled_training(True)"
+                )
             return out
         return self.vit.head(tokens[:, 0]), self.vit.head_dist(tokens[:, 1])
 

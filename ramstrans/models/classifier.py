@@ -4,7 +4,9 @@ export use for RAMSTrans: one scale, no attention and no proposal.
 ``ramstrans train`` with ``model.type: classifier`` trains it on the same data sets, splits, transforms and schedule as
 RAMS-Trans; its checkpoint then serves as a distillation teacher (``ramstrans.teacher``).
 """
-from typing import Any, Dict, Optional, Sequence, Set, Tuple, Union
+
+from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -19,8 +21,9 @@ from .rams import MultiScaleOutput, Prediction, _prefixed
 __all__ = ["Classifier", "NetBackbone", "create_net"]
 
 
-def create_net(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None, num_classes: Optional[int] = None,
-               **timm_kwargs) -> nn.Module:
+def create_net(
+    name: str, img_size: int | tuple[int, int] | None = None, num_classes: int | None = None, **timm_kwargs
+) -> nn.Module:
     """A timm classifier by name; ``img_size`` goes to models that take one (ViTs), not to CNNs.
 
     Raises:
@@ -31,16 +34,16 @@ def create_net(name: str, img_size: Optional[Union[int, Tuple[int, int]]] = None
     kwargs = dict(timm_kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
     try:
         try:
-            return timm.create_model(name, pretrained=False, **kwargs, **({} if img_size is None else
-                                                                          {"img_size": img_size}))
+            return timm.create_model(
+                name, pretrained=False, **kwargs, **({} if img_size is None else {"img_size": img_size})
+            )
         except TypeError as e:
             if img_size is None or "img_size" not in str(e):
                 raise
             return timm.create_model(name, pretrained=False, **kwargs)  # a CNN: any input size
     except (TypeError, AssertionError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") \
-            from None
+        raise ValueError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from None
 
 
 class NetBackbone(InputNorm):
@@ -57,17 +60,27 @@ class NetBackbone(InputNorm):
     has_dist_token = False
     num_scales = 1
 
-    def __init__(self, *, net: nn.Module, img_size: Union[int, Tuple[int, int]], in_chans: int = 3,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> None:
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        img_size: int | tuple[int, int],
+        in_chans: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
         cfg = getattr(net, "pretrained_cfg", None) or {}
-        super().__init__(in_chans, mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
-                         std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD))
+        super().__init__(
+            in_chans,
+            mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+            std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD),
+        )
         self.net = net
         self.name: str = cfg.get("architecture") or type(net).__name__
         self._img_size = _pair(img_size)
 
     @property
-    def img_size(self) -> Tuple[int, int]:
+    def img_size(self) -> tuple[int, int]:
         return self._img_size
 
     @property
@@ -105,14 +118,19 @@ class Classifier(nn.Module):
     eval_head = "cls"
     zoom_gate = None  # nothing to zoom
 
-    def __init__(self, backbone: Union[str, NetBackbone] = "resnet50", num_classes: Optional[int] = None,
-                 img_size: Optional[Union[int, Tuple[int, int]]] = None, pretrained: Optional[str] = None,
-                 download_timeout_s: float = 60.0, **backbone_kwargs) -> None:
+    def __init__(
+        self,
+        backbone: str | NetBackbone = "resnet50",
+        num_classes: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
+        pretrained: str | None = None,
+        download_timeout_s: float = 60.0,
+        **backbone_kwargs,
+    ) -> None:
         super().__init__()
         if isinstance(backbone, str):
             net = create_net(backbone, img_size, num_classes, **backbone_kwargs)
-            backbone = NetBackbone(net=net, img_size=img_size or 224,
-                                   in_chans=int(backbone_kwargs.get("in_chans", 3)))
+            backbone = NetBackbone(net=net, img_size=img_size or 224, in_chans=int(backbone_kwargs.get("in_chans", 3)))
         elif backbone_kwargs or img_size is not None:
             raise ValueError("img_size and timm keyword arguments apply to a model given by name")
         self.backbone = backbone
@@ -125,27 +143,36 @@ class Classifier(nn.Module):
         self.backbone.check_input(x, "the classifier")
         return self.backbone(x)
 
-    def forward_multiscale(self, x: Tensor, num_scales: Optional[int] = None) -> MultiScaleOutput:
+    def forward_multiscale(self, x: Tensor, num_scales: int | None = None) -> MultiScaleOutput:
         """The training output: one scale's logits, no boxes, no attention."""
         if num_scales not in (None, 1):
             raise ValueError(f"a classifier has 1 scale; cannot run {num_scales}")
         return MultiScaleOutput(logits=[self(x)], boxes=[], rollout=[], cls_attention=[])
 
     @torch.no_grad()
-    def predict(self, x: Tensor, scales: Union[int, str] = 1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob",
-                boxes: bool = True) -> Prediction:
+    def predict(
+        self,
+        x: Tensor,
+        scales: int | str = 1,
+        zoom_threshold: float = 0.5,
+        zoom_on: str = "maxprob",
+        boxes: bool = True,
+    ) -> Prediction:
         """Test-time probabilities (one scale; "auto" is the same; no boxes)."""
         if scales not in (1, "auto"):
             raise ValueError(f"a classifier has 1 scale; cannot fuse {scales}")
         probs = self(x).float().softmax(-1)
-        return Prediction(probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool),
-                          scale_probs=[probs])
+        return Prediction(
+            probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool), scale_probs=[probs]
+        )
 
-    def no_weight_decay(self) -> Set[str]:
+    def no_weight_decay(self) -> set[str]:
         net = self.backbone.net
         return {f"backbone.net.{n}" for n in (net.no_weight_decay() if hasattr(net, "no_weight_decay") else ())}
 
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups of the wrapped model, under this module's parameter names."""
-        return {name: _prefixed(rule, r"backbone\.net\.")
-                for name, rule in self.backbone.net.group_matcher(coarse=coarse).items()}
+        return {
+            name: _prefixed(rule, r"backbone\.net\.")
+            for name, rule in self.backbone.net.group_matcher(coarse=coarse).items()
+        }

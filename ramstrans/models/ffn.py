@@ -7,7 +7,6 @@ as the identity (centre tap 1, bias 0): at initialisation the block is exactly t
 distillation tokens skip the convolution: ``prefix="mlp"`` sends them through fc1 -> act -> fc2, ``"bypass"`` gives
 them a zero update (the block's residual passes them on unchanged).
 """
-from typing import Tuple
 
 import torch
 from timm.layers import Mlp
@@ -21,7 +20,7 @@ class ConvMlp(Mlp):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.grid: Tuple[int, int] = (0, 0)
+        self.grid: tuple[int, int] = (0, 0)
         self.num_prefix_tokens = 1
         self.prefix = "mlp"
         self.dwconv = self._identity_conv(3)
@@ -35,8 +34,9 @@ class ConvMlp(Mlp):
             conv.bias.zero_()
         return conv
 
-    def set_grid(self, grid_size: Tuple[int, int], num_prefix_tokens: int, kernel: int = 3,
-                 prefix: str = "mlp") -> None:
+    def set_grid(
+        self, grid_size: tuple[int, int], num_prefix_tokens: int, kernel: int = 3, prefix: str = "mlp"
+    ) -> None:
         """Size the block for the backbone: its (gh, gw) grid, prefix tokens, an odd kernel, the prefix mode; the
         convolution is (re)made as the identity when the kernel changes."""
         if kernel < 1 or kernel % 2 == 0:

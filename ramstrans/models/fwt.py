@@ -6,6 +6,7 @@ ViT it acts where Tseng et al. put it in a CNN, after a normalisation layer: on 
 feed-forward's input), through a forward hook, so timm's blocks are unchanged. The layers live beside the timm model
 (``ViTBackbone.fwt``), never inside it, so no export carries their parameters.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -7,7 +7,8 @@ regression on what scale 1 already computed: its pooled class-token feature, its
 probability, top-1 − top-2 margin and entropy. It is fitted after the model, on a split that is not test, to the label
 "argmax of the fusion != argmax of scale 1" (no class labels needed), and is tiny (D + K + 4 parameters).
 """
-from typing import Dict, List, Sequence, Tuple
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,10 @@ class ZoomGate(nn.Module):
         num_inputs: D + K + 3.
     """
 
+    mean: Tensor  # (F,) buffers
+    std: Tensor
+    threshold: Tensor  # () buffer
+
     def __init__(self, num_inputs: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_inputs))
@@ -50,20 +55,21 @@ class ZoomGate(nn.Module):
         return torch.sigmoid(self.linear(x).squeeze(-1))
 
     @classmethod
-    def from_state(cls, state: Dict[str, Tensor]) -> "ZoomGate":
+    def from_state(cls, state: dict[str, Tensor]) -> "ZoomGate":
         """A gate rebuilt from its state dict (the size is read from it)."""
         gate = cls(int(state["mean"].numel()))
         gate.load_state_dict(state)
         return gate
 
 
-def _fit_logistic(x: Tensor, y: Tensor, l2: float) -> Tuple[Tensor, Tensor]:
+def _fit_logistic(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Tensor]:
     """Ridge logistic regression on (N, F) float64 standardised inputs, (N,) 0/1 targets: full-batch L-BFGS on
     mean BCE + l2 / 2 · |w|² (the bias is not penalised). Returns (w (F,), b ())."""
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -75,20 +81,21 @@ def _fit_logistic(x: Tensor, y: Tensor, l2: float) -> Tuple[Tensor, Tensor]:
     return w.detach(), b.detach()
 
 
-def _standardise(x: Tensor) -> Tuple[Tensor, Tensor]:
+def _standardise(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and std per input column (a constant column gets std 1)."""
     mean, std = x.mean(dim=0), x.std(dim=0, unbiased=False)
     return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
 
 
-def _folds(n: int, k: int, seed: int) -> List[Tensor]:
+def _folds(n: int, k: int, seed: int) -> list[Tensor]:
     """k disjoint index sets covering 0..n-1, from a seeded permutation (no global RNG)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return [perm[i::k] for i in range(k)]
 
 
-def fit_zoom_gate(pooled: Tensor, probs: Tensor, changed: Tensor, folds: int = 5, l2_grid: Sequence[float] = L2_GRID,
-                  seed: int = 0) -> Tuple[ZoomGate, Tensor, float]:
+def fit_zoom_gate(
+    pooled: Tensor, probs: Tensor, changed: Tensor, folds: int = 5, l2_grid: Sequence[float] = L2_GRID, seed: int = 0
+) -> tuple[ZoomGate, Tensor, float]:
     """Fit the gate to ``changed`` and give out-of-fold scores to choose its threshold on without bias.
 
     The ridge strength is the one of ``l2_grid`` with the lowest out-of-fold log-loss (``folds``-fold
@@ -111,8 +118,10 @@ def fit_zoom_gate(pooled: Tensor, probs: Tensor, changed: Tensor, folds: int = 5
     n = changed.numel()
     positives = int(changed.sum())
     if n < folds or not 0 < positives < n:
-        raise ValueError(f"the zoom gate needs images where the zoom changes the answer and images where it does not "
-                         f"(got {positives} of {n}, at least {folds} images)")
+        raise ValueError(
+            f"the zoom gate needs images where the zoom changes the answer and images where it does not "
+            f"(got {positives} of {n}, at least {folds} images)"
+        )
     x, y = gate_inputs(pooled, probs).double(), changed.double()
     parts = _folds(n, folds, seed)
     best = (float("inf"), l2_grid[0], torch.empty(0))

@@ -1,5 +1,6 @@
 """The input normalisation every model of the pipeline carries (ViT backbone and classifier alike)."""
-from typing import Sequence, Tuple
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ class InputNorm(nn.Module):
         std: per-channel std.
     """
 
+    norm_mean: Tensor  # (C,) float64 buffers
+    norm_std: Tensor
+
     def __init__(self, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("norm_mean", torch.zeros(in_chans, dtype=torch.float64))
@@ -25,12 +29,12 @@ class InputNorm(nn.Module):
         self.set_normalization(mean, std)
 
     @property
-    def mean(self) -> Tuple[float, ...]:
+    def mean(self) -> tuple[float, ...]:
         """Per-channel input mean the weights expect (in [0, 1] pixel units)."""
         return tuple(self.norm_mean.tolist())
 
     @property
-    def std(self) -> Tuple[float, ...]:
+    def std(self) -> tuple[float, ...]:
         return tuple(self.norm_std.tolist())
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -48,6 +52,16 @@ class InputNorm(nn.Module):
         with torch.no_grad():
             self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
             self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels (defined by the subclass)."""
+        raise NotImplementedError
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        """(H, W) input size (defined by the subclass)."""
+        raise NotImplementedError
 
     def check_input(self, x: Tensor, model: str) -> None:
         """Refuse a batch that is not (B, in_chans, H, W) at the model's input size.

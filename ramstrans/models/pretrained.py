@@ -5,13 +5,13 @@ Every route ends the same way: position embeddings resampled to the backbone's g
 class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
 CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
 """
+
 import copy
 import json
 import os
 import socket
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Set, Tuple
 
 import huggingface_hub
 import torch
@@ -34,7 +34,7 @@ _HUB_HOST = ("huggingface.co", 443)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def read_state_dict(path: Path) -> Dict[str, object]:
+def read_state_dict(path: Path) -> dict[str, object]:
     """Read a .safetensors or torch file of tensors (no arbitrary unpickling).
 
     Raises:
@@ -45,24 +45,26 @@ def read_state_dict(path: Path) -> Dict[str, object]:
             return dict(load_safetensors(str(path), device="cpu"))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # any decoding failure means "not a weights file we can read"
-        raise ValueError(f"pretrained file {path} is not a readable safetensors or weights-only torch file "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        raise ValueError(
+            f"pretrained file {path} is not a readable safetensors or weights-only torch file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
-def _unwrap(obj: Dict[str, object]) -> Dict[str, Tensor]:
+def _unwrap(obj: dict[str, object]) -> dict[str, Tensor]:
     for key in ("state_dict", "model", "module"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
     sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
-def _lift_to_distilled(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def _lift_to_distilled(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """A plain ViT state dict in timm's distilled layout: the distillation token and its position embedding copy the
     class token's, ``head_dist`` copies ``head`` (kept only when the class count fits, as ``head``)."""
     sd = dict(sd)
@@ -85,7 +87,7 @@ def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
     return twin
 
 
-def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], origin: str) -> None:
+def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], origin: str) -> None:
     """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head; a plain
     ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``)."""
     vit = backbone.vit
@@ -97,12 +99,18 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: Dict[str, Tensor], 
         raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
     # a plain ViT has no conv feed-forward: those convolutions keep their identity initialisation
     fresh = {k for k in vit.state_dict() if ".mlp.dwconv." in k and k not in sd}
-    _load_fitting(vit, sd, {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"},
-                  f"pretrained weights {origin} do not fit backbone '{backbone.name}'", fresh)
+    _load_fitting(
+        vit,
+        sd,
+        {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"},
+        f"pretrained weights {origin} do not fit backbone '{backbone.name}'",
+        fresh,
+    )
 
 
-def _load_fitting(module: nn.Module, sd: Dict[str, Tensor], head_keys: set, misfit: str,
-                  fresh: Set[str] = frozenset()) -> None:
+def _load_fitting(
+    module: nn.Module, sd: dict[str, Tensor], head_keys: set, misfit: str, fresh: set[str] = frozenset()
+) -> None:
     """Load ``sd`` into ``module``; the head (``head_keys``) is dropped and left fresh when its shape differs (another
     class count), and ``fresh`` keys may be absent. Anything else missing, unexpected or of another shape is a
     ValueError starting with ``misfit``."""
@@ -131,23 +139,26 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
             else:
                 backbone.vit.load_pretrained(str(path))
     except Exception as e:
-        raise ValueError(f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        raise ValueError(
+            f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+        ) from None
     backbone.set_normalization(*GOOGLE_MEAN_STD)
 
 
-def _checkpoint_weights(ckpt: Dict[str, object]) -> Dict[str, Tensor]:
+def _checkpoint_weights(ckpt: dict[str, object]) -> dict[str, Tensor]:
     """A ramstrans checkpoint's weights to start from: its EMA weights when it has them (as its run reported)."""
     return ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
 
 
-def _load_ramstrans(backbone: ViTBackbone, ckpt: Dict[str, object], path: Path) -> None:
+def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, object], path: Path) -> None:
     """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
     CLS tokens where it has them for that scale."""
     model_sd = _checkpoint_weights(ckpt)
     prefix = "backbone.vit."
-    _load_timm_state_dict(backbone, {k[len(prefix):]: v for k, v in model_sd.items() if k.startswith(prefix)},
-                          str(path))
+    _load_timm_state_dict(
+        backbone, {k[len(prefix) :]: v for k, v in model_sd.items() if k.startswith(prefix)}, str(path)
+    )
     _copy_cls_to_zoom_tokens(backbone)
     with torch.no_grad():
         for kind, tokens in (("cls", backbone.zoom_cls_tokens), ("dist", backbone.zoom_dist_tokens)):
@@ -167,7 +178,7 @@ def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
             token.copy_(backbone.vit.dist_token)
 
 
-def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Optional[dict]]:
+def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict | None]:
     """Find (in the local cache, or by download when online) the hub file of a timm pretrained tag."""
     full = model_name if tag in ("", "timm") else f"{model_name}.{tag}"
     try:
@@ -179,8 +190,9 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Option
     cfg = cfg.to_dict()
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
-        raise ValueError(f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local "
-                         "file")
+        raise ValueError(
+            f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local file"
+        )
     names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
     for name in names:
         cached = huggingface_hub.try_to_load_from_cache(hub_id, name)
@@ -188,8 +200,10 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Option
             return Path(cached), cfg
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if offline or not _online(min(3.0, timeout_s)):
-        raise ValueError(f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
-                         "not in the local cache; download them elsewhere and pass the file as pretrained=PATH")
+        raise ValueError(
+            f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
+            "not in the local cache; download them elsewhere and pass the file as pretrained=PATH"
+        )
     for name in names:
         try:
             return _download(hub_id, name, full, timeout_s), cfg
@@ -201,7 +215,7 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> Tuple[Path, Option
 def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
     """``hf_hub_download`` with a total deadline: its own retries can wait for many minutes on a host that accepts
     connections and never answers."""
-    result: Dict[str, object] = {}
+    result: dict[str, object] = {}
 
     def fetch() -> None:
         try:
@@ -213,13 +227,17 @@ def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise ValueError(f"downloading timm weights '{full}' did not finish within {timeout_s:g} s "
-                         "(model.download_timeout_s); download them elsewhere and pass the file as pretrained=PATH")
+        raise ValueError(
+            f"downloading timm weights '{full}' did not finish within {timeout_s:g} s "
+            "(model.download_timeout_s); download them elsewhere and pass the file as pretrained=PATH"
+        )
     if "error" in result:
         if isinstance(result["error"], EntryNotFoundError):
             raise result["error"]
-        raise ValueError(f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
-                         "elsewhere and pass the file as pretrained=PATH") from None
+        raise ValueError(
+            f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
+            "elsewhere and pass the file as pretrained=PATH"
+        ) from None
     return Path(result["path"])
 
 
@@ -231,7 +249,7 @@ def _online(timeout: float = 3.0) -> bool:
         return False
 
 
-def shipped_weights() -> Dict[str, Path]:
+def shipped_weights() -> dict[str, Path]:
     """Name -> file of the weights shipped with the package."""
     return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.safetensors"))}
 
@@ -284,18 +302,23 @@ def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> 
         _copy_cls_to_zoom_tokens(backbone)
 
 
-def _load_ramstrans_net(backbone, ckpt: Dict[str, object], path: Path) -> None:
+def _load_ramstrans_net(backbone, ckpt: dict[str, object], path: Path) -> None:
     """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
     sd = _checkpoint_weights(ckpt)
-    _load_net_state_dict(backbone, {k[len("backbone.net."):]: v for k, v in sd.items()
-                                    if k.startswith("backbone.net.")}, str(path))
+    _load_net_state_dict(
+        backbone, {k[len("backbone.net.") :]: v for k, v in sd.items() if k.startswith("backbone.net.")}, str(path)
+    )
     backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
 
 
-def _load_net_state_dict(backbone, state_dict: Dict[str, Tensor], origin: str) -> None:
+def _load_net_state_dict(backbone, state_dict: dict[str, Tensor], origin: str) -> None:
     """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
     net = backbone.net
     head = net.get_classifier()
     head_ids = {id(p) for p in (head.parameters() if isinstance(head, nn.Module) else ())}
-    _load_fitting(net, state_dict, {n for n, p in net.named_parameters() if id(p) in head_ids},
-                  f"pretrained weights {origin} do not fit model '{backbone.name}'")
+    _load_fitting(
+        net,
+        state_dict,
+        {n for n, p in net.named_parameters() if id(p) in head_ids},
+        f"pretrained weights {origin} do not fit model '{backbone.name}'",
+    )

@@ -10,15 +10,21 @@ row-major order, which is also the tie rule. A tree that does not hook in a roun
 hooks in the next one: the number of trees of a component at least halves every two rounds, and 2 ceil(log2 N) + 1
 rounds (N cells) always suffice. scipy's ``ndimage.label`` is the reference the tests compare against.
 """
+
 import math
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["threshold_rollout", "largest_component", "component_labels", "component_boxes", "crop_and_zoom",
-           "compose_boxes"]
+__all__ = [
+    "threshold_rollout",
+    "largest_component",
+    "component_labels",
+    "component_boxes",
+    "crop_and_zoom",
+    "compose_boxes",
+]
 
 
 def threshold_rollout(rollout: Tensor, alpha: float) -> Tensor:
@@ -88,15 +94,14 @@ def largest_component(mask: Tensor) -> Tensor:
     B, gh, gw = mask.shape
     n = gh * gw
     labels = component_labels(mask).reshape(B, n)
-    sizes = torch.zeros(B, n + 1, dtype=torch.long, device=mask.device).scatter_add_(1, labels,
-                                                                                     torch.ones_like(labels))
+    sizes = torch.zeros(B, n + 1, dtype=torch.long, device=mask.device).scatter_add_(1, labels, torch.ones_like(labels))
     # largest size first, then the smallest label (the earliest first cell); the background slot never wins
     score = sizes[:, :n] * (n + 1) - torch.arange(n, device=mask.device)
     best = score.argmax(dim=1, keepdim=True)
     return ((labels == best) & mask.reshape(B, n)).reshape(B, gh, gw)
 
 
-def component_boxes(component: Tensor, patch_size: Tuple[int, int], image_size: Tuple[int, int]) -> Tensor:
+def component_boxes(component: Tensor, patch_size: tuple[int, int], image_size: tuple[int, int]) -> Tensor:
     """Pixel boxes of the kept components.
 
     Cells (r0..r1, c0..c1) map to x0 = c0 * pw, y0 = r0 * ph, x1 = (c1 + 1) * pw, y1 = (r1 + 1) * ph (exclusive
@@ -124,7 +129,7 @@ def component_boxes(component: Tensor, patch_size: Tuple[int, int], image_size: 
     return torch.where(empty[:, None], full, boxes)
 
 
-def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: Tuple[int, int]) -> Tensor:
+def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: tuple[int, int]) -> Tensor:
     """Crop every image to its box and resize it bilinearly to ``out_size`` in one batched op.
 
     One bilinear sample at the centre of every output pixel, coordinates clamped to the image: the sampling of
@@ -145,7 +150,7 @@ def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: Tuple[int, int]) -> T
     h, w = out_size
     dev = images.device
 
-    def taps(lo: Tensor, hi: Tensor, n: int, size: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def taps(lo: Tensor, hi: Tensor, n: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
         """Lower / upper source index and weight of the upper one, (B, n), for n output pixel centres."""
         step = ((hi - lo) / n)[:, None]  # roi_align's order of operations: start + (i + 1/2) * (span / n)
         pos = (lo - 0.5)[:, None] + (torch.arange(n, device=dev, dtype=torch.float32) + 0.5) * step
@@ -157,14 +162,18 @@ def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: Tuple[int, int]) -> T
     x_lo, x_hi, wx = taps(boxes[:, 0], boxes[:, 2], w, W)
     src = images.float()
     wy, wx = wy[:, None, :, None], wx[:, None, None, :]
-    rows = (src.gather(2, y_lo[:, None, :, None].expand(B, C, h, W)) * (1 - wy)
-            + src.gather(2, y_hi[:, None, :, None].expand(B, C, h, W)) * wy)
-    out = (rows.gather(3, x_lo[:, None, None, :].expand(B, C, h, w)) * (1 - wx)
-           + rows.gather(3, x_hi[:, None, None, :].expand(B, C, h, w)) * wx)
+    rows = (
+        src.gather(2, y_lo[:, None, :, None].expand(B, C, h, W)) * (1 - wy)
+        + src.gather(2, y_hi[:, None, :, None].expand(B, C, h, W)) * wy
+    )
+    out = (
+        rows.gather(3, x_lo[:, None, None, :].expand(B, C, h, w)) * (1 - wx)
+        + rows.gather(3, x_hi[:, None, None, :].expand(B, C, h, w)) * wx
+    )
     return out.to(images.dtype)
 
 
-def compose_boxes(outer: Tensor, inner: Tensor, image_size: Tuple[int, int]) -> Tensor:
+def compose_boxes(outer: Tensor, inner: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Map boxes given in the pixels of a zoomed crop back to the pixels of the original image.
 
     Args:

@@ -4,11 +4,13 @@ Scale 1 sees the image; its attention rollout is thresholded into a box (the Dyn
 k + 1 sees that box of the ORIGINAL image resized to the input size (one resampling however deep the recursion, so
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
+
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Set, Tuple, Union
+from typing import Any, Literal, cast
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from .backbone import HEADS, Head, ViTBackbone, create_vit, select_head
@@ -20,8 +22,19 @@ from .rollout import RolloutRows, attention_rollout
 ZoomCriterion = Literal["maxprob", "margin", "gate"]
 ZOOM_CRITERIA = ("maxprob", "margin", "gate")
 
-__all__ = ["RAMSTrans", "MultiScaleForward", "MultiScaleOutput", "Prediction", "Proposal", "ZoomCriterion",
-           "create_model", "zoom_confidence", "fused_log_probs", "fuse_probs", "ZOOM_CRITERIA"]
+__all__ = [
+    "RAMSTrans",
+    "MultiScaleForward",
+    "MultiScaleOutput",
+    "Prediction",
+    "Proposal",
+    "ZoomCriterion",
+    "create_model",
+    "zoom_confidence",
+    "fused_log_probs",
+    "fuse_probs",
+    "ZOOM_CRITERIA",
+]
 
 
 @dataclass
@@ -39,12 +52,16 @@ class MultiScaleOutput:
             only (in training, reading them would draw the head dropout a second time); empty otherwise.
     """
 
-    logits: List[Tensor]
-    boxes: List[Tensor]
-    rollout: List[Tensor]
-    cls_attention: List[Tensor]
-    dist_logits: List[Tensor] = field(default_factory=list)
-    features: List[Tensor] = field(default_factory=list)
+    logits: list[Tensor]
+    boxes: list[Tensor]
+    rollout: list[Tensor]
+    cls_attention: list[Tensor]
+    dist_logits: list[Tensor] = field(default_factory=list)
+    features: list[Tensor] = field(default_factory=list)
+
+    def dist_per_scale(self) -> list[Tensor | None]:
+        """Per scale, the distillation head's (B, K) logits, or None without a distillation token."""
+        return list(self.dist_logits) if self.dist_logits else [None] * len(self.logits)
 
 
 @dataclass
@@ -61,10 +78,10 @@ class Prediction:
     """
 
     probs: Tensor
-    boxes: Optional[Tensor]
+    boxes: Tensor | None
     zoomed: Tensor
-    scale_probs: List[Tensor]
-    head_probs: Dict[str, Tensor] = field(default_factory=dict)
+    scale_probs: list[Tensor]
+    head_probs: dict[str, Tensor] = field(default_factory=dict)
 
 
 def zoom_confidence(probs: Tensor, zoom_on: str = "maxprob") -> Tensor:
@@ -75,12 +92,12 @@ def zoom_confidence(probs: Tensor, zoom_on: str = "maxprob") -> Tensor:
     return probs.max(dim=-1).values
 
 
-def fuse_probs(probs: List[Tensor]) -> Tensor:
+def fuse_probs(probs: list[Tensor]) -> Tensor:
     """The mean of per-scale (B, K) probabilities (one code path, so every fusion is bit-identical)."""
     return torch.stack(probs).mean(dim=0)
 
 
-def fused_log_probs(logits: List[Tensor]) -> Tensor:
+def fused_log_probs(logits: list[Tensor]) -> Tensor:
     """Per-scale (B, K) logits -> (B, K) float32 log of the mean of their softmax: the log of the test-time fusion
     (``predict``'s probabilities), computed stably as logsumexp of the log-softmaxes minus log S."""
     log_probs = torch.stack([torch.log_softmax(z.float(), dim=-1) for z in logits])
@@ -132,24 +149,24 @@ class RAMSTrans(nn.Module):
     """
 
     def __init__(
-            self,
-            backbone: Union[str, nn.Module] = "vit_base_patch16_224",
-            num_classes: Optional[int] = None,
-            img_size: Optional[Union[int, Tuple[int, int]]] = None,
-            num_scales: int = 2,
-            alpha: float = 1.3,
-            residual: float = 1.0,
-            rollout_rows: RolloutRows = "cls",
-            pretrained: Optional[str] = None,
-            download_timeout_s: float = 60.0,
-            dist_token: bool = False,
-            eval_head: Head = "mean",
-            attn_window: int = 0,
-            ffn: str = "mlp",
-            ffn_kernel: int = 3,
-            ffn_prefix: str = "mlp",
-            fwt: str = "off",
-            **backbone_kwargs,
+        self,
+        backbone: str | nn.Module = "vit_base_patch16_224",
+        num_classes: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
+        num_scales: int = 2,
+        alpha: float = 1.3,
+        residual: float = 1.0,
+        rollout_rows: RolloutRows = "cls",
+        pretrained: str | None = None,
+        download_timeout_s: float = 60.0,
+        dist_token: bool = False,
+        eval_head: Head = "mean",
+        attn_window: int = 0,
+        ffn: str = "mlp",
+        ffn_kernel: int = 3,
+        ffn_prefix: str = "mlp",
+        fwt: str = "off",
+        **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -166,8 +183,14 @@ class RAMSTrans(nn.Module):
             raise ValueError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
         if ffn not in ("mlp", "conv"):
             raise ValueError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
-        options = dict(dist_token=dist_token, attn_window=attn_window, ffn=ffn, ffn_kernel=ffn_kernel,
-                       ffn_prefix=ffn_prefix, fwt=fwt)
+        options = dict(
+            dist_token=dist_token,
+            attn_window=attn_window,
+            ffn=ffn,
+            ffn_kernel=ffn_kernel,
+            ffn_prefix=ffn_prefix,
+            fwt=fwt,
+        )
         self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, options, backbone_kwargs)
         self.eval_head: Head = eval_head
         self.num_classes = self.backbone.num_classes
@@ -175,7 +198,7 @@ class RAMSTrans(nn.Module):
         self.alpha = float(alpha)
         self.residual = float(residual)
         self.rollout_rows: RolloutRows = rollout_rows
-        self.zoom_gate: Optional[ZoomGate] = None  # fitted after training (``fit_zoom_gate``) for zoom_on="gate"
+        self.zoom_gate: ZoomGate | None = None  # fitted after training (``fit_zoom_gate``) for zoom_on="gate"
         if pretrained:
             load_pretrained(self.backbone, pretrained, download_timeout_s)
 
@@ -191,7 +214,7 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         return self.backbone(x, scale=0, head=self.eval_head)
 
-    def _propose_boxes(self, attentions: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _propose_boxes(self, attentions: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Rollout -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
         bb = self.backbone
         rollout = attention_rollout(attentions, bb.grid_size, self.residual, self.rollout_rows, bb.num_prefix_tokens)
@@ -199,13 +222,13 @@ class RAMSTrans(nn.Module):
         component = largest_component(mask)
         return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
 
-    def _num_scales(self, num_scales: Optional[int]) -> int:
+    def _num_scales(self, num_scales: int | str | None) -> int:
         num_scales = self.num_scales if num_scales is None else num_scales
         if not isinstance(num_scales, int) or not 1 <= num_scales <= self.num_scales:
             raise ValueError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
         return num_scales
 
-    def forward_multiscale(self, x: Tensor, num_scales: Optional[int] = None) -> MultiScaleOutput:
+    def forward_multiscale(self, x: Tensor, num_scales: int | None = None) -> MultiScaleOutput:
         """All scales, for training: scale k + 1 zooms on the proposal of scale k.
 
         Args:
@@ -219,7 +242,7 @@ class RAMSTrans(nn.Module):
         num_scales = self._num_scales(num_scales)
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
-        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[feats.cls_attention])
+        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[feats.captured_cls])
         _append_heads(out, bb, feats.tokens)
         if num_scales > 1:
             rollout, _, _, box = self._propose_boxes(feats.attentions)
@@ -234,10 +257,9 @@ class RAMSTrans(nn.Module):
         H, W = bb.img_size
         for scale in range(1, num_scales):
             is_last = scale == num_scales - 1
-            feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale,
-                                        capture="cls" if is_last else "all")
+            feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale, capture="cls" if is_last else "all")
             _append_heads(out, bb, feats.tokens)
-            out.cls_attention.append(feats.cls_attention)
+            out.cls_attention.append(feats.captured_cls)
             if is_last:
                 break
             rollout, _, _, local = self._propose_boxes(feats.attentions)
@@ -246,8 +268,14 @@ class RAMSTrans(nn.Module):
             out.boxes.append(box)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, scales: Union[int, str] = 1, zoom_threshold: float = 0.5,
-                zoom_on: ZoomCriterion = "maxprob", boxes: bool = True) -> Prediction:
+    def predict(
+        self,
+        x: Tensor,
+        scales: int | str = 1,
+        zoom_threshold: float = 0.5,
+        zoom_on: ZoomCriterion = "maxprob",
+        boxes: bool = True,
+    ) -> Prediction:
         """Test-time class probabilities: single scale, the fusion of the first ``scales`` scales, or adaptive.
 
         Adaptive (``scales="auto"``): every image runs scale 1; only those whose scale-1 confidence (``zoom_on``: the
@@ -274,8 +302,10 @@ class RAMSTrans(nn.Module):
         if zoom_on not in ZOOM_CRITERIA:
             raise ValueError(f"zoom_on must be one of {', '.join(ZOOM_CRITERIA)}, got {zoom_on!r}")
         if zoom_on == "gate" and adaptive and self.zoom_gate is None:
-            raise ValueError("zoom_on 'gate' needs a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes a "
-                             "checkpoint with one")
+            raise ValueError(
+                "zoom_on 'gate' needs a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes a "
+                "checkpoint with one"
+            )
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="all" if boxes or num_scales > 1 else "none")
         box = self._propose_boxes(feats.attentions)[3] if feats.attentions else None
@@ -287,8 +317,9 @@ class RAMSTrans(nn.Module):
         idx = zoomed.nonzero(as_tuple=True)[0] if adaptive else None  # the images to zoom: one host sync per batch
         sub = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
         if num_scales > 1 and (idx is None or idx.numel() > 0):
+            assert box is not None  # captured: num_scales > 1
             self._zoom_scales(x if idx is None else x[idx], box if idx is None else box[idx], num_scales, sub)
-        zooms = [self._head_probs(c, d) for c, d in zip(sub.logits, sub.dist_logits or [None] * len(sub.logits))]
+        zooms = [self._head_probs(c, d) for c, d in zip(sub.logits, sub.dist_per_scale())]
 
         def placed(base: Tensor, values: Tensor) -> Tensor:  # values of the zoomed images into a (B, K) tensor
             return values if idx is None else base.index_copy(0, idx, values)
@@ -298,9 +329,13 @@ class RAMSTrans(nn.Module):
 
         fused = {h: placed(p, fuse_probs([rows(p)] + [z[h] for z in zooms])) if zooms else p for h, p in first.items()}
         nan = torch.full_like(first[main], float("nan"))
-        return Prediction(probs=fused[main], boxes=box if boxes else None, zoomed=zoomed,
-                          scale_probs=[first[main]] + [placed(nan, z[main]) for z in zooms],
-                          head_probs=fused if bb.has_dist_token else {})
+        return Prediction(
+            probs=fused[main],
+            boxes=box if boxes else None,
+            zoomed=zoomed,
+            scale_probs=[first[main]] + [placed(nan, z[main]) for z in zooms],
+            head_probs=fused if bb.has_dist_token else {},
+        )
 
     def zoom_score(self, pooled: Tensor, probs: Tensor, zoom_on: ZoomCriterion) -> Tensor:
         """(B,) scale-1 confidence that adaptive zoom compares with its threshold (zoom below it).
@@ -316,7 +351,7 @@ class RAMSTrans(nn.Module):
             return 1.0 - self.zoom_gate(pooled, probs)
         return zoom_confidence(probs, zoom_on)
 
-    def head_logits(self, out: MultiScaleOutput) -> List[Tensor]:
+    def head_logits(self, out: MultiScaleOutput) -> list[Tensor]:
         """Per scale, the (B, K) test-time logits of ``out``: the class head's, or with a distillation token those of
         ``eval_head``."""
         if not out.dist_logits:
@@ -324,7 +359,7 @@ class RAMSTrans(nn.Module):
         return [select_head(c, d, self.eval_head) for c, d in zip(out.logits, out.dist_logits)]
 
     @staticmethod
-    def _head_probs(cls: Tensor, dist: Optional[Tensor]) -> Dict[str, Tensor]:
+    def _head_probs(cls: Tensor, dist: Tensor | None) -> dict[str, Tensor]:
         """Softmax probabilities per head: {"cls"} without a distillation token, else {"mean", "cls", "dist"}."""
         if dist is None:
             return {"cls": cls.float().softmax(-1)}
@@ -343,22 +378,33 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         feats = self.backbone.forward_features(x, scale=0, capture="all")
         rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
-        return Proposal(logits=self.backbone.forward_head(feats.tokens, self.eval_head), rollout=rollout, mask=mask,
-                        component=component, boxes=boxes)
+        return Proposal(
+            logits=self.backbone.forward_head(feats.tokens, self.eval_head),
+            rollout=rollout,
+            mask=mask,
+            component=component,
+            boxes=boxes,
+        )
 
-    def no_weight_decay(self) -> Set[str]:
+    def no_weight_decay(self) -> set[str]:
         """Parameters timm's optimizer factory keeps out of weight decay: tokens and position embedding."""
         bb = self.backbone
-        return {f"backbone.vit.{n}" for n in bb.vit.no_weight_decay()} | {
-            f"backbone.zoom_cls_tokens.{i}" for i in range(len(bb.zoom_cls_tokens))} | {
-            f"backbone.zoom_dist_tokens.{i}" for i in range(len(bb.zoom_dist_tokens))}
+        return (
+            {f"backbone.vit.{n}" for n in bb.vit.no_weight_decay()}
+            | {f"backbone.zoom_cls_tokens.{i}" for i in range(len(bb.zoom_cls_tokens))}
+            | {f"backbone.zoom_dist_tokens.{i}" for i in range(len(bb.zoom_dist_tokens))}
+        )
 
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups (for layer-wise lr decay): the wrapped ViT's own, under this module's parameter names;
         the zoom-scale CLS (and distillation) tokens join the embedding (stem) group with the ViT's CLS token."""
-        groups = {name: _prefixed(rule, r"backbone\.vit\.")
-                  for name, rule in self.backbone.vit.group_matcher(coarse=coarse).items()}
-        groups["stem"] += r"|^backbone\.zoom_cls_tokens\.|^backbone\.zoom_dist_tokens\."
+        groups = {
+            name: _prefixed(rule, r"backbone\.vit\.")
+            for name, rule in self.backbone.vit.group_matcher(coarse=coarse).items()
+        }
+        stem = groups["stem"]
+        assert isinstance(stem, str)  # timm's ViT names its embedding group by one regex
+        groups["stem"] = stem + r"|^backbone\.zoom_cls_tokens\.|^backbone\.zoom_dist_tokens\."
         return groups
 
 
@@ -388,39 +434,55 @@ def _append_heads(out: MultiScaleOutput, bb: ViTBackbone, tokens: Tensor) -> Non
         out.features.append(bb.pre_logits(tokens))
 
 
-def _as_backbone(backbone: Union[str, nn.Module], num_classes: Optional[int],
-                 img_size: Optional[Union[int, Tuple[int, int]]], num_scales: int, options: Dict[str, Any],
-                 kwargs: Dict[str, Any]) -> ViTBackbone:
+def _as_backbone(
+    backbone: str | nn.Module,
+    num_classes: int | None,
+    img_size: int | tuple[int, int] | None,
+    num_scales: int,
+    options: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> ViTBackbone:
     """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments
     (``options``: dist_token, attn_window, ffn, ffn_kernel, ffn_prefix, fwt)."""
     dist_token = options["dist_token"]
     sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix", "fwt")}
     if isinstance(backbone, str):
-        vit = create_vit(backbone, img_size, num_classes, window_attention=options["attn_window"] > 0,
-                         conv_ffn=options["ffn"] == "conv", **kwargs)
+        vit = create_vit(
+            backbone,
+            img_size,
+            num_classes,
+            window_attention=options["attn_window"] > 0,
+            conv_ffn=options["ffn"] == "conv",
+            **kwargs,
+        )
         return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)
     if kwargs or img_size is not None:
-        raise ValueError("img_size and timm keyword arguments apply to a backbone given by name, not to a built "
-                         f"{type(backbone).__name__}")
+        raise ValueError(
+            "img_size and timm keyword arguments apply to a backbone given by name, not to a built "
+            f"{type(backbone).__name__}"
+        )
     if not isinstance(backbone, ViTBackbone):
-        backbone = ViTBackbone(vit=backbone, num_scales=num_scales, dist_token=dist_token or None, **sizing)
+        backbone = ViTBackbone(
+            vit=cast(VisionTransformer, backbone), num_scales=num_scales, dist_token=dist_token or None, **sizing
+        )
     if dist_token and not backbone.has_dist_token:
         raise ValueError("dist_token is True but the given backbone has no distillation token")
     if backbone.num_scales != num_scales:
-        raise ValueError(f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is "
-                         f"{num_scales}")
+        raise ValueError(
+            f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is {num_scales}"
+        )
     if num_classes is not None and backbone.num_classes != num_classes:
         raise ValueError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
     return backbone
 
 
-def _prefixed(rule: Union[str, List], prefix: str) -> Union[str, List]:
+def _prefixed(rule: str | list, prefix: str) -> str | list:
     """A timm group_matcher rule (a regex, or a list of (regex, suffix)) anchored under ``prefix``."""
     if isinstance(rule, str):
         return f"^{prefix}(?:{rule.lstrip('^')})"
     return [(_prefixed(pattern, prefix), suffix) for pattern, suffix in rule]
 
 
-def create_model(**kwargs) -> RAMSTrans:
+def create_model(**kwargs: Any) -> RAMSTrans:
     """Build a RAMSTrans; keyword arguments as ``RAMSTrans``."""
     return RAMSTrans(**kwargs)

@@ -5,7 +5,9 @@ saliency of the patches is one row of R (the CLS query row) or the mean of its r
 the N x N chain (L matrix products, ~7% of a ViT-B/16 forward at 448 px) we carry a row vector from the last block
 backwards: v <- v Â_l, each step O(N^2).
 """
-from typing import Literal, Sequence, Tuple
+
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -16,11 +18,11 @@ RolloutRows = Literal["cls", "mean"]
 
 
 def attention_rollout(
-        attentions: Sequence[Tensor],
-        grid_size: Tuple[int, int],
-        residual: float = 1.0,
-        rows: RolloutRows = "cls",
-        num_prefix_tokens: int = 1,
+    attentions: Sequence[Tensor],
+    grid_size: tuple[int, int],
+    residual: float = 1.0,
+    rows: RolloutRows = "cls",
+    num_prefix_tokens: int = 1,
 ) -> Tensor:
     """Patch saliency g from per-block attention maps.
 
