@@ -10,26 +10,20 @@ visualize and export all use it, and none needs the pretrained file the run star
 import os
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .config import Config, ConfigError, ModelConfig, config_diff, config_from_dict, short_repr
-from .errors import CheckpointError
-from .files import atomic_write
-from .models import Model, RAMSTrans, ZoomGate, build_model
+from ramstrans.config import short_repr
+from ramstrans.errors import CheckpointError
+from ramstrans.runtime.files import atomic_write
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "rng_state",
     "set_rng_state",
-    "model_from_checkpoint",
-    "weights_used",
-    "load_model_state",
     "find_checkpoint",
     "save_run_checkpoint",
     "checkpoint_file",
@@ -155,96 +149,6 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
     if resume == "auto":
         return None
     raise FileNotFoundError(f"--resume {resume}: the folder holds no checkpoint ({LATEST})")
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """``model.load_state_dict(state)`` that explains a mismatch in one sentence.
-
-    Raises:
-        CheckpointError: keys missing or unexpected, or a tensor of another shape.
-    """
-    own = model.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise CheckpointError(
-                f"{origin} does not fit the configured model: {k} has shape {tuple(v.shape)} in the "
-                f"checkpoint, {tuple(own[k].shape)} in the model"
-            )
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"the model's {missing[0]} is missing" if missing else f"it holds {unexpected[0]}, which the model lacks"
-        raise CheckpointError(
-            f"{origin} does not fit the configured model: {what} ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected keys)"
-        )
-    model.load_state_dict(state)
-
-
-def weights_used(ckpt: dict[str, Any], weights: str = "auto", origin: str = "the checkpoint") -> str:
-    """Which weights of a checkpoint ``weights`` ("auto", "raw" or "ema") means: "ema" when asked for, or with "auto"
-    when the checkpoint has EMA weights (as its run reported); else "raw".
-
-    Raises:
-        ValueError: another value than auto, raw or ema.
-        CheckpointError: EMA weights asked for but absent.
-    """
-    if weights not in ("auto", "raw", "ema"):
-        raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
-    has_ema = isinstance(ckpt.get("model_ema"), dict)
-    if weights == "ema" and not has_ema:
-        raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")
-    return "ema" if has_ema and weights != "raw" else "raw"
-
-
-def model_from_checkpoint(
-    ckpt: dict[str, Any],
-    model_cfg: ModelConfig | None = None,
-    weights: str = "auto",
-    origin: str = "the checkpoint",
-    gate: bool = True,
-) -> tuple[Model, Config, list[str]]:
-    """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
-
-    Args:
-        ckpt: a loaded checkpoint (``load_checkpoint``).
-        model_cfg: the model section to build (e.g. with resume overrides); default the checkpoint's own.
-        weights: "raw", "ema" (its EMA weights) or "auto" (EMA weights when the checkpoint has them).
-        origin: how to name the checkpoint in errors.
-        gate: attach the zoom gate the checkpoint holds (``ramstrans fit-gate``); a resumed training does not (the
-            weights move on, and the gate was fitted to these).
-
-    Raises:
-        CheckpointError: EMA weights asked for but absent, or the weights do not fit ``model_cfg``.
-    """
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from None
-    names = list(ckpt["class_names"])
-    state = ckpt["model_ema"] if weights_used(ckpt, weights, origin) == "ema" else ckpt["model"]
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:
-        raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier checkpoint")
-    wanted = replace(model_cfg or cfg.model, pretrained=None)
-    model = build_model(wanted, len(names))
-    try:
-        load_model_state(model, state, origin)
-    except CheckpointError:
-        differs = {
-            k: v
-            for k, v in config_diff(
-                replace(cfg, model=replace(cfg.model, pretrained=None)), replace(cfg, model=wanted), "model"
-            ).items()
-        }
-        if not differs:
-            raise
-        key, (old, new) = next(iter(differs.items()))
-        raise CheckpointError(
-            f"{origin} does not fit the configured model: its {key} is {old}, the configured one {new}"
-        ) from None
-    if gate and isinstance(ckpt.get("zoom_gate"), dict) and isinstance(model, RAMSTrans):
-        model.zoom_gate = ZoomGate.from_state(ckpt["zoom_gate"]["state"])
-    return model, cfg, names
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG
-from .errors import CheckpointError, ConfigError, DataError
-from .runlog import setup_console_logging
+from ramstrans.config import DEFAULT_CONFIG
+from ramstrans.errors import CheckpointError, ConfigError, DataError
+from ramstrans.runtime.runlog import setup_console_logging
 
 __all__ = ["main"]
 
@@ -18,7 +18,7 @@ WEIGHTS_HELP = "auto (the EMA weights when the checkpoint has them, as training 
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    from .train import resolve_training, run_training
+    from ramstrans.training.run import resolve_training, run_training
 
     overrides = list(a.set or [])
     if a.output_dir:
@@ -36,7 +36,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
-    from .evaluate import run_eval, run_zoom_sweep
+    from ramstrans.inference.evaluate import run_eval, run_zoom_sweep
 
     common = dict(
         output_dir=a.output,
@@ -83,7 +83,7 @@ def eval_sentence(r: dict) -> str:
 
 
 def _cmd_fit_gate(a: argparse.Namespace) -> None:
-    from .zoom_gate import run_fit_gate
+    from ramstrans.inference.gate import run_fit_gate
 
     r = run_fit_gate(
         a.checkpoint,
@@ -130,7 +130,7 @@ def _print_sweep(r: dict) -> None:
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
-    from .visualize import run_visualize
+    from ramstrans.inference.visualize import run_visualize
 
     files = run_visualize(
         a.checkpoint,
@@ -150,7 +150,7 @@ def _cmd_visualize(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
-    from .export import export_onnx, export_timm
+    from ramstrans.export import export_onnx, export_timm
 
     if a.format == "timm":
         path = export_timm(a.checkpoint, a.out, a.scales, a.weights, overwrite=a.overwrite)
@@ -164,7 +164,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import run_predict
+    from ramstrans.inference.predict import run_predict
 
     r = run_predict(
         a.model,
@@ -224,7 +224,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_make_synthetic(a: argparse.Namespace) -> None:
-    from .data.synthetic import make_synthetic
+    from ramstrans.data.synthetic.birds import make_synthetic
 
     out = make_synthetic(
         a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed, overwrite=a.overwrite
@@ -233,7 +233,7 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
 
 
 def _bench_latency(a: argparse.Namespace) -> dict:
-    from .bench.latency import bench_config_latency, bench_latency, bench_proposal
+    from ramstrans.bench.latency import bench_config_latency, bench_latency, bench_proposal
 
     if a.configs:
         return {
@@ -254,15 +254,15 @@ def _bench_latency(a: argparse.Namespace) -> dict:
 
 def _cmd_bench(a: argparse.Namespace) -> None:
     if a.what == "inat":
-        from .bench.inat import bench_inat_index
+        from ramstrans.bench.inat import bench_inat_index
 
         r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
     elif a.what == "ddp":
-        from .bench.ddp import bench_ddp
+        from ramstrans.bench.ddp import bench_ddp
 
         r = bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
     elif a.what == "demo":
-        from .bench.demo import bench_demo
+        from ramstrans.bench.demo import bench_demo
 
         r = bench_demo(
             [int(s) for s in a.seeds.split(",")],
@@ -275,27 +275,27 @@ def _cmd_bench(a: argparse.Namespace) -> None:
         print(_demo_table(r, Path(a.out or "runs/bench_demo") / f"{a.split}_result.json"))
         return
     elif a.what == "distill":
-        from .bench.distill import bench_distill
+        from ramstrans.bench.distill import bench_distill
 
         r = bench_distill(
             [int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill", overrides=a.set or ()
         )
     elif a.what == "options":
-        from .bench.options import bench_options
+        from ramstrans.bench.options import bench_options
 
         r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options", overrides=a.set or ())
     elif a.what == "ema":
-        from .bench.training import bench_ema
+        from ramstrans.bench.training import bench_ema
 
         r = bench_ema(
             [int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema", a.set or ()
         )
     elif a.what == "accum":
-        from .bench.training import bench_accum
+        from ramstrans.bench.training import bench_accum
 
         r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
     elif a.what == "zoom":
-        from .bench.zoom import bench_zoom
+        from ramstrans.bench.zoom import bench_zoom
 
         r = bench_zoom(a.stage, [int(s) for s in a.seeds.split(",")], a.config, a.out or "runs/bench_zoom", a.set or ())
         print(f"bench zoom --stage {a.stage}: written to {Path(a.out or 'runs/bench_zoom') / f'{a.stage}_result.json'}")
@@ -303,11 +303,11 @@ def _cmd_bench(a: argparse.Namespace) -> None:
     elif a.what == "latency":
         r = _bench_latency(a)
     elif a.what == "transmix":
-        from .bench.transmix import bench_transmix
+        from ramstrans.bench.transmix import bench_transmix
 
         r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     else:
-        from .bench.core import bench_core
+        from ramstrans.bench.core import bench_core
 
         r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
     print(json.dumps(r, indent=1))
@@ -336,7 +336,7 @@ def _demo_table(r: dict, path: Path) -> str:
 
 
 def _cmd_check_data(a: argparse.Namespace) -> int:
-    from .data.check import check_data, exit_code, format_report
+    from ramstrans.data.check import check_data, exit_code, format_report
 
     report = check_data(a.dataset, a.root, a.workers, decode=not a.no_decode, progress=not a.no_progress)
     print(json.dumps(report) if a.json else format_report(report))
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if getattr(args, "checkpoint", None):  # a run folder stands for its newest checkpoint
-            from .checkpoint import checkpoint_file
+            from ramstrans.checkpoint import checkpoint_file
 
             args.checkpoint = str(checkpoint_file(args.checkpoint))
         code = args.func(args)

@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import yaml
 
-from .errors import ConfigError
-from .files import write_text_atomic
+from ramstrans.errors import ConfigError
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_from_dict", "find_config", "config_diff"]
 

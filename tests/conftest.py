@@ -66,7 +66,7 @@ TINY_TRAIN = [
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A tiny synthetic set in the CUB layout (3 classes, 6 + 3 images each, 80 px)."""
-    from ramstrans.data.synthetic import write_cub_layout
+    from ramstrans.data.synthetic.birds import write_cub_layout
 
     return write_cub_layout(
         tmp_path_factory.mktemp("syn"), num_classes=3, train_per_class=6, test_per_class=3, image_size=80, seed=0
@@ -100,8 +100,8 @@ def stop_after_step(monkeypatch, step: int):
         if state["step"] == step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", save_then_stop)
-    return lambda: monkeypatch.setattr("ramstrans.monitor.save_run_checkpoint", real)
+    monkeypatch.setattr("ramstrans.training.monitor.save_run_checkpoint", save_then_stop)
+    return lambda: monkeypatch.setattr("ramstrans.training.monitor.save_run_checkpoint", real)
 
 
 def eval_summary(capsys) -> dict:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, eval_summary
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
+from ramstrans.models.build import model_from_checkpoint
 
 
 def _sets(*items):
@@ -20,7 +21,7 @@ def _sets(*items):
 def _fused_top1(checkpoint, root):
     """Independent two-scale top-1: the mean of both scales' softmax over the test images, one at a time."""
     from ramstrans.data import load_index, read_image
-    from ramstrans.evaluate import eval_transform
+    from ramstrans.inference.load import eval_transform
 
     model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
     model.eval()

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from ramstrans.data import DataError, ImageDataset, ImageReadError, Transform, collate, read_image
-from ramstrans.data.cub import load_cub
+from ramstrans.data.formats.cub import load_cub
 from ramstrans.data.loader import StepSampler, stratified_split
-from ramstrans.data.synthetic import Painter, draw_bird, render_bird_scene, species_list, write_cub_layout
+from ramstrans.data.synthetic.birds import Painter, draw_bird, render_bird_scene, species_list, write_cub_layout
 
 
 def write_cub(root, images, classes, labels, split, boxes=None):

@@ -12,10 +12,10 @@ import scipy.io
 from ramstrans.bench.inat import write_inat_json
 from ramstrans.cli import _parser, main
 from ramstrans.data import DATASETS, DataError, DatasetIndex
-from ramstrans.data.dogs import load_dogs
-from ramstrans.data.folder import load_csv, load_folder
-from ramstrans.data.inat import load_inat17
-from ramstrans.data.nabirds import load_nabirds
+from ramstrans.data.formats.dogs import load_dogs
+from ramstrans.data.formats.folder import load_csv, load_folder
+from ramstrans.data.formats.inat import load_inat17
+from ramstrans.data.formats.nabirds import load_nabirds
 
 BOXES = ["x0", "y0", "x1", "y1"]
 

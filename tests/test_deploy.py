@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import TINY_TRAIN
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.data import read_image
-from ramstrans.engine import evaluate
-from ramstrans.evaluate import eval_transform
+from ramstrans.inference.evaluate import evaluate
+from ramstrans.inference.load import eval_transform
+from ramstrans.models.build import model_from_checkpoint
 
 
 def _sets(*items):
@@ -292,11 +293,11 @@ def test_predict_bad_input_is_one_sentence(trained, synthetic_root, tmp_path, ca
 
 
 def test_many_classes_get_the_most_confused_pairs(trained, tmp_path, monkeypatch):
-    from ramstrans.plots import confused_pairs
+    from ramstrans.inference.plots import confused_pairs
 
     m = np.array([[5, 3, 0], [1, 4, 2], [0, 3, 6]])
     assert confused_pairs(m) == [(0, 1, 3, 3 / 8), (2, 1, 3, 3 / 9), (1, 2, 2, 2 / 7), (1, 0, 1, 1 / 7)]
-    monkeypatch.setattr("ramstrans.evaluate.CONFUSION_PLOT_MAX", 2)  # as if the 3 classes were more than 50
+    monkeypatch.setattr("ramstrans.inference.evaluate.CONFUSION_PLOT_MAX", 2)  # as if the 3 classes were more than 50
     assert (
         main(
             [

@@ -13,15 +13,16 @@ from conftest import TINY_TRAIN, eval_summary, sets, stop_after_step
 from test_pretrained import write_google_npz
 from timm.models.deit import VisionTransformerDistilled
 
-from ramstrans import checkpoint as ckpt_mod
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.config import load_config
-from ramstrans.losses import DistillationLoss, MultiScaleLoss, kd_term
+from ramstrans.distill.loss import DistillationLoss, kd_term
+from ramstrans.distill.teacher import Teacher
 from ramstrans.models import Classifier, MultiScaleForward, MultiScaleOutput, RAMSTrans, crop_and_zoom
-from ramstrans.models.pretrained import load_pretrained
-from ramstrans.teacher import Teacher
-from ramstrans.train import run_training
+from ramstrans.models.backbones.pretrained import load_pretrained
+from ramstrans.models.build import model_from_checkpoint
+from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.training.run import run_training
 
 VIT = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 TEACHER_TRAIN = [
@@ -334,7 +335,7 @@ def test_onnx_of_a_student_and_a_classifier(tmp_path):
             main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(path), "--scales", str(scales)])
             == 0
         )
-        model = ckpt_mod.model_from_checkpoint(load_checkpoint(ckpt))[0].eval()
+        model = model_from_checkpoint(load_checkpoint(ckpt))[0].eval()
         x = torch.randn(3, 3, 64, 64)
         got = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
         want = model.predict(x, scales, boxes=False).probs if scales > 1 else model(x)
@@ -354,8 +355,8 @@ class _Spy(torch.nn.Module):
 
 
 def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_targets():
-    from ramstrans.engine import _backward
-    from ramstrans.mixing import Mixer
+    from ramstrans.training.engine import _backward
+    from ramstrans.training.mixing import Mixer
 
     student = _student(num_scales=2).train()
     spy = _Spy()

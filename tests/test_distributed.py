@@ -13,11 +13,13 @@ from conftest import TINY_TRAIN
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import build_data, eval_loader, load_index, train_loader
-from ramstrans.dist import all_reduce_sum_, init_distributed, shutdown
-from ramstrans.engine import evaluate, train_steps
-from ramstrans.losses import MultiScaleLoss
+from ramstrans.inference.evaluate import evaluate
 from ramstrans.models import MultiScaleForward, build_model
-from ramstrans.train import build_optimizer, build_scheduler, run_training
+from ramstrans.runtime.dist import all_reduce_sum_, init_distributed, shutdown
+from ramstrans.training.build import build_optimizer, build_scheduler
+from ramstrans.training.engine import train_steps
+from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.training.run import run_training
 
 
 def _free_port() -> int:
@@ -223,8 +225,8 @@ def test_unreachable_rendezvous_is_a_clear_timeout(tmp_path):
 
 
 def test_more_processes_than_images_is_refused(tmp_path, synthetic_root, monkeypatch):
-    from ramstrans.dist import DistInfo
-    from ramstrans.train import _build
+    from ramstrans.runtime.dist import DistInfo
+    from ramstrans.training.run import _build
 
     with pytest.raises(ValueError, match="the test split has 9 images, fewer than the 16 processes"):
         _build(_cfg(synthetic_root, tmp_path), None, DistInfo(rank=0, world_size=16), torch.device("cpu"))

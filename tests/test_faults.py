@@ -16,7 +16,7 @@ from conftest import TINY_TRAIN, tiny_model
 
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
-from ramstrans.files import FileLock
+from ramstrans.runtime.files import FileLock
 
 
 def _sets(*items):
@@ -62,7 +62,7 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holder_is_no_obstacle(tmp_pat
 def test_a_second_live_process_is_refused(tmp_path):
     run = tmp_path / "run"
     code = (
-        "import sys, time; from ramstrans.files import FileLock; FileLock(sys.argv[1], 'x').acquire(); "
+        "import sys, time; from ramstrans.runtime.files import FileLock; FileLock(sys.argv[1], 'x').acquire(); "
         "print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")], stdout=subprocess.PIPE, text=True)
@@ -248,7 +248,7 @@ def test_make_synthetic_never_overwrites_unless_asked(tmp_path, capsys):
 
 
 def _ensure(root, out_file):
-    from ramstrans.data.synthetic import ensure_synthetic
+    from ramstrans.data.synthetic.birds import ensure_synthetic
 
     path = ensure_synthetic(root, 2, 3, 1, 48, 0)
     Path(out_file).write_text(str(path))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import TINY_TRAIN
 
 from ramstrans.cli import main
-from ramstrans.mixing import Mixer, MixInfo, patch_box_mask, transmix_lambda, zoomed_lambda
+from ramstrans.training.mixing import Mixer, MixInfo, patch_box_mask, transmix_lambda, zoomed_lambda
 
 IMG, GRID = (32, 64), (2, 4)  # non-square: 16-px patches, 2 x 4 grid
 FULL = torch.tensor([[0.0, 0.0, 64.0, 32.0]])
@@ -123,7 +123,7 @@ def test_the_box_is_timms_rule_and_numpys_global_generator_is_untouched(monkeypa
             def integers(self, lo, hi):
                 return next(self.values)
 
-        from ramstrans.mixing import cutmix_box
+        from ramstrans.training.mixing import cutmix_box
 
         assert cutmix_box(Fixed(), IMG, lam) == tuple(int(v) for v in want)
     np.random.seed(123)

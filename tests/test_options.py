@@ -8,8 +8,8 @@ from timm.layers import Mlp
 from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
 from ramstrans.models import RAMSTrans
-from ramstrans.models.attention import WindowAttention, window_mask
-from ramstrans.models.ffn import ConvMlp
+from ramstrans.models.blocks.attention import WindowAttention, window_mask
+from ramstrans.models.blocks.ffn import ConvMlp
 
 
 def test_window_mask_rows_at_a_corner_and_in_the_centre_and_global_tokens():
@@ -124,7 +124,7 @@ def test_options_out_of_range_are_refused(kwargs, message):
 
 
 def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
-    from ramstrans.models.fwt import FeatureWiseTransform
+    from ramstrans.models.blocks.fwt import FeatureWiseTransform
 
     layer = FeatureWiseTransform(4)
     x = torch.randn(3, 5, 4)
@@ -143,8 +143,8 @@ def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
 
 
 def test_the_learning_to_learn_gradient_matches_a_finite_difference():
-    from ramstrans.l2l import meta_losses
     from ramstrans.models import MultiScaleForward
+    from ramstrans.training.l2l import meta_losses
 
     torch.manual_seed(0)
     model = (
@@ -198,7 +198,7 @@ def test_a_run_with_learned_fwt_moves_theta_and_logs_the_unseen_loss(tmp_path):
 
     from ramstrans.checkpoint import load_checkpoint
     from ramstrans.cli import main
-    from ramstrans.models.fwt import FWT_INIT
+    from ramstrans.models.blocks.fwt import FWT_INIT
 
     out = tmp_path / "run"
     assert (

@@ -8,7 +8,7 @@ import sys
 def test_drawing_never_switches_the_matplotlib_backend(tmp_path):
     code = (
         "import matplotlib, numpy as np\n"
-        "from ramstrans.plots import plot_confusion, contact_sheet\n"
+        "from ramstrans.inference.plots import plot_confusion, contact_sheet\n"
         "plot_confusion(np.eye(2), ['a', 'b'], 'confusion.png')\n"
         "contact_sheet([(np.zeros((8, 8, 3), np.uint8), ['true a', 's1: a'], [True])], 'sheet.png')\n"
         "print(matplotlib.get_backend())\n"

@@ -9,12 +9,12 @@ from conftest import stop_after_step
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import Transform, eval_loader, train_loader
-from ramstrans.data.pretext import FAMILIES, PretextDataset
-from ramstrans.data.synthetic import species_list
-from ramstrans.engine import evaluate
+from ramstrans.data.synthetic.birds import species_list
+from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
+from ramstrans.inference.evaluate import evaluate
 from ramstrans.models import RAMSTrans
-from ramstrans.models.pretrained import shipped_weights
-from ramstrans.train import run_training
+from ramstrans.models.backbones.pretrained import shipped_weights
+from ramstrans.training.run import run_training
 
 PRETRAIN_TINY = [
     "model.img_size=64",

@@ -14,14 +14,17 @@ import torch
 from conftest import TINY_TRAIN, tiny_model
 from safetensors.torch import save_file
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import ConfigError, load_config
 from ramstrans.data import DataError, StepSampler, load_index
-from ramstrans.engine import evaluate, train_steps
-from ramstrans.losses import MultiScaleLoss
+from ramstrans.inference.evaluate import evaluate
 from ramstrans.models import MultiScaleForward
-from ramstrans.monitor import RunMonitor
-from ramstrans.train import build_optimizer, resolve_training, run_training
+from ramstrans.models.build import model_from_checkpoint
+from ramstrans.training.build import build_optimizer
+from ramstrans.training.engine import train_steps
+from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.training.monitor import RunMonitor
+from ramstrans.training.run import resolve_training, run_training
 
 
 def _cfg(out, *extra):
@@ -158,7 +161,7 @@ def test_a_step_whose_batches_are_all_unreadable_draws_new_ones():
 
 
 def test_only_unreadable_batches_is_a_data_error(monkeypatch):
-    monkeypatch.setattr("ramstrans.engine.MAX_EMPTY_DRAWS", 3)
+    monkeypatch.setattr("ramstrans.training.engine.MAX_EMPTY_DRAWS", 3)
     model = tiny_model(num_scales=1, num_classes=3)
     with pytest.raises(DataError, match="every image of 3 batches in a row was unreadable at step 1"):
         train_steps(
@@ -205,7 +208,7 @@ def test_resume_is_exact_across_a_redrawn_batch(tmp_path, synthetic_root, monkey
 
 
 def test_ema_is_timms_average_checkpointed_and_reported(tmp_path, monkeypatch):
-    import ramstrans.train as train_mod
+    import ramstrans.training.run as train_mod
 
     seen, real_ema, real_step = [], train_mod.build_ema, RunMonitor.after_step
 
@@ -343,6 +346,6 @@ def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypat
     def refuse(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("ramstrans.train.run_training", refuse)
+    monkeypatch.setattr("ramstrans.training.run.run_training", refuse)
     again = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)
     assert again["vit"]["top1"] == first["vit"]["top1"] and again["run_folders"] == first["run_folders"]

@@ -8,7 +8,8 @@ from conftest import TINY_TRAIN, stop_after_step
 
 from ramstrans.checkpoint import load_checkpoint, save_checkpoint
 from ramstrans.config import load_config
-from ramstrans.train import build_optimizer, build_scheduler, run_training
+from ramstrans.training.build import build_optimizer, build_scheduler
+from ramstrans.training.run import run_training
 
 
 def _cfg(out, *extra):

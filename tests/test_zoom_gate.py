@@ -11,9 +11,10 @@ import torch
 from conftest import TINY_TRAIN, sets, tiny_model
 from scipy.optimize import minimize
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.models import ZoomGate, fit_zoom_gate
+from ramstrans.models.build import model_from_checkpoint
 from ramstrans.models.gate import _fit_logistic, gate_inputs
 
 

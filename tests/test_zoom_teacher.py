@@ -9,14 +9,18 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_TRAIN, sets, stop_after_step, tiny_model
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.config import load_config
-from ramstrans.evaluate import run_eval
-from ramstrans.losses import DistillationLoss, MultiScaleLoss, SelfDistillationLoss, build_criterion
+from ramstrans.distill.loss import DistillationLoss
+from ramstrans.distill.self_distill import SelfDistillationLoss
+from ramstrans.distill.teacher import load_teacher
+from ramstrans.inference.evaluate import run_eval
 from ramstrans.models import MultiScaleOutput
-from ramstrans.teacher import load_teacher
-from ramstrans.train import run_training
+from ramstrans.models.build import model_from_checkpoint
+from ramstrans.training.build import build_criterion
+from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.training.run import run_training
 
 SD = ["loss.self_distill=2.0", "loss.self_distill_tau=2.0"]
 

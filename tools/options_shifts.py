@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from ramstrans.bench.demo import mean_spread
-from ramstrans.evaluate import run_eval
-from ramstrans.files import write_text_atomic
+from ramstrans.inference.evaluate import run_eval
+from ramstrans.runtime.files import write_text_atomic
 
 VARIANTS, SHIFTS = ("base", "fwt_fixed", "fwt_learned"), (None, "colour", "blur", "contrast")
 

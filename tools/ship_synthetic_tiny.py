@@ -10,10 +10,11 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from ramstrans.checkpoint import load_checkpoint, model_from_checkpoint
+from ramstrans.checkpoint import load_checkpoint
 from ramstrans.data import Transform, eval_loader
-from ramstrans.data.pretext import PretextDataset
-from ramstrans.engine import evaluate
+from ramstrans.data.synthetic.pretext import PretextDataset
+from ramstrans.models.build import model_from_checkpoint
+from ramstrans.training.engine import evaluate
 
 CHECK = {"seed": 424242, "num_images": 512, "image_size": 160, "resize": 144}  # the batch tests regenerate
 OUT = "ramstrans/weights/synthetic-tiny"  # .safetensors (a timm state dict) and .json, read by load_pretrained

@@ -15,8 +15,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ..models import RAMSTrans, attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
-from .timing import interleaved, saved_bytes
+from ramstrans.bench.timing import interleaved, saved_bytes
+from ramstrans.models import (
+    RAMSTrans,
+    attention_rollout,
+    component_boxes,
+    crop_and_zoom,
+    largest_component,
+    threshold_rollout,
+)
 
 __all__ = ["bench_core"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..models import RAMSTrans
+from ramstrans.models import RAMSTrans
 
 __all__ = ["bench_ddp"]
 
@@ -22,8 +22,8 @@ def _ddp_step_worker(rank: int, world: int, port: int, args: dict[str, object], 
     )
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ..dist import barrier, init_distributed, shutdown
-    from ..models import MultiScaleForward
+    from ramstrans.models import MultiScaleForward
+    from ramstrans.runtime.dist import barrier, init_distributed, shutdown
 
     torch.set_num_threads(1)
     info, _ = init_distributed("cpu", 120)

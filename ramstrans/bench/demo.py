@@ -20,7 +20,7 @@ def mean_spread(values: list[float]) -> dict[str, float]:
 def _run_key(cfg) -> str:
     """A short hash of a resolved config's differences from the defaults, without its run folder: runs are reused
     only under the same settings, and stay reusable when a later version adds keys with defaults."""
-    from ..config import Config, config_diff
+    from ramstrans.config import Config, config_diff
 
     settings = {k: new for k, (_, new) in config_diff(Config(), cfg).items() if k != "train.output_dir"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
@@ -29,9 +29,9 @@ def _run_key(cfg) -> str:
 def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> Path:
     """The run folder ``folder/<name>_<config hash>`` after training it, unless it already finished (its summary.json);
     an interrupted run resumes from its newest checkpoint."""
-    from ..checkpoint import find_checkpoint
-    from ..config import load_config
-    from ..train import resolve_training, run_training
+    from ramstrans.checkpoint import find_checkpoint
+    from ramstrans.config import load_config
+    from ramstrans.training.run import resolve_training, run_training
 
     run_dir = Path(folder) / f"{name}_{_run_key(load_config(config, sets))}"
     if not (run_dir / "summary.json").is_file():
@@ -44,7 +44,7 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
 
 def resolved(config: str, sets: Sequence[str], run_dir: Path) -> dict:
     """The resolved config a bench run trained with, with its own run folder (and so its own seed) in it."""
-    from ..config import load_config
+    from ramstrans.config import load_config
 
     return asdict(load_config(config, [*sets, f"train.output_dir={run_dir}"]))
 
@@ -67,7 +67,7 @@ def _joint_threshold(sweeps: list[dict[str, object]], tolerance: float) -> dict[
 
 def _test_modes(run_dir: Path, threshold: float) -> dict[str, dict[str, float]]:
     """Fused and adaptive test evaluations of a two-scale run (written into its folder)."""
-    from ..evaluate import run_eval
+    from ramstrans.inference.evaluate import run_eval
 
     ckpt = str(run_dir / "checkpoint.pth")
     kw = dict(split="test", num_workers=0, show_progress=False)
@@ -104,8 +104,8 @@ def bench_demo(
         overrides: extra ``section.key=value`` settings for both models.
         zoom_threshold: test: the adaptive threshold (default: the one chosen by ``split="val"``).
     """
-    from ..config import load_config
-    from ..evaluate import SWEEP_TOLERANCE, run_zoom_sweep
+    from ramstrans.config import load_config
+    from ramstrans.inference.evaluate import SWEEP_TOLERANCE, run_zoom_sweep
 
     load_config(config, overrides)  # a bad override is named before anything else
     if split == "test" and zoom_threshold is None:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
 
 __all__ = ["bench_distill", "VARIANTS"]
 
@@ -21,7 +21,7 @@ HEADS = ("mean", "cls", "dist")
 
 def _scores(run_dir: Path, split: str) -> dict[str, float]:
     """Top-1 of every head, single scale and fused, and the proposal's mIoU (on ``split``)."""
-    from ..evaluate import run_eval
+    from ramstrans.inference.evaluate import run_eval
 
     ckpt = str(run_dir / "checkpoint.pth")
     out: dict[str, float] = {}

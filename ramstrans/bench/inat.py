@@ -41,7 +41,7 @@ CHILD = """
 import json, os, resource, sys, time
 from pathlib import Path
 import numpy as np
-from ramstrans.data.inat import load_inat17
+from ramstrans.data.formats.inat import load_inat17
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if os.path.exists("/proc/self/statm"):  # resident now, in KiB (the import peak may have been higher)
     imported = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
+from ramstrans.models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 
 __all__ = ["bench_latency", "bench_proposal", "bench_config_latency"]
 
@@ -79,19 +79,19 @@ def bench_latency(
     """
     import timm
 
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
-    from ..data import ImageDataset, eval_loader, load_index
-    from ..evaluate import eval_transform
-    from ..export import export_onnx
+    from ramstrans.data import ImageDataset, eval_loader, load_index
+    from ramstrans.export import export_onnx
+    from ramstrans.inference.load import load_model
 
-    model, cfg, names = model_from_checkpoint(load_checkpoint(checkpoint))
-    model.eval()
+    loaded = load_model(checkpoint)
+    model, cfg, names = loaded.model, loaded.config, loaded.class_names
+    assert cfg is not None  # a checkpoint
     vit = timm.create_model(
         cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names), **cfg.model.backbone_kwargs
     ).eval()
     vit.load_state_dict(model.backbone.vit.state_dict())
     index = load_index(cfg.data)
-    ds = ImageDataset(index.root, index.split("test"), names, eval_transform(cfg, model))
+    ds = ImageDataset(index.root, index.split("test"), names, loaded.transform)
     images = next(iter(eval_loader(ds, max(batches))))["image"]
     result: dict[str, object] = {
         "checkpoint": checkpoint,
@@ -284,9 +284,9 @@ def bench_config_latency(
         repeats: timed repeats per measurement.
         overrides: settings applied to every config (e.g. ``model.attn_window=2``).
     """
-    from ..config import load_config
-    from ..export import write_onnx
-    from ..models import build_model
+    from ramstrans.config import load_config
+    from ramstrans.export import write_onnx
+    from ramstrans.models import build_model
 
     rows = []
     available = torch.get_num_threads()

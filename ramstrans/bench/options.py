@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import write_text_atomic
-from .demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_options", "VARIANTS"]
 
@@ -39,7 +39,7 @@ SHIFT = ("colour", "blur", "contrast")
 
 
 def _scores(run_dir: Path) -> dict[str, float]:
-    from ..evaluate import run_eval
+    from ramstrans.inference.evaluate import run_eval
 
     ckpt = str(run_dir / "checkpoint.pth")
     kw = dict(split="val", num_workers=0, show_progress=False)
@@ -68,10 +68,10 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
     step where ``fwt: learned``; no teacher), the peak resident memory, and how far the steps raised it."""
     import torch
 
-    from ..config import load_config
-    from ..l2l import FwtLearner
-    from ..losses import build_criterion
-    from ..models import MultiScaleForward, build_model
+    from ramstrans.config import load_config
+    from ramstrans.models import MultiScaleForward, build_model
+    from ramstrans.training.build import build_criterion
+    from ramstrans.training.l2l import FwtLearner
 
     cfg = load_config(config, [*sets, "model.pretrained=null", "distill.enabled=false"])
     model = build_model(cfg.model, cfg.data.synthetic.num_classes).train()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..runlog import read_records
-from .demo import mean_spread, run_or_reuse
+from ramstrans.bench.demo import mean_spread, run_or_reuse
+from ramstrans.checkpoint import load_checkpoint
+from ramstrans.runtime.runlog import read_records
 
 __all__ = ["bench_ema", "bench_accum"]
 
@@ -68,7 +68,7 @@ def bench_accum(
         out_dir: one sub-folder per run (finished runs with the same settings are reused).
         overrides: extra ``section.key=value`` settings.
     """
-    from ..config import load_config
+    from ramstrans.config import load_config
 
     batch = load_config(config, overrides).train.batch_size
     if batch % accum:

@@ -4,10 +4,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..losses import MultiScaleLoss
-from ..mixing import Mixer
-from ..models import RAMSTrans
-from .timing import interleaved
+from ramstrans.bench.timing import interleaved
+from ramstrans.models import RAMSTrans
+from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.training.mixing import Mixer
 
 __all__ = ["bench_transmix"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
@@ -67,7 +67,7 @@ class _Runs:
     """Trains (or reuses) the bench's runs and remembers their resolved configs."""
 
     def __init__(self, config: str, out_dir: str, overrides: Sequence[str]) -> None:
-        from ..config import load_config
+        from ramstrans.config import load_config
 
         self.config, self.folder, self.overrides = config, Path(out_dir) / "val", list(overrides)
         self.steps = load_config(config, self.overrides).train.steps
@@ -91,11 +91,11 @@ def _two_scale(run_dir: Path) -> dict[str, float]:
     cached = run_dir / "zoom_eval.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    from ..data import eval_loader
-    from ..evaluate import _load, scale_outputs, sweep_rows
-    from ..files import write_text_atomic
-    from ..models import zoom_confidence
-    from ..zoom_gate import default_gate_path, run_fit_gate
+    from ramstrans.data import eval_loader
+    from ramstrans.inference.evaluate import _load, scale_outputs, sweep_rows
+    from ramstrans.inference.gate import default_gate_path, run_fit_gate
+    from ramstrans.models import zoom_confidence
+    from ramstrans.runtime.files import write_text_atomic
 
     gate_ckpt = default_gate_path(str(run_dir / "checkpoint.pth"))
     report = run_fit_gate(str(run_dir / "checkpoint.pth"), num_workers=0, overwrite=True)
@@ -264,9 +264,9 @@ def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, object]:
     chosen on validation) on the first 32 test images: at batch 32, and one image at a time (batch 1)."""
     import time
 
-    from ..data import eval_loader
-    from ..evaluate import _load
-    from ..zoom_gate import default_gate_path
+    from ramstrans.data import eval_loader
+    from ramstrans.inference.evaluate import _load
+    from ramstrans.inference.gate import default_gate_path
 
     scores = _two_scale(rams_dir)
     model, _, _, _, ds, _ = _load(
@@ -299,7 +299,7 @@ def _plot(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
     three points and the single-pass goal."""
     from matplotlib.figure import Figure
 
-    from ..files import atomic_write
+    from ramstrans.runtime.files import atomic_write
 
     rams = summary["rams"]
     points = [
@@ -386,7 +386,7 @@ def bench_zoom(
     Raises:
         ValueError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
     """
-    from ..files import write_text_atomic
+    from ramstrans.runtime.files import write_text_atomic
 
     if stage not in ("screen", "ema", "report", "latency"):
         raise ValueError(f"bench zoom --stage must be screen, ema, report or latency, got '{stage}'")

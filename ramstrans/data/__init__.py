@@ -7,16 +7,24 @@ from pathlib import Path
 import pandas as pd
 from torch.utils.data import Dataset
 
-from .cub import load_cub
-from .dataset import DataError, DatasetIndex, ImageDataset, ImageReadError, collate, missing_files, read_image
-from .dogs import load_dogs
-from .folder import load_csv, load_folder
-from .inat import load_inat17
-from .loader import StepSampler, eval_loader, stratified_split, train_loader
-from .nabirds import load_nabirds
-from .pretext import FAMILIES, PretextDataset
-from .synthetic import ensure_synthetic
-from .transforms import Transform
+from ramstrans.data.dataset import (
+    DataError,
+    DatasetIndex,
+    ImageDataset,
+    ImageReadError,
+    collate,
+    missing_files,
+    read_image,
+)
+from ramstrans.data.formats.cub import load_cub
+from ramstrans.data.formats.dogs import load_dogs
+from ramstrans.data.formats.folder import load_csv, load_folder
+from ramstrans.data.formats.inat import load_inat17
+from ramstrans.data.formats.nabirds import load_nabirds
+from ramstrans.data.loader import StepSampler, eval_loader, stratified_split, train_loader
+from ramstrans.data.synthetic.birds import ensure_synthetic
+from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
+from ramstrans.data.transforms import Transform
 
 __all__ = [
     "DATASETS",

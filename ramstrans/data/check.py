@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from . import DATASETS
-from .dataset import BOX_COLUMNS, DataError, DatasetIndex, ImageReadError, read_image
+from ramstrans.data import DATASETS
+from ramstrans.data.dataset import BOX_COLUMNS, DataError, DatasetIndex, ImageReadError, read_image
 
 __all__ = ["check_data", "format_report", "exit_code"]
 

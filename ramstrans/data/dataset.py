@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ramstrans.errors import DataError
 
 __all__ = ["DataError", "ImageReadError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
 

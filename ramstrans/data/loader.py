@@ -7,8 +7,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import DataError
-from .dataset import collate
+from ramstrans.data.dataset import collate
+from ramstrans.errors import DataError
 
 __all__ = ["StepSampler", "StreamSampler", "train_loader", "eval_loader", "stratified_split"]
 

@@ -2,7 +2,7 @@
 export use for RAMSTrans: one scale, no attention and no proposal.
 
 ``ramstrans train`` with ``model.type: classifier`` trains it on the same data sets, splits, transforms and schedule as
-RAMS-Trans; its checkpoint then serves as a distillation teacher (``ramstrans.teacher``).
+RAMS-Trans; its checkpoint then serves as a distillation teacher (``ramstrans.distill.teacher``).
 """
 
 from collections.abc import Sequence
@@ -13,10 +13,10 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-from .backbone import _pair
-from .inputs import InputNorm
-from .pretrained import load_pretrained
-from .rams import MultiScaleOutput, Prediction, _prefixed
+from ramstrans.models.backbones.inputs import InputNorm
+from ramstrans.models.backbones.pretrained import load_pretrained
+from ramstrans.models.backbones.vit import _pair
+from ramstrans.models.rams import MultiScaleOutput, Prediction, _prefixed
 
 __all__ = ["Classifier", "NetBackbone", "create_net"]
 

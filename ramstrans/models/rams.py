@@ -13,11 +13,17 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .backbone import HEADS, Head, ViTBackbone, create_vit, select_head
-from .gate import ZoomGate
-from .pretrained import load_pretrained
-from .proposal import component_boxes, compose_boxes, crop_and_zoom, largest_component, threshold_rollout
-from .rollout import RolloutRows, attention_rollout
+from ramstrans.models.backbones.pretrained import load_pretrained
+from ramstrans.models.backbones.vit import HEADS, Head, ViTBackbone, create_vit, select_head
+from ramstrans.models.gate import ZoomGate
+from ramstrans.models.proposal import (
+    component_boxes,
+    compose_boxes,
+    crop_and_zoom,
+    largest_component,
+    threshold_rollout,
+)
+from ramstrans.models.rollout import RolloutRows, attention_rollout
 
 ZoomCriterion = Literal["maxprob", "margin", "gate"]
 ZOOM_CRITERIA = ("maxprob", "margin", "gate")

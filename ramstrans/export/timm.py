@@ -1,0 +1,131 @@
+"""``ramstrans export --format timm``: timm's own ``save_for_hf`` (``config.json`` + ``model.safetensors``):
+``timm.create_model("local-dir:PATH", pretrained=True)`` gives the single-scale model with its class names
+(``label_names``) and test transform (``input_size``, ``crop_pct`` giving our resize, ``interpolation``, ``mean``,
+``std``). Beside them ``ramstrans.json`` (the model type, zoom settings and test-time head) and, with more than one
+scale, ``zoom_cls_tokens.safetensors``: what ramstrans needs to rebuild the model from the folder
+(``inference.load.model_from_export``). A classifier (a teacher) is written the same way. A student with a
+distillation token is written as timm's distilled ViT (architecture ``deit_*_distilled_*`` with the student's own
+arguments), whose timm forward is the mean of the two heads. A timm folder does not carry the zoom gate.
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ramstrans.config import Config
+from ramstrans.export.base import checked_out, transform_info
+from ramstrans.inference.load import EXPORT_INFO, ZOOM_TOKENS, load_model
+from ramstrans.models import Model, RAMSTrans
+from ramstrans.runtime.files import full_disk_error, is_full_disk, write_text_atomic
+
+__all__ = ["export_timm"]
+
+
+def _crop_pct(crop: int, resize: int) -> float:
+    """timm's crop_pct for which ``floor(crop / crop_pct)``, the side its test transform resizes to, is ``resize``."""
+    pct = crop / resize
+    while math.floor(crop / pct) < resize:  # float rounding may land just below
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto", overwrite: bool = False) -> Path:
+    """Write a checkpoint's model as a timm folder (see the module doc).
+
+    Args:
+        checkpoint: ramstrans checkpoint.
+        out: the folder to write (new or empty, or replaced whole with ``overwrite``).
+        scales: 1, or the number of scales ramstrans should rebuild from the folder (timm always sees scale 1).
+        weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
+        overwrite: replace ``out`` if it holds files.
+
+    Returns:
+        The folder.
+    """
+    loaded = load_model(checkpoint, weights, gate=False)
+    model, cfg, names, ckpt = loaded.model, loaded.config, loaded.class_names, loaded.checkpoint
+    assert cfg is not None and ckpt is not None  # a checkpoint, not an export folder
+    folder = checked_out(out, scales, model, checkpoint, overwrite)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out} is a file; a timm export is a folder")
+    if cfg.model.attn_window or cfg.model.ffn != "mlp":
+        raise ValueError(
+            f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
+            "have (a timm folder would load another function): export it with --format onnx"
+        )
+    staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed
+    if staging.exists():  # left by a killed export: start empty
+        shutil.rmtree(staging)
+    info = {
+        "format": "ramstrans-export",
+        "model_type": cfg.model.type,
+        "num_scales": scales,
+        "class_names": names,
+        "test_transform": transform_info(cfg),
+        "source_checkpoint": str(checkpoint),
+        "step": int(ckpt["step"]),
+        "weights": loaded.weights,
+    }
+    try:
+        _write_timm_folder(staging, model, cfg, info)
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_full_disk(e):
+            raise full_disk_error(folder) from None
+        raise
+    if folder.exists():
+        shutil.rmtree(folder)  # empty, or the user's --overwrite
+    staging.rename(folder)
+    return folder
+
+
+def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str, object]) -> None:
+    """timm's ``save_for_hf`` files, the zoom tokens of ``info["num_scales"]`` scales and ``ramstrans.json``."""
+    from timm.models import save_for_hf
+
+    data_config = {
+        "input_size": (model.backbone.in_chans, *model.backbone.img_size),
+        "crop_pct": _crop_pct(cfg.model.img_size, cfg.data.resize),
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": model.backbone.mean,
+        "std": model.backbone.std,
+    }
+    model_config: dict[str, object] = {"label_names": info["class_names"]}
+    if model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
+        model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
+    save_for_hf(
+        model.backbone.timm_model,
+        str(staging),
+        model_config=model_config,
+        safe_serialization=True,
+        data_config=data_config,
+    )
+    if isinstance(model, RAMSTrans):
+        info.update(
+            alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows, eval_head=model.eval_head
+        )
+    scales = int(info["num_scales"])
+    if scales > 1:
+        bb = model.backbone
+        save_file(
+            {
+                **{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[: scales - 1])},
+                **{f"dist{i}": t.detach().contiguous() for i, t in enumerate(bb.zoom_dist_tokens[: scales - 1])},
+            },
+            str(staging / ZOOM_TOKENS),
+        )
+    write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
+
+
+def _distilled_architecture(patch_size: tuple[int, int]) -> str:
+    """A timm distilled-ViT entry point of this patch size (the student's own arguments are stored beside it)."""
+    import timm
+
+    names = timm.list_models(f"deit_*_distilled_patch{patch_size[0]}_*")
+    if not names:
+        raise ValueError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
+    return names[0]

@@ -1,0 +1,191 @@
+"""``ramstrans predict``: classify image files, folders (recursively) and globs with a checkpoint or an exported folder.
+
+Every path is one output row: its top-k classes and probabilities (and, with ``--scales auto``, whether it was zoomed),
+or, for a file that cannot be read, the reason. Rows go to a CSV (default) or JSON lines, on standard output or into a
+file written whole (a temp file renamed at the end).
+"""
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ramstrans.data import ImageReadError, Transform, read_image
+from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
+from ramstrans.inference.images import expand_paths
+from ramstrans.inference.load import load_model
+from ramstrans.runtime.amp import amp_setup, autocast
+from ramstrans.runtime.dist import resolve_device
+from ramstrans.runtime.files import check_output, write_text_atomic
+
+__all__ = ["run_predict"]
+
+
+class _Files(Dataset):
+    """Decoded, transformed images; an unreadable file gives its reason instead."""
+
+    def __init__(self, paths: list[Path], transform: Transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"index": i, "image": self.transform(read_image(self.paths[i]), None, 0)[0]}
+        except ImageReadError as e:
+            return {"index": i, "error": e.reason}
+        except OSError as e:  # vanished or unreadable (permissions) since the listing
+            return {"index": i, "error": f"cannot be read ({e.strerror or type(e).__name__})"}
+
+
+def _collate(items: list[dict]) -> dict:
+    ok = [it for it in items if "image" in it]
+    return {
+        "index": [it["index"] for it in ok],
+        "image": torch.stack([it["image"] for it in ok]) if ok else None,
+        "errors": [(it["index"], it["error"]) for it in items if "error" in it],
+    }
+
+
+def _rows(probs: torch.Tensor, zoomed: torch.Tensor, names: list[str], topk: int, adaptive: bool) -> list[dict]:
+    p, k = probs.float().topk(min(topk, len(names)), dim=-1)
+    return [
+        {
+            "status": "ok",
+            "top": [(names[j], float(q)) for q, j in zip(pr.tolist(), kr.tolist())],
+            **({"zoomed": bool(z)} if adaptive else {}),
+        }
+        for pr, kr, z in zip(p, k, zoomed.tolist())
+    ]
+
+
+def _format(rows: list[dict], fmt: str, topk: int, adaptive: bool) -> str:
+    if fmt == "json":
+        return "".join(
+            json.dumps(
+                {
+                    "path": r["path"],
+                    **(
+                        {"top": [{"class": c, "prob": q} for c, q in r["top"]]}
+                        if r["status"] == "ok"
+                        else {"error": r["error"]}
+                    ),
+                    **({"zoomed": r["zoomed"]} if "zoomed" in r else {}),
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["path", "status", "error"]
+        + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
+        + (["zoomed"] if adaptive else [])
+    )
+    for r in rows:
+        top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
+        w.writerow(
+            [r["path"], r["status"], r.get("error", "")]
+            + top
+            + [""] * (2 * topk - len(top))
+            + ([r.get("zoomed", "")] if adaptive else [])
+        )
+    return buf.getvalue()
+
+
+def run_predict(
+    model_path: str,
+    paths: Sequence[str],
+    *,
+    topk: int = 5,
+    fmt: str = "csv",
+    out: str | None = None,
+    scales: int | str = 1,
+    zoom_threshold: float | None = None,
+    zoom_on: str = "maxprob",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int = 0,
+    weights: str = "auto",
+    visualize: str | None = None,
+    show_progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, int]:
+    """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
+
+    Args:
+        model_path: a ramstrans checkpoint or an exported timm folder.
+        paths: files, folders (searched recursively) and glob patterns.
+        topk: classes per image.
+        fmt: "csv" or "json" (JSON lines).
+        out: file to write (default: standard output).
+        scales: 1, N (fuse N scales) or "auto" (zoom the images scale 1 is unsure of).
+        zoom_threshold: "auto": zoom below this scale-1 confidence (default: the gate's own with ``zoom_on="gate"``,
+            else 0.5).
+        zoom_on: "maxprob", "margin" or "gate" (a checkpoint with a fitted zoom gate).
+        batch_size: images per batch.
+        device: auto | cpu | cuda.
+        num_workers: decoding processes (0: in this process).
+        weights: checkpoint only: "auto", "raw" or "ema".
+        visualize: also draw the zoom panel of every read image into this folder.
+        show_progress: a progress bar on a terminal.
+        overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
+    """
+    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
+        raise ValueError(
+            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
+        )
+    if zoom_threshold is not None:
+        check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
+    files, unlistable = expand_paths(paths)
+    inputs = [model_path, *files]
+    if out:
+        check_output(out, inputs, overwrite, "--out")
+    if visualize:
+        check_output(visualize, inputs, overwrite, "--visualize")
+    loaded = load_model(model_path, weights)
+    model, names, transform = loaded.model, loaded.class_names, loaded.transform
+    if visualize and not hasattr(model, "propose"):
+        raise ValueError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
+    scales = parse_scales(scales, model.num_scales)
+    zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
+    dev = resolve_device(device)
+    model.to(dev)
+    amp_dtype = amp_setup(dev, True)[0]
+    rows: list[dict | None] = [None] * len(files)
+    drawn = 0
+    loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True):
+        for i, reason in batch["errors"]:
+            rows[i] = {"status": "skipped", "error": reason}
+        if batch["image"] is None:
+            continue
+        x = batch["image"].to(dev)
+        with autocast(dev, amp_dtype):
+            pred = model.predict(x, scales, zoom_threshold, zoom_on, boxes=False)
+        for i, row in zip(batch["index"], _rows(pred.probs, pred.zoomed, names, topk, scales == "auto")):
+            rows[i] = row
+        if visualize:
+            from ramstrans.inference.visualize import draw_panels
+
+            drawn += len(
+                draw_panels(model, x, [files[i] for i in batch["index"]], names, Path(visualize), first=drawn)[0]
+            )
+    for path, row in zip(files, rows):
+        row["path"] = str(path)
+    rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
+    text = _format(rows, fmt, topk, scales == "auto")
+    if out:
+        write_text_atomic(out, text)
+    else:
+        sys.stdout.write(text)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}

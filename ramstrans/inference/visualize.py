@@ -1,0 +1,175 @@
+"""``ramstrans visualize``: where a trained model zooms, on images of a split or on any image files."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ramstrans.data import ImageReadError, load_index, read_image
+from ramstrans.errors import CheckpointError
+from ramstrans.inference.images import expand_paths
+from ramstrans.inference.load import load_model
+from ramstrans.inference.plots import contact_sheet, denormalize, heatmap_overlay, save_panel
+from ramstrans.models import RAMSTrans, crop_and_zoom
+from ramstrans.runtime.dist import resolve_device
+from ramstrans.runtime.files import check_output
+
+__all__ = ["run_visualize", "draw_panels"]
+
+logger = logging.getLogger("ramstrans")
+BATCH = 32  # images drawn per forward
+
+
+def _pick(n_total: int, num: int) -> list[int]:
+    """``num`` indices spread evenly over a split (deterministic)."""
+    return sorted(set(np.linspace(0, n_total - 1, min(num, n_total)).round().astype(int).tolist()))
+
+
+def run_visualize(
+    checkpoint: str,
+    *,
+    output_dir: str | None = None,
+    images: Sequence[str] = (),
+    split: str = "test",
+    num: int = 16,
+    device: str = "auto",
+    data_root: str | None = None,
+    weights: str = "auto",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Per image a panel PNG of where the model zooms, plus ``contact_sheet.png``; returns the files written.
+
+    Args:
+        checkpoint: ramstrans checkpoint.
+        output_dir: where to write (default: next to the checkpoint, ``visualize``).
+        images: image files, folders or globs (any, not only from the data set); when empty, ``num`` images of
+            ``split``.
+        split: data split to draw from.
+        num: how many split images.
+        device: auto | cpu | cuda.
+        data_root: the data set at another path than the training config's (used as it is, never generated).
+        weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
+        overwrite: write into ``output_dir`` even if it holds files.
+    """
+    if not images and num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    dev = resolve_device(device)
+    loaded = load_model(checkpoint, weights)
+    model, cfg, names, transform = loaded.model, loaded.config, loaded.class_names, loaded.transform
+    if cfg is None:
+        raise CheckpointError(f"{checkpoint} is an exported folder: visualize needs the ramstrans checkpoint")
+    if not isinstance(model, RAMSTrans):
+        raise ValueError(
+            f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
+            "show (visualize needs a RAMS-Trans model)"
+        )
+    model.to(dev)
+    if images:
+        paths, unlistable = expand_paths(images)
+        for folder, reason in unlistable:
+            logger.warning("skipping folder %s: it %s", folder, reason)
+        titles, truths = [p.name for p in paths], None
+    else:
+        index = load_index(replace(cfg.data, root=data_root) if data_root else cfg.data, generate=not data_root)
+        table = index.split(split)
+        rows = table.iloc[_pick(len(table), num)]
+        paths = [index.root / p for p in rows["path"]]
+        titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
+        truths = [names[k] for k in rows["label"]]
+    if output_dir:
+        check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
+    out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
+    written, tiles, unreadable = [], [], []
+    for start in range(0, len(paths), BATCH):
+        chunk = range(start, min(start + BATCH, len(paths)))
+        images_read, kept = [], []
+        for i in chunk:
+            try:
+                images_read.append(transform(read_image(paths[i]), None, 0)[0])
+                kept.append(i)
+            except ImageReadError as e:  # one bad file does not stop the others
+                logger.warning("skipping %s: it %s", paths[i], e.reason)
+                unreadable.append(f"{paths[i]} {e.reason}")
+        if kept:
+            w, t = draw_panels(
+                model,
+                torch.stack(images_read).to(dev),
+                [paths[i] for i in kept],
+                names,
+                out,
+                [titles[i] for i in kept],
+                [truths[i] for i in kept] if truths else None,
+                first=len(written),
+            )
+            written += w
+            tiles += t
+    if not tiles:
+        raise ValueError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
+    contact_sheet(tiles, out / "contact_sheet.png")
+    return written + [out / "contact_sheet.png"]
+
+
+def draw_panels(
+    model: RAMSTrans,
+    x: torch.Tensor,
+    paths: Sequence[Path],
+    names: list[str],
+    out: Path,
+    titles: Sequence[str] | None = None,
+    truths: Sequence[str | None] | None = None,
+    first: int = 0,
+) -> tuple[list[Path], list[tuple[np.ndarray, list[str], list[bool]]]]:
+    """One panel PNG per image (input with the zoom box, rollout, kept component, zoomed crop, top-3 per scale) and a
+    labelled contact-sheet tile per image (true class if known, the prediction of each scale).
+
+    Args:
+        model: the model (eval mode).
+        x: (B, C, H, W) normalised images.
+        paths: their files (the panels are named after them).
+        names: class names.
+        out: folder for the panels.
+        titles: panel titles (default: the file names).
+        truths: true class names, None where unknown.
+        first: the number of the first panel (panels are numbered in order, ``NNN_<file stem>.png``).
+
+    Returns:
+        (panel files, tiles).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    H, W = model.backbone.img_size
+    with torch.no_grad():
+        prop = model.propose(x)
+        multi = model.forward_multiscale(x)
+        zoom = crop_and_zoom(x, prop.boxes, (H, W))
+    mean, std = model.backbone.mean, model.backbone.std
+    written, tiles = [], []
+    for i, path in enumerate(paths):
+        img = denormalize(x[i].cpu().numpy(), mean, std)
+        top3 = []
+        for lg in multi.logits:
+            p, k = lg[i].float().softmax(-1).topk(min(3, len(names)))
+            top3.append([(names[j], float(q)) for q, j in zip(p.tolist(), k.tolist())])
+        file = out / f"{first + i:03d}_{Path(path).stem}.png"
+        save_panel(
+            file,
+            img,
+            prop.rollout[i].cpu().numpy(),
+            prop.mask[i].cpu().numpy(),
+            prop.component[i].cpu().numpy(),
+            prop.boxes[i].tolist(),
+            denormalize(zoom[i].cpu().numpy(), mean, std),
+            top3,
+            titles[i] if titles else Path(path).name,
+        )
+        written.append(file)
+        over = heatmap_overlay(img, prop.rollout[i].cpu().numpy(), 0.35)
+        x0, y0, x1, y1 = (int(round(v)) for v in prop.boxes[i].tolist())
+        tile = cv2.rectangle(over.copy(), (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), 2)
+        truth = truths[i] if truths else None
+        lines = ([f"true {truth}"] if truth else []) + [f"s{s + 1}: {preds[0][0]}" for s, preds in enumerate(top3)]
+        tiles.append((tile, lines, [truth is None or preds[0][0] == truth for preds in top3]))
+    return written, tiles

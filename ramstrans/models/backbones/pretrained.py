@@ -1,0 +1,324 @@
+"""Pretrained initialisation of a ViTBackbone (or a classifier's NetBackbone) from Google .npz, timm state dicts, the
+timm hub or ramstrans checkpoints.
+
+Every route ends the same way: position embeddings resampled to the backbone's grid, the classifier kept only when its
+class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
+CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
+"""
+
+import copy
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import huggingface_hub
+import torch
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors.torch import load_file as load_safetensors
+from timm.models import get_pretrained_cfg
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+from ramstrans.models.backbones.vit import ViTBackbone, with_dist_position
+
+__all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
+
+# Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
+GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# Weights shipped inside the package, loadable offline by name (pretrained: synthetic-tiny): <name>.safetensors (a timm
+# state dict) beside <name>.json (normalisation, architecture, how it was made).
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"  # ramstrans/weights
+_HUB_HOST = ("huggingface.co", 443)
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_state_dict(path: Path) -> dict[str, object]:
+    """Read a .safetensors or torch file of tensors (no arbitrary unpickling).
+
+    Raises:
+        ValueError: the file is neither.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            return dict(load_safetensors(str(path), device="cpu"))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # any decoding failure means "not a weights file we can read"
+        raise ValueError(
+            f"pretrained file {path} is not a readable safetensors or weights-only torch file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _unwrap(obj: dict[str, object]) -> dict[str, Tensor]:
+    for key in ("state_dict", "model", "module"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+    sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _lift_to_distilled(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A plain ViT state dict in timm's distilled layout: the distillation token and its position embedding copy the
+    class token's, ``head_dist`` copies ``head`` (kept only when the class count fits, as ``head``)."""
+    sd = dict(sd)
+    sd["dist_token"] = sd["cls_token"].clone()
+    sd["pos_embed"] = with_dist_position(sd["pos_embed"])
+    for k in ("weight", "bias"):
+        if f"head.{k}" in sd:
+            sd[f"head_dist.{k}"] = sd[f"head.{k}"].clone()
+    return sd
+
+
+def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
+    """A plain-layout copy of a distilled ViT (no distillation token), for loaders that only know plain ViTs."""
+    twin = copy.deepcopy(vit)
+    pos = twin.pos_embed.detach()
+    twin.__class__ = VisionTransformer
+    del twin.dist_token, twin.head_dist
+    twin.num_prefix_tokens = 1
+    twin.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, 2:]], dim=1).clone())
+    return twin
+
+
+def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], origin: str) -> None:
+    """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head; a plain
+    ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``)."""
+    vit = backbone.vit
+    if backbone.has_dist_token and "dist_token" not in state_dict and "cls_token" in state_dict:
+        state_dict = _lift_to_distilled(state_dict)
+    try:
+        sd = checkpoint_filter_fn(state_dict, vit)
+    except Exception as e:
+        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
+    # a plain ViT has no conv feed-forward: those convolutions keep their identity initialisation
+    fresh = {k for k in vit.state_dict() if ".mlp.dwconv." in k and k not in sd}
+    _load_fitting(
+        vit,
+        sd,
+        {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"},
+        f"pretrained weights {origin} do not fit backbone '{backbone.name}'",
+        fresh,
+    )
+
+
+def _load_fitting(
+    module: nn.Module, sd: dict[str, Tensor], head_keys: set, misfit: str, fresh: set[str] = frozenset()
+) -> None:
+    """Load ``sd`` into ``module``; the head (``head_keys``) is dropped and left fresh when its shape differs (another
+    class count), and ``fresh`` keys may be absent. Anything else missing, unexpected or of another shape is a
+    ValueError starting with ``misfit``."""
+    own = module.state_dict()
+    sd = dict(sd)
+    if not all(k in sd and sd[k].shape == own[k].shape for k in head_keys if k in own):
+        for k in head_keys:
+            sd.pop(k, None)
+    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(f"{misfit}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in head_keys and k not in fresh]
+    if missing or unexpected:
+        raise ValueError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
+
+
+def _load_npz(backbone: ViTBackbone, path: Path) -> None:
+    try:
+        with torch.no_grad():
+            if backbone.has_dist_token:  # timm's .npz loader knows the plain layout only
+                twin = _plain_copy(backbone.vit)
+                twin.load_pretrained(str(path))
+                _load_timm_state_dict(backbone, twin.state_dict(), str(path))
+            else:
+                backbone.vit.load_pretrained(str(path))
+    except Exception as e:
+        raise ValueError(
+            f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+        ) from None
+    backbone.set_normalization(*GOOGLE_MEAN_STD)
+
+
+def _checkpoint_weights(ckpt: dict[str, object]) -> dict[str, Tensor]:
+    """A ramstrans checkpoint's weights to start from: its EMA weights when it has them (as its run reported)."""
+    return ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
+
+
+def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, object], path: Path) -> None:
+    """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
+    CLS tokens where it has them for that scale."""
+    model_sd = _checkpoint_weights(ckpt)
+    prefix = "backbone.vit."
+    _load_timm_state_dict(
+        backbone, {k[len(prefix) :]: v for k, v in model_sd.items() if k.startswith(prefix)}, str(path)
+    )
+    _copy_cls_to_zoom_tokens(backbone)
+    with torch.no_grad():
+        for kind, tokens in (("cls", backbone.zoom_cls_tokens), ("dist", backbone.zoom_dist_tokens)):
+            for i, token in enumerate(tokens):
+                saved = model_sd.get(f"backbone.zoom_{kind}_tokens.{i}")
+                if saved is not None and saved.shape == token.shape:
+                    token.copy_(saved)
+    if "backbone.norm_mean" in model_sd and "backbone.norm_std" in model_sd:
+        backbone.set_normalization(model_sd["backbone.norm_mean"].tolist(), model_sd["backbone.norm_std"].tolist())
+
+
+def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
+    with torch.no_grad():
+        for token in backbone.zoom_cls_tokens:
+            token.copy_(backbone.vit.cls_token)
+        for token in backbone.zoom_dist_tokens:
+            token.copy_(backbone.vit.dist_token)
+
+
+def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict | None]:
+    """Find (in the local cache, or by download when online) the hub file of a timm pretrained tag."""
+    full = model_name if tag in ("", "timm") else f"{model_name}.{tag}"
+    try:
+        cfg = get_pretrained_cfg(full, allow_unregistered=False)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        raise ValueError(f"timm has no pretrained weights '{full}' (pretrained= is neither a file nor a timm tag)")
+    cfg = cfg.to_dict()
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        raise ValueError(
+            f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local file"
+        )
+    names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
+    for name in names:
+        cached = huggingface_hub.try_to_load_from_cache(hub_id, name)
+        if isinstance(cached, str):
+            return Path(cached), cfg
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if offline or not _online(min(3.0, timeout_s)):
+        raise ValueError(
+            f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
+            "not in the local cache; download them elsewhere and pass the file as pretrained=PATH"
+        )
+    for name in names:
+        try:
+            return _download(hub_id, name, full, timeout_s), cfg
+        except EntryNotFoundError:
+            continue
+    raise ValueError(f"the hub repository {hub_id} holds none of {names}")
+
+
+def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
+    """``hf_hub_download`` with a total deadline: its own retries can wait for many minutes on a host that accepts
+    connections and never answers."""
+    result: dict[str, object] = {}
+
+    def fetch() -> None:
+        try:
+            result["path"] = huggingface_hub.hf_hub_download(hub_id, name)
+        except Exception as e:  # handed to the caller's thread
+            result["error"] = e
+
+    worker = threading.Thread(target=fetch, daemon=True)  # abandoned, not joined, past the deadline
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ValueError(
+            f"downloading timm weights '{full}' did not finish within {timeout_s:g} s "
+            "(model.download_timeout_s); download them elsewhere and pass the file as pretrained=PATH"
+        )
+    if "error" in result:
+        if isinstance(result["error"], EntryNotFoundError):
+            raise result["error"]
+        raise ValueError(
+            f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
+            "elsewhere and pass the file as pretrained=PATH"
+        ) from None
+    return Path(result["path"])
+
+
+def _online(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(_HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Name -> file of the weights shipped with the package."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.safetensors"))}
+
+
+def _load_shipped(backbone, name: str, load_sd) -> None:
+    file = shipped_weights()[name]
+    meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
+    load_sd(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
+    backbone.set_normalization(meta["mean"], meta["std"])
+
+
+def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> None:
+    """Initialise a ``ViTBackbone`` (or a classifier's ``NetBackbone``) in place from ``source``.
+
+    Args:
+        backbone: the model to fill.
+        source: a path to Google's ``.npz`` (ViTs), a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
+            checkpoint (its EMA weights when it has them, and its normalisation); the name of weights shipped with the
+            package (``"synthetic-tiny"``); or ``"timm"`` (the model's default timm weights) or a timm pretrained tag
+            such as ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
+        download_timeout_s: the longest a hub download may take in all.
+
+    Raises:
+        FileNotFoundError: ``source`` looks like a path and does not exist.
+        ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
+    """
+    vit = isinstance(backbone, ViTBackbone)
+    load_sd = _load_timm_state_dict if vit else _load_net_state_dict
+    path = Path(os.path.expanduser(str(source)))
+    if source in shipped_weights() and not path.exists():
+        _load_shipped(backbone, source, load_sd)
+    elif vit and path.is_file() and path.suffix == ".npz":
+        _load_npz(backbone, path)
+    elif path.is_file():
+        obj = read_state_dict(path)
+        if obj.get("format") == "ramstrans":
+            (_load_ramstrans if vit else _load_ramstrans_net)(backbone, obj, path)
+            return
+        sd = _unwrap(obj)
+        if not sd:
+            raise ValueError(f"pretrained file {path} holds no tensors")
+        load_sd(backbone, sd, str(path))
+    elif path.suffix or os.sep in str(source) or path.exists():
+        raise FileNotFoundError(f"pretrained file {source} does not exist")
+    else:
+        file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
+        load_sd(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
+        backbone.set_normalization(cfg["mean"], cfg["std"])
+    if vit:
+        _copy_cls_to_zoom_tokens(backbone)
+
+
+def _load_ramstrans_net(backbone, ckpt: dict[str, object], path: Path) -> None:
+    """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
+    sd = _checkpoint_weights(ckpt)
+    _load_net_state_dict(
+        backbone, {k[len("backbone.net.") :]: v for k, v in sd.items() if k.startswith("backbone.net.")}, str(path)
+    )
+    backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
+
+
+def _load_net_state_dict(backbone, state_dict: dict[str, Tensor], origin: str) -> None:
+    """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
+    net = backbone.net
+    head = net.get_classifier()
+    head_ids = {id(p) for p in (head.parameters() if isinstance(head, nn.Module) else ())}
+    _load_fitting(
+        net,
+        state_dict,
+        {n for n, p in net.named_parameters() if id(p) in head_ids},
+        f"pretrained weights {origin} do not fit model '{backbone.name}'",
+    )

@@ -1,0 +1,494 @@
+"""The timm ViT wrapper: scale-wise CLS tokens, attention capture, normalisation, and the grid facts the pipeline needs.
+
+The wrapped model is a ``timm`` VisionTransformer; nothing of timm is copied. Scale 0 uses the ViT's own
+``cls_token``, so ``vit`` alone stays a complete timm model (the single-scale path is timm's forward and the deployable
+artefact). Zoom scales get their own CLS parameters, swapped into the same sequence position.
+
+A student for knowledge distillation (``dist_token=True``) is timm's ``VisionTransformerDistilled`` (DeiT's layout: the
+class token at 0, the distillation token at 1, both with a position embedding, each read by its own head); a plain ViT
+is converted in place (``make_distilled``), and every zoom scale gets its own distillation token too.
+
+Attention capture hooks ``attn.q_norm`` / ``attn.k_norm`` of every block with module-level functions; a call that
+captures arms them with its own state (its list of maps) on the hooked modules and disarms them when it ends, so a deep
+copy, an EMA copy, a pickled or a compiled model works and carries no capture state between calls, and the hooks trace
+into torch.compile's graph without a break. timm calls q_norm / k_norm on the (B, heads, N, d) queries and keys just
+before its fused SDPA kernel, so the attention output stays fused and the head-mean softmax probabilities are recomputed
+from the same q, k under ``no_grad``: nothing extra is kept for backward.
+"""
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import checkpoint_seq
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from ramstrans.models.backbones.inputs import InputNorm
+from ramstrans.models.blocks.attention import WindowAttention
+from ramstrans.models.blocks.ffn import ConvMlp
+from ramstrans.models.blocks.fwt import FeatureWiseTransform, attach
+
+__all__ = [
+    "ViTBackbone",
+    "ViTFeatures",
+    "CaptureMode",
+    "Head",
+    "HEADS",
+    "create_vit",
+    "make_distilled",
+    "select_head",
+    "with_dist_position",
+]
+
+Head = Literal["mean", "cls", "dist"]
+HEADS: tuple[Head, ...] = ("mean", "cls", "dist")
+
+CaptureMode = Literal["none", "cls", "all"]
+
+
+@dataclass
+class ViTFeatures:
+    """What one pass of the backbone produces.
+
+    Attributes:
+        tokens: (B, N, D) final-normed token sequence; N = prefix tokens (1, or 2 with a distillation token) + gh * gw.
+        attentions: per block (B, N, N) head-mean softmax attention (rows sum to 1), detached; only with capture "all".
+        cls_attention: (B, gh * gw) last block's head-mean CLS query row over the patch keys, detached; None with
+            capture "none".
+    """
+
+    tokens: Tensor
+    attentions: list[Tensor] = field(default_factory=list)
+    cls_attention: Tensor | None = None
+
+    @property
+    def captured_cls(self) -> Tensor:
+        """``cls_attention`` of a pass that captured (capture "cls" or "all").
+
+        Raises:
+            RuntimeError: the pass captured nothing.
+        """
+        if self.cls_attention is None:
+            raise RuntimeError("this pass captured no attention (capture 'none')")
+        return self.cls_attention
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _unsupported_reason(vit: nn.Module) -> str | None:
+    """Why RAMS-Trans cannot run on this model, or None when it can."""
+    if not isinstance(vit, VisionTransformer):
+        return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
+    if vit.cls_token is None:
+        return "it has no class token"
+    distilled = isinstance(vit, VisionTransformerDistilled)
+    if getattr(vit, "dist_token", None) is not None and not distilled:
+        return "it has a distillation token outside timm's VisionTransformerDistilled"
+    if vit.num_reg_tokens or vit.num_prefix_tokens != 1 + distilled:
+        return "it has register tokens besides the class (and distillation) token"
+    if vit.global_pool != "token" or vit.attn_pool is not None:
+        return f"it pools with '{vit.global_pool}' instead of the class token"
+    if vit.no_embed_class:
+        return "its position embedding does not cover the class token (no_embed_class)"
+    if vit.dynamic_img_size:
+        return "it uses a dynamic image size"
+    if vit.pos_embed is None:
+        return "it has no learned position embedding"
+    if not isinstance(vit.patch_drop, nn.Identity):
+        return "patch dropout removes tokens, so attention would no longer cover the patch grid"
+    if len(vit.blocks) == 0:
+        return "it has no transformer blocks (depth 0)"
+    for i, blk in enumerate(vit.blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
+            return f"block {i} has no standard timm Attention module"
+    return None
+
+
+def _check_whole_patches(vit: nn.Module) -> None:
+    """Refuse an input size that is not a whole number of patches (timm's patch embedding would drop the rest).
+
+    Raises:
+        ValueError: naming the size, the patch and the nearest sizes that fit.
+    """
+    size, patch = _pair(vit.patch_embed.img_size), _pair(vit.patch_embed.patch_size)
+    for side, p in zip(size, patch):
+        if side % p:
+            low, high = side - side % p, side - side % p + p
+            raise ValueError(
+                f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
+                f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
+            )
+
+
+def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
+    """(B, K) logits of ``head``: the class head's, the distillation head's, or their mean (timm's and DeiT's)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
+
+
+def with_dist_position(pos: Tensor) -> Tensor:
+    """(1, 1 + n, D) plain position embedding -> (1, 2 + n, D): the distillation row copies the class token's."""
+    return torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+
+
+def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
+    """timm's distilled layout on a built plain ViT, in place (timm's class, so timm's forward, loading and export
+    apply): the distillation token and its position embedding start as copies of the class token's, ``head_dist``
+    fresh (timm's init); ``set_distilled_training(True)``, so timm's forward in train mode returns both heads.
+
+    Args:
+        vit: a plain timm VisionTransformer with one class token.
+
+    Returns:
+        The same module, now a VisionTransformerDistilled.
+    """
+    if isinstance(vit, VisionTransformerDistilled):
+        vit.set_distilled_training(True)
+        return vit
+    pos = vit.pos_embed.detach()
+    vit.__class__ = VisionTransformerDistilled
+    vit.num_prefix_tokens = 2
+    vit.dist_token = nn.Parameter(vit.cls_token.detach().clone())
+    vit.pos_embed = nn.Parameter(with_dist_position(pos).clone())
+    if isinstance(vit.head, nn.Linear):
+        vit.head_dist = nn.Linear(vit.head.in_features, vit.head.out_features).to(vit.head.weight)
+        trunc_normal_(vit.head_dist.weight, std=0.02)
+        nn.init.zeros_(vit.head_dist.bias)
+    else:
+        vit.head_dist = copy.deepcopy(vit.head)
+    vit.weight_init_mode = "reset"
+    vit.set_distilled_training(True)
+    return vit
+
+
+def create_vit(
+    name: str,
+    img_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    window_attention: bool = False,
+    conv_ffn: bool = False,
+    **timm_kwargs,
+) -> VisionTransformer:
+    """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
+
+    Args:
+        name: timm model name, e.g. ``vit_base_patch16_224``.
+        img_size: input size (int or (H, W)); None keeps the model's default.
+        num_classes: classifier outputs; None keeps the model's default.
+        window_attention: build the blocks' attention as ``WindowAttention`` (sized by ``ViTBackbone``).
+        conv_ffn: build the blocks' feed-forward as ``ConvMlp`` (sized by ``ViTBackbone``).
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
+
+    Raises:
+        ValueError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone '{name}': timm has no model of that name")
+    kwargs = dict(timm_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if window_attention:
+        kwargs["attn_layer"] = WindowAttention
+    if conv_ffn:
+        kwargs["mlp_layer"] = ConvMlp
+    try:
+        vit = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
+        if "img_size" in str(e):
+            raise ValueError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
+        raise ValueError(f"backbone '{name}' does not accept these arguments: {e}") from None
+    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
+        ) from None
+    reason = _unsupported_reason(vit)
+    if reason is not None:
+        raise ValueError(f"backbone '{name}' is not supported: {reason}")
+    return vit
+
+
+# The hooked q_norm / k_norm modules own one call's capture state under this attribute (None between calls).
+_TAP = "_ramstrans_tap"
+
+
+def _keep_queries(module: nn.Module, args: tuple, q: Tensor) -> None:
+    """Forward hook of ``attn.q_norm``: keep this block's (B, heads, N, d) queries for the k_norm hook."""
+    tap = module.__dict__.get(_TAP)
+    if tap is not None:
+        tap["q"] = q
+
+
+def _capture(module: nn.Module, args: tuple, k: Tensor) -> None:
+    """Forward hook of ``attn.k_norm``: the block's head-mean softmax(q kᵀ · scale), appended to the call's maps."""
+    tap = module.__dict__.get(_TAP)
+    if tap is None:
+        return
+    q = tap.pop("q")
+    q = q[:, :, :1] if tap["cls_only"] else q
+    with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
+        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the block's attention
+        logits = (q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"])
+        if tap["mask"] is not None:
+            logits.masked_fill_(~tap["mask"][: q.shape[2]], float("-inf"))
+        tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
+
+
+def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
+    """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
+    chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
+    for blk in chosen:
+        tap = (
+            None
+            if maps is None
+            else {
+                "maps": maps,
+                "cls_only": mode == "cls",
+                "scale": blk.attn.scale,
+                "mask": getattr(blk.attn, "window_mask", None),
+            }
+        )
+        setattr(blk.attn.q_norm, _TAP, tap)
+        setattr(blk.attn.k_norm, _TAP, tap)
+
+
+class ViTBackbone(InputNorm):
+    """A timm ViT with one CLS (and optionally distillation) token per scale, attention capture and its input
+    normalisation.
+
+    Args:
+        vit: a built timm VisionTransformer with one class token and token pooling (see ``create_vit``), or timm's
+            VisionTransformerDistilled.
+        num_scales: number of scales, i.e. of CLS tokens (scale 0 uses the ViT's own).
+        mean: per-channel input mean in [0, 1]; None takes the ViT's pretrained config (ImageNet's without one).
+        std: per-channel input std; None as ``mean``.
+        dist_token: True converts a plain ViT to timm's distilled layout (``make_distilled``); None keeps the model's
+            own layout; False refuses a distilled model.
+        attn_window: 0 (global attention) or a radius r >= 1 on the patch grid; needs ``WindowAttention`` blocks
+            (``create_vit(window_attention=True)``).
+        ffn_kernel: odd kernel of the ``ConvMlp`` blocks' depthwise convolution (where the blocks have them).
+        ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
+        fwt: "off", "fixed" or "learned": a feature-wise transformation on every block's feed-forward input in
+            training (``FeatureWiseTransform``), kept in ``fwt`` beside the timm model.
+    """
+
+    def __init__(
+        self,
+        *,
+        vit: VisionTransformer,
+        num_scales: int = 2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        dist_token: bool | None = None,
+        attn_window: int = 0,
+        ffn_kernel: int = 3,
+        ffn_prefix: str = "mlp",
+        fwt: str = "off",
+    ) -> None:
+        reason = _unsupported_reason(vit)
+        if reason is not None:
+            raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
+        if not isinstance(num_scales, int) or num_scales < 1:
+            raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
+        if dist_token is False and isinstance(vit, VisionTransformerDistilled):
+            raise ValueError("the given backbone has a distillation token but dist_token is False")
+        _check_whole_patches(vit)
+        cfg = getattr(vit, "pretrained_cfg", None) or {}
+        super().__init__(
+            int(vit.patch_embed.proj.in_channels),
+            mean if mean is not None else cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+            std if std is not None else cfg.get("std", IMAGENET_DEFAULT_STD),
+        )
+        if dist_token or isinstance(vit, VisionTransformerDistilled):
+            vit = make_distilled(vit)
+        self.vit: VisionTransformer = vit
+        self.name: str = cfg.get("architecture") or type(vit).__name__
+        # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them.
+        self.zoom_cls_tokens = nn.ParameterList(
+            [nn.Parameter(vit.cls_token.detach().clone()) for _ in range(num_scales - 1)]
+        )
+        self.zoom_dist_tokens = nn.ParameterList(
+            [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
+            if self.has_dist_token
+            else []
+        )
+        self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
+        if fwt not in ("off", "fixed", "learned"):
+            raise ValueError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
+        self.fwt = nn.ModuleList(
+            [FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks] if fwt != "off" else []
+        )
+        attach(vit.blocks, self.fwt)
+        for blk in vit.blocks:
+            blk.attn.fused_attn = True  # capture never needs the unfused path
+            blk.attn.q_norm.register_forward_hook(_keep_queries)
+            blk.attn.k_norm.register_forward_hook(_capture)
+
+    def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
+        """Give the window attention and conv feed-forward blocks the grid and prefix count (after any conversion)."""
+        grid, prefix = self.grid_size, self.num_prefix_tokens
+        windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
+        if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
+            raise ValueError(
+                f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
+                f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
+                f"{attn_window}"
+            )
+        for attn in windowed:
+            attn.set_window(grid, prefix, attn_window)
+        for blk in self.vit.blocks:
+            if isinstance(blk.mlp, ConvMlp):
+                blk.mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
+
+    # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
+    @property
+    def has_dist_token(self) -> bool:
+        return isinstance(self.vit, VisionTransformerDistilled)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, and the distillation token when there is one."""
+        return int(self.vit.num_prefix_tokens)
+
+    @property
+    def num_scales(self) -> int:
+        return 1 + len(self.zoom_cls_tokens)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return _pair(self.vit.patch_embed.img_size)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return _pair(self.vit.patch_embed.patch_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return _pair(self.vit.patch_embed.grid_size)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.vit.patch_embed.proj.in_channels)
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.vit.num_classes)
+
+    @property
+    def timm_model(self) -> nn.Module:
+        """The wrapped timm model (what an export writes)."""
+        return self.vit
+
+    def cls_token(self, scale: int) -> nn.Parameter:
+        """The (1, 1, D) CLS parameter of ``scale`` (0-based)."""
+        return self.vit.cls_token if scale == 0 else self.zoom_cls_tokens[scale - 1]
+
+    def dist_token(self, scale: int) -> nn.Parameter:
+        """The (1, 1, D) distillation-token parameter of ``scale`` (0-based); only with a distillation token."""
+        return self.vit.dist_token if scale == 0 else self.zoom_dist_tokens[scale - 1]
+
+    # ---- forward stages -----------------------------------------------------------------------------------------
+    def embed(self, x: Tensor, scale: int = 0) -> Tensor:
+        """Patch embedding, the scale's CLS token at position 0 (and distillation token at 1), position embedding.
+
+        Args:
+            x: (B, C, H, W) images at ``img_size``.
+            scale: which CLS (and distillation) token to use.
+
+        Returns:
+            (B, num_prefix_tokens + gh * gw, D) tokens.
+        """
+        x = self.vit.patch_embed(x)
+        prefix = [self.cls_token(scale)] + ([self.dist_token(scale)] if self.has_dist_token else [])
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1) + self.vit.pos_embed
+        x = self.vit.pos_drop(x)
+        return self.vit.norm_pre(x)
+
+    def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> ViTFeatures:
+        """Run the transformer on (B, C, H, W) images.
+
+        Args:
+            x: (B, C, H, W) images.
+            scale: which CLS token to use (0 = the ViT's own).
+            capture: "none" (fused attention only), "cls" (the last block's CLS row), "all" (every block's map).
+
+        Returns:
+            ViTFeatures with (B, N, D) tokens and the captured attention.
+
+        Raises:
+            RuntimeError: the capture did not fire in every block it hooked (a timm Attention that no longer calls
+                q_norm / k_norm).
+        """
+        x = self.embed(x, scale)
+        maps: list[Tensor] = []
+        if capture != "none":
+            _set_taps(self.vit.blocks, capture, maps)
+        try:
+            if self.vit.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint_seq(self.vit.blocks, x)
+            else:
+                x = self.vit.blocks(x)
+        finally:
+            if capture != "none":
+                _set_taps(self.vit.blocks, capture, None)
+        expected = {"none": 0, "cls": 1, "all": self.depth}[capture]
+        if len(maps) != expected:
+            raise RuntimeError(
+                f"attention capture fired in {len(maps)} of {expected} blocks: the blocks' Attention did not call "
+                "q_norm/k_norm on (B, heads, N, d) tensors"
+            )
+        cls_attention = maps[-1][:, 0, self.num_prefix_tokens :] if maps else None
+        return ViTFeatures(
+            tokens=self.vit.norm(x), attentions=maps if capture == "all" else [], cls_attention=cls_attention
+        )
+
+    def forward_heads(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, N, D) tokens -> (B, K) class-token logits and (B, K) distillation-token logits (None without one).
+
+        In train mode a distilled model goes through timm's own ``forward_head``, which returns both heads only after
+        ``set_distilled_training(True)`` (done by ``make_distilled``); in eval mode timm returns their mean, so the two
+        heads are read directly (head dropout is the identity in eval).
+        """
+        if not self.has_dist_token:
+            return self.vit.forward_head(tokens), None
+        if self.training:
+            out = self.vit.forward_head(tokens)
+            if not isinstance(out, tuple):
+                raise RuntimeError(
+                    "timm returned the mean of the two heads in training: the distilled ViT needs "
+                    "set_distilled_training(True)"
+                )
+            return out
+        return self.vit.head(tokens[:, 0]), self.vit.head_dist(tokens[:, 1])
+
+    def pre_logits(self, tokens: Tensor) -> Tensor:
+        """(B, N, D) tokens -> (B, D) the pooled features timm's heads read (with a distillation token, the mean of
+        the two tokens, as timm's distilled ``forward_head(pre_logits=True)``)."""
+        return self.vit.forward_head(tokens, pre_logits=True)
+
+    def forward_head(self, tokens: Tensor, head: Head = "mean") -> Tensor:
+        """(B, N, D) tokens -> (B, num_classes) logits through timm's pooling and head(s); with a distillation token,
+        ``head`` picks the class head, the distillation head or their mean (timm's and DeiT's test-time output)."""
+        cls, dist = self.forward_heads(tokens)
+        return cls if dist is None else select_head(cls, dist, head)
+
+    def forward(self, x: Tensor, scale: int = 0, head: Head = "mean") -> Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits of one scale, attention fused."""
+        return self.forward_head(self.forward_features(x, scale).tokens, head)

@@ -1,0 +1,73 @@
+"""The training criterion of RAMS-Trans: the multi-scale CE. Like DeiT's, a criterion sees the inputs and the model's
+output and returns named scalar terms whose sum is the loss; teachers (``ramstrans.distill``) wrap it."""
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ramstrans.models import MultiScaleOutput
+
+__all__ = ["MultiScaleLoss", "Targets"]
+
+Targets = Tensor | Sequence[Tensor]
+
+
+class MultiScaleLoss(nn.Module):
+    """Sum over scales of weight_s * CE(logits_s, target_s).
+
+    Hard targets are (B,) class indices (label smoothing applied here); soft targets are (B, K) rows summing to 1
+    (from mixing, which has applied any smoothing already, so it is not applied twice).
+
+    Args:
+        weights: per-scale weights (λ for the zoomed scales); length = number of scales.
+        label_smoothing: smoothing for hard targets.
+    """
+
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0), label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not weights or any(w < 0 for w in weights):
+            raise ValueError(f"loss weights must be a non-empty list of non-negative numbers, got {list(weights)}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.weights = tuple(float(w) for w in weights)
+        self.label_smoothing = float(label_smoothing)
+
+    def ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        """CE of (B, K) logits against (B,) indices (smoothed) or (B, K) soft targets, in float32."""
+        if target.dim() == 2:
+            return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+
+    def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> dict[str, Tensor]:
+        """Weighted per-scale terms.
+
+        Args:
+            inputs: (B, C, H, W) the images the model saw (unused here; a distillation criterion needs them).
+            output: the model's MultiScaleOutput with one (B, K) logits tensor per scale.
+            targets: (B,) indices or (B, K) soft targets shared by all scales, or a sequence with one per scale.
+
+        Returns:
+            {"ce_scale1": ..., "ce_scale2": ..., ...}: weighted scalar terms; the total loss is their sum. With a
+            distillation token and no teacher, both heads learn the labels: each scale's term is the mean of the
+            class head's and the distillation head's CE.
+        """
+        per_scale = self.per_scale_targets(output, targets)
+        dist = output.dist_per_scale()
+        return {
+            f"ce_scale{s + 1}": w * self.label_term(lg, d, t)
+            for s, (lg, d, t, w) in enumerate(zip(output.logits, dist, per_scale, self.weights))
+        }
+
+    def label_term(self, cls: Tensor, dist: Tensor | None, target: Tensor) -> Tensor:
+        """One scale's CE on the labels: the class head's, or the mean of both heads' when there is a distillation
+        head (which then learns the labels too)."""
+        return self.ce(cls, target) if dist is None else (self.ce(cls, target) + self.ce(dist, target)) / 2
+
+    def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> list[Tensor]:
+        """One target per scale (the shared one repeated), checked against the number of scales."""
+        if len(output.logits) != len(self.weights):
+            raise ValueError(f"got logits for {len(output.logits)} scales but {len(self.weights)} loss weights")
+        if isinstance(targets, Tensor):
+            return [targets] * len(output.logits)
+        return list(targets)

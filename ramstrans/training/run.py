@@ -1,0 +1,407 @@
+"""``ramstrans train``: config -> built objects -> ``engine.train_steps``, with checkpoints, logs and curves.
+
+This module and the ``build_*`` functions are the only code that reads the config; the engine gets built objects.
+
+Resume semantics: the run continues from the checkpoint's step, weights, EMA, optimizer state, data position and RNG.
+The learning-rate schedule is a function of the config and the step (nothing of it is restored), so a changed
+``train.steps`` (or lr, warm-up, min_lr) re-plans the cosine over the new length and training continues on it from the
+resumed step; a warning gives the lr before and after.
+"""
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ramstrans.checkpoint import LATEST, find_checkpoint, load_checkpoint, set_rng_state
+from ramstrans.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    config_diff,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+from ramstrans.data import build_data, eval_loader, load_index, train_loader
+from ramstrans.errors import CheckpointError
+from ramstrans.inference.evaluate import evaluate
+from ramstrans.inference.plots import plot_curves
+from ramstrans.models import Model, build_model
+from ramstrans.models.build import model_from_checkpoint
+from ramstrans.runtime.amp import amp_setup
+from ramstrans.runtime.dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
+from ramstrans.runtime.files import write_text_atomic
+from ramstrans.runtime.runfolder import first_missing, prepare_folder, remove_if_unused
+from ramstrans.runtime.runlog import MetricsLog
+from ramstrans.training.build import (
+    build_criterion,
+    build_ema,
+    build_fwt_learner,
+    build_mixer,
+    build_optimizer,
+    build_scheduler,
+    build_teacher,
+    build_train_module,
+    lr_at,
+    scaled,
+)
+from ramstrans.training.engine import train_steps
+from ramstrans.training.monitor import RunMonitor, TrainingRun
+
+__all__ = ["run_training", "resolve_training"]
+
+logger = logging.getLogger("ramstrans")
+_SCHEDULE_KEYS = ("steps", "warmup_steps", "warmup_lr", "lr", "min_lr", "lr_ref_batch", "batch_size", "grad_accum")
+
+
+def resolve_training(config: str | None, overrides: Sequence[str], resume: str | None) -> tuple[Config, Path | None]:
+    """The config and checkpoint of ``ramstrans train [--config] [--set ...] [--resume ...]``.
+
+    Without ``--resume``: the config file (default ``synthetic_cpu``) and the overrides. With ``--resume CKPT|DIR``: the
+    config stored in the checkpoint, the overrides on top, and the checkpoint's folder as the run folder (unless
+    overridden). With ``--resume auto``: the configured run folder's newest checkpoint if it has one (then as above),
+    else a fresh run.
+
+    Raises:
+        ConfigError: ``--config`` together with a checkpoint to resume (the checkpoint holds the config).
+        FileNotFoundError: the checkpoint or run folder does not exist.
+    """
+    if resume is None:
+        return load_config(config or DEFAULT_CONFIG, overrides), None
+    if resume != "auto" and config is not None:
+        raise ConfigError(
+            "--config cannot be combined with --resume CHECKPOINT: the checkpoint holds the run's "
+            "config; change values with --set"
+        )
+    named = load_config(config or DEFAULT_CONFIG, overrides) if resume == "auto" else None
+    path = find_checkpoint(resume, named.train.output_dir if named else "")
+    if path is None:
+        return named, None
+    stored = load_checkpoint(path, mmap=True)["config"]  # mapped: the tensors are not read
+    stored.setdefault("train", {})["output_dir"] = str(path.parent)
+    cfg = load_config(None, overrides, base=stored)
+    differs = sorted(k for k in config_diff(named, cfg) if k != "train.output_dir") if named else []
+    if differs:
+        logger.warning(
+            "resuming %s with the config stored in it; the --config file differs in %s", path, ", ".join(differs)
+        )
+    return cfg, path
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict, old_opt: str, new_opt: str) -> None:
+    """Per-parameter state (momentum, Adam moments) from the checkpoint; hyperparameters stay the configured ones."""
+    fresh = optimizer.state_dict()
+    same = old_opt == new_opt and [len(g["params"]) for g in saved["param_groups"]] == [
+        len(g["params"]) for g in fresh["param_groups"]
+    ]
+    if not same:
+        raise ConfigError(
+            f"the optimizer differs from the checkpoint's (train.opt {old_opt} -> {new_opt}, or other "
+            "parameter groups from train.layer_decay / train.weight_decay): its state cannot be "
+            "resumed; start a new run from the checkpoint with --set model.pretrained=CHECKPOINT"
+        )
+    groups = [
+        {**s, **{k: v for k, v in f.items() if k != "params"}}
+        for s, f in zip(saved["param_groups"], fresh["param_groups"])
+    ]
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
+
+
+def _warn_if_replanned(old: Config, new: Config, start: int, world_size: int) -> None:
+    """Log a warning when the config changes the lr schedule a checkpoint was trained on."""
+    changed = {k: v for k, v in config_diff(old, new, "train").items() if k.split(".", 1)[1] in _SCHEDULE_KEYS}
+    if not changed or start >= new.train.steps:
+        return
+    before = lr_at(scaled(old.train, world_size), min(start, old.train.steps - 1))
+    after = lr_at(scaled(new.train, world_size), start)
+    logger.warning(
+        "the lr schedule changed on resume (%s): it is re-planned over %d steps and continues from step %d "
+        "at lr %.3g (the checkpoint's schedule had %.3g)",
+        ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+        new.train.steps,
+        start,
+        after,
+        before,
+    )
+
+
+def _resume(r: TrainingRun, ckpt: dict, cfg: Config, info: DistInfo) -> None:
+    """Continue ``r`` from a checkpoint: EMA, optimizer, scaler, step, data position, RNG; warn where the config
+    changed what the checkpoint planned."""
+    missing = [k for k in ("optimizer", "rng", "step") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint to resume has no '{missing[0]}' entry: it cannot be continued exactly; "
+            "start a new run from its weights with --set model.pretrained=CHECKPOINT"
+        )
+    old_cfg = config_from_dict(ckpt["config"])
+    t, old = cfg.train, old_cfg.train
+    r.start = int(ckpt["step"])
+    if t.steps < r.start:
+        raise ConfigError(
+            f"the checkpoint is at step {r.start} but train.steps is {t.steps}: raise train.steps to train on"
+        )
+    _warn_if_replanned(old_cfg, cfg, r.start, info.world_size)
+    _restore_optimizer(r.optimizer, ckpt["optimizer"], old.opt, t.opt)
+    if r.scaler is not None and ckpt.get("scaler"):
+        r.scaler.load_state_dict(ckpt["scaler"])
+    if r.ema is not None:
+        if isinstance(ckpt.get("model_ema"), dict):
+            r.ema.module.load_state_dict(ckpt["model_ema"])
+        else:
+            logger.warning("the checkpoint has no EMA weights: the EMA starts from the resumed weights")
+    layout = {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "world_size": info.world_size}
+    positions = ckpt.get("data_positions") or []
+    if ckpt.get("data_layout") == layout and len(positions) == info.world_size:
+        r.start_batch = int(positions[info.rank])
+    else:
+        r.start_batch = r.start * t.grad_accum
+        logger.warning(
+            "the batch layout differs from the checkpoint's (%s -> %s): the data continues in another, "
+            "equally valid order",
+            ckpt.get("data_layout"),
+            layout,
+        )
+    r.best_val = ckpt.get("best_val")
+    set_rng_state(ckpt["rng"])
+
+
+def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device) -> TrainingRun:
+    """Data, model (fresh, or rebuilt from the checkpoint alone), EMA, optimizer, schedule, AMP; resumed if ``ckpt``."""
+    t = cfg.train
+    torch.manual_seed(t.seed)  # once per run: the same initial weights on every rank (DDP also broadcasts rank 0's)
+    if not info.is_main:
+        barrier()  # rank 0 generates / indexes first (the synthetic set is written once)
+    index = load_index(cfg.data)
+    if info.is_main:
+        barrier()
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume", gate=False)[0]
+        if list(ckpt["class_names"]) != index.class_names:
+            raise ValueError("the checkpoint to resume was trained on other classes than the configured data set")
+    else:
+        model = build_model(cfg.model, len(index.class_names))
+    data = build_data(cfg.data, index, cfg.model.img_size, model.backbone.mean, model.backbone.std, t.seed)
+    for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if ds is not None and len(ds) < info.world_size:
+            raise ValueError(f"the {name} split has {len(ds)} images, fewer than the {info.world_size} processes")
+    model.to(device)
+    optimizer = build_optimizer(scaled(t, info.world_size), model)
+    amp_dtype, scaler = amp_setup(device, t.amp)
+    teacher, source = build_teacher(cfg, index.class_names, model, device, ckpt)
+    r = TrainingRun(
+        model=model,
+        ema=build_ema(t, model),
+        data=data,
+        optimizer=optimizer,
+        scheduler=build_scheduler(scaled(t, info.world_size), optimizer),
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        teacher=teacher,
+        teacher_source=source,
+    )
+    if ckpt is not None:
+        _resume(r, ckpt, cfg, info)
+    return r
+
+
+def run_training(
+    cfg: Config,
+    resume: str | Path | None = None,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    restart: bool = False,
+) -> dict[str, object]:
+    """Train as configured (single process, or one rank of a torchrun job); returns the final single-scale test
+    metrics of the reported weights and the run's files. Only rank 0 writes files and shows progress.
+
+    Args:
+        cfg: resolved config (``resolve_training`` gives the one a resume should use).
+        resume: checkpoint to continue from (step, EMA, optimizer, data position and RNG continue; the data order
+            continues exactly when the batch size, accumulation and number of processes are the same).
+        show_progress: a tqdm bar on a terminal (log lines otherwise).
+        overwrite: replace the files of another run in ``train.output_dir`` (by default that is refused).
+        restart: ``--resume auto`` found no checkpoint: a run of the same config that died before its first
+            checkpoint (config and logs only) is started again from step 0 in its folder.
+    """
+    t = cfg.train
+    out_dir = Path(t.output_dir).expanduser()
+    info, device = init_distributed(t.device, t.dist_timeout_s)
+    lock, created = None, first_missing(out_dir.absolute())
+    try:
+        ckpt = load_checkpoint(resume) if resume else None
+        same, lock = prepare_folder(
+            out_dir, Path(resume) if resume else None, overwrite, info, cfg if restart else None
+        )
+        return _train(cfg, ckpt, same, info, device, show_progress)
+    finally:
+        if lock is not None:
+            lock.release()
+        if info.is_main:
+            remove_if_unused(out_dir.absolute(), created)  # a failed start leaves no folder it created
+        shutdown()
+
+
+def _train(
+    cfg: Config, ckpt: dict | None, same_folder: bool, info: DistInfo, device: torch.device, show_progress: bool
+) -> dict[str, object]:
+    t = cfg.train
+    r = _build(cfg, ckpt, info, device)
+    out_dir = Path(t.output_dir).expanduser()
+    metrics = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
+
+    def evaluate_fn(model: Model, dataset, split: str) -> dict[str, float]:
+        shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
+        return evaluate(
+            model,
+            eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard),
+            device=device,
+            num_classes=len(r.data.index.class_names),
+            amp_dtype=r.amp_dtype,
+            reduce=all_reduce_sum_,
+            what=f"{split} split",
+        )[0]
+
+    monitor = RunMonitor(cfg=cfg, run=r, out_dir=out_dir, info=info, metrics=metrics, evaluate_fn=evaluate_fn)
+    stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}
+    try:
+        _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
+        teacher_eval = _report_teacher(r, monitor, evaluate_fn) if r.teacher is not None and ckpt is None else None
+        if r.start < t.steps:
+            criterion = build_criterion(
+                cfg.loss,
+                cfg.model.num_scales,
+                cfg.distill,
+                r.teacher,
+                head=cfg.model.eval_head,
+                ema=r.ema.module if r.ema is not None else None,
+            )
+            loader = train_loader(
+                r.data.train,
+                t.batch_size,
+                t.seed,
+                r.start_batch,
+                cfg.data.num_workers,
+                info.rank,
+                info.world_size,
+                t.grad_accum,
+            )
+            learner = build_fwt_learner(cfg, r, info)
+            stats = train_steps(
+                build_train_module(r.model, info, device, t),
+                criterion,
+                r.optimizer,
+                r.scheduler,
+                loader,
+                device=device,
+                start_step=r.start,
+                total_steps=t.steps,
+                start_batch=r.start_batch,
+                grad_accum=t.grad_accum,
+                amp_dtype=r.amp_dtype,
+                scaler=r.scaler,
+                clip_grad=t.clip_grad,
+                mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
+                log_every=t.log_every,
+                log=monitor.log,
+                after_step=monitor.after_step,
+                show_progress=show_progress and info.is_main,
+                world_size=info.world_size,
+                fwt_learner=learner,
+            )
+        final = monitor.evaluate("test", t.steps, final=True)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    summary = {
+        "test": final[monitor.reported],
+        "weights": monitor.reported,
+        "test_by_weights": final,
+        "train": stats,
+        "checkpoint": str(out_dir / LATEST),
+        "best_val": monitor.best if r.data.val is not None and monitor.best["top1"] >= 0 else None,
+        "final_val": monitor.last_val or None,
+        "world_size": info.world_size,
+        "teacher": teacher_eval,
+    }
+    if info.is_main:
+        plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> dict[str, object]:
+    """The teacher's own accuracy before the student learns from it (validation split, or test without one)."""
+    split, ds = ("val", r.data.val) if r.data.val is not None else ("test", r.data.test)
+    res = evaluate_fn(r.teacher, ds, split)
+    passes = r.teacher.passes_per_image
+    monitor.log(
+        "teacher",
+        {
+            "step": 0,
+            "split": split,
+            **r.teacher_source,
+            **res,
+            "teacher_scales": r.teacher.scales,
+            "passes_per_image": passes,
+        },
+    )
+    logger.info(
+        "teacher %s (%d scale(s) fused: %d backbone pass(es) without gradient per image and supervised "
+        "scale, each step): %s top-1 %.2f%% (mean class accuracy %.2f%%)",
+        r.teacher_source["name"],
+        r.teacher.scales,
+        passes,
+        split,
+        res["top1"],
+        res["mean_class_acc"],
+    )
+    return {"split": split, **res}
+
+
+def _log_start(
+    cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, monitor: RunMonitor, resumed: bool
+) -> None:
+    t = cfg.train
+    global_batch = t.batch_size * t.grad_accum * info.world_size
+    peak = scaled(t, info.world_size).lr
+    lr_now = lr_at(scaled(t, info.world_size), min(r.start, t.steps - 1))
+    monitor.log(
+        "start",
+        {
+            "step": r.start,
+            "resumed": resumed,
+            "world_size": info.world_size,
+            "global_batch": global_batch,
+            "lr": lr_now,
+            "peak_lr": peak,
+            "device": str(device),
+            "train_images": len(r.data.train),
+            "weights_reported": monitor.reported,
+        },
+    )
+    if info.is_main:
+        logger.info(
+            "training %s with %d scale(s) on %d images: global batch %d (%d x %d accumulated x %d "
+            "process(es)), lr %.3g at step %d (peak %.3g), steps %d..%d on %s",
+            cfg.model.backbone,
+            cfg.model.num_scales,
+            len(r.data.train),
+            global_batch,
+            t.batch_size,
+            t.grad_accum,
+            info.world_size,
+            lr_now,
+            r.start,
+            peak,
+            r.start,
+            t.steps,
+            device,
+        )
