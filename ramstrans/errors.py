@@ -1,18 +1,24 @@
 """The user-facing error classes. Imported by the CLI at start-up, so this module imports nothing heavy.
 
-Each message is one sentence that names the culprit (a config key, a file, a checkpoint); the CLI prints it and exits 2.
+Library code raises these for a user's mistake; each message is one sentence that names the culprit (a config key, a
+file, a checkpoint, an argument); the CLI prints it and exits 2. They are ValueErrors, so code that catches
+ValueError keeps working. Anything else that escapes is a bug: the CLI shows its traceback.
 """
 
-__all__ = ["ConfigError", "DataError", "CheckpointError"]
+__all__ = ["UsageError", "ConfigError", "DataError", "CheckpointError"]
 
 
-class ConfigError(ValueError):
+class UsageError(ValueError):
+    """A mistake in what the user asked for (an argument, a combination of settings); the message names it."""
+
+
+class ConfigError(UsageError):
     """A configuration mistake; the message names the key."""
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A problem with the data on disk; the message names the file."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used as asked; the message names the file and what does not fit."""

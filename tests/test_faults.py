@@ -193,7 +193,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_sentence(tmp_path, capsys, monke
 def test_a_silent_hub_fails_within_the_deadline(monkeypatch):
     import huggingface_hub
 
-    from ramstrans.models import pretrained
+    from ramstrans.models.backbones import pretrained
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(pretrained, "_online", lambda timeout: True)  # TCP is accepted...

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from ramstrans.errors import UsageError
+
 __all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved"]
 
 logger = logging.getLogger("ramstrans")
@@ -111,7 +113,7 @@ def bench_demo(
     if split == "test" and zoom_threshold is None:
         chosen = Path(out_dir, "val_result.json")
         if not chosen.is_file():
-            raise ValueError(
+            raise UsageError(
                 f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass --zoom-threshold"
             )
         zoom_threshold = json.loads(chosen.read_text())["zoom_threshold"]["threshold"]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ramstrans.errors import UsageError
+
 __all__ = ["bench_inat_index", "write_inat_json"]
 
 SUPERCATEGORIES = (
@@ -170,7 +172,7 @@ def bench_inat_index(
         ValueError: fewer images than classes, or fewer than one of either.
     """
     if not 1 <= num_classes <= num_images or num_val < 1:
-        raise ValueError(
+        raise UsageError(
             f"bench inat needs --num-classes >= 1 and --num-images >= --num-classes (got {num_images} "
             f"images, {num_classes} classes)"
         )

@@ -9,6 +9,7 @@ import torch
 
 from ramstrans.bench.demo import mean_spread, run_or_reuse
 from ramstrans.checkpoint import load_checkpoint
+from ramstrans.errors import UsageError
 from ramstrans.runtime.runlog import read_records
 
 __all__ = ["bench_ema", "bench_accum"]
@@ -72,7 +73,7 @@ def bench_accum(
 
     batch = load_config(config, overrides).train.batch_size
     if batch % accum:
-        raise ValueError(f"train.batch_size {batch} does not divide by {accum} accumulated batches")
+        raise UsageError(f"train.batch_size {batch} does not divide by {accum} accumulated batches")
     base = [f"train.seed={seed}", "data.val_fraction=0.2", *overrides]
     runs = {
         "one_batch": run_or_reuse(config, base, Path(out_dir), f"batch{batch}"),

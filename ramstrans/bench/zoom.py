@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.errors import UsageError
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
@@ -389,11 +390,11 @@ def bench_zoom(
     from ramstrans.runtime.files import write_text_atomic
 
     if stage not in ("screen", "ema", "report", "latency"):
-        raise ValueError(f"bench zoom --stage must be screen, ema, report or latency, got '{stage}'")
+        raise UsageError(f"bench zoom --stage must be screen, ema, report or latency, got '{stage}'")
     runs = _Runs(config, out_dir, overrides)
     screened = Path(out_dir) / "screen_result.json"
     if stage != "screen" and not screened.is_file():
-        raise ValueError(f"bench zoom --stage {stage} needs the settings chosen by --stage screen ({screened})")
+        raise UsageError(f"bench zoom --stage {stage} needs the settings chosen by --stage screen ({screened})")
     out: dict[str, object] = {
         "stage": stage,
         "config": config,

@@ -25,6 +25,7 @@ from ramstrans.data.loader import StepSampler, eval_loader, stratified_split, tr
 from ramstrans.data.synthetic.birds import ensure_synthetic
 from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
 from ramstrans.data.transforms import Transform
+from ramstrans.errors import UsageError
 
 __all__ = [
     "DATASETS",
@@ -70,7 +71,7 @@ def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
     if data_cfg.dataset == "pretext":
         return DatasetIndex(root=Path("."), class_names=list(FAMILIES), splits={})
     if data_cfg.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, pretext)")
+        raise UsageError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, pretext)")
     root = data_cfg.root
     if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
@@ -108,7 +109,7 @@ def split_tables(data_cfg, index: DatasetIndex, seed: int) -> dict[str, pd.DataF
     tables = dict(index.splits)
     if data_cfg.val_fraction > 0:
         if "val" in tables:
-            raise ValueError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
+            raise UsageError(f"data set at {index.root} has its own val split; set data.val_fraction to 0")
         tables["train"], tables["val"] = stratified_split(index.split("train"), data_cfg.val_fraction, seed)
         if len(tables["val"]) == 0:
             raise DataError(

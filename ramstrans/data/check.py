@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ramstrans.data import DATASETS
 from ramstrans.data.dataset import BOX_COLUMNS, DataError, DatasetIndex, ImageReadError, read_image
+from ramstrans.errors import UsageError
 
 __all__ = ["check_data", "format_report", "exit_code"]
 
@@ -143,7 +144,7 @@ def check_data(dataset: str, root: Path, workers: int = 0, decode: bool = True, 
         DataError: the root does not exist (nothing to check).
     """
     if dataset not in DATASETS:
-        raise ValueError(f"unknown data set '{dataset}' (known: {', '.join(sorted(DATASETS))})")
+        raise UsageError(f"unknown data set '{dataset}' (known: {', '.join(sorted(DATASETS))})")
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data set root {root} does not exist")

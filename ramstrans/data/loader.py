@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ramstrans.data.dataset import collate
-from ramstrans.errors import DataError
+from ramstrans.errors import DataError, UsageError
 
 __all__ = ["StepSampler", "StreamSampler", "train_loader", "eval_loader", "stratified_split"]
 
@@ -153,7 +153,7 @@ def stratified_split(table: pd.DataFrame, fraction: float, seed: int) -> tuple[p
         (train, val) tables.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
+        raise UsageError(f"data.val_fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     val_rows = []
     for _, group in table.groupby("label", sort=True):

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from ramstrans.errors import UsageError
+
 __all__ = ["Transform"]
 
 Box = tuple[float, float, float, float]
@@ -54,10 +56,10 @@ class Transform:
         shift: Sequence[str] = (),
     ) -> None:
         if resize < crop:
-            raise ValueError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
+            raise UsageError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
         unknown = [n for n in shift if n not in SHIFTS]
         if unknown:
-            raise ValueError(f"unknown shift '{unknown[0]}' (known: {', '.join(SHIFTS)})")
+            raise UsageError(f"unknown shift '{unknown[0]}' (known: {', '.join(SHIFTS)})")
         ops = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR)]
         if train:
             ops.append(A.RandomCrop(height=crop, width=crop))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models import MultiScaleOutput, crop_and_zoom
 from ramstrans.training.losses import MultiScaleLoss, Targets
 
@@ -60,12 +61,12 @@ class DistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if kind not in ("soft", "hard") or kl_reduction not in ("batchmean", "classes"):
-            raise ValueError(
+            raise UsageError(
                 f"distillation type must be soft or hard and kl_reduction batchmean or classes, got "
                 f"{kind!r} and {kl_reduction!r}"
             )
         if not 0.0 <= alpha <= 1.0 or not tau > 0:
-            raise ValueError(f"distillation alpha must be in [0, 1] and tau > 0, got {alpha} and {tau}")
+            raise UsageError(f"distillation alpha must be in [0, 1] and tau > 0, got {alpha} and {tau}")
         self.base, self.teacher = base, teacher
         self.kind, self.alpha, self.tau, self.kl_reduction = kind, float(alpha), float(tau), kl_reduction
         self.scales = tuple(sorted(int(s) for s in scales))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramstrans.distill.loss import kd_term
+from ramstrans.errors import UsageError
 from ramstrans.models import MultiScaleOutput, RAMSTrans, fused_log_probs
 from ramstrans.models.backbones.vit import Head, select_head
 from ramstrans.training.losses import MultiScaleLoss, Targets
@@ -45,9 +46,9 @@ class SelfDistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if len(base.weights) < 2:
-            raise ValueError("self-distillation needs at least two scales: the zoomed scales are scale 1's teacher")
+            raise UsageError("self-distillation needs at least two scales: the zoomed scales are scale 1's teacher")
         if not beta >= 0 or not tau > 0 or target not in ("fused", "last"):
-            raise ValueError(
+            raise UsageError(
                 f"self-distillation needs beta >= 0, tau > 0 and target fused or last, got {beta}, {tau} and {target!r}"
             )
         self.base, self.beta, self.tau, self.target = base, float(beta), float(tau), target

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ramstrans.errors import ConfigError
+from ramstrans.errors import ConfigError, UsageError
 from ramstrans.inference.load import load_model
 from ramstrans.models import fused_log_probs
 
@@ -50,7 +50,7 @@ class Teacher(nn.Module):
     ) -> None:
         super().__init__()
         if not 1 <= scales <= model.num_scales:
-            raise ValueError(f"the teacher has {model.num_scales} scale(s); cannot fuse {scales}")
+            raise UsageError(f"the teacher has {model.num_scales} scale(s); cannot fuse {scales}")
         self.scales = int(scales)
         self.model = model.eval()
         for p in self.model.parameters():
@@ -58,7 +58,7 @@ class Teacher(nn.Module):
         s_mean, s_std = (torch.tensor(v, dtype=torch.float64) for v in (student_mean, student_std))
         t_mean, t_std = (torch.tensor(v, dtype=torch.float64) for v in (model.backbone.mean, model.backbone.std))
         if s_mean.numel() != t_mean.numel():
-            raise ValueError(f"the teacher takes {t_mean.numel()} input channels, the student {s_mean.numel()}")
+            raise UsageError(f"the teacher takes {t_mean.numel()} input channels, the student {s_mean.numel()}")
         self.register_buffer("scale", (s_std / t_std).float().view(1, -1, 1, 1), persistent=False)
         self.register_buffer("shift", ((s_mean - t_mean) / t_std).float().view(1, -1, 1, 1), persistent=False)
 

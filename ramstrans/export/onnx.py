@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.export.base import checked_out, transform_info
 from ramstrans.inference.load import load_model
 from ramstrans.models import Model, RAMSTrans
@@ -51,7 +52,7 @@ def export_onnx(
     assert cfg is not None  # a checkpoint, not an export folder
     path = checked_out(out, scales, model, checkpoint, overwrite)
     if path.is_dir():
-        raise ValueError(f"--out {out} is a folder; an ONNX export is a file such as model.onnx")
+        raise UsageError(f"--out {out} is a folder; an ONNX export is a file such as model.onnx")
     return write_onnx(
         model,
         path,
@@ -72,7 +73,7 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] |
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
-        raise ValueError(
+        raise UsageError(
             "ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'"
         ) from None
     model.eval()

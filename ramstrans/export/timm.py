@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ramstrans.config import Config
+from ramstrans.errors import UsageError
 from ramstrans.export.base import checked_out, transform_info
 from ramstrans.inference.load import EXPORT_INFO, ZOOM_TOKENS, load_model
 from ramstrans.models import Model, RAMSTrans
@@ -50,9 +51,9 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     assert cfg is not None and ckpt is not None  # a checkpoint, not an export folder
     folder = checked_out(out, scales, model, checkpoint, overwrite)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {out} is a file; a timm export is a folder")
+        raise UsageError(f"--out {out} is a file; a timm export is a folder")
     if cfg.model.attn_window or cfg.model.ffn != "mlp":
-        raise ValueError(
+        raise UsageError(
             f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
             "have (a timm folder would load another function): export it with --format onnx"
         )
@@ -127,5 +128,5 @@ def _distilled_architecture(patch_size: tuple[int, int]) -> str:
 
     names = timm.list_models(f"deit_*_distilled_patch{patch_size[0]}_*")
     if not names:
-        raise ValueError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
+        raise UsageError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
     return names[0]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ramstrans.config import Config
 from ramstrans.data import ImageDataset, eval_loader, load_index, split_tables
-from ramstrans.errors import CheckpointError, DataError
+from ramstrans.errors import CheckpointError, DataError, UsageError
 from ramstrans.inference.load import load_model
 from ramstrans.inference.metrics import MetricAccumulator
 from ramstrans.inference.plots import (
@@ -60,15 +60,15 @@ def parse_scales(value: str | int, num_scales: int) -> int | str:
     try:
         scales = int(value)
     except ValueError:
-        raise ValueError(f"--scales must be a number of scales or auto, got '{value}'") from None
+        raise UsageError(f"--scales must be a number of scales or auto, got '{value}'") from None
     if not 1 <= scales <= num_scales:
-        raise ValueError(f"the model has {num_scales} scale(s); cannot run {scales}")
+        raise UsageError(f"the model has {num_scales} scale(s); cannot run {scales}")
     return scales
 
 
 def check_threshold(threshold: float) -> float:
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--zoom-threshold must be in [0, 1], got {threshold}")
+        raise UsageError(f"--zoom-threshold must be in [0, 1], got {threshold}")
     return threshold
 
 
@@ -81,7 +81,7 @@ def resolve_threshold(model: Model, zoom_on: str, threshold: float | None) -> fl
     """
     gate = model.zoom_gate
     if zoom_on == "gate" and gate is None:
-        raise ValueError(
+        raise UsageError(
             "--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes one"
         )
     if threshold is None:
@@ -138,11 +138,11 @@ def _load(
     data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
     index = load_index(data_cfg, generate=not data_root)
     if index.class_names != names:
-        raise ValueError(f"the data set at {index.root} has other classes than checkpoint {checkpoint}")
+        raise UsageError(f"the data set at {index.root} has other classes than checkpoint {checkpoint}")
     tables = split_tables(data_cfg, index, cfg.train.seed)  # the validation split the run carved, if it did
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
-        raise ValueError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
+        raise UsageError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
     ds = ImageDataset(index.root, tables[split], names, loaded.transform, skip_corrupt)
     return loaded.model, cfg, names, ckpt, ds, dev
 
@@ -312,12 +312,12 @@ def run_zoom_sweep(
         ValueError: ``split`` is "test" (a threshold is never chosen on the test split), or a one-scale model.
     """
     if split == "test":
-        raise ValueError("the zoom threshold is chosen on a validation split, never on test: use --split val")
+        raise UsageError("the zoom threshold is chosen on a validation split, never on test: use --split val")
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
     if model.num_scales < 2:
-        raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
+        raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
     resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
     pooled, first, fused, labels = scale_outputs(
         model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]

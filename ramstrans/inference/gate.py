@@ -10,11 +10,13 @@ the same way on the same images) and the oracle that zooms exactly the images wh
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ramstrans.checkpoint import save_checkpoint
 from ramstrans.data import eval_loader
+from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import SWEEP_TOLERANCE, _load, cheapest_within, scale_outputs, sweep_rows
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.models import fit_zoom_gate, zoom_confidence
@@ -46,7 +48,7 @@ def _frontier(
     labels: torch.Tensor,
     num_scales: int,
     full: float,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     rows = sweep_rows(confidence, first, fused, labels, frontier_thresholds(confidence), num_scales)
     return {"chosen": cheapest_within(rows, full), "rows": rows}
 
@@ -68,7 +70,7 @@ def run_fit_gate(
     data_root: str | None = None,
     num_workers: int = 2,
     overwrite: bool = False,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Fit the zoom gate on ``split`` and write ``out`` (default ``<stem>_gate.pth``): the checkpoint plus the gate.
 
     Returns:
@@ -81,11 +83,11 @@ def run_fit_gate(
             ``overwrite``), or the zoom changes no answer (or every answer) on the split.
     """
     if split == "test":
-        raise ValueError("the zoom gate is fitted on a validation split, never on test: use --split val")
+        raise UsageError("the zoom gate is fitted on a validation split, never on test: use --split val")
     target = check_output(out or default_gate_path(checkpoint), [checkpoint], overwrite, "--out")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, False)
     if model.num_scales < 2:
-        raise ValueError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
+        raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
     pooled, first, fused, labels = scale_outputs(
         model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]
     )

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -92,8 +92,9 @@ def load_model(
         )
         return LoadedModel(model, names, transform, None, None, "export", path / "model.safetensors")
     if path.is_dir() and find_checkpoint("auto", path) is None:
-        raise CheckpointError(f"{path} is not an exported model folder (no config.json) nor a run folder (no "
-                              "checkpoint.pth)")
+        raise CheckpointError(
+            f"{path} is not an exported model folder (no config.json) nor a run folder (no checkpoint.pth)"
+        )
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {file}", gate=gate)
@@ -135,7 +136,7 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
     except Exception as e:  # timm's own message: missing weights, unknown architecture
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
     info = _read_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
-    scales, cfg = int(info.get("num_scales", 1)), net.pretrained_cfg
+    scales, cfg = int(info.get("num_scales", 1)), dict(cast(Any, net).pretrained_cfg)
     model: Model
     if info.get("model_type") == "classifier" or not isinstance(net, VisionTransformer):
         size = (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
@@ -151,7 +152,9 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         )
         if scales > 1:
             _load_zoom_tokens(model, path / ZOOM_TOKENS)
-    names = list(info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(net.num_classes)])
+    names = list(
+        info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(int(cast(Any, net).num_classes))]
+    )
     crop = int(cfg["input_size"][-1])
     transform = info.get("eval_transform") or {
         "resize": math.floor(crop / cfg.get("crop_pct", 0.875)),

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ramstrans.data import ImageReadError, Transform, read_image
+from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
 from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
@@ -140,7 +141,7 @@ def run_predict(
         overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
     """
     if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
-        raise ValueError(
+        raise UsageError(
             f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
         )
     if zoom_threshold is not None:
@@ -154,7 +155,7 @@ def run_predict(
     loaded = load_model(model_path, weights)
     model, names, transform = loaded.model, loaded.class_names, loaded.transform
     if visualize and not hasattr(model, "propose"):
-        raise ValueError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
+        raise UsageError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     dev = resolve_device(device)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ramstrans.data import ImageReadError, load_index, read_image
-from ramstrans.errors import CheckpointError
+from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
 from ramstrans.inference.plots import contact_sheet, denormalize, heatmap_overlay, save_panel
@@ -56,14 +56,14 @@ def run_visualize(
         overwrite: write into ``output_dir`` even if it holds files.
     """
     if not images and num < 1:
-        raise ValueError(f"--num must be at least 1, got {num}")
+        raise UsageError(f"--num must be at least 1, got {num}")
     dev = resolve_device(device)
     loaded = load_model(checkpoint, weights)
     model, cfg, names, transform = loaded.model, loaded.config, loaded.class_names, loaded.transform
     if cfg is None:
         raise CheckpointError(f"{checkpoint} is an exported folder: visualize needs the ramstrans checkpoint")
     if not isinstance(model, RAMSTrans):
-        raise ValueError(
+        raise UsageError(
             f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
             "show (visualize needs a RAMS-Trans model)"
         )
@@ -108,7 +108,7 @@ def run_visualize(
             written += w
             tiles += t
     if not tiles:
-        raise ValueError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
+        raise UsageError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
     contact_sheet(tiles, out / "contact_sheet.png")
     return written + [out / "contact_sheet.png"]
 

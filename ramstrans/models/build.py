@@ -2,28 +2,31 @@
 rebuilds a trained one from its checkpoint alone (the weights it reported, raw or EMA, and its zoom gate)."""
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict
-from ramstrans.errors import CheckpointError
+from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.models.backbones.vit import Head
 from ramstrans.models.classifier import Classifier
 from ramstrans.models.gate import ZoomGate
 from ramstrans.models.rams import RAMSTrans
+from ramstrans.models.rollout import RolloutRows
 
 __all__ = ["Model", "build_model", "model_from_checkpoint", "weights_used", "load_model_state"]
 
 Model = RAMSTrans | Classifier
 
 
-def build_model(model_cfg, num_classes: int) -> Model:
+def build_model(model_cfg: ModelConfig, num_classes: int) -> Model:
     """The only place that maps ``cfg.model`` to RAMSTrans (or, with ``model.type: classifier``, Classifier) keyword
     arguments."""
     kwargs = dict(model_cfg.backbone_kwargs)
     if model_cfg.drop_path_rate:
         kwargs["drop_path_rate"] = model_cfg.drop_path_rate
+    model: Model
     if model_cfg.type == "classifier":
         model = Classifier(
             backbone=model_cfg.backbone,
@@ -41,11 +44,11 @@ def build_model(model_cfg, num_classes: int) -> Model:
             num_scales=model_cfg.num_scales,
             alpha=model_cfg.alpha,
             residual=model_cfg.residual,
-            rollout_rows=model_cfg.rollout_rows,
+            rollout_rows=cast(RolloutRows, model_cfg.rollout_rows),  # checked by the config's ranges
             pretrained=model_cfg.pretrained,
             download_timeout_s=model_cfg.download_timeout_s,
             dist_token=model_cfg.dist_token,
-            eval_head=model_cfg.eval_head,
+            eval_head=cast(Head, model_cfg.eval_head),
             attn_window=model_cfg.attn_window,
             ffn=model_cfg.ffn,
             ffn_kernel=model_cfg.ffn_kernel,
@@ -54,7 +57,7 @@ def build_model(model_cfg, num_classes: int) -> Model:
             **kwargs,
         )
     if model_cfg.grad_checkpointing:
-        model.backbone.timm_model.set_grad_checkpointing(True)
+        cast(Any, model.backbone.timm_model).set_grad_checkpointing(True)
     if model_cfg.mean is not None or model_cfg.std is not None:
         bb = model.backbone
         try:
@@ -63,7 +66,7 @@ def build_model(model_cfg, num_classes: int) -> Model:
                 model_cfg.std if model_cfg.std is not None else bb.std,
             )
         except ValueError as e:
-            raise ValueError(f"model.mean / model.std: {e}") from None
+            raise UsageError(f"model.mean / model.std: {e}") from None
     return model
 
 
@@ -99,7 +102,7 @@ def weights_used(ckpt: dict[str, Any], weights: str = "auto", origin: str = "the
         CheckpointError: EMA weights asked for but absent.
     """
     if weights not in ("auto", "raw", "ema"):
-        raise ValueError(f"weights must be auto, raw or ema, got '{weights}'")
+        raise UsageError(f"weights must be auto, raw or ema, got '{weights}'")
     has_ema = isinstance(ckpt.get("model_ema"), dict)
     if weights == "ema" and not has_ema:
         raise CheckpointError(f"{origin} has no EMA weights (it was trained with train.ema_decay = 0)")

@@ -13,6 +13,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.backbones.pretrained import load_pretrained
 from ramstrans.models.backbones.vit import _pair
@@ -30,7 +31,7 @@ def create_net(
         ValueError: unknown name, or arguments the model does not take.
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown model '{name}': timm has no model of that name")
+        raise UsageError(f"unknown model '{name}': timm has no model of that name")
     kwargs = dict(timm_kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
     try:
         try:
@@ -43,7 +44,7 @@ def create_net(
             return timm.create_model(name, pretrained=False, **kwargs)  # a CNN: any input size
     except (TypeError, AssertionError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from None
+        raise UsageError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from None
 
 
 class NetBackbone(InputNorm):
@@ -132,7 +133,7 @@ class Classifier(nn.Module):
             net = create_net(backbone, img_size, num_classes, **backbone_kwargs)
             backbone = NetBackbone(net=net, img_size=img_size or 224, in_chans=int(backbone_kwargs.get("in_chans", 3)))
         elif backbone_kwargs or img_size is not None:
-            raise ValueError("img_size and timm keyword arguments apply to a model given by name")
+            raise UsageError("img_size and timm keyword arguments apply to a model given by name")
         self.backbone = backbone
         self.num_classes = backbone.num_classes
         if pretrained:
@@ -146,7 +147,7 @@ class Classifier(nn.Module):
     def forward_multiscale(self, x: Tensor, num_scales: int | None = None) -> MultiScaleOutput:
         """The training output: one scale's logits, no boxes, no attention."""
         if num_scales not in (None, 1):
-            raise ValueError(f"a classifier has 1 scale; cannot run {num_scales}")
+            raise UsageError(f"a classifier has 1 scale; cannot run {num_scales}")
         return MultiScaleOutput(logits=[self(x)], boxes=[], rollout=[], cls_attention=[])
 
     @torch.no_grad()
@@ -160,7 +161,7 @@ class Classifier(nn.Module):
     ) -> Prediction:
         """Test-time probabilities (one scale; "auto" is the same; no boxes)."""
         if scales not in (1, "auto"):
-            raise ValueError(f"a classifier has 1 scale; cannot fuse {scales}")
+            raise UsageError(f"a classifier has 1 scale; cannot fuse {scales}")
         probs = self(x).float().softmax(-1)
         return Prediction(
             probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool), scale_probs=[probs]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
+
 __all__ = ["ZoomGate", "gate_inputs", "fit_zoom_gate", "L2_GRID"]
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths tried by cross-validation (standardised inputs)
@@ -118,7 +120,7 @@ def fit_zoom_gate(
     n = changed.numel()
     positives = int(changed.sum())
     if n < folds or not 0 < positives < n:
-        raise ValueError(
+        raise UsageError(
             f"the zoom gate needs images where the zoom changes the answer and images where it does not "
             f"(got {positives} of {n}, at least {folds} images)"
         )

@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models.backbones.pretrained import load_pretrained
 from ramstrans.models.backbones.vit import HEADS, Head, ViTBackbone, create_vit, select_head
 from ramstrans.models.gate import ZoomGate
@@ -176,19 +177,19 @@ class RAMSTrans(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+            raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not isinstance(num_scales, int) or num_scales < 1:
-            raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
+            raise UsageError(f"num_scales must be an integer >= 1, got {num_scales!r}")
         if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+            raise UsageError(f"alpha must be > 0, got {alpha!r}")
         if not residual >= 0:
-            raise ValueError(f"residual must be >= 0, got {residual!r}")
+            raise UsageError(f"residual must be >= 0, got {residual!r}")
         if rollout_rows not in ("cls", "mean"):
-            raise ValueError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
+            raise UsageError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
         if eval_head not in HEADS:
-            raise ValueError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
+            raise UsageError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
         if ffn not in ("mlp", "conv"):
-            raise ValueError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
+            raise UsageError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
         options = dict(
             dist_token=dist_token,
             attn_window=attn_window,
@@ -231,7 +232,7 @@ class RAMSTrans(nn.Module):
     def _num_scales(self, num_scales: int | str | None) -> int:
         num_scales = self.num_scales if num_scales is None else num_scales
         if not isinstance(num_scales, int) or not 1 <= num_scales <= self.num_scales:
-            raise ValueError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
+            raise UsageError(f"this model has {self.num_scales} scale(s); cannot run {num_scales}")
         return num_scales
 
     def forward_multiscale(self, x: Tensor, num_scales: int | None = None) -> MultiScaleOutput:
@@ -306,9 +307,9 @@ class RAMSTrans(nn.Module):
         adaptive = scales == "auto"
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
         if zoom_on not in ZOOM_CRITERIA:
-            raise ValueError(f"zoom_on must be one of {', '.join(ZOOM_CRITERIA)}, got {zoom_on!r}")
+            raise UsageError(f"zoom_on must be one of {', '.join(ZOOM_CRITERIA)}, got {zoom_on!r}")
         if zoom_on == "gate" and adaptive and self.zoom_gate is None:
-            raise ValueError(
+            raise UsageError(
                 "zoom_on 'gate' needs a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes a "
                 "checkpoint with one"
             )
@@ -353,7 +354,7 @@ class RAMSTrans(nn.Module):
         """
         if zoom_on == "gate":
             if self.zoom_gate is None:
-                raise ValueError("zoom_on 'gate' needs a fitted zoom gate (ramstrans fit-gate)")
+                raise UsageError("zoom_on 'gate' needs a fitted zoom gate (ramstrans fit-gate)")
             return 1.0 - self.zoom_gate(pooled, probs)
         return zoom_confidence(probs, zoom_on)
 
@@ -463,7 +464,7 @@ def _as_backbone(
         )
         return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)
     if kwargs or img_size is not None:
-        raise ValueError(
+        raise UsageError(
             "img_size and timm keyword arguments apply to a backbone given by name, not to a built "
             f"{type(backbone).__name__}"
         )
@@ -472,13 +473,13 @@ def _as_backbone(
             vit=cast(VisionTransformer, backbone), num_scales=num_scales, dist_token=dist_token or None, **sizing
         )
     if dist_token and not backbone.has_dist_token:
-        raise ValueError("dist_token is True but the given backbone has no distillation token")
+        raise UsageError("dist_token is True but the given backbone has no distillation token")
     if backbone.num_scales != num_scales:
-        raise ValueError(
+        raise UsageError(
             f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is {num_scales}"
         )
     if num_classes is not None and backbone.num_classes != num_classes:
-        raise ValueError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
+        raise UsageError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
     return backbone
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ramstrans.errors import UsageError
+
 __all__ = ["attention_rollout", "RolloutRows"]
 
 RolloutRows = Literal["cls", "mean"]
@@ -37,13 +39,13 @@ def attention_rollout(
         (B, gh, gw) saliency of every patch (non-negative; not normalised).
     """
     if not attentions:
-        raise ValueError("attention_rollout needs at least one attention map")
+        raise UsageError("attention_rollout needs at least one attention map")
     if rows not in ("cls", "mean"):
-        raise ValueError(f"rollout rows must be 'cls' or 'mean', got {rows!r}")
+        raise UsageError(f"rollout rows must be 'cls' or 'mean', got {rows!r}")
     B, N, _ = attentions[-1].shape
     gh, gw = grid_size
     if gh * gw != N - num_prefix_tokens:
-        raise ValueError(f"grid {gh}x{gw} does not match {N} tokens with {num_prefix_tokens} prefix token(s)")
+        raise UsageError(f"grid {gh}x{gw} does not match {N} tokens with {num_prefix_tokens} prefix token(s)")
     last = attentions[-1]
     if rows == "cls":
         v = torch.zeros(B, N, dtype=last.dtype, device=last.device)

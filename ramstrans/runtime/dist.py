@@ -7,9 +7,12 @@ process group (NCCL on CUDA, gloo on the CPU); launched plainly it makes no dist
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ramstrans.errors import UsageError
 
 __all__ = [
     "DistInfo",
@@ -41,9 +44,9 @@ class DistInfo:
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """'auto' -> cuda:LOCAL_RANK when a GPU exists, else the CPU; 'cuda' without a GPU is a user error."""
     if preference not in ("auto", "cpu") and not preference.startswith("cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda[:N], got '{preference}'")
+        raise UsageError(f"train.device must be auto, cpu or cuda[:N], got '{preference}'")
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{preference}' was asked for but this machine has no CUDA GPU (use train.device=cpu)")
+        raise UsageError(f"device '{preference}' was asked for but this machine has no CUDA GPU (use train.device=cpu)")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     if preference in ("auto", "cuda"):
@@ -78,7 +81,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
     try:
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     except Exception as e:  # store connection refused / timed out: the rendezvous is unreachable
-        raise ValueError(
+        raise UsageError(
             f"rank {info.rank} of {world} could not join the process group at {where} within "
             f"{timeout_s:g} s ({type(e).__name__}); check --rdzv_endpoint / MASTER_ADDR and the "
             "firewall, or raise train.dist_timeout_s"
@@ -101,7 +104,7 @@ def all_gather_int(value: int) -> list[int]:
     """Every process's ``value``, in rank order (``[value]`` without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return [int(value)]
-    out: list[object] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, int(value))
     return [int(v) for v in out]
 

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ramstrans.errors import UsageError
+
 __all__ = [
     "atomic_write",
     "write_text_atomic",
@@ -73,14 +75,14 @@ def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool 
     for given in inputs:
         inp = Path(given).expanduser()
         if same_file(path, inp):
-            raise ValueError(
+            raise UsageError(
                 f"{flag} {out} is one of the command's inputs ({given}): it would be destroyed; choose another output"
             )
         if path.is_dir() and path.resolve() in inp.resolve().parents:
-            raise ValueError(f"{flag} {out} holds one of the command's inputs ({given}): choose a folder of its own")
+            raise UsageError(f"{flag} {out} holds one of the command's inputs ({given}): choose a folder of its own")
     exists = path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()))
     if exists and not overwrite:
-        raise ValueError(f"{flag} {out} already exists; choose another output or pass --overwrite to replace it")
+        raise UsageError(f"{flag} {out} already exists; choose another output or pass --overwrite to replace it")
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from ramstrans.config import Config, config_diff, config_from_dict
-from ramstrans.errors import ConfigError
+from ramstrans.errors import ConfigError, UsageError
 from ramstrans.runtime.dist import DistInfo, broadcast_object
 from ramstrans.runtime.files import FileLock
 
@@ -63,7 +63,7 @@ def prepare_folder(
                     if differs
                     else ""
                 )
-                raise ValueError(
+                raise UsageError(
                     f"run folder {out_dir} already holds a run; {hint}continue it with --resume auto, "
                     "choose another --output-dir, or replace it with --overwrite"
                 )
@@ -76,7 +76,7 @@ def prepare_folder(
             error = str(e)
     shared = broadcast_object(error)  # every rank stops with rank 0's sentence instead of waiting for it
     if shared:
-        raise ValueError(str(shared))
+        raise UsageError(str(shared))
     return same, lock
 
 

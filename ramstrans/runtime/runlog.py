@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from ramstrans.errors import UsageError
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["MetricsLog", "read_records", "setup_console_logging"]
@@ -52,7 +53,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError(
+                raise UsageError(
                     "train.tensorboard needs the tensorboard package: pip install 'ramstrans[tensorboard]'"
                 ) from None
             self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
@@ -100,11 +101,11 @@ class _StderrHandler(logging.StreamHandler):
     """A StreamHandler on whatever ``sys.stderr`` is when a line is written (it may be redirected after set-up)."""
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+    def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ assigns it; the property decides
         pass
 
 

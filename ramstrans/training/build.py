@@ -15,6 +15,7 @@ from ramstrans.config import Config, ConfigError, DistillConfig, LossConfig
 from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import Teacher, load_teacher
+from ramstrans.errors import UsageError
 from ramstrans.models import Model, MultiScaleForward, RAMSTrans
 from ramstrans.models.backbones.vit import Head
 from ramstrans.runtime.dist import DistInfo
@@ -48,13 +49,13 @@ def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
             model, opt=train_cfg.opt, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, **kwargs
         )
     except (AssertionError, ValueError) as e:
-        raise ValueError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from None
+        raise UsageError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from None
 
 
 def build_scheduler(train_cfg, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
     """Linear warm-up for ``warmup_steps``, then cosine from lr to ``min_lr`` at ``steps``, updated per step."""
     if not 0 <= train_cfg.warmup_steps < train_cfg.steps:
-        raise ValueError(
+        raise UsageError(
             f"train.warmup_steps ({train_cfg.warmup_steps}) must be in [0, train.steps ({train_cfg.steps}))"
         )
     return CosineLRScheduler(
@@ -195,13 +196,13 @@ def build_criterion(
             is not there.
     """
     if len(loss_cfg.scale_weights) != num_scales:
-        raise ValueError(
+        raise UsageError(
             f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is {num_scales}"
         )
     base = MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
     if loss_cfg.self_distill > 0:
         if loss_cfg.self_distill_source == "ema" and ema is None:
-            raise ValueError("loss.self_distill_source ema needs train.ema_decay > 0")
+            raise UsageError("loss.self_distill_source ema needs train.ema_decay > 0")
         return SelfDistillationLoss(
             base=base,
             beta=loss_cfg.self_distill,
@@ -214,7 +215,7 @@ def build_criterion(
         return base
     d = distill_cfg
     if d is None:
-        raise ValueError("a teacher needs cfg.distill (its type, alpha, tau, reduction, scales)")
+        raise UsageError("a teacher needs cfg.distill (its type, alpha, tau, reduction, scales)")
     return DistillationLoss(
         base=base,
         teacher=teacher,

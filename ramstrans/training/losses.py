@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models import MultiScaleOutput
 
 __all__ = ["MultiScaleLoss", "Targets"]
@@ -27,9 +28,9 @@ class MultiScaleLoss(nn.Module):
     def __init__(self, weights: Sequence[float] = (1.0, 1.0), label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
-            raise ValueError(f"loss weights must be a non-empty list of non-negative numbers, got {list(weights)}")
+            raise UsageError(f"loss weights must be a non-empty list of non-negative numbers, got {list(weights)}")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise UsageError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.weights = tuple(float(w) for w in weights)
         self.label_smoothing = float(label_smoothing)
 
@@ -67,7 +68,7 @@ class MultiScaleLoss(nn.Module):
     def per_scale_targets(self, output: MultiScaleOutput, targets: Targets) -> list[Tensor]:
         """One target per scale (the shared one repeated), checked against the number of scales."""
         if len(output.logits) != len(self.weights):
-            raise ValueError(f"got logits for {len(output.logits)} scales but {len(self.weights)} loss weights")
+            raise UsageError(f"got logits for {len(output.logits)} scales but {len(self.weights)} loss weights")
         if isinstance(targets, Tensor):
             return [targets] * len(output.logits)
         return list(targets)

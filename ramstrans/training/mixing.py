@@ -23,6 +23,8 @@ import torch
 from timm.data.mixup import mixup_target
 from torch import Tensor
 
+from ramstrans.errors import UsageError
+
 __all__ = ["MixInfo", "Mixer", "transmix_lambda", "zoomed_lambda", "patch_box_mask", "cutmix_box"]
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels, exclusive ends, as timm's cutmix_bbox_and_lam
@@ -186,11 +188,11 @@ class Mixer:
         rank: int = 0,
     ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0 or not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ValueError(
+            raise UsageError(
                 "mix.mixup_alpha and mix.cutmix_alpha must be >= 0, mix.prob and mix.switch_prob in [0, 1]"
             )
         if not 0 <= area_weight <= 1:
-            raise ValueError(f"mix.area_weight must be in [0, 1], got {area_weight}")
+            raise UsageError(f"mix.area_weight must be in [0, 1], got {area_weight}")
         self.k, self.image_size, self.grid_size = num_classes, tuple(image_size), tuple(grid_size)
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
         self.smoothing, self.correct_lam, self.transmix, self.area_weight = (

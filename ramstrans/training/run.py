@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from ramstrans.config import (
     save_config,
 )
 from ramstrans.data import build_data, eval_loader, load_index, train_loader
-from ramstrans.errors import CheckpointError
+from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.inference.evaluate import evaluate
 from ramstrans.inference.plots import plot_curves
 from ramstrans.models import Model, build_model
@@ -181,13 +182,13 @@ def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device)
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume", gate=False)[0]
         if list(ckpt["class_names"]) != index.class_names:
-            raise ValueError("the checkpoint to resume was trained on other classes than the configured data set")
+            raise UsageError("the checkpoint to resume was trained on other classes than the configured data set")
     else:
         model = build_model(cfg.model, len(index.class_names))
     data = build_data(cfg.data, index, cfg.model.img_size, model.backbone.mean, model.backbone.std, t.seed)
     for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
         if ds is not None and len(ds) < info.world_size:
-            raise ValueError(f"the {name} split has {len(ds)} images, fewer than the {info.world_size} processes")
+            raise UsageError(f"the {name} split has {len(ds)} images, fewer than the {info.world_size} processes")
     model.to(device)
     optimizer = build_optimizer(scaled(t, info.world_size), model)
     amp_dtype, scaler = amp_setup(device, t.amp)
@@ -214,7 +215,7 @@ def run_training(
     show_progress: bool = True,
     overwrite: bool = False,
     restart: bool = False,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Train as configured (single process, or one rank of a torchrun job); returns the final single-scale test
     metrics of the reported weights and the run's files. Only rank 0 writes files and shows progress.
 
@@ -247,7 +248,7 @@ def run_training(
 
 def _train(
     cfg: Config, ckpt: dict | None, same_folder: bool, info: DistInfo, device: torch.device, show_progress: bool
-) -> dict[str, object]:
+) -> dict[str, Any]:
     t = cfg.train
     r = _build(cfg, ckpt, info, device)
     out_dir = Path(t.output_dir).expanduser()

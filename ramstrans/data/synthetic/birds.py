@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ramstrans.errors import DataError
+from ramstrans.errors import DataError, UsageError
 from ramstrans.runtime.files import FileLock, full_disk_error, is_full_disk, umask_mode
 
 __all__ = [
@@ -75,7 +75,7 @@ def species_list(num_classes: int) -> list[BirdSpecies]:
     """The first ``num_classes`` species of a fixed order that varies the crown and the wing bars first."""
     combos = [BirdSpecies(c, b, t) for t, b, c in itertools.product(TAIL_TIPS, WING_BARS, CROWNS)]
     if not 1 <= num_classes <= len(combos):
-        raise ValueError(f"the synthetic birds have 1 to {len(combos)} species, asked for {num_classes}")
+        raise UsageError(f"the synthetic birds have 1 to {len(combos)} species, asked for {num_classes}")
     return combos[:num_classes]
 
 

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
+
 __all__ = ["InputNorm"]
 
 
@@ -46,9 +48,9 @@ class InputNorm(nn.Module):
         mean, std = [float(v) for v in mean], [float(v) for v in std]
         n = self.norm_mean.numel()
         if len(mean) != n or len(std) != n:
-            raise ValueError(f"normalisation needs {n} values each, got mean {mean} and std {std}")
+            raise UsageError(f"normalisation needs {n} values each, got mean {mean} and std {std}")
         if min(std) <= 0:
-            raise ValueError(f"normalisation std must be positive, got {std}")
+            raise UsageError(f"normalisation std must be positive, got {std}")
         with torch.no_grad():
             self.norm_mean.copy_(torch.tensor(mean, dtype=torch.float64))
             self.norm_std.copy_(torch.tensor(std, dtype=torch.float64))
@@ -71,4 +73,4 @@ class InputNorm(nn.Module):
         """
         C, (H, W) = self.in_chans, self.img_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
-            raise ValueError(f"{model} expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")
+            raise UsageError(f"{model} expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")

@@ -21,6 +21,7 @@ from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models.backbones.vit import ViTBackbone, with_dist_position
 
 __all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
@@ -45,12 +46,12 @@ def read_state_dict(path: Path) -> dict[str, object]:
             return dict(load_safetensors(str(path), device="cpu"))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # any decoding failure means "not a weights file we can read"
-        raise ValueError(
+        raise UsageError(
             f"pretrained file {path} is not a readable safetensors or weights-only torch file "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
         ) from None
     if not isinstance(obj, dict):
-        raise ValueError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
+        raise UsageError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
@@ -96,7 +97,7 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], 
     try:
         sd = checkpoint_filter_fn(state_dict, vit)
     except Exception as e:
-        raise ValueError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
+        raise UsageError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
     # a plain ViT has no conv feed-forward: those convolutions keep their identity initialisation
     fresh = {k for k in vit.state_dict() if ".mlp.dwconv." in k and k not in sd}
     _load_fitting(
@@ -122,11 +123,11 @@ def _load_fitting(
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
-        raise ValueError(f"{misfit}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
+        raise UsageError(f"{misfit}: {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(own[k].shape)}")
     missing, unexpected = module.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k not in head_keys and k not in fresh]
     if missing or unexpected:
-        raise ValueError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
+        raise UsageError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
 
 
 def _load_npz(backbone: ViTBackbone, path: Path) -> None:
@@ -139,7 +140,7 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
             else:
                 backbone.vit.load_pretrained(str(path))
     except Exception as e:
-        raise ValueError(
+        raise UsageError(
             f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
         ) from None
@@ -186,11 +187,11 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict |
     except RuntimeError:
         cfg = None
     if cfg is None:
-        raise ValueError(f"timm has no pretrained weights '{full}' (pretrained= is neither a file nor a timm tag)")
+        raise UsageError(f"timm has no pretrained weights '{full}' (pretrained= is neither a file nor a timm tag)")
     cfg = cfg.to_dict()
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
-        raise ValueError(
+        raise UsageError(
             f"timm weights '{full}' are not on the Hugging Face hub; download them and pass the local file"
         )
     names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HUB_FILES
@@ -200,7 +201,7 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict |
             return Path(cached), cfg
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if offline or not _online(min(3.0, timeout_s)):
-        raise ValueError(
+        raise UsageError(
             f"cannot download timm weights '{full}': no network (or HF_HUB_OFFLINE is set) and they are "
             "not in the local cache; download them elsewhere and pass the file as pretrained=PATH"
         )
@@ -209,7 +210,7 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict |
             return _download(hub_id, name, full, timeout_s), cfg
         except EntryNotFoundError:
             continue
-    raise ValueError(f"the hub repository {hub_id} holds none of {names}")
+    raise UsageError(f"the hub repository {hub_id} holds none of {names}")
 
 
 def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
@@ -227,14 +228,14 @@ def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise ValueError(
+        raise UsageError(
             f"downloading timm weights '{full}' did not finish within {timeout_s:g} s "
             "(model.download_timeout_s); download them elsewhere and pass the file as pretrained=PATH"
         )
     if "error" in result:
         if isinstance(result["error"], EntryNotFoundError):
             raise result["error"]
-        raise ValueError(
+        raise UsageError(
             f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
             "elsewhere and pass the file as pretrained=PATH"
         ) from None
@@ -290,7 +291,7 @@ def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> 
             return
         sd = _unwrap(obj)
         if not sd:
-            raise ValueError(f"pretrained file {path} holds no tensors")
+            raise UsageError(f"pretrained file {path} holds no tensors")
         load_sd(backbone, sd, str(path))
     elif path.suffix or os.sep in str(source) or path.exists():
         raise FileNotFoundError(f"pretrained file {source} does not exist")

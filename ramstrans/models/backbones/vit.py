@@ -30,6 +30,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.blocks.attention import WindowAttention
 from ramstrans.models.blocks.ffn import ConvMlp
@@ -124,7 +125,7 @@ def _check_whole_patches(vit: nn.Module) -> None:
     for side, p in zip(size, patch):
         if side % p:
             low, high = side - side % p, side - side % p + p
-            raise ValueError(
+            raise UsageError(
                 f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
                 f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
             )
@@ -133,7 +134,7 @@ def _check_whole_patches(vit: nn.Module) -> None:
 def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
     """(B, K) logits of ``head``: the class head's, the distillation head's, or their mean (timm's and DeiT's)."""
     if head not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        raise UsageError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
 
 
@@ -194,7 +195,7 @@ def create_vit(
         ValueError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone '{name}': timm has no model of that name")
+        raise UsageError(f"unknown backbone '{name}': timm has no model of that name")
     kwargs = dict(timm_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -208,16 +209,16 @@ def create_vit(
         vit = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
         if "img_size" in str(e):
-            raise ValueError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
-        raise ValueError(f"backbone '{name}' does not accept these arguments: {e}") from None
+            raise UsageError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
+        raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from None
     except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(
+        raise UsageError(
             f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
         ) from None
     reason = _unsupported_reason(vit)
     if reason is not None:
-        raise ValueError(f"backbone '{name}' is not supported: {reason}")
+        raise UsageError(f"backbone '{name}' is not supported: {reason}")
     return vit
 
 
@@ -300,11 +301,11 @@ class ViTBackbone(InputNorm):
     ) -> None:
         reason = _unsupported_reason(vit)
         if reason is not None:
-            raise ValueError(f"backbone {type(vit).__name__} is not supported: {reason}")
+            raise UsageError(f"backbone {type(vit).__name__} is not supported: {reason}")
         if not isinstance(num_scales, int) or num_scales < 1:
-            raise ValueError(f"num_scales must be an integer >= 1, got {num_scales!r}")
+            raise UsageError(f"num_scales must be an integer >= 1, got {num_scales!r}")
         if dist_token is False and isinstance(vit, VisionTransformerDistilled):
-            raise ValueError("the given backbone has a distillation token but dist_token is False")
+            raise UsageError("the given backbone has a distillation token but dist_token is False")
         _check_whole_patches(vit)
         cfg = getattr(vit, "pretrained_cfg", None) or {}
         super().__init__(
@@ -327,7 +328,7 @@ class ViTBackbone(InputNorm):
         )
         self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
         if fwt not in ("off", "fixed", "learned"):
-            raise ValueError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
+            raise UsageError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
         self.fwt = nn.ModuleList(
             [FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks] if fwt != "off" else []
         )
@@ -342,7 +343,7 @@ class ViTBackbone(InputNorm):
         grid, prefix = self.grid_size, self.num_prefix_tokens
         windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
         if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
-            raise ValueError(
+            raise UsageError(
                 f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
                 f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
                 f"{attn_window}"

@@ -12,6 +12,8 @@ import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from ramstrans.errors import UsageError
+
 __all__ = ["ConvMlp"]
 
 
@@ -40,9 +42,9 @@ class ConvMlp(Mlp):
         """Size the block for the backbone: its (gh, gw) grid, prefix tokens, an odd kernel, the prefix mode; the
         convolution is (re)made as the identity when the kernel changes."""
         if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"model.ffn_kernel must be odd and >= 1, got {kernel}")
+            raise UsageError(f"model.ffn_kernel must be odd and >= 1, got {kernel}")
         if prefix not in ("mlp", "bypass"):
-            raise ValueError(f"model.ffn_prefix must be mlp or bypass, got {prefix!r}")
+            raise UsageError(f"model.ffn_prefix must be mlp or bypass, got {prefix!r}")
         self.grid = (int(grid_size[0]), int(grid_size[1]))
         self.num_prefix_tokens, self.prefix = num_prefix_tokens, prefix
         if self.dwconv.kernel_size[0] != kernel:

@@ -1,0 +1,78 @@
+"""The ``ramstrans`` command: argument parsing and subcommands only, one module per subcommand (each with ``add``,
+which declares its arguments, and ``run``).
+
+A user's mistake (the typed errors of ``ramstrans.errors``, and an OS error on a path the user gave: a missing file,
+no permission, a full disk) is one sentence and exit 2; ``check-data`` exits 0 when the data set is clean and 1 when
+it found problems (which it lists); ``predict`` exits 1 when a file could not be read. Anything else is a bug: its
+traceback is printed with a line asking to report it (exit 3). ``--debug`` shows the traceback of every error.
+"""
+
+import argparse
+import sys
+import traceback
+
+from ramstrans.cli import bench, data, evaluate, export, gate, predict, train, visualize
+from ramstrans.cli.common import AT_LEAST
+from ramstrans.errors import UsageError
+from ramstrans.runtime.runlog import setup_console_logging
+
+__all__ = ["main"]
+
+SUBCOMMANDS = (train, evaluate, visualize, export, data, gate, predict, bench)  # in the order --help lists them
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ramstrans", description="RAMS-Trans fine-grained recognition on timm ViTs.")
+    p.add_argument("--debug", action="store_true", help="print the traceback of every error")
+    sub = p.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add(sub)
+    return p
+
+
+def _one_sentence(e: BaseException) -> str:
+    """The user-facing line of an error (a DataLoader worker wraps it in a traceback: keep its last line)."""
+    msg = str(e).strip()
+    if "Original Traceback" in msg:
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
+def _check(args: argparse.Namespace) -> None:
+    """What argparse cannot: lower bounds of counts; a run folder given as --checkpoint stands for its newest."""
+    for name, low in AT_LEAST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if getattr(args, "checkpoint", None):
+        from ramstrans.checkpoint import checkpoint_file
+
+        args.checkpoint = str(checkpoint_file(args.checkpoint))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_console_logging()
+    try:
+        _check(args)
+        code = args.func(args)
+    except (UsageError, OSError, FloatingPointError) as e:  # the user's to mend; named in one sentence
+        if args.debug:
+            traceback.print_exc()
+        print(f"ramstrans: error: {_one_sentence(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ramstrans: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: the traceback is what a report needs
+        traceback.print_exc()
+        print(
+            "ramstrans: internal error (a bug, not your input): please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 3
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""``ramstrans bench``: the benchmarks of ``ramstrans.bench``."""
+
+import argparse
+import json
+from pathlib import Path
+
+from ramstrans.errors import UsageError
+
+__all__ = ["add"]
+
+
+def _bench_latency(a: argparse.Namespace) -> dict:
+    from ramstrans.bench.latency import bench_config_latency, bench_latency, bench_proposal
+
+    if a.configs:
+        return {
+            "configs": bench_config_latency(
+                a.configs.split(","), batch=a.batch, repeats=a.repeats, overrides=a.set or ()
+            )
+        }
+    r = {"proposal": bench_proposal(repeats=a.repeats)}
+    if a.checkpoint:
+        if a.zoom_threshold is None:
+            raise UsageError(
+                "bench latency --checkpoint needs --zoom-threshold (choose it with ramstrans eval "
+                "--split val --sweep-zoom)"
+            )
+        r["model"] = bench_latency(a.checkpoint, a.zoom_threshold, repeats=a.repeats)
+    return r
+
+
+def run(a: argparse.Namespace) -> None:
+    if a.what == "inat":
+        from ramstrans.bench.inat import bench_inat_index
+
+        r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
+    elif a.what == "ddp":
+        from ramstrans.bench.ddp import bench_ddp
+
+        r = bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
+    elif a.what == "demo":
+        from ramstrans.bench.demo import bench_demo
+
+        r = bench_demo(
+            [int(s) for s in a.seeds.split(",")],
+            a.config,
+            a.split,
+            a.out or "runs/bench_demo",
+            a.set or (),
+            a.zoom_threshold,
+        )
+        print(_demo_table(r, Path(a.out or "runs/bench_demo") / f"{a.split}_result.json"))
+        return
+    elif a.what == "distill":
+        from ramstrans.bench.distill import bench_distill
+
+        r = bench_distill(
+            [int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill", overrides=a.set or ()
+        )
+    elif a.what == "options":
+        from ramstrans.bench.options import bench_options
+
+        r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options", overrides=a.set or ())
+    elif a.what == "ema":
+        from ramstrans.bench.training import bench_ema
+
+        r = bench_ema(
+            [int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema", a.set or ()
+        )
+    elif a.what == "accum":
+        from ramstrans.bench.training import bench_accum
+
+        r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
+    elif a.what == "zoom":
+        from ramstrans.bench.zoom import bench_zoom
+
+        r = bench_zoom(a.stage, [int(s) for s in a.seeds.split(",")], a.config, a.out or "runs/bench_zoom", a.set or ())
+        print(f"bench zoom --stage {a.stage}: written to {Path(a.out or 'runs/bench_zoom') / f'{a.stage}_result.json'}")
+        return
+    elif a.what == "latency":
+        r = _bench_latency(a)
+    elif a.what == "transmix":
+        from ramstrans.bench.transmix import bench_transmix
+
+        r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    else:
+        from ramstrans.bench.core import bench_core
+
+        r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    print(json.dumps(r, indent=1))
+
+
+def _demo_table(r: dict, path: Path) -> str:
+    """bench demo's result as a person reads it: per model, mean ± half-range of top-1 and the per-seed values."""
+    rows = [
+        ("plain ViT", r["vit"]["top1"]),
+        ("RAMS-Trans, single scale", r["rams"]["top1"]),
+        ("RAMS-Trans, both scales fused", r["rams_fused"]["top1"]),
+    ]
+    if "rams_adaptive" in r:
+        passes = r["rams_adaptive"]["passes_per_image"]["mean"]
+        rows.append(
+            (f"RAMS-Trans, adaptive ({r['zoom_threshold']:g}; {passes:.2f} passes)", r["rams_adaptive"]["top1"])
+        )
+    rows.append(("RAMS-Trans single - ViT, same seed", r["rams_minus_vit_top1"]))
+    lines = [f"bench demo, {r['split']} split, seeds {', '.join(map(str, r['seeds']))} (top-1 %):"]
+    for name, m in rows:
+        lines.append(
+            f"  {name:<44} {m['mean']:6.1f} ± {m['spread']:4.1f}   per seed "
+            + ", ".join(f"{v:.1f}" for v in m["values"])
+        )
+    return "\n".join(lines + [f"written to {path}"])
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmarks: speed against timm, TransMix cost, iNat indexing, the demo's claim")
+    b.add_argument(
+        "what",
+        nargs="?",
+        default="core",
+        choices=("core", "transmix", "ddp", "inat", "demo", "distill", "options", "ema", "accum", "latency", "zoom"),
+        help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
+        "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
+        "demo: plain ViT against RAMS-Trans over seeds; distill: the demo teacher, and the student "
+        "without a teacher, with soft and with hard distillation over seeds; options: the distilled "
+        "transformer's options against the demo RAMS-Trans (validation); ema: raw against EMA "
+        "weights over seeds (validation); accum: one batch against accumulated batches (validation); "
+        "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
+        "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
+        "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage",
+    )
+    b.add_argument("--backbone", default="vit_base_patch16_224")
+    b.add_argument("--img-size", type=int, default=448)
+    b.add_argument("--batch", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
+    b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
+    b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
+    b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
+    b.add_argument("--seeds", default="0,1,2,3,4", help="demo, ema: comma-separated training seeds (accum: the first)")
+    b.add_argument("--config", default="synthetic_cpu", help="demo, ema, accum: the config trained")
+    b.add_argument(
+        "--split", default="test", choices=("test", "val"), help="demo, distill: report on test, or tune on val"
+    )
+    b.add_argument(
+        "--out",
+        help="demo, ema, accum: run folders, named after each run's resolved config (finished "
+        "runs are reused; default runs/bench_<what>)",
+    )
+    b.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="demo, distill, options, ema, accum, latency --configs: config override (distill: teacher and "
+        "students; options: students only; latency: every config)",
+    )
+    b.add_argument("--ema-decay", type=float, default=0.99, help="ema: train.ema_decay")
+    b.add_argument("--accum", type=int, default=2, help="accum: accumulated batches")
+    b.add_argument(
+        "--zoom-threshold",
+        type=float,
+        help="demo --split test, latency: the adaptive threshold (demo's "
+        "default: the one bench demo --split val chose)",
+    )
+    b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
+    b.add_argument(
+        "--stage",
+        default="screen",
+        choices=("screen", "ema", "report", "latency"),
+        help="zoom: screen (the grids, on validation), ema (the target's source with an EMA), report "
+        "(every row, validation and test), latency (ms per image; run it alone)",
+    )
+    b.add_argument(
+        "--configs",
+        help="latency: comma-separated configs whose models to time at --batch (instead of the "
+        "proposal and a checkpoint)",
+    )
+    b.set_defaults(func=run)

@@ -1,0 +1,121 @@
+"""``ramstrans eval``: one evaluation, or the zoom sweep on a validation split."""
+
+import argparse
+
+from ramstrans.cli.common import CHECKPOINT_HELP, OVERWRITE_HELP, WEIGHTS_HELP
+
+__all__ = ["add"]
+
+
+def run(a: argparse.Namespace) -> None:
+    from ramstrans.inference.evaluate import run_eval, run_zoom_sweep
+
+    common = dict(
+        output_dir=a.output,
+        split=a.split,
+        zoom_on=a.zoom_on,
+        weights=a.weights,
+        batch_size=a.batch_size,
+        device=a.device,
+        data_root=a.data_root,
+        num_workers=a.workers,
+        skip_corrupt=a.skip_corrupt,
+        overwrite=a.overwrite,
+    )
+    if a.sweep_zoom:
+        _print_sweep(run_zoom_sweep(a.checkpoint, **common))
+        return
+    r = run_eval(
+        a.checkpoint,
+        scales=a.scales,
+        zoom_threshold=a.zoom_threshold,
+        show_progress=not a.no_progress,
+        shift=[n for n in (a.shift or "").split(",") if n],
+        **common,
+    )
+    print(eval_sentence(r))
+
+
+def eval_sentence(r: dict) -> str:
+    """One line a person reads: what was scored how, the accuracy, and where the files went (the JSON is there)."""
+    if r["scales"] == "auto":
+        mode = (
+            f"adaptive zoom below {r['zoom_threshold']:g} on {r['zoom_on']}, {r['passes_per_image']:.2f} backbone "
+            "passes per image"
+        )
+    else:
+        mode = "single scale" if r["scales"] == 1 else f"{r['scales']} scales fused"
+    loc = f", proposal mIoU {r['loc_miou']:.3f}, IoU>=0.5 {r['loc_iou50']:.1f}%" if "loc_miou" in r else ""
+    skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
+    return (
+        f"{r['split']} top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, mean class accuracy "
+        f"{r['mean_class_acc']:.2f}% ({mode}, {r['weights']} weights, {r['images']} images{skipped}){loc}; "
+        f"written to {r['output']}"
+    )
+
+
+def _print_sweep(r: dict) -> None:
+    print(f"{'threshold':>9} {'top-1 %':>8} {'zoomed':>7} {'passes/image':>12}")
+    for row in r["rows"]:
+        print(f"{row['threshold']:9.2f} {row['top1']:8.2f} {row['zoomed_share']:7.1%} {row['passes_per_image']:12.2f}")
+    best = r["chosen"]
+    choice = (
+        (
+            f"--zoom-threshold {best['threshold']:g} ({best['top1']:.2f}%, {best['passes_per_image']:.2f} passes "
+            "per image)"
+        )
+        if best
+        else "none"
+    )
+    print(
+        f"single scale {r['single_scale_top1']:.2f}%, full fusion {r['full_fusion_top1']:.2f}% "
+        f"({r['full_fusion_passes_per_image']:g} passes); cheapest within {r['tolerance_points']:g} points of full "
+        f"fusion: {choice}; written to {r['output']}"
+    )
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    """The eval subcommand."""
+    e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    e.add_argument("--split", default="test")
+    e.add_argument(
+        "--scales",
+        default="1",
+        help="1 (the test-time model, default), N (fuse the first N scales) or "
+        "auto (zoom only the images scale 1 is unsure of)",
+    )
+    e.add_argument(
+        "--zoom-threshold",
+        type=float,
+        help="--scales auto: zoom the images whose scale-1 confidence is below this, in [0, 1] (choose it "
+        "with --sweep-zoom on --split val; default: the gate's own with --zoom-on gate, else 0.5)",
+    )
+    e.add_argument(
+        "--zoom-on",
+        default="maxprob",
+        choices=("maxprob", "margin", "gate"),
+        help="--scales auto: the confidence, the top probability, the top-1 minus top-2 margin, or 1 - the "
+        "fitted zoom gate's probability that the zoom changes the answer (ramstrans fit-gate)",
+    )
+    e.add_argument(
+        "--sweep-zoom",
+        action="store_true",
+        help="top-1 against cost for a grid of zoom thresholds (on a validation split, never test); "
+        "names the cheapest within 0.5 points of full fusion",
+    )
+    e.add_argument("--output", help="output folder (default: eval_<split>_scales<N>_<weights> beside the checkpoint)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-root", help="data set root, if not the training config's")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--skip-corrupt", action="store_true", help="skip and count unreadable images")
+    e.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--shift",
+        help="a shifted test set: comma-separated colour, blur, contrast (fixed hue rotation, "
+        "Gaussian blur, halved contrast) applied after the crop",
+    )
+    e.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    e.set_defaults(func=run)
