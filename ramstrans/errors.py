@@ -5,7 +5,18 @@ file, a checkpoint, an argument); the CLI prints it and exits 2. They are ValueE
 ValueError keeps working. Anything else that escapes is a bug: the CLI shows its traceback.
 """
 
-__all__ = ["UsageError", "ConfigError", "DataError", "CheckpointError"]
+import reprlib
+from typing import Any
+
+__all__ = ["UsageError", "ConfigError", "DataError", "CheckpointError", "short_repr"]
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 60, 60
+
+
+def short_repr(value: Any) -> str:
+    """A value as a message shows it: never whole (a long list or string is cut with ...)."""
+    return _REPR.repr(value)
 
 
 class UsageError(ValueError):

@@ -104,10 +104,7 @@ def test_missing_root(tmp_path):
 def test_read_image_decodes_by_content(tmp_path):
     rgb = np.zeros((8, 12, 3), np.uint8)
     rgb[..., 0] = 200  # red
-    cv2.imwrite(
-        str(tmp_path / "png_bytes.jpg"),
-        rgb[..., ::-1].copy(),
-    )
+    cv2.imwrite(str(tmp_path / "png_bytes.jpg"), rgb[..., ::-1].copy())
     (tmp_path / "real.png").write_bytes((tmp_path / "png_bytes.jpg").read_bytes())
     png = tmp_path / "png.jpg"
     ok, buf = cv2.imencode(".png", rgb[..., ::-1].copy())

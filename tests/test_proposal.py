@@ -45,14 +45,7 @@ def test_full_mask_gives_the_full_image():
 
 
 def test_non_square_grid_and_patch():
-    assert _box(
-        [
-            "......",
-            "....##",
-            "....#.",
-        ],
-        patch=(8, 16),
-    ) == [64, 8, 96, 24]
+    assert _box(["......", "....##", "....#."], patch=(8, 16)) == [64, 8, 96, 24]
 
 
 def test_batch_is_labelled_without_crossing_samples():

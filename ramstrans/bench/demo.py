@@ -107,7 +107,7 @@ def bench_demo(
         zoom_threshold: test: the adaptive threshold (default: the one chosen by ``split="val"``).
     """
     from ramstrans.config import load_config
-    from ramstrans.inference.evaluate import SWEEP_TOLERANCE, run_zoom_sweep
+    from ramstrans.inference.sweep import SWEEP_TOLERANCE, run_zoom_sweep
 
     load_config(config, overrides)  # a bad override is named before anything else
     if split == "test" and zoom_threshold is None:

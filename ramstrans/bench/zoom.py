@@ -93,8 +93,9 @@ def _two_scale(run_dir: Path) -> dict[str, float]:
     if cached.is_file():
         return json.loads(cached.read_text())
     from ramstrans.data import eval_loader
-    from ramstrans.inference.evaluate import _load, scale_outputs, sweep_rows
+    from ramstrans.inference.evaluate import _load
     from ramstrans.inference.gate import default_gate_path, run_fit_gate
+    from ramstrans.inference.sweep import scale_outputs, sweep_rows
     from ramstrans.models import zoom_confidence
     from ramstrans.runtime.files import write_text_atomic
 

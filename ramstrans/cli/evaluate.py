@@ -8,7 +8,8 @@ __all__ = ["add"]
 
 
 def run(a: argparse.Namespace) -> None:
-    from ramstrans.inference.evaluate import run_eval, run_zoom_sweep
+    from ramstrans.inference.evaluate import run_eval
+    from ramstrans.inference.sweep import run_zoom_sweep
 
     common = dict(
         output_dir=a.output,

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ramstrans.distill.loss import kd_term
 from ramstrans.errors import UsageError
 from ramstrans.models import MultiScaleOutput, RAMSTrans, fused_log_probs
-from ramstrans.models.backbones.vit import Head, select_head
+from ramstrans.models.backbones.distilled import Head, select_head
 from ramstrans.training.losses import MultiScaleLoss, Targets
 
 __all__ = ["SelfDistillationLoss"]

@@ -17,8 +17,9 @@ import torch
 from ramstrans.checkpoint import save_checkpoint
 from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
-from ramstrans.inference.evaluate import SWEEP_TOLERANCE, _load, cheapest_within, scale_outputs, sweep_rows
+from ramstrans.inference.evaluate import _load
 from ramstrans.inference.plots import plot_gate_frontier
+from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
 from ramstrans.models import fit_zoom_gate, zoom_confidence
 from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup

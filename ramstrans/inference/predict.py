@@ -21,6 +21,7 @@ from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
 from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
+from ramstrans.models import RAMSTrans
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output, write_text_atomic
@@ -154,7 +155,7 @@ def run_predict(
         check_output(visualize, inputs, overwrite, "--visualize")
     loaded = load_model(model_path, weights)
     model, names, transform = loaded.model, loaded.class_names, loaded.transform
-    if visualize and not hasattr(model, "propose"):
+    if visualize and not isinstance(model, RAMSTrans):
         raise UsageError(f"--visualize needs a RAMS-Trans model; {model_path} is a classifier without attention")
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0

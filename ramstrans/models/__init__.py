@@ -1,11 +1,13 @@
 """Model pieces, in data order: backbone -> rollout -> proposal -> RAMSTrans (and a plain timm Classifier, the
 teacher); ``build_model`` maps the config."""
 
+from ramstrans.models.backbones.distilled import make_distilled
 from ramstrans.models.backbones.inputs import InputNorm
+from ramstrans.models.backbones.net import NetBackbone, create_net
 from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.backbones.vit import ViTBackbone, ViTFeatures, create_vit, make_distilled
+from ramstrans.models.backbones.vit import ViTBackbone, ViTFeatures, create_vit
 from ramstrans.models.build import Model, build_model, load_model_state, model_from_checkpoint, weights_used
-from ramstrans.models.classifier import Classifier, NetBackbone, create_net
+from ramstrans.models.classifier import Classifier
 from ramstrans.models.gate import ZoomGate, fit_zoom_gate
 from ramstrans.models.proposal import (
     component_boxes,

@@ -9,7 +9,7 @@ from torch import nn
 
 from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict
 from ramstrans.errors import CheckpointError, UsageError
-from ramstrans.models.backbones.vit import Head
+from ramstrans.models.backbones.distilled import Head
 from ramstrans.models.classifier import Classifier
 from ramstrans.models.gate import ZoomGate
 from ramstrans.models.rams import RAMSTrans

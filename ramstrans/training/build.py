@@ -11,13 +11,13 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ramstrans.config import Config, ConfigError, DistillConfig, LossConfig
+from ramstrans.config import Config, ConfigError, DistillConfig, LossConfig, MixConfig
 from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import Teacher, load_teacher
 from ramstrans.errors import UsageError
 from ramstrans.models import Model, MultiScaleForward, RAMSTrans
-from ramstrans.models.backbones.vit import Head
+from ramstrans.models.backbones.distilled import Head
 from ramstrans.runtime.dist import DistInfo
 from ramstrans.training.l2l import FwtLearner
 from ramstrans.training.losses import MultiScaleLoss
@@ -69,16 +69,16 @@ def build_scheduler(train_cfg, optimizer: torch.optim.Optimizer) -> CosineLRSche
     )
 
 
-def build_mixer(mix_cfg, model: Model, seed: int, rank: int = 0) -> Mixer | None:
+def build_mixer(mix_cfg: MixConfig, model: Model, seed: int, rank: int = 0) -> Mixer | None:
     """The batch mixer of ``cfg.mix`` (None when off); sizes come from the backbone (a classifier has no patch grid:
     TransMix is refused for it when the config is loaded)."""
     if not mix_cfg.enabled:
         return None
-    bb = model.backbone
+    grid = model.backbone.grid_size if isinstance(model, RAMSTrans) else (1, 1)  # TransMix reads the patch grid
     return Mixer(
         num_classes=model.num_classes,
-        image_size=bb.img_size,
-        grid_size=getattr(bb, "grid_size", (1, 1)),
+        image_size=model.backbone.img_size,
+        grid_size=grid,
         mixup_alpha=mix_cfg.mixup_alpha,
         cutmix_alpha=mix_cfg.cutmix_alpha,
         prob=mix_cfg.prob,

@@ -241,9 +241,7 @@ def render_scene(
 
 
 def render_bird_scene(
-    rng: np.random.Generator,
-    size: int,
-    species: BirdSpecies,
+    rng: np.random.Generator, size: int, species: BirdSpecies
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """One scene with one bird of ``species``; returns the image and the bird's box (x, y, w, h)."""
     return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species, FINE_DETAIL))

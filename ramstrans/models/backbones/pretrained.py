@@ -22,7 +22,8 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.vit import ViTBackbone, with_dist_position
+from ramstrans.models.backbones.distilled import with_dist_position
+from ramstrans.models.backbones.vit import ViTBackbone
 
 __all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 

@@ -16,21 +16,20 @@ before its fused SDPA kernel, so the attention output stays fused and the head-m
 from the same q, k under ``no_grad``: nothing extra is kept for backward.
 """
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.models.backbones.capture import CaptureMode, arm, capture, keep_queries
+from ramstrans.models.backbones.distilled import HEADS, Head, make_distilled, select_head, with_dist_position
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.blocks.attention import WindowAttention
 from ramstrans.models.blocks.ffn import ConvMlp
@@ -47,11 +46,6 @@ __all__ = [
     "select_head",
     "with_dist_position",
 ]
-
-Head = Literal["mean", "cls", "dist"]
-HEADS: tuple[Head, ...] = ("mean", "cls", "dist")
-
-CaptureMode = Literal["none", "cls", "all"]
 
 
 @dataclass
@@ -131,48 +125,6 @@ def _check_whole_patches(vit: nn.Module) -> None:
             )
 
 
-def select_head(cls: Tensor, dist: Tensor, head: Head) -> Tensor:
-    """(B, K) logits of ``head``: the class head's, the distillation head's, or their mean (timm's and DeiT's)."""
-    if head not in HEADS:
-        raise UsageError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-    return cls if head == "cls" else dist if head == "dist" else (cls + dist) / 2
-
-
-def with_dist_position(pos: Tensor) -> Tensor:
-    """(1, 1 + n, D) plain position embedding -> (1, 2 + n, D): the distillation row copies the class token's."""
-    return torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
-
-
-def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
-    """timm's distilled layout on a built plain ViT, in place (timm's class, so timm's forward, loading and export
-    apply): the distillation token and its position embedding start as copies of the class token's, ``head_dist``
-    fresh (timm's init); ``set_distilled_training(True)``, so timm's forward in train mode returns both heads.
-
-    Args:
-        vit: a plain timm VisionTransformer with one class token.
-
-    Returns:
-        The same module, now a VisionTransformerDistilled.
-    """
-    if isinstance(vit, VisionTransformerDistilled):
-        vit.set_distilled_training(True)
-        return vit
-    pos = vit.pos_embed.detach()
-    vit.__class__ = VisionTransformerDistilled
-    vit.num_prefix_tokens = 2
-    vit.dist_token = nn.Parameter(vit.cls_token.detach().clone())
-    vit.pos_embed = nn.Parameter(with_dist_position(pos).clone())
-    if isinstance(vit.head, nn.Linear):
-        vit.head_dist = nn.Linear(vit.head.in_features, vit.head.out_features).to(vit.head.weight)
-        trunc_normal_(vit.head_dist.weight, std=0.02)
-        nn.init.zeros_(vit.head_dist.bias)
-    else:
-        vit.head_dist = copy.deepcopy(vit.head)
-    vit.weight_init_mode = "reset"
-    vit.set_distilled_training(True)
-    return vit
-
-
 def create_vit(
     name: str,
     img_size: int | tuple[int, int] | None = None,
@@ -220,50 +172,6 @@ def create_vit(
     if reason is not None:
         raise UsageError(f"backbone '{name}' is not supported: {reason}")
     return vit
-
-
-# The hooked q_norm / k_norm modules own one call's capture state under this attribute (None between calls).
-_TAP = "_ramstrans_tap"
-
-
-def _keep_queries(module: nn.Module, args: tuple, q: Tensor) -> None:
-    """Forward hook of ``attn.q_norm``: keep this block's (B, heads, N, d) queries for the k_norm hook."""
-    tap = module.__dict__.get(_TAP)
-    if tap is not None:
-        tap["q"] = q
-
-
-def _capture(module: nn.Module, args: tuple, k: Tensor) -> None:
-    """Forward hook of ``attn.k_norm``: the block's head-mean softmax(q kᵀ · scale), appended to the call's maps."""
-    tap = module.__dict__.get(_TAP)
-    if tap is None:
-        return
-    q = tap.pop("q")
-    q = q[:, :, :1] if tap["cls_only"] else q
-    with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
-        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the block's attention
-        logits = (q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"])
-        if tap["mask"] is not None:
-            logits.masked_fill_(~tap["mask"][: q.shape[2]], float("-inf"))
-        tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
-
-
-def _set_taps(blocks: Sequence[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
-    """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
-    chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
-    for blk in chosen:
-        tap = (
-            None
-            if maps is None
-            else {
-                "maps": maps,
-                "cls_only": mode == "cls",
-                "scale": blk.attn.scale,
-                "mask": getattr(blk.attn, "window_mask", None),
-            }
-        )
-        setattr(blk.attn.q_norm, _TAP, tap)
-        setattr(blk.attn.k_norm, _TAP, tap)
 
 
 class ViTBackbone(InputNorm):
@@ -335,8 +243,8 @@ class ViTBackbone(InputNorm):
         attach(vit.blocks, self.fwt)
         for blk in vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
-            blk.attn.q_norm.register_forward_hook(_keep_queries)
-            blk.attn.k_norm.register_forward_hook(_capture)
+            blk.attn.q_norm.register_forward_hook(keep_queries)
+            blk.attn.k_norm.register_forward_hook(capture)
 
     def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
         """Give the window attention and conv feed-forward blocks the grid and prefix count (after any conversion)."""
@@ -440,7 +348,7 @@ class ViTBackbone(InputNorm):
         x = self.embed(x, scale)
         maps: list[Tensor] = []
         if capture != "none":
-            _set_taps(self.vit.blocks, capture, maps)
+            arm(self.vit.blocks, capture, maps)
         try:
             if self.vit.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint_seq(self.vit.blocks, x)
@@ -448,7 +356,7 @@ class ViTBackbone(InputNorm):
                 x = self.vit.blocks(x)
         finally:
             if capture != "none":
-                _set_taps(self.vit.blocks, capture, None)
+                arm(self.vit.blocks, capture, None)
         expected = {"none": 0, "cls": 1, "all": self.depth}[capture]
         if len(maps) != expected:
             raise RuntimeError(
