@@ -355,26 +355,17 @@ class _Spy(torch.nn.Module):
 
 
 def test_with_transmix_the_teacher_sees_the_mixed_images_and_ce_takes_the_soft_targets():
-    from ramstrans.training.engine import _backward
     from ramstrans.training.mixing import Mixer
+    from ramstrans.training.steps import MixedStep
 
     student = _student(num_scales=2).train()
     spy = _Spy()
     loss = DistillationLoss(base=MultiScaleLoss(weights=(1.0, 1.0)), teacher=spy, alpha=0.5, scales=[0, 1])
     mixer = Mixer(num_classes=5, image_size=(64, 64), grid_size=(4, 4), mixup_alpha=0.0, cutmix_alpha=1.0, seed=3)
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    terms = _backward(
-        MultiScaleForward(student),
-        loss,
-        {"image": x, "label": y},
-        torch.device("cpu"),
-        None,
-        None,
-        mixer,
-        7,
-        1.0,
-        lambda record: None,
-    )
+    step = MixedStep(model=MultiScaleForward(student), criterion=loss, device=torch.device("cpu"), mixer=mixer)
+    terms, stats = step({"image": x, "label": y}, 7, 1.0)
+    assert stats["mix_cutmix"].item() == 1 and set(stats) == {"mix_cutmix", "lam_scale1", "lam_scale2"}
     mixed, targets_for = mixer(x, y, 7)
     assert not torch.equal(mixed, x) and torch.equal(spy.seen[0], mixed)
     out = student.forward_multiscale(mixed)

@@ -17,9 +17,10 @@ from ramstrans.inference.evaluate import evaluate
 from ramstrans.models import MultiScaleForward, build_model
 from ramstrans.runtime.dist import all_reduce_sum_, init_distributed, shutdown
 from ramstrans.training.build import build_optimizer, build_scheduler
-from ramstrans.training.engine import train_steps
+from ramstrans.training.engine import LoopPlan, train_steps
 from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.run import run_training
+from ramstrans.training.steps import BatchStep, OptimizerUpdate
 
 
 def _free_port() -> int:
@@ -62,20 +63,17 @@ def _train_and_record(root, out, batch, rank=0, world=1, accum=1):
 
     record(0)
     # no warm-up: the first step's lr is not 0, so every compared step moves the weights
+    step = BatchStep(model=module, criterion=MultiScaleLoss(), device=device)
+    update = OptimizerUpdate(optimizer=opt, params=list(model.parameters()), clip_grad=1.0)
+    plan = LoopPlan(start_step=0, total_steps=3, start_batch=0, grad_accum=accum, world_size=world)
     train_steps(
-        module,
-        MultiScaleLoss(),
-        opt,
+        step,
+        update,
         build_scheduler(replace(t, warmup_steps=0), opt),
         train_loader(data.train, batch, t.seed, 0, 0, rank, world, accum),
-        device=device,
-        start_step=0,
-        total_steps=3,
-        grad_accum=accum,
-        clip_grad=1.0,
+        plan,
         after_step=record,
         show_progress=False,
-        world_size=world,
     )
     shutdown()
 

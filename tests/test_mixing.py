@@ -167,7 +167,7 @@ def test_transmix_training_through_the_cli_logs_lambda(tmp_path):
     ]
     assert main(["train", "--no-progress"] + [a for s in sets for a in ("--set", s)]) == 0
     mix = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "mix"]
-    assert [r["step"] for r in mix] == [1, 2, 3] and all(r["mix"] == "cutmix" for r in mix)
+    assert [r["step"] for r in mix] == [1, 2, 3] and all(r["cutmix"] == r["batches"] == 1 for r in mix)
     again = Mixer(num_classes=3, image_size=(64, 64), grid_size=(4, 4), seed=42, switch_prob=1.0, transmix=False)
     for key, r in enumerate(mix):  # batch position = key; the logged scale-1 weight is the box's area share
         info = again.mix(torch.zeros(4, 3, 64, 64), key)[1]

@@ -21,10 +21,11 @@ from ramstrans.inference.evaluate import evaluate
 from ramstrans.models import MultiScaleForward
 from ramstrans.models.build import model_from_checkpoint
 from ramstrans.training.build import build_optimizer
-from ramstrans.training.engine import train_steps
+from ramstrans.training.engine import LoopPlan, train_steps
 from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.monitor import RunMonitor
 from ramstrans.training.run import resolve_training, run_training
+from ramstrans.training.steps import BatchStep, OptimizerUpdate
 
 
 def _cfg(out, *extra):
@@ -140,19 +141,23 @@ class _Schedule:
         self.updates.append(num_updates)
 
 
+def _plain(model):
+    """A plain batch step and SGD update of a one-scale model."""
+    step = BatchStep(
+        model=MultiScaleForward(model), criterion=MultiScaleLoss(weights=(1.0,)), device=torch.device("cpu")
+    )
+    return step, OptimizerUpdate(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), params=list(model.parameters()))
+
+
 def test_a_step_whose_batches_are_all_unreadable_draws_new_ones():
     model = tiny_model(num_scales=1, num_classes=3)
     sched, calls = _Schedule(), []
     loader = [_batch(2), _batch(0, 2), _batch(0, 2), _batch(2), _batch(2)]
     stats = train_steps(
-        MultiScaleForward(model),
-        MultiScaleLoss(weights=(1.0,)),
-        torch.optim.SGD(model.parameters(), lr=0.1),
+        *_plain(model),
         sched,
         loader,
-        device=torch.device("cpu"),
-        start_step=0,
-        total_steps=3,
+        LoopPlan(start_step=0, total_steps=3, start_batch=0),
         after_step=lambda d, b: calls.append((d, b)),
         show_progress=False,
     )
@@ -165,14 +170,10 @@ def test_only_unreadable_batches_is_a_data_error(monkeypatch):
     model = tiny_model(num_scales=1, num_classes=3)
     with pytest.raises(DataError, match="every image of 3 batches in a row was unreadable at step 1"):
         train_steps(
-            MultiScaleForward(model),
-            MultiScaleLoss(weights=(1.0,)),
-            torch.optim.SGD(model.parameters(), lr=0.1),
+            *_plain(model),
             _Schedule(),
             iter([_batch(0, 4)] * 5),
-            device=torch.device("cpu"),
-            start_step=0,
-            total_steps=2,
+            LoopPlan(start_step=0, total_steps=2, start_batch=0),
             show_progress=False,
         )
 

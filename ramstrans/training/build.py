@@ -11,7 +11,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ramstrans.config import Config, ConfigError, DistillConfig, LossConfig, MixConfig
+from ramstrans.config import Config, ConfigError, DistillConfig, LossConfig, MixConfig, TrainConfig
 from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import Teacher, load_teacher
@@ -23,6 +23,7 @@ from ramstrans.training.l2l import FwtLearner
 from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.mixing import Mixer
 from ramstrans.training.monitor import TrainingRun
+from ramstrans.training.steps import BatchStep, FwtStep, MixedStep, OptimizerUpdate
 
 __all__ = [
     "build_optimizer",
@@ -33,6 +34,8 @@ __all__ = [
     "build_criterion",
     "build_fwt_learner",
     "build_train_module",
+    "build_step",
+    "build_update",
     "scaled",
     "lr_at",
 ]
@@ -225,3 +228,21 @@ def build_criterion(
         kl_reduction=d.kl_reduction,
         scales=[s - 1 for s in d.scales],
     )
+
+
+def build_step(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, criterion: nn.Module) -> BatchStep:
+    """What one batch of a step does, chosen once: the learning-to-learn step (``model.fwt: learned``), a mixed step
+    (``mix.enabled``) or a plain one, on the module the engine calls."""
+    module = build_train_module(r.model, info, device, cfg.train)
+    common = dict(model=module, criterion=criterion, device=device, amp_dtype=r.amp_dtype, scaler=r.scaler)
+    learner = build_fwt_learner(cfg, r, info)
+    if learner is not None:
+        return FwtStep(**common, learner=learner)
+    mixer = build_mixer(cfg.mix, r.model, cfg.train.seed, info.rank)
+    return BatchStep(**common) if mixer is None else MixedStep(**common, mixer=mixer)
+
+
+def build_update(train_cfg: TrainConfig, r: TrainingRun) -> OptimizerUpdate:
+    """The optimizer update after a step's batches (gradient clipping, the fp16 scaler)."""
+    params = [p for p in r.model.parameters() if p.requires_grad]
+    return OptimizerUpdate(optimizer=r.optimizer, params=params, clip_grad=train_cfg.clip_grad, scaler=r.scaler)

@@ -1,25 +1,50 @@
-"""The training loop, ``train_steps``: it receives built objects and returns a dict; no config here."""
+"""The training loop, ``train_steps``: the same for every kind of run. What one batch does is a step object chosen
+when the run is built (``training.steps``), the update after a step's batches is another; the loop draws batches,
+accumulates, updates, logs and calls the run's hooks. No config here, and no host read per step: the loss is checked
+for non-finite values and the log's numbers are read on the device's side every ``log_every`` steps only."""
 
-import contextlib
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ramstrans.errors import DataError
-from ramstrans.runtime.amp import autocast
+from ramstrans.training.steps import BatchStep, OptimizerUpdate
 
-__all__ = ["train_steps", "MAX_EMPTY_DRAWS"]
+__all__ = ["train_steps", "LoopPlan", "MAX_EMPTY_DRAWS"]
 
 logger = logging.getLogger("ramstrans")
 
 # Optimizer steps in a row whose batches were all unreadable before training gives up (the data set is broken).
 MAX_EMPTY_DRAWS = 100
+
+
+@dataclass
+class LoopPlan:
+    """Which steps the loop runs and how it counts.
+
+    Attributes:
+        start_step: the first step (a resumed run's).
+        total_steps: stop after this many steps in all.
+        start_batch: the loader's first batch position (a resume continues the data exactly).
+        grad_accum: batches per optimizer step (each batch's loss weighted by its share of the step's images).
+        log_every: steps between "train" records.
+        world_size: processes (for the global images/s).
+    """
+
+    start_step: int
+    total_steps: int
+    start_batch: int
+    grad_accum: int = 1
+    log_every: int = 20
+    world_size: int = 1
 
 
 class _Progress:
@@ -75,60 +100,93 @@ def _draw(data: Iterator[dict], count: int, step: int) -> tuple[list[dict], int,
     )
 
 
+@dataclass
+class _Window:
+    """Sums since the last log record, on the device; read (one host sync) only when a record is written."""
+
+    t_log: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    steps: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+    def add(self, terms: dict[str, Tensor], stats: dict[str, Tensor], images: int) -> None:
+        self.images, self.steps = self.images + images, self.steps + 1
+        for into, values in ((self.sums, {"loss": sum(terms.values()), **terms}), (self.stats, stats)):
+            for k, v in values.items():
+                into[k] = into.get(k, 0.0) + v
+
+    def records(self, step: int, lr: float, skipped: int, world_size: int) -> tuple[dict, dict | None]:
+        """The "train" record (mean loss terms, lr, images/s) and the "mix" record (batches of each mix kind, mean λ
+        per scale over the window's batches) or None."""
+        now = time.perf_counter()
+        train = {
+            "step": step,
+            "lr": lr,
+            **{k: float(v) / self.steps for k, v in self.sums.items()},
+            "img_per_s": self.images * world_size / max(now - self.t_log, 1e-9),
+            "skipped": skipped,
+            "time": time.time(),
+        }
+        counts = {kind: int(self.stats.get(f"mix_{kind}", 0)) for kind in ("cutmix", "mixup", "none")}  # fixed columns
+        batches = sum(counts.values())
+        mix = (
+            {
+                "step": step,
+                "batches": batches,
+                **counts,
+                **{k: float(v) / batches for k, v in self.stats.items() if k.startswith("lam_")},
+            }
+            if batches
+            else None
+        )
+        return train, mix
+
+
+def _accumulate(step: BatchStep, model: torch.nn.Module, batches: list[dict], first_key: int) -> tuple[dict, dict, int]:
+    """Forward / backward of a step's batches; returns (summed weighted terms, summed statistics, images)."""
+    n_images = sum(b["image"].shape[0] for b in batches)
+    terms: dict[str, Tensor] = {}
+    stats: dict[str, Tensor] = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce on the step's last batch only
+        with nullcontext() if last or no_sync is None else no_sync():
+            part, part_stats = step(batch, first_key + i, batch["image"].shape[0] / n_images)
+        for into, values in ((terms, part), (stats, part_stats)):
+            for k, v in values.items():
+                into[k] = into.get(k, 0.0) + v
+    return terms, stats, n_images
+
+
 def train_steps(
-    model: nn.Module,
-    criterion: Callable,
-    optimizer: torch.optim.Optimizer,
+    step: BatchStep,
+    update: OptimizerUpdate,
     scheduler,
     loader: DataLoader,
+    plan: LoopPlan,
     *,
-    device: torch.device,
-    start_step: int,
-    total_steps: int,
-    start_batch: int | None = None,
-    grad_accum: int = 1,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    clip_grad: float = 0.0,
-    mixer: Callable | None = None,
-    log_every: int = 20,
     log: Callable[[str, dict[str, object]], None] | None = None,
     after_step: Callable[[int, int], None] | None = None,
     show_progress: bool = True,
-    world_size: int = 1,
-    fwt_learner: Callable | None = None,
 ) -> dict[str, float]:
-    """Optimizer steps ``start_step`` .. ``total_steps - 1`` on batches from the endless ``loader``.
+    """Optimizer steps ``plan.start_step`` .. ``plan.total_steps - 1`` on batches from the endless ``loader``.
 
-    Every step is one optimizer update on ``grad_accum`` batches: each batch's loss is weighted by its share of the
-    step's images, so the gradient equals that of one batch of all of them. A batch whose images were all unreadable
-    is dropped; when all of a step's batches are, the step draws new ones (the data position, not the step, counts
+    Every step is one update on ``plan.grad_accum`` batches: each batch's loss is weighted by its share of the step's
+    images, so the gradient equals that of one batch of all of them. A batch whose images were all unreadable is
+    dropped; when all of a step's batches are, the step draws new ones (the data position, not the step, counts
     batches, so a resume continues exactly).
 
     Args:
-        model: a module whose forward returns ``MultiScaleOutput`` (``MultiScaleForward``, or DDP around it).
-        criterion: callable(inputs, output, targets) -> named loss terms.
-        optimizer: the optimizer.
+        step: what one batch does (``steps.BatchStep`` or a subclass); its ``model`` is put in train mode.
+        update: the optimizer update after a step's batches.
         scheduler: timm scheduler with ``step_update(num_updates)``.
         loader: endless loader of dicts with ``image`` (B, C, H, W), ``label`` (B,) and ``skipped``, starting at
-            batch ``start_batch``.
-        device: where to compute.
-        start_step: first step (resume).
-        total_steps: stop after this many steps in all.
-        start_batch: the loader's first batch position (default ``start_step * grad_accum``).
-        grad_accum: batches per optimizer step.
-        amp_dtype: autocast dtype or None.
-        scaler: GradScaler for fp16, or None.
-        clip_grad: max gradient norm (0 = off).
-        mixer: optional callable(images, labels, key) -> (mixed images, fn(output) -> (per-scale targets, record)); the
-            key is the batch position, and the record (mix kind, mean λ per scale) is logged for every batch.
-        log_every: steps between "train" records (mean loss terms, lr, images/s).
-        log: receives (kind, record) with kind "train" or "mix".
+            batch ``plan.start_batch``.
+        plan: the steps, accumulation, log interval and processes.
+        log: receives (kind, record) with kind "train" or "mix" every ``plan.log_every`` steps.
         after_step: called with (steps done, batches drawn so far) after every step (EMA, checkpoints, evaluation).
         show_progress: a tqdm bar when stderr is a terminal; log lines otherwise.
-        world_size: processes (for the global images/s).
-        fwt_learner: the learning-to-learn step of the feature-wise transformation (``l2l.FwtLearner``), run
-            instead of the plain forward / backward of each batch (hard labels, no mixer).
 
     Returns:
         {"steps", "images" (this process), "seconds", "skipped" (unreadable images), "batches" (position at the end)}.
@@ -137,124 +195,39 @@ def train_steps(
         FloatingPointError: the loss became non-finite (checked on the host every ``log_every`` steps).
         DataError: ``MAX_EMPTY_DRAWS`` steps in a row found only unreadable images.
     """
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    data = iter(loader)
-    batch_pos = start_step * grad_accum if start_batch is None else start_batch
-    progress = _Progress(start_step, total_steps, show_progress and sys.stderr.isatty())
-    t0 = t_log = time.perf_counter()
-    images = images_log = skipped = window = 0
-    sums: dict[str, Tensor] = {}
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, kept on the device
-    for step in range(start_step, total_steps):
-        batches, n_skipped, drawn = _draw(data, grad_accum, step)
-        skipped += n_skipped
-        scheduler.step_update(num_updates=step)
-        optimizer.zero_grad(set_to_none=True)
-        n_images = sum(b["image"].shape[0] for b in batches)
-        terms: dict[str, Tensor] = {}
-        for i, batch in enumerate(batches):
-            share = batch["image"].shape[0] / n_images
-            sync = i == len(batches) - 1 or not hasattr(model, "no_sync")  # DDP all-reduces on the last batch only
-            with contextlib.nullcontext() if sync else model.no_sync():
-                part = _backward(
-                    model,
-                    criterion,
-                    batch,
-                    device,
-                    amp_dtype,
-                    scaler,
-                    mixer,
-                    batch_pos + i,
-                    share,
-                    lambda record: log("mix", {"step": step + 1, **record}) if log else None,  # noqa: B023
-                    fwt_learner,
-                )  # (called within this step: the loop variable is the current one)
-            for k, v in part.items():
-                terms[k] = terms.get(k, 0.0) + v
-        batch_pos += drawn
-        _optimizer_step(optimizer, params, scaler, clip_grad)
-        loss = sum(terms.values())
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step + 1, first_bad)
-        images += n_images
-        images_log += n_images
-        window += 1
-        for k, v in {"loss": loss, **terms}.items():
-            sums[k] = sums.get(k, 0.0) + v
-        done = step + 1
-        entry = None
-        if done % log_every == 0 or done == total_steps:
+    step.model.train()
+    data, batch_pos, t0 = iter(loader), plan.start_batch, time.perf_counter()
+    progress = _Progress(plan.start_step, plan.total_steps, show_progress and sys.stderr.isatty())
+    window, images, skipped = _Window(), 0, 0
+    first_bad = torch.full((), -1, dtype=torch.long, device=step.device)  # first non-finite step, on the device
+    for s in range(plan.start_step, plan.total_steps):
+        batches, n_skipped, drawn = _draw(data, plan.grad_accum, s)
+        scheduler.step_update(num_updates=s)
+        update.zero_grad()
+        terms, stats, n_images = _accumulate(step, step.model, batches, batch_pos)
+        batch_pos, skipped, images = batch_pos + drawn, skipped + n_skipped, images + n_images
+        update()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(sum(terms.values())), s + 1, first_bad)
+        window.add(terms, stats, n_images)
+        done, entry = s + 1, None
+        if done % plan.log_every == 0 or done == plan.total_steps:
             if first_bad.item() >= 0:
                 raise FloatingPointError(
                     f"the training loss became non-finite at step {first_bad.item()}; lower train.lr or check the data"
                 )
-            now = time.perf_counter()
-            entry = {
-                "step": done,
-                "lr": optimizer.param_groups[0]["lr"],
-                **{k: float(v) / window for k, v in sums.items()},
-                "img_per_s": images_log * world_size / max(now - t_log, 1e-9),
-                "skipped": skipped,
-                "time": time.time(),
-            }
-            if log is not None:
-                log("train", entry)
-            sums, images_log, t_log, window = {}, 0, now, 0
+            entry, mix = window.records(done, update.lr, skipped, plan.world_size)
+            for kind, record in (("train", entry), ("mix", mix)):
+                if log is not None and record is not None:
+                    log(kind, record)
+            window = _Window()
         progress.update(done, entry)
         if after_step is not None:
             after_step(done, batch_pos)
     progress.close()
     return {
-        "steps": total_steps - start_step,
+        "steps": plan.total_steps - plan.start_step,
         "images": images,
         "seconds": time.perf_counter() - t0,
         "skipped": skipped,
         "batches": batch_pos,
     }
-
-
-def _backward(
-    model: nn.Module,
-    criterion: Callable,
-    batch: dict,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    scaler: torch.amp.GradScaler | None,
-    mixer: Callable | None,
-    key: int,
-    share: float,
-    log_mix: Callable[[dict[str, object]], None],
-    fwt_learner: Callable | None = None,
-) -> dict[str, Tensor]:
-    """Forward (mixed if ``mixer``), loss terms weighted by ``share``, backward; returns the detached weighted terms."""
-    x = batch["image"].to(device, non_blocking=True)
-    y = batch["label"].to(device, non_blocking=True)
-    with autocast(device, amp_dtype):
-        if fwt_learner is not None:
-            return fwt_learner(model, criterion, x, y, key, share)
-        if mixer is None:
-            terms = criterion(x, model(x), y)
-        else:
-            x, targets_for = mixer(x, y, key)
-            out = model(x)
-            targets, record = targets_for(out)  # the zoomed scales' λ need this forward's crops and attention
-            log_mix(record)
-            terms = criterion(x, out, targets)
-    loss = sum(terms.values()) * share
-    (loss if scaler is None else scaler.scale(loss)).backward()
-    return {k: v.detach() * share for k, v in terms.items()}
-
-
-def _optimizer_step(
-    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], scaler: torch.amp.GradScaler | None, clip_grad: float
-) -> None:
-    """Optional unscale + clip, and the optimizer step (through the fp16 scaler when there is one)."""
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if clip_grad > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()

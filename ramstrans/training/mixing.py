@@ -248,12 +248,11 @@ class Mixer:
 
     def __call__(self, x: Tensor, y: Tensor, key: int) -> tuple[Tensor, Callable]:
         """Mix a batch (``key``: its position in the run, which seeds the draw); the returned function maps the model's
-        MultiScaleOutput to (per-scale targets, log record)."""
+        MultiScaleOutput to (per-scale targets, what was done: ``MixInfo`` with the per-scale λ)."""
         x, info = self.mix(x, key)
 
-        def targets_for(out) -> tuple[list[Tensor], dict[str, object]]:
+        def targets_for(out) -> tuple[list[Tensor], MixInfo]:
             info.lam = self.scale_lambdas(info, out.cls_attention, out.boxes)
-            record = {"mix": info.kind, **{f"lam_scale{s + 1}": float(lam.mean()) for s, lam in enumerate(info.lam)}}
-            return self.targets(y, info, info.lam), record
+            return self.targets(y, info, info.lam), info
 
         return x, targets_for

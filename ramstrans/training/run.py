@@ -40,16 +40,15 @@ from ramstrans.runtime.runlog import MetricsLog
 from ramstrans.training.build import (
     build_criterion,
     build_ema,
-    build_fwt_learner,
-    build_mixer,
     build_optimizer,
     build_scheduler,
+    build_step,
     build_teacher,
-    build_train_module,
+    build_update,
     lr_at,
     scaled,
 )
-from ramstrans.training.engine import train_steps
+from ramstrans.training.engine import LoopPlan, train_steps
 from ramstrans.training.monitor import RunMonitor, TrainingRun
 
 __all__ = ["run_training", "resolve_training"]
@@ -294,28 +293,23 @@ def _train(
                 info.world_size,
                 t.grad_accum,
             )
-            learner = build_fwt_learner(cfg, r, info)
-            stats = train_steps(
-                build_train_module(r.model, info, device, t),
-                criterion,
-                r.optimizer,
-                r.scheduler,
-                loader,
-                device=device,
+            plan = LoopPlan(
                 start_step=r.start,
                 total_steps=t.steps,
                 start_batch=r.start_batch,
                 grad_accum=t.grad_accum,
-                amp_dtype=r.amp_dtype,
-                scaler=r.scaler,
-                clip_grad=t.clip_grad,
-                mixer=build_mixer(cfg.mix, r.model, t.seed, info.rank),
                 log_every=t.log_every,
+                world_size=info.world_size,
+            )
+            stats = train_steps(
+                build_step(cfg, r, info, device, criterion),
+                build_update(t, r),
+                r.scheduler,
+                loader,
+                plan,
                 log=monitor.log,
                 after_step=monitor.after_step,
                 show_progress=show_progress and info.is_main,
-                world_size=info.world_size,
-                fwt_learner=learner,
             )
         final = monitor.evaluate("test", t.steps, final=True)
     finally:
