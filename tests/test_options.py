@@ -269,3 +269,17 @@ def test_a_shifted_test_set_changes_the_pixels_deterministically_and_is_named_in
     assert (run / "eval_test_scales1_raw_shift-blur+contrast" / "summary.json").is_file()
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pth"), "--shift", "fog"]) == 2
     assert "unknown shift 'fog'" in capsys.readouterr().err
+
+
+def test_a_copied_or_pickled_model_hooks_its_own_feature_wise_layers():
+    import copy
+    import pickle
+
+    model = RAMSTrans("vit_tiny_patch16_224", num_classes=3, img_size=64, depth=2, fwt="fixed").train()
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        for blk, layer in zip(twin.backbone.vit.blocks, twin.backbone.fwt):
+            (hook,) = blk.norm2._forward_hooks.values()
+            assert hook.__self__ is layer  # the copy's own registered layer, not the original's
+        with torch.no_grad():
+            twin.backbone.fwt[0].theta_gamma.fill_(5.0)
+        assert model.backbone.fwt[0].theta_gamma[0].item() != 5.0

@@ -40,16 +40,13 @@ class FeatureWiseTransform(nn.Module):
         return x * gamma + beta
 
 
-_FWT = "_ramstrans_fwt"  # the hooked norm2 module holds its layer under this attribute (outside the module tree)
-
-
-def _apply(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
-    """Forward hook of a block's ``norm2``: its feature-wise transformation (identity in eval)."""
-    return module.__dict__[_FWT](out)
+    def hook(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        """A forward hook of a block's ``norm2``: this layer on its output (identity in eval). The hook is the bound
+        method of the registered layer itself, so a deep copy or a pickle of the model hooks its own copy."""
+        return self(out)
 
 
 def attach(blocks: nn.Module, layers: nn.ModuleList) -> None:
     """Apply ``layers[i]`` to the ``norm2`` output of ``blocks[i]`` (the layers stay registered where they are)."""
     for blk, layer in zip(blocks, layers):
-        blk.norm2.__dict__[_FWT] = layer
-        blk.norm2.register_forward_hook(_apply)
+        blk.norm2.register_forward_hook(layer.hook)
