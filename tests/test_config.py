@@ -84,3 +84,19 @@ def test_bad_files(tmp_path):
         load_config(str(tmp_path / "typo.yaml"))
     with pytest.raises(FileNotFoundError, match="config nope.yaml not found"):
         load_config("nope.yaml")
+
+
+def test_a_config_builds_on_a_base_and_a_base_cycle_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    from ramstrans.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("base: synthetic_cpu\ntrain: {steps: 7}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\nmodel: {{alpha: 2.0}}\n")
+    got = load_config(str(tmp_path / "b.yaml"))
+    want = load_config("synthetic_cpu", ["train.steps=7", "model.alpha=2.0"])
+    assert asdict(got) == asdict(want)
+    (tmp_path / "c.yaml").write_text(f"base: {tmp_path / 'd.yaml'}\n")
+    (tmp_path / "d.yaml").write_text(f"base: {tmp_path / 'c.yaml'}\n")
+    with pytest.raises(ConfigError, match="is its own base"):
+        load_config(str(tmp_path / "c.yaml"))

@@ -163,6 +163,42 @@ def _parse_override(item: str) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(file: Path) -> dict[str, Any]:
+    """A config file's mapping (strict: duplicate keys refused).
+
+    Raises:
+        ConfigError: not UTF-8, not valid YAML, or not a mapping.
+    """
+    try:
+        with open(file, encoding="utf-8") as stream:  # the stream's name goes into YAML's messages
+            data = yaml.load(stream, Loader=_StrictLoader) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {file} is not UTF-8 text (a YAML file is expected)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {file} must be a mapping of sections, got {short_repr(data)}")
+    return data
+
+
+def _config_chain(name: str, seen: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """The mappings to apply in order: a file's ``base:`` config (and its base, ...) first, then the file itself.
+
+    Raises:
+        ConfigError: a base that names itself through a cycle, or is not a config name.
+    """
+    file = find_config(name)
+    if file.resolve() in seen:
+        raise ConfigError(f"config {file} is its own base (base: cycle {' -> '.join(str(p) for p in seen)})")
+    data = _read_yaml(file)
+    parent = data.pop("base", None)
+    if parent is None:
+        return [data]
+    if not isinstance(parent, str):
+        raise ConfigError(f"config {file}: base must be a config name or file, got {short_repr(parent)}")
+    return _config_chain(parent, (*seen, file.resolve())) + [data]
+
+
 def load_config(path: str | None = None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
     """Defaults (or ``base``, e.g. a checkpoint's stored config), then the YAML file's differences, then
     ``section.key=value`` overrides.
@@ -173,15 +209,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = (), base: di
     """
     cfg = Config()
     _merge(cfg, base or {}, "")
-    if path is not None:
-        file = find_config(path)
-        try:
-            with open(file, encoding="utf-8") as stream:  # the stream's name goes into YAML's messages
-                data = yaml.load(stream, Loader=_StrictLoader) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"config {file} is not UTF-8 text (a YAML file is expected)") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for data in _config_chain(path, ()) if path is not None else []:
         _merge(cfg, data, "")
     for item in overrides:
         _merge(cfg, _parse_override(item), "")

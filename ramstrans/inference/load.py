@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ramstrans.checkpoint import checkpoint_file, find_checkpoint, load_checkpoint
-from ramstrans.config import Config
+from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
 from ramstrans.errors import CheckpointError
 from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, model_from_checkpoint, weights_used
@@ -24,6 +24,7 @@ __all__ = ["LoadedModel", "load_model", "eval_transform", "model_from_export", "
 
 EXPORT_INFO = "ramstrans.json"  # beside timm's files in an export folder: model type, zoom settings, class names
 ZOOM_TOKENS = "zoom_cls_tokens.safetensors"  # the zoom scales' class (and distillation) tokens of an export folder
+_DEFAULTS = ModelConfig()  # the one place defaults live
 
 
 @dataclass
@@ -145,10 +146,10 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         model = RAMSTrans(
             backbone=net,
             num_scales=scales,
-            alpha=info.get("alpha", 1.3),
-            residual=info.get("residual", 1.0),
-            rollout_rows=info.get("rollout_rows", "cls"),
-            eval_head=info.get("eval_head", "mean"),
+            alpha=info.get("alpha", _DEFAULTS.alpha),  # a folder without ramstrans.json: the config's defaults
+            residual=info.get("residual", _DEFAULTS.residual),
+            rollout_rows=info.get("rollout_rows", _DEFAULTS.rollout_rows),
+            eval_head=info.get("eval_head", _DEFAULTS.eval_head),
         )
         if scales > 1:
             _load_zoom_tokens(model, path / ZOOM_TOKENS)

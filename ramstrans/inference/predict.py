@@ -161,7 +161,7 @@ def run_predict(
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     dev = resolve_device(device)
     model.to(dev)
-    amp_dtype = amp_setup(dev, True)[0]
+    amp_dtype = amp_setup(dev, loaded.config.train.amp if loaded.config is not None else True)[0]  # the run's
     rows: list[dict | None] = [None] * len(files)
     drawn = 0
     loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)

@@ -9,11 +9,11 @@ CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetens
 import copy
 import json
 import os
-import socket
 import threading
 from pathlib import Path
 
 import huggingface_hub
+from huggingface_hub import constants as hf_constants
 import torch
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file as load_safetensors
@@ -32,7 +32,6 @@ GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 # Weights shipped inside the package, loadable offline by name (pretrained: synthetic-tiny): <name>.safetensors (a timm
 # state dict) beside <name>.json (normalisation, architecture, how it was made).
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"  # ramstrans/weights
-_HUB_HOST = ("huggingface.co", 443)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -244,10 +243,12 @@ def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
 
 
 def _online(timeout: float = 3.0) -> bool:
+    """Whether the hub answers: a HEAD request to huggingface_hub's own endpoint (``HF_ENDPOINT``: a mirror counts)
+    through its own HTTP session (its proxies and certificates), within ``timeout`` seconds."""
     try:
-        socket.create_connection(_HUB_HOST, timeout=timeout).close()
+        huggingface_hub.get_session().head(hf_constants.ENDPOINT, timeout=timeout)
         return True
-    except OSError:
+    except Exception:  # any transport error (no route, DNS, a refusing proxy, a timeout) means not reachable
         return False
 
 

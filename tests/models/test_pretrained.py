@@ -176,3 +176,26 @@ def test_hub_weights_without_network_fail_fast():
     assert time.monotonic() - start < 10
     with pytest.raises(ValueError, match="no pretrained weights"):
         tiny_model(pretrained="no_such_tag")
+
+
+def test_the_network_check_asks_huggingface_hubs_own_endpoint(monkeypatch):
+    """A user behind a mirror (HF_ENDPOINT) is online when the mirror answers, whatever huggingface.co does."""
+    import http.server
+    import socket
+    import threading
+
+    from ramstrans.models.backbones import pretrained
+
+    monkeypatch.setattr(pretrained.hf_constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this test may not
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(pretrained.hf_constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert pretrained._online(2.0) is True
+    finally:
+        server.shutdown()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    monkeypatch.setattr(pretrained.hf_constants, "ENDPOINT", f"http://127.0.0.1:{free}")
+    assert pretrained._online(2.0) is False
