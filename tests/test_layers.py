@@ -9,8 +9,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ramstrans"
 
 # A module's name under ramstrans (its longest listed prefix) -> its layer; a module may import its own layer and those
 # below. The base criterion (training.losses) sits below the teachers that wrap it.
-LAYERS = {"errors": 0, "runtime": 0, "config": 0, "checkpoint": 0, "data": 1, "models": 1, "inference": 2,
-          "training.losses": 2, "distill": 3, "training": 4, "export": 5, "cli": 6, "bench": 6, "__main__": 7}
+LAYERS = {
+    "errors": 0,
+    "runtime": 0,
+    "config": 0,
+    "checkpoint": 0,
+    "data": 1,
+    "models": 1,
+    "inference": 2,
+    "training.losses": 2,
+    "distill": 3,
+    "training": 4,
+    "export": 5,
+    "cli": 6,
+    "bench": 6,
+    "__main__": 7,
+}
 
 
 def _modules():
@@ -60,7 +74,7 @@ def _cycles(graph):
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = "done"

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub import constants as hf_constants
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file as load_safetensors
 from timm.models import get_pretrained_cfg

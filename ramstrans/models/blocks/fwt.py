@@ -39,7 +39,6 @@ class FeatureWiseTransform(nn.Module):
         beta = eps[1] * F.softplus(self.theta_beta).to(x.dtype)
         return x * gamma + beta
 
-
     def hook(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         """A forward hook of a block's ``norm2``: this layer on its output (identity in eval). The hook is the bound
         method of the registered layer itself, so a deep copy or a pickle of the model hooks its own copy."""
