@@ -212,6 +212,13 @@ def run_eval(
     )
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
+    _write_eval(out, res, state, names)
+    return res
+
+
+def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], names: list[str]) -> None:
+    """summary.json, per_class.csv and the confusion matrix PNG (<= 50 classes) or the most confused class pairs
+    (CSV and PNG, more classes) into ``out``."""
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))
     write_text_atomic(out / "per_class.csv", _per_class_csv(state, names))
     if "confusion" in state and len(names) <= CONFUSION_PLOT_MAX:
@@ -219,7 +226,6 @@ def run_eval(
     elif "confusion" in state:  # too many classes to draw: the pairs most often confused instead
         write_text_atomic(out / "confused_pairs.csv", confused_pairs_csv(state["confusion"].numpy(), names))
         plot_confused_pairs(state["confusion"].numpy(), names, out / "confused_pairs.png")
-    return res
 
 
 @torch.no_grad()
@@ -287,6 +293,13 @@ def evaluate(
     if reduce is not None:
         reduce(acc.state)
     model.train(was_training)
+    deepest = model.num_scales if scales == "auto" else int(scales)
+    return _summary(acc, list(heads), deepest, what), acc.state
+
+
+def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str) -> dict[str, float]:
+    """The metrics of the (reduced) state: accuracy, localization, unreadable images, the zoomed share and the
+    backbone passes per image, and each head's top-1 with a distillation token."""
     result = acc.summary()
     result["skipped"] = int(acc.state["skipped"].item())
     if result["images"] == 0:
@@ -294,6 +307,5 @@ def evaluate(
     result["zoomed_share"] = acc.state["zoomed"].item() / result["images"]
     for h in heads:
         result[f"top1_{h}"] = 100.0 * acc.state[f"correct_{h}"].item() / result["images"]
-    deepest = model.num_scales if scales == "auto" else int(scales)
     result["passes_per_image"] = 1.0 + result["zoomed_share"] * (deepest - 1)  # backbone passes
-    return result, acc.state
+    return result

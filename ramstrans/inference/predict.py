@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -21,7 +22,7 @@ from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
 from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
-from ramstrans.models import RAMSTrans
+from ramstrans.models import Model, RAMSTrans
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output, write_text_atomic
@@ -103,6 +104,41 @@ def _format(rows: list[dict], fmt: str, topk: int, adaptive: bool) -> str:
     return buf.getvalue()
 
 
+def _classify(
+    model: Model,
+    names: list[str],
+    batches: Any,
+    files: list[Path],
+    where: tuple,
+    mode: tuple,
+    topk: int,
+    visualize: str | None,
+) -> list[dict]:
+    """One row per file, in order: its top-k classes (and whether it was zoomed), or why it could not be read;
+    ``where`` = (device, autocast dtype), ``mode`` = (scales, zoom threshold, zoom criterion)."""
+    (dev, amp_dtype), (scales, threshold, zoom_on) = where, mode
+    rows: list[dict] = [{} for _ in files]
+    drawn = 0
+    for batch in batches:
+        for i, reason in batch["errors"]:
+            rows[i] = {"status": "skipped", "error": reason}
+        if batch["image"] is None:
+            continue
+        x = batch["image"].to(dev)
+        with autocast(dev, amp_dtype):
+            pred = model.predict(x, scales, threshold, zoom_on, boxes=False)
+        for i, row in zip(batch["index"], _rows(pred.probs, pred.zoomed, names, topk, scales == "auto")):
+            rows[i] = row
+        if visualize:
+            from ramstrans.inference.visualize import draw_panels
+
+            kept = [files[i] for i in batch["index"]]
+            drawn += len(draw_panels(model, x, kept, names, Path(visualize), first=drawn)[0])
+    for path, row in zip(files, rows):
+        row["path"] = str(path)
+    return rows
+
+
 def run_predict(
     model_path: str,
     paths: Sequence[str],
@@ -162,27 +198,9 @@ def run_predict(
     dev = resolve_device(device)
     model.to(dev)
     amp_dtype = amp_setup(dev, loaded.config.train.amp if loaded.config is not None else True)[0]  # the run's
-    rows: list[dict | None] = [None] * len(files)
-    drawn = 0
     loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True):
-        for i, reason in batch["errors"]:
-            rows[i] = {"status": "skipped", "error": reason}
-        if batch["image"] is None:
-            continue
-        x = batch["image"].to(dev)
-        with autocast(dev, amp_dtype):
-            pred = model.predict(x, scales, zoom_threshold, zoom_on, boxes=False)
-        for i, row in zip(batch["index"], _rows(pred.probs, pred.zoomed, names, topk, scales == "auto")):
-            rows[i] = row
-        if visualize:
-            from ramstrans.inference.visualize import draw_panels
-
-            drawn += len(
-                draw_panels(model, x, [files[i] for i in batch["index"]], names, Path(visualize), first=drawn)[0]
-            )
-    for path, row in zip(files, rows):
-        row["path"] = str(path)
+    batches = tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True)
+    rows = _classify(model, names, batches, files, (dev, amp_dtype), (scales, zoom_threshold, zoom_on), topk, visualize)
     rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
     text = _format(rows, fmt, topk, scales == "auto")
     if out:

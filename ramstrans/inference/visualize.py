@@ -4,10 +4,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 
 from ramstrans.data import ImageReadError, load_index, read_image
 from ramstrans.errors import CheckpointError, UsageError
@@ -69,35 +71,21 @@ def run_visualize(
         )
     model.to(dev)
     if images:
-        paths, unlistable = expand_paths(images)
-        for folder, reason in unlistable:
-            logger.warning("skipping folder %s: it %s", folder, reason)
-        titles, truths = [p.name for p in paths], None
+        paths, titles, truths = _named_images(images)
     else:
-        index = load_index(replace(cfg.data, root=data_root) if data_root else cfg.data, generate=not data_root)
-        table = index.split(split)
-        rows = table.iloc[_pick(len(table), num)]
-        paths = [index.root / p for p in rows["path"]]
-        titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
-        truths = [names[k] for k in rows["label"]]
+        paths, titles, truths = _split_images(
+            replace(cfg.data, root=data_root) if data_root else cfg.data, not data_root, split, num, names
+        )
     if output_dir:
         check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
     written, tiles, unreadable = [], [], []
     for start in range(0, len(paths), BATCH):
-        chunk = range(start, min(start + BATCH, len(paths)))
-        images_read, kept = [], []
-        for i in chunk:
-            try:
-                images_read.append(transform(read_image(paths[i]), None, 0)[0])
-                kept.append(i)
-            except ImageReadError as e:  # one bad file does not stop the others
-                logger.warning("skipping %s: it %s", paths[i], e.reason)
-                unreadable.append(f"{paths[i]} {e.reason}")
+        x, kept = _read_chunk(paths, range(start, min(start + BATCH, len(paths))), transform, unreadable)
         if kept:
             w, t = draw_panels(
                 model,
-                torch.stack(images_read).to(dev),
+                x.to(dev),
                 [paths[i] for i in kept],
                 names,
                 out,
@@ -111,6 +99,38 @@ def run_visualize(
         raise UsageError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
     contact_sheet(tiles, out / "contact_sheet.png")
     return written + [out / "contact_sheet.png"]
+
+
+def _named_images(images: Sequence[str]) -> tuple[list[Path], list[str], None]:
+    """The files a user named (folders walked, globs expanded), their titles, no truths."""
+    paths, unlistable = expand_paths(images)
+    for folder, reason in unlistable:
+        logger.warning("skipping folder %s: it %s", folder, reason)
+    return paths, [p.name for p in paths], None
+
+
+def _split_images(
+    data_cfg: Any, generate: bool, split: str, num: int, names: list[str]
+) -> tuple[list[Path], list[str], list[str]]:
+    """``num`` images spread over a split of the data set, their titles and true class names."""
+    index = load_index(data_cfg, generate=generate)
+    table = index.split(split)
+    rows = table.iloc[_pick(len(table), num)]
+    titles = [f"{Path(p).name} (true: {names[k]})" for p, k in zip(rows["path"], rows["label"])]
+    return [index.root / p for p in rows["path"]], titles, [names[k] for k in rows["label"]]
+
+
+def _read_chunk(paths: list[Path], chunk: range, transform: Any, unreadable: list[str]) -> tuple[Tensor, list[int]]:
+    """The images of ``chunk`` that can be read, stacked, and their indices; the others go into ``unreadable``."""
+    images, kept = [], []
+    for i in chunk:
+        try:
+            images.append(transform(read_image(paths[i]), None, 0)[0])
+            kept.append(i)
+        except ImageReadError as e:  # one bad file does not stop the others
+            logger.warning("skipping %s: it %s", paths[i], e.reason)
+            unreadable.append(f"{paths[i]} {e.reason}")
+    return (torch.stack(images) if images else torch.empty(0)), kept
 
 
 def draw_panels(

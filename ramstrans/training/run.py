@@ -10,7 +10,7 @@ resumed step; a warning gives the lr before and after.
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,61 +256,14 @@ def _train(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         metrics = MetricsLog(out_dir, t.tensorboard, r.start if same_folder else None)
-
-    def evaluate_fn(model: Model, dataset, split: str) -> dict[str, float]:
-        shard = range(info.rank, len(dataset), info.world_size)  # every image once; sums reduced exactly
-        return evaluate(
-            model,
-            eval_loader(dataset, t.eval_batch_size, cfg.data.num_workers, shard),
-            device=device,
-            num_classes=len(r.data.index.class_names),
-            amp_dtype=r.amp_dtype,
-            reduce=all_reduce_sum_,
-            what=f"{split} split",
-        )[0]
-
+    evaluate_fn = _evaluator(cfg, r, info, device)
     monitor = RunMonitor(cfg=cfg, run=r, out_dir=out_dir, info=info, metrics=metrics, evaluate_fn=evaluate_fn)
     stats = {"steps": 0, "images": 0, "seconds": 0.0, "skipped": 0, "batches": r.start_batch}
     try:
         _log_start(cfg, r, info, device, monitor, resumed=ckpt is not None)
         teacher_eval = _report_teacher(r, monitor, evaluate_fn) if r.teacher is not None and ckpt is None else None
         if r.start < t.steps:
-            criterion = build_criterion(
-                cfg.loss,
-                cfg.model.num_scales,
-                cfg.distill,
-                r.teacher,
-                head=cfg.model.eval_head,
-                ema=r.ema.module if r.ema is not None else None,
-            )
-            loader = train_loader(
-                r.data.train,
-                t.batch_size,
-                t.seed,
-                r.start_batch,
-                cfg.data.num_workers,
-                info.rank,
-                info.world_size,
-                t.grad_accum,
-            )
-            plan = LoopPlan(
-                start_step=r.start,
-                total_steps=t.steps,
-                start_batch=r.start_batch,
-                grad_accum=t.grad_accum,
-                log_every=t.log_every,
-                world_size=info.world_size,
-            )
-            stats = train_steps(
-                build_step(cfg, r, info, device, criterion),
-                build_update(t, r),
-                r.scheduler,
-                loader,
-                plan,
-                log=monitor.log,
-                after_step=monitor.after_step,
-                show_progress=show_progress and info.is_main,
-            )
+            stats = _run_steps(cfg, r, info, device, monitor, show_progress and info.is_main)
         final = monitor.evaluate("test", t.steps, final=True)
     finally:
         if metrics is not None:
@@ -330,6 +283,69 @@ def _train(
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _evaluator(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device) -> Callable[..., dict[str, float]]:
+    """evaluate_fn(model, dataset, split): this process's shard of the split (every image once; the metric sums
+    reduced exactly across processes)."""
+
+    def evaluate_fn(model: Model, dataset: Any, split: str) -> dict[str, float]:
+        shard = range(info.rank, len(dataset), info.world_size)
+        loader = eval_loader(dataset, cfg.train.eval_batch_size, cfg.data.num_workers, shard)
+        return evaluate(
+            model,
+            loader,
+            device=device,
+            num_classes=len(r.data.index.class_names),
+            amp_dtype=r.amp_dtype,
+            reduce=all_reduce_sum_,
+            what=f"{split} split",
+        )[0]
+
+    return evaluate_fn
+
+
+def _run_steps(
+    cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device, monitor: RunMonitor, show_progress: bool
+) -> dict[str, float]:
+    """The engine on the run's built objects, from ``r.start`` to ``train.steps``."""
+    t = cfg.train
+    criterion = build_criterion(
+        cfg.loss,
+        cfg.model.num_scales,
+        cfg.distill,
+        r.teacher,
+        head=cfg.model.eval_head,
+        ema=r.ema.module if r.ema is not None else None,
+    )
+    loader = train_loader(
+        r.data.train,
+        t.batch_size,
+        t.seed,
+        r.start_batch,
+        cfg.data.num_workers,
+        info.rank,
+        info.world_size,
+        t.grad_accum,
+    )
+    plan = LoopPlan(
+        start_step=r.start,
+        total_steps=t.steps,
+        start_batch=r.start_batch,
+        grad_accum=t.grad_accum,
+        log_every=t.log_every,
+        world_size=info.world_size,
+    )
+    return train_steps(
+        build_step(cfg, r, info, device, criterion),
+        build_update(t, r),
+        r.scheduler,
+        loader,
+        plan,
+        log=monitor.log,
+        after_step=monitor.after_step,
+        show_progress=show_progress,
+    )
 
 
 def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> dict[str, object]:
