@@ -13,6 +13,8 @@ from conftest import TINY_TRAIN, eval_summary
 
 from ramstrans.cli import main
 
+pytestmark = pytest.mark.slow  # end to end through the CLI or several processes
+
 
 def _sets(*items):
     return [a for it in items for a in ("--set", it)]

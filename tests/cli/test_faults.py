@@ -18,6 +18,8 @@ from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
 from ramstrans.runtime.files import FileLock
 
+pytestmark = pytest.mark.slow  # end to end through the CLI or several processes
+
 
 def _sets(*items):
     return [a for it in items for a in ("--set", it)]

@@ -14,6 +14,8 @@ from conftest import TINY_TRAIN, eval_summary, sets
 from ramstrans.cli import main
 from ramstrans.data.loader import stratified_split
 
+pytestmark = pytest.mark.slow  # end to end through the CLI or several processes
+
 
 def _error(capsys, argv):
     assert main(argv) == 2

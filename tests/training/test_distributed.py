@@ -22,6 +22,8 @@ from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.run import run_training
 from ramstrans.training.steps import BatchStep, OptimizerUpdate
 
+pytestmark = pytest.mark.slow  # end to end through the CLI or several processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:
