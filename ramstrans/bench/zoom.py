@@ -188,17 +188,24 @@ TWO_SCALE_ROWS = ("rams", "sd", "rams_x4")  # rows with a zoom: single, fused, a
 
 
 def _report(
-    runs: _Runs, seeds: Sequence[int], sd: dict[str, object], student: dict[str, object]
+    runs: _Runs,
+    seeds: Sequence[int],
+    sd: dict[str, object],
+    student: dict[str, object],
+    multiples: Sequence[int] = MULTIPLES,
 ) -> tuple[dict[str, object], dict[str, list[dict[str, float]]]]:
-    """Every row of the frontier on validation and test (see the module doc)."""
-    rows: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "sd": [], "rams_x4": []}
+    """Every row of the frontier on validation and test (see the module doc); the longer schedules only at
+    ``multiples`` of the demo's steps (RAMS-Trans at 4x only when 4 is among them)."""
+    rows: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "sd": []}
     for seed in seeds:
         rows["vit"].append(_one_scale(runs.run("vit", seed, VIT)))
         teacher = runs.run("rams", seed, [])
         rows["rams"].append(_two_scale(teacher))
         rows["sd"].append(_two_scale(runs.run("sd", seed, _sd_sets(**sd))))
-        rows["rams_x4"].append(_two_scale(runs.run("rams", seed, [f"train.steps={runs.steps * 4}"])))
-        for m in MULTIPLES:
+        if 4 in multiples:
+            x4 = runs.run("rams", seed, [f"train.steps={runs.steps * 4}"])
+            rows.setdefault("rams_x4", []).append(_two_scale(x4))
+        for m in multiples:
             steps = runs.steps * m
             if m > 1:
                 vit = runs.run("vit", seed, VIT + [f"train.steps={steps}"])
@@ -216,15 +223,18 @@ def _report(
         "sd_minus_rams": {
             k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single", "val_fused", "test_fused")
         },
-        "rams_x4_minus_vit_x4": {k: _paired(rows, "rams_x4", "vit_x4", k) for k in ("val_single", "test_single")},
         **{
             f"student_x{m}_minus_vit_x{m}": {
                 k: _paired(rows, f"student_x{m}", f"vit_x{m}", k) for k in ("val_single", "test_single")
             }
-            for m in MULTIPLES
+            for m in multiples
         },
     }
-    for name in TWO_SCALE_ROWS:
+    if "rams_x4" in rows:
+        paired["rams_x4_minus_vit_x4"] = {
+            k: _paired(rows, "rams_x4", "vit_x4", k) for k in ("val_single", "test_single")
+        }
+    for name in (n for n in TWO_SCALE_ROWS if n in rows):
         for rule in ("gate", "maxprob"):
             paired[f"{name}_{rule}_minus_fused"] = mean_spread(
                 [r[f"test_{rule}"] - r["test_fused"] for r in rows[name]]
@@ -241,7 +251,7 @@ def _goals(summary: dict[str, dict[str, dict[str, object]]]) -> dict[str, object
     single = {name: m["test_single"]["mean"] for name, m in summary.items()}
     best = max(single, key=single.get)
     adaptive = {}
-    for name in TWO_SCALE_ROWS:
+    for name in (n for n in TWO_SCALE_ROWS if n in summary):
         m = summary[name]
         for rule in ("maxprob", "gate"):
             drop, passes = m[f"test_{rule}"]["mean"] - m["test_fused"]["mean"], m[f"test_{rule}_passes"]["mean"]
@@ -313,17 +323,22 @@ def _plot(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
         ("oracle zoom (bound)", rams["test_oracle_passes"]["mean"], rams["test_fused"], "*", "tab:purple"),
         ("+ self-distillation, scale 1", 1.0, summary["sd"]["test_single"], "o", "tab:orange"),
         ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange"),
-        ("RAMS-Trans 4x steps, scale 1", 1.0, summary["rams_x4"]["test_single"], "o", "tab:green"),
-        ("RAMS-Trans 4x steps, fused", 2.0, summary["rams_x4"]["test_fused"], "o", "tab:green"),
-        (
-            "RAMS-Trans 4x steps, adaptive (top probability)",
-            summary["rams_x4"]["test_maxprob_passes"]["mean"],
-            summary["rams_x4"]["test_maxprob"],
-            "D",
-            "tab:green",
-        ),
     ]
-    for m, shade in zip(MULTIPLES, ("#9ecae1", "#4292c6", "#08519c")):
+    if "rams_x4" in summary:
+        x4 = summary["rams_x4"]
+        points += [
+            ("RAMS-Trans 4x steps, scale 1", 1.0, x4["test_single"], "o", "tab:green"),
+            ("RAMS-Trans 4x steps, fused", 2.0, x4["test_fused"], "o", "tab:green"),
+            (
+                "RAMS-Trans 4x, adaptive (top probability)",
+                x4["test_maxprob_passes"]["mean"],
+                x4["test_maxprob"],
+                "D",
+                "tab:green",
+            ),
+        ]
+    multiples = sorted(int(k.removeprefix("student_x")) for k in summary if k.startswith("student_x"))
+    for m, shade in zip(multiples, ("#9ecae1", "#4292c6", "#08519c")):
         points.append(
             (f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"], "^", shade)
         )
@@ -371,6 +386,7 @@ def bench_zoom(
     result: str | None = None,
     sd_grid: dict[str, Sequence] = SD_GRID,
     student_grid: Sequence[dict[str, object]] = STUDENT_GRID,
+    multiples: Sequence[int] = MULTIPLES,
 ) -> dict[str, object]:
     """One stage of the zoom-at-one-pass measurement (see the module doc); writes ``<out_dir>/<stage>_result.json``
     (or ``result``) with every run's resolved config and folder.
@@ -384,6 +400,8 @@ def bench_zoom(
         result: where to write the stage's JSON (default ``<out_dir>/<stage>_result.json``).
         sd_grid: screen: β, τ and target values of self-distillation.
         student_grid: screen: the student's (alpha, tau, mix) settings.
+        multiples: report: the multiples of the demo's steps the students and plain ViTs train at (RAMS-Trans too,
+            at 4x, when 4 is among them).
 
     Raises:
         ValueError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
@@ -402,6 +420,8 @@ def bench_zoom(
         "seeds": list(seeds),
         "overrides": list(overrides),
         "steps": runs.steps,
+        "sd_grid": {k: list(v) for k, v in sd_grid.items()},
+        "student_grid": list(student_grid),
     }
     if stage == "screen":
         out.update(_screen(runs, seeds, sd_grid, student_grid))
@@ -412,7 +432,8 @@ def bench_zoom(
         if stage == "ema":
             out.update(_ema(runs, seeds, sd))
         elif stage == "report":
-            summary, rows = _report(runs, seeds, sd, student)
+            summary, rows = _report(runs, seeds, sd, student, multiples)
+            out["multiples"] = list(multiples)
             out.update(summary, per_seed=rows, today=list(TODAY))
             _plot(summary["rows"], Path(out_dir) / "frontier.png")
             out["frontier_png"] = str(Path(out_dir) / "frontier.png")

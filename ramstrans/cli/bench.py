@@ -29,6 +29,23 @@ def _bench_latency(a: argparse.Namespace) -> dict:
     return r
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"bench zoom {flag} must be comma-separated numbers, got '{text}'") from None
+    return values
+
+
+def _student(text: str) -> dict[str, object]:
+    """One ``ALPHA:TAU:MIX`` entry of ``--student-grid``."""
+    try:
+        alpha, tau, mix = text.split(":")
+        return {"alpha": float(alpha), "tau": float(tau), "mix": bool(int(mix))}
+    except ValueError:
+        raise UsageError(f"bench zoom --student-grid entries are ALPHA:TAU:MIX (e.g. 1:1:0), got '{text}'") from None
+
+
 def run(a: argparse.Namespace) -> None:
     if a.what == "inat":
         from ramstrans.bench.inat import bench_inat_index
@@ -74,7 +91,20 @@ def run(a: argparse.Namespace) -> None:
     elif a.what == "zoom":
         from ramstrans.bench.zoom import bench_zoom
 
-        r = bench_zoom(a.stage, [int(s) for s in a.seeds.split(",")], a.config, a.out or "runs/bench_zoom", a.set or ())
+        r = bench_zoom(
+            a.stage,
+            [int(s) for s in a.seeds.split(",")],
+            a.config,
+            a.out or "runs/bench_zoom",
+            a.set or (),
+            sd_grid={
+                "beta": _floats(a.sd_beta, "--sd-beta"),
+                "tau": _floats(a.sd_tau, "--sd-tau"),
+                "target": a.sd_target.split(","),
+            },
+            student_grid=[_student(s) for s in a.student_grid.split(",")],
+            multiples=[int(m) for m in _floats(a.multiples, "--multiples")],
+        )
         print(f"bench zoom --stage {a.stage}: written to {Path(a.out or 'runs/bench_zoom') / f'{a.stage}_result.json'}")
         return
     elif a.what == "latency":
@@ -170,6 +200,17 @@ def add(sub: argparse._SubParsersAction) -> None:
         choices=("screen", "ema", "report", "latency"),
         help="zoom: screen (the grids, on validation), ema (the target's source with an EMA), report "
         "(every row, validation and test), latency (ms per image; run it alone)",
+    )
+    b.add_argument("--sd-beta", default="0.5,1,2,4", help="zoom --stage screen: self-distillation weights β")
+    b.add_argument("--sd-tau", default="1,2,4", help="zoom --stage screen: self-distillation temperatures τ")
+    b.add_argument("--sd-target", default="fused,last", help="zoom --stage screen: self-distillation targets")
+    b.add_argument(
+        "--student-grid",
+        default="0.5:1:0,0.5:2:0,1:1:0,0.5:1:1",
+        help="zoom --stage screen: the students of the fused teacher, comma-separated ALPHA:TAU:MIX (MIX 1: CutMix)",
+    )
+    b.add_argument(
+        "--multiples", default="1,2,4", help="zoom --stage report: multiples of the demo's steps for the trend rows"
     )
     b.add_argument(
         "--configs",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ramstrans.errors import ConfigError, UsageError
 from ramstrans.inference.load import load_model
-from ramstrans.models import fused_log_probs
+from ramstrans.models import Model, Prediction, RAMSTrans, ZoomCriterion, fused_log_probs
 
 __all__ = ["Teacher", "TeacherSource", "load_teacher", "file_sha256"]
 
@@ -45,8 +45,11 @@ class Teacher(nn.Module):
     With the teacher's own mean m_t, std s_t: x_t = (x · s_s + m_s − m_t) / s_t, computed as x · a + b.
     """
 
+    scale: Tensor  # (1, C, 1, 1) buffers of the renormalisation
+    shift: Tensor
+
     def __init__(
-        self, *, model: nn.Module, student_mean: Sequence[float], student_std: Sequence[float], scales: int = 1
+        self, *, model: Model, student_mean: Sequence[float], student_std: Sequence[float], scales: int = 1
     ) -> None:
         super().__init__()
         if not 1 <= scales <= model.num_scales:
@@ -76,7 +79,14 @@ class Teacher(nn.Module):
         return self.scales
 
     @torch.no_grad()
-    def predict(self, x: Tensor, scales=1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob", boxes: bool = True):
+    def predict(
+        self,
+        x: Tensor,
+        scales: int | str = 1,
+        zoom_threshold: float = 0.5,
+        zoom_on: ZoomCriterion = "maxprob",
+        boxes: bool = True,
+    ) -> Prediction:
         """The teacher's own ``Prediction`` on the student's images (to report its accuracy): its ``self.scales``
         fused, whatever ``scales`` the caller asks for (the teacher is one fixed predictor)."""
         return self.model.predict(self.normalize_input(x), self.scales, boxes=False)
@@ -92,6 +102,7 @@ class Teacher(nn.Module):
         x = self.normalize_input(x)
         if self.scales == 1:
             return F.log_softmax(self.model(x).float(), dim=-1)
+        assert isinstance(self.model, RAMSTrans)  # more than one scale: a RAMS-Trans teacher
         return fused_log_probs(self.model.head_logits(self.model.forward_multiscale(x, self.scales)))
 
 
@@ -107,7 +118,7 @@ class TeacherSource:
         return {"path": self.path, "name": self.name, "sha256": self.sha256}
 
 
-def _read(source: str) -> tuple[nn.Module, list[str], int, Path, str]:
+def _read(source: str) -> tuple[Model, list[str], int, Path, str]:
     """(model, class names, input side, weights file, architecture) of a checkpoint, run folder or export folder."""
     if not Path(source).expanduser().exists():
         raise FileNotFoundError(f"distill.teacher {source} does not exist")

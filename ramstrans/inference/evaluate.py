@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -21,7 +21,7 @@ from ramstrans.errors import CheckpointError, DataError, UsageError
 from ramstrans.inference.load import load_model
 from ramstrans.inference.metrics import MetricAccumulator
 from ramstrans.inference.plots import CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion
-from ramstrans.models import Model
+from ramstrans.models import Model, ZoomCriterion
 from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
@@ -53,7 +53,7 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def resolve_threshold(model: Model, zoom_on: str, threshold: float | None) -> float:
+def resolve_threshold(model: Model, zoom_on: ZoomCriterion, threshold: float | None) -> float:
     """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
     gate``) or 0.5; checked to lie in [0, 1].
 
@@ -66,7 +66,7 @@ def resolve_threshold(model: Model, zoom_on: str, threshold: float | None) -> fl
             "--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes one"
         )
     if threshold is None:
-        threshold = float(gate.threshold) if zoom_on == "gate" else 0.5
+        threshold = float(gate.threshold) if gate is not None and zoom_on == "gate" else 0.5
     return check_threshold(threshold)
 
 
@@ -76,7 +76,7 @@ def eval_folder(
     scales: int | str,
     weights: str,
     threshold: float = 0.0,
-    zoom_on: str = "maxprob",
+    zoom_on: ZoomCriterion = "maxprob",
     shift: Sequence[str] = (),
 ) -> Path:
     """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales, weights (and
@@ -144,7 +144,7 @@ def run_eval(
     split: str = "test",
     scales: int | str = 1,
     zoom_threshold: float | None = None,
-    zoom_on: str = "maxprob",
+    zoom_on: ZoomCriterion = "maxprob",
     weights: str = "auto",
     batch_size: int = 32,
     device: str = "auto",
@@ -184,7 +184,7 @@ def run_eval(
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
-    res, state = evaluate(
+    metrics, state = evaluate(
         model,
         eval_loader(ds, batch_size, num_workers),
         device=dev,
@@ -201,15 +201,16 @@ def run_eval(
         Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
     )
     out.mkdir(parents=True, exist_ok=True)
-    res.update(
-        split=split,
-        scales=scales,
-        weights=used,
-        checkpoint=str(checkpoint),
-        step=int(ckpt["step"]),
-        shift=list(shift),
-        output=str(out / "summary.json"),
-    )
+    res: dict[str, object] = {
+        **metrics,
+        "split": split,
+        "scales": scales,
+        "weights": used,
+        "checkpoint": str(checkpoint),
+        "step": int(ckpt["step"]),
+        "shift": list(shift),
+        "output": str(out / "summary.json"),
+    }
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     _write_eval(out, res, state, names)
@@ -230,7 +231,7 @@ def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], nam
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: Model,
     loader: DataLoader,
     *,
     device: torch.device,
@@ -238,7 +239,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     scales: int | str = 1,
     zoom_threshold: float = 0.5,
-    zoom_on: str = "maxprob",
+    zoom_on: ZoomCriterion = "maxprob",
     reduce: Callable[[dict[str, Tensor]], None] | None = None,
     show_progress: bool = False,
     what: str = "evaluated split",
@@ -271,7 +272,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
-    skipped = zoomed = 0
+    skipped = 0
+    zoomed: Tensor | int = 0
     heads: dict[str, Tensor] = {}  # with a distillation token: correct images per head, summed on the device
     for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
         skipped += batch["skipped"]

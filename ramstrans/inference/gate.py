@@ -20,7 +20,7 @@ from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import _load
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
-from ramstrans.models import fit_zoom_gate, zoom_confidence
+from ramstrans.models import RAMSTrans, fit_zoom_gate, zoom_confidence
 from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup
 from ramstrans.runtime.files import check_output, write_text_atomic
@@ -87,7 +87,7 @@ def run_fit_gate(
         raise UsageError("the zoom gate is fitted on a validation split, never on test: use --split val")
     target = check_output(out or default_gate_path(checkpoint), [checkpoint], overwrite, "--out")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, False)
-    if model.num_scales < 2:
+    if not isinstance(model, RAMSTrans) or model.num_scales < 2:
         raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
     pooled, first, fused, labels = scale_outputs(
         model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]

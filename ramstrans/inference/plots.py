@@ -143,7 +143,7 @@ def contact_sheet(
         sheet[r * (band + tile) : (r + 1) * (band + tile), c * tile : (c + 1) * tile] = cell
     _text(sheet[-legend:], CONTACT_LEGEND, [(0, 0, 0)] * len(CONTACT_LEGEND), 200)
     png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+    atomic_write(path, lambda tmp: None if Path(tmp).write_bytes(png) is None else None)
 
 
 def plot_curves(log_path: Path, png: Path) -> None:
@@ -218,7 +218,9 @@ def plot_confused_pairs(confusion: np.ndarray, names: Sequence[str], png: Path, 
     _save_png(fig, png)
 
 
-def plot_zoom_sweep(rows: Sequence[dict], single: float, full: float, num_scales: int, chosen, png: Path) -> None:
+def plot_zoom_sweep(
+    rows: Sequence[dict], single: float, full: float, num_scales: int, chosen: dict | None, png: Path
+) -> None:
     """Top-1 against backbone passes per image for each adaptive-zoom threshold, with single scale and full fusion."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()

@@ -22,7 +22,7 @@ from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
 from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
-from ramstrans.models import Model, RAMSTrans
+from ramstrans.models import Model, RAMSTrans, ZoomCriterion
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output, write_text_atomic
@@ -132,6 +132,8 @@ def _classify(
         if visualize:
             from ramstrans.inference.visualize import draw_panels
 
+            assert isinstance(model, RAMSTrans)  # predict refuses --visualize on a classifier before it gets here
+
             kept = [files[i] for i in batch["index"]]
             drawn += len(draw_panels(model, x, kept, names, Path(visualize), first=drawn)[0])
     for path, row in zip(files, rows):
@@ -148,7 +150,7 @@ def run_predict(
     out: str | None = None,
     scales: int | str = 1,
     zoom_threshold: float | None = None,
-    zoom_on: str = "maxprob",
+    zoom_on: ZoomCriterion = "maxprob",
     batch_size: int = 32,
     device: str = "auto",
     num_workers: int = 0,
@@ -184,7 +186,7 @@ def run_predict(
     if zoom_threshold is not None:
         check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
     files, unlistable = expand_paths(paths)
-    inputs = [model_path, *files]
+    inputs: list[str | Path] = [model_path, *files]
     if out:
         check_output(out, inputs, overwrite, "--out")
     if visualize:

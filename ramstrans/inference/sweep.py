@@ -5,7 +5,7 @@ the cheapest row within a tolerance of full fusion)."""
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import _load, resolve_threshold
 from ramstrans.inference.plots import plot_zoom_sweep
-from ramstrans.models import Model, fuse_probs, weights_used
+from ramstrans.models import RAMSTrans, ZoomCriterion, fuse_probs, weights_used
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.files import check_output, write_text_atomic
 
@@ -26,7 +26,9 @@ SWEEP_TOLERANCE = 0.5  # top-1 points below full fusion that the chosen threshol
 
 
 @torch.no_grad()
-def scale_outputs(model: Model, loader, device: torch.device, amp_dtype) -> tuple[torch.Tensor, ...]:
+def scale_outputs(
+    model: RAMSTrans, loader: Iterable[dict], device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, ...]:
     """Per image, on the CPU: scale 1's (N, D) pooled features and (N, K) probabilities, the (N, K) fused
     probabilities of all scales (exactly ``predict``'s) and the (N,) labels. The model is in eval mode."""
     pooled, first, fused, labels = [], [], [], []
@@ -80,7 +82,7 @@ def run_zoom_sweep(
     *,
     output_dir: str | None = None,
     split: str = "val",
-    zoom_on: str = "maxprob",
+    zoom_on: ZoomCriterion = "maxprob",
     weights: str = "auto",
     batch_size: int = 32,
     device: str = "auto",
@@ -100,7 +102,7 @@ def run_zoom_sweep(
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
-    if model.num_scales < 2:
+    if not isinstance(model, RAMSTrans) or model.num_scales < 2:
         raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
     resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
     pooled, first, fused, labels = scale_outputs(

@@ -79,7 +79,9 @@ def run_visualize(
     if output_dir:
         check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
-    written, tiles, unreadable = [], [], []
+    written: list[Path] = []
+    tiles: list[tuple] = []
+    unreadable: list[str] = []
     for start in range(0, len(paths), BATCH):
         x, kept = _read_chunk(paths, range(start, min(start + BATCH, len(paths))), transform, unreadable)
         if kept:

@@ -5,7 +5,7 @@ export use for RAMSTrans: one scale, no attention and no proposal.
 RAMS-Trans; its checkpoint then serves as a distillation teacher (``ramstrans.distill.teacher``).
 """
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.net import NetBackbone, create_net
 from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.rams import MultiScaleOutput, Prediction, _prefixed
+from ramstrans.models.rams import MultiScaleOutput, Prediction, ZoomCriterion, _prefixed
 
 __all__ = ["Classifier", "NetBackbone", "create_net"]
 
@@ -42,7 +42,7 @@ class Classifier(nn.Module):
         img_size: int | tuple[int, int] | None = None,
         pretrained: str | None = None,
         download_timeout_s: float = 60.0,
-        **backbone_kwargs,
+        **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
         if isinstance(backbone, str):
@@ -72,7 +72,7 @@ class Classifier(nn.Module):
         x: Tensor,
         scales: int | str = 1,
         zoom_threshold: float = 0.5,
-        zoom_on: str = "maxprob",
+        zoom_on: ZoomCriterion = "maxprob",
         boxes: bool = True,
     ) -> Prediction:
         """Test-time probabilities (one scale; "auto" is the same; no boxes)."""
@@ -84,12 +84,12 @@ class Classifier(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        net = self.backbone.net
+        net: Any = self.backbone.net  # timm's model; CNNs have no no_weight_decay
         return {f"backbone.net.{n}" for n in (net.no_weight_decay() if hasattr(net, "no_weight_decay") else ())}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups of the wrapped model, under this module's parameter names."""
         return {
             name: _prefixed(rule, r"backbone\.net\.")
-            for name, rule in self.backbone.net.group_matcher(coarse=coarse).items()
+            for name, rule in cast(Any, self.backbone.net).group_matcher(coarse=coarse).items()
         }

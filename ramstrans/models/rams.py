@@ -5,7 +5,7 @@ k + 1 sees that box of the ORIGINAL image resized to the input size (one resampl
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
 
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -32,6 +32,9 @@ from ramstrans.models.proposal import (
     threshold_rollout,
 )
 from ramstrans.models.rollout import RolloutRows, attention_rollout
+
+if TYPE_CHECKING:  # the classifier imports this module
+    from ramstrans.models.classifier import Classifier
 
 ZoomCriterion = Literal["maxprob", "margin", "gate"]
 ZOOM_CRITERIA = ("maxprob", "margin", "gate")
@@ -343,7 +346,7 @@ class MultiScaleForward(nn.Module):
         model: the RAMSTrans to train.
     """
 
-    def __init__(self, model: RAMSTrans) -> None:
+    def __init__(self, model: "RAMSTrans | Classifier") -> None:
         super().__init__()
         self.model = model
 

@@ -3,6 +3,7 @@ learn step and the module the engine calls, each from its config section, as bui
 engine."""
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -41,10 +42,12 @@ __all__ = [
 ]
 
 
-def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(train_cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory ('momentum' = plain SGD momentum; tokens and biases without weight decay; layer-wise
     lr decay through the model's ``group_matcher`` when ``train.layer_decay`` > 0)."""
-    kwargs = {"momentum": train_cfg.momentum} if train_cfg.opt in ("momentum", "sgd", "nesterov") else {}
+    kwargs: dict[str, Any] = (
+        {"momentum": train_cfg.momentum} if train_cfg.opt in ("momentum", "sgd", "nesterov") else {}
+    )
     if train_cfg.layer_decay > 0:
         kwargs["layer_decay"] = train_cfg.layer_decay
     try:
@@ -55,7 +58,7 @@ def build_optimizer(train_cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         raise UsageError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from None
 
 
-def build_scheduler(train_cfg, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
+def build_scheduler(train_cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
     """Linear warm-up for ``warmup_steps``, then cosine from lr to ``min_lr`` at ``steps``, updated per step."""
     if not 0 <= train_cfg.warmup_steps < train_cfg.steps:
         raise UsageError(
@@ -95,14 +98,14 @@ def build_mixer(mix_cfg: MixConfig, model: Model, seed: int, rank: int = 0) -> M
     )
 
 
-def build_ema(train_cfg, model: Model) -> ModelEmaV3 | None:
+def build_ema(train_cfg: TrainConfig, model: Model) -> ModelEmaV3 | None:
     """timm's ModelEmaV3 of the weights when ``train.ema_decay`` > 0 (a deep copy, updated after every step)."""
     if train_cfg.ema_decay <= 0:
         return None
     return ModelEmaV3(model, decay=train_cfg.ema_decay, use_warmup=train_cfg.ema_warmup)
 
 
-def scaled(train_cfg, world_size: int):
+def scaled(train_cfg: TrainConfig, world_size: int) -> TrainConfig:
     """The train config with lr scaled by global batch / ``lr_ref_batch`` when that is set."""
     if train_cfg.lr_ref_batch <= 0:
         return train_cfg
@@ -110,7 +113,7 @@ def scaled(train_cfg, world_size: int):
     return replace(train_cfg, lr=train_cfg.lr * global_batch / train_cfg.lr_ref_batch)
 
 
-def lr_at(train_cfg, step: int) -> float:
+def lr_at(train_cfg: TrainConfig, step: int) -> float:
     """The scheduled (unscaled-by-layer) lr of ``train_cfg`` at ``step``."""
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train_cfg.lr)
     build_scheduler(train_cfg, opt).step_update(num_updates=step)
@@ -118,7 +121,7 @@ def lr_at(train_cfg, step: int) -> float:
 
 
 def build_teacher(
-    cfg: Config, class_names, model: Model, device: torch.device, ckpt: dict | None = None
+    cfg: Config, class_names: list[str], model: Model, device: torch.device, ckpt: dict | None = None
 ) -> tuple[Teacher | None, dict[str, str] | None]:
     """The frozen teacher of ``cfg.distill`` on ``device`` (None when distillation is off), built without drawing
     random numbers; on resume, the same teacher file as the checkpoint's.
@@ -161,14 +164,15 @@ def build_fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> FwtLearner
             "model.fwt learned runs its own second-order gradient step: it cannot be combined with "
             "several processes, train.compile or fp16 loss scaling"
         )
+    assert isinstance(r.model, RAMSTrans)  # model.fwt needs a ViT (the config's rules)
     return FwtLearner(layers=r.model.backbone.fwt, optimizer=r.optimizer)
 
 
-def build_train_module(model: Model, info: DistInfo, device: torch.device, train_cfg) -> torch.nn.Module:
+def build_train_module(model: Model, info: DistInfo, device: torch.device, train_cfg: TrainConfig) -> torch.nn.Module:
     """What the engine calls: the multi-scale forward, DDP-wrapped under torchrun, compiled when asked."""
     # Every parameter is used in every forward (all scales run inside one forward), so DDP needs no
     # find_unused_parameters; the attention capture is detached and adds no gradient to synchronise.
-    module: torch.nn.Module = MultiScaleForward(model)
+    module: Any = MultiScaleForward(model)
     if info.enabled:
         module = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
     if train_cfg.compile:
@@ -234,7 +238,9 @@ def build_step(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device
     """What one batch of a step does, chosen once: the learning-to-learn step (``model.fwt: learned``), a mixed step
     (``mix.enabled``) or a plain one, on the module the engine calls."""
     module = build_train_module(r.model, info, device, cfg.train)
-    common = dict(model=module, criterion=criterion, device=device, amp_dtype=r.amp_dtype, scaler=r.scaler)
+    common: dict[str, Any] = dict(
+        model=module, criterion=criterion, device=device, amp_dtype=r.amp_dtype, scaler=r.scaler
+    )
     learner = build_fwt_learner(cfg, r, info)
     if learner is not None:
         return FwtStep(**common, learner=learner)

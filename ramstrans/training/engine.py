@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ramstrans.errors import DataError
@@ -112,9 +112,9 @@ class _Window:
 
     def add(self, terms: dict[str, Tensor], stats: dict[str, Tensor], images: int) -> None:
         self.images, self.steps = self.images + images, self.steps + 1
-        for into, values in ((self.sums, {"loss": sum(terms.values()), **terms}), (self.stats, stats)):
+        for into, values in ((self.sums, {"loss": _total(terms), **terms}), (self.stats, stats)):
             for k, v in values.items():
-                into[k] = into.get(k, 0.0) + v
+                into[k] = into[k] + v if k in into else v
 
     def records(self, step: int, lr: float, skipped: int, world_size: int) -> tuple[dict, dict | None]:
         """The "train" record (mean loss terms, lr, images/s) and the "mix" record (batches of each mix kind, mean λ
@@ -143,6 +143,11 @@ class _Window:
         return train, mix
 
 
+def _total(terms: dict[str, Tensor]) -> Tensor:
+    """The loss: the sum of the named terms."""
+    return torch.stack(list(terms.values())).sum()
+
+
 def _accumulate(step: BatchStep, model: torch.nn.Module, batches: list[dict], first_key: int) -> tuple[dict, dict, int]:
     """Forward / backward of a step's batches; returns (summed weighted terms, summed statistics, images)."""
     n_images = sum(b["image"].shape[0] for b in batches)
@@ -155,15 +160,15 @@ def _accumulate(step: BatchStep, model: torch.nn.Module, batches: list[dict], fi
             part, part_stats = step(batch, first_key + i, batch["image"].shape[0] / n_images)
         for into, values in ((terms, part), (stats, part_stats)):
             for k, v in values.items():
-                into[k] = into.get(k, 0.0) + v
+                into[k] = into[k] + v if k in into else v
     return terms, stats, n_images
 
 
 def train_steps(
     step: BatchStep,
     update: OptimizerUpdate,
-    scheduler,
-    loader: DataLoader,
+    scheduler: Any,
+    loader: Any,
     plan: LoopPlan,
     *,
     log: Callable[[str, dict[str, object]], None] | None = None,
@@ -207,7 +212,7 @@ def train_steps(
         terms, stats, n_images = _accumulate(step, step.model, batches, batch_pos)
         batch_pos, skipped, images = batch_pos + drawn, skipped + n_skipped, images + n_images
         update()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(sum(terms.values())), s + 1, first_bad)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(_total(terms)), s + 1, first_bad)
         window.add(terms, stats, n_images)
         done, entry = s + 1, None
         if done % plan.log_every == 0 or done == plan.total_steps:

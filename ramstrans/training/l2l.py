@@ -14,6 +14,7 @@ step runs timm's unfused attention (same function). Each step needs the labels o
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ __all__ = ["FwtLearner", "meta_losses"]
 @contextlib.contextmanager
 def _unfused(module: nn.Module) -> Iterator[None]:
     """timm's unfused attention in every block for the duration (double backward on any device)."""
-    blocks = [m for m in module.modules() if hasattr(m, "fused_attn")]
+    blocks: list[Any] = [m for m in module.modules() if hasattr(m, "fused_attn")]  # timm's Attention modules
     before = [m.fused_attn for m in blocks]
     for m in blocks:
         m.fused_attn = False
@@ -39,12 +40,13 @@ def _unfused(module: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _layers_off(layers: nn.ModuleList) -> Iterator[None]:
-    for layer in layers:
+    """The feature-wise layers inactive for the duration (the pseudo-unseen pass)."""
+    for layer in cast(list[Any], layers):
         layer.active = False
     try:
         yield
     finally:
-        for layer in layers:
+        for layer in cast(list[Any], layers):
             layer.active = True
 
 

@@ -17,6 +17,7 @@ the PASTED (partner) image in the target; the kept image gets 1 - λ.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,7 +194,9 @@ class Mixer:
             )
         if not 0 <= area_weight <= 1:
             raise UsageError(f"mix.area_weight must be in [0, 1], got {area_weight}")
-        self.k, self.image_size, self.grid_size = num_classes, tuple(image_size), tuple(grid_size)
+        self.k = num_classes
+        self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
+        self.grid_size: tuple[int, int] = (int(grid_size[0]), int(grid_size[1]))
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
         self.smoothing, self.correct_lam, self.transmix, self.area_weight = (
             label_smoothing,
@@ -231,8 +234,9 @@ class Mixer:
     def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> list[Tensor]:
         """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2. A model
         without attention (a classifier: no ``cls_attention``) has one scale and the area (or blend) weight."""
+        assert info.partner is not None  # set by mix()
         B, dev = info.partner.shape[0], info.partner.device
-        if info.kind != "cutmix" or not cls_attention:
+        if info.kind != "cutmix" or info.box is None or not cls_attention:
             return [torch.full((B,), info.lam_area, device=dev) for _ in range(max(len(cls_attention), 1))]
         w = self.area_weight if self.transmix else 1.0
         lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, self.grid_size, w)]
@@ -251,7 +255,7 @@ class Mixer:
         MultiScaleOutput to (per-scale targets, what was done: ``MixInfo`` with the per-scale λ)."""
         x, info = self.mix(x, key)
 
-        def targets_for(out) -> tuple[list[Tensor], MixInfo]:
+        def targets_for(out: Any) -> tuple[list[Tensor], MixInfo]:  # a MultiScaleOutput
             info.lam = self.scale_lambdas(info, out.cls_attention, out.boxes)
             return self.targets(y, info, info.lam), info
 

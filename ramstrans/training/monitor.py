@@ -4,6 +4,7 @@ update, checkpoints, periodic evaluation, best-on-validation selection and the m
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.scheduler import CosineLRScheduler
@@ -63,8 +64,8 @@ class RunMonitor:
     ) -> None:
         self.cfg, self.run, self.out_dir, self.info = cfg, run, out_dir, info
         self.metrics, self.evaluate_fn = metrics, evaluate_fn
-        self.best: dict[str, float] = dict(run.best_val or {"top1": -1.0})
-        self.last_val: dict[str, float] = {}
+        self.best: dict[str, Any] = dict(run.best_val or {"top1": -1.0})
+        self.last_val: dict[str, Any] = {}
 
     @property
     def reported(self) -> str:
@@ -79,7 +80,7 @@ class RunMonitor:
         if self.metrics is not None:
             self.metrics.write(kind, record)
 
-    def evaluate(self, split: str, step: int, **extra) -> dict[str, dict[str, object]]:
+    def evaluate(self, split: str, step: int, **extra: object) -> dict[str, dict[str, Any]]:
         """Every set of weights on a split; logged; returns {weights: record (step, split, weights, metrics)}."""
         dataset = {"val": self.run.data.val, "test": self.run.data.test}[split]
         out = {}

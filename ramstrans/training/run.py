@@ -10,9 +10,9 @@ resumed step; a warning gives the lr before and after.
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -31,6 +31,7 @@ from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.inference.evaluate import evaluate
 from ramstrans.inference.plots import plot_curves
 from ramstrans.models import Model, build_model
+from ramstrans.models.backbones.distilled import Head
 from ramstrans.models.build import model_from_checkpoint
 from ramstrans.runtime.amp import amp_setup
 from ramstrans.runtime.dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
@@ -79,6 +80,7 @@ def resolve_training(config: str | None, overrides: Sequence[str], resume: str |
     named = load_config(config or DEFAULT_CONFIG, overrides) if resume == "auto" else None
     path = find_checkpoint(resume, named.train.output_dir if named else "")
     if path is None:
+        assert named is not None  # only --resume auto finds no checkpoint
         return named, None
     stored = load_checkpoint(path, mmap=True)["config"]  # mapped: the tensors are not read
     stored.setdefault("train", {})["output_dir"] = str(path.parent)
@@ -186,8 +188,10 @@ def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device)
         model = build_model(cfg.model, len(index.class_names))
     data = build_data(cfg.data, index, cfg.model.img_size, model.backbone.mean, model.backbone.std, t.seed)
     for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
-        if ds is not None and len(ds) < info.world_size:
-            raise UsageError(f"the {name} split has {len(ds)} images, fewer than the {info.world_size} processes")
+        if ds is not None and len(cast(Sized, ds)) < info.world_size:
+            raise UsageError(
+                f"the {name} split has {len(cast(Sized, ds))} images, fewer than the {info.world_size} processes"
+            )
     model.to(device)
     optimizer = build_optimizer(scaled(t, info.world_size), model)
     amp_dtype, scaler = amp_setup(device, t.amp)
@@ -315,7 +319,7 @@ def _run_steps(
         cfg.model.num_scales,
         cfg.distill,
         r.teacher,
-        head=cfg.model.eval_head,
+        head=cast(Head, cfg.model.eval_head),
         ema=r.ema.module if r.ema is not None else None,
     )
     loader = train_loader(
@@ -348,8 +352,11 @@ def _run_steps(
     )
 
 
-def _report_teacher(r: TrainingRun, monitor: RunMonitor, evaluate_fn) -> dict[str, object]:
+def _report_teacher(
+    r: TrainingRun, monitor: RunMonitor, evaluate_fn: Callable[..., dict[str, float]]
+) -> dict[str, object]:
     """The teacher's own accuracy before the student learns from it (validation split, or test without one)."""
+    assert r.teacher is not None and r.teacher_source is not None  # called only with a teacher
     split, ds = ("val", r.data.val) if r.data.val is not None else ("test", r.data.test)
     res = evaluate_fn(r.teacher, ds, split)
     passes = r.teacher.passes_per_image
@@ -394,7 +401,7 @@ def _log_start(
             "lr": lr_now,
             "peak_lr": peak,
             "device": str(device),
-            "train_images": len(r.data.train),
+            "train_images": len(cast(Sized, r.data.train)),
             "weights_reported": monitor.reported,
         },
     )
@@ -404,7 +411,7 @@ def _log_start(
             "process(es)), lr %.3g at step %d (peak %.3g), steps %d..%d on %s",
             cfg.model.backbone,
             cfg.model.num_scales,
-            len(r.data.train),
+            len(cast(Sized, r.data.train)),
             global_batch,
             t.batch_size,
             t.grad_accum,

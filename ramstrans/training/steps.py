@@ -46,7 +46,7 @@ class BatchStep:
 
     def backward(self, terms: dict[str, Tensor], share: float) -> dict[str, Tensor]:
         """Backward of the terms' sum times ``share``; returns the detached weighted terms."""
-        loss = sum(terms.values()) * share
+        loss = torch.stack(list(terms.values())).sum() * share
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return {k: v.detach() * share for k, v in terms.items()}
 

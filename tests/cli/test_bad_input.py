@@ -467,6 +467,18 @@ CASES = [
     ),
     ("bench_inat_no_images", lambda c: ["bench", "inat", "--num-images", "0"], 2, ["bench inat needs"]),
     (
+        "bench_zoom_bad_student_grid",
+        lambda c: ["bench", "zoom", "--student-grid", "1:1", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--student-grid entries are ALPHA:TAU:MIX", "'1:1'"],
+    ),
+    (
+        "bench_zoom_bad_multiples",
+        lambda c: ["bench", "zoom", "--stage", "report", "--multiples", "one", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--multiples must be comma-separated numbers", "'one'"],
+    ),
+    (
         "visualize_output_is_the_run_folder",
         lambda c: [
             "visualize",

@@ -8,8 +8,8 @@ stays fused and the head-mean softmax probabilities are recomputed from the same
 is kept for backward.
 """
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -44,19 +44,19 @@ def capture(module: nn.Module, args: tuple, k: Tensor) -> None:
         tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
 
 
-def arm(blocks: Sequence[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
+def arm(blocks: Iterable[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
     """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
     chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
-    for blk in chosen:
+    for attn in (cast(Any, blk).attn for blk in chosen):  # timm's Attention (untyped to mypy)
         tap = (
             None
             if maps is None
             else {
                 "maps": maps,
                 "cls_only": mode == "cls",
-                "scale": blk.attn.scale,
-                "mask": getattr(blk.attn, "window_mask", None),
+                "scale": attn.scale,
+                "mask": getattr(attn, "window_mask", None),
             }
         )
-        setattr(blk.attn.q_norm, _TAP, tap)
-        setattr(blk.attn.k_norm, _TAP, tap)
+        setattr(attn.q_norm, _TAP, tap)
+        setattr(attn.k_norm, _TAP, tap)

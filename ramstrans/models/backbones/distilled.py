@@ -3,7 +3,7 @@ token at 1, both with a position embedding, each read by its own head): a plain 
 choice of test-time head."""
 
 import copy
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from timm.layers import trunc_normal_
@@ -45,17 +45,18 @@ def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
     if isinstance(vit, VisionTransformerDistilled):
         vit.set_distilled_training(True)
         return vit
-    pos = vit.pos_embed.detach()
-    vit.__class__ = VisionTransformerDistilled
-    vit.num_prefix_tokens = 2
-    vit.dist_token = nn.Parameter(vit.cls_token.detach().clone())
-    vit.pos_embed = nn.Parameter(with_dist_position(pos).clone())
-    if isinstance(vit.head, nn.Linear):
-        vit.head_dist = nn.Linear(vit.head.in_features, vit.head.out_features).to(vit.head.weight)
-        trunc_normal_(vit.head_dist.weight, std=0.02)
-        nn.init.zeros_(vit.head_dist.bias)
+    v = cast(Any, vit)  # timm's attributes, untyped to mypy
+    pos = v.pos_embed.detach()
+    v.__class__ = VisionTransformerDistilled
+    v.num_prefix_tokens = 2
+    v.dist_token = nn.Parameter(v.cls_token.detach().clone())
+    v.pos_embed = nn.Parameter(with_dist_position(pos).clone())
+    if isinstance(v.head, nn.Linear):
+        v.head_dist = nn.Linear(v.head.in_features, v.head.out_features).to(v.head.weight)
+        trunc_normal_(v.head_dist.weight, std=0.02)
+        nn.init.zeros_(v.head_dist.bias)
     else:
-        vit.head_dist = copy.deepcopy(vit.head)
-    vit.weight_init_mode = "reset"
-    vit.set_distilled_training(True)
-    return vit
+        v.head_dist = copy.deepcopy(v.head)
+    v.weight_init_mode = "reset"
+    v.set_distilled_training(True)
+    return cast(VisionTransformerDistilled, vit)

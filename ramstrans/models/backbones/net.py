@@ -2,6 +2,7 @@
 normalisation and the facts the pipeline reads (``Backbone``); one scale, no attention, no patch grid."""
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -15,7 +16,7 @@ __all__ = ["NetBackbone", "create_net"]
 
 
 def create_net(
-    name: str, img_size: int | tuple[int, int] | None = None, num_classes: int | None = None, **timm_kwargs
+    name: str, img_size: int | tuple[int, int] | None = None, num_classes: int | None = None, **timm_kwargs: Any
 ) -> nn.Module:
     """A timm classifier by name; ``img_size`` goes to models that take one (ViTs), not to CNNs.
 
@@ -24,12 +25,11 @@ def create_net(
     """
     if not timm.is_model(name):
         raise UsageError(f"unknown model '{name}': timm has no model of that name")
-    kwargs = dict(timm_kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
+    kwargs: dict[str, Any] = dict(timm_kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
     try:
         try:
-            return timm.create_model(
-                name, pretrained=False, **kwargs, **({} if img_size is None else {"img_size": img_size})
-            )
+            size: dict[str, Any] = {} if img_size is None else {"img_size": img_size}
+            return timm.create_model(name, pretrained=False, **kwargs, **size)
         except TypeError as e:
             if img_size is None or "img_size" not in str(e):
                 raise
@@ -82,7 +82,7 @@ class NetBackbone(InputNorm):
 
     @property
     def num_classes(self) -> int:
-        return int(self.net.num_classes)
+        return int(cast(Any, self.net).num_classes)
 
     @property
     def timm_model(self) -> nn.Module:

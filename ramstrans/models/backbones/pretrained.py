@@ -10,7 +10,9 @@ import copy
 import json
 import os
 import threading
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub
 import torch
@@ -35,7 +37,7 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"  # ramstrans/weigh
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def read_state_dict(path: Path) -> dict[str, object]:
+def read_state_dict(path: Path) -> dict[str, Any]:
     """Read a .safetensors or torch file of tensors (no arbitrary unpickling).
 
     Raises:
@@ -55,7 +57,7 @@ def read_state_dict(path: Path) -> dict[str, object]:
     return obj
 
 
-def _unwrap(obj: dict[str, object]) -> dict[str, Tensor]:
+def _unwrap(obj: dict[str, Any]) -> dict[str, Tensor]:
     for key in ("state_dict", "model", "module"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -79,7 +81,7 @@ def _lift_to_distilled(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
     """A plain-layout copy of a distilled ViT (no distillation token), for loaders that only know plain ViTs."""
-    twin = copy.deepcopy(vit)
+    twin: Any = copy.deepcopy(vit)  # timm's attributes, untyped to mypy
     pos = twin.pos_embed.detach()
     twin.__class__ = VisionTransformer
     del twin.dist_token, twin.head_dist
@@ -110,7 +112,7 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], 
 
 
 def _load_fitting(
-    module: nn.Module, sd: dict[str, Tensor], head_keys: set, misfit: str, fresh: set[str] = frozenset()
+    module: nn.Module, sd: dict[str, Tensor], head_keys: set, misfit: str, fresh: Collection[str] = frozenset()
 ) -> None:
     """Load ``sd`` into ``module``; the head (``head_keys``) is dropped and left fresh when its shape differs (another
     class count), and ``fresh`` keys may be absent. Anything else missing, unexpected or of another shape is a
@@ -147,12 +149,12 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
     backbone.set_normalization(*GOOGLE_MEAN_STD)
 
 
-def _checkpoint_weights(ckpt: dict[str, object]) -> dict[str, Tensor]:
+def _checkpoint_weights(ckpt: dict[str, Any]) -> dict[str, Tensor]:
     """A ramstrans checkpoint's weights to start from: its EMA weights when it has them (as its run reported)."""
     return ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
 
 
-def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, object], path: Path) -> None:
+def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, Any], path: Path) -> None:
     """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
     CLS tokens where it has them for that scale."""
     model_sd = _checkpoint_weights(ckpt)
@@ -216,7 +218,7 @@ def _hub_file(model_name: str, tag: str, timeout_s: float) -> tuple[Path, dict |
 def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
     """``hf_hub_download`` with a total deadline: its own retries can wait for many minutes on a host that accepts
     connections and never answers."""
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
 
     def fetch() -> None:
         try:
@@ -239,7 +241,7 @@ def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
             f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
             "elsewhere and pass the file as pretrained=PATH"
         ) from None
-    return Path(result["path"])
+    return Path(str(result["path"]))
 
 
 def _online(timeout: float = 3.0) -> bool:
@@ -257,14 +259,14 @@ def shipped_weights() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.safetensors"))}
 
 
-def _load_shipped(backbone, name: str, load_sd) -> None:
+def _load_shipped(backbone: Any, name: str, load_sd: Callable[..., None]) -> None:
     file = shipped_weights()[name]
     meta = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
     load_sd(backbone, _unwrap(read_state_dict(file)), f"'{name}' ({meta.get('architecture', '?')})")
     backbone.set_normalization(meta["mean"], meta["std"])
 
 
-def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> None:
+def load_pretrained(backbone: Any, source: str, download_timeout_s: float = 60.0) -> None:
     """Initialise a ``ViTBackbone`` (or a classifier's ``NetBackbone``) in place from ``source``.
 
     Args:
@@ -300,12 +302,13 @@ def load_pretrained(backbone, source: str, download_timeout_s: float = 60.0) -> 
     else:
         file, cfg = _hub_file(backbone.name, str(source), download_timeout_s)
         load_sd(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
-        backbone.set_normalization(cfg["mean"], cfg["std"])
+        if cfg is not None:
+            backbone.set_normalization(cfg["mean"], cfg["std"])
     if vit:
         _copy_cls_to_zoom_tokens(backbone)
 
 
-def _load_ramstrans_net(backbone, ckpt: dict[str, object], path: Path) -> None:
+def _load_ramstrans_net(backbone: Any, ckpt: dict[str, Any], path: Path) -> None:
     """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
     sd = _checkpoint_weights(ckpt)
     _load_net_state_dict(
@@ -314,7 +317,7 @@ def _load_ramstrans_net(backbone, ckpt: dict[str, object], path: Path) -> None:
     backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
 
 
-def _load_net_state_dict(backbone, state_dict: dict[str, Tensor], origin: str) -> None:
+def _load_net_state_dict(backbone: Any, state_dict: dict[str, Tensor], origin: str) -> None:
     """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
     net = backbone.net
     head = net.get_classifier()

@@ -18,6 +18,7 @@ from the same q, k under ``no_grad``: nothing extra is kept for backward.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import timm
 import torch
@@ -115,7 +116,8 @@ def _check_whole_patches(vit: nn.Module) -> None:
     Raises:
         ValueError: naming the size, the patch and the nearest sizes that fit.
     """
-    size, patch = _pair(vit.patch_embed.img_size), _pair(vit.patch_embed.patch_size)
+    embed = cast(Any, vit).patch_embed
+    size, patch = _pair(embed.img_size), _pair(embed.patch_size)
     for side, p in zip(size, patch):
         if side % p:
             low, high = side - side % p, side - side % p + p
@@ -131,7 +133,7 @@ def create_vit(
     num_classes: int | None = None,
     window_attention: bool = False,
     conv_ffn: bool = False,
-    **timm_kwargs,
+    **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
 
@@ -171,7 +173,7 @@ def create_vit(
     reason = _unsupported_reason(vit)
     if reason is not None:
         raise UsageError(f"backbone '{name}' is not supported: {reason}")
-    return vit
+    return cast(VisionTransformer, vit)
 
 
 class ViTBackbone(InputNorm):
@@ -223,14 +225,14 @@ class ViTBackbone(InputNorm):
         )
         if dist_token or isinstance(vit, VisionTransformerDistilled):
             vit = make_distilled(vit)
-        self.vit: VisionTransformer = vit
+        self.vit: Any = cast(Any, vit)  # timm's VisionTransformer (its submodules are untyped to mypy)
         self.name: str = cfg.get("architecture") or type(vit).__name__
         # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them.
         self.zoom_cls_tokens = nn.ParameterList(
-            [nn.Parameter(vit.cls_token.detach().clone()) for _ in range(num_scales - 1)]
+            [nn.Parameter(self.vit.cls_token.detach().clone()) for _ in range(num_scales - 1)]
         )
         self.zoom_dist_tokens = nn.ParameterList(
-            [nn.Parameter(vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
+            [nn.Parameter(self.vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
             if self.has_dist_token
             else []
         )
@@ -241,7 +243,7 @@ class ViTBackbone(InputNorm):
             [FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks] if fwt != "off" else []
         )
         attach(vit.blocks, self.fwt)
-        for blk in vit.blocks:
+        for blk in self.vit.blocks:
             blk.attn.fused_attn = True  # capture never needs the unfused path
             blk.attn.q_norm.register_forward_hook(keep_queries)
             blk.attn.k_norm.register_forward_hook(capture)

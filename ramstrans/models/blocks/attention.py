@@ -8,6 +8,8 @@ backbone's grid, which timm's own forward passes to its attention kernel, so ``v
 and export keep working. The backbone's attention capture applies the same mask.
 """
 
+from typing import Any
+
 import torch
 from timm.layers import Attention
 from torch import Tensor
@@ -35,7 +37,7 @@ def window_mask(
 class WindowAttention(Attention):
     """timm's Attention with an optional fixed window mask (``window_mask``, None = global attention)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("window_mask", None, persistent=False)
         self.radius = 0

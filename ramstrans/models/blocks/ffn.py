@@ -8,6 +8,8 @@ distillation tokens skip the convolution: ``prefix="mlp"`` sends them through fc
 them a zero update (the block's residual passes them on unchanged).
 """
 
+from typing import Any, cast
+
 import torch
 from timm.layers import Mlp
 from torch import Tensor, nn
@@ -20,7 +22,7 @@ __all__ = ["ConvMlp"]
 class ConvMlp(Mlp):
     """timm's Mlp plus a depthwise convolution of the patch tokens (see the module doc)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grid: tuple[int, int] = (0, 0)
         self.num_prefix_tokens = 1
@@ -28,8 +30,9 @@ class ConvMlp(Mlp):
         self.dwconv = self._identity_conv(3)
 
     def _identity_conv(self, kernel: int) -> nn.Conv2d:
-        c = self.fc1.out_features
+        c = int(cast(Any, self.fc1).out_features)
         conv = nn.Conv2d(c, c, kernel, padding=kernel // 2, groups=c).to(self.fc1.weight)
+        assert conv.bias is not None  # Conv2d's default
         with torch.no_grad():
             conv.weight.zero_()
             conv.weight[:, :, kernel // 2, kernel // 2] = 1.0

@@ -7,6 +7,8 @@ feed-forward's input), through a forward hook, so timm's blocks are unchanged. T
 (``ViTBackbone.fwt``), never inside it, so no export carries their parameters.
 """
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,5 +49,5 @@ class FeatureWiseTransform(nn.Module):
 
 def attach(blocks: nn.Module, layers: nn.ModuleList) -> None:
     """Apply ``layers[i]`` to the ``norm2`` output of ``blocks[i]`` (the layers stay registered where they are)."""
-    for blk, layer in zip(blocks, layers):
+    for blk, layer in zip(cast(Any, blocks), layers):
         blk.norm2.register_forward_hook(layer.hook)
