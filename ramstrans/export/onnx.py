@@ -77,11 +77,15 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] |
             "ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'"
         ) from None
     model.eval()
-    module = (model if scales == 1 else _Fused(model, scales)).eval()
-    gate = scales > 1 and model.zoom_gate is not None
-    outputs = ["logits"] if scales == 1 else ["logits", "probs", "boxes"] + (["zoom_confidence"] if gate else [])
-    if gate:  # a client zooms where zoom_confidence < this
-        meta = {**(meta or {}), "zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
+    module: nn.Module = model
+    outputs = ["logits"]
+    if scales > 1:
+        if not isinstance(model, RAMSTrans):  # checked_out refuses this first; kept for direct callers
+            raise UsageError(f"a {type(model).__name__} has one scale: export it with --scales 1")
+        module, outputs = _Fused(model, scales).eval(), ["logits", "probs", "boxes"]
+        if model.zoom_gate is not None:  # a client zooms where zoom_confidence < this
+            outputs.append("zoom_confidence")
+            meta = {**(meta or {}), "zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
@@ -94,6 +98,7 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] |
         opset_version=opset,
         verbose=False,
     )
+    assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
     onnx.helper.set_model_props(
         proto,

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import cast
 
 from safetensors.torch import save_file
 
@@ -96,7 +97,7 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
         "std": model.backbone.std,
     }
     model_config: dict[str, object] = {"label_names": info["class_names"]}
-    if model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
+    if isinstance(model, RAMSTrans) and model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
         model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
     save_for_hf(
         model.backbone.timm_model,
@@ -109,8 +110,8 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
         info.update(
             alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows, eval_head=model.eval_head
         )
-    scales = int(info["num_scales"])
-    if scales > 1:
+    scales = cast(int, info["num_scales"])
+    if scales > 1 and isinstance(model, RAMSTrans):  # checked_out allows more than one scale only to RAMS-Trans
         bb = model.backbone
         save_file(
             {
