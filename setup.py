@@ -17,8 +17,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ramstrans", "ramstrans.*"]),
     include_package_data=True,
-    package_data={"ramstrans": ["weights/*.safetensors", "weights/*.json"]},
-    data_files=[("share/ramstrans/configs", sorted(str(p) for p in Path("configs").glob("*.yaml")))],
+    package_data={"ramstrans": ["weights/*.safetensors", "weights/*.json", "configs/*.yaml", "configs/README.md"]},
     install_requires=[
         "torch>=2.1",
         "timm>=1.0",

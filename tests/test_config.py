@@ -100,3 +100,21 @@ def test_a_config_builds_on_a_base_and_a_base_cycle_is_refused(tmp_path):
     (tmp_path / "d.yaml").write_text(f"base: {tmp_path / 'c.yaml'}\n")
     with pytest.raises(ConfigError, match="is its own base"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+def test_shipped_configs_are_package_data():
+    """Every config in ramstrans/configs/ is listed as package data, so a wheel (a regular or --user install) finds
+    them by name: the setup's package_data patterns must match every shipped file."""
+    import fnmatch
+    from pathlib import Path
+
+    import ramstrans
+    from ramstrans.config.load import CONFIG_DIRS, find_config
+
+    root = Path(ramstrans.__file__).parent
+    assert CONFIG_DIRS == (root / "configs",)
+    setup = (root.parent / "setup.py").read_text()
+    patterns = [p for p in ("configs/*.yaml", "configs/README.md") if f'"{p}"' in setup]
+    shipped = sorted(p.relative_to(root).as_posix() for p in (root / "configs").iterdir())
+    assert shipped and all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in shipped)
+    assert find_config("synthetic_cpu") == root / "configs" / "synthetic_cpu.yaml"

@@ -28,7 +28,7 @@ def run(a: argparse.Namespace) -> None:
 def add(sub: argparse._SubParsersAction) -> None:
     """The train subcommand."""
     t = sub.add_parser("train", help="train RAMS-Trans (default: the synthetic CPU demo)")
-    t.add_argument("--config", help=f"YAML file or name in configs/ (default: {DEFAULT_CONFIG})")
+    t.add_argument("--config", help=f"YAML file or name in ramstrans/configs/ (default: {DEFAULT_CONFIG})")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument(
         "--resume",

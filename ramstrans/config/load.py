@@ -3,7 +3,6 @@ config file holds only its differences from the defaults."""
 
 import dataclasses
 import math
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -29,8 +28,8 @@ __all__ = [
     "DEFAULT_CONFIG",
 ]
 
-# the repository's configs/ (editable install), or where a regular install puts them
-CONFIG_DIRS = (Path(__file__).resolve().parents[2] / "configs", Path(sys.prefix) / "share" / "ramstrans" / "configs")
+# the shipped configs are package data (ramstrans/configs/), found the same way by every kind of install
+CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs",)
 DEFAULT_CONFIG = "synthetic_cpu"
 MAX_VALUES = 10_000  # values one config key may hold (lists and mappings counted through): a YAML alias bomb stops here
 
@@ -135,7 +134,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 
 def find_config(name_or_path: str) -> Path:
-    """A path as given, or a config name (``synthetic_cpu``) looked up in the repository's ``configs/``."""
+    """A path as given, or a config name (``synthetic_cpu``) looked up in the package's ``ramstrans/configs/``."""
     p = Path(name_or_path)
     if p.is_file():
         return p
