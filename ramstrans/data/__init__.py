@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from torch.utils.data import Dataset
 
+from ramstrans.config import DataConfig
 from ramstrans.data.dataset import (
     DataError,
     DatasetIndex,
@@ -65,22 +66,22 @@ class DataBundle:
     val: Dataset | None
 
 
-def load_index(data_cfg, generate: bool = True) -> DatasetIndex:
+def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
     """Index the configured data set (generating the synthetic one on first use unless ``generate`` is off, e.g. for
     a copy at another root; the pretext stream has no files)."""
     if data_cfg.dataset == "pretext":
         return DatasetIndex(root=Path("."), class_names=list(FAMILIES), splits={})
     if data_cfg.dataset not in DATASETS:
         raise UsageError(f"unknown data.dataset '{data_cfg.dataset}' (known: {', '.join(sorted(DATASETS))}, pretext)")
-    root = data_cfg.root
+    root = Path(data_cfg.root)
     if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
-        root = ensure_synthetic(root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
+        root = ensure_synthetic(data_cfg.root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
     return DATASETS[data_cfg.dataset](Path(root).expanduser())
 
 
 def build_data(
-    data_cfg, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float], seed: int
+    data_cfg: DataConfig, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float], seed: int
 ) -> DataBundle:
     """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured)."""
     train_t = Transform(train=True, crop=img_size, resize=data_cfg.resize, mean=mean, std=std, hflip=data_cfg.hflip)
@@ -103,7 +104,7 @@ def build_data(
     )
 
 
-def split_tables(data_cfg, index: DatasetIndex, seed: int) -> dict[str, pd.DataFrame]:
+def split_tables(data_cfg: DataConfig, index: DatasetIndex, seed: int) -> dict[str, pd.DataFrame]:
     """The train / [val] / test tables a run uses: the data set's own splits, or a validation split carved from train
     (``data.val_fraction``, stratified, seeded with the run's seed, so evaluation finds the same one)."""
     tables = dict(index.splits)

@@ -13,6 +13,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -29,7 +30,7 @@ BOX_SLACK = 1.0  # pixels a box may end past the image (annotation tools round o
 
 
 def _problem(kind: str, message: str, split: str | None = None, path: str | None = None) -> dict:
-    out = {"kind": kind, "message": message}
+    out: dict[str, str | None] = {"kind": kind, "message": message}
     if split is not None:
         out.update(split=split, path=path)
     return out
@@ -148,7 +149,7 @@ def check_data(dataset: str, root: Path, workers: int = 0, decode: bool = True, 
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data set root {root} does not exist")
-    report = {"dataset": dataset, "root": str(root), "splits": {}, "problems": []}
+    report: dict[str, Any] = {"dataset": dataset, "root": str(root), "splits": {}, "problems": []}
     try:
         index = DATASETS[dataset](root)
     except DataError as e:

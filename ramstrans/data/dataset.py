@@ -178,11 +178,11 @@ class ImageDataset(Dataset):
             box = (max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1))
             box = box if box[2] > box[0] and box[3] > box[1] else None
         if self.transform is not None:
-            image, box = self.transform(image, box, seed)
+            tensor, box = self.transform(image, box, seed)
         else:
-            image = torch.from_numpy(image).permute(2, 0, 1).float()
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float()
         box_t = torch.tensor(box, dtype=torch.float32) if box is not None else torch.full((4,), float("nan"))
-        return {"image": image, "label": int(self.labels[index]), "box": box_t, "index": index}
+        return {"image": tensor, "label": int(self.labels[index]), "box": box_t, "index": index}
 
 
 def index_seed(index: int) -> int:
@@ -193,7 +193,7 @@ def index_seed(index: int) -> int:
 def collate(items: list[dict | None]) -> dict:
     """Stack items; drop the None of skipped corrupt images and count them under ``skipped``."""
     kept = [it for it in items if it is not None]
-    out = {"skipped": len(items) - len(kept)}
+    out: dict[str, object] = {"skipped": len(items) - len(kept)}
     if kept:
         out.update(
             image=torch.stack([it["image"] for it in kept]),

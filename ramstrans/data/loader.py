@@ -1,6 +1,6 @@
 """DataLoaders: an endless, resumable, rank-sharded training stream and plain sequential evaluation loaders."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,7 @@ class StepSampler(Sampler):
         self.steps_per_epoch = num_samples // self.step_size  # the incomplete tail is dropped
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        position, perm, perm_epoch = self.start_batch, None, -1
+        position, perm, perm_epoch = self.start_batch, torch.empty(0, dtype=torch.long), -1
         while True:
             step, a = divmod(position, self.accum)
             epoch, s = divmod(step, self.steps_per_epoch)
@@ -116,10 +116,12 @@ def train_loader(
     grad_accum: int = 1,
 ) -> DataLoader:
     """The endless training loader starting at batch position ``start_batch`` (a generated stream is read in order)."""
+    sampler: StreamSampler | StepSampler
     if getattr(dataset, "endless", False):
         sampler = StreamSampler(batch_size, seed, start_batch, rank, world_size, grad_accum)
     else:
-        sampler = StepSampler(len(dataset), batch_size, seed, start_batch, rank, world_size, grad_accum)
+        n = len(dataset)  # type: ignore[arg-type]  # a map-style data set has a length
+        sampler = StepSampler(n, batch_size, seed, start_batch, rank, world_size, grad_accum)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -132,7 +134,9 @@ def train_loader(
     )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, indices=None) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None
+) -> DataLoader:
     """Sequential evaluation loader over all items (or over ``indices``, e.g. one rank's shard)."""
     ds = dataset if indices is None else torch.utils.data.Subset(dataset, list(indices))
     return DataLoader(

@@ -81,4 +81,7 @@ class Transform:
             image=image, bboxes=np.array([box] if box else [], np.float32).reshape(-1, 4), bbox_ids=[0] if box else []
         )
         boxes = out["bboxes"]
-        return out["image"], (tuple(float(v) for v in boxes[0]) if len(boxes) else None)
+        if not len(boxes):
+            return out["image"], None
+        x0, y0, x1, y1 = (float(v) for v in boxes[0])
+        return out["image"], (x0, y0, x1, y1)

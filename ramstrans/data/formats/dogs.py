@@ -91,7 +91,7 @@ def union_box(path: Path) -> tuple[float, float, float, float]:
     boxes = []
     for box in tree.getroot().iter("bndbox"):
         try:
-            boxes.append([float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+            boxes.append([float(box.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax")])
         except (TypeError, ValueError):
             raise DataError(f"annotation {path} has a bndbox without numeric xmin, ymin, xmax, ymax") from None
     if not boxes:

@@ -84,7 +84,7 @@ def _csv_files(root: Path) -> dict[str | None, Path]:
     """split -> CSV file (split None: one file with a split column)."""
     if root.is_file():
         return {None: root}
-    per_split = {s: root / f"{s}.csv" for s in SPLITS if (root / f"{s}.csv").is_file()}
+    per_split: dict[str | None, Path] = {s: root / f"{s}.csv" for s in SPLITS if (root / f"{s}.csv").is_file()}
     if per_split:
         for need in ("train", "test"):
             if need not in per_split:

@@ -13,7 +13,7 @@ The scene code (background, clutter, painter) is shared with the pretext stream 
 import itertools
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +87,13 @@ class Painter:
 
     SHIFT = 4
 
-    def __init__(self, image: np.ndarray, mask: np.ndarray = None) -> None:
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
         self.image, self.mask = image, mask
 
     def _fx(self, v: float) -> int:
         return int(round(v * (1 << self.SHIFT)))
 
-    def _targets(self, colour: Sequence[int]):
+    def _targets(self, colour: Sequence[int]) -> Iterator[tuple[np.ndarray, tuple[int, ...] | int]]:
         yield self.image, tuple(int(c) for c in colour)
         if self.mask is not None:
             yield self.mask, 255
@@ -116,7 +116,7 @@ class Painter:
     def polygon(self, pts: np.ndarray, colour: Sequence[int]) -> None:
         p = np.round(np.asarray(pts) * (1 << self.SHIFT)).astype(np.int32)[None]
         for img, col in self._targets(colour):
-            cv2.fillPoly(img, p, col, cv2.LINE_AA, self.SHIFT)
+            cv2.fillPoly(img, [p[0]], col, cv2.LINE_AA, self.SHIFT)
 
     def line(self, a: tuple[float, float], b: tuple[float, float], colour: Sequence[int], width: float) -> None:
         for img, col in self._targets(colour):
@@ -132,7 +132,8 @@ class Painter:
 
 
 def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: int = 18) -> RGB:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    r, g, b = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    return r, g, b
 
 
 def render_background(rng: np.random.Generator, size: int) -> np.ndarray:

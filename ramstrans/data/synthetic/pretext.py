@@ -22,7 +22,8 @@ Pt = tuple[float, float]
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     if rng.random() < 0.3:  # some objects share the birds' body colours, so colour alone does not name the family
         return BODY_COLOURS[rng.integers(len(BODY_COLOURS))]
-    return tuple(int(v) for v in rng.integers(20, 236, 3))
+    r, g, b = (int(v) for v in rng.integers(20, 236, 3))
+    return r, g, b
 
 
 def _frame(rng: np.random.Generator, centre: Pt, length: float) -> Callable[[float, float], Pt]:
@@ -32,7 +33,7 @@ def _frame(rng: np.random.Generator, centre: Pt, length: float) -> Callable[[flo
     return lambda x, y: (centre[0] + (c * flip * x - s * y) * length, centre[1] + (s * flip * x + c * y) * length)
 
 
-def _bird(rng, p: Painter, centre: Pt, length: float) -> None:
+def _bird(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     names = list(PALETTE)
     sp = BirdSpecies(
         crown=names[rng.integers(len(names))],
@@ -42,7 +43,7 @@ def _bird(rng, p: Painter, centre: Pt, length: float) -> None:
     draw_bird(rng, p, centre, length, sp)
 
 
-def _fish(rng, p: Painter, centre: Pt, length: float) -> None:
+def _fish(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     p.polygon(np.array([at(-0.30, 0), at(-0.55, -0.2), at(-0.55, 0.2)]), col)
     p.ellipse(at(0, 0), (0.35 * length, 0.16 * length), 0, col)
@@ -50,7 +51,7 @@ def _fish(rng, p: Painter, centre: Pt, length: float) -> None:
     p.ellipse(at(0.22, -0.03), (0.03 * length, 0.03 * length), 0, (10, 10, 10))
 
 
-def _butterfly(rng, p: Painter, centre: Pt, length: float) -> None:
+def _butterfly(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     for sx in (-1, 1):
         p.ellipse(at(0.17 * sx, -0.12), (0.18 * length, 0.13 * length), 30 * sx, col)
@@ -58,7 +59,7 @@ def _butterfly(rng, p: Painter, centre: Pt, length: float) -> None:
     p.line(at(0, -0.25), at(0, 0.25), (30, 30, 30), max(1.0, 0.04 * length))
 
 
-def _flower(rng, p: Painter, centre: Pt, length: float) -> None:
+def _flower(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col, n = _frame(rng, centre, length), _colour(rng), int(rng.integers(5, 9))
     p.line(at(0, 0), at(0.05, 0.55), (50, 130, 40), max(1.0, 0.04 * length))
     for k in range(n):
@@ -67,7 +68,7 @@ def _flower(rng, p: Painter, centre: Pt, length: float) -> None:
     p.ellipse(at(0, -0.1), (0.07 * length, 0.07 * length), 0, _colour(rng))
 
 
-def _mushroom(rng, p: Painter, centre: Pt, length: float) -> None:
+def _mushroom(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     p.polygon(np.array([at(-0.07, 0), at(0.07, 0), at(0.08, 0.35), at(-0.08, 0.35)]), (230, 220, 200))
     cap = [at(0.32 * np.cos(a), -0.25 * np.sin(a)) for a in np.linspace(0, np.pi, 12)]
@@ -78,14 +79,14 @@ def _mushroom(rng, p: Painter, centre: Pt, length: float) -> None:
         )
 
 
-def _house(rng, p: Painter, centre: Pt, length: float) -> None:
+def _house(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     p.polygon(np.array([at(-0.3, -0.05), at(0.3, -0.05), at(0.3, 0.35), at(-0.3, 0.35)]), col)
     p.polygon(np.array([at(-0.36, -0.05), at(0, -0.35), at(0.36, -0.05)]), _colour(rng))
     p.polygon(np.array([at(-0.06, 0.12), at(0.06, 0.12), at(0.06, 0.35), at(-0.06, 0.35)]), (60, 40, 30))
 
 
-def _car(rng, p: Painter, centre: Pt, length: float) -> None:
+def _car(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     p.polygon(np.array([at(-0.45, -0.05), at(0.45, -0.05), at(0.45, 0.15), at(-0.45, 0.15)]), col)
     p.polygon(np.array([at(-0.25, -0.05), at(-0.15, -0.22), at(0.2, -0.22), at(0.3, -0.05)]), col)
@@ -93,7 +94,7 @@ def _car(rng, p: Painter, centre: Pt, length: float) -> None:
         p.ellipse(at(wx, 0.16), (0.09 * length, 0.09 * length), 0, (25, 25, 25))
 
 
-def _tree(rng, p: Painter, centre: Pt, length: float) -> None:
+def _tree(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at = _frame(rng, centre, length)
     p.polygon(np.array([at(-0.05, 0), at(0.05, 0), at(0.06, 0.45), at(-0.06, 0.45)]), (100, 70, 40))
     green = (int(rng.integers(30, 90)), int(rng.integers(110, 190)), int(rng.integers(30, 90)))
@@ -101,14 +102,14 @@ def _tree(rng, p: Painter, centre: Pt, length: float) -> None:
         p.ellipse(at(dx, dy), (r * length, r * length), 0, green)
 
 
-def _boat(rng, p: Painter, centre: Pt, length: float) -> None:
+def _boat(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at = _frame(rng, centre, length)
     p.polygon(np.array([at(-0.45, 0.1), at(0.45, 0.1), at(0.3, 0.28), at(-0.3, 0.28)]), _colour(rng))
     p.line(at(0, 0.1), at(0, -0.45), (60, 50, 40), max(1.0, 0.03 * length))
     p.polygon(np.array([at(0.02, -0.42), at(0.35, 0.05), at(0.02, 0.05)]), (240, 240, 235))
 
 
-def _snake(rng, p: Painter, centre: Pt, length: float) -> None:
+def _snake(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     xs = np.linspace(-0.5, 0.5, 9)
     pts = [at(x, 0.15 * np.sin(4 * x + rng.uniform(0, 6))) for x in xs]
@@ -117,7 +118,7 @@ def _snake(rng, p: Painter, centre: Pt, length: float) -> None:
     p.ellipse(pts[-1], (0.07 * length, 0.05 * length), 0, col)
 
 
-def _cat(rng, p: Painter, centre: Pt, length: float) -> None:
+def _cat(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at, col = _frame(rng, centre, length), _colour(rng)
     for sx in (-1, 1):
         p.polygon(np.array([at(0.1 * sx, -0.18), at(0.28 * sx, -0.38), at(0.3 * sx, -0.08)]), col)
@@ -127,7 +128,7 @@ def _cat(rng, p: Painter, centre: Pt, length: float) -> None:
     p.polygon(np.array([at(-0.04, 0.08), at(0.04, 0.08), at(0, 0.13)]), (230, 120, 140))
 
 
-def _kite(rng, p: Painter, centre: Pt, length: float) -> None:
+def _kite(rng: np.random.Generator, p: Painter, centre: Pt, length: float) -> None:
     at = _frame(rng, centre, length)
     p.polygon(np.array([at(0, -0.4), at(0.25, -0.05), at(0, 0.3), at(-0.25, -0.05)]), _colour(rng))
     p.line(at(0, -0.4), at(0, 0.3), _colour(rng), max(1.0, 0.03 * length))
@@ -179,15 +180,15 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return self.length if self.length is not None else 2**62
 
-    def __getitem__(self, item) -> dict:
+    def __getitem__(self, item: int) -> dict:
         position, aug_seed = item if isinstance(item, tuple) else (item, item)
         rng = np.random.default_rng([self.seed, position])
         family = int(rng.integers(len(FAMILIES)))
         image, (x, y, w, h) = render_pretext(rng, self.image_size, family)
         box = (x, y, x + w, y + h)
         if self.transform is not None:
-            image, box = self.transform(image, box, aug_seed)
+            tensor, box = self.transform(image, box, aug_seed)
         else:
-            image = torch.from_numpy(image).permute(2, 0, 1).float()
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float()
         box_t = torch.tensor(box, dtype=torch.float32) if box is not None else torch.full((4,), float("nan"))
-        return {"image": image, "label": family, "box": box_t, "index": position}
+        return {"image": tensor, "label": family, "box": box_t, "index": position}
