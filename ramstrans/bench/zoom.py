@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.zoom_report import TODAY, plot_frontier, report_table
 from ramstrans.errors import UsageError
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
@@ -39,12 +40,6 @@ STUDENT_GRID = (
 )
 MULTIPLES = (1, 2, 4)
 EMA_DECAY = 0.99  # the decay bench ema measured on the demo
-# Today's points (README "The demo, measured": full training split, test, seeds 0-4), drawn for comparison.
-TODAY = (
-    {"label": "today: single scale", "passes": 1.0, "top1": 84.3},
-    {"label": "today: adaptive 0.95", "passes": 1.88, "top1": 96.9},
-    {"label": "today: fused", "passes": 2.0, "top1": 96.9},
-)
 VIT = ["model.num_scales=1", "loss.scale_weights=[1.0]"]
 
 
@@ -306,77 +301,6 @@ def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, object]:
     return out
 
 
-def _plot(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
-    """Test top-1 against backbone passes per image for every row (mean, bar: half-range over seeds), with today's
-    three points and the single-pass goal."""
-    from matplotlib.figure import Figure
-
-    from ramstrans.runtime.files import atomic_write
-
-    rams = summary["rams"]
-    points = [
-        ("plain ViT", 1.0, summary["vit"]["test_single"], "s", "tab:gray"),
-        ("RAMS-Trans, scale 1", 1.0, rams["test_single"], "o", "tab:blue"),
-        ("RAMS-Trans, fused", 2.0, rams["test_fused"], "o", "tab:blue"),
-        ("adaptive, top probability", rams["test_maxprob_passes"]["mean"], rams["test_maxprob"], "D", "tab:blue"),
-        ("adaptive, zoom gate", rams["test_gate_passes"]["mean"], rams["test_gate"], "P", "tab:purple"),
-        ("oracle zoom (bound)", rams["test_oracle_passes"]["mean"], rams["test_fused"], "*", "tab:purple"),
-        ("+ self-distillation, scale 1", 1.0, summary["sd"]["test_single"], "o", "tab:orange"),
-        ("+ self-distillation, fused", 2.0, summary["sd"]["test_fused"], "o", "tab:orange"),
-    ]
-    if "rams_x4" in summary:
-        x4 = summary["rams_x4"]
-        points += [
-            ("RAMS-Trans 4x steps, scale 1", 1.0, x4["test_single"], "o", "tab:green"),
-            ("RAMS-Trans 4x steps, fused", 2.0, x4["test_fused"], "o", "tab:green"),
-            (
-                "RAMS-Trans 4x, adaptive (top probability)",
-                x4["test_maxprob_passes"]["mean"],
-                x4["test_maxprob"],
-                "D",
-                "tab:green",
-            ),
-        ]
-    multiples = sorted(int(k.removeprefix("student_x")) for k in summary if k.startswith("student_x"))
-    for m, shade in zip(multiples, ("#9ecae1", "#4292c6", "#08519c")):
-        points.append(
-            (f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"], "^", shade)
-        )
-        if m > 1:
-            points.append((f"plain ViT, {m}x steps", 1.0, summary[f"vit_x{m}"]["test_single"], "v", shade))
-    fig = Figure(figsize=(10, 5.2))
-    ax = fig.subplots()
-    for i, (label, passes, stat, marker, colour) in enumerate(points):
-        x = passes + (0.015 * (i % 7) if passes in (1.0, 2.0) else 0.0)  # spread the points that share a cost
-        ax.errorbar(
-            [x],
-            [stat["mean"]],
-            yerr=[stat["spread"]],
-            fmt=marker,
-            color=colour,
-            capsize=3,
-            markersize=7,
-            label=f"{label}: {stat['mean']:.1f} ± {stat['spread']:.1f}",
-        )
-    for p, offset in zip(TODAY, ((4, 4), (-40, 8), (4, -12))):
-        ax.plot([p["passes"]], [p["top1"]], "x", color="black", markersize=9)
-        ax.annotate(p["label"], (p["passes"], p["top1"]), fontsize=7, xytext=offset, textcoords="offset points")
-    ax.axhline(TODAY[2]["top1"] - 2.0, color="gray", linestyle=":", linewidth=1)
-    ax.annotate(
-        "goal for one pass: today's fused - 2",
-        (1.0, TODAY[2]["top1"] - 2.0),
-        fontsize=7,
-        xytext=(0, -10),
-        textcoords="offset points",
-    )
-    ax.set_xlim(0.95, 2.25)
-    ax.set_xlabel("backbone passes per image")
-    ax.set_ylabel("test top-1 (%), mean over seeds")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-
-
 def bench_zoom(
     stage: str = "screen",
     seeds: Sequence[int] = (0,),
@@ -435,8 +359,9 @@ def bench_zoom(
             summary, rows = _report(runs, seeds, sd, student, multiples)
             out["multiples"] = list(multiples)
             out.update(summary, per_seed=rows, today=list(TODAY))
-            _plot(summary["rows"], Path(out_dir) / "frontier.png")
-            out["frontier_png"] = str(Path(out_dir) / "frontier.png")
+            plot_frontier(summary["rows"], Path(out_dir) / "frontier.png")
+            write_text_atomic(Path(out_dir) / "report_table.md", report_table(out))
+            out.update(frontier_png=str(Path(out_dir) / "frontier.png"), table=str(Path(out_dir) / "report_table.md"))
         else:
             out.update(_latency(runs.run("rams", seeds[0], [])))
     out.update(resolved_configs=runs.configs, run_folders=sorted(runs.configs))
