@@ -313,7 +313,8 @@ def bench_zoom(
     multiples: Sequence[int] = MULTIPLES,
 ) -> dict[str, object]:
     """One stage of the zoom-at-one-pass measurement (see the module doc); writes ``<out_dir>/<stage>_result.json``
-    (or ``result``) with every run's resolved config and folder.
+    (a report: ``report_<n>seeds_x<multiples>_result.json`` with its ``_frontier.png`` and ``_table.md``; or
+    ``result``) with every run's resolved config and folder.
 
     Args:
         stage: "screen", "ema", "report" or "latency".
@@ -336,6 +337,8 @@ def bench_zoom(
         raise UsageError(f"bench zoom --stage must be screen, ema, report or latency, got '{stage}'")
     runs = _Runs(config, out_dir, overrides)
     screened = Path(out_dir) / "screen_result.json"
+    # a report is named after its seeds and step multiples, so the 5-seed report and a shorter trend report both stay
+    name = f"report_{len(seeds)}seeds_x{'-'.join(str(m) for m in multiples)}" if stage == "report" else stage
     if stage != "screen" and not screened.is_file():
         raise UsageError(f"bench zoom --stage {stage} needs the settings chosen by --stage screen ({screened})")
     out: dict[str, object] = {
@@ -359,13 +362,15 @@ def bench_zoom(
             summary, rows = _report(runs, seeds, sd, student, multiples)
             out["multiples"] = list(multiples)
             out.update(summary, per_seed=rows, today=list(TODAY))
-            plot_frontier(summary["rows"], Path(out_dir) / "frontier.png")
-            write_text_atomic(Path(out_dir) / "report_table.md", report_table(out))
-            out.update(frontier_png=str(Path(out_dir) / "frontier.png"), table=str(Path(out_dir) / "report_table.md"))
+            png, table = Path(out_dir) / f"{name}_frontier.png", Path(out_dir) / f"{name}_table.md"
+            plot_frontier(summary["rows"], png)
+            write_text_atomic(table, report_table(out))
+            out.update(frontier_png=str(png), table=str(table))
         else:
             out.update(_latency(runs.run("rams", seeds[0], [])))
     out.update(resolved_configs=runs.configs, run_folders=sorted(runs.configs))
-    target = Path(result) if result else Path(out_dir) / f"{stage}_result.json"
+    target = Path(result) if result else Path(out_dir) / f"{name}_result.json"
+    out["result"] = str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target, json.dumps(out, indent=1))
     return out

@@ -105,7 +105,7 @@ def run(a: argparse.Namespace) -> None:
             student_grid=[_student(s) for s in a.student_grid.split(",")],
             multiples=[int(m) for m in _floats(a.multiples, "--multiples")],
         )
-        print(f"bench zoom --stage {a.stage}: written to {Path(a.out or 'runs/bench_zoom') / f'{a.stage}_result.json'}")
+        print(f"bench zoom --stage {a.stage}: written to {r['result']}")
         return
     elif a.what == "latency":
         r = _bench_latency(a)
