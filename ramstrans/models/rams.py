@@ -384,6 +384,10 @@ def _as_backbone(
             num_classes,
             window_attention=options["attn_window"] > 0,
             conv_ffn=options["ffn"] == "conv",
+            attn_window=options["attn_window"],
+            ffn_kernel=options["ffn_kernel"],
+            ffn_prefix=options["ffn_prefix"],
+            dist_token=dist_token,
             **kwargs,
         )
         return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)

@@ -18,6 +18,7 @@ from the same q, k under ``no_grad``: nothing extra is kept for backward.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import timm
@@ -32,7 +33,7 @@ from ramstrans.errors import UsageError
 from ramstrans.models.backbones.capture import CaptureMode, arm, capture, keep_queries
 from ramstrans.models.backbones.distilled import HEADS, Head, make_distilled, select_head, with_dist_position
 from ramstrans.models.backbones.inputs import InputNorm
-from ramstrans.models.blocks.attention import WindowAttention
+from ramstrans.models.blocks.attention import WindowAttention, window_attention_layer
 from ramstrans.models.blocks.ffn import ConvMlp
 from ramstrans.models.blocks.fwt import FeatureWiseTransform, attach
 
@@ -127,12 +128,49 @@ def _check_whole_patches(vit: nn.Module) -> None:
             )
 
 
+def _probe_layout(name: str, kwargs: dict[str, Any], dist_token: bool) -> tuple[tuple[int, int], int]:
+    """The (gh, gw) patch grid and final prefix-token count of the model ``name`` would be, read from a copy built on
+    the meta device (no memory, no draw from the random generators) with the same arguments, before the real build.
+
+    The count is the model's own prefix tokens, plus the distillation token ``make_distilled`` adds to a plain ViT
+    when ``dist_token``. A model without a patch embedding gets (1, 1): timm refuses or ``create_vit`` rejects it.
+    """
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, **kwargs)
+    grid = getattr(getattr(probe, "patch_embed", None), "grid_size", None)
+    prefix = int(getattr(probe, "num_prefix_tokens", 1))
+    if dist_token and not isinstance(probe, VisionTransformerDistilled):
+        prefix += 1
+    return (_pair(grid) if grid is not None else (1, 1)), prefix
+
+
+def _block_layers(name: str, kwargs: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
+    """timm's ``attn_layer`` / ``mlp_layer`` arguments for the options in ``layout`` (see ``create_vit``): the block
+    classes with their grid, prefix count and options bound, so timm builds them sized."""
+    if not (layout["window_attention"] or layout["conv_ffn"]):
+        return {}
+    grid, prefix = _probe_layout(name, kwargs, layout["dist_token"])
+    layers: dict[str, Any] = {}
+    if layout["window_attention"]:
+        layers["attn_layer"] = window_attention_layer(grid, prefix, layout["attn_window"])
+    if layout["conv_ffn"]:
+        layers["mlp_layer"] = partial(
+            ConvMlp, grid_size=grid, num_prefix_tokens=prefix, kernel=layout["ffn_kernel"], prefix=layout["ffn_prefix"]
+        )
+    return layers
+
+
 def create_vit(
     name: str,
     img_size: int | tuple[int, int] | None = None,
     num_classes: int | None = None,
     window_attention: bool = False,
     conv_ffn: bool = False,
+    *,
+    attn_window: int = 0,
+    ffn_kernel: int = 3,
+    ffn_prefix: str = "mlp",
+    dist_token: bool = False,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
@@ -141,8 +179,12 @@ def create_vit(
         name: timm model name, e.g. ``vit_base_patch16_224``.
         img_size: input size (int or (H, W)); None keeps the model's default.
         num_classes: classifier outputs; None keeps the model's default.
-        window_attention: build the blocks' attention as ``WindowAttention`` (sized by ``ViTBackbone``).
-        conv_ffn: build the blocks' feed-forward as ``ConvMlp`` (sized by ``ViTBackbone``).
+        window_attention: build the blocks' attention as ``WindowAttention``, sized for ``attn_window``.
+        conv_ffn: build the blocks' feed-forward as ``ConvMlp``, sized for ``ffn_kernel`` and ``ffn_prefix``.
+        attn_window: the ``WindowAttention`` blocks' radius (0: global); ``ViTBackbone`` checks its range.
+        ffn_kernel: the ``ConvMlp`` blocks' odd kernel.
+        ffn_prefix: the ``ConvMlp`` blocks' prefix mode, "mlp" or "bypass".
+        dist_token: return timm's distilled layout (``make_distilled``), its blocks sized for the distillation token.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
 
     Raises:
@@ -155,12 +197,18 @@ def create_vit(
         kwargs["img_size"] = img_size
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if window_attention:
-        kwargs["attn_layer"] = WindowAttention
-    if conv_ffn:
-        kwargs["mlp_layer"] = ConvMlp
+    layout = dict(
+        window_attention=window_attention,
+        conv_ffn=conv_ffn,
+        attn_window=attn_window,
+        ffn_kernel=ffn_kernel,
+        ffn_prefix=ffn_prefix,
+        dist_token=dist_token,
+    )
     try:
-        vit = timm.create_model(name, pretrained=False, **kwargs)
+        vit = timm.create_model(name, pretrained=False, **{**kwargs, **_block_layers(name, kwargs, layout)})
+    except UsageError:  # a block's own refusal of its options (model.ffn_kernel, model.ffn_prefix), as it words it
+        raise
     except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
         if "img_size" in str(e):
             raise UsageError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
@@ -173,7 +221,7 @@ def create_vit(
     reason = _unsupported_reason(vit)
     if reason is not None:
         raise UsageError(f"backbone '{name}' is not supported: {reason}")
-    return cast(VisionTransformer, vit)
+    return make_distilled(cast(VisionTransformer, vit)) if dist_token else cast(VisionTransformer, vit)
 
 
 class ViTBackbone(InputNorm):
@@ -189,7 +237,7 @@ class ViTBackbone(InputNorm):
         dist_token: True converts a plain ViT to timm's distilled layout (``make_distilled``); None keeps the model's
             own layout; False refuses a distilled model.
         attn_window: 0 (global attention) or a radius r >= 1 on the patch grid; needs ``WindowAttention`` blocks
-            (``create_vit(window_attention=True)``).
+            (``create_vit(window_attention=True, attn_window=r)`` builds them sized).
         ffn_kernel: odd kernel of the ``ConvMlp`` blocks' depthwise convolution (where the blocks have them).
         ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
         fwt: "off", "fixed" or "learned": a feature-wise transformation on every block's feed-forward input in
@@ -249,7 +297,13 @@ class ViTBackbone(InputNorm):
             blk.attn.k_norm.register_forward_hook(capture)
 
     def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
-        """Give the window attention and conv feed-forward blocks the grid and prefix count (after any conversion)."""
+        """Check the window attention against the grid, and re-size the blocks of a model built for another layout.
+
+        A model built by ``create_vit`` with this backbone's options is already sized (its blocks are built with the
+        grid and the final prefix count); a model built elsewhere may not be: ``make_distilled`` has just added a
+        distillation token to it in place, after its blocks were built, or it was built for another radius, kernel or
+        prefix mode. Only such blocks are re-sized (``set_window`` / ``set_grid``), as the backbone's options say.
+        """
         grid, prefix = self.grid_size, self.num_prefix_tokens
         windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
         if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
@@ -259,10 +313,15 @@ class ViTBackbone(InputNorm):
                 f"{attn_window}"
             )
         for attn in windowed:
-            attn.set_window(grid, prefix, attn_window)
+            if (attn.grid_size, attn.num_prefix_tokens, attn.radius) != (grid, prefix, attn_window):
+                attn.set_window(grid, prefix, attn_window)
         for blk in self.vit.blocks:
-            if isinstance(blk.mlp, ConvMlp):
-                blk.mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
+            mlp = blk.mlp
+            if isinstance(mlp, ConvMlp) and (
+                (mlp.grid, mlp.num_prefix_tokens, mlp.dwconv.kernel_size[0], mlp.prefix)
+                != (grid, prefix, ffn_kernel, ffn_prefix)
+            ):
+                mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
 
     # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
     @property
