@@ -107,16 +107,46 @@ def bench_demo(
         zoom_threshold: test: the adaptive threshold (default: the one chosen by ``split="val"``).
     """
     from ramstrans.config import load_config
-    from ramstrans.inference.sweep import SWEEP_TOLERANCE, run_zoom_sweep
 
     load_config(config, overrides)  # a bad override is named before anything else
     if split == "test" and zoom_threshold is None:
-        chosen = Path(out_dir, "val_result.json")
-        if not chosen.is_file():
-            raise UsageError(
-                f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass --zoom-threshold"
-            )
-        zoom_threshold = json.loads(chosen.read_text())["zoom_threshold"]["threshold"]
+        zoom_threshold = _val_threshold(out_dir)
+    runs, folders, configs, sweeps = _train_all(seeds, config, split, out_dir, overrides, zoom_threshold)
+    result: dict[str, object] = {
+        "config": config,
+        "split": split,
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "resolved_configs": configs,
+        "run_folders": folders,
+    }
+    _aggregate(result, runs, sweeps, split, zoom_threshold)
+    Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _val_threshold(out_dir: str) -> float:
+    """The adaptive threshold ``bench demo --split val`` chose into ``out_dir``.
+
+    Raises:
+        UsageError: it has not run.
+    """
+    chosen = Path(out_dir, "val_result.json")
+    if not chosen.is_file():
+        raise UsageError(
+            f"no zoom threshold: run bench demo --split val first (it writes {chosen}) or pass --zoom-threshold"
+        )
+    return json.loads(chosen.read_text())["zoom_threshold"]["threshold"]
+
+
+def _train_all(
+    seeds: Sequence[int], config: str, split: str, out_dir: str, overrides: Sequence[str], zoom_threshold: float | None
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[str]], dict[str, dict], list]:
+    """Per seed, the plain ViT and RAMS-Trans trained (or reused) and scored on ``split``; RAMS-Trans also swept on
+    validation, or evaluated fused and adaptive on test. Returns (the scores per model, the run folders, the resolved
+    configs by folder, the sweeps)."""
+    from ramstrans.inference.sweep import run_zoom_sweep
+
     runs: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "rams_fused": [], "rams_adaptive": []}
     folders: dict[str, list[str]] = {"vit": [], "rams": []}
     configs: dict[str, dict] = {}
@@ -137,14 +167,20 @@ def bench_demo(
                 modes = _test_modes(run_dir, zoom_threshold)
                 runs["rams_fused"].append(modes["fused"])
                 runs["rams_adaptive"].append(modes["adaptive"])
-    result: dict[str, object] = {
-        "config": config,
-        "split": split,
-        "seeds": list(seeds),
-        "overrides": list(overrides),
-        "resolved_configs": configs,
-        "run_folders": folders,
-    }
+    return runs, folders, configs, sweeps
+
+
+def _aggregate(
+    result: dict[str, object],
+    runs: dict[str, list[dict[str, float]]],
+    sweeps: list,
+    split: str,
+    zoom_threshold: float | None,
+) -> None:
+    """Into ``result``: per model the mean ± half-range of its scores, RAMS-Trans's gains over the ViT, and the
+    adaptive threshold (on validation: the one chosen jointly over the seeds, with the sweeps)."""
+    from ramstrans.inference.sweep import SWEEP_TOLERANCE
+
     for name, res in runs.items():
         keys = [k for k in ("top1", "loc_miou", "loc_iou50", "passes_per_image", "zoomed_share") if res and k in res[0]]
         if res:
@@ -160,5 +196,3 @@ def bench_demo(
         result["rams_fused_minus_vit_top1"] = mean_spread(
             [f["top1"] - v["top1"] for f, v in zip(runs["rams_fused"], runs["vit"])]
         )
-    Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
-    return result

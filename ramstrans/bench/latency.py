@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,22 +78,7 @@ def bench_latency(
         threads: torch / onnxruntime intra-op threads.
         repeats: timed repeats per measurement.
     """
-    import timm
-
-    from ramstrans.data import ImageDataset, eval_loader, load_index
-    from ramstrans.export import export_onnx
-    from ramstrans.inference.load import load_model
-
-    loaded = load_model(checkpoint)
-    model, cfg, names = loaded.model, loaded.config, loaded.class_names
-    assert cfg is not None  # a checkpoint
-    vit = timm.create_model(
-        cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names), **cfg.model.backbone_kwargs
-    ).eval()
-    vit.load_state_dict(model.backbone.vit.state_dict())
-    index = load_index(cfg.data)
-    ds = ImageDataset(index.root, index.split("test"), names, loaded.transform)
-    images = next(iter(eval_loader(ds, max(batches))))["image"]
+    model, vit, images = _model_and_images(checkpoint, max(batches))
     result: dict[str, object] = {
         "checkpoint": checkpoint,
         "zoom_threshold": zoom_threshold,
@@ -107,6 +93,44 @@ def bench_latency(
             "fused": _gmacs(lambda: model.predict(one, 2, boxes=False)),
         }
         result["zoomed_share_of_the_batch"] = float(model.predict(images, "auto", zoom_threshold).zoomed.float().mean())
+    result["rows"] = _timed_rows(checkpoint, model, vit, images, batches, threads, zoom_threshold, repeats)
+    return result
+
+
+def _model_and_images(checkpoint: str, n: int) -> tuple[Any, torch.nn.Module, torch.Tensor]:
+    """The checkpoint's model, timm's eager model with the same weights (eval mode), and ``n`` test images."""
+    import timm
+
+    from ramstrans.data import ImageDataset, eval_loader, load_index
+    from ramstrans.inference.load import load_model
+
+    loaded = load_model(checkpoint)
+    model, cfg, names = loaded.model, loaded.config, loaded.class_names
+    assert cfg is not None  # a checkpoint
+    vit = timm.create_model(
+        cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names), **cfg.model.backbone_kwargs
+    ).eval()
+    vit.load_state_dict(model.backbone.vit.state_dict())
+    index = load_index(cfg.data)
+    ds = ImageDataset(index.root, index.split("test"), names, loaded.transform)
+    return model, vit, next(iter(eval_loader(ds, n)))["image"]
+
+
+def _timed_rows(
+    checkpoint: str,
+    model: Any,
+    vit: torch.nn.Module,
+    images: torch.Tensor,
+    batches: Sequence[int],
+    threads: Sequence[int],
+    zoom_threshold: float,
+    repeats: int,
+) -> list[dict[str, object]]:
+    """One row per thread count and batch size: every model's times, eager and through onnxruntime (the checkpoint
+    exported at one and two scales into a temporary folder); torch's thread count is restored at the end."""
+    from ramstrans.export import export_onnx
+
+    rows: list[dict[str, object]] = []
     available = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         paths = {s: export_onnx(checkpoint, str(Path(tmp) / f"m{s}.onnx"), scales=s) for s in (1, 2)}
@@ -115,7 +139,7 @@ def bench_latency(
             sessions = _ort_sessions(paths, n_threads)
             for batch in batches:
                 x = images[:batch]
-                result["rows"].append(
+                rows.append(
                     {
                         "batch": batch,
                         "threads": n_threads,
@@ -123,7 +147,7 @@ def bench_latency(
                     }
                 )
     torch.set_num_threads(available)
-    return result
+    return rows
 
 
 def _ort_sessions(paths: dict[int, Path], n_threads: int) -> dict[int, object]:

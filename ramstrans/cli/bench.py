@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ramstrans.errors import UsageError
@@ -46,78 +47,106 @@ def _student(text: str) -> dict[str, object]:
         raise UsageError(f"bench zoom --student-grid entries are ALPHA:TAU:MIX (e.g. 1:1:0), got '{text}'") from None
 
 
+def _seeds(a: argparse.Namespace) -> list[int]:
+    return [int(s) for s in a.seeds.split(",")]
+
+
+def _run_inat(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.inat import bench_inat_index
+
+    return bench_inat_index(a.num_images, a.num_classes, a.workdir)
+
+
+def _run_ddp(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.ddp import bench_ddp
+
+    return bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
+
+
+def _run_demo(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.demo import bench_demo
+
+    r = bench_demo(_seeds(a), a.config, a.split, a.out or "runs/bench_demo", a.set or (), a.zoom_threshold)
+    print(_demo_table(r, Path(a.out or "runs/bench_demo") / f"{a.split}_result.json"))
+    return None
+
+
+def _run_distill(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.distill import bench_distill
+
+    return bench_distill(_seeds(a), a.split, a.out or "runs/bench_distill", overrides=a.set or ())
+
+
+def _run_options(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.options import bench_options
+
+    return bench_options(_seeds(a), a.out or "runs/bench_options", overrides=a.set or ())
+
+
+def _run_ema(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.training import bench_ema
+
+    return bench_ema(_seeds(a), a.config, a.ema_decay, a.out or "runs/bench_ema", a.set or ())
+
+
+def _run_accum(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.training import bench_accum
+
+    return bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
+
+
+def _run_zoom(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.zoom import bench_zoom
+
+    r = bench_zoom(
+        a.stage,
+        _seeds(a),
+        a.config,
+        a.out or "runs/bench_zoom",
+        a.set or (),
+        sd_grid={
+            "beta": _floats(a.sd_beta, "--sd-beta"),
+            "tau": _floats(a.sd_tau, "--sd-tau"),
+            "target": a.sd_target.split(","),
+        },
+        student_grid=[_student(s) for s in a.student_grid.split(",")],
+        multiples=[int(m) for m in _floats(a.multiples, "--multiples")],
+    )
+    print(f"bench zoom --stage {a.stage}: written to {r['result']}")
+    return None
+
+
+def _run_transmix(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.transmix import bench_transmix
+
+    return bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+
+
+def _run_core(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.core import bench_core
+
+    return bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+
+
+# What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
+_BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
+    "inat": _run_inat,
+    "ddp": _run_ddp,
+    "demo": _run_demo,
+    "distill": _run_distill,
+    "options": _run_options,
+    "ema": _run_ema,
+    "accum": _run_accum,
+    "zoom": _run_zoom,
+    "latency": _bench_latency,
+    "transmix": _run_transmix,
+}
+
+
 def run(a: argparse.Namespace) -> None:
-    if a.what == "inat":
-        from ramstrans.bench.inat import bench_inat_index
-
-        r = bench_inat_index(a.num_images, a.num_classes, a.workdir)
-    elif a.what == "ddp":
-        from ramstrans.bench.ddp import bench_ddp
-
-        r = bench_ddp(a.backbone, a.img_size, a.batch, a.repeats, a.depth)
-    elif a.what == "demo":
-        from ramstrans.bench.demo import bench_demo
-
-        r = bench_demo(
-            [int(s) for s in a.seeds.split(",")],
-            a.config,
-            a.split,
-            a.out or "runs/bench_demo",
-            a.set or (),
-            a.zoom_threshold,
-        )
-        print(_demo_table(r, Path(a.out or "runs/bench_demo") / f"{a.split}_result.json"))
-        return
-    elif a.what == "distill":
-        from ramstrans.bench.distill import bench_distill
-
-        r = bench_distill(
-            [int(s) for s in a.seeds.split(",")], a.split, a.out or "runs/bench_distill", overrides=a.set or ()
-        )
-    elif a.what == "options":
-        from ramstrans.bench.options import bench_options
-
-        r = bench_options([int(s) for s in a.seeds.split(",")], a.out or "runs/bench_options", overrides=a.set or ())
-    elif a.what == "ema":
-        from ramstrans.bench.training import bench_ema
-
-        r = bench_ema(
-            [int(s) for s in a.seeds.split(",")], a.config, a.ema_decay, a.out or "runs/bench_ema", a.set or ()
-        )
-    elif a.what == "accum":
-        from ramstrans.bench.training import bench_accum
-
-        r = bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
-    elif a.what == "zoom":
-        from ramstrans.bench.zoom import bench_zoom
-
-        r = bench_zoom(
-            a.stage,
-            [int(s) for s in a.seeds.split(",")],
-            a.config,
-            a.out or "runs/bench_zoom",
-            a.set or (),
-            sd_grid={
-                "beta": _floats(a.sd_beta, "--sd-beta"),
-                "tau": _floats(a.sd_tau, "--sd-tau"),
-                "target": a.sd_target.split(","),
-            },
-            student_grid=[_student(s) for s in a.student_grid.split(",")],
-            multiples=[int(m) for m in _floats(a.multiples, "--multiples")],
-        )
-        print(f"bench zoom --stage {a.stage}: written to {r['result']}")
-        return
-    elif a.what == "latency":
-        r = _bench_latency(a)
-    elif a.what == "transmix":
-        from ramstrans.bench.transmix import bench_transmix
-
-        r = bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
-    else:
-        from ramstrans.bench.core import bench_core
-
-        r = bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
-    print(json.dumps(r, indent=1))
+    r = _BENCHES.get(a.what, _run_core)(a)
+    if r is not None:
+        print(json.dumps(r, indent=1))
 
 
 def _demo_table(r: dict, path: Path) -> str:
@@ -159,6 +188,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
         "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage",
     )
+    _speed_arguments(b)
+    _run_arguments(b)
+    _zoom_and_latency_arguments(b)
+    b.set_defaults(func=run)
+
+
+def _speed_arguments(b: argparse.ArgumentParser) -> None:
+    """The model-speed benchmarks' options (core, transmix, ddp) and inat's."""
     b.add_argument("--backbone", default="vit_base_patch16_224")
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
@@ -168,6 +205,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
     b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
     b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
+
+
+def _run_arguments(b: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that train runs (demo, distill, options, ema, accum) and of latency's model."""
     b.add_argument("--seeds", default="0,1,2,3,4", help="demo, ema: comma-separated training seeds (accum: the first)")
     b.add_argument("--config", default="synthetic_cpu", help="demo, ema, accum: the config trained")
     b.add_argument(
@@ -194,6 +235,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         "default: the one bench demo --split val chose)",
     )
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
+
+
+def _zoom_and_latency_arguments(b: argparse.ArgumentParser) -> None:
+    """bench zoom's stages and grids, and latency's configs."""
     b.add_argument(
         "--stage",
         default="screen",
@@ -217,4 +262,3 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="latency: comma-separated configs whose models to time at --batch (instead of the "
         "proposal and a checkpoint)",
     )
-    b.set_defaults(func=run)

@@ -5,7 +5,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -183,12 +183,41 @@ def run_eval(
     model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
+    metrics, state = _evaluate_split(
+        model, cfg, ds, dev, split, scales, zoom_threshold, zoom_on, batch_size, num_workers, show_progress
+    )
+    used = weights_used(ckpt, weights)
+    out = (
+        Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    res = _result(metrics, checkpoint, int(ckpt["step"]), split, scales, used, shift, out)
+    if scales == "auto":
+        res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
+    _write_eval(out, res, state, names)
+    return res
+
+
+def _evaluate_split(
+    model: Model,
+    cfg: Config,
+    ds: ImageDataset,
+    dev: torch.device,
+    split: str,
+    scales: int | str,
+    zoom_threshold: float,
+    zoom_on: ZoomCriterion,
+    batch_size: int,
+    num_workers: int,
+    show_progress: bool,
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """``evaluate`` on the split's dataset, under the run's mixed precision."""
     amp_dtype, _ = amp_setup(dev, cfg.train.amp)
-    metrics, state = evaluate(
+    return evaluate(
         model,
         eval_loader(ds, batch_size, num_workers),
         device=dev,
-        num_classes=len(names),
+        num_classes=len(ds.class_names),
         amp_dtype=amp_dtype,
         scales=scales,
         zoom_threshold=zoom_threshold,
@@ -196,25 +225,29 @@ def run_eval(
         show_progress=show_progress,
         what=f"{split} split",
     )
-    used = weights_used(ckpt, weights)
-    out = (
-        Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    res: dict[str, object] = {
+
+
+def _result(
+    metrics: dict[str, float],
+    checkpoint: str,
+    step: int,
+    split: str,
+    scales: int | str,
+    used: str,
+    shift: Sequence[str],
+    out: Path,
+) -> dict[str, object]:
+    """The summary ``run_eval`` writes and returns: the metrics and what was evaluated, how, and where it went."""
+    return {
         **metrics,
         "split": split,
         "scales": scales,
         "weights": used,
         "checkpoint": str(checkpoint),
-        "step": int(ckpt["step"]),
+        "step": step,
         "shift": list(shift),
         "output": str(out / "summary.json"),
     }
-    if scales == "auto":
-        res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
-    _write_eval(out, res, state, names)
-    return res
 
 
 def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], names: list[str]) -> None:
@@ -272,10 +305,35 @@ def evaluate(
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
+    bar = tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch")
+    skipped, zoomed, heads = _accumulate(model, bar, acc, device, amp_dtype, scales, zoom_threshold, zoom_on)
+    acc.state["skipped"] = torch.tensor(float(skipped), dtype=torch.float64)
+    acc.state["zoomed"] = torch.as_tensor(zoomed, dtype=torch.float64).cpu().reshape(())
+    for h, n in heads.items():
+        acc.state[f"correct_{h}"] = torch.as_tensor(n, dtype=torch.float64).cpu().reshape(())
+    if reduce is not None:
+        reduce(acc.state)
+    model.train(was_training)
+    deepest = model.num_scales if scales == "auto" else int(scales)
+    return _summary(acc, list(heads), deepest, what), acc.state
+
+
+def _accumulate(
+    model: Model,
+    batches: Iterable[dict],
+    acc: MetricAccumulator,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scales: int | str,
+    zoom_threshold: float,
+    zoom_on: ZoomCriterion,
+) -> tuple[int, Tensor | int, dict[str, Tensor]]:
+    """Predict every batch into ``acc``; returns the unreadable images, the zoomed images and, with a distillation
+    token, the correct images per head (the last two summed on the device, read once at the end)."""
     skipped = 0
     zoomed: Tensor | int = 0
     heads: dict[str, Tensor] = {}  # with a distillation token: correct images per head, summed on the device
-    for batch in tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch"):
+    for batch in batches:
         skipped += batch["skipped"]
         if "image" not in batch:
             continue
@@ -288,15 +346,7 @@ def evaluate(
         for h, p in pred.head_probs.items():
             heads[h] = heads.get(h, 0) + (p.argmax(dim=-1) == labels).sum()
         acc.update(pred.probs, batch["label"], pred.boxes, batch["box"])
-    acc.state["skipped"] = torch.tensor(float(skipped), dtype=torch.float64)
-    acc.state["zoomed"] = torch.as_tensor(zoomed, dtype=torch.float64).cpu().reshape(())
-    for h, n in heads.items():
-        acc.state[f"correct_{h}"] = torch.as_tensor(n, dtype=torch.float64).cpu().reshape(())
-    if reduce is not None:
-        reduce(acc.state)
-    model.train(was_training)
-    deepest = model.num_scales if scales == "auto" else int(scales)
-    return _summary(acc, list(heads), deepest, what), acc.state
+    return skipped, zoomed, heads
 
 
 def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str) -> dict[str, float]:

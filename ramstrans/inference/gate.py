@@ -96,7 +96,32 @@ def run_fit_gate(
     gate, oof, l2 = fit_zoom_gate(pooled, first, changed)
     full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
     gate_frontier = _frontier(1.0 - oof, first, fused, labels, model.num_scales, full)
-    report: dict[str, object] = {
+    report = _report(checkpoint, split, l2, first, fused, labels, gate_frontier, model.num_scales)
+    gate.threshold.fill_(_chosen_threshold(gate_frontier))
+    _save_with_gate(ckpt, gate, split, len(labels), l2, target)
+    folder = target.parent / f"fit_gate_{split}_{weights_used(ckpt, weights)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    report.update(output=str(target), report=str(folder / "gate.json"), threshold=float(gate.threshold))
+    write_text_atomic(folder / "gate.json", json.dumps(report, indent=1))
+    plot_gate_frontier(report, model.num_scales, folder / "gate.png")
+    return report
+
+
+def _report(
+    checkpoint: str,
+    split: str,
+    l2: float,
+    first: torch.Tensor,
+    fused: torch.Tensor,
+    labels: torch.Tensor,
+    gate_frontier: dict[str, Any],
+    num_scales: int,
+) -> dict[str, object]:
+    """The report's numbers: the split's single-scale and full-fusion top-1, the oracle, the gate's out-of-fold
+    frontier (given) and the top probability's frontier."""
+    changed = fused.argmax(1) != first.argmax(1)
+    full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
+    return {
         "checkpoint": str(checkpoint),
         "split": split,
         "images": len(labels),
@@ -105,27 +130,25 @@ def run_fit_gate(
         "full_fusion_top1": full,
         "tolerance_points": SWEEP_TOLERANCE,
         "changed_share": changed.float().mean().item(),
-        "oracle": {"top1": full, "passes_per_image": 1.0 + changed.float().mean().item() * (model.num_scales - 1)},
+        "oracle": {"top1": full, "passes_per_image": 1.0 + changed.float().mean().item() * (num_scales - 1)},
         "gate_oof": gate_frontier,
-        "maxprob": _frontier(zoom_confidence(first), first, fused, labels, model.num_scales, full),
+        "maxprob": _frontier(zoom_confidence(first), first, fused, labels, num_scales, full),
     }
-    gate.threshold.fill_(_chosen_threshold(gate_frontier))
+
+
+def _save_with_gate(ckpt: dict[str, Any], gate: Any, split: str, images: int, l2: float, target: Path) -> None:
+    """The checkpoint plus the fitted gate (its state, where and on how many images it was fitted, its threshold)
+    into ``target``."""
     save_checkpoint(
         {
             **{k: v for k, v in ckpt.items() if k != "format"},
             "zoom_gate": {
                 "state": gate.state_dict(),
                 "split": split,
-                "images": len(labels),
+                "images": images,
                 "l2": l2,
                 "threshold": float(gate.threshold),
             },
         },
         target,
     )
-    folder = target.parent / f"fit_gate_{split}_{weights_used(ckpt, weights)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    report.update(output=str(target), report=str(folder / "gate.json"), threshold=float(gate.threshold))
-    write_text_atomic(folder / "gate.json", json.dumps(report, indent=1))
-    plot_gate_frontier(report, model.num_scales, folder / "gate.png")
-    return report

@@ -179,12 +179,7 @@ def run_predict(
         show_progress: a progress bar on a terminal.
         overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
     """
-    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
-        raise UsageError(
-            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
-        )
-    if zoom_threshold is not None:
-        check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
+    _check_options(topk, fmt, batch_size, zoom_threshold)
     files, unlistable = expand_paths(paths)
     inputs: list[str | Path] = [model_path, *files]
     if out:
@@ -200,14 +195,33 @@ def run_predict(
     dev = resolve_device(device)
     model.to(dev)
     amp_dtype = amp_setup(dev, loaded.config.train.amp if loaded.config is not None else True)[0]  # the run's
-    loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    batches = tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True)
+    batches = _batches(files, transform, batch_size, num_workers, show_progress)
     rows = _classify(model, names, batches, files, (dev, amp_dtype), (scales, zoom_threshold, zoom_on), topk, visualize)
     rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
-    text = _format(rows, fmt, topk, scales == "auto")
+    _emit(_format(rows, fmt, topk, scales == "auto"), out)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}
+
+
+def _check_options(topk: int, fmt: str, batch_size: int, zoom_threshold: float | None) -> None:
+    """Refuse impossible options before anything is read."""
+    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
+        raise UsageError(
+            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
+        )
+    if zoom_threshold is not None:
+        check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
+
+
+def _batches(files: list[Path], transform: Transform, batch_size: int, num_workers: int, show_progress: bool) -> Any:
+    """The files' decoded batches, with a progress bar on a terminal."""
+    loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    return tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True)
+
+
+def _emit(text: str, out: str | None) -> None:
+    """The rows into ``out`` (written whole), or on standard output."""
     if out:
         write_text_atomic(out, text)
     else:
         sys.stdout.write(text)
-    skipped = sum(r["status"] == "skipped" for r in rows)
-    return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}

@@ -60,15 +60,7 @@ def run_visualize(
     if not images and num < 1:
         raise UsageError(f"--num must be at least 1, got {num}")
     dev = resolve_device(device)
-    loaded = load_model(checkpoint, weights)
-    model, cfg, names, transform = loaded.model, loaded.config, loaded.class_names, loaded.transform
-    if cfg is None:
-        raise CheckpointError(f"{checkpoint} is an exported folder: visualize needs the ramstrans checkpoint")
-    if not isinstance(model, RAMSTrans):
-        raise UsageError(
-            f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
-            "show (visualize needs a RAMS-Trans model)"
-        )
+    model, cfg, names, transform = _load_rams(checkpoint, weights)
     model.to(dev)
     if images:
         paths, titles, truths = _named_images(images)
@@ -79,6 +71,42 @@ def run_visualize(
     if output_dir:
         check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
+    written, tiles = _draw_all(model, dev, transform, names, out, paths, titles, truths)
+    contact_sheet(tiles, out / "contact_sheet.png")
+    return written + [out / "contact_sheet.png"]
+
+
+def _load_rams(checkpoint: str, weights: str) -> tuple[RAMSTrans, Any, list[str], Any]:
+    """The checkpoint's RAMS-Trans model, config, class names and eval transform; an export or a classifier is
+    refused (no config, no attention)."""
+    loaded = load_model(checkpoint, weights)
+    model, cfg, names, transform = loaded.model, loaded.config, loaded.class_names, loaded.transform
+    if cfg is None:
+        raise CheckpointError(f"{checkpoint} is an exported folder: visualize needs the ramstrans checkpoint")
+    if not isinstance(model, RAMSTrans):
+        raise UsageError(
+            f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
+            "show (visualize needs a RAMS-Trans model)"
+        )
+    return model, cfg, names, transform
+
+
+def _draw_all(
+    model: RAMSTrans,
+    dev: torch.device,
+    transform: Any,
+    names: list[str],
+    out: Path,
+    paths: list[Path],
+    titles: list[str],
+    truths: list[str] | None,
+) -> tuple[list[Path], list[tuple]]:
+    """Every readable image's panel into ``out``, ``BATCH`` at a time: the files written and the contact-sheet
+    tiles.
+
+    Raises:
+        UsageError: none of the images could be read.
+    """
     written: list[Path] = []
     tiles: list[tuple] = []
     unreadable: list[str] = []
@@ -99,8 +127,7 @@ def run_visualize(
             tiles += t
     if not tiles:
         raise UsageError(f"none of the {len(paths)} images could be read (image {unreadable[0]})")
-    contact_sheet(tiles, out / "contact_sheet.png")
-    return written + [out / "contact_sheet.png"]
+    return written, tiles
 
 
 def _named_images(images: Sequence[str]) -> tuple[list[Path], list[str], None]:

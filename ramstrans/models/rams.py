@@ -5,7 +5,7 @@ k + 1 sees that box of the ORIGINAL image resized to the input size (one resampl
 no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
 """
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -32,12 +32,10 @@ from ramstrans.models.proposal import (
     threshold_rollout,
 )
 from ramstrans.models.rollout import RolloutRows, attention_rollout
+from ramstrans.models.testtime import ZOOM_CRITERIA, ZoomCriterion, assemble_prediction, check_zoom_on, head_probs
 
 if TYPE_CHECKING:  # the classifier imports this module
     from ramstrans.models.classifier import Classifier
-
-ZoomCriterion = Literal["maxprob", "margin", "gate"]
-ZOOM_CRITERIA = ("maxprob", "margin", "gate")
 
 __all__ = [
     "RAMSTrans",
@@ -230,17 +228,11 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         adaptive = scales == "auto"
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
-        if zoom_on not in ZOOM_CRITERIA:
-            raise UsageError(f"zoom_on must be one of {', '.join(ZOOM_CRITERIA)}, got {zoom_on!r}")
-        if zoom_on == "gate" and adaptive and self.zoom_gate is None:
-            raise UsageError(
-                "zoom_on 'gate' needs a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes a "
-                "checkpoint with one"
-            )
+        check_zoom_on(zoom_on, adaptive, self.zoom_gate is not None)
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="all" if boxes or num_scales > 1 else "none")
         box = self._propose_boxes(feats.attentions)[3] if feats.attentions else None
-        first = self._head_probs(*bb.forward_heads(feats.tokens))
+        first = head_probs(*bb.forward_heads(feats.tokens))
         main = self.eval_head if bb.has_dist_token else "cls"
         zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
         if adaptive:
@@ -250,23 +242,8 @@ class RAMSTrans(nn.Module):
         if num_scales > 1 and (idx is None or idx.numel() > 0):
             assert box is not None  # captured: num_scales > 1
             self._zoom_scales(x if idx is None else x[idx], box if idx is None else box[idx], num_scales, sub)
-        zooms = [self._head_probs(c, d) for c, d in zip(sub.logits, sub.dist_per_scale())]
-
-        def placed(base: Tensor, values: Tensor) -> Tensor:  # values of the zoomed images into a (B, K) tensor
-            return values if idx is None else base.index_copy(0, idx, values)
-
-        def rows(t: Tensor) -> Tensor:
-            return t if idx is None else t[idx]
-
-        fused = {h: placed(p, fuse_probs([rows(p)] + [z[h] for z in zooms])) if zooms else p for h, p in first.items()}
-        nan = torch.full_like(first[main], float("nan"))
-        return Prediction(
-            probs=fused[main],
-            boxes=box if boxes else None,
-            zoomed=zoomed,
-            scale_probs=[first[main]] + [placed(nan, z[main]) for z in zooms],
-            head_probs=fused if bb.has_dist_token else {},
-        )
+        zooms = [head_probs(c, d) for c, d in zip(sub.logits, sub.dist_per_scale())]
+        return assemble_prediction(first, zooms, idx, main, box if boxes else None, zoomed, bb.has_dist_token)
 
     def zoom_score(self, pooled: Tensor, probs: Tensor, zoom_on: ZoomCriterion) -> Tensor:
         """(B,) scale-1 confidence that adaptive zoom compares with its threshold (zoom below it).
@@ -288,13 +265,6 @@ class RAMSTrans(nn.Module):
         if not out.dist_logits:
             return list(out.logits)
         return [select_head(c, d, self.eval_head) for c, d in zip(out.logits, out.dist_logits)]
-
-    @staticmethod
-    def _head_probs(cls: Tensor, dist: Tensor | None) -> dict[str, Tensor]:
-        """Softmax probabilities per head: {"cls"} without a distillation token, else {"mean", "cls", "dist"}."""
-        if dist is None:
-            return {"cls": cls.float().softmax(-1)}
-        return {h: select_head(cls, dist, h).float().softmax(-1) for h in HEADS}
 
     @torch.no_grad()
     def propose(self, x: Tensor) -> Proposal:
@@ -384,6 +354,10 @@ def _as_backbone(
             num_classes,
             window_attention=options["attn_window"] > 0,
             conv_ffn=options["ffn"] == "conv",
+            attn_window=options["attn_window"],
+            ffn_kernel=options["ffn_kernel"],
+            ffn_prefix=options["ffn_prefix"],
+            dist_token=dist_token,
             **kwargs,
         )
         return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)

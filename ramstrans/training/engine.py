@@ -164,6 +164,45 @@ def _accumulate(step: BatchStep, model: torch.nn.Module, batches: list[dict], fi
     return terms, stats, n_images
 
 
+def _step(
+    step: BatchStep, update: OptimizerUpdate, scheduler: Any, data: Any, grad_accum: int, s: int, batch_pos: int
+) -> tuple[dict, dict, int, int, int]:
+    """Optimizer step ``s``: draw its batches (the first at data position ``batch_pos``), schedule, forward /
+    backward, update; returns (summed weighted terms, summed statistics, images, unreadable images, batches drawn)."""
+    batches, n_skipped, drawn = _draw(data, grad_accum, s)
+    scheduler.step_update(num_updates=s)
+    update.zero_grad()
+    terms, stats, n_images = _accumulate(step, step.model, batches, batch_pos)
+    update()
+    return terms, stats, n_images, n_skipped, drawn
+
+
+def _flush(
+    window: _Window,
+    first_bad: Tensor,
+    done: int,
+    lr: float,
+    skipped: int,
+    world_size: int,
+    log: Callable[[str, dict[str, object]], None] | None,
+) -> dict:
+    """At a log step: refuse a non-finite loss (``first_bad``: the first bad step, or -1), and log the window's
+    "train" and "mix" records; returns the train record.
+
+    Raises:
+        FloatingPointError: the loss became non-finite since the last check.
+    """
+    if first_bad.item() >= 0:
+        raise FloatingPointError(
+            f"the training loss became non-finite at step {first_bad.item()}; lower train.lr or check the data"
+        )
+    entry, mix = window.records(done, lr, skipped, world_size)
+    for kind, record in (("train", entry), ("mix", mix)):
+        if log is not None and record is not None:
+            log(kind, record)
+    return entry
+
+
 def train_steps(
     step: BatchStep,
     update: OptimizerUpdate,
@@ -206,24 +245,13 @@ def train_steps(
     window, images, skipped = _Window(), 0, 0
     first_bad = torch.full((), -1, dtype=torch.long, device=step.device)  # first non-finite step, on the device
     for s in range(plan.start_step, plan.total_steps):
-        batches, n_skipped, drawn = _draw(data, plan.grad_accum, s)
-        scheduler.step_update(num_updates=s)
-        update.zero_grad()
-        terms, stats, n_images = _accumulate(step, step.model, batches, batch_pos)
+        terms, stats, n_images, n_skipped, drawn = _step(step, update, scheduler, data, plan.grad_accum, s, batch_pos)
         batch_pos, skipped, images = batch_pos + drawn, skipped + n_skipped, images + n_images
-        update()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(_total(terms)), s + 1, first_bad)
         window.add(terms, stats, n_images)
         done, entry = s + 1, None
         if done % plan.log_every == 0 or done == plan.total_steps:
-            if first_bad.item() >= 0:
-                raise FloatingPointError(
-                    f"the training loss became non-finite at step {first_bad.item()}; lower train.lr or check the data"
-                )
-            entry, mix = window.records(done, update.lr, skipped, plan.world_size)
-            for kind, record in (("train", entry), ("mix", mix)):
-                if log is not None and record is not None:
-                    log(kind, record)
+            entry = _flush(window, first_bad, done, update.lr, skipped, plan.world_size, log)
             window = _Window()
         progress.update(done, entry)
         if after_step is not None:

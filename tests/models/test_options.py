@@ -71,21 +71,24 @@ def test_window_attention_equals_a_per_query_loop_and_the_capture_is_masked(grid
 def test_conv_ffn_equals_timms_depthwise_mlp_and_starts_as_timms_mlp():
     torch.manual_seed(0)
     grid, d, hidden = (3, 5), 16, 32
-    ours = ConvMlp(in_features=d, hidden_features=hidden)
-    ours.set_grid(grid, 0, 3)
+    ours = ConvMlp(in_features=d, hidden_features=hidden, grid_size=grid, num_prefix_tokens=0, kernel=3)
     ref = MlpWithDepthwiseConv(d, hidden)
     torch.nn.init.normal_(ours.dwconv.weight)
     ref.load_state_dict({k: v for k, v in ours.state_dict().items()})
     x = torch.randn(2, 15, d)
     torch.testing.assert_close(ours(x), ref(x, list(grid)), rtol=0, atol=1e-6)
-    fresh = ConvMlp(in_features=d, hidden_features=hidden)  # identity-initialised
-    fresh.set_grid(grid, 2, 5, "mlp")
+    fresh = ConvMlp(  # identity-initialised
+        in_features=d, hidden_features=hidden, grid_size=grid, num_prefix_tokens=2, kernel=5, prefix="mlp"
+    )
     mlp = Mlp(d, hidden)
     mlp.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("dwconv")})
     x = torch.randn(2, 17, d)
     torch.testing.assert_close(fresh(x), mlp(x), rtol=0, atol=1e-6)
-    fresh.set_grid(grid, 2, 5, "bypass")
-    out = fresh(x)
+    bypass = ConvMlp(
+        in_features=d, hidden_features=hidden, grid_size=grid, num_prefix_tokens=2, kernel=5, prefix="bypass"
+    )
+    bypass.load_state_dict(fresh.state_dict())
+    out = bypass(x)
     assert (out[:, :2] == 0).all() and torch.allclose(out[:, 2:], mlp(x)[:, 2:], atol=1e-6)
 
 
@@ -108,6 +111,25 @@ def test_a_pretrained_vit_with_the_conv_ffn_is_the_same_function_at_initialisati
     ).eval()
     x = torch.randn(2, 3, 48, 80)
     torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
+
+
+def test_blocks_are_built_sized_and_a_model_built_elsewhere_is_resized_to_the_backbone():
+    import pickle
+
+    from ramstrans.models import ViTBackbone, create_vit
+
+    options = dict(depth=1, embed_dim=32, num_heads=2, window_attention=True, conv_ffn=True)
+    vit = create_vit("vit_tiny_patch16_224", (48, 80), 4, attn_window=1, ffn_kernel=5, dist_token=True, **options)
+    attn, mlp = vit.blocks[0].attn, vit.blocks[0].mlp
+    assert type(attn) is WindowAttention and attn.window_mask.shape == (2 + 3 * 5,) * 2 and vit.num_prefix_tokens == 2
+    assert mlp.grid == (3, 5) and mlp.num_prefix_tokens == 2 and mlp.dwconv.kernel_size == (5, 5)
+    assert type(pickle.loads(pickle.dumps(attn))) is WindowAttention
+    plain = create_vit("vit_tiny_patch16_224", 64, 4, **options)  # global, one prefix token, kernel 3
+    bb = ViTBackbone(vit=plain, attn_window=2, ffn_kernel=5, ffn_prefix="bypass", dist_token=True)
+    attn, mlp = bb.vit.blocks[0].attn, bb.vit.blocks[0].mlp
+    assert attn.radius == 2 and attn.window_mask.shape == (2 + 16,) * 2
+    assert (mlp.num_prefix_tokens, mlp.dwconv.kernel_size, mlp.prefix) == (2, (5, 5), "bypass")
+    assert bb(torch.randn(1, 3, 64, 64)).shape == (1, 4)
 
 
 @pytest.mark.parametrize(

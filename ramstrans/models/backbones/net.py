@@ -9,8 +9,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.models.backbones.create import pair as _pair
 from ramstrans.models.backbones.inputs import InputNorm
-from ramstrans.models.backbones.vit import _pair
 
 __all__ = ["NetBackbone", "create_net"]
 

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import checkpoint_seq
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.capture import CaptureMode, arm, capture, keep_queries
+from ramstrans.models.backbones.create import check_whole_patches, create_vit, pair, unsupported_reason
 from ramstrans.models.backbones.distilled import HEADS, Head, make_distilled, select_head, with_dist_position
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.blocks.attention import WindowAttention
@@ -76,106 +76,6 @@ class ViTFeatures:
         return self.cls_attention
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _unsupported_reason(vit: nn.Module) -> str | None:
-    """Why RAMS-Trans cannot run on this model, or None when it can."""
-    if not isinstance(vit, VisionTransformer):
-        return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
-    if vit.cls_token is None:
-        return "it has no class token"
-    distilled = isinstance(vit, VisionTransformerDistilled)
-    if getattr(vit, "dist_token", None) is not None and not distilled:
-        return "it has a distillation token outside timm's VisionTransformerDistilled"
-    if vit.num_reg_tokens or vit.num_prefix_tokens != 1 + distilled:
-        return "it has register tokens besides the class (and distillation) token"
-    if vit.global_pool != "token" or vit.attn_pool is not None:
-        return f"it pools with '{vit.global_pool}' instead of the class token"
-    if vit.no_embed_class:
-        return "its position embedding does not cover the class token (no_embed_class)"
-    if vit.dynamic_img_size:
-        return "it uses a dynamic image size"
-    if vit.pos_embed is None:
-        return "it has no learned position embedding"
-    if not isinstance(vit.patch_drop, nn.Identity):
-        return "patch dropout removes tokens, so attention would no longer cover the patch grid"
-    if len(vit.blocks) == 0:
-        return "it has no transformer blocks (depth 0)"
-    for i, blk in enumerate(vit.blocks):
-        attn = getattr(blk, "attn", None)
-        if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
-            return f"block {i} has no standard timm Attention module"
-    return None
-
-
-def _check_whole_patches(vit: nn.Module) -> None:
-    """Refuse an input size that is not a whole number of patches (timm's patch embedding would drop the rest).
-
-    Raises:
-        ValueError: naming the size, the patch and the nearest sizes that fit.
-    """
-    embed = cast(Any, vit).patch_embed
-    size, patch = _pair(embed.img_size), _pair(embed.patch_size)
-    for side, p in zip(size, patch):
-        if side % p:
-            low, high = side - side % p, side - side % p + p
-            raise UsageError(
-                f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
-                f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
-            )
-
-
-def create_vit(
-    name: str,
-    img_size: int | tuple[int, int] | None = None,
-    num_classes: int | None = None,
-    window_attention: bool = False,
-    conv_ffn: bool = False,
-    **timm_kwargs: Any,
-) -> VisionTransformer:
-    """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
-
-    Args:
-        name: timm model name, e.g. ``vit_base_patch16_224``.
-        img_size: input size (int or (H, W)); None keeps the model's default.
-        num_classes: classifier outputs; None keeps the model's default.
-        window_attention: build the blocks' attention as ``WindowAttention`` (sized by ``ViTBackbone``).
-        conv_ffn: build the blocks' feed-forward as ``ConvMlp`` (sized by ``ViTBackbone``).
-        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
-
-    Raises:
-        ValueError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
-    """
-    if not timm.is_model(name):
-        raise UsageError(f"unknown backbone '{name}': timm has no model of that name")
-    kwargs = dict(timm_kwargs)
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if window_attention:
-        kwargs["attn_layer"] = WindowAttention
-    if conv_ffn:
-        kwargs["mlp_layer"] = ConvMlp
-    try:
-        vit = timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
-        if "img_size" in str(e):
-            raise UsageError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
-        raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from None
-    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(
-            f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
-        ) from None
-    reason = _unsupported_reason(vit)
-    if reason is not None:
-        raise UsageError(f"backbone '{name}' is not supported: {reason}")
-    return cast(VisionTransformer, vit)
-
-
 class ViTBackbone(InputNorm):
     """A timm ViT with one CLS (and optionally distillation) token per scale, attention capture and its input
     normalisation.
@@ -189,7 +89,7 @@ class ViTBackbone(InputNorm):
         dist_token: True converts a plain ViT to timm's distilled layout (``make_distilled``); None keeps the model's
             own layout; False refuses a distilled model.
         attn_window: 0 (global attention) or a radius r >= 1 on the patch grid; needs ``WindowAttention`` blocks
-            (``create_vit(window_attention=True)``).
+            (``create_vit(window_attention=True, attn_window=r)`` builds them sized).
         ffn_kernel: odd kernel of the ``ConvMlp`` blocks' depthwise convolution (where the blocks have them).
         ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
         fwt: "off", "fixed" or "learned": a feature-wise transformation on every block's feed-forward input in
@@ -209,14 +109,14 @@ class ViTBackbone(InputNorm):
         ffn_prefix: str = "mlp",
         fwt: str = "off",
     ) -> None:
-        reason = _unsupported_reason(vit)
+        reason = unsupported_reason(vit)
         if reason is not None:
             raise UsageError(f"backbone {type(vit).__name__} is not supported: {reason}")
         if not isinstance(num_scales, int) or num_scales < 1:
             raise UsageError(f"num_scales must be an integer >= 1, got {num_scales!r}")
         if dist_token is False and isinstance(vit, VisionTransformerDistilled):
             raise UsageError("the given backbone has a distillation token but dist_token is False")
-        _check_whole_patches(vit)
+        check_whole_patches(vit)
         cfg = getattr(vit, "pretrained_cfg", None) or {}
         super().__init__(
             int(vit.patch_embed.proj.in_channels),
@@ -249,7 +149,13 @@ class ViTBackbone(InputNorm):
             blk.attn.k_norm.register_forward_hook(capture)
 
     def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
-        """Give the window attention and conv feed-forward blocks the grid and prefix count (after any conversion)."""
+        """Check the window attention against the grid, and re-size the blocks of a model built for another layout.
+
+        A model built by ``create_vit`` with this backbone's options is already sized (its blocks are built with the
+        grid and the final prefix count); a model built elsewhere may not be: ``make_distilled`` has just added a
+        distillation token to it in place, after its blocks were built, or it was built for another radius, kernel or
+        prefix mode. Only such blocks are re-sized (``set_window`` / ``set_grid``), as the backbone's options say.
+        """
         grid, prefix = self.grid_size, self.num_prefix_tokens
         windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
         if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
@@ -259,10 +165,15 @@ class ViTBackbone(InputNorm):
                 f"{attn_window}"
             )
         for attn in windowed:
-            attn.set_window(grid, prefix, attn_window)
+            if (attn.grid_size, attn.num_prefix_tokens, attn.radius) != (grid, prefix, attn_window):
+                attn.set_window(grid, prefix, attn_window)
         for blk in self.vit.blocks:
-            if isinstance(blk.mlp, ConvMlp):
-                blk.mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
+            mlp = blk.mlp
+            if isinstance(mlp, ConvMlp) and (
+                (mlp.grid, mlp.num_prefix_tokens, mlp.dwconv.kernel_size[0], mlp.prefix)
+                != (grid, prefix, ffn_kernel, ffn_prefix)
+            ):
+                mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
 
     # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
     @property
@@ -280,15 +191,15 @@ class ViTBackbone(InputNorm):
 
     @property
     def img_size(self) -> tuple[int, int]:
-        return _pair(self.vit.patch_embed.img_size)
+        return pair(self.vit.patch_embed.img_size)
 
     @property
     def patch_size(self) -> tuple[int, int]:
-        return _pair(self.vit.patch_embed.patch_size)
+        return pair(self.vit.patch_embed.patch_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return _pair(self.vit.patch_embed.grid_size)
+        return pair(self.vit.patch_embed.grid_size)
 
     @property
     def in_chans(self) -> int:

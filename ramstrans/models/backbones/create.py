@@ -1,0 +1,171 @@
+"""``create_vit``: a timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it, its
+optional blocks (``WindowAttention``, ``ConvMlp``) built sized for the grid and the final prefix-token count; and the
+checks ``ViTBackbone`` shares (what is supported and why, whole patches)."""
+
+from functools import partial
+from typing import Any, cast
+
+import timm
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ramstrans.errors import UsageError
+from ramstrans.models.backbones.distilled import make_distilled
+from ramstrans.models.blocks.attention import window_attention_layer
+from ramstrans.models.blocks.ffn import ConvMlp
+
+__all__ = ["create_vit", "unsupported_reason", "check_whole_patches", "pair"]
+
+
+def pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def unsupported_reason(vit: nn.Module) -> str | None:
+    """Why RAMS-Trans cannot run on this model, or None when it can."""
+    if not isinstance(vit, VisionTransformer):
+        return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
+    if vit.cls_token is None:
+        return "it has no class token"
+    distilled = isinstance(vit, VisionTransformerDistilled)
+    if getattr(vit, "dist_token", None) is not None and not distilled:
+        return "it has a distillation token outside timm's VisionTransformerDistilled"
+    if vit.num_reg_tokens or vit.num_prefix_tokens != 1 + distilled:
+        return "it has register tokens besides the class (and distillation) token"
+    if vit.global_pool != "token" or vit.attn_pool is not None:
+        return f"it pools with '{vit.global_pool}' instead of the class token"
+    if vit.no_embed_class:
+        return "its position embedding does not cover the class token (no_embed_class)"
+    if vit.dynamic_img_size:
+        return "it uses a dynamic image size"
+    if vit.pos_embed is None:
+        return "it has no learned position embedding"
+    if not isinstance(vit.patch_drop, nn.Identity):
+        return "patch dropout removes tokens, so attention would no longer cover the patch grid"
+    if len(vit.blocks) == 0:
+        return "it has no transformer blocks (depth 0)"
+    for i, blk in enumerate(vit.blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
+            return f"block {i} has no standard timm Attention module"
+    return None
+
+
+def check_whole_patches(vit: nn.Module) -> None:
+    """Refuse an input size that is not a whole number of patches (timm's patch embedding would drop the rest).
+
+    Raises:
+        ValueError: naming the size, the patch and the nearest sizes that fit.
+    """
+    embed = cast(Any, vit).patch_embed
+    size, patch = pair(embed.img_size), pair(embed.patch_size)
+    for side, p in zip(size, patch):
+        if side % p:
+            low, high = side - side % p, side - side % p + p
+            raise UsageError(
+                f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
+                f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
+            )
+
+
+def _probe_layout(name: str, kwargs: dict[str, Any], dist_token: bool) -> tuple[tuple[int, int], int]:
+    """The (gh, gw) patch grid and final prefix-token count of the model ``name`` would be, read from a copy built on
+    the meta device (no memory, no draw from the random generators) with the same arguments, before the real build.
+
+    The count is the model's own prefix tokens, plus the distillation token ``make_distilled`` adds to a plain ViT
+    when ``dist_token``. A model without a patch embedding gets (1, 1): timm refuses or ``create_vit`` rejects it.
+    """
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, **kwargs)
+    grid = getattr(getattr(probe, "patch_embed", None), "grid_size", None)
+    prefix = int(getattr(probe, "num_prefix_tokens", 1))
+    if dist_token and not isinstance(probe, VisionTransformerDistilled):
+        prefix += 1
+    return (pair(grid) if grid is not None else (1, 1)), prefix
+
+
+def _block_layers(name: str, kwargs: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
+    """timm's ``attn_layer`` / ``mlp_layer`` arguments for the options in ``layout`` (see ``create_vit``): the block
+    classes with their grid, prefix count and options bound, so timm builds them sized."""
+    if not (layout["window_attention"] or layout["conv_ffn"]):
+        return {}
+    grid, prefix = _probe_layout(name, kwargs, layout["dist_token"])
+    layers: dict[str, Any] = {}
+    if layout["window_attention"]:
+        layers["attn_layer"] = window_attention_layer(grid, prefix, layout["attn_window"])
+    if layout["conv_ffn"]:
+        layers["mlp_layer"] = partial(
+            ConvMlp, grid_size=grid, num_prefix_tokens=prefix, kernel=layout["ffn_kernel"], prefix=layout["ffn_prefix"]
+        )
+    return layers
+
+
+def _build(name: str, kwargs: dict[str, Any], layout: dict[str, Any], timm_kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with the sized blocks of ``layout``; timm's refusals as one sentence naming the model."""
+    try:
+        return timm.create_model(name, pretrained=False, **{**kwargs, **_block_layers(name, kwargs, layout)})
+    except UsageError:  # a block's own refusal of its options (model.ffn_kernel, model.ffn_prefix), as it words it
+        raise
+    except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
+        if "img_size" in str(e):
+            raise UsageError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
+        raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from None
+    except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
+        ) from None
+
+
+def create_vit(
+    name: str,
+    img_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    window_attention: bool = False,
+    conv_ffn: bool = False,
+    *,
+    attn_window: int = 0,
+    ffn_kernel: int = 3,
+    ffn_prefix: str = "mlp",
+    dist_token: bool = False,
+    **timm_kwargs: Any,
+) -> VisionTransformer:
+    """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
+
+    Args:
+        name: timm model name, e.g. ``vit_base_patch16_224``.
+        img_size: input size (int or (H, W)); None keeps the model's default.
+        num_classes: classifier outputs; None keeps the model's default.
+        window_attention: build the blocks' attention as ``WindowAttention``, sized for ``attn_window``.
+        conv_ffn: build the blocks' feed-forward as ``ConvMlp``, sized for ``ffn_kernel`` and ``ffn_prefix``.
+        attn_window: the ``WindowAttention`` blocks' radius (0: global); ``ViTBackbone`` checks its range.
+        ffn_kernel: the ``ConvMlp`` blocks' odd kernel.
+        ffn_prefix: the ``ConvMlp`` blocks' prefix mode, "mlp" or "bypass".
+        dist_token: return timm's distilled layout (``make_distilled``), its blocks sized for the distillation token.
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
+
+    Raises:
+        ValueError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
+    """
+    if not timm.is_model(name):
+        raise UsageError(f"unknown backbone '{name}': timm has no model of that name")
+    kwargs = dict(timm_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    layout = dict(
+        window_attention=window_attention,
+        conv_ffn=conv_ffn,
+        attn_window=attn_window,
+        ffn_kernel=ffn_kernel,
+        ffn_prefix=ffn_prefix,
+        dist_token=dist_token,
+    )
+    vit = _build(name, kwargs, layout, timm_kwargs)
+    reason = unsupported_reason(vit)
+    if reason is not None:
+        raise UsageError(f"backbone '{name}' is not supported: {reason}")
+    return make_distilled(cast(VisionTransformer, vit)) if dist_token else cast(VisionTransformer, vit)
