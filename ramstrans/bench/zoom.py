@@ -301,6 +301,35 @@ def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, object]:
     return out
 
 
+def _later_stage(
+    stage: str,
+    runs: _Runs,
+    seeds: Sequence[int],
+    multiples: Sequence[int],
+    chosen: dict[str, dict[str, object]],
+    out_dir: Path,
+    name: str,
+) -> dict[str, object]:
+    """The ema, report or latency stage at the settings the screen chose; a report also writes its frontier PNG and
+    markdown table as ``out_dir/<name>_frontier.png`` and ``_table.md``."""
+    from ramstrans.runtime.files import write_text_atomic
+
+    sd, student = chosen["chosen_self_distill"], chosen["chosen_student"]
+    out: dict[str, object] = {"chosen_self_distill": sd, "chosen_student": student}
+    if stage == "ema":
+        out.update(_ema(runs, seeds, sd))
+    elif stage == "report":
+        summary, rows = _report(runs, seeds, sd, student, multiples)
+        out.update(summary, multiples=list(multiples), per_seed=rows, today=list(TODAY))
+        png, table = out_dir / f"{name}_frontier.png", out_dir / f"{name}_table.md"
+        plot_frontier(summary["rows"], png)
+        write_text_atomic(table, report_table(out))
+        out.update(frontier_png=str(png), table=str(table))
+    else:
+        out.update(_latency(runs.run("rams", seeds[0], [])))
+    return out
+
+
 def bench_zoom(
     stage: str = "screen",
     seeds: Sequence[int] = (0,),
@@ -353,21 +382,7 @@ def bench_zoom(
     if stage == "screen":
         out.update(_screen(runs, seeds, sd_grid, student_grid))
     else:
-        chosen = json.loads(screened.read_text())
-        sd, student = chosen["chosen_self_distill"], chosen["chosen_student"]
-        out.update(chosen_self_distill=sd, chosen_student=student)
-        if stage == "ema":
-            out.update(_ema(runs, seeds, sd))
-        elif stage == "report":
-            summary, rows = _report(runs, seeds, sd, student, multiples)
-            out["multiples"] = list(multiples)
-            out.update(summary, per_seed=rows, today=list(TODAY))
-            png, table = Path(out_dir) / f"{name}_frontier.png", Path(out_dir) / f"{name}_table.md"
-            plot_frontier(summary["rows"], png)
-            write_text_atomic(table, report_table(out))
-            out.update(frontier_png=str(png), table=str(table))
-        else:
-            out.update(_latency(runs.run("rams", seeds[0], [])))
+        out.update(_later_stage(stage, runs, seeds, multiples, json.loads(screened.read_text()), Path(out_dir), name))
     out.update(resolved_configs=runs.configs, run_folders=sorted(runs.configs))
     target = Path(result) if result else Path(out_dir) / f"{name}_result.json"
     out["result"] = str(target)

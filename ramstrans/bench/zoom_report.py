@@ -41,15 +41,10 @@ def report_table(result: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_frontier(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
-    """Test top-1 against backbone passes per image for every row (mean, bar: half-range over seeds), with today's
-    three points and the single-pass goal."""
-    from matplotlib.figure import Figure
-
-    from ramstrans.runtime.files import atomic_write
-
+def _frontier_points(summary: dict[str, dict[str, dict[str, object]]]) -> list[tuple[str, float, dict, str, str]]:
+    """(label, passes per image, test top-1 statistics, marker, colour) of every row the report has."""
     rams = summary["rams"]
-    points = [
+    points: list[tuple[str, float, dict, str, str]] = [
         ("plain ViT", 1.0, summary["vit"]["test_single"], "s", "tab:gray"),
         ("RAMS-Trans, scale 1", 1.0, rams["test_single"], "o", "tab:blue"),
         ("RAMS-Trans, fused", 2.0, rams["test_fused"], "o", "tab:blue"),
@@ -79,6 +74,17 @@ def plot_frontier(summary: dict[str, dict[str, dict[str, object]]], png: Path) -
         )
         if m > 1:
             points.append((f"plain ViT, {m}x steps", 1.0, summary[f"vit_x{m}"]["test_single"], "v", shade))
+    return points
+
+
+def plot_frontier(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
+    """Test top-1 against backbone passes per image for every row (mean, bar: half-range over seeds), with today's
+    three points and the single-pass goal."""
+    from matplotlib.figure import Figure
+
+    from ramstrans.runtime.files import atomic_write
+
+    points = _frontier_points(summary)
     fig = Figure(figsize=(10, 5.2))
     ax = fig.subplots()
     shared: dict[float, int] = {}
