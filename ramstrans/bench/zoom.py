@@ -11,9 +11,9 @@ choose anything). Runs are reused by the hash of their resolved config (``run_or
   against from the EMA weights.
 - ``report`` (>= 5 seeds, validation and test): plain ViT; RAMS-Trans single / fused / adaptive (top probability) /
   adaptive (zoom gate) and the oracle that zooms exactly where the zoom changes the answer; RAMS-Trans with the chosen
-  self-distillation and RAMS-Trans at 4x the demo's steps, the same; the single-pass student with and without the
-  fused teacher at 1x, 2x and 4x the demo's steps. Mean ± half-range with per-seed values, paired differences, and
-  the frontier PNG.
+  self-distillation, the same; the single-pass student with and without the fused teacher at each of ``multiples`` of
+  the demo's steps (default 1x, 2x and 4x), and RAMS-Trans at 4x when 4 is among them. Mean ± half-range with
+  per-seed values, paired differences, the frontier PNG and a markdown table, named after the seeds and multiples.
 - ``latency``: ms per image at batch 32 and 1 of each kind of row on this machine (run it alone).
 """
 
@@ -376,10 +376,9 @@ def bench_zoom(
         "seeds": list(seeds),
         "overrides": list(overrides),
         "steps": runs.steps,
-        "sd_grid": {k: list(v) for k, v in sd_grid.items()},
-        "student_grid": list(student_grid),
     }
     if stage == "screen":
+        out.update(sd_grid={k: list(v) for k, v in sd_grid.items()}, student_grid=list(student_grid))
         out.update(_screen(runs, seeds, sd_grid, student_grid))
     else:
         out.update(_later_stage(stage, runs, seeds, multiples, json.loads(screened.read_text()), Path(out_dir), name))

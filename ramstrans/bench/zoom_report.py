@@ -67,8 +67,11 @@ def _frontier_points(summary: dict[str, dict[str, dict[str, object]]]) -> list[t
                 "tab:green",
             ),
         ]
+    from matplotlib import colormaps
+
     multiples = sorted(int(k.removeprefix("student_x")) for k in summary if k.startswith("student_x"))
-    for m, shade in zip(multiples, ("#9ecae1", "#4292c6", "#08519c")):
+    for i, m in enumerate(multiples):
+        shade = colormaps["Blues"](0.45 + 0.5 * i / max(1, len(multiples) - 1))  # darker for longer schedules
         points.append(
             (f"student of the fused teacher, {m}x steps", 1.0, summary[f"student_x{m}"]["test_single"], "^", shade)
         )

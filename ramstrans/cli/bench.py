@@ -2,7 +2,7 @@
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ramstrans.errors import UsageError
@@ -30,21 +30,44 @@ def _bench_latency(a: argparse.Namespace) -> dict:
     return r
 
 
-def _floats(text: str, flag: str) -> list[float]:
+def _positive(text: str, flag: str) -> list[float]:
+    """Comma-separated finite positive numbers, or one sentence naming ``flag``."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise UsageError(f"bench zoom {flag} must be comma-separated numbers, got '{text}'") from None
+        values = []
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise UsageError(f"bench zoom {flag} must be comma-separated positive numbers, got '{text}'")
     return values
 
 
+def _multiples(text: str) -> list[int]:
+    """``--multiples``: distinct positive whole numbers, in increasing order."""
+    values = _positive(text, "--multiples")
+    if not all(v == int(v) for v in values):
+        raise UsageError(f"bench zoom --multiples must be whole multiples of the demo's steps, got '{text}'")
+    return sorted({int(v) for v in values})
+
+
+def _sd_grid(a: argparse.Namespace) -> dict[str, Sequence]:
+    targets = a.sd_target.split(",")
+    if not set(targets) <= {"fused", "last"}:
+        raise UsageError(f"bench zoom --sd-target takes fused and/or last, got '{a.sd_target}'")
+    return {"beta": _positive(a.sd_beta, "--sd-beta"), "tau": _positive(a.sd_tau, "--sd-tau"), "target": targets}
+
+
 def _student(text: str) -> dict[str, object]:
-    """One ``ALPHA:TAU:MIX`` entry of ``--student-grid``."""
+    """One ``ALPHA:TAU:MIX`` entry of ``--student-grid``: λ in [0, 1], τ > 0, MIX 0 or 1."""
     try:
-        alpha, tau, mix = text.split(":")
-        return {"alpha": float(alpha), "tau": float(tau), "mix": bool(int(mix))}
+        alpha, tau, mix = (float(v) for v in text.split(":"))
     except ValueError:
-        raise UsageError(f"bench zoom --student-grid entries are ALPHA:TAU:MIX (e.g. 1:1:0), got '{text}'") from None
+        alpha = tau = mix = float("nan")
+    if not (0 <= alpha <= 1 and 0 < tau < float("inf") and mix in (0, 1)):
+        raise UsageError(
+            f"bench zoom --student-grid entries are ALPHA:TAU:MIX with ALPHA in [0, 1], TAU > 0 and MIX 0 or 1 "
+            f"(e.g. 1:1:0), got '{text}'"
+        )
+    return {"alpha": alpha, "tau": tau, "mix": bool(mix)}
 
 
 def _seeds(a: argparse.Namespace) -> list[int]:
@@ -104,13 +127,9 @@ def _run_zoom(a: argparse.Namespace) -> dict | None:
         a.config,
         a.out or "runs/bench_zoom",
         a.set or (),
-        sd_grid={
-            "beta": _floats(a.sd_beta, "--sd-beta"),
-            "tau": _floats(a.sd_tau, "--sd-tau"),
-            "target": a.sd_target.split(","),
-        },
+        sd_grid=_sd_grid(a),
         student_grid=[_student(s) for s in a.student_grid.split(",")],
-        multiples=[int(m) for m in _floats(a.multiples, "--multiples")],
+        multiples=_multiples(a.multiples),
     )
     print(f"bench zoom --stage {a.stage}: written to {r['result']}")
     return None

@@ -3,7 +3,9 @@ when the run is built (``training.steps``), the update after a step's batches is
 accumulates, updates, logs and calls the run's hooks. No config here, and no host read per step: the loss is checked
 for non-finite values and the log's numbers are read on the device's side every ``log_every`` steps only."""
 
+import functools
 import logging
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -145,7 +147,7 @@ class _Window:
 
 def _total(terms: dict[str, Tensor]) -> Tensor:
     """The loss: the sum of the named terms."""
-    return torch.stack(list(terms.values())).sum()
+    return functools.reduce(operator.add, terms.values())  # in the terms' order, as sum() adds them
 
 
 def _accumulate(step: BatchStep, model: torch.nn.Module, batches: list[dict], first_key: int) -> tuple[dict, dict, int]:

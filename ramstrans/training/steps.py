@@ -6,6 +6,8 @@ A step object returns the detached loss terms of its batch, weighted by the batc
 device statistics for the log (the mixing λ per scale): nothing is read on the host per batch.
 """
 
+import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,7 +48,7 @@ class BatchStep:
 
     def backward(self, terms: dict[str, Tensor], share: float) -> dict[str, Tensor]:
         """Backward of the terms' sum times ``share``; returns the detached weighted terms."""
-        loss = torch.stack(list(terms.values())).sum() * share
+        loss = functools.reduce(operator.add, terms.values()) * share  # the terms' sum, in their order
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return {k: v.detach() * share for k, v in terms.items()}
 

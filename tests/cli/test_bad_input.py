@@ -473,10 +473,40 @@ CASES = [
         ["--student-grid entries are ALPHA:TAU:MIX", "'1:1'"],
     ),
     (
+        "bench_zoom_student_grid_mix_not_0_or_1",
+        lambda c: ["bench", "zoom", "--student-grid", "1:1:2", "--out", str(c["tmp"] / "z")],
+        2,
+        ["MIX 0 or 1", "'1:1:2'"],
+    ),
+    (
+        "bench_zoom_bad_sd_target",
+        lambda c: ["bench", "zoom", "--sd-target", "fused,mean", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--sd-target takes fused and/or last", "'fused,mean'"],
+    ),
+    (
+        "bench_zoom_sd_beta_zero",
+        lambda c: ["bench", "zoom", "--sd-beta", "0,1", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--sd-beta must be comma-separated positive numbers", "'0,1'"],
+    ),
+    (
         "bench_zoom_bad_multiples",
         lambda c: ["bench", "zoom", "--stage", "report", "--multiples", "one", "--out", str(c["tmp"] / "z")],
         2,
-        ["--multiples must be comma-separated numbers", "'one'"],
+        ["--multiples must be comma-separated positive numbers", "'one'"],
+    ),
+    (
+        "bench_zoom_fractional_multiple",
+        lambda c: ["bench", "zoom", "--stage", "report", "--multiples", "1,1.5", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--multiples must be whole multiples", "'1,1.5'"],
+    ),
+    (
+        "bench_zoom_infinite_multiple",
+        lambda c: ["bench", "zoom", "--stage", "report", "--multiples", "inf", "--out", str(c["tmp"] / "z")],
+        2,
+        ["--multiples must be comma-separated positive numbers", "'inf'"],
     ),
     (
         "visualize_output_is_the_run_folder",

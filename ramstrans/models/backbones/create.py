@@ -77,8 +77,12 @@ def _probe_layout(name: str, kwargs: dict[str, Any], dist_token: bool) -> tuple[
     The count is the model's own prefix tokens, plus the distillation token ``make_distilled`` adds to a plain ViT
     when ``dist_token``. A model without a patch embedding gets (1, 1): timm refuses or ``create_vit`` rejects it.
     """
-    with torch.device("meta"):
-        probe = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, NotImplementedError):  # a timm whose init reads a tensor's value: a real copy, no draw kept
+        with torch.random.fork_rng(devices=[]):
+            probe = timm.create_model(name, pretrained=False, **kwargs)
     grid = getattr(getattr(probe, "patch_embed", None), "grid_size", None)
     prefix = int(getattr(probe, "num_prefix_tokens", 1))
     if dist_token and not isinstance(probe, VisionTransformerDistilled):

@@ -20,6 +20,13 @@ from ramstrans.errors import UsageError
 __all__ = ["ConvMlp"]
 
 
+def _check_layout(kernel: int, prefix: str) -> None:
+    if kernel < 1 or kernel % 2 == 0:
+        raise UsageError(f"model.ffn_kernel must be odd and >= 1, got {kernel}")
+    if prefix not in ("mlp", "bypass"):
+        raise UsageError(f"model.ffn_prefix must be mlp or bypass, got {prefix!r}")
+
+
 class ConvMlp(Mlp):
     """timm's Mlp plus a depthwise convolution of the patch tokens (see the module doc).
 
@@ -45,7 +52,8 @@ class ConvMlp(Mlp):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.dwconv = self._identity_conv(3)
+        _check_layout(kernel, prefix)
+        self.dwconv = self._identity_conv(kernel)  # made once, at its final size
         self.set_grid(grid_size, num_prefix_tokens, kernel, prefix)
 
     def _identity_conv(self, kernel: int) -> nn.Conv2d:
@@ -69,10 +77,7 @@ class ConvMlp(Mlp):
         place, after its blocks exist; or another grid, kernel or prefix mode). A model built by ``create_vit`` is
         built sized.
         """
-        if kernel < 1 or kernel % 2 == 0:
-            raise UsageError(f"model.ffn_kernel must be odd and >= 1, got {kernel}")
-        if prefix not in ("mlp", "bypass"):
-            raise UsageError(f"model.ffn_prefix must be mlp or bypass, got {prefix!r}")
+        _check_layout(kernel, prefix)
         self.grid: tuple[int, int] = (int(grid_size[0]), int(grid_size[1]))
         self.num_prefix_tokens, self.prefix = num_prefix_tokens, prefix
         if self.dwconv.kernel_size[0] != kernel:
