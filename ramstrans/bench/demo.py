@@ -30,8 +30,8 @@ def _run_key(cfg) -> str:
 
 def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> Path:
     """The run folder ``folder/<name>_<config hash>`` after training it, unless it already finished (its summary.json);
-    an interrupted run resumes from its newest checkpoint."""
-    from ramstrans.checkpoint import find_checkpoint
+    an interrupted run resumes from its newest checkpoint, or restarts when it was killed before its first one (as
+    ``ramstrans train --resume auto`` does)."""
     from ramstrans.config import load_config
     from ramstrans.training.run import resolve_training, run_training
 
@@ -39,8 +39,8 @@ def run_or_reuse(config: str, sets: Sequence[str], folder: Path, name: str) -> P
     if not (run_dir / "summary.json").is_file():
         logger.info("bench: %s: training into %s", name, run_dir)
         sets = [*sets, f"train.output_dir={run_dir}"]
-        cfg, ckpt = resolve_training(config, sets, "auto" if find_checkpoint("auto", run_dir) else None)
-        run_training(cfg, resume=ckpt, show_progress=False)
+        cfg, ckpt = resolve_training(config, sets, "auto")
+        run_training(cfg, resume=ckpt, show_progress=False, restart=True)
     return run_dir
 
 

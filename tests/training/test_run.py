@@ -350,3 +350,21 @@ def test_bench_demo_reuses_runs_only_under_the_same_settings(tmp_path, monkeypat
     monkeypatch.setattr("ramstrans.training.run.run_training", refuse)
     again = bench_demo([0], "synthetic_cpu", "test", str(tmp_path), TINY_TRAIN, 0.5)
     assert again["vit"]["top1"] == first["vit"]["top1"] and again["run_folders"] == first["run_folders"]
+
+
+def test_bench_run_killed_before_its_first_checkpoint_restarts(tmp_path):
+    """A bench run whose folder holds a config and logs but no checkpoint (killed before its first one) is trained
+    again from step 0 by the same call, as ``ramstrans train --resume auto`` restarts it, and ends where an
+    uninterrupted run ends."""
+    from ramstrans.bench.demo import run_or_reuse
+
+    sets = [*TINY_TRAIN, "model.num_scales=1", "loss.scale_weights=[1.0]"]
+    run_dir = run_or_reuse("synthetic_cpu", sets, tmp_path, "vit")
+    done = load_checkpoint(os.path.join(run_dir, "checkpoint.pth"))
+    for name in os.listdir(run_dir):  # what a kill before the first checkpoint leaves: the config and the logs
+        if name.endswith(".pth") or name == "summary.json":
+            os.remove(run_dir / name)
+    assert run_or_reuse("synthetic_cpu", sets, tmp_path, "vit") == run_dir
+    again = load_checkpoint(os.path.join(run_dir, "checkpoint.pth"))
+    assert again["step"] == done["step"] == 3
+    assert all(torch.equal(again["model"][k], v) for k, v in done["model"].items())
