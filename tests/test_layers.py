@@ -14,6 +14,7 @@ LAYERS = {
     "runtime": 0,
     "config": 0,
     "checkpoint": 0,
+    "deploy": 0,
     "data": 1,
     "models": 1,
     "inference": 2,

@@ -13,6 +13,10 @@ __all__ = ["add"]
 def _bench_latency(a: argparse.Namespace) -> dict:
     from ramstrans.bench.latency import bench_config_latency, bench_latency, bench_proposal
 
+    if a.end_to_end:
+        from ramstrans.bench.end_to_end import bench_end_to_end
+
+        return {"end_to_end": bench_end_to_end(repeats=a.repeats, checkpoint=a.checkpoint)}
     if a.configs:
         return {
             "configs": bench_config_latency(
@@ -147,6 +151,13 @@ def _run_core(a: argparse.Namespace) -> dict | None:
     return bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
 
 
+def _run_quantize(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.quantize import bench_quantize
+
+    files = [c for c in (a.checkpoints or "").split(",") if c]
+    return bench_quantize(files, a.out or "runs/bench_quantize", split=a.split, calibration_images=a.calibration_images)
+
+
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
@@ -159,6 +170,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "zoom": _run_zoom,
     "latency": _bench_latency,
     "transmix": _run_transmix,
+    "quantize": _run_quantize,
 }
 
 
@@ -196,7 +208,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "what",
         nargs="?",
         default="core",
-        choices=("core", "transmix", "ddp", "inat", "demo", "distill", "options", "ema", "accum", "latency", "zoom"),
+        choices=tuple(["core", *_BENCHES]),
         help="core: model speed against timm (default); transmix: TransMix cost per step; ddp: a "
         "2-process gloo step against a 1-process step; inat: indexing a generated iNat 2017 JSON; "
         "demo: plain ViT against RAMS-Trans over seeds; distill: the demo teacher, and the student "
@@ -205,7 +217,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "weights over seeds (validation); accum: one batch against accumulated batches (validation); "
         "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
         "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
-        "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage",
+        "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage; "
+        "quantize: the top-1 each ONNX precision costs, per checkpoint of --checkpoints",
     )
     _speed_arguments(b)
     _run_arguments(b)
@@ -254,6 +267,8 @@ def _run_arguments(b: argparse.ArgumentParser) -> None:
         "default: the one bench demo --split val chose)",
     )
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
+    b.add_argument("--checkpoints", help="quantize: comma-separated checkpoints or run folders (NAME_seedN groups)")
+    b.add_argument("--calibration-images", type=int, default=256, help="quantize: int8 calibration images")
 
 
 def _zoom_and_latency_arguments(b: argparse.ArgumentParser) -> None:
@@ -275,6 +290,13 @@ def _zoom_and_latency_arguments(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument(
         "--multiples", default="1,2,4", help="zoom --stage report: multiples of the demo's steps for the trend rows"
+    )
+    b.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="latency: from a JPEG on disk to the top 5 (decode, preprocess, model, softmax), RAMS-Trans ViT-B/16 "
+        "and the ViT-S/16 student, eager and onnxruntime fp32 / int8, batch 1 (--repeats: at least 50; "
+        "--checkpoint: also the start-up of predict on it and on its ONNX export)",
     )
     b.add_argument(
         "--configs",

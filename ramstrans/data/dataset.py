@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ramstrans.deploy.images import ImageReadError, read_image
 from ramstrans.errors import DataError
 
 __all__ = ["DataError", "ImageReadError", "DatasetIndex", "ImageDataset", "read_image", "check_inside_root", "collate"]
@@ -90,40 +90,6 @@ def missing_files(root: Path, paths: pd.Series) -> list[str]:
         if name not in found[folder]:
             missing.append(p)
     return missing
-
-
-class ImageReadError(DataError):
-    """An image file that cannot be used; ``reason`` says why ("cannot be decoded (the file is empty)", ...)."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"image {path} {reason}")
-        self.path, self.reason = path, reason
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode any image file to (H, W, 3) uint8 RGB: grayscale, CMYK, 16-bit, RGBA, or PNG bytes behind a .jpg name.
-    Every decoder failure (an empty file, corrupt bytes, a decompression bomb) becomes an ``ImageReadError``.
-
-    Raises:
-        ImageReadError: the file does not exist, or its bytes are not a decodable image, or one too large to decode.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "does not exist")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise ImageReadError(path, "cannot be decoded (the file is empty)")
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # decodes by content, not by name
-    except cv2.error as e:  # OpenCV asserts instead of returning None for some inputs (e.g. a decompression bomb)
-        if "MAX_IMAGE_PIXELS" in str(e):
-            raise ImageReadError(
-                path, "is too large to decode (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)"
-            ) from None
-        raise ImageReadError(path, f"cannot be decoded (OpenCV: {str(e).strip().splitlines()[-1][:80]})") from None
-    if img is None or img.size == 0:
-        raise ImageReadError(path, "cannot be decoded (corrupt or not an image)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 class ImageDataset(Dataset):

@@ -1,23 +1,38 @@
 """``ramstrans export --format onnx``: the single-scale model (``images`` -> ``logits``), or the fused multi-scale
 model (``images`` -> ``logits`` (B, S, K) per scale, ``probs`` (B, K) their mean softmax, ``boxes`` (B, 4) scale 1's
 proposal, and for a checkpoint with a fitted zoom gate ``zoom_confidence`` (B,), zoomed where below the metadata's
-``zoom_threshold``), proposal included; the batch dimension is dynamic; class names and the test transform in the
-file's metadata.
+``zoom_threshold``), proposal included. A fused export also writes the single-scale graph beside it
+(``NAME.scale1.onnx``; with a gate it outputs ``zoom_confidence`` too), which ``predict --scales auto`` runs on every
+image before the fused graph runs on the unsure ones. The batch dimension is dynamic; ``fp32``, ``fp16`` or ``int8``
+(``export.precision``). The metadata holds everything a client needs (``deploy.session.read_record`` reads it): the
+class names, every preprocessing step in words and numbers, the outputs, the precision and calibration set, where the
+weights came from and the resolved config (``ramstrans eval`` on the file finds its data set through it).
 """
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ramstrans.errors import UsageError
-from ramstrans.export.base import checked_out, transform_info
-from ramstrans.inference.load import load_model
+from ramstrans import __version__
+from ramstrans.deploy.preprocess import Preprocess
+from ramstrans.deploy.session import RECORD_KEY, scale1_path
+from ramstrans.errors import DataError, UsageError
+from ramstrans.export.base import checked_out, config_record, preprocess_of, provenance, transform_info
+from ramstrans.export.precision import PRECISIONS, calibration_hash, to_fp16, to_int8
+from ramstrans.inference.load import LoadedModel, load_model
 from ramstrans.models import Model, RAMSTrans
-from ramstrans.runtime.files import atomic_write
+from ramstrans.models.backbones.distilled import select_head
+from ramstrans.runtime.files import atomic_write, check_output
 
-__all__ = ["export_onnx", "write_onnx"]
+__all__ = ["export_onnx", "write_onnx", "CALIBRATION_SEED"]
+
+CALIBRATION_SEED = 0  # which training images calibrate int8: a fixed draw, recorded with its hash
+Calibration = tuple[list[str], Callable[[], Iterator[np.ndarray]]]  # image paths, and batches of them
 
 
 class _Fused(nn.Module):
@@ -38,36 +53,98 @@ class _Fused(nn.Module):
         return (*fused, self.model.zoom_score(out.features[0], probs[:, 0], "gate"))
 
 
+class _GatedScale1(nn.Module):
+    """Scale 1 of a model with a fitted zoom gate: its (B, K) logits and (B,) zoom confidence, one plain pass."""
+
+    def __init__(self, model: RAMSTrans) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        bb = self.model.backbone
+        tokens = bb.forward_features(images, scale=0, capture="none").tokens
+        cls, dist = bb.forward_heads(tokens)
+        logits = cls if dist is None else select_head(cls, dist, self.model.eval_head)
+        return logits, self.model.zoom_score(bb.pre_logits(tokens), logits.float().softmax(-1), "gate")
+
+
 def export_onnx(
-    checkpoint: str, out: str, scales: int = 1, weights: str = "auto", opset: int = 18, overwrite: bool = False
+    checkpoint: str,
+    out: str,
+    scales: int = 1,
+    weights: str = "auto",
+    opset: int = 18,
+    overwrite: bool = False,
+    *,
+    precision: str = "fp32",
+    calibration_images: int = 256,
 ) -> Path:
-    """Write a checkpoint's single-scale or fused multi-scale model as ONNX (see the module doc); the class names and
-    the test transform go into the file's metadata.
+    """Write a checkpoint's single-scale or fused multi-scale model as ONNX (see the module doc).
+
+    Args:
+        checkpoint: ramstrans checkpoint.
+        out: the .onnx file (a fused export also writes ``scale1_path(out)``).
+        scales: 1, or the number of scales fused.
+        weights: "auto", "raw" or "ema".
+        opset: the ONNX opset.
+        overwrite: replace existing files.
+        precision: "fp32", "fp16" or "int8" (static, calibrated on ``calibration_images`` training images).
+        calibration_images: how many images of the training split calibrate int8 (drawn with ``CALIBRATION_SEED``).
 
     Raises:
-        ValueError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
+        UsageError: an unknown precision, int8 without calibration images, the onnx packages missing.
     """
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "int8" and calibration_images < 1:
+        raise UsageError(f"--precision int8 needs calibration images: --calibration-images {calibration_images}")
     loaded = load_model(checkpoint, weights)
-    model, cfg, names = loaded.model, loaded.config, loaded.class_names
+    model, cfg = loaded.model, loaded.config
     assert cfg is not None  # a checkpoint, not an export folder
     path = checked_out(out, scales, model, checkpoint, overwrite)
-    if path.is_dir():
-        raise UsageError(f"--out {out} is a folder; an ONNX export is a file such as model.onnx")
-    return write_onnx(
-        model,
-        path,
-        scales,
-        {"class_names": json.dumps(names), "test_transform": json.dumps(transform_info(cfg))},
-        opset,
-    )
+    if path.is_dir() or path.suffix != ".onnx":
+        raise UsageError(f"--out {out} must be a file name ending in .onnx, such as model.onnx")
+    graphs = {path: scales}
+    if scales > 1:  # the single-scale graph adaptive zoom runs first
+        graphs[check_output(scale1_path(path), [checkpoint], overwrite, "--out")] = 1
+    calibration = _calibration(loaded, calibration_images) if precision == "int8" else None
+    meta = {
+        "class_names": json.dumps(loaded.class_names),
+        "test_transform": json.dumps(transform_info(cfg)),
+        "config": json.dumps(config_record(cfg)),
+    }
+    record = {"preprocess": preprocess_of(cfg, model).to_meta(), "provenance": provenance(loaded, checkpoint)}
+    protos = {p: build_onnx(model, s, meta, record, opset, precision, calibration) for p, s in graphs.items()}
+    if scales > 1:
+        _link(protos[path], scale1_path(path).name)
+    for p, proto in protos.items():
+        _save(proto, p)
+    return path
 
 
 def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] | None = None, opset: int = 18) -> Path:
-    """Write ``model`` (single scale, or the fusion of ``scales`` scales) as an ONNX file with a dynamic batch and
-    ``meta`` (plus the normalisation and the number of scales) in its metadata.
+    """Write ``model`` (single scale, or the fusion of ``scales`` scales) in float32 as an ONNX file with a dynamic
+    batch, ``meta`` in its metadata and the preprocessing of its backbone's input size and normalisation."""
+    crop = model.backbone.img_size[0]
+    record = {"preprocess": Preprocess.of(crop, crop, model.backbone.mean, model.backbone.std).to_meta()}
+    _save(build_onnx(model, scales, meta or {}, record, opset), path)
+    return path
+
+
+def build_onnx(
+    model: Model,
+    scales: int,
+    meta: dict[str, str],
+    record: dict[str, Any],
+    opset: int = 18,
+    precision: str = "fp32",
+    calibration: Calibration | None = None,
+) -> Any:
+    """The ONNX ``ModelProto`` of ``model`` at ``scales`` scales and ``precision``, with ``meta`` and the ramstrans
+    record (``record`` plus the graph kind, outputs and precision) in its metadata and a description.
 
     Raises:
-        ValueError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
+        UsageError: the onnx exporter is not installed (pip install 'ramstrans[deploy]').
     """
     try:
         import onnx
@@ -76,38 +153,124 @@ def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] |
         raise UsageError(
             "ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'"
         ) from None
-    model.eval()
-    module: nn.Module = model
-    outputs = ["logits"]
-    if scales > 1:
-        if not isinstance(model, RAMSTrans):  # checked_out refuses this first; kept for direct callers
-            raise UsageError(f"a {type(model).__name__} has one scale: export it with --scales 1")
-        module, outputs = _Fused(model, scales).eval(), ["logits", "probs", "boxes"]
-        if model.zoom_gate is not None:  # a client zooms where zoom_confidence < this
-            outputs.append("zoom_confidence")
-            meta = {**(meta or {}), "zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
+    module, outputs, gate_meta = _graph(model.eval(), scales)
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
-    batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
         module,
         (example,),
         input_names=["images"],
-        output_names=outputs,
-        dynamic_shapes=({0: batch},),
+        output_names=list(outputs),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
         dynamo=True,
         opset_version=opset,
         verbose=False,
     )
     assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
+    if precision == "fp16":
+        proto = to_fp16(proto)
+    elif precision == "int8":
+        assert calibration is not None  # export_onnx draws it
+        proto = to_int8(proto, calibration[1]())
+    calibrated = None if calibration is None else _calibration_record(calibration[0])
+    full = {
+        **record,
+        "version": __version__,
+        "graph": "fused" if scales > 1 else "single",
+        "num_scales": scales,
+        "precision": precision,
+        "calibration": calibrated if precision == "int8" else None,
+        "outputs": outputs,
+    }
     onnx.helper.set_model_props(
         proto,
         {
             "mean": json.dumps(list(model.backbone.mean)),
-            "num_scales": str(scales),
             "std": json.dumps(list(model.backbone.std)),
-            **(meta or {}),
+            "num_scales": str(scales),
+            **meta,
+            **gate_meta,
+            RECORD_KEY: json.dumps(full),
         },
     )
+    proto.doc_string = proto.graph.doc_string = _description(full, len(json.loads(meta.get("class_names", "[]"))))
+    return proto
+
+
+def _graph(model: Model, scales: int) -> tuple[nn.Module, dict[str, str], dict[str, str]]:
+    """The module to export, its outputs {name: what it holds} and the zoom gate's metadata."""
+    gated = isinstance(model, RAMSTrans) and model.zoom_gate is not None
+    gate_meta: dict[str, str] = {}
+    confidence = (
+        "(B,) float32 1 - the zoom gate's probability that zooming changes the answer; zoom below zoom_threshold"
+    )
+    if gated:
+        assert isinstance(model, RAMSTrans) and model.zoom_gate is not None
+        gate_meta = {"zoom_on": "gate", "zoom_threshold": str(float(model.zoom_gate.threshold))}
+    if scales == 1:
+        outputs = {"logits": "(B, K) float32 logits of scale 1 (softmax gives the probabilities)"}
+        if not gated:
+            return model, outputs, gate_meta
+        assert isinstance(model, RAMSTrans)
+        return _GatedScale1(model).eval(), {**outputs, "zoom_confidence": confidence}, gate_meta
+    if not isinstance(model, RAMSTrans):  # checked_out refuses this first; kept for direct callers
+        raise UsageError(f"a {type(model).__name__} has one scale: export it with --scales 1")
+    outputs = {
+        "logits": "(B, S, K) float32 logits of each scale",
+        "probs": "(B, K) float32 the fused prediction: the mean of the scales' softmax",
+        "boxes": "see preprocess.boxes",
+    }
+    if gated:
+        outputs["zoom_confidence"] = confidence
+    return _Fused(model, scales).eval(), outputs, gate_meta
+
+
+def _description(record: dict[str, Any], classes: int) -> str:
+    kind = "single-scale" if record["graph"] == "single" else f"fused {record['num_scales']}-scale RAMS-Trans"
+    return (
+        f"ramstrans {record['version']}: {kind} classifier of {classes or 'K'} classes, {record['precision']}. "
+        f"Input `images` (B, 3, H, W) float32, preprocessed as the metadata's `{RECORD_KEY}`.preprocess says; "
+        f"outputs: {', '.join(record['outputs'])}. Class names in the metadata's `class_names`."
+    )
+
+
+def _link(proto: Any, scale1_name: str) -> None:
+    """Record in a fused graph's metadata the file name of its single-scale graph."""
+    props = {p.key: p for p in proto.metadata_props}
+    record = json.loads(props[RECORD_KEY].value)
+    props[RECORD_KEY].value = json.dumps({**record, "scale1_graph": scale1_name})
+
+
+def _save(proto: Any, path: Path) -> None:
+    import onnx
+
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
-    return path
+
+
+def _calibration_record(names: list[str]) -> dict[str, Any]:
+    return {"split": "train", "images": len(names), "seed": CALIBRATION_SEED, "sha256": calibration_hash(names)}
+
+
+def _calibration(loaded: LoadedModel, count: int) -> Calibration:
+    """``count`` images of the checkpoint's training split (its run's, without the carved validation images), drawn
+    with ``CALIBRATION_SEED``, under the test transform: their paths and a factory of their (B, C, H, W) batches."""
+    from ramstrans.data import ImageDataset, eval_loader, load_index, split_tables
+
+    cfg = loaded.config
+    assert cfg is not None  # a checkpoint
+    try:
+        index = load_index(cfg.data)
+    except (DataError, OSError) as e:
+        raise UsageError(
+            f"--precision int8 calibrates on the checkpoint's training images, which cannot be read: {e}"
+        ) from None
+    table = split_tables(cfg.data, index, cfg.train.seed)["train"]
+    rows = np.random.default_rng(CALIBRATION_SEED).permutation(len(table))[:count]
+    table = table.iloc[rows].reset_index(drop=True)
+    dataset = ImageDataset(index.root, table, loaded.class_names, loaded.transform)
+
+    def batches() -> Iterator[np.ndarray]:
+        for batch in eval_loader(dataset, 16):
+            yield batch["image"].numpy()
+
+    return [str(p) for p in table["path"]], batches

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ramstrans.config import Config
 from ramstrans.errors import UsageError
-from ramstrans.export.base import checked_out, transform_info
+from ramstrans.export.base import PAPER_IDS, checked_out, preprocess_of, provenance, transform_info
 from ramstrans.inference.load import EXPORT_INFO, ZOOM_TOKENS, load_model
 from ramstrans.models import Model, RAMSTrans
 from ramstrans.runtime.files import full_disk_error, is_full_disk, write_text_atomic
@@ -67,6 +67,8 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
         "num_scales": scales,
         "class_names": names,
         "test_transform": transform_info(cfg),
+        "preprocess": preprocess_of(cfg, model).to_meta(),
+        "provenance": provenance(loaded, checkpoint),
         "source_checkpoint": str(checkpoint),
         "step": int(ckpt["step"]),
         "weights": loaded.weights,
@@ -96,9 +98,12 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
         "mean": model.backbone.mean,
         "std": model.backbone.std,
     }
-    model_config: dict[str, object] = {"label_names": info["class_names"]}
+    model_config: dict[str, object] = {"label_names": info["class_names"], "pretrained_cfg": _origin(info)}
     if isinstance(model, RAMSTrans) and model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
-        model_config["pretrained_cfg"] = {"architecture": _distilled_architecture(model.backbone.patch_size)}
+        model_config["pretrained_cfg"] = {
+            **_origin(info),
+            "architecture": _distilled_architecture(model.backbone.patch_size),
+        }
     save_for_hf(
         model.backbone.timm_model,
         str(staging),
@@ -121,6 +126,22 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
             str(staging / ZOOM_TOKENS),
         )
     write_text_atomic(staging / EXPORT_INFO, json.dumps(info, indent=1))
+
+
+def _origin(info: dict[str, object]) -> dict[str, object]:
+    """The ``pretrained_cfg`` fields that say where these weights come from: they replace those the backbone
+    inherited from timm's pretrained tag (e.g. ``augreg_in21k_ft_in1k`` and its licence), which the fine-tuning
+    replaced; the full record is ``ramstrans.json``'s ``provenance``."""
+    origin = cast(dict, info["provenance"])
+    return {
+        "tag": f"ramstrans_{origin['dataset']}",
+        "license": "unspecified: set by whoever trained it (the training data's and initial weights' terms apply)",
+        "description": f"RAMS-Trans fine-tuned by {origin['exported_by']} on {origin['dataset']} from "
+        f"{origin['initial_weights']} ({origin['backbone']}), step {origin['step']}, {origin['weights']} weights",
+        "origin_url": None,
+        "paper_ids": PAPER_IDS,
+        "notes": None,
+    }
 
 
 def _distilled_architecture(patch_size: tuple[int, int]) -> str:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ramstrans.config import Config
-from ramstrans.data import ImageDataset, eval_loader, load_index, split_tables
+from ramstrans.data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from ramstrans.errors import CheckpointError, DataError, UsageError
 from ramstrans.inference.load import load_model
 from ramstrans.inference.metrics import MetricAccumulator
@@ -26,6 +27,9 @@ from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output, write_text_atomic
+
+if TYPE_CHECKING:
+    from ramstrans.inference.onnx_predictor import OnnxPredictor
 
 __all__ = ["run_eval", "eval_folder", "parse_scales", "resolve_threshold"]
 
@@ -53,7 +57,7 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def resolve_threshold(model: Model, zoom_on: ZoomCriterion, threshold: float | None) -> float:
+def resolve_threshold(model: "Model | OnnxPredictor", zoom_on: ZoomCriterion, threshold: float | None) -> float:
     """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
     gate``) or 0.5; checked to lie in [0, 1].
 
@@ -116,16 +120,66 @@ def _load(
             "holds the data set's config); ramstrans predict classifies images with an export"
         )
     loaded.model.to(dev)
+    ds = _split_dataset(cfg, names, split, data_root, loaded.transform, skip_corrupt, checkpoint)
+    return loaded.model, cfg, names, ckpt, ds, dev
+
+
+def _load_any(
+    checkpoint: str,
+    weights: str,
+    device: str,
+    split: str,
+    data_root: str | None,
+    skip_corrupt: bool,
+    shift: Sequence[str] = (),
+) -> tuple["Model | OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
+    """``_load`` of a checkpoint or ``_load_onnx`` of an ONNX export, with (step, weights used) for the summary."""
+    if str(checkpoint).endswith(".onnx"):
+        return _load_onnx(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
+    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
+    return model, cfg, names, (int(ckpt["step"]), weights_used(ckpt, weights)), ds, dev
+
+
+def _load_onnx(
+    path: str,
+    weights: str,
+    device: str,
+    split: str,
+    data_root: str | None,
+    skip_corrupt: bool,
+    shift: Sequence[str] = (),
+) -> tuple["Model | OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
+    """``_load`` of an ONNX export: onnxruntime on the CPU, the config and classes its metadata records."""
+    from ramstrans.inference.onnx_predictor import OnnxPredictor
+
+    if weights != "auto" or device not in ("auto", "cpu"):
+        raise UsageError("--weights and --device apply to a checkpoint; an ONNX file holds one set of weights")
+    model = OnnxPredictor(path)
+    cfg, names, pre = model.config(), model.onnx.class_names, model.onnx.preprocess
+    transform = Transform(train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=shift)
+    ds = _split_dataset(cfg, names, split, data_root, transform, skip_corrupt, path)
+    return model, cfg, names, (model.step, f"onnx-{model.precision}"), ds, torch.device("cpu")
+
+
+def _split_dataset(
+    cfg: Config,
+    names: list[str],
+    split: str,
+    data_root: str | None,
+    transform: Transform,
+    skip_corrupt: bool,
+    source: str,
+) -> ImageDataset:
+    """The split's dataset of the config's data set (or of a copy of it at ``data_root``) under ``transform``."""
     data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
     index = load_index(data_cfg, generate=not data_root)
     if index.class_names != names:
-        raise UsageError(f"the data set at {index.root} has other classes than checkpoint {checkpoint}")
+        raise UsageError(f"the data set at {index.root} has other classes than {source}")
     tables = split_tables(data_cfg, index, cfg.train.seed)  # the validation split the run carved, if it did
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
         raise UsageError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    ds = ImageDataset(index.root, tables[split], names, loaded.transform, skip_corrupt)
-    return loaded.model, cfg, names, ckpt, ds, dev
+    return ImageDataset(index.root, tables[split], names, transform, skip_corrupt)
 
 
 def confused_pairs_csv(confusion: np.ndarray, names: list[str]) -> str:
@@ -180,18 +234,21 @@ def run_eval(
     """
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
+    model, cfg, names, (step, used), ds, dev = _load_any(
+        checkpoint, weights, device, split, data_root, skip_corrupt, shift
+    )
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     metrics, state = _evaluate_split(
         model, cfg, ds, dev, split, scales, zoom_threshold, zoom_on, batch_size, num_workers, show_progress
     )
-    used = weights_used(ckpt, weights)
+    if str(checkpoint).endswith(".onnx") and scales == "auto":  # the fused graph reruns scale 1 on a zoomed image
+        metrics["passes_per_image"] = 1.0 + metrics["zoomed_share"] * model.num_scales
     out = (
         Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
     )
     out.mkdir(parents=True, exist_ok=True)
-    res = _result(metrics, checkpoint, int(ckpt["step"]), split, scales, used, shift, out)
+    res = _result(metrics, checkpoint, step, split, scales, used, shift, out)
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     _write_eval(out, res, state, names)
@@ -199,7 +256,7 @@ def run_eval(
 
 
 def _evaluate_split(
-    model: Model,
+    model: "Model | OnnxPredictor",
     cfg: Config,
     ds: ImageDataset,
     dev: torch.device,
@@ -264,7 +321,7 @@ def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], nam
 
 @torch.no_grad()
 def evaluate(
-    model: Model,
+    model: "Model | OnnxPredictor",
     loader: DataLoader,
     *,
     device: torch.device,
@@ -319,7 +376,7 @@ def evaluate(
 
 
 def _accumulate(
-    model: Model,
+    model: "Model | OnnxPredictor",
     batches: Iterable[dict],
     acc: MetricAccumulator,
     device: torch.device,

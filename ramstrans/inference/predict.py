@@ -5,9 +5,6 @@ or, for a file that cannot be read, the reason. Rows go to a CSV (default) or JS
 file written whole (a temp file renamed at the end).
 """
 
-import csv
-import io
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ramstrans.data import ImageReadError, Transform, read_image
+from ramstrans.deploy.images import expand_paths
+from ramstrans.deploy.rows import check_options, emit, format_rows, rows_of
 from ramstrans.errors import UsageError
-from ramstrans.inference.evaluate import check_threshold, parse_scales, resolve_threshold
-from ramstrans.inference.images import expand_paths
+from ramstrans.inference.evaluate import parse_scales, resolve_threshold
 from ramstrans.inference.load import load_model
 from ramstrans.models import Model, RAMSTrans, ZoomCriterion
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
-from ramstrans.runtime.files import check_output, write_text_atomic
+from ramstrans.runtime.files import check_output
 
 __all__ = ["run_predict"]
 
@@ -57,53 +55,6 @@ def _collate(items: list[dict]) -> dict:
     }
 
 
-def _rows(probs: torch.Tensor, zoomed: torch.Tensor, names: list[str], topk: int, adaptive: bool) -> list[dict]:
-    p, k = probs.float().topk(min(topk, len(names)), dim=-1)
-    return [
-        {
-            "status": "ok",
-            "top": [(names[j], float(q)) for q, j in zip(pr.tolist(), kr.tolist())],
-            **({"zoomed": bool(z)} if adaptive else {}),
-        }
-        for pr, kr, z in zip(p, k, zoomed.tolist())
-    ]
-
-
-def _format(rows: list[dict], fmt: str, topk: int, adaptive: bool) -> str:
-    if fmt == "json":
-        return "".join(
-            json.dumps(
-                {
-                    "path": r["path"],
-                    **(
-                        {"top": [{"class": c, "prob": q} for c, q in r["top"]]}
-                        if r["status"] == "ok"
-                        else {"error": r["error"]}
-                    ),
-                    **({"zoomed": r["zoomed"]} if "zoomed" in r else {}),
-                }
-            )
-            + "\n"
-            for r in rows
-        )
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["path", "status", "error"]
-        + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
-        + (["zoomed"] if adaptive else [])
-    )
-    for r in rows:
-        top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
-        w.writerow(
-            [r["path"], r["status"], r.get("error", "")]
-            + top
-            + [""] * (2 * topk - len(top))
-            + ([r.get("zoomed", "")] if adaptive else [])
-        )
-    return buf.getvalue()
-
-
 def _classify(
     model: Model,
     names: list[str],
@@ -127,7 +78,10 @@ def _classify(
         x = batch["image"].to(dev)
         with autocast(dev, amp_dtype):
             pred = model.predict(x, scales, threshold, zoom_on, boxes=False)
-        for i, row in zip(batch["index"], _rows(pred.probs, pred.zoomed, names, topk, scales == "auto")):
+        for i, row in zip(
+            batch["index"],
+            rows_of(pred.probs.float().cpu().numpy(), pred.zoomed.cpu().numpy(), names, topk, scales == "auto"),
+        ):
             rows[i] = row
         if visualize:
             from ramstrans.inference.visualize import draw_panels
@@ -179,7 +133,7 @@ def run_predict(
         show_progress: a progress bar on a terminal.
         overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
     """
-    _check_options(topk, fmt, batch_size, zoom_threshold)
+    check_options(topk, fmt, batch_size, zoom_threshold)
     files, unlistable = expand_paths(paths)
     inputs: list[str | Path] = [model_path, *files]
     if out:
@@ -198,30 +152,12 @@ def run_predict(
     batches = _batches(files, transform, batch_size, num_workers, show_progress)
     rows = _classify(model, names, batches, files, (dev, amp_dtype), (scales, zoom_threshold, zoom_on), topk, visualize)
     rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
-    _emit(_format(rows, fmt, topk, scales == "auto"), out)
+    emit(format_rows(rows, fmt, topk, scales == "auto"), out)
     skipped = sum(r["status"] == "skipped" for r in rows)
     return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}
-
-
-def _check_options(topk: int, fmt: str, batch_size: int, zoom_threshold: float | None) -> None:
-    """Refuse impossible options before anything is read."""
-    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
-        raise UsageError(
-            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
-        )
-    if zoom_threshold is not None:
-        check_threshold(zoom_threshold)  # before the model loads: a typo fails at once
 
 
 def _batches(files: list[Path], transform: Transform, batch_size: int, num_workers: int, show_progress: bool) -> Any:
     """The files' decoded batches, with a progress bar on a terminal."""
     loader = DataLoader(_Files(files, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     return tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), unit="batch", dynamic_ncols=True)
-
-
-def _emit(text: str, out: str | None) -> None:
-    """The rows into ``out`` (written whole), or on standard output."""
-    if out:
-        write_text_atomic(out, text)
-    else:
-        sys.stdout.write(text)

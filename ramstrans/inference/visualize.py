@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ramstrans.data import ImageReadError, load_index, read_image
+from ramstrans.deploy.images import expand_paths
 from ramstrans.errors import CheckpointError, UsageError
-from ramstrans.inference.images import expand_paths
 from ramstrans.inference.load import load_model
 from ramstrans.inference.plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 from ramstrans.models import RAMSTrans, crop_and_zoom

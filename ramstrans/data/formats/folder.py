@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from ramstrans.data.dataset import BOX_COLUMNS, DataError, DatasetIndex, check_inside_root, data_folder
+from ramstrans.deploy.images import IMAGE_EXTENSIONS
 
 __all__ = ["load_folder", "load_csv", "IMAGE_EXTENSIONS"]
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
 def _is_image(name: str) -> bool:

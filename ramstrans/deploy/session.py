@@ -1,0 +1,206 @@
+"""An ONNX file written by ``ramstrans export --format onnx`` in onnxruntime, without torch: its record (class names,
+preprocessing, graph kind, precision), and ``OnnxModel.predict``, single scale, fused or adaptive like
+``RAMSTrans.predict``.
+
+A fused export is two files: ``NAME.onnx`` (every scale, one graph) and ``NAME.scale1.onnx`` (scale 1 alone, with the
+zoom gate's confidence where one was fitted). ``--scales 1`` runs the second; ``--scales N`` the first; ``--scales
+auto`` runs the second on every image and the first on those whose scale-1 confidence is below the threshold, so an
+adaptive image costs 1 + 2 x (zoomed share) backbone passes (a checkpoint's adaptive zoom reuses scale 1: 1 + share).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ramstrans.deploy.preprocess import Preprocess
+from ramstrans.errors import CheckpointError, UsageError
+
+__all__ = ["RECORD_KEY", "OnnxModel", "OnnxPrediction", "scale1_path", "read_record", "softmax"]
+
+RECORD_KEY = "ramstrans"  # the metadata entry (JSON) that marks a file as ramstrans's and describes it
+_CRITERIA = ("maxprob", "margin", "gate")
+
+
+def scale1_path(path: str | Path) -> Path:
+    """Where a fused export's single-scale graph is: ``model.onnx`` -> ``model.scale1.onnx``."""
+    path = Path(path)
+    return path.with_name(f"{path.name.removesuffix('.onnx')}.scale1.onnx")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (B, K) logits, in float32."""
+    z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class OnnxPrediction:
+    """What ``OnnxModel.predict`` returns.
+
+    Attributes:
+        probs: (B, K) float32 class probabilities.
+        zoomed: (B,) bool, which images ran the zoomed scales.
+        boxes: (B, 4) float32 scale 1's proposal where the fused graph ran on every image, else None.
+    """
+
+    probs: np.ndarray
+    zoomed: np.ndarray
+    boxes: np.ndarray | None
+
+
+def _session(path: Path, providers: list[str]) -> Any:
+    """An onnxruntime session of ``path``.
+
+    Raises:
+        CheckpointError: a file onnxruntime cannot load (truncated, damaged, not ONNX).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a QDQ graph's fusion notes are not the user's concern
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for a bad file
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable ONNX file (truncated or damaged?): {reason}") from None
+
+
+def read_record(session: Any, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """A session's metadata and its ramstrans record.
+
+    Raises:
+        CheckpointError: no ramstrans record (a file ramstrans did not write) or a damaged one.
+    """
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if RECORD_KEY not in meta or "class_names" not in meta:
+        raise CheckpointError(
+            f"{path} was not written by ramstrans export (its metadata has no '{RECORD_KEY}' record): its "
+            "classes and preprocessing are unknown"
+        )
+    try:
+        record, names = json.loads(meta[RECORD_KEY]), json.loads(meta["class_names"])
+    except ValueError as e:
+        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record ({e})") from None
+    if not isinstance(record, dict) or not isinstance(names, list):
+        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record (not a JSON object)")
+    return meta, {**record, "class_names": [str(n) for n in names]}
+
+
+def check_providers(providers: list[str] | None) -> list[str]:
+    """The execution providers to use (default: the CPU's), each checked to be installed.
+
+    Raises:
+        UsageError: a provider this onnxruntime does not have, naming it and those it has.
+    """
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    wanted = list(providers or ["CPUExecutionProvider"])
+    missing = [p for p in wanted if p not in have]
+    if missing:
+        raise UsageError(f"--providers {missing[0]} is not installed in this onnxruntime (it has: {', '.join(have)})")
+    return wanted
+
+
+class OnnxModel:
+    """An exported ramstrans model in onnxruntime (see the module doc).
+
+    Args:
+        path: the .onnx file (single-scale or fused).
+        providers: onnxruntime execution providers, in order of preference (default: CPU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not an ONNX file ramstrans wrote, or a fused export whose single-scale graph is damaged.
+        UsageError: a provider that is not installed.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model {path} does not exist")
+        self.providers = check_providers(providers)
+        self.main = _session(self.path, self.providers)
+        self.meta, self.record = read_record(self.main, self.path)
+        self.class_names: list[str] = self.record["class_names"]
+        self.preprocess = Preprocess.from_meta(self.record.get("preprocess") or {}, str(self.path))
+        self.num_scales = int(self.record.get("num_scales", self.meta.get("num_scales", 1)))
+        self.zoom_threshold = float(self.meta["zoom_threshold"]) if "zoom_threshold" in self.meta else None
+        self.config: dict[str, Any] | None = json.loads(self.meta["config"]) if "config" in self.meta else None
+        self._scale1: Any = self.main if self.num_scales == 1 else None
+
+    def scale1(self) -> Any:
+        """The single-scale graph's session (a fused export's companion file, opened on first use).
+
+        Raises:
+            UsageError: a fused file without its single-scale graph beside it.
+        """
+        if self._scale1 is None:
+            companion = self.path.with_name(self.record.get("scale1_graph") or scale1_path(self.path).name)
+            if not companion.is_file():
+                raise UsageError(
+                    f"{self.path} is a fused graph without its single-scale graph {companion.name} beside it: "
+                    "--scales 1 and auto need both files that export wrote"
+                )
+            self._scale1 = _session(companion, self.providers)
+            read_record(self._scale1, companion)
+        return self._scale1
+
+    def check_scales(self, scales: int | str, zoom_on: str = "maxprob") -> None:
+        """Refuse what the file cannot run: more or fewer fused scales than exported, auto on a single graph, the
+        gate's confidence without a gate.
+
+        Raises:
+            UsageError: naming the file and what it holds.
+        """
+        if zoom_on not in _CRITERIA:
+            raise UsageError(f"--zoom-on must be one of {', '.join(_CRITERIA)}, got '{zoom_on}'")
+        if scales == "auto" and self.num_scales == 1:
+            raise UsageError(
+                f"--scales auto needs a fused export (ramstrans export --format onnx --scales 2); {self.path} is "
+                "single-scale"
+            )
+        if scales == "auto" and zoom_on == "gate" and self.zoom_threshold is None:
+            raise UsageError(
+                f"--zoom-on gate needs an export of a checkpoint with a fitted zoom gate; {self.path} has none"
+            )
+        if scales != "auto" and int(scales) not in (1, self.num_scales):
+            raise UsageError(f"{self.path} fuses {self.num_scales} scale(s); it runs --scales 1 or {self.num_scales}")
+
+    def predict(
+        self, images: np.ndarray, scales: int | str = 1, zoom_threshold: float = 0.5, zoom_on: str = "maxprob"
+    ) -> OnnxPrediction:
+        """Class probabilities of a batch, like ``RAMSTrans.predict`` (call ``check_scales`` first).
+
+        Args:
+            images: (B, 3, H, W) float32 preprocessed images.
+            scales: 1, the exported number of scales (fused), or "auto".
+            zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it.
+            zoom_on: "maxprob", "margin" or "gate".
+        """
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        B = images.shape[0]
+        if scales != "auto" and int(scales) > 1:
+            probs, boxes = self.main.run(["probs", "boxes"], {"images": images})
+            return OnnxPrediction(probs, np.ones(B, dtype=bool), boxes)
+        first = self.scale1().run(None, {"images": images})
+        names = [o.name for o in self.scale1().get_outputs()]
+        probs = softmax(first[names.index("logits")])
+        if scales != "auto":
+            return OnnxPrediction(probs, np.zeros(B, dtype=bool), None)
+        confidence = first[names.index("zoom_confidence")] if zoom_on == "gate" else _confidence(probs, zoom_on)
+        zoomed = confidence < zoom_threshold
+        if zoomed.any():
+            probs = probs.copy()
+            probs[zoomed] = self.main.run(["probs"], {"images": images[zoomed]})[0]
+        return OnnxPrediction(probs, zoomed, None)
+
+
+def _confidence(probs: np.ndarray, zoom_on: str) -> np.ndarray:
+    """(B,) the top probability, or ("margin") top-1 minus top-2."""
+    top = -np.sort(-probs, axis=-1)
+    return top[:, 0] - top[:, 1] if zoom_on == "margin" and probs.shape[1] > 1 else top[:, 0]
