@@ -132,17 +132,25 @@ def _overhead(model: Any, x: torch.Tensor, repeats: int) -> dict[str, dict[str, 
 
 
 def _startup(argv: list[str]) -> dict[str, float]:
-    """Wall seconds, CPU seconds and peak resident MB of ``ramstrans <argv>`` in a fresh process."""
-    code = f"import sys; from ramstrans.cli import main; sys.exit(main({argv!r}))"
+    """Wall seconds, CPU seconds and peak resident MB of ``ramstrans <argv>`` in a fresh process. The peak is the
+    child's own ``VmHWM`` (Linux): the rusage of a child started from this process would count this process's memory,
+    which the child inherits until it runs its own program."""
+    code = (
+        f"import sys; from ramstrans.cli import main; code = main({argv!r}); "
+        "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+        "print('VmHWM', hwm[0] if hwm else 'nan', file=sys.stderr); sys.exit(code)"
+    )
     start = os.times().elapsed
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = os.times().elapsed - start
+    assert proc.stderr is not None
+    kb = [line.split()[1] for line in proc.stderr.read().splitlines() if line.startswith("VmHWM")]
     return {
-        "wall_s": os.times().elapsed - start,
+        "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_mb": usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20,
-        "exit": proc.returncode,
+        "peak_mb": float(kb[0]) / 1024 if kb else float("nan"),
+        "exit": os.waitstatus_to_exitcode(status),
     }
 
 

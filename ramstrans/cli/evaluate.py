@@ -78,7 +78,11 @@ def _print_sweep(r: dict) -> None:
 def add(sub: argparse._SubParsersAction) -> None:
     """The eval subcommand."""
     e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
-    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        help=f"{CHECKPOINT_HELP}, or a .onnx file written by ramstrans export (scored through onnxruntime)",
+    )
     e.add_argument("--split", default="test")
     e.add_argument(
         "--scales",

@@ -508,6 +508,13 @@ CASES = [
         2,
         ["--multiples must be comma-separated positive numbers", "'inf'"],
     ),
+    ("bench_quantize_no_checkpoints", lambda c: ["bench", "quantize"], 2, ["bench quantize needs --checkpoints"]),
+    (
+        "bench_quantize_missing_checkpoint",
+        lambda c: ["bench", "quantize", "--checkpoints", str(c["tmp"] / "nope.pth"), "--out", str(c["tmp"] / "q")],
+        2,
+        ["nope.pth does not exist"],
+    ),
     (
         "visualize_output_is_the_run_folder",
         lambda c: [
