@@ -23,8 +23,8 @@ def pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def unsupported_reason(vit: nn.Module) -> str | None:
-    """Why RAMS-Trans cannot run on this model, or None when it can."""
+def unsupported_reason(vit: nn.Module, dist_token: bool = False) -> str | None:
+    """Why RAMS-Trans cannot run on this model (made distilled with ``dist_token``), or None when it can."""
     if not isinstance(vit, VisionTransformer):
         return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
     if vit.cls_token is None:
@@ -32,14 +32,12 @@ def unsupported_reason(vit: nn.Module) -> str | None:
     distilled = isinstance(vit, VisionTransformerDistilled)
     if getattr(vit, "dist_token", None) is not None and not distilled:
         return "it has a distillation token outside timm's VisionTransformerDistilled"
-    if vit.num_reg_tokens or vit.num_prefix_tokens != 1 + distilled:
-        return "it has register tokens besides the class (and distillation) token"
+    if (distilled or dist_token) and (vit.num_reg_tokens or vit.no_embed_class or vit.dynamic_img_size):
+        return "DeiT's distilled layout (model.dist_token) has no register tokens, no_embed_class or dynamic size"
+    if vit.num_prefix_tokens != 1 + distilled + vit.num_reg_tokens:
+        return "it has prefix tokens other than the class, distillation and register tokens"
     if vit.global_pool != "token" or vit.attn_pool is not None:
         return f"it pools with '{vit.global_pool}' instead of the class token"
-    if vit.no_embed_class:
-        return "its position embedding does not cover the class token (no_embed_class)"
-    if vit.dynamic_img_size:
-        return "it uses a dynamic image size"
     if vit.pos_embed is None:
         return "it has no learned position embedding"
     if not isinstance(vit.patch_drop, nn.Identity):
@@ -169,7 +167,7 @@ def create_vit(
         dist_token=dist_token,
     )
     vit = _build(name, kwargs, layout, timm_kwargs)
-    reason = unsupported_reason(vit)
+    reason = unsupported_reason(vit, dist_token)
     if reason is not None:
         raise UsageError(f"backbone '{name}' is not supported: {reason}")
     return make_distilled(cast(VisionTransformer, vit)) if dist_token else cast(VisionTransformer, vit)

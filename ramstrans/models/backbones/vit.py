@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
@@ -228,7 +229,10 @@ class ViTBackbone(InputNorm):
 
     # ---- forward stages -----------------------------------------------------------------------------------------
     def embed(self, x: Tensor, scale: int = 0) -> Tensor:
-        """Patch embedding, the scale's CLS token at position 0 (and distillation token at 1), position embedding.
+        """Patch embedding, the scale's CLS token at position 0 (and distillation token at 1), the register tokens
+        after them, and the position embedding, added as timm's ``_pos_embed`` adds it: to the patches alone before
+        the prefix is joined (``no_embed_class``: DeiT-III, DINOv2) or to every token after, and resampled to the
+        patch grid with ``dynamic_img_size`` (every scale runs at ``img_size``, so the grid is the trained one).
 
         Args:
             x: (B, C, H, W) images at ``img_size``.
@@ -237,11 +241,25 @@ class ViTBackbone(InputNorm):
         Returns:
             (B, num_prefix_tokens + gh * gw, D) tokens.
         """
-        x = self.vit.patch_embed(x)
+        vit = self.vit
+        x = vit.patch_embed(x)
         prefix = [self.cls_token(scale)] + ([self.dist_token(scale)] if self.has_dist_token else [])
-        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1) + self.vit.pos_embed
-        x = self.vit.pos_drop(x)
-        return self.vit.norm_pre(x)
+        if vit.reg_token is not None:  # registers are shared by the scales, as timm's layout has them after the CLS
+            prefix.append(vit.reg_token)
+        joined = [t.expand(x.shape[0], -1, -1) for t in prefix]
+        pos = vit.pos_embed
+        if vit.dynamic_img_size:  # (B, gh, gw, D) patches
+            B, H, W, C = x.shape
+            pos = resample_abs_pos_embed(
+                pos,
+                new_size=(H, W),
+                old_size=vit.patch_embed.grid_size,
+                num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+            )
+            x = x.view(B, -1, C)
+        x = torch.cat([*joined, x + pos], dim=1) if vit.no_embed_class else torch.cat([*joined, x], dim=1) + pos
+        x = vit.pos_drop(x)
+        return vit.norm_pre(x)
 
     def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> ViTFeatures:
         """Run the transformer on (B, C, H, W) images.
