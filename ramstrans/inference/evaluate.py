@@ -124,22 +124,6 @@ def _load(
     return loaded.model, cfg, names, ckpt, ds, dev
 
 
-def _load_any(
-    checkpoint: str,
-    weights: str,
-    device: str,
-    split: str,
-    data_root: str | None,
-    skip_corrupt: bool,
-    shift: Sequence[str] = (),
-) -> tuple["Model | OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
-    """``_load`` of a checkpoint or ``_load_onnx`` of an ONNX export, with (step, weights used) for the summary."""
-    if str(checkpoint).endswith(".onnx"):
-        return _load_onnx(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
-    return model, cfg, names, (int(ckpt["step"]), weights_used(ckpt, weights)), ds, dev
-
-
 def _load_onnx(
     path: str,
     weights: str,
@@ -148,8 +132,9 @@ def _load_onnx(
     data_root: str | None,
     skip_corrupt: bool,
     shift: Sequence[str] = (),
-) -> tuple["Model | OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
-    """``_load`` of an ONNX export: onnxruntime on the CPU, the config and classes its metadata records."""
+) -> tuple["OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
+    """``_load`` of an ONNX export: onnxruntime on the CPU, the config and classes its metadata records, and (step,
+    weights used) for the summary."""
     from ramstrans.inference.onnx_predictor import OnnxPredictor
 
     if weights != "auto" or device not in ("auto", "cpu"):
@@ -234,9 +219,14 @@ def run_eval(
     """
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    model, cfg, names, (step, used), ds, dev = _load_any(
-        checkpoint, weights, device, split, data_root, skip_corrupt, shift
-    )
+    model: Model | OnnxPredictor
+    if str(checkpoint).endswith(".onnx"):
+        model, cfg, names, (step, used), ds, dev = _load_onnx(
+            checkpoint, weights, device, split, data_root, skip_corrupt, shift
+        )
+    else:
+        model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
+        step, used = int(ckpt["step"]), weights_used(ckpt, weights)
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     metrics, state = _evaluate_split(
