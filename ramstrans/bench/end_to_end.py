@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,16 @@ def _exports(model: Any, scales: int, folder: Path, label: str) -> dict[str, Pat
             paths[f"{'single' if s == 1 else 'fused'}_{precision}"] = folder / f"{label}_{s}_{precision}.onnx"
             onnx.save(proto, str(paths[f"{'single' if s == 1 else 'fused'}_{precision}"]))
     return paths
+
+
+def _resolved_models() -> dict[str, Any]:
+    """Each timed model's config, overrides, exported scales and resolved config."""
+    from ramstrans.config import load_config
+
+    return {
+        label: {"config": cfg, "overrides": sets, "scales": scales, "resolved": asdict(load_config(cfg, sets))}
+        for label, (cfg, sets, scales) in MODELS.items()
+    }
 
 
 def _top5(probs: np.ndarray) -> np.ndarray:
@@ -172,7 +182,15 @@ def bench_end_to_end(
         overhead_repeats: repeats of the fused model's overhead breakdown (batch 1).
     """
     available = torch.get_num_threads()
-    result: dict[str, Any] = {"machine": _machine(), "repeats": repeats, "zoom_share": zoom_share, "rows": {}}
+    result: dict[str, Any] = {
+        "command": f"ramstrans bench latency --end-to-end --repeats {repeats}"
+        + (f" --checkpoint {checkpoint}" if checkpoint else ""),
+        "machine": _machine(),
+        "repeats": repeats,
+        "zoom_share": zoom_share,
+        "models": _resolved_models(),
+        "rows": {},
+    }
     with tempfile.TemporaryDirectory(prefix="ramstrans-e2e-") as tmp:
         jpeg = _jpeg(Path(tmp))
         built = {label: _build(cfg, sets) for label, (cfg, sets, _) in MODELS.items()}

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from ramstrans.bench.demo import mean_spread
@@ -51,10 +52,13 @@ def _one(checkpoint: Path, out: Path, precisions: Sequence[str], split: str, cal
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    num_scales = load_model(checkpoint).model.num_scales
+    loaded = load_model(checkpoint)
+    assert loaded.config is not None  # a checkpoint
+    num_scales = loaded.model.num_scales
     scales = sorted({1, num_scales})
     result = {
         "checkpoint": str(checkpoint),
+        "config": asdict(loaded.config),
         "scales": scales,
         "checkpoint_scores": _scores(str(checkpoint), out / "checkpoint", scales, split),
     }
@@ -96,7 +100,12 @@ def bench_quantize(
     for f in files:
         group, seed = _group(f)
         per_run[(group, seed)] = _one(f, Path(out) / f"{group}_seed{seed}", precisions, split, calibration_images)
+    command = (
+        f"ramstrans bench quantize --checkpoints {','.join(map(str, checkpoints))} --out {out} --split {split} "
+        f"--calibration-images {calibration_images}"
+    )
     summary: dict = {
+        "command": command,
         "split": split,
         "precisions": list(precisions),
         "calibration_images": calibration_images,

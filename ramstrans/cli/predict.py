@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from typing import Any
 
 from ramstrans.cli.common import OVERWRITE_HELP, WEIGHTS_HELP
 from ramstrans.errors import UsageError
@@ -10,7 +11,18 @@ __all__ = ["add"]
 
 
 def run(a: argparse.Namespace) -> int:
-    r = _run_onnx(a) if a.model.endswith(".onnx") else _run_checkpoint(a)
+    common = dict(
+        topk=a.topk,
+        fmt=a.format,
+        out=a.out,
+        scales=a.scales,
+        zoom_threshold=a.zoom_threshold,
+        zoom_on=a.zoom_on,
+        batch_size=a.batch_size,
+        num_workers=a.workers,
+        overwrite=a.overwrite,
+    )
+    r = _run_onnx(a, common) if a.model.endswith(".onnx") else _run_checkpoint(a, common)
     if r["skipped"]:
         print(
             f"ramstrans: {r['skipped']} of {r['images']} paths could not be read (listed in the output)",
@@ -19,7 +31,7 @@ def run(a: argparse.Namespace) -> int:
     return 1 if r["skipped"] else 0
 
 
-def _run_onnx(a: argparse.Namespace) -> dict[str, int]:
+def _run_onnx(a: argparse.Namespace, common: dict[str, Any]) -> dict[str, int]:
     """An ONNX export in onnxruntime: nothing here imports torch."""
     from ramstrans.deploy.predict import run_predict_onnx
 
@@ -27,23 +39,11 @@ def _run_onnx(a: argparse.Namespace) -> dict[str, int]:
         raise UsageError(
             "--visualize, --device and --weights apply to a checkpoint; an ONNX file runs on the --providers given"
         )
-    return run_predict_onnx(
-        a.model,
-        a.paths,
-        topk=a.topk,
-        fmt=a.format,
-        out=a.out,
-        scales=a.scales,
-        zoom_threshold=a.zoom_threshold,
-        zoom_on=a.zoom_on,
-        batch_size=a.batch_size,
-        providers=[p for p in (a.providers or "").split(",") if p] or None,
-        num_workers=a.workers,
-        overwrite=a.overwrite,
-    )
+    providers = [p for p in (a.providers or "").split(",") if p] or None
+    return run_predict_onnx(a.model, a.paths, providers=providers, **common)
 
 
-def _run_checkpoint(a: argparse.Namespace) -> dict[str, int]:
+def _run_checkpoint(a: argparse.Namespace, common: dict[str, Any]) -> dict[str, int]:
     from ramstrans.inference.predict import run_predict
 
     if a.providers:
@@ -51,19 +51,11 @@ def _run_checkpoint(a: argparse.Namespace) -> dict[str, int]:
     return run_predict(
         a.model,
         a.paths,
-        topk=a.topk,
-        fmt=a.format,
-        out=a.out,
-        scales=a.scales,
-        zoom_threshold=a.zoom_threshold,
-        zoom_on=a.zoom_on,
-        batch_size=a.batch_size,
         device=a.device,
-        num_workers=a.workers,
         weights=a.weights,
         visualize=a.visualize,
         show_progress=not a.no_progress,
-        overwrite=a.overwrite,
+        **common,
     )
 
 
