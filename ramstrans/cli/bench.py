@@ -158,6 +158,13 @@ def _run_quantize(a: argparse.Namespace) -> dict | None:
     return bench_quantize(files, a.out or "runs/bench_quantize", split=a.split, calibration_images=a.calibration_images)
 
 
+def _run_backbones(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.backbones import bench_backbones
+
+    r = bench_backbones(_seeds(a), a.config, a.out or "runs/bench_backbones", a.set or ())
+    return {"rows": r["rows"], "minus_vit": r["minus_vit"]}
+
+
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
@@ -171,6 +178,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "latency": _bench_latency,
     "transmix": _run_transmix,
     "quantize": _run_quantize,
+    "backbones": _run_backbones,
 }
 
 
@@ -218,7 +226,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "latency: test-time latency of a checkpoint (eager, fused, adaptive, onnxruntime), of the "
         "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
         "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage; "
-        "quantize: the top-1 each ONNX precision costs, per checkpoint of --checkpoints",
+        "quantize: the top-1 each ONNX precision costs, per checkpoint of --checkpoints; backbones: RAMS-Trans on a "
+        "ViT, a register ViT and a ConvNeXt (activation saliency) from scratch over seeds (validation)",
     )
     _speed_arguments(b)
     _run_arguments(b)

@@ -36,6 +36,7 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.alpha", *_POSITIVE),
     ("model.residual", *_at_least(0)),
     ("model.rollout_rows", *_one_of("cls", "mean")),
+    ("model.saliency", *_one_of("rollout", "attn_pool", "activation")),
     ("model.drop_path_rate", *_UNIT),
     ("model.download_timeout_s", *_POSITIVE),
     ("data.resize", *_at_least(1)),
@@ -131,6 +132,16 @@ _COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         "mix.transmix",
         lambda c: c.model.type == "classifier" and c.mix.enabled and c.mix.transmix,
         "needs a ViT's attention; set mix.transmix=false for model.type classifier",
+    ),
+    (
+        "mix.transmix",
+        lambda c: c.model.saliency == "activation" and c.mix.enabled and c.mix.transmix,
+        "needs attention; set mix.transmix=false (CutMix with area weights) for model.saliency activation",
+    ),
+    (
+        "model.saliency",
+        lambda c: c.model.type == "classifier" and c.model.saliency != "rollout",
+        "needs model.type rams (a classifier does not zoom)",
     ),
     (
         "loss.self_distill",

@@ -25,6 +25,9 @@ class ModelConfig:
     alpha: float = 1.3  # proposal threshold: g > alpha * mean(g)
     residual: float = 1.0  # χ in rownorm(A + χI)
     rollout_rows: str = "cls"  # "cls" or "mean" (official code)
+    saliency: str = "rollout"  # what the proposal thresholds: rollout (a ViT's class-token attention rollout) |
+    # attn_pool (an attention-pooling ViT's query, e.g. SigLIP) | activation (any timm model: SCDA's channel-summed
+    # magnitude of the last feature map, e.g. ConvNeXt, Swin, ResNet)
     pretrained: str | None = None  # .npz / .safetensors / .pth / ramstrans checkpoint / timm tag / shipped name
     download_timeout_s: float = 60.0  # the longest a hub download of pretrained weights may take in all
     drop_path_rate: float = 0.0  # stochastic depth

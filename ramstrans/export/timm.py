@@ -1,9 +1,9 @@
 """``ramstrans export --format timm``: timm's own ``save_for_hf`` (``config.json`` + ``model.safetensors``):
 ``timm.create_model("local-dir:PATH", pretrained=True)`` gives the single-scale model with its class names
 (``label_names``) and test transform (``input_size``, ``crop_pct`` giving our resize, ``interpolation``, ``mean``,
-``std``). Beside them ``ramstrans.json`` (the model type, zoom settings and test-time head) and, with more than one
-scale, ``zoom_cls_tokens.safetensors``: what ramstrans needs to rebuild the model from the folder
-(``inference.load.model_from_export``). A classifier (a teacher) is written the same way. A student with a
+``std``). Beside them ``ramstrans.json`` (the model type, zoom settings, saliency and test-time head) and, with more
+than one scale and a class token, ``zoom_cls_tokens.safetensors``: what ramstrans needs to rebuild the model from the
+folder (``inference.load.model_from_export``). A classifier (a teacher) is written the same way. A student with a
 distillation token is written as timm's distilled ViT (architecture ``deit_*_distilled_*`` with the student's own
 arguments), whose timm forward is the mean of the two heads. A timm folder does not carry the zoom gate.
 """
@@ -20,7 +20,7 @@ from ramstrans.config import Config
 from ramstrans.errors import UsageError
 from ramstrans.export.base import PAPER_IDS, checked_out, preprocess_of, provenance, transform_info
 from ramstrans.inference.load import EXPORT_INFO, ZOOM_TOKENS, load_model
-from ramstrans.models import Model, RAMSTrans
+from ramstrans.models import Model, RAMSTrans, ViTBackbone
 from ramstrans.runtime.files import full_disk_error, is_full_disk, write_text_atomic
 
 __all__ = ["export_timm"]
@@ -99,11 +99,9 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
         "std": model.backbone.std,
     }
     model_config: dict[str, object] = {"label_names": info["class_names"], "pretrained_cfg": _origin(info)}
-    if isinstance(model, RAMSTrans) and model.backbone.has_dist_token:  # timm rebuilds it as its distilled ViT
-        model_config["pretrained_cfg"] = {
-            **_origin(info),
-            "architecture": _distilled_architecture(model.backbone.patch_size),
-        }
+    bb = model.backbone
+    if isinstance(bb, ViTBackbone) and bb.has_dist_token:  # timm rebuilds it as its distilled ViT
+        model_config["pretrained_cfg"] = {**_origin(info), "architecture": _distilled_architecture(bb.patch_size)}
     save_for_hf(
         model.backbone.timm_model,
         str(staging),
@@ -113,11 +111,15 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
     )
     if isinstance(model, RAMSTrans):
         info.update(
-            alpha=model.alpha, residual=model.residual, rollout_rows=model.rollout_rows, eval_head=model.eval_head
+            alpha=model.alpha,
+            residual=model.residual,
+            rollout_rows=model.rollout_rows,
+            eval_head=model.eval_head,
+            saliency=model.backbone.saliency,
         )
     scales = cast(int, info["num_scales"])
-    if scales > 1 and isinstance(model, RAMSTrans):  # checked_out allows more than one scale only to RAMS-Trans
-        bb = model.backbone
+    # checked_out allows more than one scale only to RAMS-Trans; without a class token the scales share every weight
+    if scales > 1 and isinstance(bb, ViTBackbone) and bb.has_class_token:
         save_file(
             {
                 **{str(i): t.detach().contiguous() for i, t in enumerate(bb.zoom_cls_tokens[: scales - 1])},

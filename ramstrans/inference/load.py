@@ -18,7 +18,7 @@ from ramstrans.checkpoint import checkpoint_file, find_checkpoint, load_checkpoi
 from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
 from ramstrans.errors import CheckpointError
-from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, model_from_checkpoint, weights_used
+from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, ViTBackbone, model_from_checkpoint, weights_used
 
 __all__ = ["LoadedModel", "load_model", "eval_transform", "model_from_export", "EXPORT_INFO", "ZOOM_TOKENS"]
 
@@ -121,7 +121,7 @@ def _read_info(file: Path) -> dict[str, Any]:
 def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, Any]]:
     """The model (eval mode) rebuilt from an exported timm folder, its class names and its test transform
     ({"resize", "crop", "interpolation"}). A plain timm ViT folder without ``ramstrans.json`` gives the single-scale
-    RAMSTrans; any other timm model a Classifier.
+    RAMSTrans; any other timm model a Classifier; with it, its model type and saliency decide.
 
     Raises:
         CheckpointError: not a timm folder (no config.json) or one it cannot load.
@@ -138,20 +138,23 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
     info = _read_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
     scales, cfg = int(info.get("num_scales", 1)), dict(cast(Any, net).pretrained_cfg)
+    size = (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
+    rams = info.get("model_type", "rams" if isinstance(net, VisionTransformer) else "classifier") == "rams"
     model: Model
-    if info.get("model_type") == "classifier" or not isinstance(net, VisionTransformer):
-        size = (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
+    if not rams:
         model = Classifier(backbone=NetBackbone(net=net, img_size=size, in_chans=int(cfg["input_size"][0])))
     else:
+        saliency = info.get("saliency", _DEFAULTS.saliency)
         model = RAMSTrans(
-            backbone=net,
+            backbone=NetBackbone(net=net, img_size=size, num_scales=scales) if saliency == "activation" else net,
             num_scales=scales,
             alpha=info.get("alpha", _DEFAULTS.alpha),  # a folder without ramstrans.json: the config's defaults
             residual=info.get("residual", _DEFAULTS.residual),
             rollout_rows=info.get("rollout_rows", _DEFAULTS.rollout_rows),
             eval_head=info.get("eval_head", _DEFAULTS.eval_head),
+            saliency=saliency,
         )
-        if scales > 1:
+        if scales > 1 and model.backbone.has_class_token:
             _load_zoom_tokens(model, path / ZOOM_TOKENS)
     names = list(
         info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(int(cast(Any, net).num_classes))]
@@ -167,9 +170,10 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
 
 def _load_zoom_tokens(model: RAMSTrans, file: Path) -> None:
     """The zoom scales' class (and distillation) tokens of an export folder into ``model``."""
-    tokens = load_file(str(file))
+    tokens, bb = load_file(str(file)), model.backbone
+    assert isinstance(bb, ViTBackbone)  # only a ViT's class token has zoom copies
     with torch.no_grad():
-        for i, token in enumerate(model.backbone.zoom_cls_tokens):
+        for i, token in enumerate(bb.zoom_cls_tokens):
             token.copy_(tokens[str(i)])
-        for i, token in enumerate(model.backbone.zoom_dist_tokens):
+        for i, token in enumerate(bb.zoom_dist_tokens):
             token.copy_(tokens[f"dist{i}"])

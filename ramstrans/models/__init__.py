@@ -1,11 +1,12 @@
 """Model pieces, in data order: backbone -> rollout -> proposal -> RAMSTrans (and a plain timm Classifier, the
 teacher); ``build_model`` maps the config."""
 
+from ramstrans.models.backbones.base import Features
 from ramstrans.models.backbones.distilled import make_distilled
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.backbones.net import NetBackbone, create_net
 from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.backbones.vit import ViTBackbone, ViTFeatures, create_vit
+from ramstrans.models.backbones.vit import ViTBackbone, create_vit
 from ramstrans.models.build import Model, build_model, load_model_state, model_from_checkpoint, weights_used
 from ramstrans.models.classifier import Classifier
 from ramstrans.models.gate import ZoomGate, fit_zoom_gate
@@ -34,7 +35,7 @@ from ramstrans.models.rollout import attention_rollout
 
 __all__ = [
     "ViTBackbone",
-    "ViTFeatures",
+    "Features",
     "create_vit",
     "load_pretrained",
     "component_boxes",

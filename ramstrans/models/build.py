@@ -9,6 +9,7 @@ from torch import nn
 
 from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict
 from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.models.backbones.base import Saliency
 from ramstrans.models.backbones.distilled import Head
 from ramstrans.models.classifier import Classifier
 from ramstrans.models.gate import ZoomGate
@@ -54,6 +55,7 @@ def build_model(model_cfg: ModelConfig, num_classes: int) -> Model:
             ffn_kernel=model_cfg.ffn_kernel,
             ffn_prefix=model_cfg.ffn_prefix,
             fwt=model_cfg.fwt,
+            saliency=cast(Saliency, model_cfg.saliency),  # checked by the config's ranges
             **kwargs,
         )
     if model_cfg.grad_checkpointing:

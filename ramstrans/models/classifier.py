@@ -5,15 +5,16 @@ export use for RAMSTrans: one scale, no attention and no proposal.
 RAMS-Trans; its checkpoint then serves as a distillation teacher (``ramstrans.distill.teacher``).
 """
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.models.backbones.base import prefixed
 from ramstrans.models.backbones.net import NetBackbone, create_net
 from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.rams import MultiScaleOutput, Prediction, ZoomCriterion, _prefixed
+from ramstrans.models.rams import MultiScaleOutput, Prediction, ZoomCriterion
 
 __all__ = ["Classifier", "NetBackbone", "create_net"]
 
@@ -84,12 +85,9 @@ class Classifier(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        net: Any = self.backbone.net  # timm's model; CNNs have no no_weight_decay
-        return {f"backbone.net.{n}" for n in (net.no_weight_decay() if hasattr(net, "no_weight_decay") else ())}
+        """The timm model's own exclusions from weight decay, under this module's parameter names."""
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups of the wrapped model, under this module's parameter names."""
-        return {
-            name: _prefixed(rule, r"backbone\.net\.")
-            for name, rule in cast(Any, self.backbone.net).group_matcher(coarse=coarse).items()
-        }
+        return {name: prefixed(rule, r"backbone\.") for name, rule in self.backbone.group_matcher(coarse).items()}

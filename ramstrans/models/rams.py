@@ -1,8 +1,9 @@
-"""RAMS-Trans: one shared ViT run at several scales, each zooming on the previous scale's attention proposal.
+"""RAMS-Trans: one shared backbone run at several scales, each zooming on the previous scale's saliency proposal.
 
-Scale 1 sees the image; its attention rollout is thresholded into a box (the Dynamic Patch Proposal Module); scale
-k + 1 sees that box of the ORIGINAL image resized to the input size (one resampling however deep the recursion, so
-no blur accumulates), with its own CLS token. At test time only scale 1 runs: ``forward`` is a plain ViT forward.
+Scale 1 sees the image; its saliency (the attention rollout of a ViT, the attention pool's map, or a CNN's channel-
+summed activation) is thresholded into a box (the Dynamic Patch Proposal Module); scale k + 1 sees that box of the
+ORIGINAL image resized to the input size (one resampling however deep the recursion, so no blur accumulates), with its
+own CLS token where the backbone has one. At test time only scale 1 runs: ``forward`` is the plain timm forward.
 """
 
 from typing import TYPE_CHECKING, Any, cast
@@ -12,7 +13,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.models.backbones.base import SALIENCIES, Features, Saliency, ZoomBackbone, prefixed
 from ramstrans.models.backbones.distilled import HEADS, Head, select_head
+from ramstrans.models.backbones.net import NetBackbone, create_net
 from ramstrans.models.backbones.pretrained import load_pretrained
 from ramstrans.models.backbones.vit import ViTBackbone, create_vit
 from ramstrans.models.gate import ZoomGate
@@ -53,11 +56,12 @@ __all__ = [
 
 
 class RAMSTrans(nn.Module):
-    """Recurrent attention multi-scale transformer on a timm ViT.
+    """Recurrent attention multi-scale transformer on a timm ViT (or, with the activation saliency, any timm model).
 
     Args:
-        backbone: a timm model name of a plain ViT (one CLS token, token pooling), a built timm VisionTransformer, or
-            a built ``ViTBackbone`` (whose number of scales must be ``num_scales``).
+        backbone: a timm model name (a ViT with one CLS token and token pooling, an Eva, an attention-pooled ViT with
+            ``saliency="attn_pool"``, any classifier with ``saliency="activation"``), a built timm model, or a built
+            ``ViTBackbone`` / ``NetBackbone`` (whose number of scales must be ``num_scales``).
         num_classes: number of classes K; None keeps the model's own (a name: timm's default).
         img_size: input size (int or (H, W)) of a backbone built by name; None keeps timm's default.
         num_scales: 1 is the plain ViT baseline, 2 the paper's model; more recurse.
@@ -74,6 +78,9 @@ class RAMSTrans(nn.Module):
         ffn_kernel: the conv feed-forward's odd kernel.
         ffn_prefix: the conv feed-forward's treatment of the class / distillation tokens: "mlp" or "bypass".
         fwt: "off", "fixed" or "learned": the feature-wise transformation layers (training only).
+        saliency: what the proposal thresholds: "rollout" (the class token's attention rollout), "attn_pool" (an
+            attention pool's query over the patches) or "activation" (the last feature map's channel-summed
+            magnitude, SCDA's; any timm model).
         **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
     """
 
@@ -95,6 +102,7 @@ class RAMSTrans(nn.Module):
         ffn_kernel: int = 3,
         ffn_prefix: str = "mlp",
         fwt: str = "off",
+        saliency: Saliency = "rollout",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -112,7 +120,10 @@ class RAMSTrans(nn.Module):
             raise UsageError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
         if ffn not in ("mlp", "conv"):
             raise UsageError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
+        if saliency not in SALIENCIES:
+            raise UsageError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
         options = dict(
+            saliency=saliency,
             dist_token=dist_token,
             attn_window=attn_window,
             ffn=ffn,
@@ -143,13 +154,25 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         return self.backbone(x, scale=0, head=self.eval_head)
 
-    def _propose_boxes(self, attentions: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Rollout -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
+    def saliency_map(self, feats: Features) -> Tensor:
+        """(B, gh, gw) saliency of a pass that captured (capture "all"): the attention rollout, or the map the
+        backbone gives directly (attention pool, activation)."""
         bb = self.backbone
-        rollout = attention_rollout(attentions, bb.grid_size, self.residual, self.rollout_rows, bb.num_prefix_tokens)
+        if bb.saliency == "rollout":
+            return attention_rollout(
+                feats.attentions, bb.grid_size, self.residual, self.rollout_rows, bb.num_prefix_tokens
+            )
+        if feats.saliency is None:
+            raise RuntimeError("this pass captured no saliency (capture 'none')")
+        return feats.saliency
+
+    def _propose_boxes(self, feats: Features) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Saliency -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
+        bb = self.backbone
+        rollout = self.saliency_map(feats)
         mask = threshold_rollout(rollout, self.alpha)
         component = largest_component(mask)
-        return rollout, mask, component, component_boxes(component, bb.patch_size, bb.img_size)
+        return rollout, mask, component, component_boxes(component, bb.cell_size, bb.img_size)
 
     def _num_scales(self, num_scales: int | str | None) -> int:
         num_scales = self.num_scales if num_scales is None else num_scales
@@ -171,10 +194,10 @@ class RAMSTrans(nn.Module):
         num_scales = self._num_scales(num_scales)
         bb = self.backbone
         feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
-        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[feats.captured_cls])
-        _append_heads(out, bb, feats.tokens)
+        out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
+        _append_heads(out, bb, feats)
         if num_scales > 1:
-            rollout, _, _, box = self._propose_boxes(feats.attentions)
+            rollout, _, _, box = self._propose_boxes(feats)
             out.rollout.append(rollout)
             out.boxes.append(box)
             self._zoom_scales(x, box, num_scales, out)
@@ -187,11 +210,10 @@ class RAMSTrans(nn.Module):
         for scale in range(1, num_scales):
             is_last = scale == num_scales - 1
             feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale, capture="cls" if is_last else "all")
-            _append_heads(out, bb, feats.tokens)
-            out.cls_attention.append(feats.captured_cls)
+            _append_heads(out, bb, feats)
             if is_last:
                 break
-            rollout, _, _, local = self._propose_boxes(feats.attentions)
+            rollout, _, _, local = self._propose_boxes(feats)
             box = compose_boxes(box, local, (H, W))
             out.rollout.append(rollout)
             out.boxes.append(box)
@@ -230,8 +252,9 @@ class RAMSTrans(nn.Module):
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
         check_zoom_on(zoom_on, adaptive, self.zoom_gate is not None)
         bb = self.backbone
-        feats = bb.forward_features(x, scale=0, capture="all" if boxes or num_scales > 1 else "none")
-        box = self._propose_boxes(feats.attentions)[3] if feats.attentions else None
+        captured = boxes or num_scales > 1
+        feats = bb.forward_features(x, scale=0, capture="all" if captured else "none")
+        box = self._propose_boxes(feats)[3] if captured else None
         first = head_probs(*bb.forward_heads(feats.tokens))
         main = self.eval_head if bb.has_dist_token else "cls"
         zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
@@ -278,7 +301,7 @@ class RAMSTrans(nn.Module):
         """
         self.backbone.check_input(x, "RAMSTrans")
         feats = self.backbone.forward_features(x, scale=0, capture="all")
-        rollout, mask, component, boxes = self._propose_boxes(feats.attentions)
+        rollout, mask, component, boxes = self._propose_boxes(feats)
         return Proposal(
             logits=self.backbone.forward_head(feats.tokens, self.eval_head),
             rollout=rollout,
@@ -288,25 +311,13 @@ class RAMSTrans(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters timm's optimizer factory keeps out of weight decay: tokens and position embedding."""
-        bb = self.backbone
-        return (
-            {f"backbone.vit.{n}" for n in bb.vit.no_weight_decay()}
-            | {f"backbone.zoom_cls_tokens.{i}" for i in range(len(bb.zoom_cls_tokens))}
-            | {f"backbone.zoom_dist_tokens.{i}" for i in range(len(bb.zoom_dist_tokens))}
-        )
+        """Parameters timm's optimizer factory keeps out of weight decay: the backbone's (tokens, position
+        embedding)."""
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's layer groups (for layer-wise lr decay): the wrapped ViT's own, under this module's parameter names;
-        the zoom-scale CLS (and distillation) tokens join the embedding (stem) group with the ViT's CLS token."""
-        groups = {
-            name: _prefixed(rule, r"backbone\.vit\.")
-            for name, rule in self.backbone.vit.group_matcher(coarse=coarse).items()
-        }
-        stem = groups["stem"]
-        assert isinstance(stem, str)  # timm's ViT names its embedding group by one regex
-        groups["stem"] = stem + r"|^backbone\.zoom_cls_tokens\.|^backbone\.zoom_dist_tokens\."
-        return groups
+        """timm's layer groups (for layer-wise lr decay): the backbone's, under this module's parameter names."""
+        return {name: prefixed(rule, r"backbone\.") for name, rule in self.backbone.group_matcher(coarse).items()}
 
 
 class MultiScaleForward(nn.Module):
@@ -324,9 +335,12 @@ class MultiScaleForward(nn.Module):
         return self.model.forward_multiscale(x)
 
 
-def _append_heads(out: MultiScaleOutput, bb: ViTBackbone, tokens: Tensor) -> None:
-    """One scale's class-token logits (and distillation-token logits) and pooled features from its (B, N, D) tokens
-    onto ``out``."""
+def _append_heads(out: MultiScaleOutput, bb: ZoomBackbone, feats: Features) -> None:
+    """One scale's class-token logits (and distillation-token logits), pooled features and head query's attention
+    (where the backbone has attention) from its pass onto ``out``."""
+    tokens = feats.tokens
+    if feats.cls_attention is not None:
+        out.cls_attention.append(feats.cls_attention)
     cls, dist = bb.forward_heads(tokens)
     out.logits.append(cls)
     if dist is not None:
@@ -342,11 +356,13 @@ def _as_backbone(
     num_scales: int,
     options: dict[str, Any],
     kwargs: dict[str, Any],
-) -> ViTBackbone:
-    """A ViTBackbone from a name, a timm VisionTransformer or a ViTBackbone, checked against the arguments
-    (``options``: dist_token, attn_window, ffn, ffn_kernel, ffn_prefix, fwt)."""
+) -> ViTBackbone | NetBackbone:
+    """The backbone from a name, a timm model or a built backbone, checked against the arguments (``options``:
+    saliency, dist_token, attn_window, ffn, ffn_kernel, ffn_prefix, fwt)."""
+    if options["saliency"] == "activation":
+        return _as_net(backbone, num_classes, img_size, num_scales, options, kwargs)
     dist_token = options["dist_token"]
-    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix", "fwt")}
+    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix", "fwt", "saliency")}
     if isinstance(backbone, str):
         vit = create_vit(
             backbone,
@@ -358,34 +374,63 @@ def _as_backbone(
             ffn_kernel=options["ffn_kernel"],
             ffn_prefix=options["ffn_prefix"],
             dist_token=dist_token,
+            saliency=options["saliency"],
             **kwargs,
         )
         return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)
+    _refuse_sizing(backbone, img_size, kwargs)
+    if isinstance(backbone, NetBackbone):
+        raise UsageError("a NetBackbone zooms with saliency 'activation' only")
+    if not isinstance(backbone, ViTBackbone):
+        backbone = ViTBackbone(
+            vit=cast(VisionTransformer, backbone), num_scales=num_scales, dist_token=dist_token or None, **sizing
+        )
+    if backbone.saliency != options["saliency"]:
+        raise UsageError(f"the given backbone's saliency is {backbone.saliency}, saliency is {options['saliency']}")
+    if dist_token and not backbone.has_dist_token:
+        raise UsageError("dist_token is True but the given backbone has no distillation token")
+    return _checked(backbone, num_scales, num_classes)
+
+
+def _as_net(
+    backbone: str | nn.Module,
+    num_classes: int | None,
+    img_size: int | tuple[int, int] | None,
+    num_scales: int,
+    options: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> NetBackbone:
+    """A NetBackbone for the activation saliency: none of the ViT-only options may be set."""
+    vit_only = {"dist_token": False, "attn_window": 0, "ffn": "mlp", "fwt": "off"}
+    for key, default in vit_only.items():
+        if options[key] != default:
+            raise UsageError(f"model.{key} needs a ViT backbone; saliency 'activation' runs any timm model as it is")
+    if isinstance(backbone, str):
+        net = create_net(backbone, img_size, num_classes, **kwargs)
+        size = img_size or tuple(cast(Any, net).pretrained_cfg["input_size"][1:])
+        return NetBackbone(net=net, img_size=size, num_scales=num_scales)
+    _refuse_sizing(backbone, img_size, kwargs)
+    if not isinstance(backbone, NetBackbone):
+        raise UsageError(f"saliency 'activation' needs a model name or a NetBackbone, got a {type(backbone).__name__}")
+    return _checked(backbone, num_scales, num_classes)
+
+
+def _refuse_sizing(backbone: nn.Module, img_size: int | tuple[int, int] | None, kwargs: dict[str, Any]) -> None:
+    """Refuse sizes and timm arguments for a backbone that is already built."""
     if kwargs or img_size is not None:
         raise UsageError(
             "img_size and timm keyword arguments apply to a backbone given by name, not to a built "
             f"{type(backbone).__name__}"
         )
-    if not isinstance(backbone, ViTBackbone):
-        backbone = ViTBackbone(
-            vit=cast(VisionTransformer, backbone), num_scales=num_scales, dist_token=dist_token or None, **sizing
-        )
-    if dist_token and not backbone.has_dist_token:
-        raise UsageError("dist_token is True but the given backbone has no distillation token")
+
+
+def _checked(backbone: Any, num_scales: int, num_classes: int | None) -> Any:
+    """A built backbone, refused when its scales or classes differ from the arguments."""
     if backbone.num_scales != num_scales:
-        raise UsageError(
-            f"the given backbone has {backbone.num_scales} scale(s) of CLS tokens, num_scales is {num_scales}"
-        )
+        raise UsageError(f"the given backbone has {backbone.num_scales} scale(s), num_scales is {num_scales}")
     if num_classes is not None and backbone.num_classes != num_classes:
         raise UsageError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
     return backbone
-
-
-def _prefixed(rule: str | list, prefix: str) -> str | list:
-    """A timm group_matcher rule (a regex, or a list of (regex, suffix)) anchored under ``prefix``."""
-    if isinstance(rule, str):
-        return f"^{prefix}(?:{rule.lstrip('^')})"
-    return [(_prefixed(pattern, prefix), suffix) for pattern, suffix in rule]
 
 
 def create_model(**kwargs: Any) -> RAMSTrans:

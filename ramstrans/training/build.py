@@ -17,7 +17,7 @@ from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import Teacher, load_teacher
 from ramstrans.errors import UsageError
-from ramstrans.models import Model, MultiScaleForward, RAMSTrans
+from ramstrans.models import Model, MultiScaleForward, RAMSTrans, ViTBackbone
 from ramstrans.models.backbones.distilled import Head
 from ramstrans.runtime.dist import DistInfo
 from ramstrans.training.l2l import FwtLearner
@@ -164,8 +164,9 @@ def build_fwt_learner(cfg: Config, r: TrainingRun, info: DistInfo) -> FwtLearner
             "model.fwt learned runs its own second-order gradient step: it cannot be combined with "
             "several processes, train.compile or fp16 loss scaling"
         )
-    assert isinstance(r.model, RAMSTrans)  # model.fwt needs a ViT (the config's rules)
-    return FwtLearner(layers=r.model.backbone.fwt, optimizer=r.optimizer)
+    bb = r.model.backbone
+    assert isinstance(bb, ViTBackbone)  # model.fwt needs a ViT (the config's rules, RAMSTrans's checks)
+    return FwtLearner(layers=bb.fwt, optimizer=r.optimizer)
 
 
 def build_train_module(model: Model, info: DistInfo, device: torch.device, train_cfg: TrainConfig) -> torch.nn.Module:

@@ -123,7 +123,7 @@ def transmix_lambda(
 
 
 def zoomed_lambda(
-    cls_attention: Tensor,
+    cls_attention: Tensor | None,
     crop: Tensor,
     box: Box,
     image_size: tuple[int, int],
@@ -133,7 +133,8 @@ def zoomed_lambda(
     """The zoomed scale's partner weight: the crop's share covered by the box and its attention share on it.
 
     Args:
-        cls_attention: (B, gh * gw) the zoomed scale's last-block CLS attention over its patches.
+        cls_attention: (B, gh * gw) the zoomed scale's last-block CLS attention over its patches; None for a
+            backbone without attention (the area weight alone).
         crop: (B, 4) xyxy crop in original pixels.
         box: pasted region (y0, y1, x0, x1) in original pixels.
         image_size: (H, W) of the view.
@@ -148,6 +149,8 @@ def zoomed_lambda(
     ih = crop[:, 3].clamp(max=float(y1)) - crop[:, 1].clamp(min=float(y0))
     area = ((crop[:, 2] - crop[:, 0]) * (crop[:, 3] - crop[:, 1])).clamp(min=1e-12)
     lam_area = (iw.clamp(min=0) * ih.clamp(min=0)) / area
+    if cls_attention is None:
+        return lam_area
     mask = patch_box_mask(box, crop, image_size, grid_size)
     return area_weight * lam_area + (1 - area_weight) * _attention_share(cls_attention, mask)
 
@@ -233,11 +236,15 @@ class Mixer:
 
     def scale_lambdas(self, info: MixInfo, cls_attention: Sequence[Tensor], crops: Sequence[Tensor]) -> list[Tensor]:
         """Per scale, (B,) partner weights; ``crops[k]`` is the original-pixel crop seen by scale k + 2. A model
-        without attention (a classifier: no ``cls_attention``) has one scale and the area (or blend) weight."""
+        without attention (a classifier, the activation saliency: no ``cls_attention``) gets the area weights: of the
+        image at scale 1, of the box within the crop at the zoomed scales."""
         assert info.partner is not None  # set by mix()
         B, dev = info.partner.shape[0], info.partner.device
-        if info.kind != "cutmix" or info.box is None or not cls_attention:
-            return [torch.full((B,), info.lam_area, device=dev) for _ in range(max(len(cls_attention), 1))]
+        first = torch.full((B,), info.lam_area, device=dev)
+        if info.kind != "cutmix" or info.box is None:
+            return [first] * (1 + len(crops))
+        if not cls_attention:
+            return [first] + [zoomed_lambda(None, c, info.box, self.image_size, self.grid_size, 1.0) for c in crops]
         w = self.area_weight if self.transmix else 1.0
         lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, self.grid_size, w)]
         for attn, crop in zip(cls_attention[1:], crops):

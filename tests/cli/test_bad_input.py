@@ -309,6 +309,61 @@ CASES = [
         2,
         ["model.attn_window", "classifier cannot take it"],
     ),
+    # issue 26: a saliency the backbone cannot give, a family timm does not know
+    (
+        "rollout_on_a_cnn",
+        lambda c: (
+            ["train", "--no-progress", "--output-dir", "{tmp}/new"]
+            + _sets(*TINY_TRAIN, "model.backbone=resnet10t", "model.backbone_kwargs={}")
+        ),
+        2,
+        ["resnet10t", "not a timm VisionTransformer", "model.saliency: activation"],
+    ),
+    (
+        "attn_pool_without_a_pool",
+        lambda c: (
+            ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(*TINY_TRAIN, "model.saliency=attn_pool")
+        ),
+        2,
+        ["model.saliency attn_pool needs an attention-pooling head", "'token'"],
+    ),
+    (
+        "unknown_saliency",
+        lambda c: (
+            ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(*TINY_TRAIN, "model.saliency=gradcam")
+        ),
+        2,
+        ["model.saliency", "rollout, attn_pool or activation"],
+    ),
+    (
+        "transmix_on_activation",
+        lambda c: (
+            ["train", "--no-progress", "--output-dir", "{tmp}/new"]
+            + _sets(
+                *TINY_TRAIN,
+                "model.backbone=resnet10t",
+                "model.backbone_kwargs={}",
+                "model.saliency=activation",
+                "mix.enabled=true",
+            )
+        ),
+        2,
+        ["mix.transmix", "CutMix with area weights"],
+    ),
+    (
+        "unknown_family",
+        lambda c: (
+            ["train", "--no-progress", "--output-dir", "{tmp}/new"]
+            + _sets(
+                *TINY_TRAIN,
+                "model.backbone=convnext_nonexistent_v9",
+                "model.backbone_kwargs={}",
+                "model.saliency=activation",
+            )
+        ),
+        2,
+        ["convnext_nonexistent_v9", "timm has no model of that name"],
+    ),
     (
         "classifier_two_scales",
         lambda c: (

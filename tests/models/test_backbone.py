@@ -104,7 +104,7 @@ def test_capture_that_never_fires_is_an_error():
     model = tiny_model()
     attn = model.backbone.vit.blocks[1].attn
     attn.forward = copy.deepcopy(attn).forward  # as if timm's Attention stopped calling its own q_norm / k_norm
-    with pytest.raises(RuntimeError, match="fired in 1 of 2 blocks"):
+    with pytest.raises(RuntimeError, match="fired in 1 of 2 modules"):
         model.backbone.forward_features(torch.randn(1, 3, 64, 64), capture="all")
 
 

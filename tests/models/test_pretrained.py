@@ -199,3 +199,38 @@ def test_the_network_check_asks_huggingface_hubs_own_endpoint(monkeypatch):
         free = s.getsockname()[1]
     monkeypatch.setattr(pretrained.hf_constants, "ENDPOINT", f"http://127.0.0.1:{free}")
     assert pretrained._online(2.0) is False
+
+
+@pytest.mark.parametrize("no_embed_class", [True, False])
+def test_plain_vit_weights_lift_into_a_register_layout_keeping_every_tokens_input(tmp_path, no_embed_class):
+    # Source: a plain ViT (class position embedded). Target: 4 registers, with or without no_embed_class. The class
+    # token's input (token + its position) and every patch's input must be the source's; registers stay as built.
+    from ramstrans.models import RAMSTrans
+
+    src = _source(num_classes=5)
+    with torch.no_grad():
+        src.pos_embed.normal_()
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.manual_seed(3)
+    model = RAMSTrans(
+        backbone="vit_tiny_patch16_224",
+        img_size=64,
+        depth=2,
+        num_classes=5,
+        reg_tokens=4,
+        no_embed_class=no_embed_class,
+        pretrained=str(tmp_path / "w.safetensors"),
+    ).eval()
+    vit = model.backbone.vit
+    torch.manual_seed(3)
+    fresh = timm.create_model(
+        "vit_tiny_patch16_224", img_size=64, depth=2, num_classes=5, reg_tokens=4, no_embed_class=no_embed_class
+    )
+    assert torch.equal(vit.reg_token, fresh.reg_token)  # new: the model's own initialisation
+    pos, src_pos = vit.pos_embed.detach(), src.pos_embed.detach()
+    cls_in = vit.cls_token + (0 if no_embed_class else pos[:, :1])
+    torch.testing.assert_close(cls_in, src.cls_token + src_pos[:, :1], atol=0, rtol=0)
+    torch.testing.assert_close(pos[:, -16:], src_pos[:, 1:], atol=0, rtol=0)
+    if not no_embed_class:
+        assert torch.equal(pos[:, 1:5], torch.zeros(1, 4, src.embed_dim))  # the registers' positions: none before
+    _assert_same_weights(vit, src, skip=("cls_token", "pos_embed", "reg_token"))

@@ -1,4 +1,4 @@
-"""Attention capture without giving up fused attention: hooks on ``attn.q_norm`` / ``attn.k_norm`` of every block.
+"""Attention capture without giving up fused attention: hooks on ``q_norm`` / ``k_norm`` of timm attention modules.
 
 The hooks are module-level functions; a call that captures arms them with its own state (its list of maps) on the
 hooked modules and disarms them when it ends, so a deep copy, an EMA copy, a pickled or a compiled model works and
@@ -6,56 +6,91 @@ carries no capture state between calls, and the hooks trace into torch.compile's
 q_norm / k_norm on the (B, heads, N, d) queries and keys just before its fused SDPA kernel, so the attention output
 stays fused and the head-mean softmax probabilities are recomputed from the same q, k under ``no_grad``: nothing extra
 is kept for backward.
+
+Three timm modules are served: a ViT block's ``Attention``, EVA's ``EvaAttention`` (which rotates the patch queries
+and keys by RoPE after q_norm / k_norm: a pre-hook keeps the call's ``rope`` argument and the capture applies timm's own
+``apply_rot_embed_cat`` as the module does), and the attention pool's ``AttentionPoolLatent`` (a latent query over every
+token; its map is the pool's attention).
 """
 
 from collections.abc import Iterable
-from typing import Any, Literal, cast
+from typing import Any
 
 import torch
+from timm.layers import apply_rot_embed_cat
+from timm.models.eva import EvaAttention
 from torch import Tensor, nn
 
-__all__ = ["CaptureMode", "arm", "keep_queries", "capture"]
+from ramstrans.models.backbones.base import CaptureMode
 
-CaptureMode = Literal["none", "cls", "all"]
+__all__ = ["CaptureMode", "arm", "hook", "keep_rope"]
 
-# The hooked q_norm / k_norm modules own one call's capture state under this attribute (None between calls).
+# The hooked modules own one call's capture state under this attribute (None between calls).
 _TAP = "_ramstrans_tap"
 
 
+def keep_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of an ``EvaAttention``: keep the call's rotary embedding for the k_norm hook."""
+    tap = module.q_norm.__dict__.get(_TAP)
+    if tap is not None:
+        tap["rope"] = kwargs.get("rope")
+
+
 def keep_queries(module: nn.Module, args: tuple, q: Tensor) -> None:
-    """Forward hook of ``attn.q_norm``: keep this block's (B, heads, N, d) queries for the k_norm hook."""
+    """Forward hook of ``q_norm``: keep this module's (B, heads, Nq, d) queries for the k_norm hook."""
     tap = module.__dict__.get(_TAP)
     if tap is not None:
         tap["q"] = q
 
 
+def _rotated(x: Tensor, tap: dict[str, Any]) -> Tensor:
+    """(B, heads, N, d) queries or keys with the patch tokens rotated by the call's RoPE, as EvaAttention does."""
+    rope, npt = tap.get("rope"), tap["num_prefix_tokens"]
+    if rope is None:
+        return x
+    return torch.cat([x[:, :, :npt], apply_rot_embed_cat(x[:, :, npt:], rope.float(), half=tap["half"])], dim=2)
+
+
 def capture(module: nn.Module, args: tuple, k: Tensor) -> None:
-    """Forward hook of ``attn.k_norm``: the block's head-mean softmax(q kᵀ · scale), appended to the call's maps."""
+    """Forward hook of ``k_norm``: the module's head-mean softmax(q kᵀ · scale), appended to the call's maps."""
     tap = module.__dict__.get(_TAP)
     if tap is None:
         return
-    q = tap.pop("q")
-    q = q[:, :, :1] if tap["cls_only"] else q
     with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
-        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the block's attention
-        logits = (q.float() @ k.float().transpose(-2, -1)).mul_(tap["scale"])
+        q, k = _rotated(tap.pop("q").float(), tap), _rotated(k.float(), tap)
+        q = q[:, :, :1] if tap["cls_only"] else q
+        # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the module's attention
+        logits = (q @ k.transpose(-2, -1)).mul_(tap["scale"])
         if tap["mask"] is not None:
             logits.masked_fill_(~tap["mask"][: q.shape[2]], float("-inf"))
         tap["maps"].append(logits.softmax(dim=-1).mean(dim=1))
 
 
-def arm(blocks: Iterable[nn.Module], mode: CaptureMode, maps: list[Tensor] | None) -> None:
-    """Arm the capture hooks of the blocks for one call (``maps``: that call's own list), or disarm them (None)."""
-    chosen = list(blocks)[-1:] if mode == "cls" else list(blocks)
-    for attn in (cast(Any, blk).attn for blk in chosen):  # timm's Attention (untyped to mypy)
+def hook(module: nn.Module) -> None:
+    """Install the capture hooks on one timm attention module (and keep its fused kernel: capture never needs the
+    unfused path)."""
+    attn: Any = module  # timm's attention modules (untyped to mypy)
+    attn.fused_attn = True
+    attn.q_norm.register_forward_hook(keep_queries)
+    attn.k_norm.register_forward_hook(capture)
+    if isinstance(attn, EvaAttention):  # its patch queries and keys are rotated after k_norm
+        attn.register_forward_pre_hook(keep_rope, with_kwargs=True)
+
+
+def arm(attns: Iterable[nn.Module], maps: list[Tensor] | None, cls_only: bool = False) -> None:
+    """Arm the capture hooks of the attention modules for one call (``maps``: that call's own list; ``cls_only``:
+    only the first query row), or disarm them (None)."""
+    for attn in attns:
         tap = (
             None
             if maps is None
             else {
                 "maps": maps,
-                "cls_only": mode == "cls",
+                "cls_only": cls_only,
                 "scale": attn.scale,
                 "mask": getattr(attn, "window_mask", None),
+                "num_prefix_tokens": attn.num_prefix_tokens if isinstance(attn, EvaAttention) else 0,
+                "half": bool(attn.rotate_half) if isinstance(attn, EvaAttention) else False,
             }
         )
         setattr(attn.q_norm, _TAP, tap)

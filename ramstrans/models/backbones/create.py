@@ -8,6 +8,7 @@ from typing import Any, cast
 import timm
 import torch
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -23,24 +24,30 @@ def pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def unsupported_reason(vit: nn.Module, dist_token: bool = False) -> str | None:
-    """Why RAMS-Trans cannot run on this model (made distilled with ``dist_token``), or None when it can."""
-    if not isinstance(vit, VisionTransformer):
-        return f"it is a {type(vit).__name__}, not a timm VisionTransformer"
-    if vit.cls_token is None:
-        return "it has no class token"
+def unsupported_reason(vit: nn.Module, dist_token: bool = False, saliency: str = "rollout") -> str | None:
+    """Why RAMS-Trans cannot run on this model (made distilled with ``dist_token``) with ``saliency``, or None when it
+    can."""
+    if not isinstance(vit, (VisionTransformer, Eva)):
+        return (
+            f"it is a {type(vit).__name__}, neither a timm VisionTransformer nor an Eva; a CNN or a Swin zooms with "
+            "model.saliency: activation"
+        )
     distilled = isinstance(vit, VisionTransformerDistilled)
+    if isinstance(vit, Eva) and (dist_token or getattr(vit, "rope_mixed", False)):
+        return "DeiT's distilled layout needs a timm VisionTransformer" if dist_token else "its RoPE varies by depth"
     if getattr(vit, "dist_token", None) is not None and not distilled:
         return "it has a distillation token outside timm's VisionTransformerDistilled"
     if (distilled or dist_token) and (vit.num_reg_tokens or vit.no_embed_class or vit.dynamic_img_size):
         return "DeiT's distilled layout (model.dist_token) has no register tokens, no_embed_class or dynamic size"
-    if vit.num_prefix_tokens != 1 + distilled + vit.num_reg_tokens:
+    reason = _pool_reason(vit, saliency)
+    if reason is not None:
+        return reason
+    registers = 0 if vit.reg_token is None else int(vit.reg_token.shape[1])
+    if vit.num_prefix_tokens != (vit.cls_token is not None) + distilled + registers:
         return "it has prefix tokens other than the class, distillation and register tokens"
-    if vit.global_pool != "token" or vit.attn_pool is not None:
-        return f"it pools with '{vit.global_pool}' instead of the class token"
-    if vit.pos_embed is None:
+    if vit.pos_embed is None and not isinstance(vit, Eva):
         return "it has no learned position embedding"
-    if not isinstance(vit.patch_drop, nn.Identity):
+    if not isinstance(getattr(vit, "patch_drop", None), (nn.Identity, type(None))):
         return "patch dropout removes tokens, so attention would no longer cover the patch grid"
     if len(vit.blocks) == 0:
         return "it has no transformer blocks (depth 0)"
@@ -48,6 +55,27 @@ def unsupported_reason(vit: nn.Module, dist_token: bool = False) -> str | None:
         attn = getattr(blk, "attn", None)
         if attn is None or not all(hasattr(attn, a) for a in ("q_norm", "k_norm", "num_heads", "scale")):
             return f"block {i} has no standard timm Attention module"
+    return None
+
+
+def _pool_reason(vit: nn.Module, saliency: str) -> str | None:
+    """Why ``saliency`` cannot be read from this ViT's pooling, or None."""
+    pool, attn_pool = cast(Any, vit).global_pool, getattr(vit, "attn_pool", None)
+    if saliency == "attn_pool":
+        if attn_pool is None:
+            return (
+                f"model.saliency attn_pool needs an attention-pooling head (global_pool 'map'); it pools with '{pool}'"
+            )
+        return None
+    if cast(Any, vit).cls_token is None:
+        hint = ": use model.saliency attn_pool" if attn_pool is not None else ""
+        return f"it has no class token, whose attention the rollout reads{hint}"
+    if pool != "token" or attn_pool is not None:
+        hint = "model.saliency attn_pool, or " if attn_pool is not None else ""
+        return (
+            f"it pools with '{pool}' instead of the class token, whose attention the rollout reads: use {hint}"
+            "backbone_kwargs {global_pool: token}"
+        )
     return None
 
 
@@ -112,7 +140,10 @@ def _build(name: str, kwargs: dict[str, Any], layout: dict[str, Any], timm_kwarg
         raise
     except TypeError as e:  # unexpected keyword: img_size means the model is no ViT at all
         if "img_size" in str(e):
-            raise UsageError(f"backbone '{name}' is not supported: it is not a timm VisionTransformer") from None
+            raise UsageError(
+                f"backbone '{name}' is not supported: it is not a timm VisionTransformer; a CNN or a Swin zooms with "
+                "model.saliency: activation"
+            ) from None
         raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from None
     except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -132,6 +163,7 @@ def create_vit(
     ffn_kernel: int = 3,
     ffn_prefix: str = "mlp",
     dist_token: bool = False,
+    saliency: str = "rollout",
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """A timm VisionTransformer by name, refused with a sentence when RAMS-Trans cannot run on it.
@@ -146,6 +178,7 @@ def create_vit(
         ffn_kernel: the ``ConvMlp`` blocks' odd kernel.
         ffn_prefix: the ``ConvMlp`` blocks' prefix mode, "mlp" or "bypass".
         dist_token: return timm's distilled layout (``make_distilled``), its blocks sized for the distillation token.
+        saliency: what the model must give: "rollout" (a class token read by the head) or "attn_pool".
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
 
     Raises:
@@ -167,7 +200,7 @@ def create_vit(
         dist_token=dist_token,
     )
     vit = _build(name, kwargs, layout, timm_kwargs)
-    reason = unsupported_reason(vit, dist_token)
+    reason = unsupported_reason(vit, dist_token, saliency)
     if reason is not None:
         raise UsageError(f"backbone '{name}' is not supported: {reason}")
     return make_distilled(cast(VisionTransformer, vit)) if dist_token else cast(VisionTransformer, vit)

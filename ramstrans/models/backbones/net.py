@@ -1,5 +1,15 @@
 """Any timm classifier (a CNN such as ``resnet50``, a Swin, a ConvNeXt) as a backbone of the pipeline: its input
-normalisation and the facts the pipeline reads (``Backbone``); one scale, no attention, no patch grid."""
+normalisation and the facts the pipeline reads (``Backbone``), and, for RAMS-Trans, the activation saliency
+(``ZoomBackbone``).
+
+The activation saliency is SCDA's (Wei et al., 2017), the map RAMS-Trans's proposal was drawn from: the last feature
+map summed over channels. SCDA sums post-ReLU activations; a ConvNeXt's or a Swin's last stage is a residual stream with
+both signs, so the map here sums the channels' magnitudes, Σ_c |f_c| (identical to SCDA's on a ResNet, whose last
+stage ends in a ReLU). It is read from timm's ``forward_intermediates`` before the final norm (a LayerNorm after the
+last stage would make every position's magnitude alike), in the same pass that gives the heads' features. The cells
+are the map's stride (``feature_info``), e.g. 32 pixels for a ResNet, ConvNeXt or Swin. There is no class token: every
+scale shares every parameter, and only its input differs.
+"""
 
 from collections.abc import Sequence
 from typing import Any, cast
@@ -9,6 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.models.backbones.base import CaptureMode, Features, Saliency, prefixed
 from ramstrans.models.backbones.create import pair as _pair
 from ramstrans.models.backbones.inputs import InputNorm
 
@@ -40,7 +51,7 @@ def create_net(
 
 
 class NetBackbone(InputNorm):
-    """A timm classifier with its input normalisation and the facts the pipeline reads.
+    """A timm classifier with its input normalisation, the facts the pipeline reads, and the activation saliency.
 
     Args:
         net: a built timm classifier.
@@ -48,10 +59,13 @@ class NetBackbone(InputNorm):
         in_chans: input channels.
         mean: per-channel input mean; None takes the model's pretrained config (ImageNet's without one).
         std: per-channel input std; None as ``mean``.
+        num_scales: the scales RAMS-Trans runs it at (1 for a classifier); they share every parameter.
     """
 
     has_dist_token = False
-    num_scales = 1
+    has_class_token = False
+    num_prefix_tokens = 0
+    saliency: Saliency = "activation"
 
     def __init__(
         self,
@@ -61,6 +75,7 @@ class NetBackbone(InputNorm):
         in_chans: int = 3,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        num_scales: int = 1,
     ) -> None:
         cfg = getattr(net, "pretrained_cfg", None) or {}
         super().__init__(
@@ -71,6 +86,24 @@ class NetBackbone(InputNorm):
         self.net = net
         self.name: str = cfg.get("architecture") or type(net).__name__
         self._img_size = _pair(img_size)
+        self.num_scales = num_scales
+        if num_scales > 1:
+            self._check_zoomable()
+
+    def _check_zoomable(self) -> None:
+        """Refuse a model without timm's feature API or an input size that is not a whole number of cells."""
+        info = getattr(self.net, "feature_info", None)
+        if not info or not hasattr(self.net, "forward_intermediates"):
+            raise UsageError(
+                f"backbone '{self.name}' is not supported with model.saliency activation: timm gives it no "
+                "forward_intermediates / feature_info"
+            )
+        for side, cell in zip(self._img_size, self.cell_size):
+            if side % cell:
+                raise UsageError(
+                    f"model.img_size {side} is not a multiple of the {cell}-pixel stride of '{self.name}''s last "
+                    f"feature map: use {side - side % cell or cell} or {side - side % cell + cell}"
+                )
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -89,6 +122,48 @@ class NetBackbone(InputNorm):
         """The wrapped timm model (what an export writes)."""
         return self.net
 
-    def forward(self, x: Tensor) -> Tensor:
+    @property
+    def cell_size(self) -> tuple[int, int]:
+        """The last feature map's stride in pixels."""
+        reduction = int(cast(Any, self.net).feature_info[-1]["reduction"])
+        return reduction, reduction
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(gh, gw) cells of the last feature map at ``img_size``."""
+        return self._img_size[0] // self.cell_size[0], self._img_size[1] // self.cell_size[1]
+
+    def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> Features:
+        """(B, C, H, W) normalised images -> Features: timm's final features, and with a capture the (B, gh, gw)
+        activation saliency of the last stage (``scale`` selects nothing: the scales share every parameter)."""
+        net = cast(Any, self.net)
+        if capture == "none":
+            return Features(tokens=net.forward_features(x))
+        final, (last,) = net.forward_intermediates(x, indices=1, norm=False, output_fmt="NCHW")
+        return Features(tokens=final, saliency=last.detach().float().abs().sum(dim=1))
+
+    def forward_heads(self, tokens: Tensor) -> tuple[Tensor, None]:
+        """Final features -> (B, K) logits; there is no distillation head."""
+        return cast(Any, self.net).forward_head(tokens), None
+
+    def forward_head(self, tokens: Tensor, head: Any = "mean") -> Tensor:
+        """Final features -> (B, K) logits (``head`` is for distilled ViTs; there is one head)."""
+        return self.forward_heads(tokens)[0]
+
+    def pre_logits(self, tokens: Tensor) -> Tensor:
+        """Final features -> (B, D) pooled features the head reads."""
+        return cast(Any, self.net).forward_head(tokens, pre_logits=True)
+
+    def no_weight_decay(self) -> set[str]:
+        """The timm model's own exclusions, under this module's names."""
+        own = getattr(self.net, "no_weight_decay", None)
+        return {f"net.{n}" for n in (own() if callable(own) else ())}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups of the model under this module's parameter names."""
+        groups = cast(Any, self.net).group_matcher(coarse=coarse)
+        return {name: prefixed(rule, r"net\.") for name, rule in groups.items()}
+
+    def forward(self, x: Tensor, scale: int = 0, head: Any = "mean") -> Tensor:
         """(B, C, H, W) normalised images -> (B, K) logits."""
         return self.net(x)

@@ -8,6 +8,7 @@ CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetens
 
 import copy
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -19,7 +20,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file as load_safetensors
-from timm.models import get_pretrained_cfg
+from timm.models import eva, get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
@@ -79,6 +80,30 @@ def _lift_to_distilled(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
+def _lift_to_layout(sd: dict[str, Tensor], vit: Any) -> dict[str, Tensor]:
+    """A register-free ViT state dict in the layout of ``vit``: with register tokens (left at the model's own
+    initialisation: they are new) and with or without the class token's position embedding (``no_embed_class``). A
+    class position folded away is added to the class token, so the class token's input is unchanged; one the source
+    lacks is zero. Whether the source has a class position is read from its length: the model's grid plus one, or at
+    another grid a square one plus one."""
+    if "pos_embed" not in sd or "cls_token" not in sd or "reg_token" in sd:
+        return sd
+    pos = sd["pos_embed"]
+    registers = 0 if vit.reg_token is None else int(vit.reg_token.shape[1])
+    n, grid = pos.shape[1], math.prod(vit.patch_embed.grid_size)
+    # with the model's grid the length says it; at another grid (resampled later) timm's square grids plus one
+    class_pos = n == 1 + grid if n in (grid, 1 + grid) else math.isqrt(n) ** 2 != n
+    if registers == 0 and class_pos == (not vit.no_embed_class):  # the layouts agree
+        return sd
+    sd = dict(sd)
+    cls_pos, patches = (pos[:, :1], pos[:, 1:]) if class_pos else (torch.zeros_like(pos[:, :1]), pos)
+    if vit.no_embed_class:
+        sd["cls_token"], sd["pos_embed"] = sd["cls_token"] + cls_pos, patches
+    else:
+        sd["pos_embed"] = torch.cat([cls_pos, pos.new_zeros(1, registers, pos.shape[2]), patches], dim=1)
+    return sd
+
+
 def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
     """A plain-layout copy of a distilled ViT (no distillation token), for loaders that only know plain ViTs."""
     twin: Any = copy.deepcopy(vit)  # timm's attributes, untyped to mypy
@@ -91,17 +116,26 @@ def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
 
 
 def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], origin: str) -> None:
-    """Load a timm-layout ViT state dict, resampling the position embedding and dropping a mismatched head; a plain
-    ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``)."""
+    """Load a timm-layout ViT (or Eva) state dict, resampling the position embedding and dropping a mismatched head; a
+    plain ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``) or a register / no_embed_class
+    layout (``_lift_to_layout``)."""
     vit = backbone.vit
     if backbone.has_dist_token and "dist_token" not in state_dict and "cls_token" in state_dict:
         state_dict = _lift_to_distilled(state_dict)
+    elif not isinstance(vit, eva.Eva):
+        state_dict = _lift_to_layout(state_dict, vit)
+    elif "fc_norm.weight" in state_dict and "norm.weight" not in state_dict and "norm.weight" in vit.state_dict():
+        # an average-pooled EVA's final LayerNorm (on the pooled vector) becomes the token-pooled one's (on the tokens)
+        state_dict = {
+            ("norm" + k[len("fc_norm") :] if k.startswith("fc_norm.") else k): v for k, v in state_dict.items()
+        }
+    filter_fn = eva.checkpoint_filter_fn if isinstance(vit, eva.Eva) else checkpoint_filter_fn
     try:
-        sd = checkpoint_filter_fn(state_dict, vit)
+        sd = filter_fn(state_dict, vit)
     except Exception as e:
         raise UsageError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
-    # a plain ViT has no conv feed-forward: those convolutions keep their identity initialisation
-    fresh = {k for k in vit.state_dict() if ".mlp.dwconv." in k and k not in sd}
+    # a plain ViT has no conv feed-forward and no registers: those keep their initialisation
+    fresh = {k for k in vit.state_dict() if (".mlp.dwconv." in k or k == "reg_token") and k not in sd}
     _load_fitting(
         vit,
         sd,

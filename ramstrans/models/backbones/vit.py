@@ -1,23 +1,20 @@
 """The timm ViT wrapper: scale-wise CLS tokens, attention capture, normalisation, and the grid facts the pipeline needs.
 
-The wrapped model is a ``timm`` VisionTransformer; nothing of timm is copied. Scale 0 uses the ViT's own
-``cls_token``, so ``vit`` alone stays a complete timm model (the single-scale path is timm's forward and the deployable
-artefact). Zoom scales get their own CLS parameters, swapped into the same sequence position.
+The wrapped model is a ``timm`` VisionTransformer or Eva (EVA-02: RoPE, SwiGLU); nothing of timm is copied. Scale 0
+uses the ViT's own ``cls_token``, so ``vit`` alone stays a complete timm model (the single-scale path is timm's forward
+and the deployable artefact). Zoom scales get their own CLS parameters, swapped into the same sequence position; a ViT
+without a class token (SigLIP's attention pool) has none, and its zoomed scales share every parameter.
 
 A student for knowledge distillation (``dist_token=True``) is timm's ``VisionTransformerDistilled`` (DeiT's layout: the
 class token at 0, the distillation token at 1, both with a position embedding, each read by its own head); a plain ViT
 is converted in place (``make_distilled``), and every zoom scale gets its own distillation token too.
 
-Attention capture hooks ``attn.q_norm`` / ``attn.k_norm`` of every block with module-level functions; a call that
-captures arms them with its own state (its list of maps) on the hooked modules and disarms them when it ends, so a deep
-copy, an EMA copy, a pickled or a compiled model works and carries no capture state between calls, and the hooks trace
-into torch.compile's graph without a break. timm calls q_norm / k_norm on the (B, heads, N, d) queries and keys just
-before its fused SDPA kernel, so the attention output stays fused and the head-mean softmax probabilities are recomputed
-from the same q, k under ``no_grad``: nothing extra is kept for backward.
+The saliency is the attention rollout of the class token (``rollout``) or the attention pool's latent query over the
+patches (``attn_pool``); both come from the attention capture of ``capture.py`` (hooks on q_norm / k_norm, fused
+attention kept, no state between calls).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -25,11 +22,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.capture import CaptureMode, arm, capture, keep_queries
+from ramstrans.models.backbones.base import CaptureMode, Features, Saliency, prefixed
+from ramstrans.models.backbones.capture import arm, hook
 from ramstrans.models.backbones.create import check_whole_patches, create_vit, pair, unsupported_reason
 from ramstrans.models.backbones.distilled import HEADS, Head, make_distilled, select_head, with_dist_position
 from ramstrans.models.backbones.inputs import InputNorm
@@ -39,7 +39,7 @@ from ramstrans.models.blocks.fwt import FeatureWiseTransform, attach
 
 __all__ = [
     "ViTBackbone",
-    "ViTFeatures",
+    "Features",
     "CaptureMode",
     "Head",
     "HEADS",
@@ -50,40 +50,13 @@ __all__ = [
 ]
 
 
-@dataclass
-class ViTFeatures:
-    """What one pass of the backbone produces.
-
-    Attributes:
-        tokens: (B, N, D) final-normed token sequence; N = prefix tokens (1, or 2 with a distillation token) + gh * gw.
-        attentions: per block (B, N, N) head-mean softmax attention (rows sum to 1), detached; only with capture "all".
-        cls_attention: (B, gh * gw) last block's head-mean CLS query row over the patch keys, detached; None with
-            capture "none".
-    """
-
-    tokens: Tensor
-    attentions: list[Tensor] = field(default_factory=list)
-    cls_attention: Tensor | None = None
-
-    @property
-    def captured_cls(self) -> Tensor:
-        """``cls_attention`` of a pass that captured (capture "cls" or "all").
-
-        Raises:
-            RuntimeError: the pass captured nothing.
-        """
-        if self.cls_attention is None:
-            raise RuntimeError("this pass captured no attention (capture 'none')")
-        return self.cls_attention
-
-
 class ViTBackbone(InputNorm):
     """A timm ViT with one CLS (and optionally distillation) token per scale, attention capture and its input
     normalisation.
 
     Args:
-        vit: a built timm VisionTransformer with one class token and token pooling (see ``create_vit``), or timm's
-            VisionTransformerDistilled.
+        vit: a built timm VisionTransformer or Eva with one class token and token pooling (see ``create_vit``), timm's
+            VisionTransformerDistilled, or (``saliency="attn_pool"``) one that pools with an attention pool.
         num_scales: number of scales, i.e. of CLS tokens (scale 0 uses the ViT's own).
         mean: per-channel input mean in [0, 1]; None takes the ViT's pretrained config (ImageNet's without one).
         std: per-channel input std; None as ``mean``.
@@ -95,6 +68,8 @@ class ViTBackbone(InputNorm):
         ffn_prefix: "mlp" or "bypass": what the ``ConvMlp`` blocks do with the class and distillation tokens.
         fwt: "off", "fixed" or "learned": a feature-wise transformation on every block's feed-forward input in
             training (``FeatureWiseTransform``), kept in ``fwt`` beside the timm model.
+        saliency: "rollout" (the class token's attention rollout) or "attn_pool" (the attention pool's latent query
+            over the patches).
     """
 
     def __init__(
@@ -109,8 +84,11 @@ class ViTBackbone(InputNorm):
         ffn_kernel: int = 3,
         ffn_prefix: str = "mlp",
         fwt: str = "off",
+        saliency: Saliency = "rollout",
     ) -> None:
-        reason = unsupported_reason(vit)
+        if saliency not in ("rollout", "attn_pool"):
+            raise UsageError(f"model.saliency {saliency!r} is not one a ViT gives: use rollout or attn_pool")
+        reason = unsupported_reason(vit, saliency=saliency)
         if reason is not None:
             raise UsageError(f"backbone {type(vit).__name__} is not supported: {reason}")
         if not isinstance(num_scales, int) or num_scales < 1:
@@ -128,10 +106,15 @@ class ViTBackbone(InputNorm):
             vit = make_distilled(vit)
         self.vit: Any = cast(Any, vit)  # timm's VisionTransformer (its submodules are untyped to mypy)
         self.name: str = cfg.get("architecture") or type(vit).__name__
-        # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them.
+        self.saliency: Saliency = saliency
+        # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them. Without a
+        # class token (an attention pool) the scales share every parameter.
         self.zoom_cls_tokens = nn.ParameterList(
             [nn.Parameter(self.vit.cls_token.detach().clone()) for _ in range(num_scales - 1)]
+            if self.vit.cls_token is not None
+            else []
         )
+        self._num_scales = num_scales
         self.zoom_dist_tokens = nn.ParameterList(
             [nn.Parameter(self.vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
             if self.has_dist_token
@@ -144,10 +127,12 @@ class ViTBackbone(InputNorm):
             [FeatureWiseTransform(vit.embed_dim, learned=fwt == "learned") for _ in vit.blocks] if fwt != "off" else []
         )
         attach(vit.blocks, self.fwt)
-        for blk in self.vit.blocks:
-            blk.attn.fused_attn = True  # capture never needs the unfused path
-            blk.attn.q_norm.register_forward_hook(keep_queries)
-            blk.attn.k_norm.register_forward_hook(capture)
+        for attn in self._captured():
+            hook(attn)
+
+    def _captured(self) -> list[nn.Module]:
+        """The attention modules the saliency reads: every block's (rollout), or the attention pool's."""
+        return [self.vit.attn_pool] if self.saliency == "attn_pool" else [blk.attn for blk in self.vit.blocks]
 
     def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
         """Check the window attention against the grid, and re-size the blocks of a model built for another layout.
@@ -188,7 +173,11 @@ class ViTBackbone(InputNorm):
 
     @property
     def num_scales(self) -> int:
-        return 1 + len(self.zoom_cls_tokens)
+        return self._num_scales
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.vit.cls_token is not None
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -201,6 +190,11 @@ class ViTBackbone(InputNorm):
     @property
     def grid_size(self) -> tuple[int, int]:
         return pair(self.vit.patch_embed.grid_size)
+
+    @property
+    def cell_size(self) -> tuple[int, int]:
+        """The saliency's cell is the patch."""
+        return self.patch_size
 
     @property
     def in_chans(self) -> int:
@@ -219,84 +213,128 @@ class ViTBackbone(InputNorm):
         """The wrapped timm model (what an export writes)."""
         return self.vit
 
-    def cls_token(self, scale: int) -> nn.Parameter:
-        """The (1, 1, D) CLS parameter of ``scale`` (0-based)."""
-        return self.vit.cls_token if scale == 0 else self.zoom_cls_tokens[scale - 1]
+    def cls_token(self, scale: int) -> nn.Parameter | None:
+        """The (1, 1, D) CLS parameter of ``scale`` (0-based); None without a class token."""
+        return self.vit.cls_token if scale == 0 or not self.has_class_token else self.zoom_cls_tokens[scale - 1]
 
     def dist_token(self, scale: int) -> nn.Parameter:
         """The (1, 1, D) distillation-token parameter of ``scale`` (0-based); only with a distillation token."""
         return self.vit.dist_token if scale == 0 else self.zoom_dist_tokens[scale - 1]
 
     # ---- forward stages -----------------------------------------------------------------------------------------
-    def embed(self, x: Tensor, scale: int = 0) -> Tensor:
+    def embed(self, x: Tensor, scale: int = 0) -> tuple[Tensor, Tensor | None]:
         """Patch embedding, the scale's CLS token at position 0 (and distillation token at 1), the register tokens
         after them, and the position embedding, added as timm's ``_pos_embed`` adds it: to the patches alone before
         the prefix is joined (``no_embed_class``: DeiT-III, DINOv2) or to every token after, and resampled to the
-        patch grid with ``dynamic_img_size`` (every scale runs at ``img_size``, so the grid is the trained one).
+        patch grid with ``dynamic_img_size`` (every scale runs at ``img_size``, so the grid is the trained one). An
+        Eva also gets its rotary embedding of the grid, as its ``_pos_embed`` makes it.
 
         Args:
             x: (B, C, H, W) images at ``img_size``.
             scale: which CLS (and distillation) token to use.
 
         Returns:
-            (B, num_prefix_tokens + gh * gw, D) tokens.
+            (B, num_prefix_tokens + gh * gw, D) tokens, and an Eva's rotary embedding (None for a ViT or an Eva
+            without RoPE).
         """
         vit = self.vit
         x = vit.patch_embed(x)
-        prefix = [self.cls_token(scale)] + ([self.dist_token(scale)] if self.has_dist_token else [])
+        prefix = [t for t in (self.cls_token(scale),) if t is not None]
+        prefix += [self.dist_token(scale)] if self.has_dist_token else []
         if vit.reg_token is not None:  # registers are shared by the scales, as timm's layout has them after the CLS
             prefix.append(vit.reg_token)
         joined = [t.expand(x.shape[0], -1, -1) for t in prefix]
-        pos = vit.pos_embed
+        pos, grid = vit.pos_embed, pair(vit.patch_embed.grid_size)
         if vit.dynamic_img_size:  # (B, gh, gw, D) patches
             B, H, W, C = x.shape
-            pos = resample_abs_pos_embed(
-                pos,
-                new_size=(H, W),
-                old_size=vit.patch_embed.grid_size,
-                num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
-            )
-            x = x.view(B, -1, C)
-        x = torch.cat([*joined, x + pos], dim=1) if vit.no_embed_class else torch.cat([*joined, x], dim=1) + pos
+            if pos is not None:
+                pos = resample_abs_pos_embed(
+                    pos,
+                    new_size=(H, W),
+                    old_size=vit.patch_embed.grid_size,
+                    num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                )
+            x, grid = x.view(B, -1, C), (H, W)
+        if pos is None:  # an Eva positioned by RoPE alone
+            x = torch.cat([*joined, x], dim=1)
+        elif vit.no_embed_class:
+            x = torch.cat([*joined, x + pos], dim=1)
+        else:
+            x = torch.cat([*joined, x], dim=1) + pos
         x = vit.pos_drop(x)
-        return vit.norm_pre(x)
+        return vit.norm_pre(x), self._rope(grid)
 
-    def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> ViTFeatures:
+    def _rope(self, grid: tuple[int, int]) -> Tensor | None:
+        """An Eva's rotary embedding of the (gh, gw) grid, as its ``_pos_embed`` gets it; None for a ViT."""
+        rope = getattr(self.vit, "rope", None) if isinstance(self.vit, Eva) else None
+        if rope is None:
+            return None
+        if self.vit.dynamic_img_size or not hasattr(rope, "feat_shape"):  # timm's own test of the RoPE module
+            return rope.get_embed(shape=grid)
+        return rope.get_embed()
+
+    def _blocks(self, x: Tensor, rope: Tensor | None) -> Tensor:
+        """(B, N, D) tokens through the blocks (an Eva's with its rotary embedding), checkpointed when timm's
+        gradient checkpointing is on."""
+        ckpt = self.vit.grad_checkpointing and torch.is_grad_enabled()
+        if not isinstance(self.vit, Eva):
+            return checkpoint_seq(self.vit.blocks, x) if ckpt else self.vit.blocks(x)
+        for blk in self.vit.blocks:
+            x = checkpoint(blk, x, rope=rope, use_reentrant=False) if ckpt else blk(x, rope=rope)
+        return x
+
+    def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> Features:
         """Run the transformer on (B, C, H, W) images.
 
         Args:
             x: (B, C, H, W) images.
             scale: which CLS token to use (0 = the ViT's own).
-            capture: "none" (fused attention only), "cls" (the last block's CLS row), "all" (every block's map).
+            capture: "none" (fused attention only), "cls" (the query row the head reads), "all" (what the saliency
+                needs: every block's map for the rollout; the attention pool's map, as "cls", for attn_pool).
 
         Returns:
-            ViTFeatures with (B, N, D) tokens and the captured attention.
+            Features with (B, N, D) tokens and the captured attention.
 
         Raises:
-            RuntimeError: the capture did not fire in every block it hooked (a timm Attention that no longer calls
+            RuntimeError: the capture did not fire in every module it hooked (a timm Attention that no longer calls
                 q_norm / k_norm).
         """
-        x = self.embed(x, scale)
+        x, rope = self.embed(x, scale)
         maps: list[Tensor] = []
-        if capture != "none":
-            arm(self.vit.blocks, capture, maps)
+        pooled = self.saliency == "attn_pool"
+        hooked = [] if capture == "none" else self._captured()[-1:] if capture == "cls" else self._captured()
+        if not pooled:
+            arm(hooked, maps, cls_only=capture == "cls")
         try:
-            if self.vit.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint_seq(self.vit.blocks, x)
-            else:
-                x = self.vit.blocks(x)
+            x = self._blocks(x, rope)
         finally:
-            if capture != "none":
-                arm(self.vit.blocks, capture, None)
-        expected = {"none": 0, "cls": 1, "all": self.depth}[capture]
-        if len(maps) != expected:
+            arm(hooked, None)
+        x = self.vit.norm(x)
+        if pooled and hooked:  # the pool runs in timm's head; run it once more here for its map (one query)
+            arm(hooked, maps)
+            try:
+                with torch.no_grad():
+                    self.vit.attn_pool(x)
+            finally:
+                arm(hooked, None)
+        if len(maps) != len(hooked):
             raise RuntimeError(
-                f"attention capture fired in {len(maps)} of {expected} blocks: the blocks' Attention did not call "
+                f"attention capture fired in {len(maps)} of {len(hooked)} modules: their attention did not call "
                 "q_norm/k_norm on (B, heads, N, d) tensors"
             )
-        cls_attention = maps[-1][:, 0, self.num_prefix_tokens :] if maps else None
-        return ViTFeatures(
-            tokens=self.vit.norm(x), attentions=maps if capture == "all" else [], cls_attention=cls_attention
+        return self._features(x, maps, capture)
+
+    def _features(self, tokens: Tensor, maps: list[Tensor], capture: CaptureMode) -> Features:
+        """Features from the (B, N, D) tokens and the captured (B, Nq, N) maps."""
+        if not maps:
+            return Features(tokens=tokens)
+        row = maps[-1].mean(dim=1) if self.saliency == "attn_pool" else maps[-1][:, 0]  # (B, N): the head's query
+        cls_attention = row[:, self.num_prefix_tokens :]
+        return Features(
+            tokens=tokens,
+            attentions=maps if capture == "all" and self.saliency == "rollout" else [],
+            cls_attention=cls_attention,
+            saliency=cls_attention.unflatten(1, self.grid_size) if self.saliency == "attn_pool" else None,
         )
 
     def forward_heads(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -332,3 +370,20 @@ class ViTBackbone(InputNorm):
     def forward(self, x: Tensor, scale: int = 0, head: Head = "mean") -> Tensor:
         """(B, C, H, W) -> (B, num_classes) logits of one scale, attention fused."""
         return self.forward_head(self.forward_features(x, scale).tokens, head)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters kept out of weight decay: the ViT's own (tokens, position embedding) and the zoom tokens."""
+        return (
+            {f"vit.{n}" for n in self.vit.no_weight_decay()}
+            | {f"zoom_cls_tokens.{i}" for i in range(len(self.zoom_cls_tokens))}
+            | {f"zoom_dist_tokens.{i}" for i in range(len(self.zoom_dist_tokens))}
+        )
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups of the ViT under this module's parameter names; the zoom-scale CLS (and distillation)
+        tokens join the embedding (stem) group with the ViT's CLS token."""
+        groups = {name: prefixed(rule, r"vit\.") for name, rule in self.vit.group_matcher(coarse=coarse).items()}
+        stem = groups["stem"]
+        assert isinstance(stem, str)  # timm's ViT names its embedding group by one regex
+        groups["stem"] = "^(?:" + stem.lstrip("^") + r"|zoom_cls_tokens\.|zoom_dist_tokens\.)"  # one anchor
+        return groups
