@@ -165,6 +165,20 @@ def _run_backbones(a: argparse.Namespace) -> dict | None:
     return {"rows": r["rows"], "minus_vit": r["minus_vit"]}
 
 
+def _run_longtail(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.longtail import bench_longtail
+
+    r = bench_longtail(
+        _seeds(a),
+        _positive(a.ratios, "--ratios"),
+        a.methods.split(","),
+        a.config,
+        a.out or "runs/bench_longtail",
+        a.set or (),
+    )
+    return {"summary": r["summary"]}
+
+
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
@@ -179,6 +193,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "transmix": _run_transmix,
     "quantize": _run_quantize,
     "backbones": _run_backbones,
+    "longtail": _run_longtail,
 }
 
 
@@ -227,7 +242,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "proposal, and of configs (--configs) at batch 1; zoom: the zoom's accuracy at one pass "
         "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage; "
         "quantize: the top-1 each ONNX precision costs, per checkpoint of --checkpoints; backbones: RAMS-Trans on a "
-        "ViT, a register ViT and a ConvNeXt (activation saliency) from scratch over seeds (validation)",
+        "ViT, a register ViT and a ResNet (activation saliency) over seeds (validation); longtail: the long-tail "
+        "remedies (samplers, logit adjustment) on a long-tailed demo over seeds and --ratios",
     )
     _speed_arguments(b)
     _run_arguments(b)
@@ -278,6 +294,12 @@ def _run_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
     b.add_argument("--checkpoints", help="quantize: comma-separated checkpoints or run folders (NAME_seedN groups)")
     b.add_argument("--calibration-images", type=int, default=256, help="quantize: int8 calibration images")
+    b.add_argument("--ratios", default="10,50", help="longtail: imbalance ratios r (data.synthetic.imbalance)")
+    b.add_argument(
+        "--methods",
+        default="uniform,class_balanced,sqrt,logit_adjust",
+        help="longtail: comma-separated remedies (uniform is always run: the paired differences need it)",
+    )
 
 
 def _zoom_and_latency_arguments(b: argparse.ArgumentParser) -> None:

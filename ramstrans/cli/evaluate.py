@@ -8,6 +8,7 @@ __all__ = ["add"]
 
 
 def run(a: argparse.Namespace) -> None:
+    from ramstrans.inference.calibration import run_calibrate
     from ramstrans.inference.evaluate import run_eval
     from ramstrans.inference.sweep import run_zoom_sweep
 
@@ -23,6 +24,22 @@ def run(a: argparse.Namespace) -> None:
         skip_corrupt=a.skip_corrupt,
         overwrite=a.overwrite,
     )
+    if a.calibrate:
+        fit = run_calibrate(
+            a.checkpoint,
+            split=a.split,
+            weights=a.weights,
+            batch_size=a.batch_size,
+            device=a.device,
+            data_root=a.data_root,
+            num_workers=a.workers,
+            skip_corrupt=a.skip_corrupt,
+        )
+        print(
+            f"temperature {fit['temperature']:.4f} fitted on {fit['images']} {fit['split']} images (scale 1): ECE "
+            f"{fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
+            f"{fit['nll_after']:.4f}; stored in {fit['output']} (eval and predict apply it)"
+        )
     if a.sweep_zoom:
         _print_sweep(run_zoom_sweep(a.checkpoint, **common))
         return
@@ -32,6 +49,8 @@ def run(a: argparse.Namespace) -> None:
         zoom_threshold=a.zoom_threshold,
         show_progress=not a.no_progress,
         shift=[n for n in (a.shift or "").split(",") if n],
+        tta=a.tta,
+        shot_thresholds=(a.many_shot, a.few_shot),
         **common,
     )
     print(eval_sentence(r))
@@ -48,10 +67,16 @@ def eval_sentence(r: dict) -> str:
         mode = "single scale" if r["scales"] == 1 else f"{r['scales']} scales fused"
     loc = f", proposal mIoU {r['loc_miou']:.3f}, IoU>=0.5 {r['loc_iou50']:.1f}%" if "loc_miou" in r else ""
     skipped = f", {r['skipped']} unreadable skipped" if r["skipped"] else ""
+    tta = f", flip TTA ({r['passes_per_image']:.2f} passes per image)" if r.get("tta") == "flip" else ""
+    shots = ", ".join(
+        f"{g}-shot {s['accuracy']:.1f}%" for g, s in r.get("shots", {}).items() if s["accuracy"] is not None
+    )
+    shots = f" ({shots})" if shots else ""
+    calibrated = f", T {r['temperature']:.3f}" if r.get("temperature", 1.0) != 1.0 else ""
     return (
         f"{r['split']} top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, mean class accuracy "
-        f"{r['mean_class_acc']:.2f}% ({mode}, {r['weights']} weights, {r['images']} images{skipped}){loc}; "
-        f"written to {r['output']}"
+        f"{r['mean_class_acc']:.2f}%{shots}, ECE {r['ece']:.4f}{calibrated} ({mode}{tta}, {r['weights']} "
+        f"weights, {r['images']} images{skipped}){loc}; written to {r['output']}"
     )
 
 
@@ -123,4 +148,18 @@ def add(sub: argparse._SubParsersAction) -> None:
         "Gaussian blur, halved contrast) applied after the crop",
     )
     e.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    e.add_argument(
+        "--tta",
+        default="none",
+        choices=("none", "flip"),
+        help="flip: the mean of the image's and its mirror's probabilities (twice the passes)",
+    )
+    e.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="--split val only: fit a temperature on scale 1's validation logits, store it beside the checkpoint "
+        "(eval, predict and adaptive zoom apply it from then on), then evaluate with it",
+    )
+    e.add_argument("--many-shot", type=int, default=100, help="many-shot classes: more training images than this")
+    e.add_argument("--few-shot", type=int, default=20, help="few-shot classes: fewer training images than this")
     e.set_defaults(func=run)

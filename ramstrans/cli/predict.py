@@ -21,6 +21,7 @@ def run(a: argparse.Namespace) -> int:
         batch_size=a.batch_size,
         num_workers=a.workers,
         overwrite=a.overwrite,
+        tta=a.tta,
     )
     r = _run_onnx(a, common) if a.model.endswith(".onnx") else _run_checkpoint(a, common)
     if r["skipped"]:
@@ -99,4 +100,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--visualize", metavar="DIR", help="also draw the zoom panel of every image into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=("none", "flip"),
+        help="flip: the mean of each image's and its mirror's probabilities (twice the passes; zoomed: either view)",
+    )
     p.set_defaults(func=run)

@@ -42,6 +42,9 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.resize", *_at_least(1)),
     ("data.num_workers", *_at_least(0)),
     ("data.val_fraction", *_UNIT),
+    ("data.sampler", *_one_of("uniform", "class_balanced", "sqrt")),
+    ("data.synthetic.imbalance", lambda v: 1 <= v < float("inf"), "finite and >= 1 (1 = balanced)"),
+    ("loss.logit_adjust", lambda v: 0 <= v < float("inf"), "finite and >= 0 (0 = off)"),
     ("data.synthetic.num_classes", *_at_least(1)),
     ("data.synthetic.train_per_class", *_at_least(1)),
     ("data.synthetic.test_per_class", *_at_least(1)),
@@ -142,6 +145,11 @@ _COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         "model.saliency",
         lambda c: c.model.type == "classifier" and c.model.saliency != "rollout",
         "needs model.type rams (a classifier does not zoom)",
+    ),
+    (
+        "data.sampler",
+        lambda c: c.data.dataset == "pretext" and c.data.sampler != "uniform",
+        "must be uniform for the generated pretext stream (it has no training split to weigh)",
     ),
     (
         "loss.self_distill",

@@ -51,6 +51,8 @@ class SyntheticConfig:
     test_per_class: int = 50
     image_size: int = 160  # side of the generated images in pixels
     seed: int = 0
+    imbalance: float = 1.0  # r >= 1: training images per class fall exponentially from train_per_class (class 0) to
+    # train_per_class / r (the last class); the test split stays balanced (1 = balanced)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class DataConfig:
     num_workers: int = 4  # DataLoader workers
     val_fraction: float = 0.0  # stratified, seeded validation split carved from train (0 = none)
     skip_corrupt: bool = False  # skip unreadable images (counted) instead of stopping
+    sampler: str = "uniform"  # uniform (every image once per epoch) | class_balanced (every class equally likely) |
+    # sqrt (a class's probability proportional to the square root of its training images); drawn with replacement
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # also image_size / seed of "pretext"
     pretext_test_size: int = 1200  # fixed evaluation images of the pretext stream (drawn with seed + 1)
 
@@ -70,6 +74,8 @@ class DataConfig:
 class LossConfig:
     scale_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # per scale; λ = weight of scale 2
     label_smoothing: float = 0.0  # on hard labels
+    logit_adjust: float = 0.0  # τ: the label terms see logits + τ·log(prior) (Menon et al. 2021; τ = 1 is balanced
+    # softmax), the prior counted on the training split; the model's own logits at test time (0 = off)
     self_distill: float = 0.0  # β: scale 1 learns the zoom's detached prediction: β·τ²·KL(target ‖ scale 1) (0: off)
     self_distill_tau: float = 1.0  # τ of that term
     self_distill_target: str = "fused"  # fused: the mean of all scales' softmax (the test-time fusion) | last: the

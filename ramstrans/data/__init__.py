@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import Dataset
 
@@ -22,8 +23,8 @@ from ramstrans.data.formats.dogs import load_dogs
 from ramstrans.data.formats.folder import load_csv, load_folder
 from ramstrans.data.formats.inat import load_inat17
 from ramstrans.data.formats.nabirds import load_nabirds
-from ramstrans.data.loader import StepSampler, eval_loader, stratified_split, train_loader
-from ramstrans.data.synthetic.birds import ensure_synthetic
+from ramstrans.data.loader import StepSampler, eval_loader, sampling_weights, stratified_split, train_loader
+from ramstrans.data.synthetic.birds import ensure_synthetic, long_tailed
 from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
 from ramstrans.data.transforms import Transform
 from ramstrans.errors import UsageError
@@ -38,6 +39,7 @@ __all__ = [
     "Transform",
     "build_data",
     "split_tables",
+    "sampling_weights",
     "load_index",
     "read_image",
     "collate",
@@ -60,10 +62,20 @@ DATASETS: dict[str, Callable[[Path], DatasetIndex]] = {
 
 @dataclass
 class DataBundle:
+    """The datasets of a run's splits, and the classes of its training images (None for a generated stream)."""
+
     index: DatasetIndex
     train: Dataset
     test: Dataset
     val: Dataset | None
+    train_labels: np.ndarray | None = None  # (N,) int64
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """(K,) training images per class (the prior of logit adjustment, the shot groups of evaluation)."""
+        if self.train_labels is None:
+            return None
+        return np.bincount(self.train_labels, minlength=len(self.index.class_names))
 
 
 def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
@@ -77,7 +89,10 @@ def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
     if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
         root = ensure_synthetic(data_cfg.root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
-    return DATASETS[data_cfg.dataset](Path(root).expanduser())
+    index = DATASETS[data_cfg.dataset](Path(root).expanduser())
+    if data_cfg.dataset == "synthetic" and data_cfg.synthetic.imbalance > 1:  # a long tail of the training split only
+        index.splits["train"] = long_tailed(index.splits["train"], data_cfg.synthetic.imbalance)
+    return index
 
 
 def build_data(
@@ -96,11 +111,13 @@ def build_data(
         )
     tables = split_tables(data_cfg, index, seed)
     make = lambda table, t: ImageDataset(index.root, table, index.class_names, t, data_cfg.skip_corrupt)  # noqa
+    train = make(tables["train"], train_t)
     return DataBundle(
         index=index,
-        train=make(tables["train"], train_t),
+        train=train,
         test=make(tables["test"], test_t),
         val=make(tables["val"], test_t) if "val" in tables else None,
+        train_labels=train.labels,
     )
 
 

@@ -5,12 +5,44 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ramstrans.data.dataset import collate
 from ramstrans.errors import DataError, UsageError
 
-__all__ = ["StepSampler", "StreamSampler", "train_loader", "eval_loader", "stratified_split"]
+__all__ = [
+    "StepSampler",
+    "StreamSampler",
+    "train_loader",
+    "eval_loader",
+    "stratified_split",
+    "sampling_weights",
+    "SAMPLERS",
+]
+
+SAMPLERS = ("uniform", "class_balanced", "sqrt")
+
+
+def sampling_weights(labels: np.ndarray, sampler: str, num_classes: int) -> Tensor | None:
+    """(N,) float64 per-image probabilities of ``data.sampler`` (None for uniform: a permutation per epoch instead).
+
+    class_balanced: every class is equally likely (an image of class c: 1 / (K' n_c), K' the classes present);
+    sqrt: class c is drawn with probability ∝ √n_c (an image: √n_c / (n_c Σ_k √n_k)).
+
+    Args:
+        labels: (N,) class of every training image.
+        sampler: "uniform", "class_balanced" or "sqrt".
+        num_classes: K.
+    """
+    if sampler not in SAMPLERS:
+        raise UsageError(f"data.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler == "uniform":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    mass = np.where(counts > 0, 1.0 if sampler == "class_balanced" else np.sqrt(counts), 0.0)  # per class
+    per_image = (mass / np.maximum(counts, 1.0))[labels]
+    return torch.from_numpy(per_image / per_image.sum())
 
 
 def _sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -24,7 +56,9 @@ class StepSampler(Sampler):
     (seed, epoch)); rank r's a-th batch of step s holds positions s·G + (r·grad_accum + a)·batch_size + [0, batch_size).
     So one process with a batch of G, or grad_accum batches, or world_size processes see the same images per step.
     Starting at any batch position needs no replay, so a resumed run sees exactly the samples and augmentations it
-    would have seen (same batch size, accumulation and world size).
+    would have seen (same batch size, accumulation and world size). With ``weights`` an epoch's order is instead N
+    draws with replacement from those probabilities (``torch.multinomial``, seeded by (seed, epoch)): the same layout,
+    so sharding and exact resume hold as they do for the permutation.
 
     Args:
         num_samples: size of the data set.
@@ -34,6 +68,7 @@ class StepSampler(Sampler):
         rank: this process's rank.
         world_size: number of processes.
         grad_accum: batches per optimizer step.
+        weights: (num_samples,) probabilities of each image (``sampling_weights``); None: a permutation per epoch.
     """
 
     def __init__(
@@ -45,6 +80,7 @@ class StepSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         grad_accum: int = 1,
+        weights: Tensor | None = None,
     ) -> None:
         self.step_size = batch_size * grad_accum * world_size
         if num_samples < self.step_size:
@@ -56,6 +92,14 @@ class StepSampler(Sampler):
         self.n, self.batch, self.seed, self.start_batch = num_samples, batch_size, seed, start_batch
         self.rank, self.accum = rank, grad_accum
         self.steps_per_epoch = num_samples // self.step_size  # the incomplete tail is dropped
+        self.weights = weights
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        """(N,) image indices of ``epoch``: a permutation, or N weighted draws with replacement."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.weights is None:
+            return torch.randperm(self.n, generator=generator)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position, perm, perm_epoch = self.start_batch, torch.empty(0, dtype=torch.long), -1
@@ -63,8 +107,7 @@ class StepSampler(Sampler):
             step, a = divmod(position, self.accum)
             epoch, s = divmod(step, self.steps_per_epoch)
             if epoch != perm_epoch:
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-                perm_epoch = epoch
+                perm, perm_epoch = self.epoch_order(epoch), epoch
             base = s * self.step_size + (self.rank * self.accum + a) * self.batch
             for pos in range(base, base + self.batch):
                 yield int(perm[pos]), _sample_seed(self.seed, epoch, pos)
@@ -114,14 +157,16 @@ def train_loader(
     rank: int = 0,
     world_size: int = 1,
     grad_accum: int = 1,
+    weights: Tensor | None = None,
 ) -> DataLoader:
-    """The endless training loader starting at batch position ``start_batch`` (a generated stream is read in order)."""
+    """The endless training loader starting at batch position ``start_batch`` (a generated stream is read in order;
+    ``weights``: per-image probabilities of a class-aware sampler, see ``sampling_weights``)."""
     sampler: StreamSampler | StepSampler
     if getattr(dataset, "endless", False):
         sampler = StreamSampler(batch_size, seed, start_batch, rank, world_size, grad_accum)
     else:
         n = len(dataset)  # type: ignore[arg-type]  # a map-style data set has a length
-        sampler = StepSampler(n, batch_size, seed, start_batch, rank, world_size, grad_accum)
+        sampler = StepSampler(n, batch_size, seed, start_batch, rank, world_size, grad_accum, weights)
     return DataLoader(
         dataset,
         batch_size=batch_size,

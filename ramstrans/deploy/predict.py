@@ -50,6 +50,7 @@ def run_predict_onnx(
     providers: list[str] | None = None,
     num_workers: int = 0,
     overwrite: bool = False,
+    tta: str = "none",
 ) -> dict[str, int]:
     """Classify every image of ``paths`` with an ONNX export; returns {"images", "read", "skipped"}.
 
@@ -67,8 +68,9 @@ def run_predict_onnx(
         providers: onnxruntime execution providers (default: the CPU's).
         num_workers: decoding threads (0: one).
         overwrite: replace ``out`` if it already exists.
+        tta: "none", or "flip": the mean of each image's and its mirror's probabilities (zoomed: either view).
     """
-    check_options(topk, fmt, batch_size, zoom_threshold)
+    check_options(topk, fmt, batch_size, zoom_threshold, tta)
     files, unlistable = expand_paths(paths)
     if out:
         check_output(out, [model_path, *files], overwrite, "--out")
@@ -80,8 +82,8 @@ def run_predict_onnx(
     rows: list[dict] = []
     for chunk in _chunks(files, model.preprocess, batch_size, num_workers):
         ok = [x for x in chunk if not isinstance(x, str)]
-        pred = model.predict(np.stack(ok), scales, zoom_threshold, zoom_on) if ok else None
-        done = iter(rows_of(pred.probs, pred.zoomed, model.class_names, topk, scales == "auto") if pred else [])
+        pred = _predict(model, np.stack(ok), (scales, zoom_threshold, zoom_on), tta) if ok else None
+        done = iter(rows_of(*pred, model.class_names, topk, scales == "auto") if pred else [])
         rows += [{"status": "skipped", "error": x} if isinstance(x, str) else next(done) for x in chunk]
     for path, row in zip(files, rows):
         row["path"] = str(path)
@@ -89,6 +91,16 @@ def run_predict_onnx(
     emit(format_rows(rows, fmt, topk, scales == "auto"), out)
     skipped = sum(r["status"] == "skipped" for r in rows)
     return {"images": len(rows), "read": len(rows) - skipped, "skipped": skipped}
+
+
+def _predict(model: OnnxModel, images: np.ndarray, mode: tuple, tta: str) -> tuple[np.ndarray, np.ndarray]:
+    """(B, K) probabilities and (B,) zoomed flags of a batch, with ``mode`` = (scales, threshold, criterion); with
+    flip TTA the mean over the image and its mirror (zoomed: either view)."""
+    a = model.predict(images, *mode)
+    if tta == "none":
+        return a.probs, a.zoomed
+    b = model.predict(np.ascontiguousarray(images[..., ::-1]), *mode)
+    return (a.probs + b.probs) / 2, a.zoomed | b.zoomed
 
 
 def _scales(value: int | str) -> int | str:

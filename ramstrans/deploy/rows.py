@@ -15,8 +15,10 @@ from ramstrans.runtime.files import write_text_atomic
 __all__ = ["check_options", "rows_of", "format_rows", "emit"]
 
 
-def check_options(topk: int, fmt: str, batch_size: int, zoom_threshold: float | None) -> None:
+def check_options(topk: int, fmt: str, batch_size: int, zoom_threshold: float | None, tta: str = "none") -> None:
     """Refuse impossible options before anything is read (a typo fails at once, before a model loads)."""
+    if tta not in ("none", "flip"):
+        raise UsageError(f"--tta must be none or flip, got {tta!r}")
     if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
         raise UsageError(
             f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"

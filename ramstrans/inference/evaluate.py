@@ -20,8 +20,15 @@ from ramstrans.config import Config
 from ramstrans.data import ImageDataset, Transform, eval_loader, load_index, split_tables
 from ramstrans.errors import CheckpointError, DataError, UsageError
 from ramstrans.inference.load import load_model
-from ramstrans.inference.metrics import MetricAccumulator
-from ramstrans.inference.plots import CONFUSION_PLOT_MAX, confused_pairs, plot_confused_pairs, plot_confusion
+from ramstrans.inference.metrics import SHOT_THRESHOLDS, MetricAccumulator, shot_accuracy
+from ramstrans.inference.plots import (
+    CONFUSION_PLOT_MAX,
+    confused_pairs,
+    plot_confused_pairs,
+    plot_confusion,
+    plot_reliability,
+)
+from ramstrans.inference.tta import FlipTTA, with_tta
 from ramstrans.models import Model, ZoomCriterion
 from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup, autocast
@@ -82,12 +89,14 @@ def eval_folder(
     threshold: float = 0.0,
     zoom_on: ZoomCriterion = "maxprob",
     shift: Sequence[str] = (),
+    tta: str = "none",
 ) -> Path:
     """Where an evaluation is written by default: beside the checkpoint, one folder per split, scales, weights (and
-    shift)."""
+    shift, test-time augmentation)."""
     rule = "" if zoom_on == "maxprob" else f"_{zoom_on}"
     mode = f"auto{threshold:g}{rule}" if scales == "auto" else f"scales{scales}"
-    return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}{'_shift-' + '+'.join(shift) if shift else ''}"
+    extra = ("_shift-" + "+".join(shift) if shift else "") + ("" if tta == "none" else f"_tta-{tta}")
+    return Path(checkpoint).parent / f"eval_{split}_{mode}_{weights}{extra}"
 
 
 def _per_class_csv(state: dict[str, torch.Tensor], names: list[str]) -> str:
@@ -193,10 +202,13 @@ def run_eval(
     show_progress: bool = True,
     shift: Sequence[str] = (),
     overwrite: bool = False,
+    tta: str = "none",
+    shot_thresholds: Sequence[int] = SHOT_THRESHOLDS,
 ) -> dict[str, object]:
-    """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, localization where boxes exist, the share of
-    images zoomed; write the JSON summary, the per-class CSV and the confusion matrix PNG (<= 50 classes) or the most
-    confused class pairs (CSV and PNG, more classes).
+    """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, many / medium / few-shot accuracy (by the
+    classes' training images), the expected calibration error, localization where boxes exist, the share of images
+    zoomed; write the JSON summary, the per-class CSV, the reliability diagram and the confusion matrix PNG (<= 50
+    classes) or the most confused class pairs (CSV and PNG, more classes).
 
     Args:
         checkpoint: ramstrans checkpoint.
@@ -216,7 +228,13 @@ def run_eval(
         show_progress: a progress bar on a terminal.
         shift: named distribution shifts of the images (``data.transforms.SHIFTS``: colour, blur, contrast).
         overwrite: write into ``output_dir`` even if it holds files.
+        tta: "none" or "flip" (the mean of the image's and its mirror's probabilities).
+        shot_thresholds: (many, few): many-shot classes have more than ``many`` training images, few-shot fewer than
+            ``few``.
     """
+    many, few = shot_thresholds
+    if not 0 <= few <= many + 1:
+        raise UsageError(f"--few-shot {few} must be >= 0 and at most --many-shot {many} + 1")
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
     model: Model | OnnxPredictor
@@ -229,49 +247,44 @@ def run_eval(
         step, used = int(ckpt["step"]), weights_used(ckpt, weights)
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
-    metrics, state = _evaluate_split(
-        model, cfg, ds, dev, split, scales, zoom_threshold, zoom_on, batch_size, num_workers, show_progress
+    metrics, state = evaluate(
+        model,
+        eval_loader(ds, batch_size, num_workers),
+        device=dev,
+        num_classes=len(names),
+        amp_dtype=amp_setup(dev, cfg.train.amp)[0],
+        scales=scales,
+        zoom_threshold=zoom_threshold,
+        zoom_on=zoom_on,
+        show_progress=show_progress,
+        what=f"{split} split",
+        tta=tta,
     )
     if str(checkpoint).endswith(".onnx") and scales == "auto":  # the fused graph reruns scale 1 on a zoomed image
-        metrics["passes_per_image"] = 1.0 + metrics["zoomed_share"] * model.num_scales
+        metrics["passes_per_image"] = metrics.get("views", 1) * (1.0 + metrics["zoomed_share"] * model.num_scales)
     out = (
-        Path(output_dir) if output_dir else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift)
+        Path(output_dir)
+        if output_dir
+        else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift, tta)
     )
     out.mkdir(parents=True, exist_ok=True)
     res = _result(metrics, checkpoint, step, split, scales, used, shift, out)
+    counts = training_counts(cfg, names, data_root)
+    res["shots"] = shot_accuracy(state["count"].tolist(), state["correct"].tolist(), counts, shot_thresholds)
+    res.update(shot_thresholds=list(shot_thresholds), tta=tta, temperature=float(model.temperature))
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     _write_eval(out, res, state, names)
     return res
 
 
-def _evaluate_split(
-    model: "Model | OnnxPredictor",
-    cfg: Config,
-    ds: ImageDataset,
-    dev: torch.device,
-    split: str,
-    scales: int | str,
-    zoom_threshold: float,
-    zoom_on: ZoomCriterion,
-    batch_size: int,
-    num_workers: int,
-    show_progress: bool,
-) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """``evaluate`` on the split's dataset, under the run's mixed precision."""
-    amp_dtype, _ = amp_setup(dev, cfg.train.amp)
-    return evaluate(
-        model,
-        eval_loader(ds, batch_size, num_workers),
-        device=dev,
-        num_classes=len(ds.class_names),
-        amp_dtype=amp_dtype,
-        scales=scales,
-        zoom_threshold=zoom_threshold,
-        zoom_on=zoom_on,
-        show_progress=show_progress,
-        what=f"{split} split",
-    )
+def training_counts(cfg: Config, names: list[str], data_root: str | None) -> list[int]:
+    """(K,) training images per class of the run's training split (of the data set, or its copy at ``data_root``):
+    what the shot groups are counted on."""
+    data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
+    index = load_index(data_cfg, generate=not data_root)
+    labels = split_tables(replace(data_cfg, skip_corrupt=True), index, cfg.train.seed)["train"]["label"]
+    return np.bincount(labels.to_numpy(), minlength=len(names)).tolist()
 
 
 def _result(
@@ -302,6 +315,7 @@ def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], nam
     (CSV and PNG, more classes) into ``out``."""
     write_text_atomic(out / "summary.json", json.dumps(res, indent=1))
     write_text_atomic(out / "per_class.csv", _per_class_csv(state, names))
+    plot_reliability(state["bin_count"].numpy(), state["bin_confidence"].numpy(), state["bin_correct"].numpy(), out)
     if "confusion" in state and len(names) <= CONFUSION_PLOT_MAX:
         plot_confusion(state["confusion"].numpy(), names, out / "confusion.png")
     elif "confusion" in state:  # too many classes to draw: the pairs most often confused instead
@@ -323,6 +337,7 @@ def evaluate(
     reduce: Callable[[dict[str, Tensor]], None] | None = None,
     show_progress: bool = False,
     what: str = "evaluated split",
+    tta: str = "none",
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
     """Accuracy of ``RAMSTrans.predict`` (single scale by default, the fusion of the first ``scales`` scales, or
     "auto": adaptive zoom) and, where the batches carry boxes, the scale-1 proposal's IoU with them. A single-scale
@@ -340,6 +355,7 @@ def evaluate(
         reduce: in-place sum of the metric state across processes (distributed evaluation).
         show_progress: a tqdm bar when stderr is a terminal.
         what: how to name the data in an error (e.g. "test split").
+        tta: "none" or "flip" (the mean of the image's and its mirror's probabilities; each view's passes count).
 
     Returns:
         (metrics, state): {"images", "top1", "top5", "mean_class_acc", ["loc_miou", "loc_iou50"], "skipped",
@@ -349,11 +365,12 @@ def evaluate(
     Raises:
         DataError: no image could be read.
     """
+    predictor, views = with_tta(model, tta)
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
     bar = tqdm(loader, disable=not (show_progress and sys.stderr.isatty()), dynamic_ncols=True, unit="batch")
-    skipped, zoomed, heads = _accumulate(model, bar, acc, device, amp_dtype, scales, zoom_threshold, zoom_on)
+    skipped, zoomed, heads = _accumulate(predictor, bar, acc, device, amp_dtype, scales, zoom_threshold, zoom_on)
     acc.state["skipped"] = torch.tensor(float(skipped), dtype=torch.float64)
     acc.state["zoomed"] = torch.as_tensor(zoomed, dtype=torch.float64).cpu().reshape(())
     for h, n in heads.items():
@@ -362,11 +379,11 @@ def evaluate(
         reduce(acc.state)
     model.train(was_training)
     deepest = model.num_scales if scales == "auto" else int(scales)
-    return _summary(acc, list(heads), deepest, what), acc.state
+    return _summary(acc, list(heads), deepest, what, views), acc.state
 
 
 def _accumulate(
-    model: "Model | OnnxPredictor",
+    model: "Model | OnnxPredictor | FlipTTA",
     batches: Iterable[dict],
     acc: MetricAccumulator,
     device: torch.device,
@@ -396,15 +413,17 @@ def _accumulate(
     return skipped, zoomed, heads
 
 
-def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str) -> dict[str, float]:
-    """The metrics of the (reduced) state: accuracy, localization, unreadable images, the zoomed share and the
-    backbone passes per image, and each head's top-1 with a distillation token."""
+def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str, views: int = 1) -> dict[str, float]:
+    """The metrics of the (reduced) state: accuracy, calibration, localization, unreadable images, the zoomed share
+    (of the views) and the backbone passes per image (all views), and each head's top-1 with a distillation token."""
     result = acc.summary()
     result["skipped"] = int(acc.state["skipped"].item())
     if result["images"] == 0:
         raise DataError(f"every image of the {what} was unreadable ({result['skipped']} skipped): nothing to evaluate")
-    result["zoomed_share"] = acc.state["zoomed"].item() / result["images"]
+    result["zoomed_share"] = acc.state["zoomed"].item() / (result["images"] * views)
     for h in heads:
         result[f"top1_{h}"] = 100.0 * acc.state[f"correct_{h}"].item() / result["images"]
-    result["passes_per_image"] = 1.0 + result["zoomed_share"] * (deepest - 1)  # backbone passes
+    result["passes_per_image"] = views * (1.0 + result["zoomed_share"] * (deepest - 1))  # backbone passes
+    if views > 1:
+        result["views"] = views
     return result

@@ -18,6 +18,7 @@ from ramstrans.checkpoint import checkpoint_file, find_checkpoint, load_checkpoi
 from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
 from ramstrans.errors import CheckpointError
+from ramstrans.inference.calibration import read_temperature
 from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, ViTBackbone, model_from_checkpoint, weights_used
 
 __all__ = ["LoadedModel", "load_model", "eval_transform", "model_from_export", "EXPORT_INFO", "ZOOM_TOKENS"]
@@ -99,6 +100,7 @@ def load_model(
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {file}", gate=gate)
+    model.temperature = read_temperature(file, int(ckpt["step"]), weights_used(ckpt, weights))
     model.eval()
     return LoadedModel(model, names, eval_transform(cfg, model, shift), cfg, ckpt, weights_used(ckpt, weights), file)
 

@@ -22,6 +22,7 @@ __all__ = [
     "contact_sheet",
     "plot_curves",
     "plot_confusion",
+    "plot_reliability",
     "confused_pairs",
     "plot_confused_pairs",
     "plot_zoom_sweep",
@@ -189,6 +190,29 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], png: Path) -> None:
     fig.colorbar(im)
     fig.tight_layout()
     _save_png(fig, png)
+
+
+def plot_reliability(count: np.ndarray, confidence: np.ndarray, correct: np.ndarray, out: Path) -> None:
+    """``reliability.png`` in ``out``: per equal-width confidence bin, the accuracy (bars) against the mean top-1
+    confidence (dots) and the diagonal of perfect calibration; the bars' labels are the bins' images."""
+    bins = len(count)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    filled = count > 0
+    acc, conf = np.zeros(bins), np.zeros(bins)
+    acc[filled], conf[filled] = correct[filled] / count[filled], confidence[filled] / count[filled]
+    ece = float(np.abs(correct - confidence).sum() / max(count.sum(), 1))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    ax.bar(edges[:-1], acc, width=1.0 / bins, align="edge", edgecolor="black", color="#6a9fd4", label="accuracy")
+    ax.plot(((edges[:-1] + edges[1:]) / 2)[filled], conf[filled], "o", color="#d46a6a", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    for x, n, a in zip(edges[:-1], count, acc):
+        if n:
+            ax.text(x + 0.5 / bins, a + 0.01, str(int(n)), ha="center", fontsize=5)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="top-1 confidence", ylabel="accuracy", title=f"ECE {ece:.4f}")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    _save_png(fig, out / "reliability.png")
 
 
 def confused_pairs(confusion: np.ndarray, top: int = 20) -> list[tuple[int, int, int, float]]:

@@ -20,6 +20,7 @@ from ramstrans.deploy.rows import check_options, emit, format_rows, rows_of
 from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import parse_scales, resolve_threshold
 from ramstrans.inference.load import load_model
+from ramstrans.inference.tta import with_tta
 from ramstrans.models import Model, RAMSTrans, ZoomCriterion
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.dist import resolve_device
@@ -66,8 +67,10 @@ def _classify(
     visualize: str | None,
 ) -> list[dict]:
     """One row per file, in order: its top-k classes (and whether it was zoomed), or why it could not be read;
-    ``where`` = (device, autocast dtype), ``mode`` = (scales, zoom threshold, zoom criterion)."""
-    (dev, amp_dtype), (scales, threshold, zoom_on) = where, mode
+    ``where`` = (device, autocast dtype), ``mode`` = (scales, zoom threshold, zoom criterion, test-time
+    augmentation)."""
+    (dev, amp_dtype), (scales, threshold, zoom_on, tta) = where, mode
+    predictor = with_tta(model, tta)[0]
     rows: list[dict] = [{} for _ in files]
     drawn = 0
     for batch in batches:
@@ -77,7 +80,7 @@ def _classify(
             continue
         x = batch["image"].to(dev)
         with autocast(dev, amp_dtype):
-            pred = model.predict(x, scales, threshold, zoom_on, boxes=False)
+            pred = predictor.predict(x, scales, threshold, zoom_on, boxes=False)
         for i, row in zip(
             batch["index"],
             rows_of(pred.probs.float().cpu().numpy(), pred.zoomed.cpu().numpy(), names, topk, scales == "auto"),
@@ -112,6 +115,7 @@ def run_predict(
     visualize: str | None = None,
     show_progress: bool = True,
     overwrite: bool = False,
+    tta: str = "none",
 ) -> dict[str, int]:
     """Classify every image of ``paths``; returns {"images", "read", "skipped"}.
 
@@ -132,8 +136,9 @@ def run_predict(
         visualize: also draw the zoom panel of every read image into this folder.
         show_progress: a progress bar on a terminal.
         overwrite: replace ``out`` (and fill ``visualize``) if it already exists.
+        tta: "none", or "flip": the mean of each image's and its mirror's probabilities (zoomed: either view).
     """
-    check_options(topk, fmt, batch_size, zoom_threshold)
+    check_options(topk, fmt, batch_size, zoom_threshold, tta)
     files, unlistable = expand_paths(paths)
     inputs: list[str | Path] = [model_path, *files]
     if out:
@@ -150,7 +155,8 @@ def run_predict(
     model.to(dev)
     amp_dtype = amp_setup(dev, loaded.config.train.amp if loaded.config is not None else True)[0]  # the run's
     batches = _batches(files, transform, batch_size, num_workers, show_progress)
-    rows = _classify(model, names, batches, files, (dev, amp_dtype), (scales, zoom_threshold, zoom_on), topk, visualize)
+    mode = (scales, zoom_threshold, zoom_on, tta)
+    rows = _classify(model, names, batches, files, (dev, amp_dtype), mode, topk, visualize)
     rows += [{"path": str(folder), "status": "skipped", "error": reason} for folder, reason in unlistable]
     emit(format_rows(rows, fmt, topk, scales == "auto"), out)
     skipped = sum(r["status"] == "skipped" for r in rows)

@@ -35,6 +35,7 @@ class Classifier(nn.Module):
     num_scales = 1
     eval_head = "cls"
     zoom_gate = None  # nothing to zoom
+    temperature = 1.0  # its test-time logits are divided by it (eval --calibrate fits it)
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class Classifier(nn.Module):
         """Test-time probabilities (one scale; "auto" is the same; no boxes)."""
         if scales not in (1, "auto"):
             raise UsageError(f"a classifier has 1 scale; cannot fuse {scales}")
-        probs = self(x).float().softmax(-1)
+        probs = (self(x).float() / self.temperature).softmax(-1)
         return Prediction(
             probs=probs, boxes=None, zoomed=torch.zeros_like(probs[:, 0], dtype=torch.bool), scale_probs=[probs]
         )

@@ -139,6 +139,7 @@ class RAMSTrans(nn.Module):
         self.residual = float(residual)
         self.rollout_rows: RolloutRows = rollout_rows
         self.zoom_gate: ZoomGate | None = None  # fitted after training (``fit_zoom_gate``) for zoom_on="gate"
+        self.temperature = 1.0  # every scale's test-time logits are divided by it (eval --calibrate fits it)
         if pretrained:
             load_pretrained(self.backbone, pretrained, download_timeout_s)
 
@@ -255,7 +256,7 @@ class RAMSTrans(nn.Module):
         captured = boxes or num_scales > 1
         feats = bb.forward_features(x, scale=0, capture="all" if captured else "none")
         box = self._propose_boxes(feats)[3] if captured else None
-        first = head_probs(*bb.forward_heads(feats.tokens))
+        first = head_probs(*bb.forward_heads(feats.tokens), self.temperature)
         main = self.eval_head if bb.has_dist_token else "cls"
         zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
         if adaptive:
@@ -265,7 +266,7 @@ class RAMSTrans(nn.Module):
         if num_scales > 1 and (idx is None or idx.numel() > 0):
             assert box is not None  # captured: num_scales > 1
             self._zoom_scales(x if idx is None else x[idx], box if idx is None else box[idx], num_scales, sub)
-        zooms = [head_probs(c, d) for c, d in zip(sub.logits, sub.dist_per_scale())]
+        zooms = [head_probs(c, d, self.temperature) for c, d in zip(sub.logits, sub.dist_per_scale())]
         return assemble_prediction(first, zooms, idx, main, box if boxes else None, zoomed, bb.has_dist_token)
 
     def zoom_score(self, pooled: Tensor, probs: Tensor, zoom_on: ZoomCriterion) -> Tensor:

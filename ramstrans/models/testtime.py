@@ -27,11 +27,13 @@ def check_zoom_on(zoom_on: ZoomCriterion, adaptive: bool, has_gate: bool) -> Non
         )
 
 
-def head_probs(cls: Tensor, dist: Tensor | None) -> dict[str, Tensor]:
-    """Softmax probabilities per head: {"cls"} without a distillation token, else {"mean", "cls", "dist"}."""
+def head_probs(cls: Tensor, dist: Tensor | None, temperature: float = 1.0) -> dict[str, Tensor]:
+    """Softmax probabilities per head of (B, K) logits divided by ``temperature`` (1: untouched): {"cls"} without a
+    distillation token, else {"mean", "cls", "dist"}."""
+    scaled = (lambda z: z.float()) if temperature == 1.0 else (lambda z: z.float() / temperature)  # noqa: E731
     if dist is None:
-        return {"cls": cls.float().softmax(-1)}
-    return {h: select_head(cls, dist, h).float().softmax(-1) for h in HEADS}
+        return {"cls": scaled(cls).softmax(-1)}
+    return {h: scaled(select_head(cls, dist, h)).softmax(-1) for h in HEADS}
 
 
 def assemble_prediction(

@@ -5,6 +5,7 @@ engine."""
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -188,6 +189,7 @@ def build_criterion(
     teacher: nn.Module | None = None,
     head: Head = "mean",
     ema: RAMSTrans | None = None,
+    class_counts: np.ndarray | None = None,
 ) -> nn.Module:
     """The only place that maps ``cfg.loss`` (and ``cfg.distill`` with its built teacher) to a criterion.
 
@@ -198,6 +200,7 @@ def build_criterion(
         teacher: the built frozen teacher, or None.
         head: the model's test-time head (``model.eval_head``): self-distillation fuses its logits.
         ema: the EMA model, needed by ``loss.self_distill_source: ema``.
+        class_counts: (K,) training images per class, the prior of ``loss.logit_adjust``.
 
     Raises:
         ValueError: ``loss.scale_weights`` does not have one entry per scale, or self-distillation from an EMA that
@@ -207,7 +210,19 @@ def build_criterion(
         raise UsageError(
             f"loss.scale_weights has {len(loss_cfg.scale_weights)} entries but model.num_scales is {num_scales}"
         )
-    base = MultiScaleLoss(weights=loss_cfg.scale_weights, label_smoothing=loss_cfg.label_smoothing)
+    prior = None
+    if loss_cfg.logit_adjust > 0:
+        if class_counts is None or (class_counts == 0).any():
+            raise UsageError(
+                "loss.logit_adjust needs a training split with images of every class (its prior is counted there)"
+            )
+        prior = torch.from_numpy(class_counts / class_counts.sum())
+    base = MultiScaleLoss(
+        weights=loss_cfg.scale_weights,
+        label_smoothing=loss_cfg.label_smoothing,
+        prior=prior,
+        logit_adjust=loss_cfg.logit_adjust,
+    )
     if loss_cfg.self_distill > 0:
         if loss_cfg.self_distill_source == "ema" and ema is None:
             raise UsageError("loss.self_distill_source ema needs train.ema_decay > 0")

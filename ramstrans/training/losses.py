@@ -18,27 +18,46 @@ class MultiScaleLoss(nn.Module):
     """Sum over scales of weight_s * CE(logits_s, target_s).
 
     Hard targets are (B,) class indices (label smoothing applied here); soft targets are (B, K) rows summing to 1
-    (from mixing, which has applied any smoothing already, so it is not applied twice).
+    (from mixing, which has applied any smoothing already, so it is not applied twice). With logit adjustment (Menon
+    et al., ICLR 2021) every label term sees logits + τ·log(prior): the model learns the balanced posterior, and its
+    own logits are used at test time. Teachers' terms (``ramstrans.distill``) compare plain logits; their label terms
+    go through ``ce`` and are adjusted too.
 
     Args:
         weights: per-scale weights (λ for the zoomed scales); length = number of scales.
         label_smoothing: smoothing for hard targets.
+        prior: (K,) class frequencies of the training split (for ``logit_adjust``).
+        logit_adjust: τ >= 0 (0: off, bit-identical to no adjustment).
     """
 
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0), label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        weights: Sequence[float] = (1.0, 1.0),
+        label_smoothing: float = 0.0,
+        prior: Tensor | None = None,
+        logit_adjust: float = 0.0,
+    ) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
             raise UsageError(f"loss weights must be a non-empty list of non-negative numbers, got {list(weights)}")
         if not 0.0 <= label_smoothing < 1.0:
             raise UsageError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= logit_adjust < float("inf") or (logit_adjust > 0 and (prior is None or not (prior > 0).all())):
+            raise UsageError(f"logit_adjust must be finite and >= 0 with a positive prior, got {logit_adjust}")
         self.weights = tuple(float(w) for w in weights)
         self.label_smoothing = float(label_smoothing)
+        # (K,) τ·log(prior), added to the logits of every label term; not part of any checkpoint (recounted on resume)
+        offset = logit_adjust * prior.double().log() if prior is not None and logit_adjust > 0 else None
+        self.register_buffer("offset", None if offset is None else offset.float(), persistent=False)
+        self.offset: Tensor | None
 
     def ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        """CE of (B, K) logits against (B,) indices (smoothed) or (B, K) soft targets, in float32."""
+        """CE of (B, K) logits (adjusted by the prior when configured) against (B,) indices (smoothed) or (B, K) soft
+        targets, in float32."""
+        logits = logits.float() if self.offset is None else logits.float() + self.offset
         if target.dim() == 2:
-            return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-        return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+            return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def forward(self, inputs: Tensor, output: MultiScaleOutput, targets: Targets) -> dict[str, Tensor]:
         """Weighted per-scale terms.

@@ -104,6 +104,7 @@ class RunMonitor:
             "rng": rng_state(),
             "config": asdict(self.cfg),
             "class_names": list(r.data.index.class_names),
+            "class_counts": None if r.data.class_counts is None else r.data.class_counts.tolist(),  # training images
             "best_val": self.best if self.best["top1"] >= 0 else None,
             "teacher": r.teacher_source,
         }

@@ -18,7 +18,7 @@ import torch
 
 from ramstrans.checkpoint import LATEST, find_checkpoint, load_checkpoint
 from ramstrans.config import DEFAULT_CONFIG, Config, ConfigError, config_diff, load_config, save_config
-from ramstrans.data import build_data, eval_loader, load_index, train_loader
+from ramstrans.data import build_data, eval_loader, load_index, sampling_weights, train_loader
 from ramstrans.errors import UsageError
 from ramstrans.inference.evaluate import evaluate
 from ramstrans.inference.plots import plot_curves
@@ -228,6 +228,7 @@ def _run_steps(
 ) -> dict[str, float]:
     """The engine on the run's built objects, from ``r.start`` to ``train.steps``."""
     t = cfg.train
+    counts = r.data.class_counts
     criterion = build_criterion(
         cfg.loss,
         cfg.model.num_scales,
@@ -235,7 +236,10 @@ def _run_steps(
         r.teacher,
         head=cast(Head, cfg.model.eval_head),
         ema=r.ema.module if r.ema is not None else None,
-    )
+        class_counts=counts,
+    ).to(device)
+    labels = r.data.train_labels
+    weights = None if labels is None else sampling_weights(labels, cfg.data.sampler, len(r.data.index.class_names))
     loader = train_loader(
         r.data.train,
         t.batch_size,
@@ -245,6 +249,7 @@ def _run_steps(
         info.rank,
         info.world_size,
         t.grad_accum,
+        weights,
     )
     plan = LoopPlan(
         start_step=r.start,

@@ -82,6 +82,13 @@ def _nan_weights(state):
     state["model"]["backbone.vit.head.weight"].fill_(float("nan"))
 
 
+def _with_temperature(ctx, value):
+    """``eval`` of a copy of the trained checkpoint with a stored temperature of ``value`` beside it."""
+    path = _ckpt(ctx, lambda state: None)
+    Path(path + ".temperature.json").write_text(json.dumps({"temperature": value, "step": 3, "weights": "raw"}))
+    return ["eval", "--checkpoint", path, "--workers", "0", "--no-progress", "--output", str(ctx["tmp"] / "ev")]
+
+
 def _resume(ctx, *sets):
     return ["train", "--no-progress", "--resume", str(ctx["run"] / "checkpoint.pth")] + _sets(*sets)
 
@@ -309,6 +316,18 @@ CASES = [
         2,
         ["model.attn_window", "classifier cannot take it"],
     ),
+    # issue 27: long-tail settings out of range, calibration on test, a stored temperature that is no temperature
+    ("unknown_sampler", lambda c: _train_on("", "data.sampler=oversample"), 2, ["data.sampler", "class_balanced"]),
+    ("negative_tau", lambda c: _train_on("", "loss.logit_adjust=-1"), 2, ["loss.logit_adjust", ">= 0"]),
+    ("imbalance_below_1", lambda c: _train_on("", "data.synthetic.imbalance=0.5"), 2, ["imbalance", ">= 1"]),
+    (
+        "calibrate_on_test",
+        lambda c: ["eval", "--checkpoint", str(c["run"]), "--calibrate", "--workers", "0", "--no-progress"],
+        2,
+        ["--calibrate", "validation only", "'test'"],
+    ),
+    ("temperature_zero", lambda c: _with_temperature(c, 0.0), 2, ["temperature 0.0", "finite number > 0"]),
+    ("temperature_nan", lambda c: _with_temperature(c, "NaN"), 2, ["temperature nan", "finite number > 0"]),
     # issue 26: a saliency the backbone cannot give, a family timm does not know
     (
         "rollout_on_a_cnn",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from ramstrans.errors import DataError, UsageError
 from ramstrans.runtime.files import FileLock, full_disk_error, is_full_disk, umask_mode
@@ -293,6 +294,21 @@ def write_cub_layout(
     ):
         (out_dir / name).write_text("\n".join(rows) + "\n")
     return out_dir
+
+
+def long_tail_counts(num_classes: int, largest: int, ratio: float) -> np.ndarray:
+    """(K,) images per class of an exponential profile: class c keeps round(largest · ratio^(−c / (K − 1))), at least 1
+    (class 0 keeps ``largest``, the last class ``largest / ratio``)."""
+    decay = np.arange(num_classes) / max(num_classes - 1, 1)
+    return np.maximum(1, np.floor(largest * float(ratio) ** -decay + 0.5)).astype(np.int64)
+
+
+def long_tailed(table: pd.DataFrame, ratio: float) -> pd.DataFrame:
+    """The first ``long_tail_counts`` images of every class of a balanced split, in the table's order (the generator
+    draws every image independently, so the first ones are a random subset)."""
+    counts = long_tail_counts(int(table["label"].max()) + 1, int(table["label"].value_counts().max()), ratio)
+    rank = table.groupby("label").cumcount().to_numpy()
+    return table[rank < counts[table["label"].to_numpy()]].reset_index(drop=True)
 
 
 def default_cache_dir() -> Path:
