@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ramstrans.models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 
-__all__ = ["bench_latency", "bench_proposal", "bench_config_latency"]
+__all__ = ["bench_latency", "bench_proposal", "bench_config_latency", "official_per_sample"]
 
 
 def _times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
@@ -185,9 +185,7 @@ def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeat
         )
 
 
-def _official_per_sample(
-    attentions: list[torch.Tensor], images: torch.Tensor, alpha: float, patch: int
-) -> torch.Tensor:
+def official_per_sample(attentions: list[torch.Tensor], images: torch.Tensor, alpha: float, patch: int) -> torch.Tensor:
     """Per sample: the N x N rollout chain, mean-row saliency, threshold, a component search, the largest area's box,
     a resize of the crop (the structure of the official code, written here for the comparison)."""
     from scipy import ndimage
@@ -198,11 +196,11 @@ def _official_per_sample(
     for b in range(B):
         joint = None
         for a in attentions:
-            aug = a[b] + torch.eye(N)
+            aug = a[b] + torch.eye(N, device=a.device)
             aug = aug / aug.sum(-1, keepdim=True)
             joint = aug if joint is None else aug @ joint
         sal = joint[:, 1:].mean(0)
-        mask = (sal > alpha * sal.mean()).reshape(g, g).numpy()
+        mask = (sal > alpha * sal.mean()).reshape(g, g).cpu().numpy()  # the host round trip of the official code
         labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
         if n == 0:
             out.append(images[b : b + 1])
@@ -262,7 +260,7 @@ def bench_proposal(
         {
             "device": device_path,
             "scipy_batched": scipy_path,
-            "official_per_sample": lambda: _official_per_sample(attentions, images, alpha, patch),
+            "official_per_sample": lambda: official_per_sample(attentions, images, alpha, patch),
         },
         repeats,
     )

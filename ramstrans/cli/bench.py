@@ -142,13 +142,13 @@ def _run_zoom(a: argparse.Namespace) -> dict | None:
 def _run_transmix(a: argparse.Namespace) -> dict | None:
     from ramstrans.bench.transmix import bench_transmix
 
-    return bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    return bench_transmix(a.backbone, a.img_size, a.batch, a.repeats, a.device or "cpu", a.depth)
 
 
 def _run_core(a: argparse.Namespace) -> dict | None:
     from ramstrans.bench.core import bench_core
 
-    return bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device, a.depth)
+    return bench_core(a.backbone, a.img_size, a.batch, a.repeats, a.device or "cpu", a.depth)
 
 
 def _run_quantize(a: argparse.Namespace) -> dict | None:
@@ -179,6 +179,22 @@ def _run_longtail(a: argparse.Namespace) -> dict | None:
     return {"summary": r["summary"]}
 
 
+def _run_gpu(a: argparse.Namespace) -> dict | None:
+    import torch
+
+    from ramstrans.bench.gpu import bench_gpu
+
+    device = a.device or "cuda"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("bench gpu: no CUDA device here; run it where one is, or try it with --device cpu --tiny")
+    if a.budget_s <= 0:
+        raise UsageError(f"bench gpu --budget-s must be > 0, got {a.budget_s:g}")
+    out = a.out or "runs/bench_gpu/result.json"
+    r = bench_gpu(device, a.budget_s, out, a.tiny, a.train_check)
+    print(f"bench gpu: {len(r['rows'])} rows written to {out}")
+    return None
+
+
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
@@ -194,6 +210,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "quantize": _run_quantize,
     "backbones": _run_backbones,
     "longtail": _run_longtail,
+    "gpu": _run_gpu,
 }
 
 
@@ -243,7 +260,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "(self-distillation, a student of the fused teacher, the zoom gate) against cost, by --stage; "
         "quantize: the top-1 each ONNX precision costs, per checkpoint of --checkpoints; backbones: RAMS-Trans on a "
         "ViT, a register ViT and a ResNet (activation saliency) over seeds (validation); longtail: the long-tail "
-        "remedies (samplers, logit adjustment) on a long-tailed demo over seeds and --ratios",
+        "remedies (samplers, logit adjustment) on a long-tailed demo over seeds and --ratios; gpu: one prepared GPU "
+        "benchmark (train and inference throughput, syncs, compile, proposal, loader, onnxruntime CUDA) within "
+        "--budget-s",
     )
     _speed_arguments(b)
     _run_arguments(b)
@@ -257,7 +276,7 @@ def _speed_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--img-size", type=int, default=448)
     b.add_argument("--batch", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", help="core, transmix: cpu (default) or cuda; gpu: cuda (default) or cpu")
     b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
     b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
     b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
@@ -294,6 +313,9 @@ def _run_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", help="latency: the two-scale checkpoint to time")
     b.add_argument("--checkpoints", help="quantize: comma-separated checkpoints or run folders (NAME_seedN groups)")
     b.add_argument("--calibration-images", type=int, default=256, help="quantize: int8 calibration images")
+    b.add_argument("--budget-s", type=float, default=420.0, help="gpu: no new row starts after this many seconds")
+    b.add_argument("--tiny", action="store_true", help="gpu: a 2-block ViT at 64 px (the CPU check the tests run)")
+    b.add_argument("--train-check", action="store_true", help="gpu: also train, resume and evaluate a short run")
     b.add_argument("--ratios", default="10,50", help="longtail: imbalance ratios r (data.synthetic.imbalance)")
     b.add_argument(
         "--methods",

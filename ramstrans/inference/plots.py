@@ -67,6 +67,7 @@ def save_panel(
     zoom: np.ndarray,
     top3: list[list[tuple[str, float]]],
     title: str = "",
+    saliency: str = "rollout",
 ) -> None:
     """One PNG: input with the box, rollout overlay, mask with the kept component, zoomed crop, top-3 per scale.
 
@@ -80,6 +81,7 @@ def save_panel(
         zoom: (H, W, 3) uint8 zoomed crop (scale 2 input).
         top3: per scale, [(class name, probability)] * 3.
         title: figure title (e.g. file name and true class).
+        saliency: the model's saliency (``model.saliency``), named in the map's title.
     """
     fig = Figure(figsize=(16, 3.6))
     axes = fig.subplots(1, 5)
@@ -88,7 +90,7 @@ def save_panel(
     axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
     axes[0].set_title("input + zoom box")
     axes[1].imshow(heatmap_overlay(image, rollout))
-    axes[1].set_title("attention rollout")
+    axes[1].set_title(SALIENCY_NAMES[saliency])
     axes[2].imshow(_mask_picture(mask, component, image.shape[:2]), cmap="gray", vmin=0, vmax=255)
     axes[2].set_title("mask: grey > α·mean, white: kept component", fontsize=9)
     axes[3].imshow(zoom)
@@ -105,10 +107,19 @@ def save_panel(
     _save_png(fig, path)
 
 
-CONTACT_LEGEND = (
-    "green box: the zoom (what scale 2 sees); colours: attention rollout",
-    "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong",
-)
+SALIENCY_NAMES = {
+    "rollout": "attention rollout",
+    "attn_pool": "attention pool's query",
+    "activation": "activation (SCDA)",
+}
+
+
+def contact_legend(saliency: str) -> tuple[str, str]:
+    """The contact sheet's legend lines for a model of ``saliency``."""
+    return (
+        f"green box: the zoom (what scale 2 sees); colours: {SALIENCY_NAMES[saliency]}",
+        "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong",
+    )
 
 
 def _text(cell: np.ndarray, lines: Sequence[str], colours: Sequence[tuple[int, int, int]], width: int) -> None:
@@ -117,7 +128,11 @@ def _text(cell: np.ndarray, lines: Sequence[str], colours: Sequence[tuple[int, i
 
 
 def contact_sheet(
-    tiles: list[tuple[np.ndarray, list[str], list[bool]]], path: Path, cols: int = 4, tile: int = 224
+    tiles: list[tuple[np.ndarray, list[str], list[bool]]],
+    path: Path,
+    cols: int = 4,
+    tile: int = 224,
+    saliency: str = "rollout",
 ) -> None:
     """Tile (H, W, 3) uint8 images into one PNG, each under its caption lines on a dark band of its own (so no
     caption hides the picture; a line in green when its prediction is right or the truth unknown, red when wrong; the
@@ -128,10 +143,12 @@ def contact_sheet(
         path: the PNG to write.
         cols: tiles per row.
         tile: side of a tile's picture in pixels.
+        saliency: the model's saliency (``model.saliency``), named in the legend.
     """
+    legend_lines = contact_legend(saliency)
     rows = (len(tiles) + cols - 1) // cols
     band = 14 * max(len(lines) for _, lines, _ in tiles) + 4
-    legend = 14 * len(CONTACT_LEGEND) + 6
+    legend = 14 * len(legend_lines) + 6
     sheet = np.full((rows * (band + tile) + legend, cols * tile, 3), 255, np.uint8)
     for i, (img, lines, right) in enumerate(tiles):
         r, c = divmod(i, cols)
@@ -142,7 +159,7 @@ def contact_sheet(
         ]
         _text(cell, lines, colours, 34)
         sheet[r * (band + tile) : (r + 1) * (band + tile), c * tile : (c + 1) * tile] = cell
-    _text(sheet[-legend:], CONTACT_LEGEND, [(0, 0, 0)] * len(CONTACT_LEGEND), 200)
+    _text(sheet[-legend:], legend_lines, [(0, 0, 0)] * len(legend_lines), 200)
     png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
     atomic_write(path, lambda tmp: None if Path(tmp).write_bytes(png) is None else None)
 

@@ -30,14 +30,15 @@ def scale_outputs(
     model: RAMSTrans, loader: Iterable[dict], device: torch.device, amp_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, ...]:
     """Per image, on the CPU: scale 1's (N, D) pooled features and (N, K) probabilities, the (N, K) fused
-    probabilities of all scales (exactly ``predict``'s) and the (N,) labels. The model is in eval mode."""
+    probabilities of all scales (exactly ``predict``'s, divided by a fitted temperature as it does) and the (N,) labels.
+    The model is in eval mode."""
     pooled, first, fused, labels = [], [], [], []
     for batch in loader:
         if "image" not in batch:
             continue
         with autocast(device, amp_dtype):
             out = model.forward_multiscale(batch["image"].to(device))
-            probs = [z.float().softmax(-1) for z in model.head_logits(out)]
+            probs = [(z.float() / model.temperature).softmax(-1) for z in model.head_logits(out)]  # predict's
         pooled.append(out.features[0].float().cpu())
         first.append(probs[0].cpu())
         fused.append(fuse_probs(probs).cpu())

@@ -72,7 +72,7 @@ def run_visualize(
         check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
     out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
     written, tiles = _draw_all(model, dev, transform, names, out, paths, titles, truths)
-    contact_sheet(tiles, out / "contact_sheet.png")
+    contact_sheet(tiles, out / "contact_sheet.png", saliency=model.backbone.saliency)
     return written + [out / "contact_sheet.png"]
 
 
@@ -213,6 +213,7 @@ def draw_panels(
             denormalize(zoom[i].cpu().numpy(), mean, std),
             top3,
             titles[i] if titles else Path(path).name,
+            model.backbone.saliency,
         )
         written.append(file)
         over = heatmap_overlay(img, prop.rollout[i].cpu().numpy(), 0.35)

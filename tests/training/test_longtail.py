@@ -191,3 +191,35 @@ def test_long_tailed_training_with_both_remedies_and_the_eval_reports(tmp_path, 
     assert main(["eval", "--checkpoint", str(out), "--tta", "flip", "--workers", "0", "--no-progress"]) == 0
     r = eval_summary(capsys)
     assert r["tta"] == "flip" and r["passes_per_image"] == 2.0 and r["temperature"] == stored["temperature"]
+
+
+def test_the_sweep_reads_the_same_calibrated_probabilities_as_predict():
+    from ramstrans.inference.sweep import scale_outputs
+
+    torch.manual_seed(3)
+    model = tiny_model().eval()
+    model.temperature = 2.5
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        _, first, fused, _ = scale_outputs(model, [{"image": x, "label": torch.zeros(4)}], torch.device("cpu"), None)
+        single, both = model.predict(x, 1), model.predict(x, 2)
+        plain = model(x).softmax(-1)
+    torch.testing.assert_close(first, single.probs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fused, both.probs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(single.probs, (model(x) / 2.5).softmax(-1), atol=1e-6, rtol=0)
+    assert not torch.allclose(single.probs, plain, atol=1e-3)
+
+
+def test_logit_adjustment_reaches_the_label_term_of_distillation():
+    from ramstrans.distill.loss import DistillationLoss
+
+    torch.manual_seed(4)
+    prior = torch.tensor([0.6, 0.3, 0.1])
+    logits, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 2])
+    out = MultiScaleOutput(logits=[logits], boxes=[], rollout=[], cls_attention=[])
+    base = MultiScaleLoss(weights=(1.0,), prior=prior, logit_adjust=1.0)
+    crit = DistillationLoss(base=base, teacher=lambda x: teacher, alpha=0.5, tau=1.0)
+    terms = crit(torch.zeros(4, 3, 8, 8), out, y)
+    want = 0.5 * torch.nn.functional.cross_entropy(logits.double() + prior.double().log(), y)
+    torch.testing.assert_close(terms["ce_scale1"].double(), want, atol=1e-6, rtol=0)
