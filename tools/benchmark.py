@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: the same as `ramstrans bench {core,transmix,inat,demo} [options]` (see BENCHMARKS.md)."""
+"""Benchmarks: the same as `ramstrans bench WHAT [options]` (see BENCHMARKS.md and `ramstrans bench --help`)."""
 
 import sys
 

@@ -130,6 +130,7 @@ class OnnxModel:
         self.preprocess = Preprocess.from_meta(self.record.get("preprocess") or {}, str(self.path))
         self.num_scales = int(self.record.get("num_scales", self.meta.get("num_scales", 1)))
         self.zoom_threshold = float(self.meta["zoom_threshold"]) if "zoom_threshold" in self.meta else None
+        self.temperature = float(self.record.get("temperature", 1.0))  # fitted by eval --calibrate; 1: none
         self.config: dict[str, Any] | None = json.loads(self.meta["config"]) if "config" in self.meta else None
         self._scale1: Any = self.main if self.num_scales == 1 else None
 
@@ -189,7 +190,7 @@ class OnnxModel:
             return OnnxPrediction(probs, np.ones(B, dtype=bool), boxes)
         first = self.scale1().run(None, {"images": images})
         names = [o.name for o in self.scale1().get_outputs()]
-        probs = softmax(first[names.index("logits")])
+        probs = softmax(first[names.index("logits")] / self.temperature)
         if scales != "auto":
             return OnnxPrediction(probs, np.zeros(B, dtype=bool), None)
         confidence = first[names.index("zoom_confidence")] if zoom_on == "gate" else _confidence(probs, zoom_on)

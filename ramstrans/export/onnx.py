@@ -46,7 +46,7 @@ class _Fused(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         out = self.model.forward_multiscale(images, self.scales)
         logits = torch.stack(self.model.head_logits(out), dim=1)
-        probs = logits.float().softmax(-1)
+        probs = (logits.float() / self.model.temperature).softmax(-1)  # predict's: divided by a fitted temperature
         fused = (logits, probs.mean(1), out.boxes[0])
         if self.model.zoom_gate is None:
             return fused
@@ -65,7 +65,8 @@ class _GatedScale1(nn.Module):
         tokens = bb.forward_features(images, scale=0, capture="none").tokens
         cls, dist = bb.forward_heads(tokens)
         logits = cls if dist is None else select_head(cls, dist, self.model.eval_head)
-        return logits, self.model.zoom_score(bb.pre_logits(tokens), logits.float().softmax(-1), "gate")
+        probs = (logits.float() / self.model.temperature).softmax(-1)
+        return logits, self.model.zoom_score(bb.pre_logits(tokens), probs, "gate")
 
 
 def export_onnx(
@@ -181,6 +182,7 @@ def build_onnx(
         "precision": precision,
         "calibration": calibrated if precision == "int8" else None,
         "outputs": outputs,
+        "temperature": float(model.temperature),  # logits / temperature before every softmax (eval --calibrate)
     }
     onnx.helper.set_model_props(
         proto,

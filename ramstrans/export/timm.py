@@ -117,6 +117,7 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
             eval_head=model.eval_head,
             saliency=model.backbone.saliency,
         )
+    info["temperature"] = float(model.temperature)  # a fitted one (eval --calibrate), applied when loaded back
     scales = cast(int, info["num_scales"])
     # checked_out allows more than one scale only to RAMS-Trans; without a class token the scales share every weight
     if scales > 1 and isinstance(bb, ViTBackbone) and bb.has_class_token:

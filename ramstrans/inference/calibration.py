@@ -19,7 +19,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from ramstrans.checkpoint import checkpoint_file
-from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.errors import CheckpointError, DataError, UsageError
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["fit_temperature", "temperature_file", "read_temperature", "write_temperature", "run_calibrate"]
@@ -132,6 +132,8 @@ def run_calibrate(
                 with autocast(dev, amp_dtype):
                     logits.append(model(batch["image"].to(dev)).float())
                 labels.append(batch["label"].to(dev))
+    if not labels:
+        raise DataError(f"every image of the {split} split was unreadable: no temperature to fit")
     z, y = torch.cat(logits).cpu(), torch.cat(labels).cpu()
     t = fit_temperature(z, y)
     at_bound = not LOG_T_BOUNDS[0] + 1e-3 < math.log(t) < LOG_T_BOUNDS[1] - 1e-3

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from ramstrans.checkpoint import save_checkpoint
+from ramstrans.checkpoint import checkpoint_file, save_checkpoint
 from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
+from ramstrans.inference.calibration import temperature_file, write_temperature
 from ramstrans.inference.evaluate import _load
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
@@ -98,7 +99,17 @@ def run_fit_gate(
     gate_frontier = _frontier(1.0 - oof, first, fused, labels, model.num_scales, full)
     report = _report(checkpoint, split, l2, first, fused, labels, gate_frontier, model.num_scales)
     gate.threshold.fill_(_chosen_threshold(gate_frontier))
-    _save_with_gate(ckpt, gate, split, len(labels), l2, target)
+    _save_with_gate(ckpt, gate, split, len(labels), l2, target, model.temperature)
+    if model.temperature != 1.0:  # the gate read calibrated probabilities: the new checkpoint keeps the temperature
+        write_temperature(
+            target,
+            {
+                "temperature": model.temperature,
+                "step": int(ckpt["step"]),
+                "weights": weights_used(ckpt, weights),
+                "copied_from": str(temperature_file(checkpoint_file(Path(checkpoint)))),
+            },
+        )
     folder = target.parent / f"fit_gate_{split}_{weights_used(ckpt, weights)}"
     folder.mkdir(parents=True, exist_ok=True)
     report.update(output=str(target), report=str(folder / "gate.json"), threshold=float(gate.threshold))
@@ -136,9 +147,11 @@ def _report(
     }
 
 
-def _save_with_gate(ckpt: dict[str, Any], gate: Any, split: str, images: int, l2: float, target: Path) -> None:
-    """The checkpoint plus the fitted gate (its state, where and on how many images it was fitted, its threshold)
-    into ``target``."""
+def _save_with_gate(
+    ckpt: dict[str, Any], gate: Any, split: str, images: int, l2: float, target: Path, temperature: float
+) -> None:
+    """The checkpoint plus the fitted gate (its state, where and on how many images it was fitted, its threshold and
+    the temperature of the probabilities it read) into ``target``."""
     save_checkpoint(
         {
             **{k: v for k, v in ckpt.items() if k != "format"},
@@ -148,6 +161,7 @@ def _save_with_gate(ckpt: dict[str, Any], gate: Any, split: str, images: int, l2
                 "images": images,
                 "l2": l2,
                 "threshold": float(gate.threshold),
+                "temperature": float(temperature),
             },
         },
         target,

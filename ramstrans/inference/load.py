@@ -5,6 +5,7 @@ distillation teacher and the benchmarks all load through ``load_model``.
 """
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from ramstrans.inference.calibration import read_temperature
 from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, ViTBackbone, model_from_checkpoint, weights_used
 
 __all__ = ["LoadedModel", "load_model", "eval_transform", "model_from_export", "EXPORT_INFO", "ZOOM_TOKENS"]
+
+logger = logging.getLogger("ramstrans")
 
 EXPORT_INFO = "ramstrans.json"  # beside timm's files in an export folder: model type, zoom settings, class names
 ZOOM_TOKENS = "zoom_cls_tokens.safetensors"  # the zoom scales' class (and distillation) tokens of an export folder
@@ -101,6 +104,15 @@ def load_model(
     ckpt = load_checkpoint(file)
     model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {file}", gate=gate)
     model.temperature = read_temperature(file, int(ckpt["step"]), weights_used(ckpt, weights))
+    fitted_at = float((ckpt.get("zoom_gate") or {}).get("temperature", 1.0))
+    if gate and isinstance(model, RAMSTrans) and model.zoom_gate is not None and fitted_at != model.temperature:
+        logger.warning(
+            "the zoom gate of %s was fitted on probabilities at temperature %g, the model now applies %g: refit it "
+            "(ramstrans fit-gate) before --zoom-on gate",
+            file,
+            fitted_at,
+            model.temperature,
+        )
     model.eval()
     return LoadedModel(model, names, eval_transform(cfg, model, shift), cfg, ckpt, weights_used(ckpt, weights), file)
 
@@ -158,6 +170,7 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         )
         if scales > 1 and model.backbone.has_class_token:
             _load_zoom_tokens(model, path / ZOOM_TOKENS)
+    model.temperature = float(info.get("temperature", 1.0))
     names = list(
         info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(int(cast(Any, net).num_classes))]
     )

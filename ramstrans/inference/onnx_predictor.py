@@ -37,7 +37,7 @@ class OnnxPredictor:
         self.num_scales = self.onnx.num_scales
         self.zoom_gate = None if self.onnx.zoom_threshold is None else _GateRecord(self.onnx.zoom_threshold)
         self.precision = str(self.onnx.record.get("precision", "fp32"))
-        self.temperature = 1.0  # an export carries no fitted temperature (eval --calibrate fits one for a checkpoint)
+        self.temperature = self.onnx.temperature  # the checkpoint's fitted one, recorded at export (1: none)
         self.step = int((self.onnx.record.get("provenance") or {}).get("step", -1))
 
     def config(self) -> Config:

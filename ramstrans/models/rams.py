@@ -409,10 +409,12 @@ def _as_net(
     if isinstance(backbone, str):
         net = create_net(backbone, img_size, num_classes, **kwargs)
         size = img_size or tuple(cast(Any, net).pretrained_cfg["input_size"][1:])
-        return NetBackbone(net=net, img_size=size, num_scales=num_scales)
-    _refuse_sizing(backbone, img_size, kwargs)
+        backbone = NetBackbone(net=net, img_size=size, num_scales=num_scales)
+    else:
+        _refuse_sizing(backbone, img_size, kwargs)
     if not isinstance(backbone, NetBackbone):
         raise UsageError(f"saliency 'activation' needs a model name or a NetBackbone, got a {type(backbone).__name__}")
+    backbone.check_zoomable()
     return _checked(backbone, num_scales, num_classes)
 
 

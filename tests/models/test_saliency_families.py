@@ -4,6 +4,7 @@ through the activation saliency (SCDA's channel-summed last feature map). For ea
 the saliency against an independent float64 recomputation, a hand-built map's box, the exports, and the refusals."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -68,17 +69,22 @@ def test_eva_single_scale_is_timms_own_forward_and_the_zoom_has_its_own_class_to
         assert not torch.equal(model.backbone(x, scale=1), ref(x))
 
 
-def test_eva_captured_attention_equals_timms_unfused_attention_in_float64():
+ROPE_VIT = dict(backbone="vit_small_patch16_rope_224", img_size=64, depth=2, embed_dim=32, num_heads=2)
+
+
+@pytest.mark.parametrize("kind", ["eva02", "rope_vit"])
+def test_rotary_captured_attention_equals_timms_unfused_attention_in_float64(kind):
     # The reference is timm's own explicit path (fused_attn off) of a float64 copy: its softmax probabilities, RoPE
-    # applied by EvaAttention itself, read at the attention dropout's input.
+    # applied by EvaAttention / AttentionRope itself, read at the attention dropout's input.
     torch.manual_seed(1)
-    model = RAMSTrans(num_classes=5, **EVA).eval()
+    model = RAMSTrans(num_classes=5, **(EVA if kind == "eva02" else ROPE_VIT)).eval()
+    size = model.backbone.img_size[0]
     ref = copy.deepcopy(model).double()
     probs = []
     for blk in ref.backbone.vit.blocks:
         blk.attn.fused_attn = False
         blk.attn.attn_drop.register_forward_hook(lambda m, a, out: probs.append(a[0].mean(1)))
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         got = model.backbone.forward_features(x, capture="all").attentions
         ref.backbone.vit.forward_features(x.double())
@@ -209,8 +215,13 @@ def test_cutmix_weights_read_the_heads_attention_where_there_is_one_and_the_area
     ch, cw = bb.cell_size
     rows, cols = torch.arange(bb.grid_size[0]) * ch + 0.5, torch.arange(bb.grid_size[1]) * cw + 0.5
     inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None]  # top-left pixels in the box
-    if bb.saliency == "activation":
-        assert out.cls_attention == [] and torch.all(info.lam[0] == info.lam_area)
+    if bb.saliency == "activation":  # the area weights: of the image at scale 1, of the zoomed crop at scale 2
+        crop = out.boxes[0]
+        iw = (crop[:, 2].clamp(max=x1) - crop[:, 0].clamp(min=x0)).clamp(min=0)
+        ih = (crop[:, 3].clamp(max=y1) - crop[:, 1].clamp(min=y0)).clamp(min=0)
+        share = iw * ih / ((crop[:, 2] - crop[:, 0]) * (crop[:, 3] - crop[:, 1]))
+        assert out.cls_attention == [] and info.lam_area == (y1 - y0) * (x1 - x0) / size**2
+        torch.testing.assert_close(info.lam[1], share)
     else:
         attn = out.cls_attention[0]
         want = (attn * inside.flatten()).sum(1) / attn.sum(1)
@@ -295,3 +306,35 @@ def _config(model: RAMSTrans, size: int):
 def test_a_saliency_the_backbone_cannot_give_is_refused_in_one_sentence(kwargs, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         RAMSTrans(num_classes=5, **kwargs)
+
+
+def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
+    import onnxruntime as ort  # noqa: F401  (the deploy session needs it)
+
+    from ramstrans.deploy.session import OnnxModel
+    from ramstrans.export.onnx import write_onnx
+    from ramstrans.export.timm import _write_timm_folder
+    from ramstrans.inference.load import model_from_export
+
+    torch.manual_seed(8)
+    model, size = KINDS["convnext"]()
+    model.temperature = 2.5
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        single, fused = model.predict(x, 1), model.predict(x, 2)
+    meta = {"class_names": json.dumps(list("abcde"))}
+    for scales, want in ((1, single), (2, fused)):
+        path = write_onnx(model, tmp_path / f"t{scales}.onnx", scales, meta)
+        got = OnnxModel(path).predict(x.numpy(), scales)
+        np.testing.assert_allclose(got.probs, want.probs.numpy(), atol=1e-5, rtol=0)
+    info = {"model_type": "rams", "num_scales": 2, "class_names": list("abcde"), "provenance": _PROVENANCE}
+    _write_timm_folder(tmp_path / "tf", model, _config(model, size), info)
+    back = model_from_export(tmp_path / "tf")[0]
+    assert back.temperature == 2.5
+    with torch.no_grad():
+        torch.testing.assert_close(back.predict(x, 2).probs, fused.probs, atol=0, rtol=0)
+
+
+def test_a_distillation_token_on_an_attention_pool_is_refused():
+    with pytest.raises(UsageError, match="needs a class token read by the head"):
+        RAMSTrans(num_classes=5, saliency="attn_pool", dist_token=True, **SIGLIP)

@@ -7,17 +7,18 @@ q_norm / k_norm on the (B, heads, N, d) queries and keys just before its fused S
 stays fused and the head-mean softmax probabilities are recomputed from the same q, k under ``no_grad``: nothing extra
 is kept for backward.
 
-Three timm modules are served: a ViT block's ``Attention``, EVA's ``EvaAttention`` (which rotates the patch queries
-and keys by RoPE after q_norm / k_norm: a pre-hook keeps the call's ``rope`` argument and the capture applies timm's own
-``apply_rot_embed_cat`` as the module does), and the attention pool's ``AttentionPoolLatent`` (a latent query over every
-token; its map is the pool's attention).
+Three kinds of timm module are served: a ViT block's ``Attention``; the rotary ones, EVA's ``EvaAttention`` and
+``AttentionRope`` (the ``vit_*_rope_*`` models), which rotate the patch queries and keys by RoPE after q_norm / k_norm
+(a pre-hook keeps the call's ``rope`` argument and the capture applies timm's own ``apply_rot_embed_cat`` as the
+module does; grouped-query keys are repeated per query head as it does); and the attention pool's
+``AttentionPoolLatent`` (a latent query over every token; its map is the pool's attention).
 """
 
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from timm.layers import apply_rot_embed_cat
+from timm.layers import AttentionRope, apply_rot_embed_cat
 from timm.models.eva import EvaAttention
 from torch import Tensor, nn
 
@@ -27,6 +28,7 @@ __all__ = ["CaptureMode", "arm", "hook", "keep_rope"]
 
 # The hooked modules own one call's capture state under this attribute (None between calls).
 _TAP = "_ramstrans_tap"
+ROTARY = (EvaAttention, AttentionRope)  # attention modules that rotate q, k by the ``rope`` argument of their call
 
 
 def keep_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -58,6 +60,8 @@ def capture(module: nn.Module, args: tuple, k: Tensor) -> None:
         return
     with torch.no_grad(), torch.autocast(device_type=k.device.type, enabled=False):
         q, k = _rotated(tap.pop("q").float(), tap), _rotated(k.float(), tap)
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: query head h reads key head h // groups
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         q = q[:, :, :1] if tap["cls_only"] else q
         # (B, H, Nq, d) @ (B, H, d, N) -> head-mean probabilities (B, Nq, N), masked as the module's attention
         logits = (q @ k.transpose(-2, -1)).mul_(tap["scale"])
@@ -73,7 +77,7 @@ def hook(module: nn.Module) -> None:
     attn.fused_attn = True
     attn.q_norm.register_forward_hook(keep_queries)
     attn.k_norm.register_forward_hook(capture)
-    if isinstance(attn, EvaAttention):  # its patch queries and keys are rotated after k_norm
+    if isinstance(attn, ROTARY):  # its patch queries and keys are rotated after k_norm
         attn.register_forward_pre_hook(keep_rope, with_kwargs=True)
 
 
@@ -89,8 +93,8 @@ def arm(attns: Iterable[nn.Module], maps: list[Tensor] | None, cls_only: bool = 
                 "cls_only": cls_only,
                 "scale": attn.scale,
                 "mask": getattr(attn, "window_mask", None),
-                "num_prefix_tokens": attn.num_prefix_tokens if isinstance(attn, EvaAttention) else 0,
-                "half": bool(attn.rotate_half) if isinstance(attn, EvaAttention) else False,
+                "num_prefix_tokens": attn.num_prefix_tokens if isinstance(attn, ROTARY) else 0,
+                "half": bool(getattr(attn, "rotate_half", False)) if isinstance(attn, ROTARY) else False,
             }
         )
         setattr(attn.q_norm, _TAP, tap)

@@ -33,6 +33,8 @@ def unsupported_reason(vit: nn.Module, dist_token: bool = False, saliency: str =
             "model.saliency: activation"
         )
     distilled = isinstance(vit, VisionTransformerDistilled)
+    if dist_token and (vit.cls_token is None or getattr(vit, "attn_pool", None) is not None):
+        return "DeiT's distilled layout (model.dist_token) needs a class token read by the head, not an attention pool"
     if isinstance(vit, Eva) and (dist_token or getattr(vit, "rope_mixed", False)):
         return "DeiT's distilled layout needs a timm VisionTransformer" if dist_token else "its RoPE varies by depth"
     if getattr(vit, "dist_token", None) is not None and not distilled:

@@ -87,11 +87,10 @@ class NetBackbone(InputNorm):
         self.name: str = cfg.get("architecture") or type(net).__name__
         self._img_size = _pair(img_size)
         self.num_scales = num_scales
-        if num_scales > 1:
-            self._check_zoomable()
 
-    def _check_zoomable(self) -> None:
-        """Refuse a model without timm's feature API or an input size that is not a whole number of cells."""
+    def check_zoomable(self) -> None:
+        """Refuse, for RAMS-Trans, a model without timm's feature API or an input size that is not a whole number of
+        the saliency's cells (a classifier needs neither)."""
         info = getattr(self.net, "feature_info", None)
         if not info or not hasattr(self.net, "forward_intermediates"):
             raise UsageError(
@@ -135,9 +134,10 @@ class NetBackbone(InputNorm):
 
     def forward_features(self, x: Tensor, scale: int = 0, capture: CaptureMode = "none") -> Features:
         """(B, C, H, W) normalised images -> Features: timm's final features, and with a capture the (B, gh, gw)
-        activation saliency of the last stage (``scale`` selects nothing: the scales share every parameter)."""
+        activation saliency of the last stage (``scale`` selects nothing: the scales share every parameter). Capture
+        "cls" (what TransMix reads) gives nothing more: there is no attention."""
         net = cast(Any, self.net)
-        if capture == "none":
+        if capture != "all":
             return Features(tokens=net.forward_features(x))
         final, (last,) = net.forward_intermediates(x, indices=1, norm=False, output_fmt="NCHW")
         return Features(tokens=final, saliency=last.detach().float().abs().sum(dim=1))
