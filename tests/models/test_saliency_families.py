@@ -35,6 +35,7 @@ KINDS = {
     "gap_vit": lambda: _net("gap_vit"),
     "attn_pool": lambda: (RAMSTrans(num_classes=5, saliency="attn_pool", **SIGLIP).eval(), 64),
     "eva": lambda: (RAMSTrans(num_classes=5, **EVA).eval(), 56),
+    "rope_vit": lambda: (RAMSTrans(num_classes=5, **ROPE_VIT).eval(), 64),
     "registers": lambda: (RAMSTrans(num_classes=5, reg_tokens=4, no_embed_class=True, **VIT).eval(), 64),
     "dynamic": lambda: (RAMSTrans(num_classes=5, dynamic_img_size=True, **VIT).eval(), 64),
     "deit3": lambda: (RAMSTrans(num_classes=5, **{**VIT, "backbone": "deit3_small_patch16_224"}).eval(), 64),
