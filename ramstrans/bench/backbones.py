@@ -24,7 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import cached_scores, mean_spread, resolved, run_or_reuse
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_backbones", "ROWS"]
 
@@ -41,26 +42,15 @@ ROWS: dict[str, list[str]] = {
 }
 
 
-def _scores(run_dir: Path) -> dict[str, float]:
-    """Validation top-1 single and fused, and scale 1's proposal mIoU, of a two-scale run (cached in its folder)."""
-    cached = run_dir / "backbone_eval.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    from ramstrans.inference.evaluate import run_eval
-    from ramstrans.runtime.files import write_text_atomic
-
-    kw = dict(split="val", num_workers=0, show_progress=False, overwrite=True)
-    single = run_eval(str(run_dir / "checkpoint.pth"), scales=1, **kw)
-    fused = run_eval(str(run_dir / "checkpoint.pth"), scales=2, **kw)
-    out = {
+def _score(single: dict, fused: dict) -> dict[str, float]:
+    """Validation top-1 single and fused, and scale 1's proposal mIoU, from the two evaluations."""
+    return {
         "single": float(single["top1"]),
         "fused": float(fused["top1"]),
         "fused_minus_single": float(fused["top1"]) - float(single["top1"]),
         "miou": float(single["loc_miou"]),
         "iou50": float(single["loc_iou50"]),
     }
-    write_text_atomic(cached, json.dumps(out, indent=1))
-    return out
 
 
 def bench_backbones(
@@ -96,7 +86,7 @@ def bench_backbones(
             sets = ["data.val_fraction=0.2", f"train.seed={seed}", *ROWS[name], *overrides]
             run_dir = run_or_reuse(config, sets, Path(out_dir), f"{name}_seed{seed}")
             configs[str(run_dir)] = resolved(config, sets, run_dir)
-            per_row[name].append({"seed": seed, **_scores(run_dir)})
+            per_row[name].append({"seed": seed, **cached_scores(run_dir, "backbone_eval.json", "val", _score)})
     metrics = ("single", "fused", "fused_minus_single", "miou", "iou50")
     result: dict[str, object] = {
         "command": "ramstrans bench backbones --seeds " + ",".join(map(str, seeds)),
@@ -116,5 +106,5 @@ def bench_backbones(
         "resolved_configs": configs,
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, "result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, "result.json"), json.dumps(result, indent=1))
     return result

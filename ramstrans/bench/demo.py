@@ -4,13 +4,14 @@ import hashlib
 import json
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from ramstrans.errors import UsageError
+from ramstrans.runtime.files import write_text_atomic
 
-__all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved"]
+__all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved", "cached_scores"]
 
 logger = logging.getLogger("ramstrans")
 
@@ -49,6 +50,22 @@ def resolved(config: str, sets: Sequence[str], run_dir: Path) -> dict:
     from ramstrans.config import load_config
 
     return asdict(load_config(config, [*sets, f"train.output_dir={run_dir}"]))
+
+
+def cached_scores(run_dir: Path, cache: str, split: str, score: Callable[[dict, dict], dict]) -> dict:
+    """``score(single, fused)`` of a two-scale run's checkpoint, evaluated at one and at two scales on ``split``;
+    cached in ``run_dir/cache`` so that a resumed bench does not evaluate a finished run again."""
+    from ramstrans.inference.evaluate import run_eval
+
+    cached = run_dir / cache
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    kw = dict(split=split, num_workers=0, show_progress=False, overwrite=True)
+    single = run_eval(str(run_dir / "checkpoint.pth"), scales=1, **kw)
+    fused = run_eval(str(run_dir / "checkpoint.pth"), scales=2, **kw)
+    out = score(single, fused)
+    write_text_atomic(cached, json.dumps(out, indent=1))
+    return out
 
 
 def _joint_threshold(sweeps: list[dict[str, object]], tolerance: float) -> dict[str, float]:
@@ -121,7 +138,7 @@ def bench_demo(
         "run_folders": folders,
     }
     _aggregate(result, runs, sweeps, split, zoom_threshold)
-    Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, f"{split}_result.json"), json.dumps(result, indent=1))
     return result
 
 

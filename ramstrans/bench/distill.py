@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_distill", "VARIANTS"]
 
@@ -91,5 +92,5 @@ def bench_distill(
             if k != "loc_miou"
         }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, f"{split}_result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, f"{split}_result.json"), json.dumps(result, indent=1))
     return result

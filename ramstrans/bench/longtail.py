@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import cached_scores, mean_spread, resolved, run_or_reuse
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_longtail", "METHODS"]
 
@@ -31,27 +32,15 @@ METHODS: dict[str, list[str]] = {
 KEYS = ("top1", "fused_top1", "mean_class_acc", "many", "medium", "few")
 
 
-def _scores(run_dir: Path) -> dict[str, float | None]:
-    """Test scores of a finished two-scale run (cached in its folder)."""
-    cached = run_dir / "longtail_eval.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    from ramstrans.inference.evaluate import run_eval
-    from ramstrans.runtime.files import write_text_atomic
-
-    kw = dict(split="test", num_workers=0, show_progress=False, overwrite=True)
-    single = run_eval(str(run_dir / "checkpoint.pth"), scales=1, **kw)
-    fused = run_eval(str(run_dir / "checkpoint.pth"), scales=2, **kw)
+def _score(single: dict, fused: dict) -> dict[str, float | None]:
+    """Test top-1 (single and fused), mean per-class and shot-group accuracy from the two evaluations."""
     shots = single["shots"]
-    assert isinstance(shots, dict)
-    out: dict[str, float | None] = {
-        "top1": float(single["top1"]),  # type: ignore[arg-type]
-        "fused_top1": float(fused["top1"]),  # type: ignore[arg-type]
-        "mean_class_acc": float(single["mean_class_acc"]),  # type: ignore[arg-type]
+    return {
+        "top1": float(single["top1"]),
+        "fused_top1": float(fused["top1"]),
+        "mean_class_acc": float(single["mean_class_acc"]),
         **{group: shots[group]["accuracy"] for group in ("many", "medium", "few")},
     }
-    write_text_atomic(cached, json.dumps(out, indent=1))
-    return out
 
 
 def _summary(rows: list[dict[str, float | None]], base: list[dict[str, float | None]]) -> dict[str, object]:
@@ -106,7 +95,7 @@ def bench_longtail(
                 sets = [f"data.synthetic.imbalance={ratio}", f"train.seed={seed}", *METHODS[method], *overrides]
                 run_dir = run_or_reuse(config, sets, Path(out_dir), f"{key}_{method}_seed{seed}")
                 configs[str(run_dir)] = resolved(config, sets, run_dir)
-                per[key][method].append({"seed": seed, **_scores(run_dir)})
+                per[key][method].append({"seed": seed, **cached_scores(run_dir, "longtail_eval.json", "test", _score)})
     result: dict[str, object] = {
         "command": "ramstrans bench longtail --seeds " + ",".join(map(str, seeds)),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
@@ -125,5 +114,5 @@ def bench_longtail(
         "resolved_configs": configs,
     }
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    Path(out_dir, "result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, "result.json"), json.dumps(result, indent=1))
     return result

@@ -10,6 +10,7 @@ import torch
 from ramstrans.bench.demo import mean_spread, run_or_reuse
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.errors import UsageError
+from ramstrans.runtime.files import write_text_atomic
 from ramstrans.runtime.runlog import read_records
 
 __all__ = ["bench_ema", "bench_accum"]
@@ -48,7 +49,7 @@ def bench_ema(
         **{f"val_top1_{k}": mean_spread(v) for k, v in per_weights.items()},
         "ema_minus_raw": mean_spread([e - r for e, r in zip(per_weights["ema"], per_weights["raw"])]),
     }
-    Path(out_dir, "result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, "result.json"), json.dumps(result, indent=1))
     return result
 
 
@@ -103,5 +104,5 @@ def bench_accum(
         "torch": torch.__version__,
         **{f"val_top1_{k}": json.loads((v / "summary.json").read_text())["final_val"]["top1"] for k, v in runs.items()},
     }
-    Path(out_dir, "result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomic(Path(out_dir, "result.json"), json.dumps(result, indent=1))
     return result
