@@ -26,6 +26,7 @@ from ramstrans.models import (
     largest_component,
     threshold_rollout,
 )
+from ramstrans.models.backbones.vit import ViTBackbone
 
 __all__ = ["bench_core"]
 
@@ -81,9 +82,10 @@ def _models(
     attention probabilities in the returned list (design (b))."""
     model = RAMSTrans(backbone=backbone, num_classes=200, img_size=img_size, num_scales=2, **kw).to(dev)
     ref = timm.create_model(backbone, img_size=img_size, num_classes=200, **kw).to(dev)
-    ref.load_state_dict(model.backbone.vit.state_dict())
+    weights = cast(ViTBackbone, model.backbone).vit.state_dict()
+    ref.load_state_dict(weights)
     unfused = timm.create_model(backbone, img_size=img_size, num_classes=200, **kw).to(dev)
-    unfused.load_state_dict(model.backbone.vit.state_dict())
+    unfused.load_state_dict(weights)
     kept: list[torch.Tensor] = []
     for blk in cast(Any, unfused).blocks:  # design (b): unfused attention, probabilities taken at attn_drop's input
         blk.attn.fused_attn = False
@@ -95,13 +97,13 @@ def _time_inference(
     model: RAMSTrans, ref: nn.Module, x: torch.Tensor, amp: Any, repeats: int, dev: torch.device
 ) -> dict[str, float]:
     """Median seconds of our forward, timm's, the capturing forward and the proposal (DPPM), in eval mode."""
-    bb = model.backbone
+    bb = cast(ViTBackbone, model.backbone)
     H, W = bb.img_size
     with torch.no_grad(), amp:
         model.eval(), ref.eval()
         attns = bb.forward_features(x, capture="all").attentions
 
-        def dppm():
+        def dppm() -> torch.Tensor:
             g = attention_rollout(attns, bb.grid_size, model.residual, model.rollout_rows)
             boxes = component_boxes(largest_component(threshold_rollout(g, model.alpha)), bb.patch_size, (H, W))
             return crop_and_zoom(x, boxes, (H, W))
@@ -131,16 +133,16 @@ def _time_training(
 ) -> tuple[dict[str, float], int, int]:
     """Median seconds of the train steps (ours at two scales, timm's twice, the two capture designs), and the bytes
     the two capture designs save for backward."""
-    bb = model.backbone
+    bb = cast(ViTBackbone, model.backbone)
 
-    def ours_step():
+    def ours_step() -> None:
         with amp:
             out = model.forward_multiscale(x)
-            loss = sum(F.cross_entropy(lg.float(), y) for lg in out.logits)
+            loss = torch.stack([F.cross_entropy(lg.float(), y) for lg in out.logits]).sum()
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def timm_two_steps():
+    def timm_two_steps() -> None:
         for _ in range(2):
             with amp:
                 loss = F.cross_entropy(ref(x).float(), y)
@@ -148,7 +150,7 @@ def _time_training(
             ref.zero_grad(set_to_none=True)
 
     def capture_step(net: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        def step():
+        def step() -> None:
             with amp:
                 loss = net().float().logsumexp(-1).sum()
             loss.backward()

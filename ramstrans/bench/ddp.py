@@ -4,6 +4,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from ramstrans.models import RAMSTrans
 __all__ = ["bench_ddp"]
 
 
-def _ddp_step_worker(rank: int, world: int, port: int, args: dict[str, object], out: str) -> None:
+def _ddp_step_worker(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> None:
     """One process of the DDP benchmark: timed two-scale train steps on its half of the batch, one thread each."""
     import os
 
@@ -42,7 +43,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, args: dict[str, object], 
     for i in range(args["repeats"] + 1):
         barrier()
         t = time.perf_counter()
-        loss = sum(F.cross_entropy(lg, y) for lg in module(x).logits)
+        loss = torch.stack([F.cross_entropy(lg, y) for lg in module(x).logits]).sum()
         loss.backward()
         model.zero_grad(set_to_none=True)
         if i:  # the first step warms up
@@ -62,7 +63,13 @@ def bench_ddp(
 
     import torch.multiprocessing as mp
 
-    args = {"backbone": backbone, "img_size": img_size, "batch": batch, "repeats": repeats, "depth": depth}
+    args: dict[str, Any] = {
+        "backbone": backbone,
+        "img_size": img_size,
+        "batch": batch,
+        "repeats": repeats,
+        "depth": depth,
+    }
     med = {}
     with tempfile.TemporaryDirectory() as tmp:
         for world in (1, 2):

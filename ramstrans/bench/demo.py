@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ramstrans.errors import UsageError
 from ramstrans.runtime.files import write_text_atomic
@@ -16,11 +17,12 @@ __all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved", "cached_scor
 logger = logging.getLogger("ramstrans")
 
 
-def mean_spread(values: list[float]) -> dict[str, float]:
+def mean_spread(values: list[float]) -> dict[str, Any]:
+    """The mean of ``values``, their half-range (the spread this project reports) and the values themselves."""
     return {"mean": statistics.mean(values), "spread": (max(values) - min(values)) / 2, "values": values}
 
 
-def _run_key(cfg) -> str:
+def _run_key(cfg: Any) -> str:
     """A short hash of a resolved config's differences from the defaults, without its run folder: runs are reused
     only under the same settings, and stay reusable when a later version adds keys with defaults."""
     from ramstrans.config import Config, config_diff
@@ -60,15 +62,15 @@ def cached_scores(run_dir: Path, cache: str, split: str, score: Callable[[dict, 
     cached = run_dir / cache
     if cached.is_file():
         return json.loads(cached.read_text())
-    kw = dict(split=split, num_workers=0, show_progress=False, overwrite=True)
-    single = run_eval(str(run_dir / "checkpoint.pth"), scales=1, **kw)
-    fused = run_eval(str(run_dir / "checkpoint.pth"), scales=2, **kw)
+    ckpt = str(run_dir / "checkpoint.pth")
+    single = run_eval(ckpt, split=split, scales=1, num_workers=0, show_progress=False, overwrite=True)
+    fused = run_eval(ckpt, split=split, scales=2, num_workers=0, show_progress=False, overwrite=True)
     out = score(single, fused)
     write_text_atomic(cached, json.dumps(out, indent=1))
     return out
 
 
-def _joint_threshold(sweeps: list[dict[str, object]], tolerance: float) -> dict[str, float]:
+def _joint_threshold(sweeps: list[dict[str, Any]], tolerance: float) -> dict[str, float]:
     """The cheapest threshold whose top-1, averaged over the runs, is within ``tolerance`` of their mean full fusion."""
     full = statistics.mean(sw["full_fusion_top1"] for sw in sweeps)
     rows = []
@@ -84,15 +86,16 @@ def _joint_threshold(sweeps: list[dict[str, object]], tolerance: float) -> dict[
     return {**min(good, key=lambda r: (r["passes_per_image"], -r["top1"])), "full_fusion_top1": full}
 
 
-def _test_modes(run_dir: Path, threshold: float) -> dict[str, dict[str, float]]:
+def _test_modes(run_dir: Path, threshold: float | None) -> dict[str, dict[str, Any]]:
     """Fused and adaptive test evaluations of a two-scale run (written into its folder)."""
     from ramstrans.inference.evaluate import run_eval
 
     ckpt = str(run_dir / "checkpoint.pth")
-    kw = dict(split="test", num_workers=0, show_progress=False)
     return {
-        "fused": run_eval(ckpt, scales=2, **kw),
-        "adaptive": run_eval(ckpt, scales="auto", zoom_threshold=threshold, **kw),
+        "fused": run_eval(ckpt, split="test", scales=2, num_workers=0, show_progress=False),
+        "adaptive": run_eval(
+            ckpt, split="test", scales="auto", zoom_threshold=threshold, num_workers=0, show_progress=False
+        ),
     }
 
 

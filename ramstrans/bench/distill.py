@@ -10,6 +10,7 @@ time. Differences are paired by seed. Resumable (``run_or_reuse``).
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
 from ramstrans.runtime.files import write_text_atomic
@@ -27,7 +28,7 @@ def _scores(run_dir: Path, split: str) -> dict[str, float]:
     ckpt = str(run_dir / "checkpoint.pth")
     out: dict[str, float] = {}
     for scales, tag in ((1, "single"), (2, "fused")):
-        res = run_eval(ckpt, split=split, scales=scales, num_workers=0, show_progress=False)
+        res: dict[str, Any] = run_eval(ckpt, split=split, scales=scales, num_workers=0, show_progress=False)
         out.update({f"{tag}_{h}": res[f"top1_{h}"] for h in HEADS})
         if scales == 1 and "loc_miou" in res:
             out["loc_miou"] = res["loc_miou"]

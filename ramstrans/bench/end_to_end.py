@@ -106,12 +106,18 @@ def _fns(model: Any, pre: Preprocess, sessions: dict[str, Any], jpeg: Path) -> d
     if model.num_scales > 1:
         fns["eager_fused"] = lambda: torch.topk(model.predict(tensor(), 2, boxes=False).probs, 5)
     for name, sess in sessions.items():
-        out = "probs" if name.startswith("fused") else "logits"
-        post = (lambda p: p) if out == "probs" else softmax
-        fns[f"onnx_{name}"] = lambda s=sess, o=out, f=post: _top5(
-            f(s.run([o], {"images": pre(read_image(jpeg))[None]})[0])
-        )
+        fns[f"onnx_{name}"] = _onnx_top5(sess, pre, jpeg, fused=name.startswith("fused"))
     return fns
+
+
+def _onnx_top5(sess: Any, pre: Preprocess, jpeg: Path, fused: bool) -> Callable[[], np.ndarray]:
+    """An ONNX session's label, from the file to the top 5 (a fused graph gives probabilities, a single one logits)."""
+
+    def label() -> np.ndarray:
+        out = sess.run(["probs" if fused else "logits"], {"images": pre(read_image(jpeg))[None]})[0]
+        return _top5(out if fused else softmax(out))
+
+    return label
 
 
 def _overhead(model: Any, x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
@@ -200,7 +206,7 @@ def bench_end_to_end(
             cv2.setNumThreads(n)
             fns = {}
             for label, (model, pre) in built.items():
-                sessions = _ort_sessions(paths[label], n)  # type: ignore[arg-type]
+                sessions = _ort_sessions(paths[label], n)
                 fns.update({f"{label}/{k}": f for k, f in _fns(model, pre, sessions, jpeg).items()})
             with torch.no_grad():
                 result["rows"][f"threads{n}"] = _times(fns, repeats)

@@ -23,8 +23,9 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -164,10 +165,10 @@ def _models(s: GpuSetting, device: torch.device) -> tuple[Any, torch.nn.Module]:
 
     from ramstrans.models import RAMSTrans
 
-    kw = {"depth": s.depth} if s.depth else {}
+    kw: dict[str, Any] = {"depth": s.depth} if s.depth else {}
     model = RAMSTrans(backbone=s.backbone, num_classes=s.num_classes, img_size=s.img_size, num_scales=2, **kw)
     ref = timm.create_model(s.backbone, img_size=s.img_size, num_classes=s.num_classes, **kw)
-    ref.load_state_dict(model.backbone.vit.state_dict())
+    ref.load_state_dict(cast(Any, model.backbone).vit.state_dict())
     return model.to(device), ref.to(device)
 
 
@@ -193,7 +194,7 @@ def _steps(model: Any, ref: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     def step(forward: Callable[[], list[torch.Tensor]], net: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:
             with _amp(device):
-                loss = sum(F.cross_entropy(z.float(), y) for z in forward())
+                loss = torch.stack([F.cross_entropy(z.float(), y) for z in forward()]).sum()
             loss.backward()
             net.zero_grad(set_to_none=True)
 
@@ -269,7 +270,7 @@ def _compile_row(s: GpuSetting, device: torch.device) -> dict[str, Any]:
 
     def compiled() -> None:
         with _amp(device):
-            loss = sum(F.cross_entropy(z.float(), y) for z in compiled_fn(x).logits)
+            loss = torch.stack([F.cross_entropy(z.float(), y) for z in compiled_fn(x).logits]).sum()
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -338,11 +339,11 @@ def bench_gpu(
     rec = Recorder(Path(out), budget_s, {"command": command, "environment": environment(dev), "setting": asdict(s)})
     train_ips = None
     for b in s.batches:
-        row = rec.row(f"train_batch{b}", lambda b=b: _train_row(s, dev, b))
+        row = rec.row(f"train_batch{b}", partial(_train_row, s, dev, b))
         if row is not None and b == s.batches[0]:
             train_ips = row["images_per_s"]["ours_2scale"]
     for b in s.batches:
-        rec.row(f"inference_batch{b}", lambda b=b: _inference_row(s, dev, b))
+        rec.row(f"inference_batch{b}", partial(_inference_row, s, dev, b))
     rec.row("syncs", lambda: _sync_row(s, dev))
     rec.row("compile_and_checkpointing", lambda: _compile_row(s, dev))
     rec.row("proposal", lambda: _proposal_row(s, dev))

@@ -72,8 +72,9 @@ def train_check(device: torch.device, tiny: bool = False) -> dict[str, Any]:
         run_training(cfg, resume=ckpt, show_progress=False)
         step = int(torch.load(run / "checkpoint.pth", weights_only=False, map_location="cpu")["step"])
         items["resume_and_extend"] = {"pass": step == more, "final_step": step}
-        r = run_eval(str(run / "checkpoint.pth"), scales="auto", device=device.type, num_workers=0, show_progress=False)
-        top1 = float(r["top1"])  # type: ignore[arg-type]
+        final = str(run / "checkpoint.pth")
+        r: dict[str, Any] = run_eval(final, scales="auto", device=device.type, num_workers=0, show_progress=False)
+        top1 = float(r["top1"])
         items["eval_adaptive"] = {
             "pass": math.isfinite(top1) and r["images"] > 0,
             "top1": top1,

@@ -19,11 +19,11 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from ramstrans.models import attention_rollout, component_boxes, crop_and_zoom, largest_component, threshold_rollout
 
 __all__ = ["bench_latency", "bench_proposal", "bench_config_latency", "official_per_sample"]
+
+K = TypeVar("K")
 
 
 def _times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
@@ -110,7 +112,7 @@ def _model_and_images(checkpoint: str, n: int) -> tuple[Any, torch.nn.Module, to
     vit = timm.create_model(
         cfg.model.backbone, img_size=cfg.model.img_size, num_classes=len(names), **cfg.model.backbone_kwargs
     ).eval()
-    vit.load_state_dict(model.backbone.vit.state_dict())
+    vit.load_state_dict(cast(Any, model.backbone).vit.state_dict())
     index = load_index(cfg.data)
     ds = ImageDataset(index.root, index.split("test"), names, loaded.transform)
     return model, vit, next(iter(eval_loader(ds, n)))["image"]
@@ -150,7 +152,7 @@ def _timed_rows(
     return rows
 
 
-def _ort_sessions(paths: dict[int, Path], n_threads: int) -> dict[int, object]:
+def _ort_sessions(paths: Mapping[K, Path], n_threads: int) -> dict[K, Any]:
     """onnxruntime CPU sessions of the ONNX files (keyed by number of scales) on ``n_threads`` threads."""
     import onnxruntime as ort
 
@@ -161,10 +163,13 @@ def _ort_sessions(paths: dict[int, Path], n_threads: int) -> dict[int, object]:
     return {s: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for s, p in paths.items()}
 
 
-def _time_models(model, vit, sessions, x: torch.Tensor, threshold: float, repeats: int) -> dict[str, object]:
+def _time_models(
+    model: Any, vit: torch.nn.Module, sessions: dict[int, Any], x: torch.Tensor, threshold: float, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median and p90 seconds of timm's eager model and ours, single, fused and adaptive, eager and through ONNX."""
     x_np = x.numpy()
 
-    def ort_adaptive():
+    def ort_adaptive() -> None:
         probs = torch.from_numpy(sessions[1].run(None, {"images": x_np})[0]).softmax(-1)
         unsure = (probs.max(-1).values < threshold).nonzero(as_tuple=True)[0]
         if unsure.numel():
@@ -194,11 +199,12 @@ def official_per_sample(attentions: list[torch.Tensor], images: torch.Tensor, al
     g = int(round((N - 1) ** 0.5))
     out = []
     for b in range(B):
-        joint = None
+        joint: torch.Tensor | None = None
         for a in attentions:
             aug = a[b] + torch.eye(N, device=a.device)
             aug = aug / aug.sum(-1, keepdim=True)
             joint = aug if joint is None else aug @ joint
+        assert joint is not None  # at least one block
         sal = joint[:, 1:].mean(0)
         mask = (sal > alpha * sal.mean()).reshape(g, g).cpu().numpy()  # the host round trip of the official code
         labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
@@ -246,12 +252,12 @@ def bench_proposal(
     images = torch.randn(batch, 3, grid * patch, grid * patch, generator=gen)
     size = (grid * patch, grid * patch)
 
-    def device_path():
+    def device_path() -> torch.Tensor:
         g = attention_rollout(attentions, (grid, grid), 1.0, "mean")
         boxes = component_boxes(largest_component(threshold_rollout(g, alpha)), (patch, patch), size)
         return crop_and_zoom(images, boxes, size)
 
-    def scipy_path():
+    def scipy_path() -> torch.Tensor:
         g = attention_rollout(attentions, (grid, grid), 1.0, "mean")
         boxes = component_boxes(_scipy_batched(threshold_rollout(g, alpha)), (patch, patch), size)
         return crop_and_zoom(images, boxes, size)
@@ -277,7 +283,7 @@ def bench_proposal(
 _CLASSES = {"cub": 200, "dogs": 120, "nabirds": 555, "inat17": 5089}
 
 
-def _config_fns(model, x: torch.Tensor, sessions: dict[int, object]) -> dict[str, Callable[[], object]]:
+def _config_fns(model: Any, x: torch.Tensor, sessions: dict[int, Any]) -> dict[str, Callable[[], object]]:
     """What ``bench_config_latency`` times for one model: eager single (and fused) scale, and each ONNX session."""
     feed = {"images": x.numpy()}
     fns: dict[str, Callable[[], object]] = {"eager_single": partial(model, x)}

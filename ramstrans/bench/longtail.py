@@ -97,7 +97,10 @@ def bench_longtail(
                 configs[str(run_dir)] = resolved(config, sets, run_dir)
                 per[key][method].append({"seed": seed, **cached_scores(run_dir, "longtail_eval.json", "test", _score)})
     result: dict[str, object] = {
-        "command": "ramstrans bench longtail --seeds " + ",".join(map(str, seeds)),
+        "command": "ramstrans bench longtail --ratios "
+        + ",".join(f"{r:g}" for r in ratios)
+        + " --seeds "
+        + ",".join(map(str, seeds)),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "versions": f"torch {torch.__version__}, timm {timm.__version__}",
         "config": config,

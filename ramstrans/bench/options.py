@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
 from ramstrans.runtime.files import write_text_atomic
@@ -39,12 +40,13 @@ SHIFT = ("colour", "blur", "contrast")
 
 
 def _scores(run_dir: Path) -> dict[str, float]:
+    """Validation top-1 single scale, fused and under the shift, the proposal's mIoU and the seconds per step."""
     from ramstrans.inference.evaluate import run_eval
 
     ckpt = str(run_dir / "checkpoint.pth")
-    kw = dict(split="val", num_workers=0, show_progress=False)
-    single, fused = run_eval(ckpt, scales=1, **kw), run_eval(ckpt, scales=2, **kw)
-    shifted = run_eval(ckpt, scales=1, shift=SHIFT, **kw)
+    single: dict[str, Any] = run_eval(ckpt, split="val", scales=1, num_workers=0, show_progress=False)
+    fused: dict[str, Any] = run_eval(ckpt, split="val", scales=2, num_workers=0, show_progress=False)
+    shifted: dict[str, Any] = run_eval(ckpt, split="val", scales=1, shift=SHIFT, num_workers=0, show_progress=False)
     train = json.loads((run_dir / "summary.json").read_text())["train"]
     return {
         "single": single["top1"],
@@ -63,7 +65,7 @@ def _vm_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
+def _probe(config: str, sets: Sequence[str], steps: int, queue: Any) -> None:
     """In a fresh process: the median seconds of a training step at the config's batch size (the learning-to-learn
     step where ``fwt: learned``; no teacher), the peak resident memory, and how far the steps raised it."""
     import torch
@@ -77,7 +79,7 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
     model = build_model(cfg.model, cfg.data.synthetic.num_classes).train()
     criterion, module = build_criterion(cfg.loss, cfg.model.num_scales), MultiScaleForward(model)
     learner = (
-        FwtLearner(layers=model.backbone.fwt, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.train.lr))
+        FwtLearner(layers=cast(Any, model.backbone).fwt, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.train.lr))
         if cfg.model.fwt == "learned"
         else None
     )
@@ -96,6 +98,7 @@ def _probe(config: str, sets: Sequence[str], steps: int, queue) -> None:
 
 
 def _cost(config: str, sets: Sequence[str], steps: int = 6) -> dict[str, float]:
+    """``_probe``'s step time and memory, measured in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_probe, args=(config, list(sets), steps, queue))
@@ -106,7 +109,7 @@ def _cost(config: str, sets: Sequence[str], steps: int = 6) -> dict[str, float]:
 
 
 def _run(
-    config: str, sets: list[str], folder: Path, variant: str, seed: int, record: dict[str, dict[str, list]]
+    config: str, sets: list[str], folder: Path, variant: str, seed: int, record: dict[str, dict[str, Any]]
 ) -> dict[str, float]:
     """Train (or reuse) one run, note its folder and resolved config under ``record[...][variant]``, and score it."""
     run = run_or_reuse(config, sets, folder, f"{variant}_seed{seed}")
@@ -131,7 +134,7 @@ def bench_options(
     """
     seed_base = ["data.val_fraction=0.2"]
     rows: dict[str, list[dict[str, float]]] = {}
-    record: dict[str, dict[str, list]] = {"run_folders": {}, "resolved_configs": {}}
+    record: dict[str, dict[str, Any]] = {"run_folders": {}, "resolved_configs": {}}
     for seed in seeds:
         seed_sets = [*seed_base, f"train.seed={seed}"]
         for name, sets in VARIANTS.items():
@@ -160,8 +163,8 @@ def bench_options(
             k: mean_spread([r[k] - b[k] for r, b in zip(rows[name], rows[ref])])
             for k in ("single", "fused", "shifted_single", "loc_miou", "s_per_step")
         }
-    result["cost"] = {name: _cost("synthetic_cpu", [*overrides, *sets]) for name, sets in VARIANTS.items()}
-    result["cost"]["assembled"] = _cost("seed_system_synthetic_cpu", list(overrides))
+    cost = {name: _cost("synthetic_cpu", [*overrides, *sets]) for name, sets in VARIANTS.items()}
+    result["cost"] = {**cost, "assembled": _cost("seed_system_synthetic_cpu", list(overrides))}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(out_dir, "val_result.json"), json.dumps(result, indent=1))
     return result

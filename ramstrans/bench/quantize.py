@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from ramstrans.bench.demo import mean_spread
 from ramstrans.errors import UsageError
@@ -31,7 +32,7 @@ def _scores(model: str, folder: Path, scales: list[int], split: str) -> dict[str
 
     out = {}
     for s in scales:
-        r = run_eval(
+        r: dict[str, Any] = run_eval(
             model,
             split=split,
             scales=s,

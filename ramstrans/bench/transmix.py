@@ -1,6 +1,7 @@
 """``ramstrans bench transmix``: the per-step cost of TransMix."""
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ def bench_transmix(
     """Per-step cost of TransMix (mixing, λ at every scale, soft targets) against a two-scale step without mixing
     (goal <= 1%). CutMix is forced so that the attention path is always the one measured."""
     dev = torch.device(device)
-    kw = {"depth": depth} if depth else {}
+    kw: dict[str, Any] = {"depth": depth} if depth else {}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     model = RAMSTrans(backbone=backbone, num_classes=200, img_size=img_size, num_scales=2, **kw).to(dev).train()
     bb = model.backbone
@@ -35,7 +36,7 @@ def bench_transmix(
         out = model.forward_multiscale(x)
 
     def step(mix: bool) -> Callable[[], None]:
-        def run():
+        def run() -> None:
             with amp:
                 if mix:
                     xm, targets_for = mixer(x, y, 0)
@@ -49,7 +50,7 @@ def bench_transmix(
 
         return run
 
-    def mixing_only():
+    def mixing_only() -> object:
         xm, targets_for = mixer(x, y, 0)
         return targets_for(out)
 

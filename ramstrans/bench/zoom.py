@@ -20,8 +20,9 @@ choose anything). Runs are reused by the hash of their resolved config (``run_or
 import itertools
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,8 +32,12 @@ from ramstrans.errors import UsageError
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
-SD_GRID = {"beta": (0.5, 1.0, 2.0, 4.0), "tau": (1.0, 2.0, 4.0), "target": ("fused", "last")}
-STUDENT_GRID = (
+SD_GRID: dict[str, tuple[Any, ...]] = {
+    "beta": (0.5, 1.0, 2.0, 4.0),
+    "tau": (1.0, 2.0, 4.0),
+    "target": ("fused", "last"),
+}
+STUDENT_GRID: tuple[dict[str, Any], ...] = (
     {"alpha": 0.5, "tau": 1.0, "mix": False},
     {"alpha": 0.5, "tau": 2.0, "mix": False},
     {"alpha": 1.0, "tau": 1.0, "mix": False},
@@ -88,16 +93,18 @@ def _two_scale(run_dir: Path) -> dict[str, float]:
     if cached.is_file():
         return json.loads(cached.read_text())
     from ramstrans.data import eval_loader
-    from ramstrans.inference.evaluate import _load
     from ramstrans.inference.gate import default_gate_path, run_fit_gate
+    from ramstrans.inference.inputs import load_eval_inputs
     from ramstrans.inference.sweep import scale_outputs, sweep_rows
-    from ramstrans.models import zoom_confidence
+    from ramstrans.models import RAMSTrans, zoom_confidence
     from ramstrans.runtime.files import write_text_atomic
 
     gate_ckpt = default_gate_path(str(run_dir / "checkpoint.pth"))
     report = run_fit_gate(str(run_dir / "checkpoint.pth"), num_workers=0, overwrite=True)
-    model, _, _, _, ds, dev = _load(str(gate_ckpt), "auto", "cpu", "test", None, False)
-    pooled, first, fused, labels = scale_outputs(model, eval_loader(ds, 100, 0), dev, None)
+    inputs = load_eval_inputs(str(gate_ckpt), device="cpu", split="test")
+    model = inputs.model
+    assert isinstance(model, RAMSTrans)  # a two-scale run's checkpoint
+    pooled, first, fused, labels = scale_outputs(model, eval_loader(inputs.dataset, 100, 0), inputs.device, None)
     out: dict[str, float] = {
         "val_single": report["single_scale_top1"],
         "val_fused": report["full_fusion_top1"],
@@ -122,7 +129,7 @@ def _two_scale(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def _summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, object]]]:
+def _summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per row and metric: mean ± half-range over seeds with the per-seed values."""
     return {
         name: {k: mean_spread([r[k] for r in per_seed]) for k in per_seed[0]}
@@ -131,15 +138,16 @@ def _summarise(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, d
     }
 
 
-def _paired(rows: dict[str, list[dict[str, float]]], a: str, b: str, key: str) -> dict[str, object]:
+def _paired(rows: dict[str, list[dict[str, float]]], a: str, b: str, key: str) -> dict[str, Any]:
     return mean_spread([x[key] - y[key] for x, y in zip(rows[a], rows[b])])
 
 
 def _screen(
-    runs: _Runs, seeds: Sequence[int], sd_grid: dict[str, Sequence], student_grid: Sequence[dict[str, object]]
-) -> dict[str, object]:
+    runs: _Runs, seeds: Sequence[int], sd_grid: Mapping[str, Sequence[Any]], student_grid: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """The self-distillation grid and the student grid on validation (see the module doc)."""
-    sd, students = [], []
+    sd: list[dict[str, Any]] = []
+    students: list[dict[str, Any]] = []
     for seed in seeds:
         teacher = runs.run("rams", seed, [])
         base = {"seed": seed, **_two_scale(teacher)}
@@ -151,8 +159,8 @@ def _screen(
             run_dir = runs.run("student", seed, _student_sets(teacher, s["alpha"], s["tau"], s["mix"], runs.steps))
             students.append({**s, "seed": seed, **_one_scale(run_dir)})
 
-    def best(rows: list[dict[str, object]], keys: tuple[str, ...]) -> dict[str, object]:
-        groups: dict[tuple, list[dict[str, object]]] = {}
+    def best(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+        groups: dict[tuple, list[dict[str, Any]]] = {}
         for r in rows:
             groups.setdefault(tuple(r[k] for k in keys), []).append(r)
         top = max(groups.items(), key=lambda kv: statistics.mean(r["val_single"] for r in kv[1]))
@@ -166,7 +174,7 @@ def _screen(
     }
 
 
-def _ema(runs: _Runs, seeds: Sequence[int], chosen: dict[str, object]) -> dict[str, object]:
+def _ema(runs: _Runs, seeds: Sequence[int], chosen: dict[str, Any]) -> dict[str, Any]:
     """With an EMA of the weights: self-distillation's target from the online weights against from the EMA weights."""
     rows: dict[str, list[dict[str, float]]] = {"online": [], "ema": []}
     for seed, source in itertools.product(seeds, rows):
@@ -183,12 +191,8 @@ TWO_SCALE_ROWS = ("rams", "sd", "rams_x4")  # rows with a zoom: single, fused, a
 
 
 def _report(
-    runs: _Runs,
-    seeds: Sequence[int],
-    sd: dict[str, object],
-    student: dict[str, object],
-    multiples: Sequence[int] = MULTIPLES,
-) -> tuple[dict[str, object], dict[str, list[dict[str, float]]]]:
+    runs: _Runs, seeds: Sequence[int], sd: dict[str, Any], student: dict[str, Any], multiples: Sequence[int] = MULTIPLES
+) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
     """Every row of the frontier on validation and test (see the module doc); the longer schedules only at
     ``multiples`` of the demo's steps (RAMS-Trans at 4x only when 4 is among them)."""
     rows: dict[str, list[dict[str, float]]] = {"vit": [], "rams": [], "sd": []}
@@ -213,8 +217,8 @@ def _report(
                 )
             )
     rows["vit_x1"] = rows["vit"]
-    result: dict[str, object] = {"rows": _summarise({k: v for k, v in rows.items() if k != "vit_x1"})}
-    paired: dict[str, object] = {
+    result: dict[str, Any] = {"rows": _summarise({k: v for k, v in rows.items() if k != "vit_x1"})}
+    paired: dict[str, Any] = {
         "sd_minus_rams": {
             k: _paired(rows, "sd", "rams", k) for k in ("val_single", "test_single", "val_fused", "test_fused")
         },
@@ -239,12 +243,12 @@ def _report(
     return result, rows
 
 
-def _goals(summary: dict[str, dict[str, dict[str, object]]]) -> dict[str, object]:
+def _goals(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The issue's two goals on the test split: a single pass within 2 points of today's fused top-1 (>= 94.9), and
     adaptive inference within 0.5 points of its model's fused top-1 at <= 1.3 passes per image (per row and rule)."""
     goal = TODAY[2]["top1"] - 2.0
     single = {name: m["test_single"]["mean"] for name, m in summary.items()}
-    best = max(single, key=single.get)
+    best = max(single, key=lambda name: single[name])
     adaptive = {}
     for name in (n for n in TWO_SCALE_ROWS if n in summary):
         m = summary[name]
@@ -266,27 +270,26 @@ def _goals(summary: dict[str, dict[str, dict[str, object]]]) -> dict[str, object
     }
 
 
-def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, object]:
+def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, Any]:
     """ms per image of one pass, the fused two scales and adaptive zoom (top probability and gate, at the thresholds
     chosen on validation) on the first 32 test images: at batch 32, and one image at a time (batch 1)."""
     import time
 
     from ramstrans.data import eval_loader
-    from ramstrans.inference.evaluate import _load
     from ramstrans.inference.gate import default_gate_path
+    from ramstrans.inference.inputs import load_eval_inputs
 
     scores = _two_scale(rams_dir)
-    model, _, _, _, ds, _ = _load(
-        str(default_gate_path(str(rams_dir / "checkpoint.pth"))), "auto", "cpu", "test", None, False
-    )
-    x = next(iter(eval_loader(ds, 32, 0)))["image"]
+    inputs = load_eval_inputs(str(default_gate_path(str(rams_dir / "checkpoint.pth"))), device="cpu", split="test")
+    model = inputs.model
+    x = next(iter(eval_loader(inputs.dataset, 32, 0)))["image"]
     kinds = {
         "one_pass": lambda b: model(b),
         "fused": lambda b: model.predict(b, 2, boxes=False),
         "adaptive_maxprob": lambda b: model.predict(b, "auto", scores["val_maxprob_threshold"], boxes=False),
         "adaptive_gate": lambda b: model.predict(b, "auto", scores["val_gate_threshold"], "gate", boxes=False),
     }
-    out: dict[str, object] = {"threads": torch.get_num_threads(), "images": int(x.shape[0])}
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "images": int(x.shape[0])}
     with torch.no_grad():
         for name, fn in kinds.items():
             fn(x[:2])  # warm-up
@@ -306,16 +309,16 @@ def _later_stage(
     runs: _Runs,
     seeds: Sequence[int],
     multiples: Sequence[int],
-    chosen: dict[str, dict[str, object]],
+    chosen: dict[str, dict[str, Any]],
     out_dir: Path,
     name: str,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The ema, report or latency stage at the settings the screen chose; a report also writes its frontier PNG and
     markdown table as ``out_dir/<name>_frontier.png`` and ``_table.md``."""
     from ramstrans.runtime.files import write_text_atomic
 
     sd, student = chosen["chosen_self_distill"], chosen["chosen_student"]
-    out: dict[str, object] = {"chosen_self_distill": sd, "chosen_student": student}
+    out: dict[str, Any] = {"chosen_self_distill": sd, "chosen_student": student}
     if stage == "ema":
         out.update(_ema(runs, seeds, sd))
     elif stage == "report":
@@ -337,10 +340,10 @@ def bench_zoom(
     out_dir: str = "runs/bench_zoom",
     overrides: Sequence[str] = (),
     result: str | None = None,
-    sd_grid: dict[str, Sequence] = SD_GRID,
-    student_grid: Sequence[dict[str, object]] = STUDENT_GRID,
+    sd_grid: Mapping[str, Sequence[Any]] = SD_GRID,
+    student_grid: Sequence[dict[str, Any]] = STUDENT_GRID,
     multiples: Sequence[int] = MULTIPLES,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """One stage of the zoom-at-one-pass measurement (see the module doc); writes ``<out_dir>/<stage>_result.json``
     (a report: ``report_<n>seeds_x<multiples>_result.json`` with its ``_frontier.png`` and ``_table.md``; or
     ``result``) with every run's resolved config and folder.
@@ -370,7 +373,7 @@ def bench_zoom(
     name = f"report_{len(seeds)}seeds_x{'-'.join(str(m) for m in multiples)}" if stage == "report" else stage
     if stage != "screen" and not screened.is_file():
         raise UsageError(f"bench zoom --stage {stage} needs the settings chosen by --stage screen ({screened})")
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "stage": stage,
         "config": config,
         "seeds": list(seeds),

@@ -1,26 +1,28 @@
 """The tables and the frontier plot of ``ramstrans bench zoom --stage report`` (kept apart from the runs it reads)."""
 
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TODAY", "plot_frontier", "report_table"]
 
 # Today's points (README "The demo, measured": full training split, test, seeds 0-4), drawn for comparison.
-TODAY = (
+TODAY: tuple[dict[str, Any], ...] = (
     {"label": "today: single scale", "passes": 1.0, "top1": 84.3},
     {"label": "today: adaptive 0.95", "passes": 1.88, "top1": 96.9},
     {"label": "today: fused", "passes": 2.0, "top1": 96.9},
 )
 
 
-def _cell(stat: dict[str, object], digits: int = 1) -> str:
-    values = ", ".join(f"{v:.{digits}f}" for v in stat["values"])  # type: ignore[attr-defined]
+def _cell(stat: dict[str, Any], digits: int = 1) -> str:
+    """A statistic as "mean ± half-range (per-seed values)"."""
+    values = ", ".join(f"{v:.{digits}f}" for v in stat["values"])
     return f"{stat['mean']:.{digits}f} ± {stat['spread']:.{digits}f} ({values})"
 
 
-def report_table(result: dict[str, object]) -> str:
+def report_table(result: dict[str, Any]) -> str:
     """A markdown table of the report: per row, validation and test top-1 and backbone passes per image, each as
     mean ± half-range (per-seed values), then the paired differences."""
-    rows: dict[str, dict[str, dict[str, object]]] = result["rows"]  # type: ignore[assignment]
+    rows: dict[str, dict[str, dict[str, Any]]] = result["rows"]
     lines = ["| row | val top-1 % | test top-1 % | test passes per image |", "|---|---|---|---|"]
     for name, m in rows.items():
         lines.append(f"| {name}, single pass | {_cell(m['val_single'])} | {_cell(m['test_single'])} | 1 |")
@@ -35,16 +37,19 @@ def report_table(result: dict[str, object]) -> str:
         oracle = _cell(m["test_oracle_passes"], 2)
         lines.append(f"| {name}, oracle zoom (bound) | | {_cell(m['test_fused'])} | {oracle} |")
     lines += ["", "| paired difference (same seed) | metric | mean ± half-range (per seed) |", "|---|---|---|"]
-    for name, diff in result["paired"].items():  # type: ignore[attr-defined]
+    for name, diff in result["paired"].items():
         for key, stat in diff.items() if "mean" not in diff else [("test", diff)]:
             lines.append(f"| {name} | {key} | {_cell(stat)} |")
     return "\n".join(lines) + "\n"
 
 
-def _frontier_points(summary: dict[str, dict[str, dict[str, object]]]) -> list[tuple[str, float, dict, str, str]]:
+Point = tuple[str, float, dict[str, Any], str, Any]  # label, passes per image, top-1 statistic, marker, colour
+
+
+def _frontier_points(summary: dict[str, dict[str, dict[str, Any]]]) -> list[Point]:
     """(label, passes per image, test top-1 statistics, marker, colour) of every row the report has."""
     rams = summary["rams"]
-    points: list[tuple[str, float, dict, str, str]] = [
+    points: list[Point] = [
         ("plain ViT", 1.0, summary["vit"]["test_single"], "s", "tab:gray"),
         ("RAMS-Trans, scale 1", 1.0, rams["test_single"], "o", "tab:blue"),
         ("RAMS-Trans, fused", 2.0, rams["test_fused"], "o", "tab:blue"),
@@ -80,7 +85,7 @@ def _frontier_points(summary: dict[str, dict[str, dict[str, object]]]) -> list[t
     return points
 
 
-def plot_frontier(summary: dict[str, dict[str, dict[str, object]]], png: Path) -> None:
+def plot_frontier(summary: dict[str, dict[str, dict[str, Any]]], png: Path) -> None:
     """Test top-1 against backbone passes per image for every row (mean, bar: half-range over seeds), with today's
     three points and the single-pass goal."""
     from matplotlib.figure import Figure

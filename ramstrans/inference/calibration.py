@@ -114,15 +114,17 @@ def run_calibrate(
         UsageError: a split other than "val", or an ONNX file.
     """
     from ramstrans.data import eval_loader
-    from ramstrans.inference.evaluate import _load
+    from ramstrans.inference.inputs import load_eval_inputs
     from ramstrans.inference.metrics import MetricAccumulator
-    from ramstrans.models.build import weights_used
     from ramstrans.runtime.amp import amp_setup, autocast
 
     check_calibration_split(split)
     if str(checkpoint).endswith(".onnx"):
         raise UsageError("--calibrate fits a checkpoint's temperature; an ONNX export carries none")
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
+    inputs = load_eval_inputs(
+        checkpoint, weights=weights, device=device, split=split, data_root=data_root, skip_corrupt=skip_corrupt
+    )
+    model, cfg, names, ds, dev = inputs.model, inputs.config, inputs.class_names, inputs.dataset, inputs.device
     model.temperature = 1.0  # fit on the raw logits, whatever was stored before
     amp_dtype = amp_setup(dev, cfg.train.amp)[0]
     logits, labels = [], []
@@ -141,7 +143,7 @@ def run_calibrate(
         logger.warning("the fitted temperature %.4g is at the search's bound: scale 1's logits barely inform", t)
     record: dict[str, Any] = {"temperature": t, "fitted_on": "scale 1 logits", "split": split, "images": len(y)}
     record["at_bound"] = at_bound
-    record.update(step=int(ckpt["step"]), weights=weights_used(ckpt, weights), checkpoint=str(checkpoint))
+    record.update(step=inputs.step, weights=inputs.weights, checkpoint=str(checkpoint))
     for when, scale in (("before", 1.0), ("after", t)):
         acc = MetricAccumulator(len(names))
         acc.update((z.double() / scale).softmax(-1), y)

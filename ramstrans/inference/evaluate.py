@@ -6,9 +6,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +14,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ramstrans.config import Config
-from ramstrans.data import ImageDataset, Transform, eval_loader, load_index, split_tables
-from ramstrans.errors import CheckpointError, DataError, UsageError
-from ramstrans.inference.load import load_model
+from ramstrans.data import eval_loader
+from ramstrans.errors import DataError, UsageError
+from ramstrans.inference.inputs import load_eval_inputs, load_onnx_eval_inputs, training_counts
 from ramstrans.inference.metrics import SHOT_THRESHOLDS, MetricAccumulator, shot_accuracy
 from ramstrans.inference.plots import (
     CONFUSION_PLOT_MAX,
@@ -28,15 +25,10 @@ from ramstrans.inference.plots import (
     plot_confusion,
     plot_reliability,
 )
-from ramstrans.inference.tta import FlipTTA, with_tta
-from ramstrans.models import Model, ZoomCriterion
-from ramstrans.models.build import weights_used
+from ramstrans.inference.tta import with_tta
+from ramstrans.models import Predictor, ZoomCriterion
 from ramstrans.runtime.amp import amp_setup, autocast
-from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output, write_text_atomic
-
-if TYPE_CHECKING:
-    from ramstrans.inference.onnx_predictor import OnnxPredictor
 
 __all__ = ["run_eval", "eval_folder", "parse_scales", "resolve_threshold"]
 
@@ -64,7 +56,7 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def resolve_threshold(model: "Model | OnnxPredictor", zoom_on: ZoomCriterion, threshold: float | None) -> float:
+def resolve_threshold(model: Predictor, zoom_on: ZoomCriterion, threshold: float | None) -> float:
     """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
     gate``) or 0.5; checked to lie in [0, 1].
 
@@ -107,73 +99,6 @@ def _per_class_csv(state: dict[str, torch.Tensor], names: list[str]) -> str:
         n, c = int(state["count"][k]), int(state["correct"][k])
         w.writerow([k, name, n, c, f"{100.0 * c / n:.2f}" if n else ""])
     return buf.getvalue()
-
-
-def _load(
-    checkpoint: str,
-    weights: str,
-    device: str,
-    split: str,
-    data_root: str | None,
-    skip_corrupt: bool,
-    shift: Sequence[str] = (),
-) -> tuple[Model, Config, list[str], dict, ImageDataset, torch.device]:
-    """Model (eval mode, on the device), config, class names, checkpoint and the split's dataset (of the training
-    config's data set, or of a copy of it at ``data_root``, used as it is)."""
-    dev = resolve_device(device)
-    loaded = load_model(checkpoint, weights, shift=shift)
-    cfg, ckpt, names = loaded.config, loaded.checkpoint, loaded.class_names
-    if cfg is None or ckpt is None:
-        raise CheckpointError(
-            f"{checkpoint} is an exported folder: evaluation needs the ramstrans checkpoint (it "
-            "holds the data set's config); ramstrans predict classifies images with an export"
-        )
-    loaded.model.to(dev)
-    ds = _split_dataset(cfg, names, split, data_root, loaded.transform, skip_corrupt, checkpoint)
-    return loaded.model, cfg, names, ckpt, ds, dev
-
-
-def _load_onnx(
-    path: str,
-    weights: str,
-    device: str,
-    split: str,
-    data_root: str | None,
-    skip_corrupt: bool,
-    shift: Sequence[str] = (),
-) -> tuple["OnnxPredictor", Config, list[str], tuple[int, str], ImageDataset, torch.device]:
-    """``_load`` of an ONNX export: onnxruntime on the CPU, the config and classes its metadata records, and (step,
-    weights used) for the summary."""
-    from ramstrans.inference.onnx_predictor import OnnxPredictor
-
-    if weights != "auto" or device not in ("auto", "cpu"):
-        raise UsageError("--weights and --device apply to a checkpoint; an ONNX file holds one set of weights")
-    model = OnnxPredictor(path)
-    cfg, names, pre = model.config(), model.onnx.class_names, model.onnx.preprocess
-    transform = Transform(train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=shift)
-    ds = _split_dataset(cfg, names, split, data_root, transform, skip_corrupt, path)
-    return model, cfg, names, (model.step, f"onnx-{model.precision}"), ds, torch.device("cpu")
-
-
-def _split_dataset(
-    cfg: Config,
-    names: list[str],
-    split: str,
-    data_root: str | None,
-    transform: Transform,
-    skip_corrupt: bool,
-    source: str,
-) -> ImageDataset:
-    """The split's dataset of the config's data set (or of a copy of it at ``data_root``) under ``transform``."""
-    data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
-    index = load_index(data_cfg, generate=not data_root)
-    if index.class_names != names:
-        raise UsageError(f"the data set at {index.root} has other classes than {source}")
-    tables = split_tables(data_cfg, index, cfg.train.seed)  # the validation split the run carved, if it did
-    if split not in tables:
-        hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
-        raise UsageError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    return ImageDataset(index.root, tables[split], names, transform, skip_corrupt)
 
 
 def confused_pairs_csv(confusion: np.ndarray, names: list[str]) -> str:
@@ -237,19 +162,22 @@ def run_eval(
         raise UsageError(f"--few-shot {few} must be >= 0 and at most --many-shot {many} + 1")
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    model: Model | OnnxPredictor
-    if str(checkpoint).endswith(".onnx"):
-        model, cfg, names, (step, used), ds, dev = _load_onnx(
-            checkpoint, weights, device, split, data_root, skip_corrupt, shift
-        )
-    else:
-        model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt, shift)
-        step, used = int(ckpt["step"]), weights_used(ckpt, weights)
+    load = load_onnx_eval_inputs if str(checkpoint).endswith(".onnx") else load_eval_inputs
+    inputs = load(
+        checkpoint,
+        weights=weights,
+        device=device,
+        split=split,
+        data_root=data_root,
+        skip_corrupt=skip_corrupt,
+        shift=shift,
+    )
+    model, cfg, names, dev, used = inputs.model, inputs.config, inputs.class_names, inputs.device, inputs.weights
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
     metrics, state = evaluate(
         model,
-        eval_loader(ds, batch_size, num_workers),
+        eval_loader(inputs.dataset, batch_size, num_workers),
         device=dev,
         num_classes=len(names),
         amp_dtype=amp_setup(dev, cfg.train.amp)[0],
@@ -268,7 +196,7 @@ def run_eval(
         else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift, tta)
     )
     out.mkdir(parents=True, exist_ok=True)
-    res = _result(metrics, checkpoint, step, split, scales, used, shift, out)
+    res = _result(metrics, checkpoint, inputs.step, split, scales, used, shift, out)
     counts = training_counts(cfg, names, data_root)
     res["shots"] = shot_accuracy(state["count"].tolist(), state["correct"].tolist(), counts, shot_thresholds)
     res.update(shot_thresholds=list(shot_thresholds), tta=tta, temperature=float(model.temperature))
@@ -276,15 +204,6 @@ def run_eval(
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     _write_eval(out, res, state, names)
     return res
-
-
-def training_counts(cfg: Config, names: list[str], data_root: str | None) -> list[int]:
-    """(K,) training images per class of the run's training split (of the data set, or its copy at ``data_root``):
-    what the shot groups are counted on."""
-    data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
-    index = load_index(data_cfg, generate=not data_root)
-    labels = split_tables(replace(data_cfg, skip_corrupt=True), index, cfg.train.seed)["train"]["label"]
-    return np.bincount(labels.to_numpy(), minlength=len(names)).tolist()
 
 
 def _result(
@@ -325,7 +244,7 @@ def _write_eval(out: Path, res: dict[str, object], state: dict[str, Tensor], nam
 
 @torch.no_grad()
 def evaluate(
-    model: "Model | OnnxPredictor",
+    model: Predictor,
     loader: DataLoader,
     *,
     device: torch.device,
@@ -383,7 +302,7 @@ def evaluate(
 
 
 def _accumulate(
-    model: "Model | OnnxPredictor | FlipTTA",
+    model: Predictor,
     batches: Iterable[dict],
     acc: MetricAccumulator,
     device: torch.device,

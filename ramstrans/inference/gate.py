@@ -18,11 +18,10 @@ from ramstrans.checkpoint import checkpoint_file, save_checkpoint
 from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
 from ramstrans.inference.calibration import temperature_file, write_temperature
-from ramstrans.inference.evaluate import _load
+from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
 from ramstrans.models import RAMSTrans, fit_zoom_gate, zoom_confidence
-from ramstrans.models.build import weights_used
 from ramstrans.runtime.amp import amp_setup
 from ramstrans.runtime.files import check_output, write_text_atomic
 
@@ -87,11 +86,13 @@ def run_fit_gate(
     if split == "test":
         raise UsageError("the zoom gate is fitted on a validation split, never on test: use --split val")
     target = check_output(out or default_gate_path(checkpoint), [checkpoint], overwrite, "--out")
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, False)
+    inputs = load_eval_inputs(checkpoint, weights=weights, device=device, split=split, data_root=data_root)
+    model, ckpt, dev = inputs.model, inputs.checkpoint, inputs.device
+    assert ckpt is not None  # load_eval_inputs reads checkpoints only
     if not isinstance(model, RAMSTrans) or model.num_scales < 2:
         raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
     pooled, first, fused, labels = scale_outputs(
-        model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]
+        model, eval_loader(inputs.dataset, batch_size, num_workers), dev, amp_setup(dev, inputs.config.train.amp)[0]
     )
     changed = fused.argmax(1) != first.argmax(1)
     gate, oof, l2 = fit_zoom_gate(pooled, first, changed)
@@ -105,12 +106,12 @@ def run_fit_gate(
             target,
             {
                 "temperature": model.temperature,
-                "step": int(ckpt["step"]),
-                "weights": weights_used(ckpt, weights),
+                "step": inputs.step,
+                "weights": inputs.weights,
                 "copied_from": str(temperature_file(checkpoint_file(Path(checkpoint)))),
             },
         )
-    folder = target.parent / f"fit_gate_{split}_{weights_used(ckpt, weights)}"
+    folder = target.parent / f"fit_gate_{split}_{inputs.weights}"
     folder.mkdir(parents=True, exist_ok=True)
     report.update(output=str(target), report=str(folder / "gate.json"), threshold=float(gate.threshold))
     write_text_atomic(folder / "gate.json", json.dumps(report, indent=1))

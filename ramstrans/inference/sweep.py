@@ -13,9 +13,10 @@ import torch
 
 from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
-from ramstrans.inference.evaluate import _load, resolve_threshold
+from ramstrans.inference.evaluate import resolve_threshold
+from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.plots import plot_zoom_sweep
-from ramstrans.models import RAMSTrans, ZoomCriterion, fuse_probs, weights_used
+from ramstrans.models import RAMSTrans, ZoomCriterion, fuse_probs
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.files import check_output, write_text_atomic
 
@@ -102,12 +103,15 @@ def run_zoom_sweep(
         raise UsageError("the zoom threshold is chosen on a validation split, never on test: use --split val")
     if output_dir:
         check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    model, cfg, names, ckpt, ds, dev = _load(checkpoint, weights, device, split, data_root, skip_corrupt)
+    inputs = load_eval_inputs(
+        checkpoint, weights=weights, device=device, split=split, data_root=data_root, skip_corrupt=skip_corrupt
+    )
+    model, dev = inputs.model, inputs.device
     if not isinstance(model, RAMSTrans) or model.num_scales < 2:
         raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
     resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
     pooled, first, fused, labels = scale_outputs(
-        model, eval_loader(ds, batch_size, num_workers), dev, amp_setup(dev, cfg.train.amp)[0]
+        model, eval_loader(inputs.dataset, batch_size, num_workers), dev, amp_setup(dev, inputs.config.train.amp)[0]
     )
     rows = sweep_rows(
         model.zoom_score(pooled, first, zoom_on), first, fused, labels, SWEEP_THRESHOLDS, model.num_scales
@@ -120,7 +124,7 @@ def run_zoom_sweep(
         "split": split,
         "images": len(labels),
         "zoom_on": zoom_on,
-        "weights": weights_used(ckpt, weights),
+        "weights": inputs.weights,
         "single_scale_top1": single,
         "full_fusion_top1": full,
         "full_fusion_passes_per_image": float(model.num_scales),

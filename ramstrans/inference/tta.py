@@ -5,13 +5,11 @@ its cost in backbone passes like the zoom's: every view costs its own passes (tw
 2 passes per image, of a fused two-scale model 4, and adaptive zoom decides per view).
 """
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ramstrans.errors import UsageError
-from ramstrans.models import Prediction, ZoomCriterion
+from ramstrans.models import Prediction, Predictor, ZoomCriterion
 
 __all__ = ["FlipTTA", "TTA_CHOICES", "with_tta"]
 
@@ -22,12 +20,12 @@ class FlipTTA:
     """A model's ``predict`` on (B, C, H, W) images and on their horizontal mirrors, averaged.
 
     Args:
-        model: anything with RAMSTrans's ``predict`` interface (RAMSTrans, Classifier, OnnxPredictor).
+        model: a ``Predictor`` (RAMSTrans, Classifier, OnnxPredictor).
     """
 
     views = 2
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Predictor) -> None:
         self.model = model
 
     @property
@@ -35,7 +33,7 @@ class FlipTTA:
         return int(self.model.num_scales)
 
     @property
-    def zoom_gate(self) -> Any:
+    def zoom_gate(self) -> object:
         return self.model.zoom_gate
 
     @property
@@ -77,7 +75,7 @@ class FlipTTA:
         )
 
 
-def with_tta(model: Any, tta: str) -> tuple[Any, int]:
+def with_tta(model: Predictor, tta: str) -> tuple[Predictor, int]:
     """``model`` wrapped for test-time augmentation ``tta`` ("none" or "flip"), and its views per image.
 
     Raises:

@@ -32,6 +32,7 @@ from ramstrans.models.rams import (
     zoom_confidence,
 )
 from ramstrans.models.rollout import attention_rollout
+from ramstrans.models.testtime import Predictor
 
 __all__ = [
     "ViTBackbone",
@@ -49,6 +50,7 @@ __all__ = [
     "Proposal",
     "RAMSTrans",
     "ZoomCriterion",
+    "Predictor",
     "create_model",
     "zoom_confidence",
     "attention_rollout",

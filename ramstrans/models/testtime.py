@@ -2,7 +2,7 @@
 ``Prediction`` from scale 1's probabilities and those of the zoomed scales (of every image, or of the adaptive
 zoom's subset, placed back into the batch)."""
 
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -11,10 +11,43 @@ from ramstrans.errors import UsageError
 from ramstrans.models.backbones.distilled import HEADS, select_head
 from ramstrans.models.outputs import Prediction, fuse_probs
 
-__all__ = ["ZoomCriterion", "ZOOM_CRITERIA", "check_zoom_on", "head_probs", "assemble_prediction"]
+__all__ = ["Predictor", "ZoomCriterion", "ZOOM_CRITERIA", "check_zoom_on", "head_probs", "assemble_prediction"]
 
 ZoomCriterion = Literal["maxprob", "margin", "gate"]
 ZOOM_CRITERIA = ("maxprob", "margin", "gate")
+
+
+class Predictor(Protocol):
+    """What evaluation and ``ramstrans predict`` run: RAMSTrans, Classifier, an ONNX export's ``OnnxPredictor``, or
+    test-time augmentation's ``FlipTTA`` around any of them."""
+
+    @property
+    def num_scales(self) -> int:
+        """The scales ``predict`` can fuse (1: none to zoom)."""
+        ...
+
+    @property
+    def zoom_gate(self) -> Any:
+        """The fitted zoom gate (its ``threshold`` is the one chosen on validation), or None."""
+        ...
+
+    @property
+    def training(self) -> bool: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def predict(
+        self,
+        x: Tensor,
+        scales: int | str = 1,
+        zoom_threshold: float = 0.5,
+        zoom_on: ZoomCriterion = "maxprob",
+        boxes: bool = True,
+    ) -> Prediction:
+        """(B, C, H, W) normalised images -> the test-time ``Prediction`` (single scale, fused, or "auto")."""
+        ...
 
 
 def check_zoom_on(zoom_on: ZoomCriterion, adaptive: bool, has_gate: bool) -> None:
