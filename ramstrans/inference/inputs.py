@@ -66,7 +66,16 @@ def load_eval_inputs(
         )
     loaded.model.to(dev)
     ds = _split_dataset(cfg, names, split, data_root, loaded.transform, skip_corrupt, checkpoint)
-    return EvalInputs(loaded.model, cfg, names, ckpt, int(ckpt["step"]), weights_used(ckpt, weights), ds, dev)
+    return EvalInputs(
+        model=loaded.model,
+        config=cfg,
+        class_names=names,
+        checkpoint=ckpt,
+        step=int(ckpt["step"]),
+        weights=weights_used(ckpt, weights),
+        dataset=ds,
+        device=dev,
+    )
 
 
 def load_onnx_eval_inputs(
@@ -92,7 +101,16 @@ def load_onnx_eval_inputs(
     cfg, names, pre = model.config(), model.onnx.class_names, model.onnx.preprocess
     transform = Transform(train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=shift)
     ds = _split_dataset(cfg, names, split, data_root, transform, skip_corrupt, path)
-    return EvalInputs(model, cfg, names, None, model.step, f"onnx-{model.precision}", ds, torch.device("cpu"))
+    return EvalInputs(
+        model=model,
+        config=cfg,
+        class_names=names,
+        checkpoint=None,
+        step=model.step,
+        weights=f"onnx-{model.precision}",
+        dataset=ds,
+        device=torch.device("cpu"),
+    )
 
 
 def _split_dataset(

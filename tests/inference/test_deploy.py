@@ -145,6 +145,26 @@ def test_timm_folder_round_trip(trained, tmp_path):
     assert again_names == names and transform == {"resize": 72, "crop": 64, "interpolation": "bilinear"}
     for got, want in zip(again.forward_multiscale(x).logits, model.forward_multiscale(x).logits):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    from ramstrans.errors import CheckpointError
+    from ramstrans.inference.inputs import load_eval_inputs
+
+    with pytest.raises(CheckpointError, match="is an exported folder: evaluation needs the ramstrans checkpoint"):
+        load_eval_inputs(str(out))  # an export has no data set config to evaluate on
+
+
+def test_eval_inputs_hold_the_checkpoint_and_the_split(trained):
+    from ramstrans.data import load_index, split_tables
+    from ramstrans.inference.inputs import load_eval_inputs
+
+    ckpt = load_checkpoint(trained / "checkpoint.pth")
+    inputs = load_eval_inputs(str(trained / "checkpoint.pth"), device="cpu", split="val")
+    model, cfg, names = _model(trained)
+    assert inputs.step == ckpt["step"] == 6 and inputs.weights == "raw" and inputs.class_names == names
+    assert inputs.device == torch.device("cpu") and not inputs.model.training
+    tables = split_tables(cfg.data, load_index(cfg.data), cfg.train.seed)
+    assert inputs.dataset.table["path"].tolist() == tables["val"]["path"].tolist()  # the run's carved split
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(inputs.model(x), model(x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("scales", [1, 2])
