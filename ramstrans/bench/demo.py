@@ -54,18 +54,25 @@ def resolved(config: str, sets: Sequence[str], run_dir: Path) -> dict:
     return asdict(load_config(config, [*sets, f"train.output_dir={run_dir}"]))
 
 
-def cached_scores(run_dir: Path, cache: str, split: str, score: Callable[[dict, dict], dict]) -> dict:
-    """``score(single, fused)`` of a two-scale run's checkpoint, evaluated at one and at two scales on ``split``;
-    cached in ``run_dir/cache`` so that a resumed bench does not evaluate a finished run again."""
+def cached_scores(run_dir: Path, cache: str, split: str, score: Callable[..., dict], shift: Sequence[str] = ()) -> dict:
+    """``score(single=..., fused=...)`` of a two-scale run's checkpoint, given its evaluations on ``split`` at one and
+    at two scales (and with a ``shift``, also ``shifted=`` its one-scale evaluation under that shift); cached in
+    ``run_dir/cache`` so that a resumed bench does not evaluate a finished run again."""
     from ramstrans.inference.evaluate import run_eval
 
     cached = run_dir / cache
     if cached.is_file():
         return json.loads(cached.read_text())
     ckpt = str(run_dir / "checkpoint.pth")
-    single = run_eval(ckpt, split=split, scales=1, num_workers=0, show_progress=False, overwrite=True)
-    fused = run_eval(ckpt, split=split, scales=2, num_workers=0, show_progress=False, overwrite=True)
-    out = score(single, fused)
+    evals = {"single": {"scales": 1}, "fused": {"scales": 2}} | (
+        {"shifted": {"scales": 1, "shift": shift}} if shift else {}
+    )
+    out = score(
+        **{
+            name: run_eval(ckpt, split=split, num_workers=0, show_progress=False, overwrite=True, **kwargs)
+            for name, kwargs in evals.items()
+        }
+    )
     write_text_atomic(cached, json.dumps(out, indent=1))
     return out
 

@@ -10,9 +10,8 @@ time. Differences are paired by seed. Resumable (``run_or_reuse``).
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import cached_scores, mean_spread, resolved, run_or_reuse
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_distill", "VARIANTS"]
@@ -21,18 +20,10 @@ VARIANTS = ("none", "soft", "hard")
 HEADS = ("mean", "cls", "dist")
 
 
-def _scores(run_dir: Path, split: str) -> dict[str, float]:
-    """Top-1 of every head, single scale and fused, and the proposal's mIoU (on ``split``)."""
-    from ramstrans.inference.evaluate import run_eval
-
-    ckpt = str(run_dir / "checkpoint.pth")
-    out: dict[str, float] = {}
-    for scales, tag in ((1, "single"), (2, "fused")):
-        res: dict[str, Any] = run_eval(ckpt, split=split, scales=scales, num_workers=0, show_progress=False)
-        out.update({f"{tag}_{h}": res[f"top1_{h}"] for h in HEADS})
-        if scales == 1 and "loc_miou" in res:
-            out["loc_miou"] = res["loc_miou"]
-    return out
+def _score(single: dict, fused: dict) -> dict[str, float]:
+    """Top-1 of every head, single scale and fused, and the proposal's mIoU, from the two evaluations."""
+    out = {f"{tag}_{h}": float(res[f"top1_{h}"]) for tag, res in (("single", single), ("fused", fused)) for h in HEADS}
+    return out | ({"loc_miou": float(single["loc_miou"])} if "loc_miou" in single else {})
 
 
 def bench_distill(
@@ -73,7 +64,7 @@ def bench_distill(
                 else ["distill.enabled=true", f"distill.teacher={t_dir}", f"distill.type={variant}"]
             )
             run_dir = run_or_reuse(student_config, sets, Path(out_dir) / split, f"student_{variant}_seed{seed}")
-            scores[variant].append(_scores(run_dir, split))
+            scores[variant].append(cached_scores(run_dir, f"distill_eval_{split}.json", split, _score))
             folders[variant].append(str(run_dir))
             configs[str(run_dir)] = resolved(student_config, sets, run_dir)
     result: dict[str, object] = {

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
+from ramstrans.bench.demo import cached_scores, mean_spread, resolved, run_or_reuse
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_options", "VARIANTS"]
@@ -39,22 +39,21 @@ VARIANTS: dict[str, list[str]] = {
 SHIFT = ("colour", "blur", "contrast")
 
 
-def _scores(run_dir: Path) -> dict[str, float]:
-    """Validation top-1 single scale, fused and under the shift, the proposal's mIoU and the seconds per step."""
-    from ramstrans.inference.evaluate import run_eval
-
-    ckpt = str(run_dir / "checkpoint.pth")
-    single: dict[str, Any] = run_eval(ckpt, split="val", scales=1, num_workers=0, show_progress=False)
-    fused: dict[str, Any] = run_eval(ckpt, split="val", scales=2, num_workers=0, show_progress=False)
-    shifted: dict[str, Any] = run_eval(ckpt, split="val", scales=1, shift=SHIFT, num_workers=0, show_progress=False)
-    train = json.loads((run_dir / "summary.json").read_text())["train"]
+def _score(single: dict, fused: dict, shifted: dict) -> dict[str, float]:
+    """Validation top-1 single scale, fused and under the shift, and the proposal's mIoU."""
     return {
-        "single": single["top1"],
-        "fused": fused["top1"],
-        "shifted_single": shifted["top1"],
-        "loc_miou": single.get("loc_miou", float("nan")),
-        "s_per_step": train["seconds"] / max(train["steps"], 1),
+        "single": float(single["top1"]),
+        "fused": float(fused["top1"]),
+        "shifted_single": float(shifted["top1"]),
+        "loc_miou": float(single.get("loc_miou", float("nan"))),
     }
+
+
+def _scores(run_dir: Path) -> dict[str, float]:
+    """``_score`` of a run (cached in its folder) and its seconds per training step."""
+    train = json.loads((run_dir / "summary.json").read_text())["train"]
+    scores = cached_scores(run_dir, "options_eval.json", "val", _score, shift=SHIFT)
+    return scores | {"s_per_step": train["seconds"] / max(train["steps"], 1)}
 
 
 def _vm_mib(field: str) -> float:
