@@ -36,6 +36,7 @@ setup(
         "test": ["pytest", "pytest-timeout", "ruff", "mypy", "tensorboard", "onnx", "onnxscript", "onnxruntime"],
         "tensorboard": ["tensorboard"],
         "deploy": ["onnx", "onnxscript", "onnxruntime"],
+        "docs": ["mkdocs-material"],
     },
     entry_points={"console_scripts": ["ramstrans = ramstrans.cli:main"]},
 )

@@ -1,8 +1,9 @@
 """ramstrans: RAMS-Trans (ACM MM 2021) fine-grained recognition on timm ViTs.
 
 The public names are imported on first use, so that ``import ramstrans`` (and ``ramstrans --help``) does not import
-torch or timm. The modules of the flat layout before 0.2 (``ramstrans.losses``, ``ramstrans.train``, ...) still import,
-as aliases of their new homes, with a DeprecationWarning; they go in the next release (``_MOVED``).
+torch or timm. Module paths of earlier layouts (the flat ``ramstrans.train``, ``ramstrans.evaluate``, ...; 0.2's
+``ramstrans.training.losses``) still import, as aliases of their new homes, with a DeprecationWarning; they go in the
+next release (``_MOVED``).
 """
 
 import importlib
@@ -28,6 +29,8 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "load_model",
+    "build_backbone",
+    "EvalRequest",
     "__version__",
 ]
 
@@ -36,7 +39,7 @@ _WHERE = {
     "Classifier": "ramstrans.models",
     "create_model": "ramstrans.models",
     "load_config": "ramstrans.config",
-    "MultiScaleLoss": "ramstrans.training.losses",
+    "MultiScaleLoss": "ramstrans.losses",
     "DistillationLoss": "ramstrans.distill.loss",
     "SelfDistillationLoss": "ramstrans.distill.self_distill",
     "build_criterion": "ramstrans.training.build",
@@ -45,6 +48,8 @@ _WHERE = {
     "load_checkpoint": "ramstrans.checkpoint",
     "model_from_checkpoint": "ramstrans.models.build",
     "load_model": "ramstrans.inference.load",
+    "build_backbone": "ramstrans.models",
+    "EvalRequest": "ramstrans.registry",
 }
 
 # Old module path -> its new home (deprecated aliases, for one release).
@@ -53,7 +58,6 @@ _MOVED = {
     "ramstrans.dist": "ramstrans.runtime.dist",
     "ramstrans.runlog": "ramstrans.runtime.runlog",
     "ramstrans.engine": "ramstrans.training.engine",
-    "ramstrans.losses": "ramstrans.training.losses",
     "ramstrans.mixing": "ramstrans.training.mixing",
     "ramstrans.monitor": "ramstrans.training.monitor",
     "ramstrans.train": "ramstrans.training.run",
@@ -76,6 +80,8 @@ _MOVED = {
     "ramstrans.models.attention": "ramstrans.models.blocks.attention",
     "ramstrans.models.ffn": "ramstrans.models.blocks.ffn",
     "ramstrans.models.fwt": "ramstrans.models.blocks.fwt",
+    "ramstrans.training.losses": "ramstrans.losses",
+    "ramstrans.runtime.runfolder": "ramstrans.training.runfolder",
 }
 
 

@@ -45,7 +45,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     try:
         atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp), fsync=True)
     except RuntimeError as e:  # torch's zip writer: not a full disk (atomic_write names that), another write error
-        raise OSError(f"could not write {path}: {e}") from None
+        raise OSError(f"could not write {path}: {e}") from e
 
 
 def save_run_checkpoint(state: dict[str, Any], out_dir: Path, keep: int) -> Path:
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, pickled objects, not a torch file at all
-        raise CheckpointError(f"{path} is not a readable ramstrans checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(f"{path} is not a readable ramstrans checkpoint ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} is not a ramstrans checkpoint")
     for key in ("config", "class_names", "step"):

@@ -17,11 +17,11 @@ def _seed():
 
 def tiny_model(**overrides):
     """A 2-block ViT-Ti/16 RAMSTrans at 64 px (4x4 grid) with 5 classes."""
-    from ramstrans import RAMSTrans
+    from ramstrans import create_model
 
     kwargs = dict(TINY, num_classes=5)
     kwargs.update(overrides)
-    return RAMSTrans(**kwargs)
+    return create_model(**kwargs)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -79,13 +79,20 @@ def sets(*items):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """A tiny run trained once through the CLI (TINY_TRAIN, 3 steps); tests that change it work on a copy."""
+def tiny_run(tmp_path_factory):
+    """A tiny run trained once per session through the CLI (TINY_TRAIN, 3 steps); tests that change it work on a
+    copy."""
     from ramstrans.cli import main
 
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--no-progress", "--output-dir", str(out)] + sets(*TINY_TRAIN)) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_run):
+    """The session's tiny run (a module may train its own under this name)."""
+    return tiny_run
 
 
 def stop_after_step(monkeypatch, step: int):
@@ -110,3 +117,30 @@ def eval_summary(capsys) -> dict:
 
     line = capsys.readouterr().out.strip().splitlines()[-1]
     return json.loads(open(line.rsplit("written to ", 1)[1]).read())
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    """The session's tiny run as a two-scale model with sharpened attention (real boxes), exported once per session:
+    fused in fp32 (with its single-scale graph beside it, ``scale1``), fp16 and int8."""
+    import torch
+
+    from ramstrans.cli import main
+
+    root = tmp_path_factory.mktemp("exported")
+    ckpt = torch.load(tiny_run / "checkpoint.pth", weights_only=True)
+    for k, v in ckpt["model"].items():
+        if k.endswith("attn.qkv.weight"):
+            v[: 2 * 32].mul_(8.0)
+    torch.save(ckpt, root / "checkpoint.pth")
+    files = {}
+    for name, extra in [
+        ("fp32", []),
+        ("fp16", ["--precision", "fp16"]),
+        ("int8", ["--precision", "int8", "--calibration-images", "8"]),
+    ]:
+        files[name] = root / f"{name}.onnx"
+        args = ["export", "--checkpoint", str(root / "checkpoint.pth"), "--format", "onnx", "--scales", "2"]
+        assert main(args + ["--out", str(files[name])] + extra) == 0
+    files["scale1"] = root / "fp32.scale1.onnx"
+    return root, files

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ramstrans.bench.demo import mean_spread
 from ramstrans.inference.evaluate import run_eval
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.files import write_text_atomic
 
 VARIANTS, SHIFTS = ("base", "fwt_fixed", "fwt_learned"), (None, "colour", "blur", "contrast")
@@ -23,12 +24,9 @@ def main(runs: str, out: str) -> None:
         scores = {
             str(s): [
                 run_eval(
-                    str(f / "checkpoint.pth"),
-                    split="val",
+                    EvalRequest(str(f / "checkpoint.pth"), split="val", num_workers=0, shift=() if s is None else (s,)),
                     scales=1,
-                    num_workers=0,
                     show_progress=False,
-                    shift=() if s is None else (s,),
                 )["top1"]
                 for f in folders
             ]

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.data import Transform, eval_loader
 from ramstrans.data.synthetic.pretext import PretextDataset
+from ramstrans.inference.evaluate import evaluate
 from ramstrans.models.build import model_from_checkpoint
-from ramstrans.training.engine import evaluate
 
 CHECK = {"seed": 424242, "num_images": 512, "image_size": 160, "resize": 144}  # the batch tests regenerate
 OUT = "ramstrans/weights/synthetic-tiny"  # .safetensors (a timm state dict) and .json, read by load_pretrained

@@ -22,6 +22,7 @@ from ramstrans.models import (
     RAMSTrans,
     attention_rollout,
     component_boxes,
+    create_model,
     crop_and_zoom,
     largest_component,
     threshold_rollout,
@@ -80,7 +81,7 @@ def _models(
 ) -> tuple[RAMSTrans, nn.Module, nn.Module, list[torch.Tensor]]:
     """The RAMS-Trans model, timm's model with the same weights, and an unfused timm copy whose blocks keep their
     attention probabilities in the returned list (design (b))."""
-    model = RAMSTrans(backbone=backbone, num_classes=200, img_size=img_size, num_scales=2, **kw).to(dev)
+    model = cast(RAMSTrans, create_model(backbone, 200, img_size=img_size, num_scales=2, **kw)).to(dev)
     ref = timm.create_model(backbone, img_size=img_size, num_classes=200, **kw).to(dev)
     weights = cast(ViTBackbone, model.backbone).vit.state_dict()
     ref.load_state_dict(weights)
@@ -104,7 +105,7 @@ def _time_inference(
         attns = bb.forward_features(x, capture="all").attentions
 
         def dppm() -> torch.Tensor:
-            g = attention_rollout(attns, bb.grid_size, model.residual, model.rollout_rows)
+            g = attention_rollout(attns, bb.grid_size, bb.residual, bb.rollout_rows)
             boxes = component_boxes(largest_component(threshold_rollout(g, model.alpha)), bb.patch_size, (H, W))
             return crop_and_zoom(x, boxes, (H, W))
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ramstrans.models import RAMSTrans
+from ramstrans.models import create_model
 
 __all__ = ["bench_ddp"]
 
@@ -29,7 +29,7 @@ def _ddp_step_worker(rank: int, world: int, port: int, args: dict[str, Any], out
     torch.set_num_threads(1)
     info, _ = init_distributed("cpu", 120)
     torch.manual_seed(0)
-    model = RAMSTrans(
+    model = create_model(
         backbone=args["backbone"],
         num_classes=200,
         img_size=args["img_size"],

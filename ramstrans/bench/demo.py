@@ -5,11 +5,12 @@ import json
 import logging
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ramstrans.errors import UsageError
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_demo", "run_or_reuse", "mean_spread", "resolved", "cached_scores"]
@@ -64,13 +65,14 @@ def cached_scores(run_dir: Path, cache: str, split: str, score: Callable[..., di
     if cached.is_file():
         return json.loads(cached.read_text())
     ckpt = str(run_dir / "checkpoint.pth")
-    evals = {"single": {"scales": 1}, "fused": {"scales": 2}} | (
-        {"shifted": {"scales": 1, "shift": shift}} if shift else {}
-    )
+    request = EvalRequest(ckpt, split=split, num_workers=0)
+    evals = {"single": (request, 1), "fused": (request, 2)}
+    if shift:
+        evals["shifted"] = (replace(request, shift=tuple(shift)), 1)
     out = score(
         **{
-            name: run_eval(ckpt, split=split, num_workers=0, show_progress=False, overwrite=True, **kwargs)
-            for name, kwargs in evals.items()
+            name: run_eval(asked, scales=scales, show_progress=False, overwrite=True)
+            for name, (asked, scales) in evals.items()
         }
     )
     write_text_atomic(cached, json.dumps(out, indent=1))
@@ -97,12 +99,10 @@ def _test_modes(run_dir: Path, threshold: float | None) -> dict[str, dict[str, A
     """Fused and adaptive test evaluations of a two-scale run (written into its folder)."""
     from ramstrans.inference.evaluate import run_eval
 
-    ckpt = str(run_dir / "checkpoint.pth")
+    request = EvalRequest(str(run_dir / "checkpoint.pth"), split="test", num_workers=0)
     return {
-        "fused": run_eval(ckpt, split="test", scales=2, num_workers=0, show_progress=False),
-        "adaptive": run_eval(
-            ckpt, split="test", scales="auto", zoom_threshold=threshold, num_workers=0, show_progress=False
-        ),
+        "fused": run_eval(request, scales=2, show_progress=False),
+        "adaptive": run_eval(request, scales="auto", zoom_threshold=threshold, show_progress=False),
     }
 
 
@@ -189,7 +189,7 @@ def _train_all(
             runs[name].append(summary["final_val"] if split == "val" else summary["test"])
             folders[name].append(str(run_dir))
             if name == "rams" and split == "val":
-                sweeps.append(run_zoom_sweep(str(run_dir / "checkpoint.pth"), split="val", num_workers=0))
+                sweeps.append(run_zoom_sweep(EvalRequest(str(run_dir / "checkpoint.pth"), split="val", num_workers=0)))
             elif name == "rams":
                 modes = _test_modes(run_dir, zoom_threshold)
                 runs["rams_fused"].append(modes["fused"])

@@ -127,7 +127,7 @@ def _overhead(model: Any, x: torch.Tensor, repeats: int) -> dict[str, dict[str, 
 
     bb = model.backbone
     attentions = bb.forward_features(x, scale=0, capture="all").attentions
-    rollout = attention_rollout(attentions, bb.grid_size, model.residual, model.rollout_rows, bb.num_prefix_tokens)
+    rollout = attention_rollout(attentions, bb.grid_size, bb.residual, bb.rollout_rows, bb.num_prefix_tokens)
     boxes = component_boxes(largest_component(threshold_rollout(rollout, model.alpha)), bb.patch_size, bb.img_size)
     return _times(
         {
@@ -135,7 +135,7 @@ def _overhead(model: Any, x: torch.Tensor, repeats: int) -> dict[str, dict[str, 
             "scale1_with_capture": lambda: bb.forward_features(x, scale=0, capture="all"),
             "scale1_without_capture": lambda: bb.forward_features(x, scale=0, capture="none"),
             "rollout": lambda: attention_rollout(
-                attentions, bb.grid_size, model.residual, model.rollout_rows, bb.num_prefix_tokens
+                attentions, bb.grid_size, bb.residual, bb.rollout_rows, bb.num_prefix_tokens
             ),
             "components_and_boxes": lambda: component_boxes(
                 largest_component(threshold_rollout(rollout, model.alpha)), bb.patch_size, bb.img_size

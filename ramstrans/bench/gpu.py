@@ -163,10 +163,10 @@ def _models(s: GpuSetting, device: torch.device) -> tuple[Any, torch.nn.Module]:
     """RAMS-Trans (two scales) and timm's own model with the same weights, on the device."""
     import timm
 
-    from ramstrans.models import RAMSTrans
+    from ramstrans.models import create_model
 
     kw: dict[str, Any] = {"depth": s.depth} if s.depth else {}
-    model = RAMSTrans(backbone=s.backbone, num_classes=s.num_classes, img_size=s.img_size, num_scales=2, **kw)
+    model = create_model(backbone=s.backbone, num_classes=s.num_classes, img_size=s.img_size, num_scales=2, **kw)
     ref = timm.create_model(s.backbone, img_size=s.img_size, num_classes=s.num_classes, **kw)
     ref.load_state_dict(cast(Any, model.backbone).vit.state_dict())
     return model.to(device), ref.to(device)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ramstrans.registry import EvalRequest
+
 __all__ = ["train_check"]
 
 FULL_SETS = [
@@ -73,7 +75,8 @@ def train_check(device: torch.device, tiny: bool = False) -> dict[str, Any]:
         step = int(torch.load(run / "checkpoint.pth", weights_only=False, map_location="cpu")["step"])
         items["resume_and_extend"] = {"pass": step == more, "final_step": step}
         final = str(run / "checkpoint.pth")
-        r: dict[str, Any] = run_eval(final, scales="auto", device=device.type, num_workers=0, show_progress=False)
+        request = EvalRequest(final, device=device.type, num_workers=0)
+        r: dict[str, Any] = run_eval(request, scales="auto", show_progress=False)
         top1 = float(r["top1"])
         items["eval_adaptive"] = {
             "pass": math.isfinite(top1) and r["images"] > 0,

@@ -67,7 +67,7 @@ def onnxruntime_row(setting: Any) -> dict[str, Any]:
 
     from ramstrans.export.onnx import write_onnx
     from ramstrans.export.precision import to_fp16
-    from ramstrans.models import RAMSTrans
+    from ramstrans.models import create_model
 
     available = ort.get_available_providers()
     provider = "CUDAExecutionProvider" if "CUDAExecutionProvider" in available else None
@@ -75,7 +75,7 @@ def onnxruntime_row(setting: Any) -> dict[str, Any]:
         return {"skipped": "onnxruntime has no CUDAExecutionProvider here", "providers": available}
     provider = provider or "CPUExecutionProvider"
     kw = {"depth": setting.depth} if setting.depth else {}
-    model = RAMSTrans(
+    model = create_model(
         backbone=setting.backbone, num_classes=setting.num_classes, img_size=setting.img_size, num_scales=1, **kw
     ).eval()
     b = setting.batches[0]

@@ -186,7 +186,7 @@ def bench_inat_index(
         num_val: images of val2017.json.
 
     Raises:
-        ValueError: fewer images than classes, or fewer than one of either.
+        UsageError: fewer images than classes, or fewer than one of either.
     """
     if not 1 <= num_classes <= num_images or num_val < 1:
         raise UsageError(

@@ -130,7 +130,7 @@ def _timed_rows(
 ) -> list[dict[str, object]]:
     """One row per thread count and batch size: every model's times, eager and through onnxruntime (the checkpoint
     exported at one and two scales into a temporary folder); torch's thread count is restored at the end."""
-    from ramstrans.export import export_onnx
+    from ramstrans.export.onnx import export_onnx
 
     rows: list[dict[str, object]] = []
     available = torch.get_num_threads()
@@ -313,7 +313,7 @@ def bench_config_latency(
         overrides: settings applied to every config (e.g. ``model.attn_window=2``).
     """
     from ramstrans.config import load_config
-    from ramstrans.export import write_onnx
+    from ramstrans.export.onnx import write_onnx
     from ramstrans.models import build_model
 
     rows = []

@@ -18,6 +18,7 @@ from typing import Any
 
 from ramstrans.bench.demo import mean_spread
 from ramstrans.errors import UsageError
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["bench_quantize"]
@@ -33,12 +34,10 @@ def _scores(model: str, folder: Path, scales: list[int], split: str) -> dict[str
     out = {}
     for s in scales:
         r: dict[str, Any] = run_eval(
-            model,
-            split=split,
+            EvalRequest(model, split=split, num_workers=0),
             scales=s,
             output_dir=str(folder / f"eval_s{s}"),
             show_progress=False,
-            num_workers=0,
             overwrite=True,
         )
         out[str(s)] = {"top1": float(r["top1"])} | ({"loc_miou": float(r["loc_miou"])} if "loc_miou" in r else {})

@@ -1,13 +1,13 @@
 """``ramstrans bench transmix``: the per-step cost of TransMix."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ramstrans.bench.timing import interleaved
-from ramstrans.models import RAMSTrans
-from ramstrans.training.losses import MultiScaleLoss
+from ramstrans.losses import MultiScaleLoss
+from ramstrans.models import RAMSTrans, create_model
 from ramstrans.training.mixing import Mixer
 
 __all__ = ["bench_transmix"]
@@ -26,7 +26,7 @@ def bench_transmix(
     dev = torch.device(device)
     kw: dict[str, Any] = {"depth": depth} if depth else {}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    model = RAMSTrans(backbone=backbone, num_classes=200, img_size=img_size, num_scales=2, **kw).to(dev).train()
+    model = cast(RAMSTrans, create_model(backbone, 200, img_size=img_size, num_scales=2, **kw)).to(dev).train()
     bb = model.backbone
     mixer = Mixer(num_classes=200, image_size=bb.img_size, grid_size=bb.grid_size, mixup_alpha=0.0)
     criterion = MultiScaleLoss()

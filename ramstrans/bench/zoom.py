@@ -29,6 +29,7 @@ import torch
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
 from ramstrans.bench.zoom_report import TODAY, plot_frontier, report_table
 from ramstrans.errors import UsageError
+from ramstrans.registry import EvalRequest
 
 __all__ = ["bench_zoom", "SD_GRID", "STUDENT_GRID", "TODAY"]
 
@@ -100,8 +101,8 @@ def _two_scale(run_dir: Path) -> dict[str, float]:
     from ramstrans.runtime.files import write_text_atomic
 
     gate_ckpt = default_gate_path(str(run_dir / "checkpoint.pth"))
-    report = run_fit_gate(str(run_dir / "checkpoint.pth"), num_workers=0, overwrite=True)
-    inputs = load_eval_inputs(str(gate_ckpt), device="cpu", split="test")
+    report = run_fit_gate(EvalRequest(str(run_dir / "checkpoint.pth"), split="val", num_workers=0), overwrite=True)
+    inputs = load_eval_inputs(EvalRequest(str(gate_ckpt), device="cpu", split="test"))
     model = inputs.model
     assert isinstance(model, RAMSTrans)  # a two-scale run's checkpoint
     pooled, first, fused, labels = scale_outputs(model, eval_loader(inputs.dataset, 100, 0), inputs.device, None)
@@ -280,7 +281,8 @@ def _latency(rams_dir: Path, repeats: int = 5) -> dict[str, Any]:
     from ramstrans.inference.inputs import load_eval_inputs
 
     scores = _two_scale(rams_dir)
-    inputs = load_eval_inputs(str(default_gate_path(str(rams_dir / "checkpoint.pth"))), device="cpu", split="test")
+    gate_ckpt = default_gate_path(str(rams_dir / "checkpoint.pth"))
+    inputs = load_eval_inputs(EvalRequest(str(gate_ckpt), device="cpu", split="test"))
     model = inputs.model
     x = next(iter(eval_loader(inputs.dataset, 32, 0)))["image"]
     kinds = {
@@ -361,7 +363,7 @@ def bench_zoom(
             at 4x, when 4 is among them).
 
     Raises:
-        ValueError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
+        UsageError: an unknown stage, or a later stage before ``screen`` has chosen its settings.
     """
     from ramstrans.runtime.files import write_text_atomic
 

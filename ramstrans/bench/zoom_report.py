@@ -5,7 +5,7 @@ from typing import Any
 
 __all__ = ["TODAY", "plot_frontier", "report_table"]
 
-# Today's points (README "The demo, measured": full training split, test, seeds 0-4), drawn for comparison.
+# Today's points (BENCHMARKS.md, "The demo": full training split, test, seeds 0-4), drawn for comparison.
 TODAY: tuple[dict[str, Any], ...] = (
     {"label": "today: single scale", "passes": 1.0, "top1": 84.3},
     {"label": "today: adaptive 0.95", "passes": 1.88, "top1": 96.9},

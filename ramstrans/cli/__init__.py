@@ -16,17 +16,22 @@ from ramstrans.cli.common import AT_LEAST
 from ramstrans.errors import UsageError
 from ramstrans.runtime.runlog import setup_console_logging
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
 
 SUBCOMMANDS = (train, evaluate, visualize, export, data, gate, predict, bench)  # in the order --help lists them
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ramstrans`` argument parser; for ``command`` "export", with every export target's own options (which
+    imports the targets)."""
     p = argparse.ArgumentParser(prog="ramstrans", description="RAMS-Trans fine-grained recognition on timm ViTs.")
     p.add_argument("--debug", action="store_true", help="print the traceback of every error")
     sub = p.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
-        module.add(sub)
+        if module is export:
+            export.add(sub, targets=command == "export")
+        else:
+            module.add(sub)
     return p
 
 
@@ -39,19 +44,16 @@ def _one_sentence(e: BaseException) -> str:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """What argparse cannot: lower bounds of counts; a run folder given as --checkpoint stands for its newest."""
-    for name, low in AT_LEAST.items():
-        value = getattr(args, name, None)
+    """What argparse cannot: lower bounds of counts."""
+    for dest, (flag, low) in AT_LEAST.items():
+        value = getattr(args, dest, None)
         if value is not None and value < low:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-    if getattr(args, "checkpoint", None):
-        from ramstrans.checkpoint import checkpoint_file
-
-        args.checkpoint = str(checkpoint_file(args.checkpoint))
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(next((word for word in argv if not word.startswith("-")), None)).parse_args(argv)
     setup_console_logging()
     try:
         _check(args)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ramstrans.errors import UsageError
+from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["add"]
 
@@ -41,7 +42,7 @@ def _positive(text: str, flag: str) -> list[float]:
     except ValueError:
         values = []
     if not values or not all(0 < v < float("inf") for v in values):
-        raise UsageError(f"bench zoom {flag} must be comma-separated positive numbers, got '{text}'")
+        raise UsageError(f"bench {flag} must be comma-separated positive numbers, got '{text}'")
     return values
 
 
@@ -82,6 +83,16 @@ def _run_inat(a: argparse.Namespace) -> dict | None:
     from ramstrans.bench.inat import bench_inat_index
 
     return bench_inat_index(a.num_images, a.num_classes, a.workdir)
+
+
+def _run_predict(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.predict import bench_predict
+
+    counts = [int(v) for v in _positive(a.counts, "--counts")]
+    r = bench_predict(counts, a.workdir, a.batch_size, a.num_workers)
+    if a.out:
+        write_text_atomic(a.out, json.dumps({**r, "command": f"ramstrans bench predict --counts {a.counts}"}, indent=1))
+    return r
 
 
 def _run_ddp(a: argparse.Namespace) -> dict | None:
@@ -198,6 +209,7 @@ def _run_gpu(a: argparse.Namespace) -> dict | None:
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
+    "predict": _run_predict,
     "ddp": _run_ddp,
     "demo": _run_demo,
     "distill": _run_distill,
@@ -262,7 +274,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "ViT, a register ViT and a ResNet (activation saliency) over seeds (validation); longtail: the long-tail "
         "remedies (samplers, logit adjustment) on a long-tailed demo over seeds and --ratios; gpu: one prepared GPU "
         "benchmark (train and inference throughput, syncs, compile, proposal, loader, onnxruntime CUDA) within "
-        "--budget-s",
+        "--budget-s; predict: the streaming of predict's rows over folders of --counts images (first row, memory)",
     )
     _speed_arguments(b)
     _run_arguments(b)
@@ -280,7 +292,12 @@ def _speed_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--depth", type=int, default=0, help="override the depth (0: the model's own)")
     b.add_argument("--num-images", type=int, default=579184, help="inat: training images of the generated JSON")
     b.add_argument("--num-classes", type=int, default=5089, help="inat: categories of the generated JSON")
-    b.add_argument("--workdir", help="inat: where to write the JSON files (default: a temporary folder)")
+    b.add_argument("--workdir", help="inat, predict: where to write the generated files (default: a temporary folder)")
+    b.add_argument(
+        "--counts", default="1000,10000,100000", help="predict: comma-separated numbers of images of each run"
+    )
+    b.add_argument("--batch-size", type=int, default=32, help="predict: images per batch")
+    b.add_argument("--workers", dest="num_workers", type=int, default=2, help="predict: decoding threads")
 
 
 def _run_arguments(b: argparse.ArgumentParser) -> None:

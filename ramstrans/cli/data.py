@@ -18,7 +18,7 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
 def _cmd_check_data(a: argparse.Namespace) -> int:
     from ramstrans.data.check import check_data, exit_code, format_report
 
-    report = check_data(a.dataset, a.root, a.workers, decode=not a.no_decode, progress=not a.no_progress)
+    report = check_data(a.dataset, a.root, a.num_workers, decode=not a.no_decode, progress=not a.no_progress)
     print(json.dumps(report) if a.json else format_report(report))
     return exit_code(report)
 
@@ -42,7 +42,9 @@ def _add_check_data(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset", required=True, help="cub, dogs, inat17, nabirds, folder, csv (as data.dataset)")
     c.add_argument("--root", required=True, help="the data set root (as data.root)")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    c.add_argument("--workers", type=int, default=0, help="threads decoding images (default: one per core)")
+    c.add_argument(
+        "--workers", dest="num_workers", type=int, default=0, help="threads decoding images (default: one per core)"
+    )
     c.add_argument("--no-decode", action="store_true", help="only check that the images exist")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_check_data)

@@ -1,8 +1,9 @@
 """``ramstrans eval``: one evaluation, or the zoom sweep on a validation split."""
 
 import argparse
+from dataclasses import replace
 
-from ramstrans.cli.common import CHECKPOINT_HELP, OVERWRITE_HELP, WEIGHTS_HELP
+from ramstrans.cli.common import CHECKPOINT_HELP, OVERWRITE_HELP, add_request_arguments, request_from
 
 __all__ = ["add"]
 
@@ -12,46 +13,27 @@ def run(a: argparse.Namespace) -> None:
     from ramstrans.inference.evaluate import run_eval
     from ramstrans.inference.sweep import run_zoom_sweep
 
-    common = dict(
-        output_dir=a.output,
-        split=a.split,
-        zoom_on=a.zoom_on,
-        weights=a.weights,
-        batch_size=a.batch_size,
-        device=a.device,
-        data_root=a.data_root,
-        num_workers=a.workers,
-        skip_corrupt=a.skip_corrupt,
-        overwrite=a.overwrite,
-    )
+    request = request_from(a)
     if a.calibrate:
-        fit = run_calibrate(
-            a.checkpoint,
-            split=a.split,
-            weights=a.weights,
-            batch_size=a.batch_size,
-            device=a.device,
-            data_root=a.data_root,
-            num_workers=a.workers,
-            skip_corrupt=a.skip_corrupt,
-        )
+        fit = run_calibrate(replace(request, shift=()))  # fitted on the split's own images
         print(
             f"temperature {fit['temperature']:.4f} fitted on {fit['images']} {fit['split']} images (scale 1): ECE "
             f"{fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
             f"{fit['nll_after']:.4f}; stored in {fit['output']} (eval and predict apply it)"
         )
     if a.sweep_zoom:
-        _print_sweep(run_zoom_sweep(a.checkpoint, **common))
+        _print_sweep(run_zoom_sweep(request, output_dir=a.output, zoom_on=a.zoom_on, overwrite=a.overwrite))
         return
     r = run_eval(
-        a.checkpoint,
+        request,
+        output_dir=a.output,
         scales=a.scales,
         zoom_threshold=a.zoom_threshold,
+        zoom_on=a.zoom_on,
         show_progress=not a.no_progress,
-        shift=[n for n in (a.shift or "").split(",") if n],
+        overwrite=a.overwrite,
         tta=a.tta,
         shot_thresholds=(a.many_shot, a.few_shot),
-        **common,
     )
     print(eval_sentence(r))
 
@@ -103,12 +85,18 @@ def _print_sweep(r: dict) -> None:
 def add(sub: argparse._SubParsersAction) -> None:
     """The eval subcommand."""
     e = sub.add_parser("eval", help="evaluate a checkpoint (single scale by default)")
-    e.add_argument(
-        "--checkpoint",
-        required=True,
-        help=f"{CHECKPOINT_HELP}, or a .onnx file written by ramstrans export (scored through onnxruntime)",
+    add_request_arguments(
+        e,
+        "split",
+        "batch_size",
+        "device",
+        "data_root",
+        "workers",
+        "skip_corrupt",
+        "weights",
+        "shift",
+        source_help=f"{CHECKPOINT_HELP}, or a .onnx file written by ramstrans export (scored through onnxruntime)",
     )
-    e.add_argument("--split", default="test")
     e.add_argument(
         "--scales",
         default="1",
@@ -135,18 +123,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "names the cheapest within 0.5 points of full fusion",
     )
     e.add_argument("--output", help="output folder (default: eval_<split>_scales<N>_<weights> beside the checkpoint)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--data-root", help="data set root, if not the training config's")
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--skip-corrupt", action="store_true", help="skip and count unreadable images")
-    e.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.add_argument(
-        "--shift",
-        help="a shifted test set: comma-separated colour, blur, contrast (fixed hue rotation, "
-        "Gaussian blur, halved contrast) applied after the crop",
-    )
     e.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     e.add_argument(
         "--tta",

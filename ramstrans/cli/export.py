@@ -1,50 +1,48 @@
-"""``ramstrans export``: the targets of ``ramstrans.export.TARGETS``."""
+"""``ramstrans export``: the targets of ``ramstrans.registry.EXPORT_TARGETS``, each with the options it declares."""
 
 import argparse
+from typing import Any
 
-from ramstrans.cli.common import CHECKPOINT_HELP, OVERWRITE_HELP, WEIGHTS_HELP
+from ramstrans.cli.common import OVERWRITE_HELP, add_request_arguments
 from ramstrans.errors import UsageError
-from ramstrans.export import TARGETS, target
+from ramstrans.registry import EXPORT_TARGETS, resolve
 
 __all__ = ["add", "run"]
 
-# what each target's output is, for the closing sentence
-_WROTE = {
-    "timm": "a timm folder to {path}: timm.create_model('local-dir:{path}', pretrained=True) loads the single-scale "
-    "model",
-    "onnx": "the {mode} model as ONNX to {path}",
-    "onnx_fused": "the {mode} model as ONNX to {path} (its single-scale graph, for --scales 1 and auto, beside it)",
-}
+
+class _Recorder:
+    """An argument group that remembers the arguments a target declares in it."""
+
+    def __init__(self, group: argparse._ArgumentGroup) -> None:
+        self.group, self.actions = group, list[argparse.Action]()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = self.group.add_argument(*args, **kwargs)
+        self.actions.append(action)
+        return action
 
 
 def run(a: argparse.Namespace) -> None:
-    options = {}
-    if a.format == "onnx":
-        options = {"precision": a.precision, "calibration_images": a.calibration_images}
-    elif a.precision != "fp32":
-        raise UsageError(f"--precision {a.precision} applies to --format onnx; a timm folder holds float32 weights")
-    path = target(a.format)(a.checkpoint, a.out, a.scales, a.weights, overwrite=a.overwrite, **options)
-    mode = ("single-scale" if a.scales == 1 else f"fused {a.scales}-scale") + (
-        f" {a.precision}" if a.format == "onnx" else ""
-    )
-    key = "onnx_fused" if a.format == "onnx" and a.scales > 1 else a.format
-    said = _WROTE.get(key, "the {mode} model to {path}").format(path=path, mode=mode)
-    if a.format == "timm" and a.scales > 1:
-        said += f"; ramstrans predict {path} runs {a.scales} scales"
-    print(f"wrote {said}")
+    for dest, (owner, flag, default) in a.target_options.items():
+        if owner != a.format and getattr(a, dest) != default:
+            raise UsageError(f"{flag} applies to --format {owner}, not to --format {a.format}")
+    target = resolve(EXPORT_TARGETS[a.format].target)
+    path = target.write(a.source, a.out, a.scales, a.weights, a.overwrite, a)
+    print(f"wrote {target.wrote(path, a.scales, a)}")
 
 
-def add(sub: argparse._SubParsersAction) -> None:
-    """The export subcommand."""
+def add(sub: argparse._SubParsersAction, targets: bool = False) -> None:
+    """The export subcommand; with ``targets`` (when export runs) every target's own options too, each in its group
+    (declaring them imports the targets, which ``ramstrans --help`` does not)."""
     x = sub.add_parser("export", help="write a trained model as a timm folder or an ONNX file")
-    x.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    add_request_arguments(x, "weights")
     x.add_argument(
         "--format",
         default="timm",
-        choices=tuple(TARGETS),
-        help="timm: a folder timm loads with create_model('local-dir:PATH', pretrained=True); onnx: a file",
+        choices=tuple(EXPORT_TARGETS),
+        help="; ".join(f"{name}: {entry.help}" for name, entry in EXPORT_TARGETS.items()),
     )
-    x.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
+    x.add_argument("--out", required=True, help="the folder (timm) or file (onnx: a .onnx name) to write")
     x.add_argument(
         "--scales",
         type=int,
@@ -52,19 +50,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="1: the single-scale model; N: the fused N-scale model (onnx: in the graph; timm: rebuilt by "
         "ramstrans predict, timm itself loads scale 1)",
     )
-    x.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "fp16", "int8"),
-        help="onnx: fp16 (for GPUs; inputs and outputs stay float32) or int8 (static, calibrated on training images)",
-    )
-    x.add_argument(
-        "--calibration-images",
-        type=int,
-        default=256,
-        help="int8: training-split images that calibrate the activation ranges, drawn with a fixed seed (default: "
-        "%(default)s)",
-    )
-    x.add_argument("--weights", default="auto", choices=("auto", "raw", "ema"), help=WEIGHTS_HELP)
     x.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    x.set_defaults(func=run)
+    owners: dict[str, tuple[str, str, Any]] = {}
+    for name, entry in EXPORT_TARGETS.items() if targets else []:
+        recorder = _Recorder(x.add_argument_group(f"--format {name}"))
+        resolve(entry.target).add_arguments(recorder)
+        owners.update({act.dest: (name, act.option_strings[0], act.default) for act in recorder.actions})
+    x.set_defaults(func=run, target_options=owners)

@@ -171,10 +171,10 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     try:
         with open(file, encoding="utf-8") as stream:  # the stream's name goes into YAML's messages
             data = yaml.load(stream, Loader=_StrictLoader) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"config {file} is not UTF-8 text (a YAML file is expected)") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {file} is not UTF-8 text (a YAML file is expected)") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config {file} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config {file} must be a mapping of sections, got {short_repr(data)}")
     return data

@@ -6,6 +6,7 @@ from typing import Any
 
 from ramstrans.config.schema import Config
 from ramstrans.errors import ConfigError, short_repr
+from ramstrans.registry import attention_saliencies, saliencies
 
 __all__ = ["validate"]
 
@@ -36,7 +37,6 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.alpha", *_POSITIVE),
     ("model.residual", *_at_least(0)),
     ("model.rollout_rows", *_one_of("cls", "mean")),
-    ("model.saliency", *_one_of("rollout", "attn_pool", "activation")),
     ("model.drop_path_rate", *_UNIT),
     ("model.download_timeout_s", *_POSITIVE),
     ("data.resize", *_at_least(1)),
@@ -138,8 +138,14 @@ _COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ),
     (
         "mix.transmix",
-        lambda c: c.model.saliency == "activation" and c.mix.enabled and c.mix.transmix,
-        "needs attention; set mix.transmix=false (CutMix with area weights) for model.saliency activation",
+        lambda c: (
+            c.model.type == "rams"
+            and c.mix.enabled
+            and c.mix.transmix
+            and c.model.saliency not in attention_saliencies()
+        ),
+        "needs attention; set mix.transmix=false (CutMix with area weights) for a model.saliency that is not "
+        "attention (activation)",
     ),
     (
         "model.saliency",
@@ -187,7 +193,7 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def validate(cfg: Config) -> Config:
-    """Check the ranges of ``_RANGES``.
+    """Check the ranges of ``_RANGES``, the saliency against the registered backbone families, and ``_COMBINATIONS``.
 
     Raises:
         ConfigError: the first value out of range, naming the key and what it allows.
@@ -196,6 +202,11 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"config key '{key}' must be {allowed}, got {short_repr(value)}")
+    if cfg.model.saliency not in saliencies():  # the registered families' names, read when the config is
+        raise ConfigError(
+            f"config key 'model.saliency' must be one of {', '.join(saliencies())} (the saliencies of the registered "
+            f"backbone families), got {short_repr(cfg.model.saliency)}"
+        )
     for key, broken, why in _COMBINATIONS:
         if broken(cfg):
             raise ConfigError(f"config key '{key}' {why}")

@@ -141,7 +141,7 @@ def check_data(dataset: str, root: Path, workers: int = 0, decode: bool = True, 
         progress: show a progress bar on stderr.
 
     Raises:
-        ValueError: unknown data set name.
+        UsageError: unknown data set name.
         DataError: the root does not exist (nothing to check).
     """
     if dataset not in DATASETS:

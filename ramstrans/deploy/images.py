@@ -5,7 +5,7 @@ taken sideways comes out upright; timm's own ``inference.py`` reads with PIL, wh
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -13,7 +13,7 @@ import numpy as np
 
 from ramstrans.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "expand_paths"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "check_paths", "iter_paths", "expand_paths"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -45,30 +45,79 @@ def read_image(path: str | Path) -> np.ndarray:
         if "MAX_IMAGE_PIXELS" in str(e):
             raise ImageReadError(
                 path, "is too large to decode (more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS)"
-            ) from None
-        raise ImageReadError(path, f"cannot be decoded (OpenCV: {str(e).strip().splitlines()[-1][:80]})") from None
+            ) from e
+        raise ImageReadError(path, f"cannot be decoded (OpenCV: {str(e).strip().splitlines()[-1][:80]})") from e
     if img is None or img.size == 0:
         raise ImageReadError(path, "cannot be decoded (corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _walk_images(folder: Path, unlistable: list[tuple[Path, str]]) -> list[Path]:
-    """Image files under ``folder`` (hidden files and folders skipped), sorted; a folder that cannot be listed goes
+def _walk_images(folder: Path, unlistable: list[tuple[Path, str]]) -> Iterator[Path]:
+    """Image files under ``folder`` (hidden files and folders skipped, symlinked folders not entered, as ``os.walk``
+    does), in the order of their sorted paths, one directory listed at a time; a folder that cannot be listed goes
     into ``unlistable`` with the reason instead of vanishing."""
-
-    def failed(e: OSError) -> None:
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)  # files and folders by name: the order of sorted paths
+    except OSError as e:
         unlistable.append((Path(e.filename or folder), f"cannot be listed ({e.strerror or type(e).__name__})"))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if not entry.is_symlink():
+                yield from _walk_images(folder / entry.name, unlistable)
+        elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            yield folder / entry.name
 
-    found = []
-    for here, dirs, files in os.walk(folder, onerror=failed):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(here) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+
+def _matches(raw: str) -> list[Path]:
+    """A path as given, or a glob's matches (sorted).
+
+    Raises:
+        FileNotFoundError: a path (or glob) that matches nothing.
+    """
+    matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
+    if not matches or not all(os.path.exists(m) for m in matches):
+        raise FileNotFoundError(
+            f"{raw} does not exist" + (" (the pattern matches nothing)" if glob.has_magic(raw) else "")
+        )
+    return [Path(m) for m in matches]
+
+
+def check_paths(paths: Sequence[str]) -> None:
+    """Refuse, before any file is read, a path that does not exist and a folder without image files.
+
+    Raises:
+        FileNotFoundError: a path (or glob) that matches nothing.
+        DataError: a folder that holds no image files (and none it could not list).
+    """
+    for raw in paths:
+        for m in _matches(raw):
+            probe: list[tuple[Path, str]] = []
+            if m.is_dir() and next(_walk_images(m, probe), None) is None and not probe:  # stops at the first image
+                raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+
+def iter_paths(paths: Sequence[str], unlistable: list[tuple[Path, str]]) -> Iterator[Path]:
+    """The image files of ``paths`` (checked by ``check_paths``): files as given, folders walked recursively, globs
+    expanded; in order, without repeats, listed as they are reached (a folder of any size costs one directory's listing
+    at a time). Folders that cannot be listed go into ``unlistable``."""
+    may_repeat = len(paths) > 1 or any(glob.has_magic(raw) for raw in paths)
+    seen: set[str] = set()  # only where a path can come twice (several arguments, a glob)
+    for raw in paths:
+        for m in _matches(raw):
+            for f in _walk_images(m, unlistable) if m.is_dir() else [m]:
+                if may_repeat:
+                    if str(f) in seen:
+                        continue
+                    seen.add(str(f))
+                yield f
 
 
 def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files as given, folders walked recursively for image files (hidden ones skipped), globs expanded; in order,
-    without repeats.
+    """``check_paths``, then every image file of ``paths`` as a list (``iter_paths``).
 
     Returns:
         (image files, (folder, reason) of every folder that could not be listed).
@@ -77,21 +126,6 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str
         FileNotFoundError: a path (or glob) that matches nothing.
         DataError: a folder that holds no image files (and none it could not list).
     """
-    out: dict[Path, None] = {}
+    check_paths(paths)
     unlistable: list[tuple[Path, str]] = []
-    for raw in paths:
-        matches = sorted(glob.glob(raw, recursive=True)) if glob.has_magic(raw) else [raw]
-        if not matches or not all(os.path.exists(m) for m in matches):
-            raise FileNotFoundError(
-                f"{raw} does not exist" + (" (the pattern matches nothing)" if glob.has_magic(raw) else "")
-            )
-        for m in map(Path, matches):
-            if m.is_dir():
-                before = len(unlistable)
-                found = _walk_images(m, unlistable)
-                if not found and len(unlistable) == before:
-                    raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-                out.update(dict.fromkeys(found))
-            else:
-                out[m] = None
-    return list(out), unlistable
+    return list(iter_paths(paths, unlistable)), unlistable

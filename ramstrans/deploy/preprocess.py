@@ -73,7 +73,7 @@ class Preprocess:
         try:
             return cls.of(meta["resize"], meta["crop"], meta["mean"], meta["std"])
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise CheckpointError(f"{source} has a damaged preprocessing record ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{source} has a damaged preprocessing record ({type(e).__name__}: {e})") from e
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (3, crop, crop) float32 network input."""

@@ -1,30 +1,19 @@
 """The rows ``ramstrans predict`` writes, whatever ran the model: one per path, its top-k classes and probabilities
-(and, with ``--scales auto``, whether it was zoomed) or why it could not be read; CSV or JSON lines, on standard output
-or into a file written whole."""
+(and, with ``--scales auto``, whether it was zoomed) or why it could not be read; CSV or JSON lines, written as they are
+made, on standard output (flushed per batch) or into a file that appears whole (a temp name renamed at the end)."""
 
+import contextlib
 import csv
-import io
 import json
 import sys
+from types import TracebackType
+from typing import Any, TextIO
 
 import numpy as np
 
-from ramstrans.errors import UsageError
-from ramstrans.runtime.files import write_text_atomic
+from ramstrans.runtime.files import atomic_open
 
-__all__ = ["check_options", "rows_of", "format_rows", "emit"]
-
-
-def check_options(topk: int, fmt: str, batch_size: int, zoom_threshold: float | None, tta: str = "none") -> None:
-    """Refuse impossible options before anything is read (a typo fails at once, before a model loads)."""
-    if tta not in ("none", "flip"):
-        raise UsageError(f"--tta must be none or flip, got {tta!r}")
-    if topk < 1 or fmt not in ("csv", "json") or batch_size < 1:
-        raise UsageError(
-            f"--topk and --batch-size must be at least 1 and --format csv or json (got {topk}, {batch_size}, {fmt})"
-        )
-    if zoom_threshold is not None and not 0.0 <= zoom_threshold <= 1.0:
-        raise UsageError(f"--zoom-threshold must be in [0, 1], got {zoom_threshold}")
+__all__ = ["rows_of", "RowWriter"]
 
 
 def rows_of(probs: np.ndarray, zoomed: np.ndarray, names: list[str], topk: int, adaptive: bool) -> list[dict]:
@@ -42,45 +31,57 @@ def rows_of(probs: np.ndarray, zoomed: np.ndarray, names: list[str], topk: int, 
     ]
 
 
-def format_rows(rows: list[dict], fmt: str, topk: int, adaptive: bool) -> str:
-    """The rows (each with its ``path``) as CSV or JSON lines."""
-    if fmt == "json":
-        return "".join(
-            json.dumps(
-                {
-                    "path": r["path"],
-                    **(
-                        {"top": [{"class": c, "prob": q} for c, q in r["top"]]}
-                        if r["status"] == "ok"
-                        else {"error": r["error"]}
-                    ),
-                    **({"zoomed": r["zoomed"]} if "zoomed" in r else {}),
-                }
+class RowWriter:
+    """Writes rows (each with its ``path``) as they are made: CSV with its header first, or JSON lines.
+
+    Args:
+        fmt: "csv" or "json".
+        topk: classes per row (the CSV's columns).
+        adaptive: rows say whether the image was zoomed.
+        out: the file to write (a temp name beside it, renamed when the writer closes without error); None: standard
+            output.
+    """
+
+    def __init__(self, fmt: str, topk: int, adaptive: bool, out: str | None = None) -> None:
+        self.fmt, self.topk, self.adaptive, self.out = fmt, topk, adaptive, out
+        self._stack = contextlib.ExitStack()
+        self._file: TextIO = sys.stdout
+        self._csv: Any = None
+
+    def __enter__(self) -> "RowWriter":
+        if self.out:
+            self._file = self._stack.enter_context(atomic_open(self.out))
+        if self.fmt == "csv":
+            self._csv = csv.writer(self._file)
+            self._csv.writerow(
+                ["path", "status", "error"]
+                + [f"{kind}_{i}" for i in range(1, self.topk + 1) for kind in ("class", "prob")]
+                + (["zoomed"] if self.adaptive else [])
             )
-            + "\n"
-            for r in rows
-        )
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["path", "status", "error"]
-        + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("class", "prob")]
-        + (["zoomed"] if adaptive else [])
-    )
-    for r in rows:
-        top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
-        w.writerow(
-            [r["path"], r["status"], r.get("error", "")]
-            + top
-            + [""] * (2 * topk - len(top))
-            + ([r.get("zoomed", "")] if adaptive else [])
-        )
-    return buf.getvalue()
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        """Write ``rows`` and flush them."""
+        for r in rows:
+            if self._csv is not None:
+                top = [v for c, q in r.get("top", []) for v in (c, f"{q:.6f}")]
+                self._csv.writerow(
+                    [r["path"], r["status"], r.get("error", "")]
+                    + top
+                    + [""] * (2 * self.topk - len(top))
+                    + ([r.get("zoomed", "")] if self.adaptive else [])
+                )
+            else:
+                self._file.write(json.dumps(_json_row(r)) + "\n")
+        self._file.flush()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stack.__exit__(kind, error, trace)
 
 
-def emit(text: str, out: str | None) -> None:
-    """The rows into ``out`` (written whole), or on standard output."""
-    if out:
-        write_text_atomic(out, text)
-    else:
-        sys.stdout.write(text)
+def _json_row(r: dict) -> dict:
+    """A row as its JSON line holds it: the path, its top-k or the error, and whether it was zoomed."""
+    what = {"top": [{"class": c, "prob": q} for c, q in r["top"]]} if r["status"] == "ok" else {"error": r["error"]}
+    return {"path": r["path"], **what, **({"zoomed": r["zoomed"]} if "zoomed" in r else {})}

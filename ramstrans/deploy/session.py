@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from ramstrans.deploy.images import read_image
+from ramstrans.deploy.modes import check_zoom_on
 from ramstrans.deploy.preprocess import Preprocess
 from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.registry import EvalRequest
 
-__all__ = ["RECORD_KEY", "OnnxModel", "OnnxPrediction", "scale1_path", "read_record", "softmax"]
+__all__ = ["RECORD_KEY", "OnnxModel", "OnnxPrediction", "scale1_path", "read_record", "softmax", "open_onnx"]
 
 RECORD_KEY = "ramstrans"  # the metadata entry (JSON) that marks a file as ramstrans's and describes it
-_CRITERIA = ("maxprob", "margin", "gate")
 
 
 def scale1_path(path: str | Path) -> Path:
@@ -66,7 +68,7 @@ def _session(path: Path, providers: list[str]) -> Any:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for a bad file
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable ONNX file (truncated or damaged?): {reason}") from None
+        raise CheckpointError(f"{path} is not a readable ONNX file (truncated or damaged?): {reason}") from e
 
 
 def read_record(session: Any, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -84,7 +86,7 @@ def read_record(session: Any, path: Path) -> tuple[dict[str, str], dict[str, Any
     try:
         record, names = json.loads(meta[RECORD_KEY]), json.loads(meta["class_names"])
     except ValueError as e:
-        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record ({e})") from None
+        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record ({e})") from e
     if not isinstance(record, dict) or not isinstance(names, list):
         raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record (not a JSON object)")
     return meta, {**record, "class_names": [str(n) for n in names]}
@@ -158,8 +160,7 @@ class OnnxModel:
         Raises:
             UsageError: naming the file and what it holds.
         """
-        if zoom_on not in _CRITERIA:
-            raise UsageError(f"--zoom-on must be one of {', '.join(_CRITERIA)}, got '{zoom_on}'")
+        check_zoom_on(zoom_on)
         if scales == "auto" and self.num_scales == 1:
             raise UsageError(
                 f"--scales auto needs a fused export (ramstrans export --format onnx --scales 2); {self.path} is "
@@ -199,6 +200,51 @@ class OnnxModel:
             probs = probs.copy()
             probs[zoomed] = self.main.run(["probs"], {"images": images[zoomed]})[0]
         return OnnxPrediction(probs, zoomed, None)
+
+    # ---- ``deploy.predict.ArrayModel``: what the predict loop runs -----------------------------------------------
+    @property
+    def gate_threshold(self) -> float | None:
+        """The threshold chosen when the zoom gate was fitted, or None without a gate."""
+        return self.zoom_threshold
+
+    draws = "is an ONNX file (its graph gives no maps to draw)"  # why --visualize cannot draw its panels
+
+    def drawer(self, folder: Path) -> Any:
+        """Refused: an ONNX graph gives no maps to draw (``draws`` says so before any file is read)."""
+        raise UsageError(f"--visualize needs a RAMS-Trans model; {self.path} {self.draws}")
+
+    def prepare(self, path: Path) -> np.ndarray:
+        """One image file's (3, crop, crop) float32 input, preprocessed as the file's record says.
+
+        Raises:
+            ImageReadError: the file cannot be decoded.
+        """
+        return self.preprocess(read_image(path))
+
+    def predict_batch(
+        self, images: list[np.ndarray], scales: int | str, threshold: float, zoom_on: str, mirror: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, K) float32 probabilities and (B,) bool zoomed flags of prepared images (``mirror``: of their
+        horizontal mirrors)."""
+        batch = np.stack(images)
+        out = self.predict(np.ascontiguousarray(batch[..., ::-1]) if mirror else batch, scales, threshold, zoom_on)
+        return out.probs, out.zoomed
+
+
+def open_onnx(request: EvalRequest) -> OnnxModel:
+    """The reader of an ONNX file without torch (``ramstrans.registry.SOURCES``): the file in onnxruntime on
+    ``request.providers``.
+
+    Raises:
+        UsageError: ``--weights`` or ``--device`` given (an ONNX file holds one set of weights and runs on the
+            providers given).
+    """
+    if request.weights != "auto" or request.device not in ("auto", "cpu"):
+        raise UsageError(
+            "--weights and --device apply to a checkpoint; an ONNX file holds one set of weights and runs on the "
+            "--providers given"
+        )
+    return OnnxModel(request.source, list(request.providers) or None)
 
 
 def _confidence(probs: np.ndarray, zoom_on: str) -> np.ndarray:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
+from ramstrans.losses import MultiScaleLoss, Targets
 from ramstrans.models import MultiScaleOutput, crop_and_zoom
-from ramstrans.training.losses import MultiScaleLoss, Targets
 
 __all__ = ["DistillationLoss", "kd_term"]
 

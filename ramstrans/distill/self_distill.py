@@ -7,9 +7,9 @@ from torch import Tensor, nn
 
 from ramstrans.distill.loss import kd_term
 from ramstrans.errors import UsageError
+from ramstrans.losses import MultiScaleLoss, Targets
 from ramstrans.models import MultiScaleOutput, RAMSTrans, fused_log_probs
 from ramstrans.models.backbones.distilled import Head, select_head
-from ramstrans.training.losses import MultiScaleLoss, Targets
 
 __all__ = ["SelfDistillationLoss"]
 

@@ -72,6 +72,7 @@ class Teacher(nn.Module):
         return self
 
     num_scales = 1  # what evaluation sees: one prediction (``predict``), fused inside when ``scales`` > 1
+    zoom_passes = 0
 
     @property
     def passes_per_image(self) -> int:
@@ -123,8 +124,9 @@ def _read(source: str) -> tuple[Model, list[str], int, Path, str]:
     if not Path(source).expanduser().exists():
         raise FileNotFoundError(f"distill.teacher {source} does not exist")
     loaded = load_model(source, gate=False)
-    arch = loaded.config.model.backbone if loaded.config is not None else loaded.model.backbone.name
-    return loaded.model, loaded.class_names, loaded.transform.crop, loaded.file, arch
+    model = loaded.torch_model(f"distill.teacher {source}")
+    arch = loaded.config.model.backbone if loaded.config is not None else model.backbone.name
+    return model, loaded.class_names, loaded.transform.crop, loaded.file, arch
 
 
 def load_teacher(

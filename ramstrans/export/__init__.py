@@ -1,30 +1,5 @@
-"""Export targets, one module each. ``TARGETS`` is what ``ramstrans export --format`` offers (read without importing
-torch, so ``--help`` stays fast); ``target(name)`` imports one. A new target is a module here with an
-``export_<name>(checkpoint, out, scales, weights, overwrite=...) -> Path`` and a line in ``TARGETS``."""
-
-import importlib
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-__all__ = ["TARGETS", "target", "export_timm", "export_onnx", "write_onnx", "model_from_export"]
-
-TARGETS = {"timm": "ramstrans.export.timm:export_timm", "onnx": "ramstrans.export.onnx:export_onnx"}
-_WHERE = {
-    "export_timm": "ramstrans.export.timm",
-    "export_onnx": "ramstrans.export.onnx",
-    "write_onnx": "ramstrans.export.onnx",
-    "model_from_export": "ramstrans.inference.load",
-}
-
-
-def target(name: str) -> Callable[..., Path]:
-    """The export function of target ``name`` (a key of ``TARGETS``)."""
-    module, function = TARGETS[name].split(":")
-    return getattr(importlib.import_module(module), function)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'ramstrans.export' has no attribute '{name}'")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+"""Export targets, one module each, registered in ``ramstrans.registry.EXPORT_TARGETS`` (with the source kind that
+reads their output back): ``timm`` (a folder timm loads) and ``onnx`` (a file onnxruntime runs, in fp32, fp16 or int8).
+A target is an object with ``add_arguments(group)`` (its own ``ramstrans export`` options) and ``write(source, out,
+scales, weights, overwrite, options) -> Path``; ``base`` holds what they share (the output check, the preprocessing
+and provenance records)."""

@@ -9,6 +9,7 @@ class names, every preprocessing step in words and numbers, the outputs, the pre
 weights came from and the resolved config (``ramstrans eval`` on the file finds its data set through it).
 """
 
+import argparse
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from ramstrans.models import Model, RAMSTrans
 from ramstrans.models.backbones.distilled import select_head
 from ramstrans.runtime.files import atomic_write, check_output
 
-__all__ = ["export_onnx", "write_onnx", "CALIBRATION_SEED"]
+__all__ = ["export_onnx", "write_onnx", "build_onnx", "CALIBRATION_SEED", "TARGET"]
 
 CALIBRATION_SEED = 0  # which training images calibrate int8: a fixed draw, recorded with its hash
 Calibration = tuple[list[str], Callable[[], Iterator[np.ndarray]]]  # image paths, and batches of them
@@ -100,8 +101,8 @@ def export_onnx(
     if precision == "int8" and calibration_images < 1:
         raise UsageError(f"--precision int8 needs calibration images: --calibration-images {calibration_images}")
     loaded = load_model(checkpoint, weights)
-    model, cfg = loaded.model, loaded.config
-    assert cfg is not None  # a checkpoint, not an export folder
+    loaded.checkpoint_dict("ramstrans export")
+    model, cfg = loaded.torch_model("ramstrans export"), loaded.run_config("ramstrans export")
     path = checked_out(out, scales, model, checkpoint, overwrite)
     if path.is_dir() or path.suffix != ".onnx":
         raise UsageError(f"--out {out} must be a file name ending in .onnx, such as model.onnx")
@@ -150,10 +151,8 @@ def build_onnx(
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
-    except ImportError:
-        raise UsageError(
-            "ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'"
-        ) from None
+    except ImportError as e:
+        raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'") from e
     module, outputs, gate_meta = _graph(model.eval(), scales)
     example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
     program = torch.onnx.export(
@@ -265,7 +264,7 @@ def _calibration(loaded: LoadedModel, count: int) -> Calibration:
     except (DataError, OSError) as e:
         raise UsageError(
             f"--precision int8 calibrates on the checkpoint's training images, which cannot be read: {e}"
-        ) from None
+        ) from e
     table = split_tables(cfg.data, index, cfg.train.seed)["train"]
     rows = np.random.default_rng(CALIBRATION_SEED).permutation(len(table))[:count]
     table = table.iloc[rows].reset_index(drop=True)
@@ -276,3 +275,47 @@ def _calibration(loaded: LoadedModel, count: int) -> Calibration:
             yield batch["image"].numpy()
 
     return [str(p) for p in table["path"]], batches
+
+
+class OnnxTarget:
+    """``ramstrans export --format onnx`` (its entry in ``ramstrans.registry.EXPORT_TARGETS``): its options and its
+    writer; ``inference.onnx_predictor`` and ``deploy.session`` read what it writes."""
+
+    def add_arguments(self, group: Any) -> None:
+        """``--precision`` and ``--calibration-images``."""
+        group.add_argument(
+            "--precision",
+            default="fp32",
+            choices=PRECISIONS,
+            help="fp16 (for GPUs; inputs and outputs stay float32) or int8 (static, calibrated on training images)",
+        )
+        group.add_argument(
+            "--calibration-images",
+            type=int,
+            default=256,
+            help="int8: training-split images that calibrate the activation ranges, drawn with a fixed seed "
+            "(default: %(default)s)",
+        )
+
+    def write(
+        self, source: str, out: str, scales: int, weights: str, overwrite: bool, options: argparse.Namespace
+    ) -> Path:
+        """``export_onnx`` with the parsed options."""
+        return export_onnx(
+            source,
+            out,
+            scales,
+            weights,
+            overwrite=overwrite,
+            precision=options.precision,
+            calibration_images=options.calibration_images,
+        )
+
+    def wrote(self, path: Path, scales: int, options: argparse.Namespace) -> str:
+        """What was written, for the closing sentence."""
+        mode = ("single-scale" if scales == 1 else f"fused {scales}-scale") + f" {options.precision}"
+        beside = " (its single-scale graph, for --scales 1 and auto, beside it)" if scales > 1 else ""
+        return f"the {mode} model as ONNX to {path}{beside}"
+
+
+TARGET = OnnxTarget()

@@ -8,11 +8,12 @@ distillation token is written as timm's distilled ViT (architecture ``deit_*_dis
 arguments), whose timm forward is the mean of the two heads. A timm folder does not carry the zoom gate.
 """
 
+import argparse
 import json
 import math
 import shutil
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from safetensors.torch import save_file
 
@@ -23,7 +24,7 @@ from ramstrans.inference.load import EXPORT_INFO, ZOOM_TOKENS, load_model
 from ramstrans.models import Model, RAMSTrans, ViTBackbone
 from ramstrans.runtime.files import full_disk_error, is_full_disk, write_text_atomic
 
-__all__ = ["export_timm"]
+__all__ = ["export_timm", "TARGET"]
 
 
 def _crop_pct(crop: int, resize: int) -> float:
@@ -48,8 +49,8 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
         The folder.
     """
     loaded = load_model(checkpoint, weights, gate=False)
-    model, cfg, names, ckpt = loaded.model, loaded.config, loaded.class_names, loaded.checkpoint
-    assert cfg is not None and ckpt is not None  # a checkpoint, not an export folder
+    ckpt, cfg = loaded.checkpoint_dict("ramstrans export"), loaded.run_config("ramstrans export")
+    model, names = loaded.torch_model("ramstrans export"), loaded.class_names
     folder = checked_out(out, scales, model, checkpoint, overwrite)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {out} is a file; a timm export is a folder")
@@ -78,7 +79,7 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
     except Exception as e:
         shutil.rmtree(staging, ignore_errors=True)
         if is_full_disk(e):
-            raise full_disk_error(folder) from None
+            raise full_disk_error(folder) from e
         raise
     if folder.exists():
         shutil.rmtree(folder)  # empty, or the user's --overwrite
@@ -109,14 +110,9 @@ def _write_timm_folder(staging: Path, model: Model, cfg: Config, info: dict[str,
         safe_serialization=True,
         data_config=data_config,
     )
-    if isinstance(model, RAMSTrans):
-        info.update(
-            alpha=model.alpha,
-            residual=model.residual,
-            rollout_rows=model.rollout_rows,
-            eval_head=model.eval_head,
-            saliency=model.backbone.saliency,
-        )
+    if isinstance(model, RAMSTrans):  # the settings the reader builds the zoom with (the rollout's: the config's)
+        info.update(alpha=model.alpha, residual=cfg.model.residual, rollout_rows=cfg.model.rollout_rows)
+        info.update(eval_head=model.eval_head, saliency=model.backbone.saliency)
     info["temperature"] = float(model.temperature)  # a fitted one (eval --calibrate), applied when loaded back
     scales = cast(int, info["num_scales"])
     # checked_out allows more than one scale only to RAMS-Trans; without a class token the scales share every weight
@@ -155,3 +151,28 @@ def _distilled_architecture(patch_size: tuple[int, int]) -> str:
     if not names:
         raise UsageError(f"timm has no distilled ViT with {patch_size[0]}-pixel patches to export this student as")
     return names[0]
+
+
+class TimmTarget:
+    """``ramstrans export --format timm`` (its entry in ``ramstrans.registry.EXPORT_TARGETS``): no options of its own;
+    ``inference.load.load_export_folder`` reads what it writes."""
+
+    def add_arguments(self, group: Any) -> None:
+        """None: a timm folder holds float32 weights."""
+
+    def write(
+        self, source: str, out: str, scales: int, weights: str, overwrite: bool, options: argparse.Namespace
+    ) -> Path:
+        """``export_timm``."""
+        return export_timm(source, out, scales, weights, overwrite=overwrite)
+
+    def wrote(self, path: Path, scales: int, options: argparse.Namespace) -> str:
+        """What was written, for the closing sentence."""
+        said = (
+            f"a timm folder to {path}: timm.create_model('local-dir:{path}', pretrained=True) loads the single-scale "
+            "model"
+        )
+        return said + (f"; ramstrans predict {path} runs {scales} scales" if scales > 1 else "")
+
+
+TARGET = TimmTarget()

@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ramstrans.data import eval_loader
+from ramstrans.deploy.modes import check_tta, parse_scales, resolve_threshold
 from ramstrans.errors import DataError, UsageError
-from ramstrans.inference.inputs import load_eval_inputs, load_onnx_eval_inputs, training_counts
+from ramstrans.inference.inputs import EvalInputs, load_eval_inputs, training_counts
 from ramstrans.inference.metrics import SHOT_THRESHOLDS, MetricAccumulator, shot_accuracy
 from ramstrans.inference.plots import (
     CONFUSION_PLOT_MAX,
@@ -27,50 +28,17 @@ from ramstrans.inference.plots import (
 )
 from ramstrans.inference.tta import with_tta
 from ramstrans.models import Predictor, ZoomCriterion
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.files import check_output, write_text_atomic
 
-__all__ = ["run_eval", "eval_folder", "parse_scales", "resolve_threshold"]
+__all__ = ["run_eval", "evaluate", "eval_folder", "gate_threshold"]
 
 
-def parse_scales(value: str | int, num_scales: int) -> int | str:
-    """``--scales`` as given (1, a number of scales, or "auto"), checked against the model.
-
-    Raises:
-        ValueError: not a number of scales the model has, nor "auto".
-    """
-    if str(value) == "auto":
-        return "auto"
-    try:
-        scales = int(value)
-    except ValueError:
-        raise UsageError(f"--scales must be a number of scales or auto, got '{value}'") from None
-    if not 1 <= scales <= num_scales:
-        raise UsageError(f"the model has {num_scales} scale(s); cannot run {scales}")
-    return scales
-
-
-def check_threshold(threshold: float) -> float:
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--zoom-threshold must be in [0, 1], got {threshold}")
-    return threshold
-
-
-def resolve_threshold(model: Predictor, zoom_on: ZoomCriterion, threshold: float | None) -> float:
-    """``--zoom-threshold`` as given, or by default the threshold chosen when the zoom gate was fitted (``--zoom-on
-    gate``) or 0.5; checked to lie in [0, 1].
-
-    Raises:
-        ValueError: ``--zoom-on gate`` on a model without a fitted gate, or a threshold outside [0, 1].
-    """
+def gate_threshold(model: Predictor) -> float | None:
+    """The threshold chosen when the model's zoom gate was fitted, or None without a gate."""
     gate = model.zoom_gate
-    if zoom_on == "gate" and gate is None:
-        raise UsageError(
-            "--zoom-on gate needs a checkpoint with a fitted zoom gate: ramstrans fit-gate --checkpoint ... writes one"
-        )
-    if threshold is None:
-        threshold = float(gate.threshold) if gate is not None and zoom_on == "gate" else 0.5
-    return check_threshold(threshold)
+    return None if gate is None else float(gate.threshold)
 
 
 def eval_folder(
@@ -111,47 +79,33 @@ def confused_pairs_csv(confusion: np.ndarray, names: list[str]) -> str:
 
 
 def run_eval(
-    checkpoint: str,
+    request: EvalRequest,
     *,
     output_dir: str | None = None,
-    split: str = "test",
     scales: int | str = 1,
     zoom_threshold: float | None = None,
     zoom_on: ZoomCriterion = "maxprob",
-    weights: str = "auto",
-    batch_size: int = 32,
-    device: str = "auto",
-    data_root: str | None = None,
-    num_workers: int = 2,
-    skip_corrupt: bool = False,
     show_progress: bool = True,
-    shift: Sequence[str] = (),
     overwrite: bool = False,
     tta: str = "none",
     shot_thresholds: Sequence[int] = SHOT_THRESHOLDS,
 ) -> dict[str, object]:
-    """Evaluate a checkpoint: top-1 / top-5 / mean per-class accuracy, many / medium / few-shot accuracy (by the
-    classes' training images), the expected calibration error, localization where boxes exist, the share of images
-    zoomed; write the JSON summary, the per-class CSV, the reliability diagram and the confusion matrix PNG (<= 50
-    classes) or the most confused class pairs (CSV and PNG, more classes).
+    """Evaluate a model source (a checkpoint, a run folder, an ONNX file) on a split: top-1 / top-5 / mean per-class
+    accuracy, many / medium / few-shot accuracy (by the classes' training images), the expected calibration error,
+    localization where boxes exist, the share of images zoomed; write the JSON summary, the per-class CSV, the
+    reliability diagram and the confusion matrix PNG (<= 50 classes) or the most confused class pairs (CSV and PNG,
+    more classes).
 
     Args:
-        checkpoint: ramstrans checkpoint.
+        request: the source and the evaluation's options (split, weights, batch size, device, data root, workers,
+            skipping unreadable images, a distribution shift).
         output_dir: where to write (default ``eval_folder``: beside the checkpoint).
-        split: data split to evaluate ("val": the data set's own, or the one the run carved with data.val_fraction).
         scales: 1 = the single-scale test-time model; N fuses the first N scales; "auto" zooms the uncertain images.
         zoom_threshold: "auto": zoom the images whose scale-1 confidence is below it (choose it with the sweep;
             default: the gate's own with ``zoom_on="gate"``, else 0.5).
         zoom_on: "auto": the confidence, "maxprob" (top probability), "margin" (top-1 minus top-2) or "gate" (1 − the
             fitted zoom gate's probability that the zoom changes the answer).
-        weights: "auto" (the EMA weights when the checkpoint has them, as training reported), "raw" or "ema".
-        batch_size: images per batch.
-        device: auto | cpu | cuda.
-        data_root: the data set at another path than the training config's (used as it is, never generated).
-        num_workers: loader workers.
-        skip_corrupt: skip and count undecodable images.
         show_progress: a progress bar on a terminal.
-        shift: named distribution shifts of the images (``data.transforms.SHIFTS``: colour, blur, contrast).
         overwrite: write into ``output_dir`` even if it holds files.
         tta: "none" or "flip" (the mean of the image's and its mirror's probabilities).
         shot_thresholds: (many, few): many-shot classes have more than ``many`` training images, few-shot fewer than
@@ -160,71 +114,52 @@ def run_eval(
     many, few = shot_thresholds
     if not 0 <= few <= many + 1:
         raise UsageError(f"--few-shot {few} must be >= 0 and at most --many-shot {many} + 1")
+    check_tta(tta)
     if output_dir:
-        check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    load = load_onnx_eval_inputs if str(checkpoint).endswith(".onnx") else load_eval_inputs
-    inputs = load(
-        checkpoint,
-        weights=weights,
-        device=device,
-        split=split,
-        data_root=data_root,
-        skip_corrupt=skip_corrupt,
-        shift=shift,
-    )
-    model, cfg, names, dev, used = inputs.model, inputs.config, inputs.class_names, inputs.device, inputs.weights
+        reads = [request.source] + ([request.data_root] if request.data_root else [])
+        check_output(output_dir, reads, overwrite, "--output")
+    inputs = load_eval_inputs(request)
+    model, dev = inputs.model, inputs.device
     scales = parse_scales(scales, model.num_scales)
-    zoom_threshold = resolve_threshold(model, zoom_on, zoom_threshold) if scales == "auto" else 0.0
+    zoom_threshold = resolve_threshold(gate_threshold(model), zoom_on, zoom_threshold) if scales == "auto" else 0.0
     metrics, state = evaluate(
         model,
-        eval_loader(inputs.dataset, batch_size, num_workers),
+        eval_loader(inputs.dataset, request.batch_size, request.num_workers),
         device=dev,
-        num_classes=len(names),
-        amp_dtype=amp_setup(dev, cfg.train.amp)[0],
+        num_classes=len(inputs.class_names),
+        amp_dtype=amp_setup(dev, inputs.config.train.amp)[0],
         scales=scales,
         zoom_threshold=zoom_threshold,
         zoom_on=zoom_on,
         show_progress=show_progress,
-        what=f"{split} split",
+        what=f"{request.split} split",
         tta=tta,
     )
-    if str(checkpoint).endswith(".onnx") and scales == "auto":  # the fused graph reruns scale 1 on a zoomed image
-        metrics["passes_per_image"] = metrics.get("views", 1) * (1.0 + metrics["zoomed_share"] * model.num_scales)
-    out = (
-        Path(output_dir)
-        if output_dir
-        else eval_folder(checkpoint, split, scales, used, zoom_threshold, zoom_on, shift, tta)
-    )
+    where = (str(inputs.file), request.split, scales, inputs.weights, zoom_threshold, zoom_on, request.shift, tta)
+    out = Path(output_dir) if output_dir else eval_folder(*where)
     out.mkdir(parents=True, exist_ok=True)
-    res = _result(metrics, checkpoint, inputs.step, split, scales, used, shift, out)
-    counts = training_counts(cfg, names, data_root)
+    res = _result(metrics, inputs, request, scales, out)
+    counts = training_counts(inputs.config, inputs.class_names, request.data_root)
     res["shots"] = shot_accuracy(state["count"].tolist(), state["correct"].tolist(), counts, shot_thresholds)
     res.update(shot_thresholds=list(shot_thresholds), tta=tta, temperature=float(model.temperature))
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
-    _write_eval(out, res, state, names)
+    _write_eval(out, res, state, inputs.class_names)
     return res
 
 
 def _result(
-    metrics: dict[str, float],
-    checkpoint: str,
-    step: int,
-    split: str,
-    scales: int | str,
-    used: str,
-    shift: Sequence[str],
-    out: Path,
+    metrics: dict[str, float], inputs: EvalInputs, request: EvalRequest, scales: int | str, out: Path
 ) -> dict[str, object]:
     """The summary ``run_eval`` writes and returns: the metrics and what was evaluated, how, and where it went."""
     return {
         **metrics,
-        "split": split,
+        "split": request.split,
         "scales": scales,
-        "weights": used,
-        "checkpoint": str(checkpoint),
-        "step": step,
-        "shift": list(shift),
+        "weights": inputs.weights,
+        "checkpoint": str(inputs.file),
+        "step": inputs.step,
+        "shift": list(request.shift),
         "output": str(out / "summary.json"),
     }
 
@@ -297,8 +232,8 @@ def evaluate(
     if reduce is not None:
         reduce(acc.state)
     model.train(was_training)
-    deepest = model.num_scales if scales == "auto" else int(scales)
-    return _summary(acc, list(heads), deepest, what, views), acc.state
+    zoom_passes = model.zoom_passes if scales == "auto" else int(scales) - 1
+    return _summary(acc, list(heads), zoom_passes, what, views), acc.state
 
 
 def _accumulate(
@@ -332,9 +267,10 @@ def _accumulate(
     return skipped, zoomed, heads
 
 
-def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str, views: int = 1) -> dict[str, float]:
+def _summary(acc: MetricAccumulator, heads: list[str], zoom_passes: int, what: str, views: int = 1) -> dict[str, float]:
     """The metrics of the (reduced) state: accuracy, calibration, localization, unreadable images, the zoomed share
-    (of the views) and the backbone passes per image (all views), and each head's top-1 with a distillation token."""
+    (of the views) and the backbone passes per image (all views; a zoomed image costs ``zoom_passes`` more), and
+    each head's top-1 with a distillation token."""
     result = acc.summary()
     result["skipped"] = int(acc.state["skipped"].item())
     if result["images"] == 0:
@@ -342,7 +278,7 @@ def _summary(acc: MetricAccumulator, heads: list[str], deepest: int, what: str, 
     result["zoomed_share"] = acc.state["zoomed"].item() / (result["images"] * views)
     for h in heads:
         result[f"top1_{h}"] = 100.0 * acc.state[f"correct_{h}"].item() / result["images"]
-    result["passes_per_image"] = views * (1.0 + result["zoomed_share"] * (deepest - 1))  # backbone passes
+    result["passes_per_image"] = views * (1.0 + result["zoomed_share"] * zoom_passes)  # backbone passes
     if views > 1:
         result["views"] = views
     return result

@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
-from ramstrans.checkpoint import checkpoint_file, save_checkpoint
+from ramstrans.checkpoint import save_checkpoint
 from ramstrans.data import eval_loader
 from ramstrans.errors import UsageError
-from ramstrans.inference.calibration import temperature_file, write_temperature
 from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
-from ramstrans.models import RAMSTrans, fit_zoom_gate, zoom_confidence
+from ramstrans.inference.temperature import temperature_file, write_temperature
+from ramstrans.models import fit_zoom_gate, zoom_confidence
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.amp import amp_setup
 from ramstrans.runtime.files import check_output, write_text_atomic
 
@@ -60,19 +61,9 @@ def _chosen_threshold(frontier: dict[str, object]) -> float:
     return float(chosen["threshold"]) if isinstance(chosen, dict) else 1.0
 
 
-def run_fit_gate(
-    checkpoint: str,
-    *,
-    out: str | None = None,
-    split: str = "val",
-    weights: str = "auto",
-    batch_size: int = 32,
-    device: str = "auto",
-    data_root: str | None = None,
-    num_workers: int = 2,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Fit the zoom gate on ``split`` and write ``out`` (default ``<stem>_gate.pth``): the checkpoint plus the gate.
+def run_fit_gate(request: EvalRequest, *, out: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Fit the zoom gate on ``request.split`` and write ``out`` (default ``<stem>_gate.pth`` beside the checkpoint):
+    the checkpoint plus the gate.
 
     Returns:
         The report (also written as gate.json and gate.png into ``fit_gate_<split>_<weights>/`` beside ``out``): the
@@ -80,35 +71,36 @@ def run_fit_gate(
         cost), the gate's and the top probability's out-of-fold frontiers and chosen thresholds, the ridge strength.
 
     Raises:
-        ValueError: ``split`` is test, the model has one scale, ``out`` is the input checkpoint or exists (without
-            ``overwrite``), or the zoom changes no answer (or every answer) on the split.
+        UsageError: the split is test, the source is not a checkpoint or has one scale, ``out`` is the input checkpoint
+            or exists (without ``overwrite``), or the zoom changes no answer (or every answer) on the split.
     """
+    split = request.split
     if split == "test":
         raise UsageError("the zoom gate is fitted on a validation split, never on test: use --split val")
-    target = check_output(out or default_gate_path(checkpoint), [checkpoint], overwrite, "--out")
-    inputs = load_eval_inputs(checkpoint, weights=weights, device=device, split=split, data_root=data_root)
-    model, ckpt, dev = inputs.model, inputs.checkpoint, inputs.device
-    assert ckpt is not None  # load_eval_inputs reads checkpoints only
-    if not isinstance(model, RAMSTrans) or model.num_scales < 2:
-        raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to gate")
-    pooled, first, fused, labels = scale_outputs(
-        model, eval_loader(inputs.dataset, batch_size, num_workers), dev, amp_setup(dev, inputs.config.train.amp)[0]
-    )
+    if out:
+        check_output(out, [request.source], overwrite, "--out")
+    what = "fit-gate (it writes a checkpoint with the gate)"
+    inputs = load_eval_inputs(request, checkpoint=what, zoom=what)
+    target = check_output(out or default_gate_path(str(inputs.file)), [inputs.file], overwrite, "--out")
+    model, ckpt, dev = inputs.loaded.zoom_model(what), inputs.loaded.checkpoint_dict(what), inputs.device
+    loader = eval_loader(inputs.dataset, request.batch_size, request.num_workers)
+    pooled, first, fused, labels = scale_outputs(model, loader, dev, amp_setup(dev, inputs.config.train.amp)[0])
     changed = fused.argmax(1) != first.argmax(1)
     gate, oof, l2 = fit_zoom_gate(pooled, first, changed)
     full = 100.0 * (fused.argmax(1) == labels).double().mean().item()
     gate_frontier = _frontier(1.0 - oof, first, fused, labels, model.num_scales, full)
-    report = _report(checkpoint, split, l2, first, fused, labels, gate_frontier, model.num_scales)
+    report = _report(str(inputs.file), split, l2, first, fused, labels, gate_frontier, model.num_scales)
     gate.threshold.fill_(_chosen_threshold(gate_frontier))
-    _save_with_gate(ckpt, gate, split, len(labels), l2, target, model.temperature)
-    if model.temperature != 1.0:  # the gate read calibrated probabilities: the new checkpoint keeps the temperature
+    temperature = float(model.temperature)
+    _save_with_gate(ckpt, gate, split, len(labels), l2, target, temperature)
+    if temperature != 1.0:  # the gate read calibrated probabilities: the new checkpoint keeps the temperature
         write_temperature(
             target,
             {
-                "temperature": model.temperature,
+                "temperature": temperature,
                 "step": inputs.step,
                 "weights": inputs.weights,
-                "copied_from": str(temperature_file(checkpoint_file(Path(checkpoint)))),
+                "copied_from": str(temperature_file(inputs.file)),
             },
         )
     folder = target.parent / f"fit_gate_{split}_{inputs.weights}"

@@ -1,137 +1,110 @@
-"""What an evaluation reads: the model on its device, the run's config and classes, and a split's dataset; shared by
-``eval``, ``eval --calibrate``, ``fit-gate`` and the zoom sweep."""
+"""What an evaluation reads: the model of any source (``ramstrans.registry.load_source``) on its device, the training
+run's config and classes, and a split's dataset; shared by ``eval``, ``eval --calibrate``, ``fit-gate``, the zoom sweep
+and the benches."""
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ramstrans.config import Config
 from ramstrans.data import ImageDataset, Transform, load_index, split_tables
-from ramstrans.errors import CheckpointError, UsageError
-from ramstrans.inference.load import load_model
+from ramstrans.errors import UsageError
+from ramstrans.inference.load import LoadedModel
 from ramstrans.models import Model
-from ramstrans.models.build import weights_used
+from ramstrans.registry import EvalRequest, load_source
 from ramstrans.runtime.dist import resolve_device
 
-if TYPE_CHECKING:
-    from ramstrans.inference.onnx_predictor import OnnxPredictor
-
-__all__ = ["EvalInputs", "load_eval_inputs", "load_onnx_eval_inputs", "training_counts"]
-
-M = TypeVar("M", "Model", "OnnxPredictor")
+__all__ = ["EvalInputs", "load_eval_inputs", "training_counts"]
 
 
 @dataclass(frozen=True)
-class EvalInputs(Generic[M]):
+class EvalInputs:
     """A loaded evaluation: the model (eval mode, on ``device``), the training run's config and class names, the
-    checkpoint dict (None for an ONNX export), the step and the weights it evaluates, and the split's dataset."""
+    checkpoint dict (None for an export), the step and the weights it evaluates, the split's dataset, and the file the
+    weights came from."""
 
-    model: M
+    loaded: LoadedModel
     config: Config
-    class_names: list[str]
-    checkpoint: dict[str, Any] | None
-    step: int
-    weights: str  # the weights used: "raw", "ema", or "onnx-<precision>"
     dataset: ImageDataset
     device: torch.device
 
+    @property
+    def model(self) -> Any:
+        """The ``Predictor``: a torch model, or an export's (an ONNX file's ``OnnxPredictor``)."""
+        return self.loaded.model
 
-def load_eval_inputs(
-    checkpoint: str,
-    *,
-    weights: str = "auto",
-    device: str = "auto",
-    split: str = "test",
-    data_root: str | None = None,
-    skip_corrupt: bool = False,
-    shift: Sequence[str] = (),
-) -> "EvalInputs[Model]":
-    """A checkpoint's model and the split's dataset (of the training config's data set, or of a copy of it at
-    ``data_root``, used as it is).
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.class_names
 
-    Raises:
-        CheckpointError: an exported folder (it holds no data set config).
-        UsageError: the data set has other classes than the checkpoint, or no such split.
-    """
-    dev = resolve_device(device)
-    loaded = load_model(checkpoint, weights, shift=shift)
-    cfg, ckpt, names = loaded.config, loaded.checkpoint, loaded.class_names
-    if cfg is None or ckpt is None:
-        raise CheckpointError(
-            f"{checkpoint} is an exported folder: evaluation needs the ramstrans checkpoint (it "
-            "holds the data set's config); ramstrans predict classifies images with an export"
-        )
-    loaded.model.to(dev)
-    ds = _split_dataset(cfg, names, split, data_root, loaded.transform, skip_corrupt, checkpoint)
-    return EvalInputs(
-        model=loaded.model,
-        config=cfg,
-        class_names=names,
-        checkpoint=ckpt,
-        step=int(ckpt["step"]),
-        weights=weights_used(ckpt, weights),
-        dataset=ds,
-        device=dev,
-    )
+    @property
+    def checkpoint(self) -> dict[str, Any] | None:
+        return self.loaded.checkpoint
+
+    @property
+    def step(self) -> int:
+        return self.loaded.step
+
+    @property
+    def weights(self) -> str:
+        """The weights used: "raw", "ema", or "onnx-<precision>"."""
+        return self.loaded.weights
+
+    @property
+    def file(self) -> Path:
+        return self.loaded.file
+
+    @property
+    def torch_model(self) -> Model:
+        """The model as a torch module (refused, in one sentence, for another engine's export)."""
+        return self.loaded.torch_model("this command")
 
 
-def load_onnx_eval_inputs(
-    path: str,
-    *,
-    weights: str = "auto",
-    device: str = "auto",
-    split: str = "test",
-    data_root: str | None = None,
-    skip_corrupt: bool = False,
-    shift: Sequence[str] = (),
-) -> "EvalInputs[OnnxPredictor]":
-    """``load_eval_inputs`` of an ONNX export: onnxruntime on the CPU, the config and classes its metadata records.
+def load_eval_inputs(request: EvalRequest, *, checkpoint: str = "", zoom: str = "") -> EvalInputs:
+    """The model of ``request.source`` and the dataset of ``request.split`` (of the training config's data set, or of
+    a copy of it at ``request.data_root``, used as it is).
+
+    Args:
+        request: the model source and the evaluation's options.
+        checkpoint: what needs a ramstrans checkpoint (e.g. "--calibrate"), refused for an export; "" when any
+            source that records its config will do.
+        zoom: what needs a multi-scale RAMS-Trans model (e.g. "the zoom sweep"); "" when any model will do.
 
     Raises:
-        UsageError: ``weights`` or ``device`` given (an ONNX file holds one set of weights and runs on the CPU).
+        UsageError: a source without a training config (a timm folder), one ``checkpoint`` or ``zoom`` refuses, a data
+            set with other classes than the model's, or no such split.
     """
-    from ramstrans.inference.onnx_predictor import OnnxPredictor
-
-    if weights != "auto" or device not in ("auto", "cpu"):
-        raise UsageError("--weights and --device apply to a checkpoint; an ONNX file holds one set of weights")
-    model = OnnxPredictor(path)
-    cfg, names, pre = model.config(), model.onnx.class_names, model.onnx.preprocess
-    transform = Transform(train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=shift)
-    ds = _split_dataset(cfg, names, split, data_root, transform, skip_corrupt, path)
-    return EvalInputs(
-        model=model,
-        config=cfg,
-        class_names=names,
-        checkpoint=None,
-        step=model.step,
-        weights=f"onnx-{model.precision}",
-        dataset=ds,
-        device=torch.device("cpu"),
-    )
+    loaded: LoadedModel = load_source(request)
+    cfg = loaded.run_config(checkpoint or zoom or "evaluation")
+    if checkpoint:
+        loaded.checkpoint_dict(checkpoint)
+    if zoom:
+        loaded.zoom_model(zoom)
+    device = torch.device("cpu")
+    if isinstance(loaded.model, torch.nn.Module):
+        device = resolve_device(request.device)
+        loaded.model.to(device)
+    ds = _split_dataset(cfg, loaded, request)
+    return EvalInputs(loaded=loaded, config=cfg, dataset=ds, device=device)
 
 
-def _split_dataset(
-    cfg: Config,
-    names: list[str],
-    split: str,
-    data_root: str | None,
-    transform: Transform,
-    skip_corrupt: bool,
-    source: str,
-) -> ImageDataset:
-    """The split's dataset of the config's data set (or of a copy of it at ``data_root``) under ``transform``."""
-    data_cfg = replace(cfg.data, root=data_root) if data_root else cfg.data
-    index = load_index(data_cfg, generate=not data_root)
-    if index.class_names != names:
-        raise UsageError(f"the data set at {index.root} has other classes than {source}")
+def _split_dataset(cfg: Config, loaded: LoadedModel, request: EvalRequest) -> ImageDataset:
+    """The split's dataset of the config's data set (or of a copy of it at ``data_root``) under the model's test
+    transform."""
+    data_cfg = replace(cfg.data, root=request.data_root) if request.data_root else cfg.data
+    index = load_index(data_cfg, generate=not request.data_root)
+    if index.class_names != loaded.class_names:
+        raise UsageError(f"the data set at {index.root} has other classes than {loaded.file}")
     tables = split_tables(data_cfg, index, cfg.train.seed)  # the validation split the run carved, if it did
+    split = request.split
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
         raise UsageError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    return ImageDataset(index.root, tables[split], names, transform, skip_corrupt)
+    transform: Transform = loaded.transform
+    return ImageDataset(index.root, tables[split], loaded.class_names, transform, request.skip_corrupt)
 
 
 def training_counts(cfg: Config, names: list[str], data_root: str | None) -> list[int]:

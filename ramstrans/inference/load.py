@@ -1,28 +1,41 @@
-"""The one way a trained model comes back: from a ramstrans checkpoint (a file, or a run folder's newest) or from a
-folder written by ``ramstrans export --format timm``, to the model (eval mode, on the CPU), its class names, its
-test transform and, for a checkpoint, its config. ``eval``, ``predict``, ``visualize``, ``export``, ``fit-gate``, the
-distillation teacher and the benchmarks all load through ``load_model``.
+"""The torch readers of model sources (``ramstrans.registry.SOURCES``): a ramstrans checkpoint (a file, or a run
+folder's newest) and a folder written by ``ramstrans export --format timm``, each to a ``LoadedModel``: the model (eval
+mode, on the CPU), its class names, its test transform and, for a checkpoint, its config. What was fitted after
+training (a temperature, the zoom gate) is attached here, the one place that reads it. ``load_model`` reads any source
+through the registry; ``eval``, ``predict``, ``visualize``, ``export``, ``fit-gate``, the distillation teacher and the
+benchmarks all load through it.
 """
 
 import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
 
-from ramstrans.checkpoint import checkpoint_file, find_checkpoint, load_checkpoint
+from ramstrans.checkpoint import checkpoint_file, load_checkpoint
 from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
-from ramstrans.errors import CheckpointError
-from ramstrans.inference.calibration import read_temperature
-from ramstrans.models import Classifier, Model, NetBackbone, RAMSTrans, ViTBackbone, model_from_checkpoint, weights_used
+from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.inference.temperature import read_temperature
+from ramstrans.models import Model, RAMSTrans, ViTBackbone, ZoomGate, build_model, model_from_checkpoint
+from ramstrans.models.build import weights_used
+from ramstrans.registry import EvalRequest, load_source, source_kind
 
-__all__ = ["LoadedModel", "load_model", "eval_transform", "model_from_export", "EXPORT_INFO", "ZOOM_TOKENS"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "eval_transform",
+    "model_from_export",
+    "load_checkpoint_source",
+    "load_export_folder",
+    "EXPORT_INFO",
+    "ZOOM_TOKENS",
+]
 
 logger = logging.getLogger("ramstrans")
 
@@ -36,22 +49,91 @@ class LoadedModel:
     """A trained model ready for inference.
 
     Attributes:
-        model: RAMSTrans or Classifier, eval mode, on the CPU.
+        model: RAMSTrans or Classifier (eval mode, on the CPU), or an export run by another engine behind the same
+            ``Predictor`` interface (an ONNX file's ``OnnxPredictor``).
         class_names: K names, in label order.
         transform: the deterministic test transform (resize, center crop, the model's normalisation).
-        config: the checkpoint's resolved config; None for an export folder (it holds no data set).
-        checkpoint: the loaded checkpoint; None for an export folder.
-        weights: "raw" or "ema" (which weights of the checkpoint), or "export".
-        file: the file the weights came from (a checkpoint, or the folder's ``model.safetensors``).
+        config: the resolved training config; None where the source records none (a timm folder).
+        checkpoint: the loaded checkpoint; None for an export.
+        weights: "raw" or "ema" (which weights of the checkpoint), "export", or "onnx-<precision>".
+        file: the file the weights came from (a checkpoint, a folder's ``model.safetensors``, an ONNX file).
+        kind: the source's kind (a name of ``ramstrans.registry.SOURCES``).
+        step: the training step of the weights (-1 where unknown).
     """
 
-    model: Model
+    model: Any
     class_names: list[str]
     transform: Transform
     config: Config | None
     checkpoint: dict[str, Any] | None
     weights: str
     file: Path
+    kind: str
+    step: int
+
+    def torch_model(self, what: str) -> Model:
+        """The model as a torch module (a checkpoint's or an export folder's).
+
+        Raises:
+            UsageError: another engine's export (an ONNX file), naming ``what`` needs the module.
+        """
+        if not isinstance(self.model, torch.nn.Module):
+            raise UsageError(
+                f"{what} needs a ramstrans checkpoint or a timm export folder; {self.file} is a {self.kind}"
+            )
+        return cast(Model, self.model)
+
+    def zoom_model(self, what: str) -> RAMSTrans:
+        """The model as RAMS-Trans with more than one scale.
+
+        Raises:
+            UsageError: a classifier, a one-scale model or another engine's export, naming ``what``.
+        """
+        model = self.torch_model(what)
+        if not isinstance(model, RAMSTrans) or model.num_scales < 2:
+            raise UsageError(f"{what} needs a multi-scale RAMS-Trans model; {self.file} has one scale")
+        return model
+
+    def run_config(self, what: str) -> Config:
+        """The training config the source records (its data set, split seed, precision).
+
+        Raises:
+            UsageError: a source without one (a timm folder), naming ``what`` needs it.
+        """
+        if self.config is None:
+            raise UsageError(
+                f"{what} needs the training config (its data set), which {self.file} does not record (a {self.kind}): "
+                "use the ramstrans checkpoint; ramstrans predict classifies images with any export"
+            )
+        return self.config
+
+    def checkpoint_dict(self, what: str) -> dict[str, Any]:
+        """The loaded checkpoint.
+
+        Raises:
+            UsageError: an export, naming ``what`` needs the checkpoint.
+        """
+        if self.checkpoint is None:
+            raise UsageError(f"{what} needs a ramstrans checkpoint; {self.file} is a {self.kind}")
+        return self.checkpoint
+
+
+def load_model(
+    source: str | Path, weights: str = "auto", *, gate: bool = True, shift: Sequence[str] = ()
+) -> LoadedModel:
+    """Any model source (a checkpoint file, a run folder, an export), read by the reader of its kind.
+
+    Args:
+        source: where the model is.
+        weights: a checkpoint's "auto" (the EMA weights when it has them, as its run reported), "raw" or "ema".
+        gate: attach the zoom gate a checkpoint holds (``ramstrans fit-gate``).
+        shift: named distribution shifts of the test transform (``data.transforms.SHIFTS``).
+
+    Raises:
+        FileNotFoundError: nothing at ``source``.
+        CheckpointError: not a ramstrans checkpoint or export, or one that does not fit the model it names.
+    """
+    return cast(LoadedModel, load_source(EvalRequest(str(source), weights=weights, gate=gate, shift=tuple(shift))))
 
 
 def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Transform:
@@ -67,54 +149,60 @@ def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Tran
     )
 
 
-def load_model(
-    source: str | Path, weights: str = "auto", *, gate: bool = True, shift: Sequence[str] = ()
-) -> LoadedModel:
-    """A checkpoint file, a run folder (its newest checkpoint) or an exported timm folder, ready for inference.
-
-    Args:
-        source: where the model is.
-        weights: a checkpoint's "auto" (the EMA weights when it has them, as its run reported), "raw" or "ema".
-        gate: attach the zoom gate a checkpoint holds (``ramstrans fit-gate``).
-        shift: named distribution shifts of the test transform (``data.transforms.SHIFTS``).
+def load_checkpoint_source(request: EvalRequest) -> LoadedModel:
+    """The reader of a checkpoint file or a run folder (its newest checkpoint): the weights ``request.weights`` asks
+    for, the temperature fitted on them (``eval --calibrate``) and, with ``request.gate``, the zoom gate it holds.
 
     Raises:
-        FileNotFoundError: nothing at ``source``, or a folder without a checkpoint or export.
-        CheckpointError: not a ramstrans checkpoint or export folder, or one that does not fit the model it names.
+        CheckpointError: not a ramstrans checkpoint, or one that does not fit the model it names.
     """
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model {source} does not exist")
-    if path.is_dir() and (path / "config.json").is_file():
-        model, names, t = model_from_export(path)
-        transform = Transform(
-            train=False,
-            crop=int(t["crop"]),
-            resize=int(t["resize"]),
-            mean=model.backbone.mean,
-            std=model.backbone.std,
-            shift=shift,
-        )
-        return LoadedModel(model, names, transform, None, None, "export", path / "model.safetensors")
-    if path.is_dir() and find_checkpoint("auto", path) is None:
-        raise CheckpointError(
-            f"{path} is not an exported model folder (no config.json) nor a run folder (no checkpoint.pth)"
-        )
+    path = Path(request.source).expanduser()
     file = checkpoint_file(path)
     ckpt = load_checkpoint(file)
-    model, cfg, names = model_from_checkpoint(ckpt, weights=weights, origin=f"checkpoint {file}", gate=gate)
-    model.temperature = read_temperature(file, int(ckpt["step"]), weights_used(ckpt, weights))
-    fitted_at = float((ckpt.get("zoom_gate") or {}).get("temperature", 1.0))
-    if gate and isinstance(model, RAMSTrans) and model.zoom_gate is not None and fitted_at != model.temperature:
+    model, cfg, names = model_from_checkpoint(ckpt, weights=request.weights, origin=f"checkpoint {file}")
+    used, step = weights_used(ckpt, request.weights), int(ckpt["step"])
+    _attach_fitted(model, ckpt, file, used, request.gate)
+    model.eval()
+    transform = eval_transform(cfg, model, request.shift)
+    return LoadedModel(model, names, transform, cfg, ckpt, used, file, source_kind(path), step)
+
+
+def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str, gate: bool) -> None:
+    """What was fitted on a checkpoint's weights after training: the temperature beside it (when fitted on this step
+    and these weights) and, with ``gate``, the zoom gate it holds."""
+    model.set_temperature(read_temperature(file, int(ckpt["step"]), weights))
+    record = ckpt.get("zoom_gate")
+    if not (gate and isinstance(record, dict) and isinstance(model, RAMSTrans)):
+        return
+    model.zoom_gate = ZoomGate.from_state(record["state"])
+    fitted_at, now = float(record.get("temperature", 1.0)), float(model.temperature)
+    if fitted_at != now:
         logger.warning(
             "the zoom gate of %s was fitted on probabilities at temperature %g, the model now applies %g: refit it "
             "(ramstrans fit-gate) before --zoom-on gate",
             file,
             fitted_at,
-            model.temperature,
+            now,
         )
-    model.eval()
-    return LoadedModel(model, names, eval_transform(cfg, model, shift), cfg, ckpt, weights_used(ckpt, weights), file)
+
+
+def load_export_folder(request: EvalRequest) -> LoadedModel:
+    """The reader of a folder written by ``ramstrans export --format timm`` (or any timm folder).
+
+    Raises:
+        CheckpointError: a folder timm cannot load.
+    """
+    path = Path(request.source).expanduser()
+    model, names, t = model_from_export(path)
+    transform = Transform(
+        train=False,
+        crop=int(t["crop"]),
+        resize=int(t["resize"]),
+        mean=model.backbone.mean,
+        std=model.backbone.std,
+        shift=request.shift,
+    )
+    return LoadedModel(model, names, transform, None, None, "export", path / "model.safetensors", "timm folder", -1)
 
 
 def _read_info(file: Path) -> dict[str, Any]:
@@ -126,7 +214,7 @@ def _read_info(file: Path) -> dict[str, Any]:
     try:
         info = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is damaged (not JSON: {str(e).splitlines()[0][:80]})") from None
+        raise CheckpointError(f"{file} is damaged (not JSON: {str(e).splitlines()[0][:80]})") from e
     if not isinstance(info, dict):
         raise CheckpointError(f"{file} is damaged (not a JSON object)")
     return info
@@ -135,7 +223,8 @@ def _read_info(file: Path) -> dict[str, Any]:
 def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, Any]]:
     """The model (eval mode) rebuilt from an exported timm folder, its class names and its test transform
     ({"resize", "crop", "interpolation"}). A plain timm ViT folder without ``ramstrans.json`` gives the single-scale
-    RAMSTrans; any other timm model a Classifier; with it, its model type and saliency decide.
+    RAMSTrans; any other timm model a Classifier; with it, its model type and saliency decide, and its backbone
+    family serves timm's model.
 
     Raises:
         CheckpointError: not a timm folder (no config.json) or one it cannot load.
@@ -149,44 +238,40 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
     try:
         net = timm.create_model(f"local-dir:{path}", pretrained=True)
     except Exception as e:  # timm's own message: missing weights, unknown architecture
-        raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from e
     info = _read_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
-    scales, cfg = int(info.get("num_scales", 1)), dict(cast(Any, net).pretrained_cfg)
-    size = (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
-    rams = info.get("model_type", "rams" if isinstance(net, VisionTransformer) else "classifier") == "rams"
-    model: Model
-    if not rams:
-        model = Classifier(backbone=NetBackbone(net=net, img_size=size, in_chans=int(cfg["input_size"][0])))
-    else:
-        saliency = info.get("saliency", _DEFAULTS.saliency)
-        model = RAMSTrans(
-            backbone=NetBackbone(net=net, img_size=size, num_scales=scales) if saliency == "activation" else net,
-            num_scales=scales,
-            alpha=info.get("alpha", _DEFAULTS.alpha),  # a folder without ramstrans.json: the config's defaults
-            residual=info.get("residual", _DEFAULTS.residual),
-            rollout_rows=info.get("rollout_rows", _DEFAULTS.rollout_rows),
-            eval_head=info.get("eval_head", _DEFAULTS.eval_head),
-            saliency=saliency,
-        )
-        if scales > 1 and model.backbone.has_class_token:
-            _load_zoom_tokens(model, path / ZOOM_TOKENS)
-    model.temperature = float(info.get("temperature", 1.0))
-    names = list(
-        info.get("class_names") or cfg.get("label_names") or [str(k) for k in range(int(cast(Any, net).num_classes))]
+    timm_cfg = dict(cast(Any, net).pretrained_cfg)
+    default_type = "rams" if isinstance(net, VisionTransformer) else "classifier"
+    model_cfg = replace(  # a folder without ramstrans.json: the config's defaults
+        _DEFAULTS,
+        type=info.get("model_type", default_type),
+        num_scales=int(info.get("num_scales", 1)),
+        img_size=int(timm_cfg["input_size"][-1]),
+        backbone_kwargs={"in_chans": int(timm_cfg["input_size"][0])},
+        pretrained=None,
+        **{k: info[k] for k in ("alpha", "residual", "rollout_rows", "eval_head", "saliency") if k in info},
     )
-    crop = int(cfg["input_size"][-1])
+    model = build_model(model_cfg, None, net)
+    if model_cfg.num_scales > 1 and isinstance(model.backbone, ViTBackbone) and model.backbone.has_class_token:
+        _load_zoom_tokens(model.backbone, path / ZOOM_TOKENS)
+    model.set_temperature(float(info.get("temperature", 1.0)))
+    names = list(
+        info.get("class_names")
+        or timm_cfg.get("label_names")
+        or [str(k) for k in range(int(cast(Any, net).num_classes))]
+    )
+    crop = int(timm_cfg["input_size"][-1])
     transform = info.get("eval_transform") or {
-        "resize": math.floor(crop / cfg.get("crop_pct", 0.875)),
+        "resize": math.floor(crop / timm_cfg.get("crop_pct", 0.875)),
         "crop": crop,
-        "interpolation": cfg.get("interpolation", "bilinear"),
+        "interpolation": timm_cfg.get("interpolation", "bilinear"),
     }
     return model.eval(), names, transform
 
 
-def _load_zoom_tokens(model: RAMSTrans, file: Path) -> None:
-    """The zoom scales' class (and distillation) tokens of an export folder into ``model``."""
-    tokens, bb = load_file(str(file)), model.backbone
-    assert isinstance(bb, ViTBackbone)  # only a ViT's class token has zoom copies
+def _load_zoom_tokens(bb: ViTBackbone, file: Path) -> None:
+    """The zoom scales' class (and distillation) tokens of an export folder into the backbone."""
+    tokens = load_file(str(file))
     with torch.no_grad():
         for i, token in enumerate(bb.zoom_cls_tokens):
             token.copy_(tokens[str(i)])

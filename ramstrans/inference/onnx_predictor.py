@@ -1,18 +1,21 @@
-"""An ONNX export behind ``RAMSTrans.predict``'s interface (torch tensors in and out), so that ``ramstrans eval``
-scores a deployed file with the loop and metrics of a checkpoint: quantization's cost is measured, not assumed."""
+"""The torch reader of an ONNX export (``ramstrans.registry.SOURCES``): the file behind ``RAMSTrans.predict``'s
+interface (torch tensors in and out), so that ``ramstrans eval`` scores a deployed file with the loop and metrics of a
+checkpoint: quantization's cost is measured, not assumed."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ramstrans.config import Config, config_from_dict
-from ramstrans.deploy.session import OnnxModel
+from ramstrans.data import Transform
+from ramstrans.deploy.session import OnnxModel, open_onnx
 from ramstrans.errors import CheckpointError, ConfigError
+from ramstrans.inference.load import LoadedModel
 from ramstrans.models.outputs import Prediction
+from ramstrans.registry import EvalRequest
 
-__all__ = ["OnnxPredictor"]
+__all__ = ["OnnxPredictor", "load_onnx"]
 
 
 @dataclass(frozen=True)
@@ -26,32 +29,37 @@ class OnnxPredictor:
     """An ``OnnxModel`` that ``inference.evaluate.evaluate`` runs like a model (the batch moves to the CPU and back).
 
     Args:
-        path: a .onnx file written by ``ramstrans export --format onnx``.
-        providers: onnxruntime execution providers (default: the CPU's).
+        onnx: the file in onnxruntime.
     """
 
     training = False  # nothing to train: eval() and train() are no-ops
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
-        self.onnx = OnnxModel(path, providers)
-        self.num_scales = self.onnx.num_scales
-        self.zoom_gate = None if self.onnx.zoom_threshold is None else _GateRecord(self.onnx.zoom_threshold)
-        self.precision = str(self.onnx.record.get("precision", "fp32"))
-        self.temperature = self.onnx.temperature  # the checkpoint's fitted one, recorded at export (1: none)
-        self.step = int((self.onnx.record.get("provenance") or {}).get("step", -1))
+    def __init__(self, onnx: OnnxModel) -> None:
+        self.onnx = onnx
+        self.num_scales = onnx.num_scales
+        self.zoom_gate = None if onnx.zoom_threshold is None else _GateRecord(onnx.zoom_threshold)
+        self.precision = str(onnx.record.get("precision", "fp32"))
+        self.temperature = onnx.temperature  # the checkpoint's fitted one, recorded at export (1: none)
+        self.step = int((onnx.record.get("provenance") or {}).get("step", -1))
 
-    def config(self) -> Config:
-        """The resolved config of the run the file was exported from (its data set, its split seed).
+    @property
+    def zoom_passes(self) -> int:
+        """Backbone passes adaptive zoom adds for a zoomed image: the fused graph runs every scale, scale 1 again."""
+        return self.num_scales
+
+    def config(self) -> Config | None:
+        """The resolved config of the run the file was exported from (its data set, its split seed); None for a
+        file written from a bare model (``write_onnx``).
 
         Raises:
-            CheckpointError: a file without one (written by ``write_onnx`` from a bare model) or one too damaged.
+            CheckpointError: a config too damaged to read.
         """
         if self.onnx.config is None:
-            raise CheckpointError(f"{self.onnx.path} records no training config: evaluation needs its data set")
+            return None
         try:
             return config_from_dict(self.onnx.config)
         except ConfigError as e:
-            raise CheckpointError(f"{self.onnx.path} holds a config this version cannot read ({e})") from None
+            raise CheckpointError(f"{self.onnx.path} holds a config this version cannot read ({e})") from e
 
     def eval(self) -> "OnnxPredictor":
         return self
@@ -73,3 +81,19 @@ class OnnxPredictor:
         probs = torch.from_numpy(out.probs)
         box = torch.from_numpy(out.boxes) if boxes and out.boxes is not None else None
         return Prediction(probs=probs, boxes=box, zoomed=torch.from_numpy(out.zoomed), scale_probs=[probs])
+
+
+def load_onnx(request: EvalRequest) -> LoadedModel:
+    """The torch reader of an ONNX file: the file behind ``predict``, its classes, the test transform its record
+    spells out, and the training config it records (None for a file written from a bare model).
+
+    Raises:
+        UsageError: ``--weights`` or ``--device`` given (an ONNX file holds one set of weights and runs on the CPU).
+    """
+    model = OnnxPredictor(open_onnx(request))
+    pre = model.onnx.preprocess
+    transform = Transform(
+        train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=request.shift
+    )
+    names, weights = model.onnx.class_names, f"onnx-{model.precision}"
+    return LoadedModel(model, names, transform, model.config(), None, weights, model.onnx.path, "onnx", model.step)

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ramstrans.registry import saliencies
 from ramstrans.runtime.files import atomic_write
 from ramstrans.runtime.runlog import read_records
 
@@ -90,7 +91,7 @@ def save_panel(
     axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=2))
     axes[0].set_title("input + zoom box")
     axes[1].imshow(heatmap_overlay(image, rollout))
-    axes[1].set_title(SALIENCY_NAMES[saliency])
+    axes[1].set_title(saliencies()[saliency])
     axes[2].imshow(_mask_picture(mask, component, image.shape[:2]), cmap="gray", vmin=0, vmax=255)
     axes[2].set_title("mask: grey > α·mean, white: kept component", fontsize=9)
     axes[3].imshow(zoom)
@@ -107,17 +108,10 @@ def save_panel(
     _save_png(fig, path)
 
 
-SALIENCY_NAMES = {
-    "rollout": "attention rollout",
-    "attn_pool": "attention pool's query",
-    "activation": "activation (SCDA)",
-}
-
-
 def contact_legend(saliency: str) -> tuple[str, str]:
     """The contact sheet's legend lines for a model of ``saliency``."""
     return (
-        f"green box: the zoom (what scale 2 sees); colours: {SALIENCY_NAMES[saliency]}",
+        f"green box: the zoom (what scale 2 sees); colours: {saliencies()[saliency]}",
         "s1 / s2: top class of scale 1 / scale 2; green: right (or truth unknown), red: wrong",
     )
 

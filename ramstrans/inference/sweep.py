@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from ramstrans.data import eval_loader
+from ramstrans.deploy.modes import resolve_threshold
 from ramstrans.errors import UsageError
-from ramstrans.inference.evaluate import resolve_threshold
+from ramstrans.inference.evaluate import gate_threshold
 from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.plots import plot_zoom_sweep
 from ramstrans.models import RAMSTrans, ZoomCriterion, fuse_probs
+from ramstrans.registry import EvalRequest
 from ramstrans.runtime.amp import amp_setup, autocast
 from ramstrans.runtime.files import check_output, write_text_atomic
 
@@ -80,39 +82,27 @@ def cheapest_within(
 
 
 def run_zoom_sweep(
-    checkpoint: str,
-    *,
-    output_dir: str | None = None,
-    split: str = "val",
-    zoom_on: ZoomCriterion = "maxprob",
-    weights: str = "auto",
-    batch_size: int = 32,
-    device: str = "auto",
-    data_root: str | None = None,
-    num_workers: int = 2,
-    skip_corrupt: bool = False,
-    overwrite: bool = False,
+    request: EvalRequest, *, output_dir: str | None = None, zoom_on: ZoomCriterion = "maxprob", overwrite: bool = False
 ) -> dict[str, object]:
-    """Top-1 against cost (backbone passes per image) of adaptive zoom for ``SWEEP_THRESHOLDS``, on a validation split;
-    names the cheapest threshold within ``SWEEP_TOLERANCE`` points of full fusion. Writes sweep.json / .csv / .png.
+    """Top-1 against cost (backbone passes per image) of adaptive zoom for ``SWEEP_THRESHOLDS``, on a validation split
+    (``request.split``); names the cheapest threshold within ``SWEEP_TOLERANCE`` points of full fusion. Writes
+    sweep.json / .csv / .png.
 
     Raises:
-        ValueError: ``split`` is "test" (a threshold is never chosen on the test split), or a one-scale model.
+        UsageError: the split is "test" (a threshold is never chosen on the test split), a model without a zoom, or
+            ``zoom_on`` gate without a fitted gate.
     """
+    split = request.split
     if split == "test":
         raise UsageError("the zoom threshold is chosen on a validation split, never on test: use --split val")
     if output_dir:
-        check_output(output_dir, [checkpoint] + ([data_root] if data_root else []), overwrite, "--output")
-    inputs = load_eval_inputs(
-        checkpoint, weights=weights, device=device, split=split, data_root=data_root, skip_corrupt=skip_corrupt
-    )
-    model, dev = inputs.model, inputs.device
-    if not isinstance(model, RAMSTrans) or model.num_scales < 2:
-        raise UsageError(f"checkpoint {checkpoint} has one scale: there is no zoom to sweep")
-    resolve_threshold(model, zoom_on, 0.0)  # a gate sweep needs a gate
-    pooled, first, fused, labels = scale_outputs(
-        model, eval_loader(inputs.dataset, batch_size, num_workers), dev, amp_setup(dev, inputs.config.train.amp)[0]
-    )
+        reads = [request.source] + ([request.data_root] if request.data_root else [])
+        check_output(output_dir, reads, overwrite, "--output")
+    inputs = load_eval_inputs(request, zoom="the zoom sweep")
+    model, dev = inputs.loaded.zoom_model("the zoom sweep"), inputs.device
+    resolve_threshold(gate_threshold(model), zoom_on, 0.0)  # a gate sweep needs a gate
+    loader = eval_loader(inputs.dataset, request.batch_size, request.num_workers)
+    pooled, first, fused, labels = scale_outputs(model, loader, dev, amp_setup(dev, inputs.config.train.amp)[0])
     rows = sweep_rows(
         model.zoom_score(pooled, first, zoom_on), first, fused, labels, SWEEP_THRESHOLDS, model.num_scales
     )
@@ -120,7 +110,7 @@ def run_zoom_sweep(
     single = 100.0 * (first.argmax(1) == labels).double().mean().item()
     chosen = cheapest_within(rows, full)
     result = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(inputs.file),
         "split": split,
         "images": len(labels),
         "zoom_on": zoom_on,
@@ -132,7 +122,7 @@ def run_zoom_sweep(
         "chosen": chosen,
         "rows": rows,
     }
-    out = Path(output_dir) if output_dir else Path(checkpoint).parent / f"sweep_zoom_{split}_{result['weights']}"
+    out = Path(output_dir) if output_dir else inputs.file.parent / f"sweep_zoom_{split}_{result['weights']}"
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.json", json.dumps(result, indent=1))
     buf = io.StringIO()

@@ -8,12 +8,10 @@ its cost in backbone passes like the zoom's: every view costs its own passes (tw
 import torch
 from torch import Tensor
 
-from ramstrans.errors import UsageError
+from ramstrans.deploy.modes import check_tta
 from ramstrans.models import Prediction, Predictor, ZoomCriterion
 
-__all__ = ["FlipTTA", "TTA_CHOICES", "with_tta"]
-
-TTA_CHOICES = ("none", "flip")
+__all__ = ["FlipTTA", "with_tta"]
 
 
 class FlipTTA:
@@ -35,6 +33,10 @@ class FlipTTA:
     @property
     def zoom_gate(self) -> object:
         return self.model.zoom_gate
+
+    @property
+    def zoom_passes(self) -> int:
+        return int(self.model.zoom_passes)
 
     @property
     def training(self) -> bool:
@@ -81,6 +83,4 @@ def with_tta(model: Predictor, tta: str) -> tuple[Predictor, int]:
     Raises:
         UsageError: another value.
     """
-    if tta not in TTA_CHOICES:
-        raise UsageError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
-    return (FlipTTA(model), FlipTTA.views) if tta == "flip" else (model, 1)
+    return (FlipTTA(model), FlipTTA.views) if check_tta(tta) == "flip" else (model, 1)

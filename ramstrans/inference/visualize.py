@@ -13,10 +13,11 @@ from torch import Tensor
 
 from ramstrans.data import ImageReadError, load_index, read_image
 from ramstrans.deploy.images import expand_paths
-from ramstrans.errors import CheckpointError, UsageError
-from ramstrans.inference.load import load_model
+from ramstrans.errors import UsageError
+from ramstrans.inference.load import LoadedModel
 from ramstrans.inference.plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 from ramstrans.models import RAMSTrans, crop_and_zoom
+from ramstrans.registry import EvalRequest, load_source
 from ramstrans.runtime.dist import resolve_device
 from ramstrans.runtime.files import check_output
 
@@ -32,63 +33,54 @@ def _pick(n_total: int, num: int) -> list[int]:
 
 
 def run_visualize(
-    checkpoint: str,
+    request: EvalRequest,
     *,
     output_dir: str | None = None,
     images: Sequence[str] = (),
-    split: str = "test",
     num: int = 16,
-    device: str = "auto",
-    data_root: str | None = None,
-    weights: str = "auto",
     overwrite: bool = False,
 ) -> list[Path]:
     """Per image a panel PNG of where the model zooms, plus ``contact_sheet.png``; returns the files written.
 
     Args:
-        checkpoint: ramstrans checkpoint.
+        request: the model source (a checkpoint or a run folder: its config names the data set), its weights and
+            device, the split to draw from and a copy of the data set at another root.
         output_dir: where to write (default: next to the checkpoint, ``visualize``).
         images: image files, folders or globs (any, not only from the data set); when empty, ``num`` images of
-            ``split``.
-        split: data split to draw from.
+            ``request.split``.
         num: how many split images.
-        device: auto | cpu | cuda.
-        data_root: the data set at another path than the training config's (used as it is, never generated).
-        weights: "auto" (EMA weights when the checkpoint has them), "raw" or "ema".
         overwrite: write into ``output_dir`` even if it holds files.
     """
     if not images and num < 1:
         raise UsageError(f"--num must be at least 1, got {num}")
-    dev = resolve_device(device)
-    model, cfg, names, transform = _load_rams(checkpoint, weights)
+    dev = resolve_device(request.device)
+    loaded: LoadedModel = load_source(request)
+    cfg, names = loaded.run_config("visualize"), loaded.class_names
+    model = _rams(loaded)
     model.to(dev)
     if images:
         paths, titles, truths = _named_images(images)
     else:
-        paths, titles, truths = _split_images(
-            replace(cfg.data, root=data_root) if data_root else cfg.data, not data_root, split, num, names
-        )
+        data_cfg = replace(cfg.data, root=request.data_root) if request.data_root else cfg.data
+        paths, titles, truths = _split_images(data_cfg, not request.data_root, request.split, num, names)
     if output_dir:
-        check_output(output_dir, [checkpoint, *paths], overwrite, "--output")
-    out = Path(output_dir) if output_dir else Path(checkpoint).parent / "visualize"
-    written, tiles = _draw_all(model, dev, transform, names, out, paths, titles, truths)
+        check_output(output_dir, [request.source, *paths], overwrite, "--output")
+    out = Path(output_dir) if output_dir else loaded.file.parent / "visualize"
+    written, tiles = _draw_all(model, dev, loaded.transform, names, out, paths, titles, truths)
     contact_sheet(tiles, out / "contact_sheet.png", saliency=model.backbone.saliency)
     return written + [out / "contact_sheet.png"]
 
 
-def _load_rams(checkpoint: str, weights: str) -> tuple[RAMSTrans, Any, list[str], Any]:
-    """The checkpoint's RAMS-Trans model, config, class names and eval transform; an export or a classifier is
-    refused (no config, no attention)."""
-    loaded = load_model(checkpoint, weights)
-    model, cfg, names, transform = loaded.model, loaded.config, loaded.class_names, loaded.transform
-    if cfg is None:
-        raise CheckpointError(f"{checkpoint} is an exported folder: visualize needs the ramstrans checkpoint")
+def _rams(loaded: LoadedModel) -> RAMSTrans:
+    """The source's RAMS-Trans model; a classifier is refused (it has no map to show)."""
+    model = loaded.torch_model("visualize")
     if not isinstance(model, RAMSTrans):
+        backbone = loaded.config.model.backbone if loaded.config is not None else model.backbone.name
         raise UsageError(
-            f"checkpoint {checkpoint} holds a {cfg.model.backbone} classifier: it has no attention to "
-            "show (visualize needs a RAMS-Trans model)"
+            f"checkpoint {loaded.file} holds a {backbone} classifier: it has no attention to show (visualize needs a "
+            "RAMS-Trans model)"
         )
-    return model, cfg, names, transform
+    return model
 
 
 def _draw_all(

@@ -1,75 +1,105 @@
-"""Models from config and from checkpoints: ``build_model`` maps ``cfg.model`` to a model; ``model_from_checkpoint``
-rebuilds a trained one from its checkpoint alone (the weights it reported, raw or EMA, and its zoom gate)."""
+"""Models from config and from checkpoints: ``build_backbone`` looks ``cfg.model``'s family up in
+``ramstrans.registry.BACKBONES`` (by its saliency) and builds the backbone; ``build_model`` puts RAMSTrans (or a
+Classifier) around it; ``create_model`` does both from keyword arguments; ``model_from_checkpoint`` rebuilds a trained
+one from its checkpoint alone (the weights it reported, raw or EMA)."""
 
+import dataclasses
 from dataclasses import replace
 from typing import Any, cast
 
 import torch
+from timm.models import get_pretrained_cfg
 from torch import nn
 
-from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict
+from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict, validate
 from ramstrans.errors import CheckpointError, UsageError
-from ramstrans.models.backbones.base import Saliency
+from ramstrans.models.backbones.base import Backbone, ZoomBackbone
 from ramstrans.models.backbones.distilled import Head
 from ramstrans.models.classifier import Classifier
-from ramstrans.models.gate import ZoomGate
 from ramstrans.models.rams import RAMSTrans
-from ramstrans.models.rollout import RolloutRows
+from ramstrans.registry import BACKBONES, family_of, resolve
 
-__all__ = ["Model", "build_model", "model_from_checkpoint", "weights_used", "load_model_state"]
+__all__ = [
+    "Model",
+    "build_backbone",
+    "build_model",
+    "create_model",
+    "model_from_checkpoint",
+    "weights_used",
+    "load_model_state",
+]
 
 Model = RAMSTrans | Classifier
 
 
-def build_model(model_cfg: ModelConfig, num_classes: int) -> Model:
-    """The only place that maps ``cfg.model`` to RAMSTrans (or, with ``model.type: classifier``, Classifier) keyword
-    arguments."""
-    kwargs = dict(model_cfg.backbone_kwargs)
-    if model_cfg.drop_path_rate:
-        kwargs["drop_path_rate"] = model_cfg.drop_path_rate
-    model: Model
-    if model_cfg.type == "classifier":
-        model = Classifier(
-            backbone=model_cfg.backbone,
-            num_classes=num_classes,
-            img_size=model_cfg.img_size,
-            pretrained=model_cfg.pretrained,
-            download_timeout_s=model_cfg.download_timeout_s,
-            **kwargs,
-        )
-    else:
-        model = RAMSTrans(
-            backbone=model_cfg.backbone,
-            num_classes=num_classes,
-            img_size=model_cfg.img_size,
-            num_scales=model_cfg.num_scales,
-            alpha=model_cfg.alpha,
-            residual=model_cfg.residual,
-            rollout_rows=cast(RolloutRows, model_cfg.rollout_rows),  # checked by the config's ranges
-            pretrained=model_cfg.pretrained,
-            download_timeout_s=model_cfg.download_timeout_s,
-            dist_token=model_cfg.dist_token,
-            eval_head=cast(Head, model_cfg.eval_head),
-            attn_window=model_cfg.attn_window,
-            ffn=model_cfg.ffn,
-            ffn_kernel=model_cfg.ffn_kernel,
-            ffn_prefix=model_cfg.ffn_prefix,
-            fwt=model_cfg.fwt,
-            saliency=cast(Saliency, model_cfg.saliency),  # checked by the config's ranges
-            **kwargs,
-        )
+def build_backbone(model_cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None) -> Backbone:
+    """The backbone of ``cfg.model``, built by its family: the one that gives ``model.saliency`` (a classifier's is the
+    ``net`` family, which runs any timm model as it is), then its gradient checkpointing and normalisation override.
+
+    Args:
+        model_cfg: the model section.
+        num_classes: K; None keeps the model's own.
+        model: a built timm model to serve instead of one by name (an export folder's).
+
+    Raises:
+        UsageError: a saliency no registered family gives, or the family's refusal of the config.
+        ConfigError: ``model.mean`` / ``model.std`` that do not fit the input channels.
+    """
+    family = "net" if model_cfg.type == "classifier" else family_of(model_cfg.saliency)
+    backbone: Backbone = resolve(BACKBONES[family].build)(model_cfg, num_classes, model)
     if model_cfg.grad_checkpointing:
-        cast(Any, model.backbone.timm_model).set_grad_checkpointing(True)
+        cast(Any, backbone.timm_model).set_grad_checkpointing(True)
     if model_cfg.mean is not None or model_cfg.std is not None:
-        bb = model.backbone
         try:
-            bb.set_normalization(
-                model_cfg.mean if model_cfg.mean is not None else bb.mean,
-                model_cfg.std if model_cfg.std is not None else bb.std,
+            backbone.set_normalization(
+                model_cfg.mean if model_cfg.mean is not None else backbone.mean,
+                model_cfg.std if model_cfg.std is not None else backbone.std,
             )
-        except ValueError as e:
-            raise UsageError(f"model.mean / model.std: {e}") from None
-    return model
+        except UsageError as e:
+            raise ConfigError(f"model.mean / model.std: {e}") from e
+    return backbone
+
+
+def build_model(model_cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None) -> Model:
+    """The model of ``cfg.model``: RAMSTrans around its backbone (``build_backbone``), or with ``model.type:
+    classifier`` a Classifier."""
+    backbone = build_backbone(model_cfg, num_classes, model)
+    if model_cfg.type == "classifier":
+        return Classifier(backbone=backbone)
+    return RAMSTrans(
+        backbone=cast(ZoomBackbone, backbone),
+        alpha=model_cfg.alpha,
+        eval_head=cast(Head, model_cfg.eval_head),  # checked by the config's ranges
+    )
+
+
+def create_model(backbone: str = "vit_base_patch16_224", num_classes: int | None = None, **options: Any) -> Model:
+    """A model by timm name, checked as a config is.
+
+    Args:
+        backbone: the timm model name.
+        num_classes: K; None keeps the model's own.
+        **options: keys of the config's model section (``ModelConfig``: ``img_size`` (default: timm's for the name),
+            ``num_scales``, ``alpha``, ``saliency``, ``pretrained``, ``dist_token``, ...); any other keyword goes to
+            ``timm.create_model`` (``depth``, ``embed_dim``, ...), as ``model.backbone_kwargs``.
+
+    Raises:
+        ConfigError: a value out of range, naming its config key.
+        UsageError: what ``build_model`` refuses.
+    """
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+    keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    timm_kwargs = {k: v for k, v in options.items() if k not in keys}
+    known = {k: v for k, v in options.items() if k in keys}
+    if known.get("img_size") is None:
+        pretrained_cfg = get_pretrained_cfg(backbone)
+        known["img_size"] = int(pretrained_cfg.input_size[-1]) if pretrained_cfg else 224
+    model_cfg = ModelConfig(
+        backbone=backbone, **{**known, "backbone_kwargs": {**known.get("backbone_kwargs", {}), **timm_kwargs}}
+    )
+    validate(Config(model=model_cfg))
+    return build_model(model_cfg, num_classes)
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -100,7 +130,7 @@ def weights_used(ckpt: dict[str, Any], weights: str = "auto", origin: str = "the
     when the checkpoint has EMA weights (as its run reported); else "raw".
 
     Raises:
-        ValueError: another value than auto, raw or ema.
+        UsageError: another value than auto, raw or ema.
         CheckpointError: EMA weights asked for but absent.
     """
     if weights not in ("auto", "raw", "ema"):
@@ -112,21 +142,17 @@ def weights_used(ckpt: dict[str, Any], weights: str = "auto", origin: str = "the
 
 
 def model_from_checkpoint(
-    ckpt: dict[str, Any],
-    model_cfg: ModelConfig | None = None,
-    weights: str = "auto",
-    origin: str = "the checkpoint",
-    gate: bool = True,
+    ckpt: dict[str, Any], model_cfg: ModelConfig | None = None, weights: str = "auto", origin: str = "the checkpoint"
 ) -> tuple[Model, Config, list[str]]:
-    """The model of a checkpoint (train mode, on the CPU), its config and its class names; no pretrained file needed.
+    """The model of a checkpoint's weights (train mode, on the CPU), its config and its class names; no pretrained
+    file needed. What was fitted after training (the zoom gate, a temperature) is the checkpoint reader's to attach
+    (``inference.load``).
 
     Args:
         ckpt: a loaded checkpoint (``load_checkpoint``).
         model_cfg: the model section to build (e.g. with resume overrides); default the checkpoint's own.
         weights: "raw", "ema" (its EMA weights) or "auto" (EMA weights when the checkpoint has them).
         origin: how to name the checkpoint in errors.
-        gate: attach the zoom gate the checkpoint holds (``ramstrans fit-gate``); a resumed training does not (the
-            weights move on, and the gate was fitted to these).
 
     Raises:
         CheckpointError: EMA weights asked for but absent, or the weights do not fit ``model_cfg``.
@@ -134,7 +160,7 @@ def model_from_checkpoint(
     try:
         cfg = config_from_dict(ckpt["config"])
     except ConfigError as e:
-        raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from None
+        raise CheckpointError(f"{origin} holds a config this version cannot read ({e})") from e
     names = list(ckpt["class_names"])
     state = ckpt["model_ema"] if weights_used(ckpt, weights, origin) == "ema" else ckpt["model"]
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
@@ -144,7 +170,7 @@ def model_from_checkpoint(
     model = build_model(wanted, len(names))
     try:
         load_model_state(model, state, origin)
-    except CheckpointError:
+    except CheckpointError as e:
         differs = {
             k: v
             for k, v in config_diff(
@@ -156,7 +182,5 @@ def model_from_checkpoint(
         key, (old, new) = next(iter(differs.items()))
         raise CheckpointError(
             f"{origin} does not fit the configured model: its {key} is {old}, the configured one {new}"
-        ) from None
-    if gate and isinstance(ckpt.get("zoom_gate"), dict) and isinstance(model, RAMSTrans):
-        model.zoom_gate = ZoomGate.from_state(ckpt["zoom_gate"]["state"])
+        ) from e
     return model, cfg, names

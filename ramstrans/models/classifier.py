@@ -11,51 +11,43 @@ import torch
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.base import prefixed
-from ramstrans.models.backbones.net import NetBackbone, create_net
-from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.rams import MultiScaleOutput, Prediction, ZoomCriterion
+from ramstrans.models.backbones.base import Backbone, prefixed
+from ramstrans.models.outputs import MultiScaleOutput, Prediction
+from ramstrans.models.rams import check_backbone
+from ramstrans.models.testtime import ZoomCriterion
 
-__all__ = ["Classifier", "NetBackbone", "create_net"]
+__all__ = ["Classifier"]
 
 
 class Classifier(nn.Module):
     """A timm classifier as a one-scale model of the pipeline.
 
     Args:
-        backbone: a timm model name (any classifier) or a built ``NetBackbone``.
-        num_classes: number of classes K; None keeps the model's own.
-        img_size: input size (int or (H, W)); None: 224.
-        pretrained: optional weights (a timm state dict file, a ramstrans checkpoint, shipped weights or a timm tag;
-            see ``load_pretrained``).
-        download_timeout_s: the longest a download of hub weights may take in all.
-        **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
+        backbone: a built ``NetBackbone`` (``build_backbone`` of a ``model.type: classifier`` config builds one by
+            name).
+
+    Attributes:
+        temperature: () buffer the test-time logits are divided by (``eval --calibrate`` fits it).
     """
 
     num_scales = 1
     eval_head = "cls"
     zoom_gate = None  # nothing to zoom
-    temperature = 1.0  # its test-time logits are divided by it (eval --calibrate fits it)
+    zoom_passes = 0
+    temperature: Tensor
 
-    def __init__(
-        self,
-        backbone: str | NetBackbone = "resnet50",
-        num_classes: int | None = None,
-        img_size: int | tuple[int, int] | None = None,
-        pretrained: str | None = None,
-        download_timeout_s: float = 60.0,
-        **backbone_kwargs: Any,
-    ) -> None:
+    def __init__(self, *, backbone: Backbone) -> None:
         super().__init__()
-        if isinstance(backbone, str):
-            net = create_net(backbone, img_size, num_classes, **backbone_kwargs)
-            backbone = NetBackbone(net=net, img_size=img_size or 224, in_chans=int(backbone_kwargs.get("in_chans", 3)))
-        elif backbone_kwargs or img_size is not None:
-            raise UsageError("img_size and timm keyword arguments apply to a model given by name")
+        check_backbone(backbone, "Classifier")
         self.backbone = backbone
         self.num_classes = backbone.num_classes
-        if pretrained:
-            load_pretrained(backbone, pretrained, download_timeout_s)
+        self.register_buffer("temperature", torch.ones((), dtype=torch.float64), persistent=False)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Divide the test-time logits by ``temperature`` (> 0) from now on."""
+        if not temperature > 0:
+            raise UsageError(f"the temperature must be > 0, got {temperature!r}")
+        self.temperature.fill_(float(temperature))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) normalised images -> (B, K) logits: timm's own forward."""

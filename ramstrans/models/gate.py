@@ -115,7 +115,7 @@ def fit_zoom_gate(
         (the fitted gate (float32), (N,) out-of-fold probabilities of change for the chosen strength, that strength).
 
     Raises:
-        ValueError: fewer rows than folds, or ``changed`` all true or all false (nothing to learn).
+        UsageError: fewer rows than folds, or ``changed`` all true or all false (nothing to learn).
     """
     n = changed.numel()
     positives = int(changed.sum())

@@ -7,11 +7,20 @@ adaptive zoom compares with its threshold.
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["MultiScaleOutput", "Prediction", "Proposal", "zoom_confidence", "fuse_probs", "fused_log_probs"]
+__all__ = [
+    "MultiScaleOutput",
+    "MultiScaleForward",
+    "Prediction",
+    "Proposal",
+    "zoom_confidence",
+    "fuse_probs",
+    "fused_log_probs",
+]
 
 
 @dataclass
@@ -98,3 +107,20 @@ def fused_log_probs(logits: list[Tensor]) -> Tensor:
     (``predict``'s probabilities), computed stably as logsumexp of the log-softmaxes minus log S."""
     log_probs = torch.stack([torch.log_softmax(z.float(), dim=-1) for z in logits])
     return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+class MultiScaleForward(nn.Module):
+    """A view of a model whose ``forward`` is its ``forward_multiscale``: what the trainer (and DDP) call.
+
+    Args:
+        model: the RAMSTrans (or Classifier) to train.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> MultiScaleOutput:
+        """(B, C, H, W) normalised images -> the ``MultiScaleOutput`` of every scale."""
+        out: MultiScaleOutput = cast(Any, self.model).forward_multiscale(x)
+        return out

@@ -6,27 +6,16 @@ ORIGINAL image resized to the input size (one resampling however deep the recurs
 own CLS token where the backbone has one. At test time only scale 1 runs: ``forward`` is the plain timm forward.
 """
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.base import SALIENCIES, Features, Saliency, ZoomBackbone, prefixed
+from ramstrans.models.backbones.base import Features, ZoomBackbone, prefixed
 from ramstrans.models.backbones.distilled import HEADS, Head, select_head
-from ramstrans.models.backbones.net import NetBackbone, create_net
-from ramstrans.models.backbones.pretrained import load_pretrained
-from ramstrans.models.backbones.vit import ViTBackbone, create_vit
 from ramstrans.models.gate import ZoomGate
-from ramstrans.models.outputs import (
-    MultiScaleOutput,
-    Prediction,
-    Proposal,
-    fuse_probs,
-    fused_log_probs,
-    zoom_confidence,
-)
+from ramstrans.models.outputs import MultiScaleOutput, Prediction, Proposal, zoom_confidence
 from ramstrans.models.proposal import (
     component_boxes,
     compose_boxes,
@@ -34,114 +23,71 @@ from ramstrans.models.proposal import (
     largest_component,
     threshold_rollout,
 )
-from ramstrans.models.rollout import RolloutRows, attention_rollout
-from ramstrans.models.testtime import ZOOM_CRITERIA, ZoomCriterion, assemble_prediction, check_zoom_on, head_probs
+from ramstrans.models.testtime import ZoomCriterion, assemble_prediction, check_zoom_on, head_probs
 
-if TYPE_CHECKING:  # the classifier imports this module
-    from ramstrans.models.classifier import Classifier
+__all__ = ["RAMSTrans", "check_backbone"]
 
-__all__ = [
-    "RAMSTrans",
-    "MultiScaleForward",
-    "MultiScaleOutput",
-    "Prediction",
-    "Proposal",
-    "ZoomCriterion",
-    "create_model",
-    "zoom_confidence",
-    "fused_log_probs",
-    "fuse_probs",
-    "ZOOM_CRITERIA",
-]
+
+def check_backbone(backbone: Any, model: str) -> None:
+    """Refuse anything but a built backbone module (a name, a bare timm model), saying how to build one.
+
+    Raises:
+        UsageError: naming ``model`` and what it was given.
+    """
+    if isinstance(backbone, nn.Module) and hasattr(backbone, "forward_features") and hasattr(backbone, "img_size"):
+        return
+    raise UsageError(
+        f"{model} takes a built backbone (a ViTBackbone, a NetBackbone or a registered family's), got a "
+        f"{type(backbone).__name__}: ramstrans.create_model(backbone=NAME, ...) or "
+        "ramstrans.models.build_backbone(model_cfg) builds one by name, ViTBackbone(vit=MODEL) wraps a built timm ViT"
+    )
 
 
 class RAMSTrans(nn.Module):
-    """Recurrent attention multi-scale transformer on a timm ViT (or, with the activation saliency, any timm model).
+    """Recurrent attention multi-scale transformer on a backbone that gives a saliency map (a timm ViT's attention
+    rollout or attention pool, any timm model's activation, or a registered family's own map).
 
     Args:
-        backbone: a timm model name (a ViT with one CLS token and token pooling, an Eva, an attention-pooled ViT with
-            ``saliency="attn_pool"``, any classifier with ``saliency="activation"``), a built timm model, or a built
-            ``ViTBackbone`` / ``NetBackbone`` (whose number of scales must be ``num_scales``).
-        num_classes: number of classes K; None keeps the model's own (a name: timm's default).
-        img_size: input size (int or (H, W)) of a backbone built by name; None keeps timm's default.
-        num_scales: 1 is the plain ViT baseline, 2 the paper's model; more recurse.
+        backbone: a built ``ZoomBackbone``; its ``num_scales`` are the scales run (1 is the plain ViT baseline, 2 the
+            paper's model; more recurse). ``build_backbone(cfg.model)`` builds one from a config.
         alpha: proposal threshold factor: mask = g > alpha * mean(g).
-        residual: χ in Â = rownorm(A + χI).
-        rollout_rows: "cls" (CLS query row) or "mean" (mean of all query rows, as the official code).
-        pretrained: optional weights source (see ``load_pretrained``).
-        download_timeout_s: the longest a download of hub weights may take in all.
-        dist_token: a class and a distillation token per scale on timm's distilled layout (a DeiT student).
         eval_head: with a distillation token, the test-time logits: "mean" of the two heads (DeiT's), "cls" or "dist".
-        attn_window: 0 (global attention) or the radius of sliding-window attention on the patch grid (a backbone
-            given by name).
-        ffn: "mlp" (timm's) or "conv" (``ConvMlp``: a depthwise convolution of the patch tokens; by name).
-        ffn_kernel: the conv feed-forward's odd kernel.
-        ffn_prefix: the conv feed-forward's treatment of the class / distillation tokens: "mlp" or "bypass".
-        fwt: "off", "fixed" or "learned": the feature-wise transformation layers (training only).
-        saliency: what the proposal thresholds: "rollout" (the class token's attention rollout), "attn_pool" (an
-            attention pool's query over the patches) or "activation" (the last feature map's channel-summed
-            magnitude, SCDA's; any timm model).
-        **backbone_kwargs: passed on to ``timm.create_model`` when ``backbone`` is a name.
+
+    Attributes:
+        temperature: () buffer every scale's test-time logits are divided by (1 until ``eval --calibrate`` fits one;
+            the reader of a model source sets it).
+        zoom_gate: the fitted zoom gate of ``zoom_on="gate"`` (``ramstrans fit-gate``), an optional submodule.
     """
 
-    def __init__(
-        self,
-        backbone: str | nn.Module = "vit_base_patch16_224",
-        num_classes: int | None = None,
-        img_size: int | tuple[int, int] | None = None,
-        num_scales: int = 2,
-        alpha: float = 1.3,
-        residual: float = 1.0,
-        rollout_rows: RolloutRows = "cls",
-        pretrained: str | None = None,
-        download_timeout_s: float = 60.0,
-        dist_token: bool = False,
-        eval_head: Head = "mean",
-        attn_window: int = 0,
-        ffn: str = "mlp",
-        ffn_kernel: int = 3,
-        ffn_prefix: str = "mlp",
-        fwt: str = "off",
-        saliency: Saliency = "rollout",
-        **backbone_kwargs: Any,
-    ) -> None:
+    temperature: Tensor
+
+    def __init__(self, *, backbone: ZoomBackbone, alpha: float = 1.3, eval_head: Head = "mean") -> None:
         super().__init__()
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not isinstance(num_scales, int) or num_scales < 1:
-            raise UsageError(f"num_scales must be an integer >= 1, got {num_scales!r}")
+        check_backbone(backbone, "RAMSTrans")
         if not alpha > 0:
             raise UsageError(f"alpha must be > 0, got {alpha!r}")
-        if not residual >= 0:
-            raise UsageError(f"residual must be >= 0, got {residual!r}")
-        if rollout_rows not in ("cls", "mean"):
-            raise UsageError(f"rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
-        if eval_head not in HEADS:
-            raise UsageError(f"eval_head must be one of {', '.join(HEADS)}, got {eval_head!r}")
-        if ffn not in ("mlp", "conv"):
-            raise UsageError(f"ffn must be 'mlp' or 'conv', got {ffn!r}")
-        if saliency not in SALIENCIES:
-            raise UsageError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
-        options = dict(
-            saliency=saliency,
-            dist_token=dist_token,
-            attn_window=attn_window,
-            ffn=ffn,
-            ffn_kernel=ffn_kernel,
-            ffn_prefix=ffn_prefix,
-            fwt=fwt,
-        )
-        self.backbone = _as_backbone(backbone, num_classes, img_size, num_scales, options, backbone_kwargs)
+        if eval_head not in HEADS or (eval_head == "dist" and not backbone.has_dist_token):
+            raise UsageError(
+                f"eval_head must be one of {', '.join(HEADS)} (dist needs a distillation token), got {eval_head!r}"
+            )
+        self.backbone = backbone
         self.eval_head: Head = eval_head
-        self.num_classes = self.backbone.num_classes
-        self.num_scales = num_scales
+        self.num_classes = backbone.num_classes
+        self.num_scales = backbone.num_scales
         self.alpha = float(alpha)
-        self.residual = float(residual)
-        self.rollout_rows: RolloutRows = rollout_rows
-        self.zoom_gate: ZoomGate | None = None  # fitted after training (``fit_zoom_gate``) for zoom_on="gate"
-        self.temperature = 1.0  # every scale's test-time logits are divided by it (eval --calibrate fits it)
-        if pretrained:
-            load_pretrained(self.backbone, pretrained, download_timeout_s)
+        self.zoom_gate: ZoomGate | None = None
+        self.register_buffer("temperature", torch.ones((), dtype=torch.float64), persistent=False)
+
+    @property
+    def zoom_passes(self) -> int:
+        """Backbone passes adaptive zoom adds for a zoomed image: the zoomed scales (scale 1's pass is reused)."""
+        return self.num_scales - 1
+
+    def set_temperature(self, temperature: float) -> None:
+        """Divide every scale's test-time logits by ``temperature`` (> 0) from now on."""
+        if not temperature > 0:
+            raise UsageError(f"the temperature must be > 0, got {temperature!r}")
+        self.temperature.fill_(float(temperature))
 
     def forward(self, x: Tensor) -> Tensor:
         """Single-scale logits: the test-time path, exactly a plain ViT forward with fused attention.
@@ -155,22 +101,13 @@ class RAMSTrans(nn.Module):
         self.backbone.check_input(x, "RAMSTrans")
         return self.backbone(x, scale=0, head=self.eval_head)
 
-    def saliency_map(self, feats: Features) -> Tensor:
-        """(B, gh, gw) saliency of a pass that captured (capture "all"): the attention rollout, or the map the
-        backbone gives directly (attention pool, activation)."""
-        bb = self.backbone
-        if bb.saliency == "rollout":
-            return attention_rollout(
-                feats.attentions, bb.grid_size, self.residual, self.rollout_rows, bb.num_prefix_tokens
-            )
-        if feats.saliency is None:
-            raise RuntimeError("this pass captured no saliency (capture 'none')")
-        return feats.saliency
-
     def _propose_boxes(self, feats: Features) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Saliency -> mask -> largest component -> (B, 4) pixel boxes of the scale's own input."""
+        """The backbone's (B, gh, gw) saliency -> mask -> largest component -> (B, 4) pixel boxes of the scale's own
+        input."""
         bb = self.backbone
-        rollout = self.saliency_map(feats)
+        rollout = feats.saliency
+        if rollout is None:
+            raise RuntimeError("this pass captured no saliency (capture 'none')")
         mask = threshold_rollout(rollout, self.alpha)
         component = largest_component(mask)
         return rollout, mask, component, component_boxes(component, bb.cell_size, bb.img_size)
@@ -321,21 +258,6 @@ class RAMSTrans(nn.Module):
         return {name: prefixed(rule, r"backbone\.") for name, rule in self.backbone.group_matcher(coarse).items()}
 
 
-class MultiScaleForward(nn.Module):
-    """A view of a RAMSTrans whose ``forward`` is ``forward_multiscale``: what the trainer (and DDP) call.
-
-    Args:
-        model: the RAMSTrans to train.
-    """
-
-    def __init__(self, model: "RAMSTrans | Classifier") -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> MultiScaleOutput:
-        return self.model.forward_multiscale(x)
-
-
 def _append_heads(out: MultiScaleOutput, bb: ZoomBackbone, feats: Features) -> None:
     """One scale's class-token logits (and distillation-token logits), pooled features and head query's attention
     (where the backbone has attention) from its pass onto ``out``."""
@@ -348,94 +270,3 @@ def _append_heads(out: MultiScaleOutput, bb: ZoomBackbone, feats: Features) -> N
         out.dist_logits.append(dist)
     if not bb.training:
         out.features.append(bb.pre_logits(tokens))
-
-
-def _as_backbone(
-    backbone: str | nn.Module,
-    num_classes: int | None,
-    img_size: int | tuple[int, int] | None,
-    num_scales: int,
-    options: dict[str, Any],
-    kwargs: dict[str, Any],
-) -> ViTBackbone | NetBackbone:
-    """The backbone from a name, a timm model or a built backbone, checked against the arguments (``options``:
-    saliency, dist_token, attn_window, ffn, ffn_kernel, ffn_prefix, fwt)."""
-    if options["saliency"] == "activation":
-        return _as_net(backbone, num_classes, img_size, num_scales, options, kwargs)
-    dist_token = options["dist_token"]
-    sizing = {k: options[k] for k in ("attn_window", "ffn_kernel", "ffn_prefix", "fwt", "saliency")}
-    if isinstance(backbone, str):
-        vit = create_vit(
-            backbone,
-            img_size,
-            num_classes,
-            window_attention=options["attn_window"] > 0,
-            conv_ffn=options["ffn"] == "conv",
-            attn_window=options["attn_window"],
-            ffn_kernel=options["ffn_kernel"],
-            ffn_prefix=options["ffn_prefix"],
-            dist_token=dist_token,
-            saliency=options["saliency"],
-            **kwargs,
-        )
-        return ViTBackbone(vit=vit, num_scales=num_scales, dist_token=dist_token or None, **sizing)
-    _refuse_sizing(backbone, img_size, kwargs)
-    if isinstance(backbone, NetBackbone):
-        raise UsageError("a NetBackbone zooms with saliency 'activation' only")
-    if not isinstance(backbone, ViTBackbone):
-        backbone = ViTBackbone(
-            vit=cast(VisionTransformer, backbone), num_scales=num_scales, dist_token=dist_token or None, **sizing
-        )
-    if backbone.saliency != options["saliency"]:
-        raise UsageError(f"the given backbone's saliency is {backbone.saliency}, saliency is {options['saliency']}")
-    if dist_token and not backbone.has_dist_token:
-        raise UsageError("dist_token is True but the given backbone has no distillation token")
-    return _checked(backbone, num_scales, num_classes)
-
-
-def _as_net(
-    backbone: str | nn.Module,
-    num_classes: int | None,
-    img_size: int | tuple[int, int] | None,
-    num_scales: int,
-    options: dict[str, Any],
-    kwargs: dict[str, Any],
-) -> NetBackbone:
-    """A NetBackbone for the activation saliency: none of the ViT-only options may be set."""
-    vit_only = {"dist_token": False, "attn_window": 0, "ffn": "mlp", "fwt": "off"}
-    for key, default in vit_only.items():
-        if options[key] != default:
-            raise UsageError(f"model.{key} needs a ViT backbone; saliency 'activation' runs any timm model as it is")
-    if isinstance(backbone, str):
-        net = create_net(backbone, img_size, num_classes, **kwargs)
-        size = img_size or tuple(cast(Any, net).pretrained_cfg["input_size"][1:])
-        backbone = NetBackbone(net=net, img_size=size, num_scales=num_scales)
-    else:
-        _refuse_sizing(backbone, img_size, kwargs)
-    if not isinstance(backbone, NetBackbone):
-        raise UsageError(f"saliency 'activation' needs a model name or a NetBackbone, got a {type(backbone).__name__}")
-    backbone.check_zoomable()
-    return _checked(backbone, num_scales, num_classes)
-
-
-def _refuse_sizing(backbone: nn.Module, img_size: int | tuple[int, int] | None, kwargs: dict[str, Any]) -> None:
-    """Refuse sizes and timm arguments for a backbone that is already built."""
-    if kwargs or img_size is not None:
-        raise UsageError(
-            "img_size and timm keyword arguments apply to a backbone given by name, not to a built "
-            f"{type(backbone).__name__}"
-        )
-
-
-def _checked(backbone: Any, num_scales: int, num_classes: int | None) -> Any:
-    """A built backbone, refused when its scales or classes differ from the arguments."""
-    if backbone.num_scales != num_scales:
-        raise UsageError(f"the given backbone has {backbone.num_scales} scale(s), num_scales is {num_scales}")
-    if num_classes is not None and backbone.num_classes != num_classes:
-        raise UsageError(f"the given backbone has {backbone.num_classes} classes, num_classes is {num_classes}")
-    return backbone
-
-
-def create_model(**kwargs: Any) -> RAMSTrans:
-    """Build a RAMSTrans; keyword arguments as ``RAMSTrans``."""
-    return RAMSTrans(**kwargs)

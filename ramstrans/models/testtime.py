@@ -7,14 +7,14 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from ramstrans.deploy.modes import ZOOM_CRITERIA
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.distilled import HEADS, select_head
 from ramstrans.models.outputs import Prediction, fuse_probs
 
 __all__ = ["Predictor", "ZoomCriterion", "ZOOM_CRITERIA", "check_zoom_on", "head_probs", "assemble_prediction"]
 
-ZoomCriterion = Literal["maxprob", "margin", "gate"]
-ZOOM_CRITERIA = ("maxprob", "margin", "gate")
+ZoomCriterion = Literal["maxprob", "margin", "gate"]  # the names of ``deploy.modes.ZOOM_CRITERIA``
 
 
 class Predictor(Protocol):
@@ -29,6 +29,11 @@ class Predictor(Protocol):
     @property
     def zoom_gate(self) -> Any:
         """The fitted zoom gate (its ``threshold`` is the one chosen on validation), or None."""
+        ...
+
+    @property
+    def zoom_passes(self) -> int:
+        """Backbone passes adaptive zoom adds for an image it zooms (RAMS-Trans reuses scale 1's pass)."""
         ...
 
     @property
@@ -60,13 +65,13 @@ def check_zoom_on(zoom_on: ZoomCriterion, adaptive: bool, has_gate: bool) -> Non
         )
 
 
-def head_probs(cls: Tensor, dist: Tensor | None, temperature: float = 1.0) -> dict[str, Tensor]:
-    """Softmax probabilities per head of (B, K) logits divided by ``temperature`` (1: untouched): {"cls"} without a
-    distillation token, else {"mean", "cls", "dist"}."""
-    scaled = (lambda z: z.float()) if temperature == 1.0 else (lambda z: z.float() / temperature)  # noqa: E731
+def head_probs(cls: Tensor, dist: Tensor | None, temperature: Tensor | float = 1.0) -> dict[str, Tensor]:
+    """Softmax probabilities per head of (B, K) logits divided by ``temperature`` (a () tensor on their device, or a
+    number; 1 leaves them as they are, exactly): {"cls"} without a distillation token, else {"mean", "cls",
+    "dist"}."""
     if dist is None:
-        return {"cls": scaled(cls).softmax(-1)}
-    return {h: scaled(select_head(cls, dist, h)).softmax(-1) for h in HEADS}
+        return {"cls": (cls.float() / temperature).softmax(-1)}
+    return {h: (select_head(cls, dist, h).float() / temperature).softmax(-1) for h in HEADS}
 
 
 def assemble_prediction(

@@ -65,7 +65,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
         (DistInfo, device).
 
     Raises:
-        ValueError: CUDA asked for without a GPU, or the process group cannot be joined in time.
+        UsageError: CUDA asked for without a GPU, or the process group cannot be joined in time.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(
@@ -85,7 +85,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> "tuple[D
             f"rank {info.rank} of {world} could not join the process group at {where} within "
             f"{timeout_s:g} s ({type(e).__name__}); check --rdzv_endpoint / MASTER_ADDR and the "
             "firewall, or raise train.dist_timeout_s"
-        ) from None
+        ) from e
     return info, dev
 
 

@@ -1,19 +1,22 @@
 """Files that lose nothing: every file is written to a temp name beside it, then renamed; a folder that one process
 works in is locked against a second one."""
 
+import contextlib
 import errno
 import fcntl
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ramstrans.errors import UsageError
 
 __all__ = [
     "atomic_write",
+    "atomic_open",
     "write_text_atomic",
     "FileLock",
     "LockedError",
@@ -68,7 +71,7 @@ def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool 
         flag: how the user named the output (for the message).
 
     Raises:
-        ValueError: ``out`` is an input (or holds one: a folder output around an input), or exists without
+        UsageError: ``out`` is an input (or holds one: a folder output around an input), or exists without
             ``overwrite``.
     """
     path = Path(out).expanduser()
@@ -86,6 +89,32 @@ def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool 
     return path
 
 
+@contextlib.contextmanager
+def _temp_beside(path: Path, fsync: bool = False) -> Iterator[str]:
+    """A temp file name beside ``path``, renamed onto it when the block ends without error (with the user's umask;
+    flushed to disk first with ``fsync``), removed otherwise; a full disk is one sentence naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_full_disk(e):
+            raise full_disk_error(path) from e
+        raise
+    os.close(fd)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp's private 0600 would survive the rename
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and is_full_disk(e):
+            raise full_disk_error(path) from e
+        raise
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None], fsync: bool = False) -> Path:
     """Call ``write(tmp)`` on a temp file beside ``path``, then rename it onto ``path``: a crash at any moment leaves
     either the old file or the new one, whole.
@@ -96,27 +125,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None], fsync: bool = F
         fsync: flush the temp file to disk before the rename (for files a resume depends on).
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        if is_full_disk(e):
-            raise full_disk_error(path) from None
-        raise
-    os.close(fd)
-    try:
+    with _temp_beside(path, fsync) as tmp:
         write(tmp)
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp's private 0600 would survive the rename
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, Exception) and is_full_disk(e):
-            raise full_disk_error(path) from None
-        raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[TextIO]:
+    """A text file to write as results are made, which appears at ``path`` whole when the block ends without error
+    (a temp name beside it until then; removed on an error, so ``path`` keeps what it held)."""
+    with _temp_beside(Path(path)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        yield f
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -155,12 +174,10 @@ class FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        except BlockingIOError as e:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise LockedError(
-                f"{self.what} is in use by {holder}; wait for it to finish or use another folder"
-            ) from None
+            raise LockedError(f"{self.what} is in use by {holder}; wait for it to finish or use another folder") from e
         try:  # who holds it, for another process's message; the lock holds without it (a full disk)
             os.ftruncate(fd, 0)
             os.write(

@@ -39,7 +39,7 @@ class MetricsLog:
             interrupted run past its last checkpoint) are dropped, so every step appears once.
 
     Raises:
-        ValueError: ``tensorboard`` is on but the tensorboard package is not installed.
+        UsageError: ``tensorboard`` is on but the tensorboard package is not installed.
     """
 
     def __init__(self, out_dir: Path, tensorboard: bool = False, resume_step: int | None = None) -> None:
@@ -52,10 +52,10 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
+            except ImportError as e:
                 raise UsageError(
                     "train.tensorboard needs the tensorboard package: pip install 'ramstrans[tensorboard]'"
-                ) from None
+                ) from e
             self.writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
 
     def _truncate(self, step: int) -> None:

@@ -18,11 +18,11 @@ from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import Teacher, load_teacher
 from ramstrans.errors import UsageError
+from ramstrans.losses import MultiScaleLoss
 from ramstrans.models import Model, MultiScaleForward, RAMSTrans, ViTBackbone
 from ramstrans.models.backbones.distilled import Head
 from ramstrans.runtime.dist import DistInfo
 from ramstrans.training.l2l import FwtLearner
-from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.mixing import Mixer
 from ramstrans.training.monitor import TrainingRun
 from ramstrans.training.steps import BatchStep, FwtStep, MixedStep, OptimizerUpdate
@@ -56,7 +56,7 @@ def build_optimizer(train_cfg: TrainConfig, model: torch.nn.Module) -> torch.opt
             model, opt=train_cfg.opt, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, **kwargs
         )
     except (AssertionError, ValueError) as e:
-        raise UsageError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from None
+        raise UsageError(f"train.opt '{train_cfg.opt}' is not a timm optimizer ({e})") from e
 
 
 def build_scheduler(train_cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> CosineLRScheduler:
@@ -203,7 +203,7 @@ def build_criterion(
         class_counts: (K,) training images per class, the prior of ``loss.logit_adjust``.
 
     Raises:
-        ValueError: ``loss.scale_weights`` does not have one entry per scale, or self-distillation from an EMA that
+        UsageError: ``loss.scale_weights`` does not have one entry per scale, or self-distillation from an EMA that
             is not there.
     """
     if len(loss_cfg.scale_weights) != num_scales:

@@ -28,7 +28,6 @@ from ramstrans.models.build import model_from_checkpoint
 from ramstrans.runtime.amp import amp_setup
 from ramstrans.runtime.dist import DistInfo, all_reduce_sum_, barrier, init_distributed, shutdown
 from ramstrans.runtime.files import write_text_atomic
-from ramstrans.runtime.runfolder import first_missing, prepare_folder, remove_if_unused
 from ramstrans.runtime.runlog import MetricsLog
 from ramstrans.training.build import (
     build_criterion,
@@ -44,6 +43,7 @@ from ramstrans.training.build import (
 from ramstrans.training.engine import LoopPlan, train_steps
 from ramstrans.training.monitor import RunMonitor, TrainingRun
 from ramstrans.training.resume import resume_run
+from ramstrans.training.runfolder import first_missing, prepare_folder, remove_if_unused
 
 __all__ = ["run_training", "resolve_training"]
 
@@ -95,7 +95,7 @@ def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device)
     if info.is_main:
         barrier()
     if ckpt is not None:
-        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume", gate=False)[0]
+        model = model_from_checkpoint(ckpt, cfg.model, weights="raw", origin="the checkpoint to resume")[0]
         if list(ckpt["class_names"]) != index.class_names:
             raise UsageError("the checkpoint to resume was trained on other classes than the configured data set")
     else:

@@ -8,6 +8,7 @@ import pytest
 
 from ramstrans.bench.demo import cached_scores
 from ramstrans.inference.evaluate import run_eval
+from ramstrans.registry import EvalRequest
 
 
 def test_score_gets_the_named_evaluations_and_a_second_call_reads_the_cache(trained, tmp_path):
@@ -16,12 +17,8 @@ def test_score_gets_the_named_evaluations_and_a_second_call_reads_the_cache(trai
     out = cached_scores(run, "scores.json", "test", lambda **evals: evals, shift=("blur",))
     ckpt = str(run / "checkpoint.pth")
     expected = {
-        name: run_eval(ckpt, split="test", num_workers=0, show_progress=False, **kwargs)
-        for name, kwargs in (
-            ("single", {"scales": 1}),
-            ("fused", {"scales": 2}),
-            ("shifted", {"scales": 1, "shift": ("blur",)}),
-        )
+        name: run_eval(EvalRequest(ckpt, num_workers=0, shift=shift), scales=scales, show_progress=False)
+        for name, scales, shift in (("single", 1, ()), ("fused", 2, ()), ("shifted", 1, ("blur",)))
     }
     assert out == expected
     assert (out["shifted"]["shift"], out["fused"]["scales"]) == (["blur"], 2)

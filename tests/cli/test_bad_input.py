@@ -352,7 +352,7 @@ CASES = [
             ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(*TINY_TRAIN, "model.saliency=gradcam")
         ),
         2,
-        ["model.saliency", "rollout, attn_pool or activation"],
+        ["model.saliency", "must be one of rollout, attn_pool, activation"],
     ),
     (
         "transmix_on_activation",
@@ -776,3 +776,19 @@ def test_every_image_unreadable_is_an_error_not_zero_percent(trained, synthetic_
     ]
     assert main(argv) == 2
     assert "every image of the test split was unreadable (9 skipped)" in capsys.readouterr().err
+
+
+def test_debug_shows_the_original_exception_as_the_cause(trained, tmp_path, capsys):
+    """A corrupt checkpoint is one sentence; with --debug the traceback shows what torch raised as its cause."""
+    bad = tmp_path / "checkpoint.pth"
+    bad.write_bytes((trained / "checkpoint.pth").read_bytes()[:2000])  # truncated mid-file
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    plain = capsys.readouterr().err
+    assert plain.strip().splitlines() == [
+        f"ramstrans: error: {bad} is not a readable ramstrans checkpoint (RuntimeError)"
+    ]
+    assert main(["--debug", "eval", "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err
+    cause, _, translated = err.partition("The above exception was the direct cause of the following exception:")
+    assert "RuntimeError: PytorchStreamReader failed" in cause and "torch/serialization.py" in cause
+    assert "ramstrans.errors.CheckpointError: " in translated and translated.strip().endswith(plain.strip())

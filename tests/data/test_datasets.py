@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from ramstrans.bench.inat import write_inat_json
-from ramstrans.cli import _parser, main
+from ramstrans.cli import main, parser
 from ramstrans.data import DATASETS, DataError, DatasetIndex
 from ramstrans.data.formats.dogs import load_dogs
 from ramstrans.data.formats.folder import load_csv, load_folder
@@ -438,6 +438,6 @@ def test_check_data_unusable_input_exits_2(tmp_path, capsys):
 
 
 def test_bench_subcommand_defaults_to_core():
-    assert _parser().parse_args(["bench"]).what == "core"
-    a = _parser().parse_args(["bench", "inat", "--num-images", "10"])
+    assert parser().parse_args(["bench"]).what == "core"
+    a = parser().parse_args(["bench", "inat", "--num-images", "10"])
     assert a.what == "inat" and a.num_images == 10 and a.num_classes == 5089

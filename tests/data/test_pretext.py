@@ -12,7 +12,7 @@ from ramstrans.data import Transform, eval_loader, train_loader
 from ramstrans.data.synthetic.birds import species_list
 from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
 from ramstrans.inference.evaluate import evaluate
-from ramstrans.models import RAMSTrans
+from ramstrans.models import create_model
 from ramstrans.models.backbones.pretrained import shipped_weights
 from ramstrans.training.run import run_training
 
@@ -74,7 +74,7 @@ def test_shipped_weights_load_offline_by_name_and_keep_their_accuracy(monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "synthetic-tiny" in shipped_weights()
     meta = json.loads(shipped_weights()["synthetic-tiny"].with_suffix(".json").read_text())
-    model = RAMSTrans(
+    model = create_model(
         backbone=meta["architecture"],
         num_classes=meta["num_classes"],
         img_size=meta["img_size"],
@@ -90,7 +90,7 @@ def test_shipped_weights_load_offline_by_name_and_keep_their_accuracy(monkeypatc
     chance = 100.0 / len(FAMILIES)
     assert check["top1"] > 3 * chance  # the recorded number is that of a trained model
     assert res["top1"] == pytest.approx(check["top1"], abs=2.0)
-    fresh = RAMSTrans(
+    fresh = create_model(
         backbone=meta["architecture"],
         num_classes=meta["num_classes"],
         img_size=meta["img_size"],

@@ -57,29 +57,6 @@ def test_exif_orientation_is_applied(tmp_path):
     assert img[5, 10, 0] > 200 and img[35, 10, 0] < 50  # the red (RGB) half is now on top
 
 
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """The session's tiny run as a two-scale model with sharpened attention (real boxes), exported fused in fp32,
-    fp16 and int8, and single-scale in fp32."""
-    root = tmp_path_factory.mktemp("exported")
-    ckpt = torch.load(trained / "checkpoint.pth", weights_only=True)
-    for k, v in ckpt["model"].items():
-        if k.endswith("attn.qkv.weight"):
-            v[: 2 * 32].mul_(8.0)
-    torch.save(ckpt, root / "checkpoint.pth")
-    files = {}
-    for name, extra in [
-        ("fp32", ["--scales", "2"]),
-        ("fp16", ["--scales", "2", "--precision", "fp16"]),
-        ("int8", ["--scales", "2", "--precision", "int8", "--calibration-images", "8"]),
-        ("single", []),
-    ]:
-        files[name] = root / f"{name}.onnx"
-        args = ["export", "--checkpoint", str(root / "checkpoint.pth"), "--format", "onnx", "--out", str(files[name])]
-        assert main(args + extra) == 0
-    return root, files
-
-
 def _inputs(synthetic_root, cfg, model):
     """The tiny data set's test images, preprocessed as evaluation does: (N, 3, 64, 64)."""
     t = eval_transform(cfg, model)
@@ -184,16 +161,21 @@ def test_the_onnx_predict_path_does_not_import_torch(exported, synthetic_root):
 
 def test_eval_of_an_onnx_file_equals_eval_of_the_checkpoint(exported, capsys):
     from ramstrans.inference.evaluate import run_eval
+    from ramstrans.registry import EvalRequest
 
     root, files = exported
+    ckpt, onnx = (
+        EvalRequest(str(root / "checkpoint.pth"), num_workers=0),
+        EvalRequest(str(files["fp32"]), num_workers=0),
+    )
     for scales in (1, 2):
-        a = run_eval(str(root / "checkpoint.pth"), scales=scales, output_dir=str(root / f"e{scales}"), num_workers=0)
-        b = run_eval(str(files["fp32"]), scales=scales, output_dir=str(root / f"o{scales}"), num_workers=0)
+        a = run_eval(ckpt, scales=scales, output_dir=str(root / f"e{scales}"))
+        b = run_eval(onnx, scales=scales, output_dir=str(root / f"o{scales}"))
         assert (a["top1"], a["top5"], a["images"]) == (b["top1"], b["top5"], b["images"])
         assert b["weights"] == "onnx-fp32" and b["step"] == a["step"]
         if scales == 2:
             assert b["loc_miou"] == pytest.approx(a["loc_miou"], abs=1e-6)
-    auto = run_eval(str(files["fp32"]), scales="auto", zoom_threshold=0.9, output_dir=str(root / "oa"), num_workers=0)
+    auto = run_eval(onnx, scales="auto", zoom_threshold=0.9, output_dir=str(root / "oa"))
     assert auto["passes_per_image"] == pytest.approx(1 + 2 * auto["zoomed_share"])  # the fused graph reruns scale 1
 
 
@@ -242,15 +224,15 @@ def test_bad_onnx_input_is_one_sentence(exported, synthetic_root, tmp_path, caps
     import onnx
 
     root, files = exported
-    plain = onnx.load(str(files["single"]))
+    plain = onnx.load(str(files["scale1"]))
     del plain.metadata_props[:]
     onnx.save(plain, str(tmp_path / "plain.onnx"))
-    (tmp_path / "truncated.onnx").write_bytes(files["single"].read_bytes()[:5000])
+    (tmp_path / "truncated.onnx").write_bytes(files["scale1"].read_bytes()[:5000])
     img = next((synthetic_root / "images").rglob("*.jpg"))
     fmt = dict(
         plain=tmp_path / "plain.onnx",
         truncated=tmp_path / "truncated.onnx",
-        single=files["single"],
+        single=files["scale1"],
         fp32=files["fp32"],
         img=img,
         ckpt=root / "checkpoint.pth",

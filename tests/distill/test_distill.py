@@ -18,10 +18,9 @@ from ramstrans.cli import main
 from ramstrans.config import load_config
 from ramstrans.distill.loss import DistillationLoss, kd_term
 from ramstrans.distill.teacher import Teacher
-from ramstrans.models import Classifier, MultiScaleForward, MultiScaleOutput, RAMSTrans, crop_and_zoom
-from ramstrans.models.backbones.pretrained import load_pretrained
+from ramstrans.losses import MultiScaleLoss
+from ramstrans.models import MultiScaleForward, MultiScaleOutput, create_model, crop_and_zoom
 from ramstrans.models.build import model_from_checkpoint
-from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.run import run_training
 
 VIT = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=5)
@@ -35,9 +34,15 @@ TEACHER_TRAIN = [
 STUDENT = ["model.dist_token=true"]
 
 
+def _classifier(num_classes, **kw):
+    """A narrow ResNet-10 classifier at 64 px (``model.type: classifier``)."""
+    kw = {"channels": [8, 8, 16, 16], **kw}
+    return create_model("resnet10t", num_classes, type="classifier", num_scales=1, img_size=64, **kw)
+
+
 def _student(num_scales=1, **kw):
     torch.manual_seed(0)
-    return RAMSTrans(
+    return create_model(
         "vit_tiny_patch16_224",
         num_classes=5,
         img_size=64,
@@ -98,7 +103,7 @@ def test_tail_token_layout_with_moved_position_embedding_is_the_same_function():
 
 def test_a_plain_ramstrans_checkpoint_lifts_into_the_student(trained):
     model = _student(num_scales=2)
-    load_pretrained(model.backbone, str(trained / "checkpoint.pth"))
+    model.backbone.load_pretrained(str(trained / "checkpoint.pth"))
     sd = load_checkpoint(trained / "checkpoint.pth")["model"]
     vit = model.backbone.vit
     assert torch.equal(vit.dist_token, sd["backbone.vit.cls_token"])
@@ -112,9 +117,8 @@ def test_plain_vit_weights_lift_into_the_student(tmp_path):
     plain = timm.create_model("vit_tiny_patch16_224", img_size=64, embed_dim=32, depth=2, num_heads=2, num_classes=5)
     torch.save(plain.state_dict(), tmp_path / "plain.pth")
     write_google_npz(plain, tmp_path / "plain.npz")
-    for source in ("plain.pth", "plain.npz"):
-        model = _student(num_scales=2)
-        load_pretrained(model.backbone, str(tmp_path / source))
+    for source in ("plain.pth", "plain.npz"):  # a Google .npz reads through a plain twin the build makes
+        model = _student(num_scales=2, pretrained=str(tmp_path / source))
         vit, sd = model.backbone.vit, plain.state_dict()
         torch.testing.assert_close(vit.dist_token, sd["cls_token"], rtol=0, atol=1e-6)
         torch.testing.assert_close(vit.pos_embed[:, 1], sd["pos_embed"][:, 0], rtol=0, atol=1e-6)
@@ -124,7 +128,7 @@ def test_plain_vit_weights_lift_into_the_student(tmp_path):
     other = _student()
     other.backbone.vit.reset_classifier(7)
     fresh = other.backbone.vit.head_dist.weight.clone()
-    load_pretrained(other.backbone, str(tmp_path / "plain.pth"))  # another class count: fresh heads stay
+    other.backbone.load_pretrained(str(tmp_path / "plain.pth"))  # another class count: fresh heads stay
     assert torch.equal(other.backbone.vit.head_dist.weight, fresh)
 
 
@@ -134,20 +138,14 @@ def test_a_classifier_loads_timm_files_and_its_own_checkpoints(tmp_path):
     torch.manual_seed(2)
     src = timm.create_model("resnet10t", num_classes=9, channels=[8, 8, 16, 16])
     save_file(src.state_dict(), str(tmp_path / "r.safetensors"))
-    clf = Classifier(
-        "resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16], pretrained=str(tmp_path / "r.safetensors")
-    )
+    clf = _classifier(5, pretrained=str(tmp_path / "r.safetensors"))
     got, want = clf.backbone.net.state_dict(), src.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want if not k.startswith("fc."))
     assert clf.backbone.net.fc.weight.shape == (5, 16)  # 9 classes in the file: the fresh head stays
     with pytest.raises(ValueError, match="do not fit model 'resnet10t'"):
-        Classifier(
-            "resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 32], pretrained=str(tmp_path / "r.safetensors")
-        )
+        _classifier(5, channels=[8, 8, 16, 32], pretrained=str(tmp_path / "r.safetensors"))
     run = _teacher_run(tmp_path)  # a ramstrans checkpoint of a classifier: its weights and normalisation
-    clf = Classifier(
-        "resnet10t", num_classes=3, img_size=64, channels=[8, 8, 16, 16], pretrained=str(run / "checkpoint.pth")
-    )
+    clf = _classifier(3, pretrained=str(run / "checkpoint.pth"))
     saved = load_checkpoint(run / "checkpoint.pth")["model"]
     assert all(torch.equal(v, saved[f"backbone.{k}"]) for k, v in clf.backbone.state_dict().items())
 
@@ -201,7 +199,7 @@ def test_distillation_loss_weights_the_terms_per_scale():
 
 def _resnet_teacher():
     torch.manual_seed(3)
-    return Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16])
+    return _classifier(5)
 
 
 def test_kd_gradient_reaches_head_dist_only_and_the_teacher_never_moves():
@@ -380,7 +378,7 @@ def test_both_models_refuse_a_batch_of_the_wrong_shape_naming_the_expected_one()
     """The one shape check (InputNorm.check_input) serves RAMSTrans and the classifier, each named in its message."""
     from conftest import tiny_model
 
-    clf = Classifier("resnet10t", num_classes=5, img_size=64, channels=[8, 8, 16, 16])
+    clf = _classifier(5)
     for model, who in ((tiny_model(), "RAMSTrans"), (clf, "the classifier")):
         with pytest.raises(ValueError, match=rf"^{who} expects a \(B, 3, 64, 64\) batch, got shape \(2, 3, 48, 64\)$"):
             model(torch.zeros(2, 3, 48, 64))

@@ -16,10 +16,11 @@ from ramstrans.distill.loss import DistillationLoss
 from ramstrans.distill.self_distill import SelfDistillationLoss
 from ramstrans.distill.teacher import load_teacher
 from ramstrans.inference.evaluate import run_eval
+from ramstrans.losses import MultiScaleLoss
 from ramstrans.models import MultiScaleOutput
 from ramstrans.models.build import model_from_checkpoint
+from ramstrans.registry import EvalRequest
 from ramstrans.training.build import build_criterion
-from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.run import run_training
 
 SD = ["loss.self_distill=2.0", "loss.self_distill_tau=2.0"]
@@ -162,9 +163,8 @@ def test_a_two_scale_teacher_teaches_its_fusion_as_eval_scales_2_scores_it(train
         == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    fused = run_eval(
-        str(trained / "checkpoint.pth"), scales=2, output_dir=str(tmp_path / "e"), num_workers=0, show_progress=False
-    )
+    request = EvalRequest(str(trained / "checkpoint.pth"), num_workers=0)
+    fused = run_eval(request, scales=2, output_dir=str(tmp_path / "e"), show_progress=False)
     assert summary["teacher"]["top1"] == pytest.approx(fused["top1"], abs=1e-6)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert next(r for r in records if r["kind"] == "teacher")["passes_per_image"] == 2

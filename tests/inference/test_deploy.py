@@ -139,25 +139,28 @@ def test_timm_folder_round_trip(trained, tmp_path):
     assert data["input_size"] == (3, 64, 64) and data["interpolation"] == "bilinear"
     assert tuple(data["mean"]) == model.backbone.mean and tuple(data["std"]) == model.backbone.std
     assert int(np.floor(64 / data["crop_pct"])) == cfg.data.resize == 72  # timm resizes to 72, then crops 64
-    from ramstrans.export import model_from_export
+    from ramstrans.inference.load import model_from_export
 
     again, again_names, transform = model_from_export(str(out))
     assert again_names == names and transform == {"resize": 72, "crop": 64, "interpolation": "bilinear"}
     for got, want in zip(again.forward_multiscale(x).logits, model.forward_multiscale(x).logits):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-    from ramstrans.errors import CheckpointError
+    from ramstrans.errors import UsageError
     from ramstrans.inference.inputs import load_eval_inputs
+    from ramstrans.registry import EvalRequest
 
-    with pytest.raises(CheckpointError, match="is an exported folder: evaluation needs the ramstrans checkpoint"):
-        load_eval_inputs(str(out))  # an export has no data set config to evaluate on
+    with pytest.raises(UsageError, match="evaluation needs the training config .* does not record .a timm folder."):
+        load_eval_inputs(EvalRequest(str(out)))  # an export has no data set config to evaluate on
 
 
 def test_eval_inputs_hold_the_checkpoint_and_the_split(trained):
     from ramstrans.data import load_index, split_tables
     from ramstrans.inference.inputs import load_eval_inputs
+    from ramstrans.registry import EvalRequest
 
     ckpt = load_checkpoint(trained / "checkpoint.pth")
-    inputs = load_eval_inputs(str(trained / "checkpoint.pth"), device="cpu", split="val")
+    inputs = load_eval_inputs(EvalRequest(str(trained), device="cpu", split="val"))  # a run folder: its newest
+    assert inputs.file == trained / "checkpoint.pth" and inputs.loaded.kind == "run folder"
     model, cfg, names = _model(trained)
     assert inputs.step == ckpt["step"] == 6 and inputs.weights == "raw" and inputs.class_names == names
     assert inputs.device == torch.device("cpu") and not inputs.model.training
@@ -167,43 +170,27 @@ def test_eval_inputs_hold_the_checkpoint_and_the_split(trained):
     torch.testing.assert_close(inputs.model(x), model(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("scales", [1, 2])
-def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(trained, tmp_path, scales):
+def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(exported):
     import onnx
     import onnxruntime as ort
 
-    out = tmp_path / "m.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--checkpoint",
-                str(trained / "checkpoint.pth"),
-                "--format",
-                "onnx",
-                "--out",
-                str(out),
-                "--scales",
-                str(scales),
-            ]
-        )
-        == 0
-    )
-    model, _, names = _model(trained)
+    root, files = exported
+    model, _, names = _model(root)
     x = torch.randn(3, 3, 64, 64)  # another batch size than the export's example
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": x.numpy()})
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert json.loads(meta["class_names"]) == names and json.loads(meta["test_transform"])["resize"] == 72
-    with torch.no_grad():
-        if scales == 1:
-            np.testing.assert_allclose(got[0], model(x).numpy(), atol=1e-4, rtol=0)
-            return
-        out_ms = model.forward_multiscale(x)
-    np.testing.assert_allclose(got[0], torch.stack(out_ms.logits, 1).numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got[1], model.predict(x, 2).probs.numpy(), atol=1e-5, rtol=0)
-    assert np.array_equal(got[2], out_ms.boxes[0].numpy())
-    assert (out_ms.boxes[0] != torch.tensor([0.0, 0.0, 64.0, 64.0])).any()
+    for graph in ("scale1", "fp32"):
+        session = ort.InferenceSession(str(files[graph]), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": x.numpy()})
+        meta = {p.key: p.value for p in onnx.load(str(files[graph])).metadata_props}
+        assert json.loads(meta["class_names"]) == names and json.loads(meta["test_transform"])["resize"] == 72
+        with torch.no_grad():
+            if graph == "scale1":
+                np.testing.assert_allclose(got[0], model(x).numpy(), atol=1e-4, rtol=0)
+                continue
+            out_ms = model.forward_multiscale(x)
+        np.testing.assert_allclose(got[0], torch.stack(out_ms.logits, 1).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got[1], model.predict(x, 2).probs.numpy(), atol=1e-5, rtol=0)
+        assert np.array_equal(got[2], out_ms.boxes[0].numpy())
+        assert (out_ms.boxes[0] != torch.tensor([0.0, 0.0, 64.0, 64.0])).any()
 
 
 def _images(folder, synthetic_root):
@@ -298,7 +285,7 @@ def test_predict_from_an_export_with_adaptive_zoom_as_json(trained, synthetic_ro
         (["{tmp}/junk.pth", "{img}"], "not a readable ramstrans checkpoint"),
         (["{ckpt}", "{img}", "--scales", "3"], "cannot run 3"),
         (["{ckpt}", "{img}", "--scales", "auto", "--zoom-threshold", "1.5"], "--zoom-threshold must be in [0, 1]"),
-        (["{tmp}", "{img}"], "not an exported model folder"),
+        (["{tmp}", "{img}"], "is a folder without a checkpoint or an export: it is not a run folder"),
     ],
 )
 def test_predict_bad_input_is_one_sentence(trained, synthetic_root, tmp_path, capsys, argv, fragment):

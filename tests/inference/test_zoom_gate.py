@@ -13,6 +13,7 @@ from scipy.optimize import minimize
 
 from ramstrans.checkpoint import load_checkpoint
 from ramstrans.cli import main
+from ramstrans.inference.load import load_model
 from ramstrans.models import ZoomGate, fit_zoom_gate
 from ramstrans.models.build import model_from_checkpoint
 from ramstrans.models.gate import _fit_logistic, gate_inputs
@@ -123,9 +124,10 @@ def test_fit_gate_writes_a_new_checkpoint_that_eval_predict_and_onnx_use(zoom_ru
     assert gated["zoom_gate"]["threshold"] == pytest.approx(report["threshold"])
     assert gated["zoom_gate"]["split"] == "val" and gated["zoom_gate"]["images"] == report["images"] == 30
     assert report["oracle"]["passes_per_image"] == pytest.approx(1 + report["changed_share"])
-    model = model_from_checkpoint(gated)[0]
+    model = load_model(tmp_path / "g.pth").model  # the checkpoint reader attaches the gate it holds
     assert float(model.zoom_gate.threshold) == pytest.approx(report["threshold"])
-    assert model_from_checkpoint(gated, gate=False)[0].zoom_gate is None
+    assert load_model(tmp_path / "g.pth", gate=False).model.zoom_gate is None
+    assert model_from_checkpoint(gated)[0].zoom_gate is None  # the weights alone
     # eval: the gate's own threshold by default
     assert (
         main(
@@ -188,7 +190,7 @@ def test_the_fused_onnx_graph_carries_the_gate(zoom_run, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "probs", "boxes", "zoom_confidence"]
     meta = session.get_modelmeta().custom_metadata_map
-    model = model_from_checkpoint(load_checkpoint(out))[0].eval()
+    model = load_model(out).model  # eval mode, the gate attached
     assert meta["zoom_on"] == "gate"
     assert float(meta["zoom_threshold"]) == pytest.approx(float(model.zoom_gate.threshold))
     x = torch.randn(3, 3, 64, 64)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_model
 
-from ramstrans.models import RAMSTrans, ViTBackbone, create_vit
+from ramstrans.models import ViTBackbone, create_model, create_vit
 
 
 def _timm_twin(model, **kw):
@@ -130,7 +130,7 @@ def test_unsupported_backbones_are_refused(name, kwargs, reason):
 
 
 def test_timms_distilled_vit_by_name_is_a_student_and_dist_token_false_refuses_it():
-    model = RAMSTrans("deit_tiny_distilled_patch16_224", num_classes=3, img_size=64, depth=1, num_scales=2)
+    model = create_model("deit_tiny_distilled_patch16_224", num_classes=3, img_size=64, depth=1, num_scales=2)
     assert model.backbone.has_dist_token and model.backbone.num_prefix_tokens == 2
     assert len(model.backbone.zoom_dist_tokens) == 1
     out = model.forward_multiscale(torch.randn(2, 3, 64, 64))

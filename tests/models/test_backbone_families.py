@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ramstrans.errors import UsageError
-from ramstrans.models import RAMSTrans, attention_rollout
+from ramstrans.models import attention_rollout, create_model
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2)
 FAMILIES = {
@@ -20,7 +20,7 @@ FAMILIES = {
 
 def _model(family, **kw):
     name, extra, size = FAMILIES[family]
-    return RAMSTrans(backbone=name, img_size=size, num_classes=5, **TINY, **extra, **kw).eval(), size
+    return create_model(backbone=name, img_size=size, num_classes=5, **TINY, **extra, **kw).eval(), size
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -98,4 +98,4 @@ def test_a_register_model_exports_its_fused_two_scales_to_onnx(tmp_path):
 )
 def test_layouts_still_refused_name_what_is_missing(name, extra, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        RAMSTrans(backbone=name, img_size=56 if "14" in name else 64, num_classes=5, **TINY, **extra)
+        create_model(backbone=name, img_size=56 if "14" in name else 64, num_classes=5, **TINY, **extra)

@@ -7,7 +7,7 @@ from conftest import eval_summary
 from timm.layers import Mlp
 from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
-from ramstrans.models import RAMSTrans
+from ramstrans.models import RAMSTrans, ViTBackbone, create_model, create_vit
 from ramstrans.models.blocks.attention import WindowAttention, window_mask
 from ramstrans.models.blocks.ffn import ConvMlp
 
@@ -41,21 +41,10 @@ def _brute_force(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
 def test_window_attention_equals_a_per_query_loop_and_the_capture_is_masked(grid):
     torch.manual_seed(0)
-    img = (grid[0] * 16, grid[1] * 16)
-    model = (
-        RAMSTrans(
-            "vit_tiny_patch16_224",
-            num_classes=4,
-            img_size=img,
-            depth=2,
-            embed_dim=32,
-            num_heads=2,
-            attn_window=1,
-            dist_token=True,
-        )
-        .double()
-        .eval()
-    )
+    img = (grid[0] * 16, grid[1] * 16)  # a non-square grid: the backbone is built from its parts
+    options = dict(depth=2, embed_dim=32, num_heads=2, window_attention=True, attn_window=1, dist_token=True)
+    vit = create_vit("vit_tiny_patch16_224", img, 4, **options)
+    model = RAMSTrans(backbone=ViTBackbone(vit=vit, attn_window=1, dist_token=True)).double().eval()
     attn = model.backbone.vit.blocks[0].attn
     assert isinstance(attn, WindowAttention) and attn.window_mask.shape == (2 + grid[0] * grid[1],) * 2
     x = torch.randn(2, 2 + grid[0] * grid[1], 32, dtype=torch.float64)
@@ -98,17 +87,10 @@ def test_a_pretrained_vit_with_the_conv_ffn_is_the_same_function_at_initialisati
         "vit_tiny_patch16_224", img_size=(48, 80), depth=2, embed_dim=32, num_heads=2, num_classes=4
     ).eval()
     torch.save(plain.state_dict(), tmp_path / "plain.pth")
-    model = RAMSTrans(
-        "vit_tiny_patch16_224",
-        num_classes=4,
-        img_size=(48, 80),
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        ffn="conv",
-        ffn_kernel=3,
-        pretrained=str(tmp_path / "plain.pth"),
-    ).eval()
+    options = dict(depth=2, embed_dim=32, num_heads=2, conv_ffn=True, ffn_kernel=3)
+    backbone = ViTBackbone(vit=create_vit("vit_tiny_patch16_224", (48, 80), 4, **options), ffn_kernel=3)
+    backbone.load_pretrained(str(tmp_path / "plain.pth"))
+    model = RAMSTrans(backbone=backbone).eval()
     x = torch.randn(2, 3, 48, 80)
     torch.testing.assert_close(model(x), plain(x), rtol=0, atol=1e-5)
 
@@ -136,13 +118,13 @@ def test_blocks_are_built_sized_and_a_model_built_elsewhere_is_resized_to_the_ba
     "kwargs,message",
     [
         ({"attn_window": 4}, "model.attn_window must be 0"),
-        ({"attn_window": -1}, "model.attn_window must be 0"),
-        ({"ffn": "conv", "ffn_kernel": 2}, "model.ffn_kernel must be odd"),
+        ({"attn_window": -1}, "config key 'model.attn_window' must be >= 0"),
+        ({"ffn": "conv", "ffn_kernel": 2}, "config key 'model.ffn_kernel' must be odd"),
     ],
 )
 def test_options_out_of_range_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        RAMSTrans("vit_tiny_patch16_224", num_classes=4, img_size=64, depth=1, **kwargs)
+        create_model("vit_tiny_patch16_224", num_classes=4, img_size=64, depth=1, **kwargs)
 
 
 def test_fwt_is_the_identity_in_eval_and_has_the_specified_train_time_spread():
@@ -170,7 +152,7 @@ def test_the_learning_to_learn_gradient_matches_a_finite_difference():
 
     torch.manual_seed(0)
     model = (
-        RAMSTrans(
+        create_model(
             "vit_tiny_patch16_224",
             num_classes=3,
             img_size=32,
@@ -297,7 +279,7 @@ def test_a_copied_or_pickled_model_hooks_its_own_feature_wise_layers():
     import copy
     import pickle
 
-    model = RAMSTrans("vit_tiny_patch16_224", num_classes=3, img_size=64, depth=2, fwt="fixed").train()
+    model = create_model("vit_tiny_patch16_224", num_classes=3, img_size=64, depth=2, fwt="fixed").train()
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         for blk, layer in zip(twin.backbone.vit.blocks, twin.backbone.fwt):
             (hook,) = blk.norm2._forward_hooks.values()

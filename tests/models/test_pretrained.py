@@ -205,14 +205,14 @@ def test_the_network_check_asks_huggingface_hubs_own_endpoint(monkeypatch):
 def test_plain_vit_weights_lift_into_a_register_layout_keeping_every_tokens_input(tmp_path, no_embed_class):
     # Source: a plain ViT (class position embedded). Target: 4 registers, with or without no_embed_class. The class
     # token's input (token + its position) and every patch's input must be the source's; registers stay as built.
-    from ramstrans.models import RAMSTrans
+    from ramstrans.models import create_model
 
     src = _source(num_classes=5)
     with torch.no_grad():
         src.pos_embed.normal_()
     save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
     torch.manual_seed(3)
-    model = RAMSTrans(
+    model = create_model(
         backbone="vit_tiny_patch16_224",
         img_size=64,
         depth=2,

@@ -182,25 +182,25 @@ def test_no_capture_state_survives_a_call():
         assert blk.attn.k_norm.__dict__.get("_ramstrans_tap") is None
 
 
-def test_a_built_backbone_can_be_injected():
+def test_ramstrans_takes_a_built_backbone():
     import timm
 
     from ramstrans import RAMSTrans
+    from ramstrans.errors import UsageError
     from ramstrans.models import ViTBackbone
 
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=4)
-    model = RAMSTrans(backbone=vit, num_scales=2)
-    assert model.backbone.vit is vit and model.num_classes == 4 and model.backbone.img_size == (64, 64)
-    x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(model(x), vit.eval()(x))
     bb = ViTBackbone(vit=vit, num_scales=3)
-    assert RAMSTrans(backbone=bb, num_scales=3).backbone is bb
-    with pytest.raises(ValueError, match="3 scale"):
-        RAMSTrans(backbone=bb, num_scales=2)
-    with pytest.raises(ValueError, match="4 classes, num_classes is 5"):
-        RAMSTrans(backbone=vit, num_classes=5)
-    with pytest.raises(ValueError, match="apply to a backbone given by name"):
-        RAMSTrans(backbone=vit, img_size=96)
+    model = RAMSTrans(backbone=bb)
+    assert model.backbone is bb and model.backbone.vit is vit and model.num_classes == 4 and model.num_scales == 3
+    assert model.backbone.img_size == (64, 64)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model.eval()(x), vit.eval()(x))
+    for given, kind in ((vit, "VisionTransformer"), ("vit_tiny_patch16_224", "str")):
+        with pytest.raises(UsageError, match=f"RAMSTrans takes a built backbone .*, got a {kind}: "):
+            RAMSTrans(backbone=given)
+    with pytest.raises(UsageError, match="dist needs a distillation token"):
+        RAMSTrans(backbone=bb, eval_head="dist")
 
 
 def test_normalisation_travels_in_the_state_dict():

@@ -12,7 +12,7 @@ import timm
 import torch
 
 from ramstrans.errors import UsageError
-from ramstrans.models import Features, RAMSTrans
+from ramstrans.models import Features, RAMSTrans, create_model
 
 EVA = dict(backbone="eva02_tiny_patch14_224", img_size=56, depth=2, embed_dim=32, num_heads=2, global_pool="token")
 SIGLIP = dict(backbone="vit_base_patch16_siglip_224", img_size=64, depth=2, embed_dim=32, num_heads=2)
@@ -33,20 +33,20 @@ VIT = dict(backbone="vit_tiny_patch16_224", img_size=64, depth=2, embed_dim=32, 
 KINDS = {
     "convnext": lambda: _net("convnext"),
     "gap_vit": lambda: _net("gap_vit"),
-    "attn_pool": lambda: (RAMSTrans(num_classes=5, saliency="attn_pool", **SIGLIP).eval(), 64),
-    "eva": lambda: (RAMSTrans(num_classes=5, **EVA).eval(), 56),
-    "rope_vit": lambda: (RAMSTrans(num_classes=5, **ROPE_VIT).eval(), 64),
-    "registers": lambda: (RAMSTrans(num_classes=5, reg_tokens=4, no_embed_class=True, **VIT).eval(), 64),
-    "dynamic": lambda: (RAMSTrans(num_classes=5, dynamic_img_size=True, **VIT).eval(), 64),
-    "deit3": lambda: (RAMSTrans(num_classes=5, **{**VIT, "backbone": "deit3_small_patch16_224"}).eval(), 64),
-    "distilled": lambda: (RAMSTrans(num_classes=5, dist_token=True, **VIT).eval(), 64),
+    "attn_pool": lambda: (create_model(num_classes=5, saliency="attn_pool", **SIGLIP).eval(), 64),
+    "eva": lambda: (create_model(num_classes=5, **EVA).eval(), 56),
+    "rope_vit": lambda: (create_model(num_classes=5, **ROPE_VIT).eval(), 64),
+    "registers": lambda: (create_model(num_classes=5, reg_tokens=4, no_embed_class=True, **VIT).eval(), 64),
+    "dynamic": lambda: (create_model(num_classes=5, dynamic_img_size=True, **VIT).eval(), 64),
+    "deit3": lambda: (create_model(num_classes=5, **{**VIT, "backbone": "deit3_small_patch16_224"}).eval(), 64),
+    "distilled": lambda: (create_model(num_classes=5, dist_token=True, **VIT).eval(), 64),
 }
 
 
 def _net(family: str, **kw) -> tuple[RAMSTrans, int]:
     name, extra, size = NETS[family]
     extra = {k: v for k, v in extra.items() if k != "img_size"}
-    return RAMSTrans(backbone=name, img_size=size, num_classes=5, saliency="activation", **extra, **kw).eval(), size
+    return create_model(backbone=name, img_size=size, num_classes=5, saliency="activation", **extra, **kw).eval(), size
 
 
 def _timm_copy(model: RAMSTrans, name: str, **kw) -> torch.nn.Module:
@@ -58,7 +58,7 @@ def _timm_copy(model: RAMSTrans, name: str, **kw) -> torch.nn.Module:
 # ---- EVA-02 ------------------------------------------------------------------------------------------------------
 def test_eva_single_scale_is_timms_own_forward_and_the_zoom_has_its_own_class_token():
     torch.manual_seed(0)
-    model = RAMSTrans(num_classes=5, **EVA).eval()
+    model = create_model(num_classes=5, **EVA).eval()
     kw = {k: v for k, v in EVA.items() if k != "backbone"}
     ref = _timm_copy(model, EVA["backbone"], **kw)
     x = torch.randn(3, 3, 56, 56)
@@ -78,7 +78,7 @@ def test_rotary_captured_attention_equals_timms_unfused_attention_in_float64(kin
     # The reference is timm's own explicit path (fused_attn off) of a float64 copy: its softmax probabilities, RoPE
     # applied by EvaAttention / AttentionRope itself, read at the attention dropout's input.
     torch.manual_seed(1)
-    model = RAMSTrans(num_classes=5, **(EVA if kind == "eva02" else ROPE_VIT)).eval()
+    model = create_model(num_classes=5, **(EVA if kind == "eva02" else ROPE_VIT)).eval()
     size = model.backbone.img_size[0]
     ref = copy.deepcopy(model).double()
     probs = []
@@ -100,7 +100,7 @@ def test_average_pooled_eva_weights_load_into_the_token_pooled_eva(tmp_path):
     kw = {k: v for k, v in EVA.items() if k not in ("backbone", "global_pool")}
     src = timm.create_model(EVA["backbone"], num_classes=5, **kw)  # timm's default: average pooling, fc_norm
     save_file(src.state_dict(), str(tmp_path / "eva.safetensors"))
-    model = RAMSTrans(num_classes=5, pretrained=str(tmp_path / "eva.safetensors"), **EVA)
+    model = create_model(num_classes=5, pretrained=str(tmp_path / "eva.safetensors"), **EVA)
     got, want = model.backbone.vit.state_dict(), src.state_dict()
     for k, v in want.items():
         assert torch.equal(got[k.replace("fc_norm.", "norm.")], v), k  # the final LayerNorm moves to the tokens
@@ -109,7 +109,7 @@ def test_average_pooled_eva_weights_load_into_the_token_pooled_eva(tmp_path):
 # ---- SigLIP's attention pool ----------------------------------------------------------------------------------
 def test_attn_pool_saliency_is_the_pools_query_over_the_patches_in_float64():
     torch.manual_seed(2)
-    model = RAMSTrans(num_classes=5, saliency="attn_pool", **SIGLIP).eval()
+    model = create_model(num_classes=5, saliency="attn_pool", **SIGLIP).eval()
     bb = model.backbone
     assert not bb.has_class_token and bb.num_prefix_tokens == 0 and len(bb.zoom_cls_tokens) == 0
     x = torch.randn(2, 3, 64, 64)
@@ -125,7 +125,7 @@ def test_attn_pool_saliency_is_the_pools_query_over_the_patches_in_float64():
         ref = _timm_copy(model, SIGLIP["backbone"], **{k: v for k, v in SIGLIP.items() if k != "backbone"})
         assert torch.equal(model(x), ref(x))
     torch.testing.assert_close(feats.cls_attention.double(), want, atol=1e-6, rtol=0)
-    torch.testing.assert_close(model.saliency_map(feats).double(), want.reshape(B, 4, 4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(feats.saliency.double(), want.reshape(B, 4, 4), atol=1e-6, rtol=0)
     assert feats.attentions == []  # the blocks are not captured: the pool's map is the saliency
 
 
@@ -160,7 +160,7 @@ def test_a_hand_built_activation_map_selects_its_box():
     # A 4 x 4 map of 32-pixel cells at 128 px: cells (1, 2), (1, 3), (2, 2) bright, one isolated bright cell at
     # (3, 0). Mean 1.5 (24 / 16), threshold 1.3 x 1.5 = 1.95: the four bright cells pass; the largest 8-connected
     # component is the three-cell one; its box spans rows 1-2 and columns 2-3: x 64..128, y 32..96.
-    model = RAMSTrans(backbone="resnet10t", img_size=128, num_classes=5, saliency="activation").eval()
+    model = create_model(backbone="resnet10t", img_size=128, num_classes=5, saliency="activation").eval()
     g = torch.ones(1, 4, 4)
     g[0, 1, 2] = g[0, 1, 3] = g[0, 2, 2] = g[0, 3, 0] = 3.0
     g *= 24.0 / g.sum()
@@ -231,7 +231,15 @@ def test_cutmix_weights_read_the_heads_attention_where_there_is_one_and_the_area
 
 
 # ---- exports -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+# The families whose fused graph differs in how the saliency is made: the activation (forward_intermediates), the
+# attention pool's query, the RoPE capture (EVA-02's; the RoPE ViTs' is the same code), the resampled position
+# embedding (dynamic size). Register tokens export in tests/models/test_backbone_families.py, the distilled layout in
+# tests/distill/test_distill.py; the other layouts' graphs differ only in the embedding, which predict and the export
+# share. Each is exported once, at a fitted temperature.
+GRAPHS = ("convnext", "attn_pool", "eva", "dynamic")
+
+
+@pytest.mark.parametrize("kind", GRAPHS)
 def test_fused_two_scale_onnx_export_matches_predict(tmp_path, kind):
     import onnxruntime as ort
 
@@ -239,6 +247,7 @@ def test_fused_two_scale_onnx_export_matches_predict(tmp_path, kind):
 
     torch.manual_seed(5)
     model, size = KINDS[kind]()
+    model.set_temperature(2.5)  # the fused graph divides every scale's logits by it, as predict does
     x = torch.randn(3, 3, size, size)
     path = write_onnx(model, tmp_path / f"{kind}.onnx", 2, {"class_names": "[]"})
     logits, probs, boxes = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
@@ -301,12 +310,12 @@ def _config(model: RAMSTrans, size: int):
         (dict(backbone="resnet10t", img_size=80, saliency="activation"), "not a multiple of the 32-pixel stride"),
         (dict(backbone="resnet10t", img_size=64, saliency="activation", dist_token=True), "model.dist_token needs"),
         (dict(backbone="no_such_net_v9", img_size=64, saliency="activation"), "timm has no model of that name"),
-        (dict(backbone="resnet10t", img_size=64, saliency="gradcam"), "saliency must be one of"),
+        (dict(backbone="resnet10t", img_size=64, saliency="gradcam"), "'model.saliency' must be one of"),
     ],
 )
 def test_a_saliency_the_backbone_cannot_give_is_refused_in_one_sentence(kwargs, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        RAMSTrans(num_classes=5, **kwargs)
+        create_model(num_classes=5, **kwargs)
 
 
 def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
@@ -319,15 +328,13 @@ def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
 
     torch.manual_seed(8)
     model, size = KINDS["convnext"]()
-    model.temperature = 2.5
+    model.set_temperature(2.5)
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         single, fused = model.predict(x, 1), model.predict(x, 2)
-    meta = {"class_names": json.dumps(list("abcde"))}
-    for scales, want in ((1, single), (2, fused)):
-        path = write_onnx(model, tmp_path / f"t{scales}.onnx", scales, meta)
-        got = OnnxModel(path).predict(x.numpy(), scales)
-        np.testing.assert_allclose(got.probs, want.probs.numpy(), atol=1e-5, rtol=0)
+    path = write_onnx(model, tmp_path / "t1.onnx", 1, {"class_names": json.dumps(list("abcde"))})
+    got = OnnxModel(path).predict(x.numpy(), 1)  # the fused graph's: test_fused_two_scale_onnx_export_matches_predict
+    np.testing.assert_allclose(got.probs, single.probs.numpy(), atol=1e-5, rtol=0)
     info = {"model_type": "rams", "num_scales": 2, "class_names": list("abcde"), "provenance": _PROVENANCE}
     _write_timm_folder(tmp_path / "tf", model, _config(model, size), info)
     back = model_from_export(tmp_path / "tf")[0]
@@ -338,4 +345,4 @@ def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
 
 def test_a_distillation_token_on_an_attention_pool_is_refused():
     with pytest.raises(UsageError, match="needs a class token read by the head"):
-        RAMSTrans(num_classes=5, saliency="attn_pool", dist_token=True, **SIGLIP)
+        create_model(num_classes=5, saliency="attn_pool", dist_token=True, **SIGLIP)

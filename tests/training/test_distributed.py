@@ -14,11 +14,11 @@ from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import load_config
 from ramstrans.data import build_data, eval_loader, load_index, train_loader
 from ramstrans.inference.evaluate import evaluate
+from ramstrans.losses import MultiScaleLoss
 from ramstrans.models import MultiScaleForward, build_model
 from ramstrans.runtime.dist import all_reduce_sum_, init_distributed, shutdown
 from ramstrans.training.build import build_optimizer, build_scheduler
 from ramstrans.training.engine import LoopPlan, train_steps
-from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.run import run_training
 from ramstrans.training.steps import BatchStep, OptimizerUpdate
 

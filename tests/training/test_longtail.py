@@ -14,11 +14,11 @@ from scipy.stats import chisquare
 from ramstrans.data.loader import StepSampler, sampling_weights
 from ramstrans.data.synthetic.birds import long_tail_counts, long_tailed
 from ramstrans.errors import UsageError
-from ramstrans.inference.calibration import fit_temperature
 from ramstrans.inference.metrics import MetricAccumulator, shot_accuracy
+from ramstrans.inference.temperature import fit_temperature
 from ramstrans.inference.tta import FlipTTA
+from ramstrans.losses import MultiScaleLoss
 from ramstrans.models import MultiScaleOutput
-from ramstrans.training.losses import MultiScaleLoss
 
 LABELS = np.array([0] * 1 + [1] * 3 + [2] * 12)  # 16 images, classes of 1, 3 and 12
 
@@ -198,7 +198,7 @@ def test_the_sweep_reads_the_same_calibrated_probabilities_as_predict():
 
     torch.manual_seed(3)
     model = tiny_model().eval()
-    model.temperature = 2.5
+    model.set_temperature(2.5)
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         _, first, fused, _ = scale_outputs(model, [{"image": x, "label": torch.zeros(4)}], torch.device("cpu"), None)

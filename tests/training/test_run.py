@@ -18,11 +18,11 @@ from ramstrans.checkpoint import load_checkpoint
 from ramstrans.config import ConfigError, load_config
 from ramstrans.data import DataError, StepSampler, load_index
 from ramstrans.inference.evaluate import evaluate
+from ramstrans.losses import MultiScaleLoss
 from ramstrans.models import MultiScaleForward
 from ramstrans.models.build import model_from_checkpoint
 from ramstrans.training.build import build_optimizer
 from ramstrans.training.engine import LoopPlan, train_steps
-from ramstrans.training.losses import MultiScaleLoss
 from ramstrans.training.monitor import RunMonitor
 from ramstrans.training.run import resolve_training, run_training
 from ramstrans.training.steps import BatchStep, OptimizerUpdate

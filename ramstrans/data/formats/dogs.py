@@ -57,7 +57,7 @@ def read_dogs_list(path: Path) -> pd.DataFrame:
     try:
         mat = scipy.io.loadmat(str(path))
     except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise DataError(f"{path.name} is not a readable MATLAB v5 .mat file ({e})") from None
+        raise DataError(f"{path.name} is not a readable MATLAB v5 .mat file ({e})") from e
     missing = [v for v in LIST_VARIABLES if v not in mat]
     if missing:
         raise DataError(f"{path.name} has no variable '{missing[0]}' (expected {', '.join(LIST_VARIABLES)})")
@@ -82,18 +82,18 @@ def union_box(path: Path) -> tuple[float, float, float, float]:
     """
     try:
         tree = ET.parse(path)
-    except FileNotFoundError:
-        raise DataError(f"annotation {path} is missing") from None
+    except FileNotFoundError as e:
+        raise DataError(f"annotation {path} is missing") from e
     except OSError as e:
-        raise DataError(f"annotation {path} cannot be read ({e.strerror or e})") from None
+        raise DataError(f"annotation {path} cannot be read ({e.strerror or e})") from e
     except ET.ParseError as e:
-        raise DataError(f"annotation {path} is not valid XML ({e})") from None
+        raise DataError(f"annotation {path} is not valid XML ({e})") from e
     boxes = []
     for box in tree.getroot().iter("bndbox"):
         try:
             boxes.append([float(box.findtext(k) or "") for k in ("xmin", "ymin", "xmax", "ymax")])
-        except (TypeError, ValueError):
-            raise DataError(f"annotation {path} has a bndbox without numeric xmin, ymin, xmax, ymax") from None
+        except (TypeError, ValueError) as e:
+            raise DataError(f"annotation {path} has a bndbox without numeric xmin, ymin, xmax, ymax") from e
     if not boxes:
         raise DataError(f"annotation {path} has no bndbox")
     b = np.asarray(boxes)

@@ -100,7 +100,7 @@ def _read_csv(path: Path, split: str | None) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path.name} is not a readable CSV file ({str(e).splitlines()[0]})") from None
+        raise DataError(f"{path.name} is not a readable CSV file ({str(e).splitlines()[0]})") from e
     table.columns = [str(c).strip() for c in table.columns]
     need = ["path", "label"] + (["split"] if split is None else [])
     missing = [c for c in need if c not in table.columns]

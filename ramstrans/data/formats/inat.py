@@ -30,9 +30,9 @@ def _read_json(path: Path) -> dict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path.name} is not valid JSON ({e})") from None
-    except RecursionError:
-        raise DataError(f"{path.name} nests its JSON too deeply to be an iNaturalist file") from None
+        raise DataError(f"{path.name} is not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise DataError(f"{path.name} nests its JSON too deeply to be an iNaturalist file") from e
     if not isinstance(data, dict):
         raise DataError(f"{path.name} must hold one JSON object with images, annotations and categories")
     for key in LISTS:
@@ -51,8 +51,8 @@ def _records(records: list, key: str, file: str) -> pd.DataFrame:
     columns = LISTS[key]
     try:
         table = pd.DataFrame(records, columns=columns)
-    except (TypeError, ValueError, AttributeError):
-        raise DataError(f"{file}: '{key}' must be a list of objects") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{file}: '{key}' must be a list of objects") from e
     missing = table.isna()
     if missing.any().any():
         row = int(missing.any(axis=1).to_numpy().argmax())

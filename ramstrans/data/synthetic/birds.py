@@ -327,7 +327,9 @@ def _generate(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
-        raise full_disk_error(out) if is_full_disk(e) else e from None
+        if is_full_disk(e):
+            raise full_disk_error(out) from e
+        raise
     try:
         write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed)
         tmp.chmod(umask_mode(0o777))  # mkdtemp's private 0700 would survive the rename
@@ -336,7 +338,7 @@ def _generate(
         tmp.rename(out)
     except OSError as e:
         if is_full_disk(e):
-            raise full_disk_error(out) from None
+            raise full_disk_error(out) from e
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

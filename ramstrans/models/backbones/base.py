@@ -1,18 +1,17 @@
 """The backbone contracts: ``Backbone``, what the pipeline (data transforms, losses, teachers, export, the CLI) reads of
 a model's backbone whatever family it is, and ``ZoomBackbone``, what RAMS-Trans reads of a backbone it zooms with: its
 forward stages, a saliency on a grid of cells, and the grid. ``ViTBackbone`` (timm ViTs and EVA: scale-wise tokens,
-attention capture) and ``NetBackbone`` (any timm classifier: a CNN, a Swin; the activation saliency) fulfil both; a new
-backbone family is a module in this folder that does too."""
+attention capture) and ``NetBackbone`` (any timm classifier: a CNN, a Swin; the activation saliency) fulfil both. A new
+backbone family is a module whose class does too, with a ``build(model_cfg, num_classes, model=None)`` function, and one
+``register_backbone`` line (``ramstrans.registry``) naming the saliencies it gives."""
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "ZoomBackbone", "Features", "Saliency", "SALIENCIES", "CaptureMode", "prefixed"]
+__all__ = ["Backbone", "ZoomBackbone", "Features", "CaptureMode", "prefixed"]
 
-Saliency = Literal["rollout", "attn_pool", "activation"]
-SALIENCIES: tuple[Saliency, ...] = ("rollout", "attn_pool", "activation")
 CaptureMode = Literal["none", "cls", "all"]  # nothing; what TransMix reads; everything the saliency needs
 
 
@@ -28,8 +27,9 @@ class Features:
         cls_attention: (B, gh * gw) head-mean attention of the query the head reads (the class token's in the last
             block, or the attention pool's latent query) over the patch keys, detached; None with capture "none" or
             without attention.
-        saliency: (B, gh, gw) the map a backbone gives directly ("attn_pool", "activation") when it captured; None for
-            the rollout (RAMS-Trans computes it from ``attentions``) or with capture "none".
+        saliency: (B, gh, gw) the map the proposal thresholds (capture "all"): the class token's attention rollout,
+            the attention pool's query, the channel-summed activation, or a registered family's own; None with
+            capture "none" (and, for the rollout, "cls").
     """
 
     tokens: Tensor
@@ -102,12 +102,24 @@ class Backbone(Protocol):
         """Set the input normalisation (what pretrained weights expect)."""
         ...
 
+    def __call__(self, x: Tensor, scale: int = 0, head: Any = "mean") -> Tensor:
+        """(B, C, H, W) normalised images -> (B, K) logits of one scale (its timm forward)."""
+        ...
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to the backbone) kept out of weight decay."""
+        ...
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups under the backbone's own parameter names."""
+        ...
+
 
 class ZoomBackbone(Backbone, Protocol):
     """A backbone RAMS-Trans zooms with: one pass per scale, a saliency on a (gh, gw) grid of cells of ``cell_size``
     pixels, and heads that read the pass's ``tokens``."""
 
-    saliency: Saliency  # how the proposal's map is made (see ``Features``)
+    saliency: str  # how the proposal's map is made: a name of ``ramstrans.registry.saliencies()``
     training: bool
 
     @property
@@ -144,14 +156,6 @@ class ZoomBackbone(Backbone, Protocol):
 
     def pre_logits(self, tokens: Tensor) -> Tensor:
         """``tokens`` -> (B, D) pooled features the heads read."""
-        ...
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names (relative to the backbone) kept out of weight decay."""
-        ...
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's layer groups under the backbone's own parameter names."""
         ...
 
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.distilled import make_distilled
-from ramstrans.models.blocks.attention import window_attention_layer
+from ramstrans.models.blocks.attention import WindowAttention, window_attention_layer
 from ramstrans.models.blocks.ffn import ConvMlp
 
-__all__ = ["create_vit", "unsupported_reason", "check_whole_patches", "pair"]
+__all__ = ["create_vit", "unsupported_reason", "check_whole_patches", "pair", "size_blocks"]
 
 
 def pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -85,7 +85,7 @@ def check_whole_patches(vit: nn.Module) -> None:
     """Refuse an input size that is not a whole number of patches (timm's patch embedding would drop the rest).
 
     Raises:
-        ValueError: naming the size, the patch and the nearest sizes that fit.
+        UsageError: naming the size, the patch and the nearest sizes that fit.
     """
     embed = cast(Any, vit).patch_embed
     size, patch = pair(embed.img_size), pair(embed.patch_size)
@@ -96,6 +96,38 @@ def check_whole_patches(vit: nn.Module) -> None:
                 f"model.img_size {side} is not a multiple of the backbone's {p}-pixel patches: "
                 f"{side % p} pixels of every image would be dropped; use {low or high} or {high}"
             )
+
+
+def size_blocks(
+    vit: Any, grid: tuple[int, int], prefix: int, attn_window: int, ffn_kernel: int, ffn_prefix: str
+) -> None:
+    """Check the window attention against the (gh, gw) grid, and re-size the blocks of a model built for another
+    layout than ``prefix`` tokens before the patches.
+
+    A model built by ``create_vit`` with the backbone's options is already sized (its blocks are built with the grid
+    and the final prefix count); a model built elsewhere may not be: ``make_distilled`` has just added a distillation
+    token to it in place, after its blocks were built, or it was built for another radius, kernel or prefix mode.
+    Only such blocks are re-sized (``set_window`` / ``set_grid``), as the options say.
+
+    Raises:
+        UsageError: a radius outside the grid, or a radius for blocks built without ``WindowAttention``.
+    """
+    windowed = [blk.attn for blk in vit.blocks if isinstance(blk.attn, WindowAttention)]
+    if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(vit.blocks)):
+        raise UsageError(
+            f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the {grid[0]} x {grid[1]} "
+            f"patch grid, on blocks built with WindowAttention; got {attn_window}"
+        )
+    for attn in windowed:
+        if (attn.grid_size, attn.num_prefix_tokens, attn.radius) != (grid, prefix, attn_window):
+            attn.set_window(grid, prefix, attn_window)
+    for blk in vit.blocks:
+        mlp = blk.mlp
+        if isinstance(mlp, ConvMlp) and (
+            (mlp.grid, mlp.num_prefix_tokens, mlp.dwconv.kernel_size[0], mlp.prefix)
+            != (grid, prefix, ffn_kernel, ffn_prefix)
+        ):
+            mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
 
 
 def _probe_layout(name: str, kwargs: dict[str, Any], dist_token: bool) -> tuple[tuple[int, int], int]:
@@ -145,13 +177,11 @@ def _build(name: str, kwargs: dict[str, Any], layout: dict[str, Any], timm_kwarg
             raise UsageError(
                 f"backbone '{name}' is not supported: it is not a timm VisionTransformer; a CNN or a Swin zooms with "
                 "model.saliency: activation"
-            ) from None
-        raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from None
+            ) from e
+        raise UsageError(f"backbone '{name}' does not accept these arguments: {e}") from e
     except (AssertionError, ValueError, RuntimeError, ZeroDivisionError) as e:  # timm's own checks of the values
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(
-            f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}"
-        ) from None
+        raise UsageError(f"backbone '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from e
 
 
 def create_vit(
@@ -184,7 +214,7 @@ def create_vit(
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``depth``, ``drop_path_rate``).
 
     Raises:
-        ValueError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
+        UsageError: unknown name, arguments the model does not take, or a model RAMS-Trans cannot serve.
     """
     if not timm.is_model(name):
         raise UsageError(f"unknown backbone '{name}': timm has no model of that name")

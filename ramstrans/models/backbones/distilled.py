@@ -47,6 +47,8 @@ def make_distilled(vit: VisionTransformer) -> VisionTransformerDistilled:
         return vit
     v = cast(Any, vit)  # timm's attributes, untyped to mypy
     pos = v.pos_embed.detach()
+    # timm builds its distilled ViT only through the deit_*_distilled_* entry points: no constructor takes another
+    # ViT's arguments, so the built model becomes one in place (its blocks, weights and arguments kept).
     v.__class__ = VisionTransformerDistilled
     v.num_prefix_tokens = 2
     v.dist_token = nn.Parameter(v.cls_token.detach().clone())

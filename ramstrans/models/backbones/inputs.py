@@ -43,7 +43,7 @@ class InputNorm(nn.Module):
         """Set the input normalisation (e.g. what pretrained weights expect).
 
         Raises:
-            ValueError: not one value per input channel, or a std that is not positive.
+            UsageError: not one value per input channel, or a std that is not positive.
         """
         mean, std = [float(v) for v in mean], [float(v) for v in std]
         n = self.norm_mean.numel()
@@ -69,7 +69,7 @@ class InputNorm(nn.Module):
         """Refuse a batch that is not (B, in_chans, H, W) at the model's input size.
 
         Raises:
-            ValueError: naming ``model`` and the expected and given shapes.
+            UsageError: naming ``model`` and the expected and given shapes.
         """
         C, (H, W) = self.in_chans, self.img_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):

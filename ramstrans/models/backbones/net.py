@@ -8,7 +8,8 @@ both signs, so the map here sums the channels' magnitudes, Σ_c |f_c| (identical
 stage ends in a ReLU). It is read from timm's ``forward_intermediates`` before the final norm (a LayerNorm after the
 last stage would make every position's magnitude alike), in the same pass that gives the heads' features. The cells
 are the map's stride (``feature_info``), e.g. 32 pixels for a ResNet, ConvNeXt or Swin. There is no class token: every
-scale shares every parameter, and only its input differs.
+scale shares every parameter, and only its input differs. ``build_net`` is the family's entry in
+``ramstrans.registry.BACKBONES`` (and builds a classifier's backbone, ``model.type: classifier``).
 """
 
 from collections.abc import Sequence
@@ -18,12 +19,16 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
+from ramstrans.config import ModelConfig
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.base import CaptureMode, Features, Saliency, prefixed
+from ramstrans.models.backbones.base import CaptureMode, Features, prefixed
 from ramstrans.models.backbones.create import pair as _pair
 from ramstrans.models.backbones.inputs import InputNorm
+from ramstrans.models.backbones.pretrained import load_net_weights
 
-__all__ = ["NetBackbone", "create_net"]
+__all__ = ["NetBackbone", "create_net", "build_net"]
+
+_VIT_ONLY = {"dist_token": False, "attn_window": 0, "ffn": "mlp", "fwt": "off"}  # options a classifier cannot take
 
 
 def create_net(
@@ -32,7 +37,7 @@ def create_net(
     """A timm classifier by name; ``img_size`` goes to models that take one (ViTs), not to CNNs.
 
     Raises:
-        ValueError: unknown name, or arguments the model does not take.
+        UsageError: unknown name, or arguments the model does not take.
     """
     if not timm.is_model(name):
         raise UsageError(f"unknown model '{name}': timm has no model of that name")
@@ -47,7 +52,7 @@ def create_net(
             return timm.create_model(name, pretrained=False, **kwargs)  # a CNN: any input size
     except (TypeError, AssertionError, ValueError, RuntimeError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from None
+        raise UsageError(f"model '{name}' cannot be built with {timm_kwargs or 'these arguments'}: {detail}") from e
 
 
 class NetBackbone(InputNorm):
@@ -65,7 +70,7 @@ class NetBackbone(InputNorm):
     has_dist_token = False
     has_class_token = False
     num_prefix_tokens = 0
-    saliency: Saliency = "activation"
+    saliency = "activation"
 
     def __init__(
         self,
@@ -167,3 +172,36 @@ class NetBackbone(InputNorm):
     def forward(self, x: Tensor, scale: int = 0, head: Any = "mean") -> Tensor:
         """(B, C, H, W) normalised images -> (B, K) logits."""
         return self.net(x)
+
+    def load_pretrained(self, source: str, download_timeout_s: float = 60.0) -> None:
+        """Initialise from pretrained weights (``pretrained.load_net_weights``: a file, shipped weights or a timm
+        tag)."""
+        load_net_weights(self, source, download_timeout_s)
+
+
+def build_net(cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None) -> NetBackbone:
+    """The backbone of a model config that runs any timm classifier as it is: RAMS-Trans's with ``model.saliency:
+    activation`` (its entry in ``ramstrans.registry.BACKBONES``), or a classifier's (``model.type: classifier``).
+
+    Args:
+        cfg: the model section (the timm name, ``img_size``, ``backbone_kwargs``, the scales, the pretrained weights).
+        num_classes: K; None keeps the model's own.
+        model: a built timm classifier to serve instead of one by name (an export folder's); its weights are kept.
+
+    Raises:
+        UsageError: a ViT-only option, a name timm does not know, an input size that is not a whole number of the
+            map's cells, or pretrained weights that do not fit.
+    """
+    zoom = cfg.type != "classifier"
+    for key, default in _VIT_ONLY.items():
+        if zoom and getattr(cfg, key) != default:
+            raise UsageError(f"model.{key} needs a ViT backbone; saliency 'activation' runs any timm model as it is")
+    timm_kwargs = dict(cfg.backbone_kwargs, **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}))
+    net = model if model is not None else create_net(cfg.backbone, cfg.img_size, num_classes, **timm_kwargs)
+    in_chans = int(timm_kwargs.get("in_chans", 3))
+    backbone = NetBackbone(net=net, img_size=cfg.img_size, in_chans=in_chans, num_scales=cfg.num_scales if zoom else 1)
+    if zoom:
+        backbone.check_zoomable()
+    if model is None and cfg.pretrained:
+        backbone.load_pretrained(cfg.pretrained, cfg.download_timeout_s)
+    return backbone

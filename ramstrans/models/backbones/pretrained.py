@@ -1,19 +1,18 @@
-"""Pretrained initialisation of a ViTBackbone (or a classifier's NetBackbone) from Google .npz, timm state dicts, the
-timm hub or ramstrans checkpoints.
+"""Pretrained initialisation of a ViT backbone (``load_vit_weights``) or a classifier's (``load_net_weights``) from
+Google .npz, timm state dicts, the timm hub or ramstrans checkpoints.
 
 Every route ends the same way: position embeddings resampled to the backbone's grid, the classifier kept only when its
 class count matches (otherwise the fresh head stays), and every zoom-scale CLS token initialised from the pretrained
 CLS. Files are never unpickled beyond tensors (``weights_only=True`` or safetensors).
 """
 
-import copy
 import json
 import math
 import os
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import huggingface_hub
 import torch
@@ -21,14 +20,13 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file as load_safetensors
 from timm.models import eva, get_pretrained_cfg
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.distilled import with_dist_position
-from ramstrans.models.backbones.vit import ViTBackbone
 
-__all__ = ["load_pretrained", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
+__all__ = ["load_vit_weights", "load_net_weights", "read_state_dict", "shipped_weights", "GOOGLE_MEAN_STD"]
 
 # Google's ViT .npz weights (IN21k, augreg) expect inputs scaled to [-1, 1].
 GOOGLE_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -38,11 +36,34 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"  # ramstrans/weigh
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+class TokenBackbone(Protocol):
+    """What loading reads and fills of a ViT backbone (``ViTBackbone``)."""
+
+    vit: Any  # the timm VisionTransformer or Eva
+    name: str
+    zoom_cls_tokens: nn.ParameterList
+    zoom_dist_tokens: nn.ParameterList
+
+    @property
+    def has_dist_token(self) -> bool: ...
+
+    def set_normalization(self, mean: Any, std: Any) -> None: ...
+
+
+class NetLike(Protocol):
+    """What loading reads and fills of a classifier's backbone (``NetBackbone``)."""
+
+    net: nn.Module
+    name: str
+
+    def set_normalization(self, mean: Any, std: Any) -> None: ...
+
+
 def read_state_dict(path: Path) -> dict[str, Any]:
     """Read a .safetensors or torch file of tensors (no arbitrary unpickling).
 
     Raises:
-        ValueError: the file is neither.
+        UsageError: the file is neither.
     """
     try:
         if path.suffix == ".safetensors":
@@ -52,7 +73,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"pretrained file {path} is not a readable safetensors or weights-only torch file "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
-        ) from None
+        ) from e
     if not isinstance(obj, dict):
         raise UsageError(f"pretrained file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -104,18 +125,7 @@ def _lift_to_layout(sd: dict[str, Tensor], vit: Any) -> dict[str, Tensor]:
     return sd
 
 
-def _plain_copy(vit: VisionTransformer) -> VisionTransformer:
-    """A plain-layout copy of a distilled ViT (no distillation token), for loaders that only know plain ViTs."""
-    twin: Any = copy.deepcopy(vit)  # timm's attributes, untyped to mypy
-    pos = twin.pos_embed.detach()
-    twin.__class__ = VisionTransformer
-    del twin.dist_token, twin.head_dist
-    twin.num_prefix_tokens = 1
-    twin.pos_embed = nn.Parameter(torch.cat([pos[:, :1], pos[:, 2:]], dim=1).clone())
-    return twin
-
-
-def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], origin: str) -> None:
+def _load_timm_state_dict(backbone: TokenBackbone, state_dict: dict[str, Tensor], origin: str) -> None:
     """Load a timm-layout ViT (or Eva) state dict, resampling the position embedding and dropping a mismatched head; a
     plain ViT's weights are lifted into a distilled backbone (``_lift_to_distilled``) or a register / no_embed_class
     layout (``_lift_to_layout``)."""
@@ -133,7 +143,7 @@ def _load_timm_state_dict(backbone: ViTBackbone, state_dict: dict[str, Tensor], 
     try:
         sd = filter_fn(state_dict, vit)
     except Exception as e:
-        raise UsageError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from None
+        raise UsageError(f"pretrained weights {origin} do not fit backbone '{backbone.name}': {e}") from e
     # a plain ViT has no conv feed-forward and no registers: those keep their initialisation
     fresh = {k for k in vit.state_dict() if (".mlp.dwconv." in k or k == "reg_token") and k not in sd}
     _load_fitting(
@@ -166,12 +176,25 @@ def _load_fitting(
         raise UsageError(f"{misfit}: " + (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"))
 
 
-def _load_npz(backbone: ViTBackbone, path: Path) -> None:
+def _load_npz(backbone: TokenBackbone, path: Path, plain: Callable[[], nn.Module] | None) -> None:
+    """Google's .npz through timm's own loader; a distilled backbone through a plain twin (``plain`` builds it: timm's
+    .npz loader knows the plain layout only), which first takes every tensor the two layouts share (the head among
+    them), so what the file does not hold stays the backbone's own."""
+    if backbone.has_dist_token and plain is None:
+        raise UsageError(
+            f"pretrained file {path}: a Google .npz loads into a distilled ViT through a plain one of the same "
+            "arguments; build the backbone with build_backbone (or load the .npz before making it distilled)"
+        )
     try:
         with torch.no_grad():
-            if backbone.has_dist_token:  # timm's .npz loader knows the plain layout only
-                twin = _plain_copy(backbone.vit)
-                twin.load_pretrained(str(path))
+            if backbone.has_dist_token:
+                assert plain is not None  # refused above
+                twin = plain()
+                mine, theirs = backbone.vit.state_dict(), twin.state_dict()
+                twin.load_state_dict(
+                    {k: v for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape}, strict=False
+                )
+                cast(Any, twin).load_pretrained(str(path))
                 _load_timm_state_dict(backbone, twin.state_dict(), str(path))
             else:
                 backbone.vit.load_pretrained(str(path))
@@ -179,7 +202,7 @@ def _load_npz(backbone: ViTBackbone, path: Path) -> None:
         raise UsageError(
             f"pretrained file {path} is not a Google ViT .npz that fits backbone '{backbone.name}' "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
-        ) from None
+        ) from e
     backbone.set_normalization(*GOOGLE_MEAN_STD)
 
 
@@ -188,7 +211,7 @@ def _checkpoint_weights(ckpt: dict[str, Any]) -> dict[str, Tensor]:
     return ckpt["model_ema"] if isinstance(ckpt.get("model_ema"), dict) else _unwrap(ckpt)
 
 
-def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, Any], path: Path) -> None:
+def _load_ramstrans(backbone: TokenBackbone, ckpt: dict[str, Any], path: Path) -> None:
     """Backbone weights of a ramstrans checkpoint (its EMA weights when it has them), its normalisation, and its zoom
     CLS tokens where it has them for that scale."""
     model_sd = _checkpoint_weights(ckpt)
@@ -207,7 +230,7 @@ def _load_ramstrans(backbone: ViTBackbone, ckpt: dict[str, Any], path: Path) -> 
         backbone.set_normalization(model_sd["backbone.norm_mean"].tolist(), model_sd["backbone.norm_std"].tolist())
 
 
-def _copy_cls_to_zoom_tokens(backbone: ViTBackbone) -> None:
+def _copy_cls_to_zoom_tokens(backbone: TokenBackbone) -> None:
     with torch.no_grad():
         for token in backbone.zoom_cls_tokens:
             token.copy_(backbone.vit.cls_token)
@@ -274,7 +297,7 @@ def _download(hub_id: str, name: str, full: str, timeout_s: float) -> Path:
         raise UsageError(
             f"cannot download timm weights '{full}' ({type(result['error']).__name__}); download them "
             "elsewhere and pass the file as pretrained=PATH"
-        ) from None
+        ) from result["error"]
     return Path(str(result["path"]))
 
 
@@ -300,33 +323,61 @@ def _load_shipped(backbone: Any, name: str, load_sd: Callable[..., None]) -> Non
     backbone.set_normalization(meta["mean"], meta["std"])
 
 
-def load_pretrained(backbone: Any, source: str, download_timeout_s: float = 60.0) -> None:
-    """Initialise a ``ViTBackbone`` (or a classifier's ``NetBackbone``) in place from ``source``.
+def load_vit_weights(
+    backbone: TokenBackbone, source: str, download_timeout_s: float = 60.0, plain: Callable[[], nn.Module] | None = None
+) -> None:
+    """Initialise a ViT backbone in place from ``source``; every zoom-scale token starts from the pretrained one.
 
     Args:
-        backbone: the model to fill.
-        source: a path to Google's ``.npz`` (ViTs), a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans
-            checkpoint (its EMA weights when it has them, and its normalisation); the name of weights shipped with the
-            package (``"synthetic-tiny"``); or ``"timm"`` (the model's default timm weights) or a timm pretrained tag
-            such as ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
+        backbone: the backbone to fill (``ViTBackbone``).
+        source: a path to Google's ``.npz``, a timm ``.safetensors`` / ``.pth`` state dict, or a ramstrans checkpoint
+            (its EMA weights when it has them, its normalisation and its zoom tokens); the name of weights shipped
+            with the package (``"synthetic-tiny"``); or ``"timm"`` (the model's default timm weights) or a timm
+            pretrained tag such as ``"augreg_in21k"`` (downloaded from the hub unless cached; needs internet).
         download_timeout_s: the longest a hub download may take in all.
+        plain: builds a plain (not distilled) ViT of the backbone's arguments, through which a distilled backbone
+            reads a Google ``.npz``.
 
     Raises:
         FileNotFoundError: ``source`` looks like a path and does not exist.
-        ValueError: the file has the wrong format or architecture, or the hub cannot be reached.
+        UsageError: the file has the wrong format or architecture, or the hub cannot be reached.
     """
-    vit = isinstance(backbone, ViTBackbone)
-    load_sd = _load_timm_state_dict if vit else _load_net_state_dict
     path = Path(os.path.expanduser(str(source)))
+    if path.is_file() and path.suffix == ".npz":
+        _load_npz(backbone, path, plain)
+    elif _load_source(backbone, source, path, download_timeout_s, _load_timm_state_dict, _load_ramstrans):
+        return  # a ramstrans checkpoint brought its own zoom tokens
+    _copy_cls_to_zoom_tokens(backbone)
+
+
+def load_net_weights(backbone: NetLike, source: str, download_timeout_s: float = 60.0) -> None:
+    """Initialise a classifier's backbone in place from ``source`` (as ``load_vit_weights``, without .npz).
+
+    Raises:
+        FileNotFoundError: ``source`` looks like a path and does not exist.
+        UsageError: the file has the wrong format or architecture, or the hub cannot be reached.
+    """
+    path = Path(os.path.expanduser(str(source)))
+    _load_source(backbone, source, path, download_timeout_s, _load_net_state_dict, _load_ramstrans_net)
+
+
+def _load_source(
+    backbone: Any,
+    source: str,
+    path: Path,
+    download_timeout_s: float,
+    load_sd: Callable[..., None],
+    load_ckpt: Callable[..., None],
+) -> bool:
+    """Shipped weights, a file (a ramstrans checkpoint through ``load_ckpt``, else a state dict through ``load_sd``)
+    or a timm hub tag into ``backbone``; whether it was a ramstrans checkpoint."""
     if source in shipped_weights() and not path.exists():
         _load_shipped(backbone, source, load_sd)
-    elif vit and path.is_file() and path.suffix == ".npz":
-        _load_npz(backbone, path)
     elif path.is_file():
         obj = read_state_dict(path)
         if obj.get("format") == "ramstrans":
-            (_load_ramstrans if vit else _load_ramstrans_net)(backbone, obj, path)
-            return
+            load_ckpt(backbone, obj, path)
+            return True
         sd = _unwrap(obj)
         if not sd:
             raise UsageError(f"pretrained file {path} holds no tensors")
@@ -338,11 +389,10 @@ def load_pretrained(backbone: Any, source: str, download_timeout_s: float = 60.0
         load_sd(backbone, _unwrap(read_state_dict(file)), f"'{source}'")
         if cfg is not None:
             backbone.set_normalization(cfg["mean"], cfg["std"])
-    if vit:
-        _copy_cls_to_zoom_tokens(backbone)
+    return False
 
 
-def _load_ramstrans_net(backbone: Any, ckpt: dict[str, Any], path: Path) -> None:
+def _load_ramstrans_net(backbone: NetLike, ckpt: dict[str, Any], path: Path) -> None:
     """A classifier's weights (its EMA weights when it has them) and normalisation from a ramstrans checkpoint."""
     sd = _checkpoint_weights(ckpt)
     _load_net_state_dict(
@@ -351,9 +401,9 @@ def _load_ramstrans_net(backbone: Any, ckpt: dict[str, Any], path: Path) -> None
     backbone.set_normalization(sd["backbone.norm_mean"].tolist(), sd["backbone.norm_std"].tolist())
 
 
-def _load_net_state_dict(backbone: Any, state_dict: dict[str, Tensor], origin: str) -> None:
+def _load_net_state_dict(backbone: NetLike, state_dict: dict[str, Tensor], origin: str) -> None:
     """Load a timm classifier's state dict into a NetBackbone, dropping a classifier of another class count."""
-    net = backbone.net
+    net: Any = backbone.net  # a timm classifier (get_classifier is timm's)
     head = net.get_classifier()
     head_ids = {id(p) for p in (head.parameters() if isinstance(head, nn.Module) else ())}
     _load_fitting(

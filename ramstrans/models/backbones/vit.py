@@ -9,12 +9,13 @@ A student for knowledge distillation (``dist_token=True``) is timm's ``VisionTra
 class token at 0, the distillation token at 1, both with a position embedding, each read by its own head); a plain ViT
 is converted in place (``make_distilled``), and every zoom scale gets its own distillation token too.
 
-The saliency is the attention rollout of the class token (``rollout``) or the attention pool's latent query over the
-patches (``attn_pool``); both come from the attention capture of ``capture.py`` (hooks on q_norm / k_norm, fused
-attention kept, no state between calls).
+The saliency is the attention rollout of the class token (``rollout``, computed here from every block's captured map)
+or the attention pool's latent query over the patches (``attn_pool``); both come from the attention capture of
+``capture.py`` (hooks on q_norm / k_norm, fused attention kept, no state between calls). ``build_vit`` is the family's
+entry in ``ramstrans.registry.BACKBONES``: the backbone of a model config, pretrained weights loaded.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -27,27 +28,18 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ramstrans.config import ModelConfig
 from ramstrans.errors import UsageError
-from ramstrans.models.backbones.base import CaptureMode, Features, Saliency, prefixed
+from ramstrans.models.backbones.base import CaptureMode, Features, prefixed
 from ramstrans.models.backbones.capture import arm, hook
-from ramstrans.models.backbones.create import check_whole_patches, create_vit, pair, unsupported_reason
-from ramstrans.models.backbones.distilled import HEADS, Head, make_distilled, select_head, with_dist_position
+from ramstrans.models.backbones.create import check_whole_patches, create_vit, pair, size_blocks, unsupported_reason
+from ramstrans.models.backbones.distilled import Head, make_distilled, select_head
 from ramstrans.models.backbones.inputs import InputNorm
-from ramstrans.models.blocks.attention import WindowAttention
-from ramstrans.models.blocks.ffn import ConvMlp
+from ramstrans.models.backbones.pretrained import load_vit_weights
 from ramstrans.models.blocks.fwt import FeatureWiseTransform, attach
+from ramstrans.models.rollout import RolloutRows, attention_rollout
 
-__all__ = [
-    "ViTBackbone",
-    "Features",
-    "CaptureMode",
-    "Head",
-    "HEADS",
-    "create_vit",
-    "make_distilled",
-    "select_head",
-    "with_dist_position",
-]
+__all__ = ["ViTBackbone", "build_vit"]
 
 
 class ViTBackbone(InputNorm):
@@ -70,6 +62,8 @@ class ViTBackbone(InputNorm):
             training (``FeatureWiseTransform``), kept in ``fwt`` beside the timm model.
         saliency: "rollout" (the class token's attention rollout) or "attn_pool" (the attention pool's latent query
             over the patches).
+        residual: the rollout's χ in Â = rownorm(A + χI).
+        rollout_rows: the rollout's "cls" (class query row) or "mean" (mean of all query rows, as the official code).
     """
 
     def __init__(
@@ -84,10 +78,16 @@ class ViTBackbone(InputNorm):
         ffn_kernel: int = 3,
         ffn_prefix: str = "mlp",
         fwt: str = "off",
-        saliency: Saliency = "rollout",
+        saliency: str = "rollout",
+        residual: float = 1.0,
+        rollout_rows: RolloutRows = "cls",
     ) -> None:
         if saliency not in ("rollout", "attn_pool"):
             raise UsageError(f"model.saliency {saliency!r} is not one a ViT gives: use rollout or attn_pool")
+        if not residual >= 0:
+            raise UsageError(f"model.residual must be >= 0, got {residual!r}")
+        if rollout_rows not in ("cls", "mean"):
+            raise UsageError(f"model.rollout_rows must be 'cls' or 'mean', got {rollout_rows!r}")
         reason = unsupported_reason(vit, saliency=saliency)
         if reason is not None:
             raise UsageError(f"backbone {type(vit).__name__} is not supported: {reason}")
@@ -106,7 +106,8 @@ class ViTBackbone(InputNorm):
             vit = make_distilled(vit)
         self.vit: Any = cast(Any, vit)  # timm's VisionTransformer (its submodules are untyped to mypy)
         self.name: str = cfg.get("architecture") or type(vit).__name__
-        self.saliency: Saliency = saliency
+        self.saliency = saliency
+        self.residual, self.rollout_rows = float(residual), rollout_rows
         # Scale 0 is vit.cls_token (and vit.dist_token); these are scales 1..S-1, initialised from them. Without a
         # class token (an attention pool) the scales share every parameter.
         self.zoom_cls_tokens = nn.ParameterList(
@@ -120,7 +121,7 @@ class ViTBackbone(InputNorm):
             if self.has_dist_token
             else []
         )
-        self._size_blocks(attn_window, ffn_kernel, ffn_prefix)
+        size_blocks(self.vit, self.grid_size, self.num_prefix_tokens, attn_window, ffn_kernel, ffn_prefix)
         if fwt not in ("off", "fixed", "learned"):
             raise UsageError(f"model.fwt must be off, fixed or learned, got {fwt!r}")
         self.fwt = nn.ModuleList(
@@ -133,33 +134,6 @@ class ViTBackbone(InputNorm):
     def _captured(self) -> list[nn.Module]:
         """The attention modules the saliency reads: every block's (rollout), or the attention pool's."""
         return [self.vit.attn_pool] if self.saliency == "attn_pool" else [blk.attn for blk in self.vit.blocks]
-
-    def _size_blocks(self, attn_window: int, ffn_kernel: int, ffn_prefix: str) -> None:
-        """Check the window attention against the grid, and re-size the blocks of a model built for another layout.
-
-        A model built by ``create_vit`` with this backbone's options is already sized (its blocks are built with the
-        grid and the final prefix count); a model built elsewhere may not be: ``make_distilled`` has just added a
-        distillation token to it in place, after its blocks were built, or it was built for another radius, kernel or
-        prefix mode. Only such blocks are re-sized (``set_window`` / ``set_grid``), as the backbone's options say.
-        """
-        grid, prefix = self.grid_size, self.num_prefix_tokens
-        windowed = [blk.attn for blk in self.vit.blocks if isinstance(blk.attn, WindowAttention)]
-        if attn_window and (not 0 < attn_window < max(grid) or len(windowed) != len(self.vit.blocks)):
-            raise UsageError(
-                f"model.attn_window must be 0 (global) or a radius in [1, {max(grid) - 1}] for the "
-                f"{grid[0]} x {grid[1]} patch grid, on blocks built with WindowAttention; got "
-                f"{attn_window}"
-            )
-        for attn in windowed:
-            if (attn.grid_size, attn.num_prefix_tokens, attn.radius) != (grid, prefix, attn_window):
-                attn.set_window(grid, prefix, attn_window)
-        for blk in self.vit.blocks:
-            mlp = blk.mlp
-            if isinstance(mlp, ConvMlp) and (
-                (mlp.grid, mlp.num_prefix_tokens, mlp.dwconv.kernel_size[0], mlp.prefix)
-                != (grid, prefix, ffn_kernel, ffn_prefix)
-            ):
-                mlp.set_grid(grid, prefix, ffn_kernel, ffn_prefix)
 
     # ---- facts the rest of the pipeline reads ------------------------------------------------------------------
     @property
@@ -325,16 +299,18 @@ class ViTBackbone(InputNorm):
         return self._features(x, maps, capture)
 
     def _features(self, tokens: Tensor, maps: list[Tensor], capture: CaptureMode) -> Features:
-        """Features from the (B, N, D) tokens and the captured (B, Nq, N) maps."""
+        """Features from the (B, N, D) tokens and the captured (B, Nq, N) maps; with capture "all" the (B, gh, gw)
+        saliency: the class token's rollout over every block's map, or the attention pool's map."""
         if not maps:
             return Features(tokens=tokens)
         row = maps[-1].mean(dim=1) if self.saliency == "attn_pool" else maps[-1][:, 0]  # (B, N): the head's query
         cls_attention = row[:, self.num_prefix_tokens :]
+        rollout = capture == "all" and self.saliency == "rollout"
+        saliency = cls_attention.unflatten(1, self.grid_size) if self.saliency == "attn_pool" else None
+        if rollout:
+            saliency = attention_rollout(maps, self.grid_size, self.residual, self.rollout_rows, self.num_prefix_tokens)
         return Features(
-            tokens=tokens,
-            attentions=maps if capture == "all" and self.saliency == "rollout" else [],
-            cls_attention=cls_attention,
-            saliency=cls_attention.unflatten(1, self.grid_size) if self.saliency == "attn_pool" else None,
+            tokens=tokens, attentions=maps if rollout else [], cls_attention=cls_attention, saliency=saliency
         )
 
     def forward_heads(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -371,6 +347,14 @@ class ViTBackbone(InputNorm):
         """(B, C, H, W) -> (B, num_classes) logits of one scale, attention fused."""
         return self.forward_head(self.forward_features(x, scale).tokens, head)
 
+    def load_pretrained(
+        self, source: str, download_timeout_s: float = 60.0, plain: Callable[[], nn.Module] | None = None
+    ) -> None:
+        """Initialise from pretrained weights (``pretrained.load_vit_weights``: a file, shipped weights or a timm tag);
+        every zoom-scale token starts from the pretrained one. ``plain`` builds a plain ViT of this one's arguments,
+        through which a distilled backbone reads a Google ``.npz``."""
+        load_vit_weights(self, source, download_timeout_s, plain)
+
     def no_weight_decay(self) -> set[str]:
         """Parameters kept out of weight decay: the ViT's own (tokens, position embedding) and the zoom tokens."""
         return (
@@ -387,3 +371,55 @@ class ViTBackbone(InputNorm):
         assert isinstance(stem, str)  # timm's ViT names its embedding group by one regex
         groups["stem"] = "^(?:" + stem.lstrip("^") + r"|zoom_cls_tokens\.|zoom_dist_tokens\.)"  # one anchor
         return groups
+
+
+def build_vit(cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None) -> ViTBackbone:
+    """The ViT family's backbone of a model config (its entry in ``ramstrans.registry.BACKBONES``).
+
+    Args:
+        cfg: the model section: the timm name and its arguments (``img_size``, ``backbone_kwargs``,
+            ``drop_path_rate``), the scales, the saliency and its rollout, the distilled transformer's options, the
+            pretrained weights.
+        num_classes: K; None keeps the model's own.
+        model: a built timm ViT to serve instead of one by name (an export folder's); its weights are kept.
+
+    Raises:
+        UsageError: a name timm does not know, arguments it refuses, a model RAMS-Trans cannot run on (the sentence
+            says why), or pretrained weights that do not fit.
+    """
+    timm_kwargs = dict(cfg.backbone_kwargs, **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}))
+    vit = model
+    if vit is None:
+        vit = create_vit(
+            cfg.backbone,
+            cfg.img_size,
+            num_classes,
+            window_attention=cfg.attn_window > 0,
+            conv_ffn=cfg.ffn == "conv",
+            attn_window=cfg.attn_window,
+            ffn_kernel=cfg.ffn_kernel,
+            ffn_prefix=cfg.ffn_prefix,
+            dist_token=cfg.dist_token,
+            saliency=cfg.saliency,
+            **timm_kwargs,
+        )
+    backbone = ViTBackbone(
+        vit=cast(VisionTransformer, vit),
+        num_scales=cfg.num_scales,
+        dist_token=cfg.dist_token or None,
+        attn_window=cfg.attn_window,
+        ffn_kernel=cfg.ffn_kernel,
+        ffn_prefix=cfg.ffn_prefix,
+        fwt=cfg.fwt,
+        saliency=cfg.saliency,
+        residual=cfg.residual,
+        rollout_rows=cast(RolloutRows, cfg.rollout_rows),  # checked by ViTBackbone
+    )
+    if model is None and cfg.pretrained:
+
+        def plain() -> nn.Module:  # drawn beside the run's random numbers, not from them
+            with torch.random.fork_rng(devices=[]):
+                return create_vit(cfg.backbone, cfg.img_size, num_classes, saliency=cfg.saliency, **timm_kwargs)
+
+        backbone.load_pretrained(cfg.pretrained, cfg.download_timeout_s, plain)
+    return backbone

@@ -86,4 +86,6 @@ def window_attention_layer(grid_size: tuple[int, int], num_prefix_tokens: int, r
     def build(cls: type, *args: Any, **kwargs: Any) -> WindowAttention:
         return WindowAttention(*args, grid_size=grid_size, num_prefix_tokens=num_prefix_tokens, radius=radius, **kwargs)
 
+    # timm's _create_attn takes an attention class (it asks issubclass) and passes only its own keywords: it offers no
+    # constructor that binds the layout, so a subclass's __new__ does.
     return type("SizedWindowAttention", (WindowAttention,), {"__new__": build, "__module__": __name__})

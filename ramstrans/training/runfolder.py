@@ -48,7 +48,8 @@ def prepare_folder(
             config died before its first checkpoint (config and logs only) is cleared and the run starts again.
 
     Raises:
-        ValueError: another process holds the folder, or it holds files of another run and ``overwrite`` is off.
+        UsageError: another process holds the folder (the lock's sentence, on every rank), or it holds files of
+            another run and ``overwrite`` is off.
     """
     same = resume_from is not None and out_dir.resolve() == resume_from.parent.resolve()
     error, lock = None, None
