@@ -86,34 +86,34 @@ def _matches(raw: str) -> list[Path]:
     return [Path(m) for m in matches]
 
 
-def check_paths(paths: Sequence[str]) -> None:
-    """Refuse, before any file is read, a path that does not exist and a folder without image files.
+def check_paths(paths: Sequence[str]) -> list[Path]:
+    """The files and folders ``paths`` name (globs expanded), refused before any file is read where one does not
+    exist or a folder holds no image files.
 
     Raises:
         FileNotFoundError: a path (or glob) that matches nothing.
         DataError: a folder that holds no image files (and none it could not list).
     """
-    for raw in paths:
-        for m in _matches(raw):
-            probe: list[tuple[Path, str]] = []
-            if m.is_dir() and next(_walk_images(m, probe), None) is None and not probe:  # stops at the first image
-                raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    matches = [m for raw in paths for m in _matches(raw)]
+    for m in matches:
+        probe: list[tuple[Path, str]] = []
+        if m.is_dir() and next(_walk_images(m, probe), None) is None and not probe:  # stops at the first image
+            raise DataError(f"folder {m} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return matches
 
 
-def iter_paths(paths: Sequence[str], unlistable: list[tuple[Path, str]]) -> Iterator[Path]:
-    """The image files of ``paths`` (checked by ``check_paths``): files as given, folders walked recursively, globs
-    expanded; in order, without repeats, listed as they are reached (a folder of any size costs one directory's listing
-    at a time). Folders that cannot be listed go into ``unlistable``."""
-    may_repeat = len(paths) > 1 or any(glob.has_magic(raw) for raw in paths)
-    seen: set[str] = set()  # only where a path can come twice (several arguments, a glob)
-    for raw in paths:
-        for m in _matches(raw):
-            for f in _walk_images(m, unlistable) if m.is_dir() else [m]:
-                if may_repeat:
-                    if str(f) in seen:
-                        continue
-                    seen.add(str(f))
-                yield f
+def iter_paths(matches: Sequence[Path], unlistable: list[tuple[Path, str]]) -> Iterator[Path]:
+    """The image files of ``check_paths``'s ``matches``: files as given, folders walked recursively; in order, without
+    repeats, listed as they are reached (a folder of any size costs one directory's listing at a time). Folders that
+    cannot be listed go into ``unlistable``."""
+    seen: set[str] = set()  # only where a path can come twice: several matches
+    for m in matches:
+        for f in _walk_images(m, unlistable) if m.is_dir() else [m]:
+            if len(matches) > 1:
+                if str(f) in seen:
+                    continue
+                seen.add(str(f))
+            yield f
 
 
 def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -126,6 +126,5 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[tuple[Path, str
         FileNotFoundError: a path (or glob) that matches nothing.
         DataError: a folder that holds no image files (and none it could not list).
     """
-    check_paths(paths)
     unlistable: list[tuple[Path, str]] = []
-    return list(iter_paths(paths, unlistable)), unlistable
+    return list(iter_paths(check_paths(paths), unlistable)), unlistable

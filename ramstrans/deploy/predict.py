@@ -188,11 +188,11 @@ def run_predict(
         show_progress: a progress bar (images) on a terminal's standard error.
     """
     check_options(topk, fmt, request.batch_size, zoom_threshold, tta)
-    check_paths(paths)
+    matches = check_paths(paths)
     unlistable: list[tuple[Path, str]] = []
-    files: Iterable[Path] = iter_paths(paths, unlistable)  # listed as the loop reaches them
+    files: Iterable[Path] = iter_paths(matches, unlistable)  # listed as the loop reaches them
     if out:
-        check_output(out, [request.source, *paths], overwrite, "--out")
+        check_output(out, [request.source, *matches], overwrite, "--out")
         files = _never_out(files, out)
     if visualize:  # panels are written as they are drawn: every input is checked first
         files = list(files)

@@ -90,7 +90,7 @@ def test_an_output_file_appears_whole_and_keeps_its_content_on_an_error(tmp_path
 def test_folders_are_listed_lazily_in_the_order_of_sorted_paths(tmp_path):
     import os
 
-    from ramstrans.deploy.images import IMAGE_EXTENSIONS, iter_paths
+    from ramstrans.deploy.images import IMAGE_EXTENSIONS, check_paths, iter_paths
 
     for rel in ("b.jpg", "b/x.jpg", "b-x/y.png", "a.JPG", "ab/c.jpg", "b/.h.jpg", ".hid/z.jpg", "b/c/d.jpeg", "c.txt"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def test_folders_are_listed_lazily_in_the_order_of_sorted_paths(tmp_path):
         for f in files
         if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
     )
-    listed = iter_paths([str(tmp_path)], [])
+    listed = iter_paths(check_paths([str(tmp_path)]), [])
     first = next(listed)  # a generator: nothing more is listed until asked
     assert [first, *listed] == want and [p.name for p in want][:3] == ["a.JPG", "c.jpg", "d.jpeg"]
 
