@@ -4,7 +4,7 @@ source kind that reads its output back).
 
 A built-in entry names its implementation ``"module:attribute"``, imported on first use, so that ``ramstrans --help``
 and the config's checks stay light; an entry registered from outside may give the object itself. Adding a backbone
-family is a module with a ``build`` function and one ``BACKBONES.register`` line; adding an export target is a module
+family is a module with a ``build`` function and one ``register_backbone`` line; adding an export target is a module
 with a target object (``add_arguments``, ``write``) and one ``register_export_target`` line, which registers the reader
 of its output too.
 """
@@ -275,10 +275,8 @@ register_backbone(
     "net",
     BackboneFamily(build="ramstrans.models.backbones.net:build_net", saliencies={"activation": "activation (SCDA)"}),
 )
-SOURCES.register("checkpoint", SourceKind(load="ramstrans.inference.load:load_checkpoint_source"))
-SOURCES.register(
-    "run folder", SourceKind(load="ramstrans.inference.load:load_checkpoint_source", marker="checkpoint*.pth")
-)
+SOURCES.register("checkpoint", SourceKind(load="ramstrans.inference.load:load_checkpoint_file"))
+SOURCES.register("run folder", SourceKind(load="ramstrans.inference.load:load_run_folder", marker="checkpoint*.pth"))
 register_export_target(
     "timm",
     "ramstrans.export.timm:TARGET",
@@ -289,7 +287,7 @@ register_export_target(
     "onnx",
     "ramstrans.export.onnx:TARGET",
     reads=(
-        "onnx",
+        "ONNX file",
         SourceKind(
             load="ramstrans.inference.onnx_predictor:load_onnx",
             arrays="ramstrans.deploy.session:open_onnx",

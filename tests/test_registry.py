@@ -202,7 +202,7 @@ def test_the_kind_of_a_model_source_is_told_in_one_place(trained, tmp_path):
     (tmp_path / "timm" / "config.json").write_text("{}")
     (tmp_path / "empty").mkdir()
     assert source_kind(trained) == "run folder" and source_kind(trained / "checkpoint.pth") == "checkpoint"
-    assert source_kind(tmp_path / "m.onnx") == "onnx" and source_kind(tmp_path / "timm") == "timm folder"
+    assert source_kind(tmp_path / "m.onnx") == "ONNX file" and source_kind(tmp_path / "timm") == "timm folder"
     with pytest.raises(UsageError, match="empty is a folder without a checkpoint or an export: it is not a run"):
         source_kind(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -43,8 +43,15 @@ def run_calibrate(request: EvalRequest) -> dict[str, Any]:
         DataError: every image of the split is unreadable.
     """
     check_calibration_split(request.split)
-    inputs = load_eval_inputs(request, checkpoint="--calibrate (a temperature is stored beside a checkpoint)")
-    model, cfg, names, ds, dev = inputs.torch_model, inputs.config, inputs.class_names, inputs.dataset, inputs.device
+    what = "--calibrate (a temperature is stored beside a checkpoint)"
+    inputs = load_eval_inputs(request, checkpoint=what)
+    model, cfg, names, ds, dev = (
+        inputs.loaded.torch_model(what),
+        inputs.config,
+        inputs.class_names,
+        inputs.dataset,
+        inputs.device,
+    )
     model.set_temperature(1.0)  # fit on the raw logits, whatever was stored before
     amp_dtype = amp_setup(dev, cfg.train.amp)[0]
     logits, labels = [], []

@@ -13,7 +13,6 @@ from ramstrans.config import Config
 from ramstrans.data import ImageDataset, Transform, load_index, split_tables
 from ramstrans.errors import UsageError
 from ramstrans.inference.load import LoadedModel
-from ramstrans.models import Model
 from ramstrans.registry import EvalRequest, load_source
 from ramstrans.runtime.dist import resolve_device
 
@@ -56,11 +55,6 @@ class EvalInputs:
     @property
     def file(self) -> Path:
         return self.loaded.file
-
-    @property
-    def torch_model(self) -> Model:
-        """The model as a torch module (refused, in one sentence, for another engine's export)."""
-        return self.loaded.torch_model("this command")
 
 
 def load_eval_inputs(request: EvalRequest, *, checkpoint: str = "", zoom: str = "") -> EvalInputs:

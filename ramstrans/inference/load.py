@@ -24,14 +24,15 @@ from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.inference.temperature import read_temperature
 from ramstrans.models import Model, RAMSTrans, ViTBackbone, ZoomGate, build_model, model_from_checkpoint
 from ramstrans.models.build import weights_used
-from ramstrans.registry import EvalRequest, load_source, source_kind
+from ramstrans.registry import EvalRequest, load_source
 
 __all__ = [
     "LoadedModel",
     "load_model",
     "eval_transform",
     "model_from_export",
-    "load_checkpoint_source",
+    "load_checkpoint_file",
+    "load_run_folder",
     "load_export_folder",
     "EXPORT_INFO",
     "ZOOM_TOKENS",
@@ -79,7 +80,7 @@ class LoadedModel:
         """
         if not isinstance(self.model, torch.nn.Module):
             raise UsageError(
-                f"{what} needs a ramstrans checkpoint or a timm export folder; {self.file} is a {self.kind}"
+                f"{what} needs a ramstrans checkpoint or a timm export folder; {self.file} is read as: {self.kind}"
             )
         return cast(Model, self.model)
 
@@ -102,8 +103,8 @@ class LoadedModel:
         """
         if self.config is None:
             raise UsageError(
-                f"{what} needs the training config (its data set), which {self.file} does not record (a {self.kind}): "
-                "use the ramstrans checkpoint; ramstrans predict classifies images with any export"
+                f"{what} needs the training config (its data set), which {self.file} does not record (read as: "
+                f"{self.kind}): use the ramstrans checkpoint; ramstrans predict classifies images with any export"
             )
         return self.config
 
@@ -114,7 +115,7 @@ class LoadedModel:
             UsageError: an export, naming ``what`` needs the checkpoint.
         """
         if self.checkpoint is None:
-            raise UsageError(f"{what} needs a ramstrans checkpoint; {self.file} is a {self.kind}")
+            raise UsageError(f"{what} needs a ramstrans checkpoint; {self.file} is read as: {self.kind}")
         return self.checkpoint
 
 
@@ -149,22 +150,31 @@ def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Tran
     )
 
 
-def load_checkpoint_source(request: EvalRequest) -> LoadedModel:
-    """The reader of a checkpoint file or a run folder (its newest checkpoint): the weights ``request.weights`` asks
-    for, the temperature fitted on them (``eval --calibrate``) and, with ``request.gate``, the zoom gate it holds.
+def load_checkpoint_file(request: EvalRequest) -> LoadedModel:
+    """The reader of a checkpoint file (``_load_checkpoint``)."""
+    return _load_checkpoint(request, "checkpoint")
+
+
+def load_run_folder(request: EvalRequest) -> LoadedModel:
+    """The reader of a run folder: its newest checkpoint (``_load_checkpoint``)."""
+    return _load_checkpoint(request, "run folder")
+
+
+def _load_checkpoint(request: EvalRequest, kind: str) -> LoadedModel:
+    """A checkpoint (a file, or a run folder's newest) of kind ``kind``: the weights ``request.weights`` asks for, the
+    temperature fitted on them (``eval --calibrate``) and, with ``request.gate``, the zoom gate it holds.
 
     Raises:
         CheckpointError: not a ramstrans checkpoint, or one that does not fit the model it names.
     """
-    path = Path(request.source).expanduser()
-    file = checkpoint_file(path)
+    file = checkpoint_file(Path(request.source).expanduser())
     ckpt = load_checkpoint(file)
     model, cfg, names = model_from_checkpoint(ckpt, weights=request.weights, origin=f"checkpoint {file}")
     used, step = weights_used(ckpt, request.weights), int(ckpt["step"])
     _attach_fitted(model, ckpt, file, used, request.gate)
     model.eval()
     transform = eval_transform(cfg, model, request.shift)
-    return LoadedModel(model, names, transform, cfg, ckpt, used, file, source_kind(path), step)
+    return LoadedModel(model, names, transform, cfg, ckpt, used, file, kind, step)
 
 
 def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str, gate: bool) -> None:

@@ -96,4 +96,4 @@ def load_onnx(request: EvalRequest) -> LoadedModel:
         train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=request.shift
     )
     names, weights = model.onnx.class_names, f"onnx-{model.precision}"
-    return LoadedModel(model, names, transform, model.config(), None, weights, model.onnx.path, "onnx", model.step)
+    return LoadedModel(model, names, transform, model.config(), None, weights, model.onnx.path, "ONNX file", model.step)

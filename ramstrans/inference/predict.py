@@ -13,6 +13,7 @@ from torch import Tensor
 from ramstrans.data import read_image
 from ramstrans.deploy.modes import check_zoom_on, parse_scales
 from ramstrans.errors import UsageError
+from ramstrans.inference.evaluate import gate_threshold
 from ramstrans.inference.load import LoadedModel
 from ramstrans.inference.visualize import draw_panels
 from ramstrans.models import RAMSTrans, ZoomCriterion
@@ -41,8 +42,7 @@ class TorchArrays:
 
     @property
     def gate_threshold(self) -> float | None:
-        gate = self.model.zoom_gate
-        return None if gate is None else float(gate.threshold)
+        return gate_threshold(self.model)
 
     @property
     def draws(self) -> str:

@@ -149,7 +149,8 @@ def test_timm_folder_round_trip(trained, tmp_path):
     from ramstrans.inference.inputs import load_eval_inputs
     from ramstrans.registry import EvalRequest
 
-    with pytest.raises(UsageError, match="evaluation needs the training config .* does not record .a timm folder."):
+    refusal = "evaluation needs the training config .* does not record .read as: timm folder."
+    with pytest.raises(UsageError, match=refusal):
         load_eval_inputs(EvalRequest(str(out)))  # an export has no data set config to evaluate on
 
 
