@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from ramstrans.checkpoint import checkpoint_file, load_checkpoint
 from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
-from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.errors import CheckpointError, UsageError, short_repr
 from ramstrans.inference.temperature import read_temperature
 from ramstrans.models import Model, RAMSTrans, ViTBackbone, ZoomGate, build_model, model_from_checkpoint
 from ramstrans.models.build import weights_used
@@ -264,7 +264,7 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
     model = build_model(model_cfg, None, net)
     if model_cfg.num_scales > 1 and isinstance(model.backbone, ViTBackbone) and model.backbone.has_class_token:
         _load_zoom_tokens(model.backbone, path / ZOOM_TOKENS)
-    model.set_temperature(float(info.get("temperature", 1.0)))
+    model.set_temperature(_temperature(info, path / EXPORT_INFO))
     names = list(
         info.get("class_names")
         or timm_cfg.get("label_names")
@@ -277,6 +277,18 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         "interpolation": timm_cfg.get("interpolation", "bilinear"),
     }
     return model.eval(), names, transform
+
+
+def _temperature(info: dict[str, Any], file: Path) -> float:
+    """An export folder's recorded temperature (1: none fitted).
+
+    Raises:
+        CheckpointError: not a finite number > 0 (a hand-edited record), naming the file and the field.
+    """
+    t = info.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise CheckpointError(f"{file} holds temperature {short_repr(t)}, not a finite number > 0")
+    return float(t)
 
 
 def _load_zoom_tokens(bb: ViTBackbone, file: Path) -> None:

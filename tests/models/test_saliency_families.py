@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from ramstrans.errors import UsageError
+from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.models import Features, RAMSTrans, create_model
 
 EVA = dict(backbone="eva02_tiny_patch14_224", img_size=56, depth=2, embed_dim=32, num_heads=2, global_pool="token")
@@ -341,6 +341,11 @@ def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
     assert back.temperature == 2.5
     with torch.no_grad():
         torch.testing.assert_close(back.predict(x, 2).probs, fused.probs, atol=0, rtol=0)
+    record = tmp_path / "tf" / "ramstrans.json"
+    for edited in ("warm", -1, float("nan")):  # a hand-edited record: one sentence naming the file and the field
+        record.write_text(json.dumps({**json.loads(record.read_text()), "temperature": edited}))
+        with pytest.raises(CheckpointError, match=r"ramstrans.json holds temperature .*, not a finite number > 0"):
+            model_from_export(tmp_path / "tf")
 
 
 def test_a_distillation_token_on_an_attention_pool_is_refused():
