@@ -3,7 +3,6 @@ and read back into one request."""
 
 import argparse
 import dataclasses
-from typing import Any
 
 from ramstrans.registry import EvalRequest
 
@@ -71,12 +70,12 @@ def add_request_arguments(
         add[name]()
 
 
-def request_from(a: argparse.Namespace, **fixed: Any) -> EvalRequest:
+def request_from(a: argparse.Namespace) -> EvalRequest:
     """The ``EvalRequest`` of parsed arguments: the options ``add_request_arguments`` declared (comma lists made
-    tuples), the rest at their defaults, ``fixed`` on top."""
+    tuples), the rest at their defaults."""
     names = {f.name for f in dataclasses.fields(EvalRequest)}
     values = {k: v for k, v in vars(a).items() if k in names}
     for key in ("shift", "providers"):
         if key in values:
             values[key] = tuple(n for n in (values[key] or "").split(",") if n)
-    return EvalRequest(**{**values, **fixed})
+    return EvalRequest(**values)

@@ -12,12 +12,19 @@ from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ramstrans.config import ModelConfig
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.distilled import make_distilled
 from ramstrans.models.blocks.attention import WindowAttention, window_attention_layer
 from ramstrans.models.blocks.ffn import ConvMlp
 
-__all__ = ["create_vit", "unsupported_reason", "check_whole_patches", "pair", "size_blocks"]
+__all__ = ["create_vit", "unsupported_reason", "check_whole_patches", "pair", "size_blocks", "timm_arguments"]
+
+
+def timm_arguments(cfg: ModelConfig) -> dict[str, Any]:
+    """The keyword arguments ``timm.create_model`` gets from a model config: ``backbone_kwargs`` and a non-zero
+    ``drop_path_rate``."""
+    return dict(cfg.backbone_kwargs, **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}))
 
 
 def pair(v: int | tuple[int, int]) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from ramstrans.config import ModelConfig
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.base import CaptureMode, Features, prefixed
 from ramstrans.models.backbones.create import pair as _pair
+from ramstrans.models.backbones.create import timm_arguments
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.backbones.pretrained import load_net_weights
 
@@ -196,7 +197,7 @@ def build_net(cfg: ModelConfig, num_classes: int | None, model: nn.Module | None
     for key, default in _VIT_ONLY.items():
         if zoom and getattr(cfg, key) != default:
             raise UsageError(f"model.{key} needs a ViT backbone; saliency 'activation' runs any timm model as it is")
-    timm_kwargs = dict(cfg.backbone_kwargs, **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}))
+    timm_kwargs = timm_arguments(cfg)
     net = model if model is not None else create_net(cfg.backbone, cfg.img_size, num_classes, **timm_kwargs)
     in_chans = int(timm_kwargs.get("in_chans", 3))
     backbone = NetBackbone(net=net, img_size=cfg.img_size, in_chans=in_chans, num_scales=cfg.num_scales if zoom else 1)

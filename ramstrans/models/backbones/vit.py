@@ -32,7 +32,14 @@ from ramstrans.config import ModelConfig
 from ramstrans.errors import UsageError
 from ramstrans.models.backbones.base import CaptureMode, Features, prefixed
 from ramstrans.models.backbones.capture import arm, hook
-from ramstrans.models.backbones.create import check_whole_patches, create_vit, pair, size_blocks, unsupported_reason
+from ramstrans.models.backbones.create import (
+    check_whole_patches,
+    create_vit,
+    pair,
+    size_blocks,
+    timm_arguments,
+    unsupported_reason,
+)
 from ramstrans.models.backbones.distilled import Head, make_distilled, select_head
 from ramstrans.models.backbones.inputs import InputNorm
 from ramstrans.models.backbones.pretrained import load_vit_weights
@@ -387,7 +394,7 @@ def build_vit(cfg: ModelConfig, num_classes: int | None, model: nn.Module | None
         UsageError: a name timm does not know, arguments it refuses, a model RAMS-Trans cannot run on (the sentence
             says why), or pretrained weights that do not fit.
     """
-    timm_kwargs = dict(cfg.backbone_kwargs, **({"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}))
+    timm_kwargs = timm_arguments(cfg)
     vit = model
     if vit is None:
         vit = create_vit(
