@@ -30,8 +30,8 @@ _TINY = [
 ]
 
 
-def _model(folder: Path) -> dict[str, Path]:
-    """A checkpoint of the tiny model (random weights) and its single-scale ONNX export."""
+def _model(folder: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """A checkpoint of the tiny model (random weights) and its single-scale ONNX export; the resolved config."""
     import torch
 
     from ramstrans.checkpoint import save_checkpoint
@@ -45,7 +45,7 @@ def _model(folder: Path) -> dict[str, Path]:
     ckpt = folder / "checkpoint.pth"
     names = [f"class_{k}" for k in range(10)]
     save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "class_names": names, "step": 0}, ckpt)
-    return {"checkpoint": ckpt, "onnx": export_onnx(str(ckpt), str(folder / "model.onnx"))}
+    return {"checkpoint": ckpt, "onnx": export_onnx(str(ckpt), str(folder / "model.onnx"))}, asdict(cfg)
 
 
 def _images(folder: Path, count: int) -> Path:
@@ -79,8 +79,11 @@ def _run(model: Path, images: Path, batch_size: int, workers: int) -> dict[str, 
     first = proc.stdout.readline()
     to_first = time.perf_counter() - start
     rows = 1 + sum(1 for _ in proc.stdout) if first else 0
-    kib = [line.split()[1] for line in proc.stderr.read().splitlines() if line.startswith("VmHWM")]
+    err = proc.stderr.read().splitlines()
+    kib = [line.split()[1] for line in err if line.startswith("VmHWM")]
     total, code_ = time.perf_counter() - start, proc.wait()
+    if code_ != 0 or rows == 0:  # a failed run has no timing to report
+        raise RuntimeError(f"ramstrans predict {model} exited {code_} after {rows} rows: {err[-2:] if err else ''}")
     return {
         "rows": rows,
         "exit_code": code_,
@@ -97,11 +100,12 @@ def bench_predict(
     """For each N of ``counts``, predict a folder of N images from the ONNX file and from the checkpoint.
 
     Returns:
-        {"runs": [{"source", "images", ...``_run``'s fields}], "batch_size", "workers", "machine"}.
+        {"runs": [{"source", "images", ...``_run``'s fields}], "batch_size", "workers", "machine", "config": the
+        model's resolved config}.
     """
     with tempfile.TemporaryDirectory(prefix="ramstrans-bench-predict-", dir=workdir) as tmp:
         folder = Path(tmp)
-        models = _model(folder)
+        models, config = _model(folder)
         runs = []
         for count in sorted(counts):
             images = _images(folder, count)
@@ -112,4 +116,5 @@ def bench_predict(
         "batch_size": batch_size,
         "workers": workers,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "config": config,
     }
