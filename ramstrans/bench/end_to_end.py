@@ -71,7 +71,7 @@ def _exports(model: Any, scales: int, folder: Path, label: str) -> dict[str, Pat
     from ramstrans.export.onnx import build_onnx
 
     rng = np.random.default_rng(0)
-    shape = (4, model.backbone.in_chans, *model.backbone.img_size)
+    shape = (4, model.backbone.in_chans, *model.input_size)
     calibration = ([f"random{i}" for i in range(8)], lambda: iter([rng.standard_normal(shape, np.float32)] * 2))
     paths = {}
     for s in sorted({1, scales}):

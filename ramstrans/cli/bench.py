@@ -5,6 +5,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ramstrans.cli.glance import run_glance
 from ramstrans.errors import UsageError
 from ramstrans.runtime.files import write_text_atomic
 
@@ -223,6 +224,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "backbones": _run_backbones,
     "longtail": _run_longtail,
     "gpu": _run_gpu,
+    "glance": run_glance,
 }
 
 
@@ -274,7 +276,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "ViT, a register ViT and a ResNet (activation saliency) over seeds (validation); longtail: the long-tail "
         "remedies (samplers, logit adjustment) on a long-tailed demo over seeds and --ratios; gpu: one prepared GPU "
         "benchmark (train and inference throughput, syncs, compile, proposal, loader, onnxruntime CUDA) within "
-        "--budget-s; predict: the streaming of predict's rows over folders of --counts images (first row, memory)",
+        "--budget-s; predict: the streaming of predict's rows over folders of --counts images (first row, memory); "
+        "glance: glance and focus (each scale at its own size, the zoom from the source) as top-1 against GMACs, "
+        "by --rows on a --variant over seeds",
     )
     _speed_arguments(b)
     _run_arguments(b)
@@ -333,6 +337,12 @@ def _run_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--budget-s", type=float, default=420.0, help="gpu: no new row starts after this many seconds")
     b.add_argument("--tiny", action="store_true", help="gpu: a 2-block ViT at 64 px (the CPU check the tests run)")
     b.add_argument("--train-check", action="store_true", help="gpu: also train, resume and evaluate a short run")
+    b.add_argument("--variant", default="hires", choices=("hires", "demo"), help="glance: the data set variant")
+    b.add_argument(
+        "--cost", choices=("demo", "cub", "both"), help="glance: time and count the rows instead (run it alone)"
+    )
+    b.add_argument("--frontier", help="glance: draw the test results and cost of --out into this PNG")
+    b.add_argument("--rows", help="glance: comma-separated rows (vit, rams_input, rams_source, gf_<glance>_<focus>)")
     b.add_argument("--ratios", default="10,50", help="longtail: imbalance ratios r (data.synthetic.imbalance)")
     b.add_argument(
         "--methods",

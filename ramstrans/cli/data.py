@@ -10,7 +10,14 @@ def _cmd_make_synthetic(a: argparse.Namespace) -> None:
     from ramstrans.data.synthetic.birds import make_synthetic
 
     out = make_synthetic(
-        a.out, a.num_classes, a.train_per_class, a.test_per_class, a.image_size, a.seed, overwrite=a.overwrite
+        a.out,
+        a.num_classes,
+        a.train_per_class,
+        a.test_per_class,
+        a.image_size,
+        a.seed,
+        overwrite=a.overwrite,
+        detail=a.detail,
     )
     print(f"wrote the synthetic birds ({a.num_classes} classes) in the CUB-200-2011 layout to {out}")
 
@@ -32,6 +39,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--test-per-class", type=int, default=50)
     m.add_argument("--image-size", type=int, default=160)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--detail", type=float, default=0.65, help="size of the species' parts relative to the bird (the demo's 0.65)"
+    )
     m.add_argument("--overwrite", action="store_true", help="replace what --out holds (by default that is refused)")
     m.set_defaults(func=_cmd_make_synthetic)
     _add_check_data(sub)

@@ -34,12 +34,16 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.fwt", *_one_of("off", "fixed", "learned")),
     ("model.img_size", *_at_least(1)),
     ("model.num_scales", *_at_least(1)),
+    ("model.scale_sizes", lambda v: all(s >= 1 for s in v), "a list of sizes >= 1 (empty: every scale at img_size)"),
+    ("model.zoom_source", *_one_of("input", "source")),
     ("model.alpha", *_POSITIVE),
     ("model.residual", *_at_least(0)),
     ("model.rollout_rows", *_one_of("cls", "mean")),
     ("model.drop_path_rate", *_UNIT),
     ("model.download_timeout_s", *_POSITIVE),
     ("data.resize", *_at_least(1)),
+    ("data.source_size", _at_least(0)[0], ">= 0 (0 = off)"),
+    ("data.synthetic.detail", lambda v: 0 < v <= 2, "in (0, 2]"),
     ("data.num_workers", *_at_least(0)),
     ("data.val_fraction", *_UNIT),
     ("data.sampler", *_one_of("uniform", "class_balanced", "sqrt")),
@@ -96,6 +100,31 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 # Settings that exclude each other: (key named in the error, test that the config breaks the rule, why).
 _COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    (
+        "model.scale_sizes",
+        lambda c: len(c.model.scale_sizes) not in (0, c.model.num_scales),
+        "must give one size per scale (model.num_scales of them), or be empty",
+    ),
+    (
+        "model.scale_sizes",
+        lambda c: c.model.type == "classifier" and c.model.scale_sizes,
+        "needs model.type rams (a classifier runs one scale at model.img_size)",
+    ),
+    (
+        "model.zoom_source",
+        lambda c: c.model.type == "classifier" and c.model.zoom_source != "input",
+        "needs model.type rams (a classifier does not zoom)",
+    ),
+    (
+        "data.source_size",
+        lambda c: c.model.zoom_source == "source" and c.data.source_size < c.model.img_size,
+        "must be at least model.img_size with model.zoom_source source (the source has at least the input's pixels)",
+    ),
+    (
+        "data.source_size",
+        lambda c: c.model.zoom_source != "source" and c.data.source_size != 0,
+        "is read only with model.zoom_source source: set it to 0, or set model.zoom_source source",
+    ),
     (
         "model.num_scales",
         lambda c: c.model.type == "classifier" and c.model.num_scales != 1,

@@ -22,6 +22,10 @@ class ModelConfig:
     backbone: str = "vit_base_patch16_224"  # timm model name (a plain ViT for rams; any classifier for classifier)
     img_size: int = 448  # network input (the training / test crop)
     num_scales: int = 2  # 1 = plain ViT baseline, 2 = RAMS-Trans
+    scale_sizes: list[int] = field(default_factory=list)  # pixels per scale (square), e.g. [224, 448]: a small
+    # glance, then a sharp focus; empty = every scale at img_size. Multiples of the patch (or the CNN's stride)
+    zoom_source: str = "input"  # input: the zoom crops the model input | source: the data pipeline delivers the view
+    # at data.source_size; scale 1 sees its antialiased downsample, the zoom crops the source's own pixels
     alpha: float = 1.3  # proposal threshold: g > alpha * mean(g)
     residual: float = 1.0  # χ in rownorm(A + χI)
     rollout_rows: str = "cls"  # "cls" or "mean" (official code)
@@ -50,6 +54,8 @@ class SyntheticConfig:
     train_per_class: int = 150
     test_per_class: int = 50
     image_size: int = 160  # side of the generated images in pixels
+    detail: float = 0.65  # size of the species' parts (crown patch, wing bars) relative to the bird; the demo's 0.65
+    # makes them about 4 to 8 px (crown) and 1 px (bars) at 128 px
     seed: int = 0
     imbalance: float = 1.0  # r >= 1: training images per class fall exponentially from train_per_class (class 0) to
     # train_per_class / r (the last class); the test split stays balanced (1 = balanced)
@@ -60,6 +66,8 @@ class DataConfig:
     dataset: str = "cub"  # cub | dogs | inat17 | nabirds | folder | csv | synthetic | pretext (for pretraining)
     root: str = "datasets/CUB_200_2011"  # data set root (synthetic: generated here on first use)
     resize: int = 600  # shortest side before the (random / center) crop of model.img_size
+    source_size: int = 0  # model.zoom_source source: side of the source crop (the same view as the model input at
+    # source_size / img_size times its pixels; the shortest side goes to resize * source_size / img_size); 0 = off
     hflip: bool = True  # random horizontal flip in training
     num_workers: int = 4  # DataLoader workers
     val_fraction: float = 0.0  # stratified, seeded validation split carved from train (0 = none)
@@ -152,3 +160,11 @@ class Config:
     mix: MixConfig = field(default_factory=MixConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def pipeline_size(self) -> tuple[int, int]:
+        """(crop, resize) of what the data pipeline delivers: the model input (model.img_size after the shortest side
+        went to data.resize), or with model.zoom_source source the same view at data.source_size."""
+        if self.model.zoom_source != "source":
+            return self.model.img_size, self.data.resize
+        return self.data.source_size, round(self.data.resize * self.data.source_size / self.model.img_size)

@@ -88,7 +88,9 @@ def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
     root = Path(data_cfg.root)
     if data_cfg.dataset == "synthetic" and generate:
         s = data_cfg.synthetic
-        root = ensure_synthetic(data_cfg.root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed)
+        root = ensure_synthetic(
+            data_cfg.root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed, s.detail
+        )
     index = DATASETS[data_cfg.dataset](Path(root).expanduser())
     if data_cfg.dataset == "synthetic" and data_cfg.synthetic.imbalance > 1:  # a long tail of the training split only
         index.splits["train"] = long_tailed(index.splits["train"], data_cfg.synthetic.imbalance)
@@ -96,11 +98,20 @@ def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
 
 
 def build_data(
-    data_cfg: DataConfig, index: DatasetIndex, img_size: int, mean: Sequence[float], std: Sequence[float], seed: int
+    data_cfg: DataConfig,
+    index: DatasetIndex,
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    resize: int | None = None,
 ) -> DataBundle:
-    """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured)."""
-    train_t = Transform(train=True, crop=img_size, resize=data_cfg.resize, mean=mean, std=std, hflip=data_cfg.hflip)
-    test_t = Transform(train=False, crop=img_size, resize=data_cfg.resize, mean=mean, std=std)
+    """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured):
+    crops of ``img_size`` after the shortest side went to ``resize`` (default ``data.resize``); a run's are
+    ``Config.pipeline_size`` (the source's with ``model.zoom_source: source``)."""
+    resize = data_cfg.resize if resize is None else resize
+    train_t = Transform(train=True, crop=img_size, resize=resize, mean=mean, std=std, hflip=data_cfg.hflip)
+    test_t = Transform(train=False, crop=img_size, resize=resize, mean=mean, std=std)
     if data_cfg.dataset == "pretext":
         size, s = data_cfg.synthetic.image_size, data_cfg.synthetic.seed
         return DataBundle(

@@ -23,7 +23,8 @@ __all__ = ["Preprocess", "BOXES_FORMAT"]
 # what the fused graph's ``boxes`` output holds
 BOXES_FORMAT = (
     "(B, 4) float32 x0, y0, x1, y1 of scale 1's proposal in pixels of the model input (the crop), x1 and y1 exclusive, "
-    "on the patch grid; the whole input (0, 0, crop, crop) where the attention mask is empty"
+    "on scale 1's patch grid (scaled by crop / scale 1's size where scale 1 sees a downsample of the crop); the whole "
+    "input (0, 0, crop, crop) where the attention mask is empty"
 )
 _STEPS = {  # the words a client reads; the numbers are the fields
     "decode": "OpenCV cv2.imdecode(bytes, cv2.IMREAD_COLOR): 8-bit, EXIF orientation applied, alpha dropped, "

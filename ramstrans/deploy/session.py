@@ -185,6 +185,12 @@ class OnnxModel:
             zoom_on: "maxprob", "margin" or "gate".
         """
         images = np.ascontiguousarray(images, dtype=np.float32)
+        crop = self.preprocess.crop
+        if images.ndim != 4 or images.shape[1:] != (3, crop, crop):
+            raise UsageError(
+                f"{self.path} takes {crop} x {crop} images ((B, 3, {crop}, {crop}), its record's preprocess.crop), "
+                f"got an array of shape {images.shape}"
+            )
         B = images.shape[0]
         if scales != "auto" and int(scales) > 1:
             probs, boxes = self.main.run(["probs", "boxes"], {"images": images})

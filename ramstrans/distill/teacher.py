@@ -142,7 +142,7 @@ def load_teacher(
     Args:
         source: a checkpoint, run folder or exported timm folder.
         class_names: the student's classes.
-        img_size: the student's input side.
+        img_size: the side of the student's batches (``Config.pipeline_size``: model.img_size, or data.source_size).
         student_mean: the student's input mean.
         student_std: the student's input std.
         scales: ``distill.teacher_scales``: how many of the teacher's scales to fuse (0: all it has).
@@ -166,8 +166,9 @@ def load_teacher(
         )
     if side != img_size:
         raise ConfigError(
-            f"distill.teacher {source} takes {side}-pixel images but model.img_size is {img_size}: "
-            "the teacher must see the student's pixels"
+            f"distill.teacher {source} takes {side}-pixel images but the student's batches are {img_size} pixels "
+            "(model.img_size, or data.source_size with model.zoom_source source): the teacher must see the "
+            "student's pixels"
         )
     teacher = Teacher(
         model=model, student_mean=student_mean, student_std=student_std, scales=scales or model.num_scales

@@ -28,12 +28,14 @@ def checked_out(out: str, scales: int, model: Model, checkpoint: str, overwrite:
 def transform_info(cfg: Config) -> dict[str, Any]:
     """The test transform an export records: {"resize": shortest side, "crop": side, "interpolation": "bilinear"}
     (kept for readers of earlier exports; ``preprocess_of`` spells every step out)."""
-    return {"resize": cfg.data.resize, "crop": cfg.model.img_size, "interpolation": "bilinear"}
+    crop, resize = cfg.pipeline_size
+    return {"resize": resize, "crop": crop, "interpolation": "bilinear"}
 
 
 def preprocess_of(cfg: Config, model: Model) -> Preprocess:
     """The test-time preprocessing of a checkpoint's model (its config's sizes, its backbone's normalisation)."""
-    return Preprocess.of(cfg.data.resize, cfg.model.img_size, model.backbone.mean, model.backbone.std)
+    crop, resize = cfg.pipeline_size
+    return Preprocess.of(resize, crop, model.backbone.mean, model.backbone.std)
 
 
 def provenance(loaded: LoadedModel, checkpoint: str) -> dict[str, Any]:

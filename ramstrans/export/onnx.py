@@ -63,7 +63,7 @@ class _GatedScale1(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         bb = self.model.backbone
-        tokens = bb.forward_features(images, scale=0, capture="none").tokens
+        tokens = bb.forward_features(self.model.glance(images), scale=0, capture="none").tokens
         cls, dist = bb.forward_heads(tokens)
         logits = cls if dist is None else select_head(cls, dist, self.model.eval_head)
         probs = (logits.float() / self.model.temperature).softmax(-1)
@@ -127,7 +127,7 @@ def export_onnx(
 def write_onnx(model: Model, path: Path, scales: int = 1, meta: dict[str, str] | None = None, opset: int = 18) -> Path:
     """Write ``model`` (single scale, or the fusion of ``scales`` scales) in float32 as an ONNX file with a dynamic
     batch, ``meta`` in its metadata and the preprocessing of its backbone's input size and normalisation."""
-    crop = model.backbone.img_size[0]
+    crop = model.input_size[0]
     record = {"preprocess": Preprocess.of(crop, crop, model.backbone.mean, model.backbone.std).to_meta()}
     _save(build_onnx(model, scales, meta or {}, record, opset), path)
     return path
@@ -154,7 +154,7 @@ def build_onnx(
     except ImportError as e:
         raise UsageError("ONNX export needs the onnx and onnxscript packages: pip install 'ramstrans[deploy]'") from e
     module, outputs, gate_meta = _graph(model.eval(), scales)
-    example = torch.zeros(2, model.backbone.in_chans, *model.backbone.img_size)
+    example = torch.zeros(2, model.backbone.in_chans, *model.input_size)
     program = torch.onnx.export(
         module,
         (example,),

@@ -59,6 +59,12 @@ def export_timm(checkpoint: str, out: str, scales: int = 1, weights: str = "auto
             f"checkpoint {checkpoint} uses model.attn_window / model.ffn, which timm's own ViT does not "
             "have (a timm folder would load another function): export it with --format onnx"
         )
+    if cfg.model.scale_sizes or cfg.model.zoom_source != "input":
+        raise UsageError(
+            f"checkpoint {checkpoint} runs its scales at their own sizes or zooms from a larger source "
+            "(model.scale_sizes / model.zoom_source), which a timm folder cannot record (timm sees one model at one "
+            "input size): export it with --format onnx, whose graph does the downsample and the crop"
+        )
     staging = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed
     if staging.exists():  # left by a killed export: start empty
         shutil.rmtree(staging)

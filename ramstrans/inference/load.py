@@ -138,15 +138,11 @@ def load_model(
 
 
 def eval_transform(cfg: Config, model: Model, shift: Sequence[str] = ()) -> Transform:
-    """The deterministic test-time transform of a trained model (resize, center crop, any named distribution
-    ``shift``, its normalisation)."""
+    """The deterministic test-time transform of a trained model (resize, center crop of ``Config.pipeline_size``, any
+    named distribution ``shift``, its normalisation)."""
+    crop, resize = cfg.pipeline_size
     return Transform(
-        train=False,
-        crop=cfg.model.img_size,
-        resize=cfg.data.resize,
-        mean=model.backbone.mean,
-        std=model.backbone.std,
-        shift=shift,
+        train=False, crop=crop, resize=resize, mean=model.backbone.mean, std=model.backbone.std, shift=shift
     )
 
 

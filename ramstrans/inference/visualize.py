@@ -181,11 +181,10 @@ def draw_panels(
         (panel files, tiles).
     """
     out.mkdir(parents=True, exist_ok=True)
-    H, W = model.backbone.img_size
     with torch.no_grad():
         prop = model.propose(x)
         multi = model.forward_multiscale(x)
-        zoom = crop_and_zoom(x, prop.boxes, (H, W))
+        zoom = crop_and_zoom(x, prop.boxes, model.input_size)  # the crop at the batch's (the source's) resolution
     mean, std = model.backbone.mean, model.backbone.std
     written, tiles = [], []
     for i, path in enumerate(paths):

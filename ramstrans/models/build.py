@@ -11,7 +11,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from ramstrans.config import Config, ConfigError, ModelConfig, config_diff, config_from_dict, validate
+from ramstrans.config import Config, ConfigError, DataConfig, ModelConfig, config_diff, config_from_dict, validate
 from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.models.backbones.base import Backbone, ZoomBackbone
 from ramstrans.models.backbones.distilled import Head
@@ -60,9 +60,12 @@ def build_backbone(model_cfg: ModelConfig, num_classes: int | None, model: nn.Mo
     return backbone
 
 
-def build_model(model_cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None) -> Model:
+def build_model(
+    model_cfg: ModelConfig, num_classes: int | None, model: nn.Module | None = None, source_size: int = 0
+) -> Model:
     """The model of ``cfg.model``: RAMSTrans around its backbone (``build_backbone``), or with ``model.type:
-    classifier`` a Classifier."""
+    classifier`` a Classifier. ``source_size`` is ``data.source_size`` (read with ``model.zoom_source: source``)."""
+    source_size = source_size if model_cfg.zoom_source == "source" else 0
     backbone = build_backbone(model_cfg, num_classes, model)
     if model_cfg.type == "classifier":
         return Classifier(backbone=backbone)
@@ -70,6 +73,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int | None, model: nn.Modul
         backbone=cast(ZoomBackbone, backbone),
         alpha=model_cfg.alpha,
         eval_head=cast(Head, model_cfg.eval_head),  # checked by the config's ranges
+        scale_sizes=model_cfg.scale_sizes or None,
+        source_size=source_size or None,
     )
 
 
@@ -81,7 +86,8 @@ def create_model(backbone: str = "vit_base_patch16_224", num_classes: int | None
         num_classes: K; None keeps the model's own.
         **options: keys of the config's model section (``ModelConfig``: ``img_size`` (default: timm's for the name),
             ``num_scales``, ``alpha``, ``saliency``, ``pretrained``, ``dist_token``, ...); any other keyword goes to
-            ``timm.create_model`` (``depth``, ``embed_dim``, ...), as ``model.backbone_kwargs``.
+            ``timm.create_model`` (``depth``, ``embed_dim``, ...), as ``model.backbone_kwargs``; ``source_size``
+            is ``data.source_size`` (with ``zoom_source="source"``).
 
     Raises:
         ConfigError: a value out of range, naming its config key.
@@ -90,6 +96,7 @@ def create_model(backbone: str = "vit_base_patch16_224", num_classes: int | None
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
     keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    source_size = int(options.pop("source_size", 0))
     timm_kwargs = {k: v for k, v in options.items() if k not in keys}
     known = {k: v for k, v in options.items() if k in keys}
     if known.get("img_size") is None:
@@ -98,8 +105,8 @@ def create_model(backbone: str = "vit_base_patch16_224", num_classes: int | None
     model_cfg = ModelConfig(
         backbone=backbone, **{**known, "backbone_kwargs": {**known.get("backbone_kwargs", {}), **timm_kwargs}}
     )
-    validate(Config(model=model_cfg))
-    return build_model(model_cfg, num_classes)
+    validate(Config(model=model_cfg, data=DataConfig(source_size=source_size)))
+    return build_model(model_cfg, num_classes, source_size=source_size)
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
@@ -167,7 +174,7 @@ def model_from_checkpoint(
     if bad is not None:
         raise CheckpointError(f"{origin} holds non-finite weights ({bad}): the run diverged; use an earlier checkpoint")
     wanted = replace(model_cfg or cfg.model, pretrained=None)
-    model = build_model(wanted, len(names))
+    model = build_model(wanted, len(names), source_size=cfg.data.source_size)
     try:
         load_model_state(model, state, origin)
     except CheckpointError as e:

@@ -43,6 +43,11 @@ class Classifier(nn.Module):
         self.num_classes = backbone.num_classes
         self.register_buffer("temperature", torch.ones((), dtype=torch.float64), persistent=False)
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the batches the model takes: its backbone's input."""
+        return self.backbone.img_size
+
     def set_temperature(self, temperature: float) -> None:
         """Divide the test-time logits by ``temperature`` (> 0) from now on."""
         if not temperature > 0:

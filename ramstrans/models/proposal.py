@@ -23,6 +23,8 @@ __all__ = [
     "component_labels",
     "component_boxes",
     "crop_and_zoom",
+    "samples_for",
+    "resample",
     "compose_boxes",
 ]
 
@@ -129,18 +131,29 @@ def component_boxes(component: Tensor, patch_size: tuple[int, int], image_size: 
     return torch.where(empty[:, None], full, boxes)
 
 
-def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: tuple[int, int]) -> Tensor:
+def samples_for(source: int, out: int) -> int:
+    """Samples per output pixel and axis that antialias the largest shrink from ``source`` to ``out`` pixels (a crop as
+    large as the whole source): ceil(source / out), 1 when nothing is shrunk."""
+    return max(1, -(-int(source) // int(out)))
+
+
+def crop_and_zoom(
+    images: Tensor, boxes: Tensor, out_size: tuple[int, int], samples: tuple[int, int] = (1, 1)
+) -> Tensor:
     """Crop every image to its box and resize it bilinearly to ``out_size`` in one batched op.
 
-    One bilinear sample at the centre of every output pixel, coordinates clamped to the image: the sampling of
-    ``torchvision.ops.roi_align(aligned=True, sampling_ratio=1)`` and of ``F.interpolate(crop, mode="bilinear",
-    align_corners=False)``. Computed in pixel coordinates as two gathers (rows, then columns), so it is exact to float32
-    and exportable (ONNX Gather). Inputs are detached: the zoomed scale never back-propagates into the pixels or boxes.
+    Each output pixel is the mean of ``samples`` (sy, sx) bilinear samples spread evenly over its footprint, coordinates
+    clamped to the image: the sampling of ``torchvision.ops.roi_align(aligned=True, sampling_ratio=s)`` (s = 1: one
+    sample at the centre of every output pixel, that of ``F.interpolate(crop, mode="bilinear", align_corners=False)``;
+    s = ceil(shrink): an area average that antialiases a crop shrunk by up to s). Computed in pixel coordinates as two
+    gathers (rows, then columns), so it is exact to float32 and exportable (ONNX Gather). Inputs are detached: the
+    zoomed scale never back-propagates into the pixels or boxes.
 
     Args:
         images: (B, C, H, W).
         boxes: (B, 4) float xyxy in pixels of ``images``.
         out_size: (h, w) of the output.
+        samples: (sy, sx) samples per output pixel and axis (``samples_for``).
 
     Returns:
         (B, C, h, w) zoomed crops, same dtype as ``images``.
@@ -148,29 +161,44 @@ def crop_and_zoom(images: Tensor, boxes: Tensor, out_size: tuple[int, int]) -> T
     images, boxes = images.detach(), boxes.detach().float()
     B, C, H, W = images.shape
     h, w = out_size
+    sy, sx = samples
     dev = images.device
 
     def taps(lo: Tensor, hi: Tensor, n: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Lower / upper source index and weight of the upper one, (B, n), for n output pixel centres."""
+        """Lower / upper source index and weight of the upper one, (B, n), for n sample positions."""
         step = ((hi - lo) / n)[:, None]  # roi_align's order of operations: start + (i + 1/2) * (span / n)
         pos = (lo - 0.5)[:, None] + (torch.arange(n, device=dev, dtype=torch.float32) + 0.5) * step
         pos = pos.clamp(0, size - 1)
         low = pos.floor()
         return low.long(), (low.long() + 1).clamp(max=size - 1), pos - low
 
-    y_lo, y_hi, wy = taps(boxes[:, 1], boxes[:, 3], h, H)
-    x_lo, x_hi, wx = taps(boxes[:, 0], boxes[:, 2], w, W)
+    y_lo, y_hi, wy = taps(boxes[:, 1], boxes[:, 3], h * sy, H)
+    x_lo, x_hi, wx = taps(boxes[:, 0], boxes[:, 2], w * sx, W)
     src = images.float()
     wy, wx = wy[:, None, :, None], wx[:, None, None, :]
     rows = (
-        src.gather(2, y_lo[:, None, :, None].expand(B, C, h, W)) * (1 - wy)
-        + src.gather(2, y_hi[:, None, :, None].expand(B, C, h, W)) * wy
+        src.gather(2, y_lo[:, None, :, None].expand(B, C, h * sy, W)) * (1 - wy)
+        + src.gather(2, y_hi[:, None, :, None].expand(B, C, h * sy, W)) * wy
     )
+    if sy > 1:  # (B, C, h * sy, W) -> the mean of each output row's samples
+        rows = rows.unflatten(2, (h, sy)).mean(3)
     out = (
-        rows.gather(3, x_lo[:, None, None, :].expand(B, C, h, w)) * (1 - wx)
-        + rows.gather(3, x_hi[:, None, None, :].expand(B, C, h, w)) * wx
+        rows.gather(3, x_lo[:, None, None, :].expand(B, C, h, w * sx)) * (1 - wx)
+        + rows.gather(3, x_hi[:, None, None, :].expand(B, C, h, w * sx)) * wx
     )
+    if sx > 1:
+        out = out.unflatten(3, (w, sx)).mean(4)
     return out.to(images.dtype)
+
+
+def resample(images: Tensor, out_size: tuple[int, int]) -> Tensor:
+    """The whole (B, C, H, W) images at ``out_size``, antialiased where shrunk (``crop_and_zoom`` of the full frame
+    with ``samples_for`` each axis); the images themselves when they already are that size."""
+    B, _, H, W = images.shape
+    if (H, W) == tuple(out_size):
+        return images
+    full = torch.tensor([0.0, 0.0, float(W), float(H)], device=images.device).expand(B, 4)
+    return crop_and_zoom(images, full, out_size, (samples_for(H, out_size[0]), samples_for(W, out_size[1])))
 
 
 def compose_boxes(outer: Tensor, inner: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -2,10 +2,17 @@
 
 Scale 1 sees the image; its saliency (the attention rollout of a ViT, the attention pool's map, or a CNN's channel-
 summed activation) is thresholded into a box (the Dynamic Patch Proposal Module); scale k + 1 sees that box of the
-ORIGINAL image resized to the input size (one resampling however deep the recursion, so no blur accumulates), with its
+ORIGINAL image resized to its input size (one resampling however deep the recursion, so no blur accumulates), with its
 own CLS token where the backbone has one. At test time only scale 1 runs: ``forward`` is the plain timm forward.
+
+Each scale may run at its own size (``scale_sizes``: a small glance, then a sharp focus), and the image the model
+takes may hold more pixels than any scale (``source_size``: the zoom crops the source's own pixels): scale 1 sees the
+antialiased downsample of the batch, its box is carried in the batch's pixels, and every zoomed scale is cropped from
+the batch (antialiased where the crop is shrunk). With the defaults the batch is the model input and nothing is
+resampled.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +28,8 @@ from ramstrans.models.proposal import (
     compose_boxes,
     crop_and_zoom,
     largest_component,
+    resample,
+    samples_for,
     threshold_rollout,
 )
 from ramstrans.models.testtime import ZoomCriterion, assemble_prediction, check_zoom_on, head_probs
@@ -52,6 +61,10 @@ class RAMSTrans(nn.Module):
             paper's model; more recurse). ``build_backbone(cfg.model)`` builds one from a config.
         alpha: proposal threshold factor: mask = g > alpha * mean(g).
         eval_head: with a distillation token, the test-time logits: "mean" of the two heads (DeiT's), "cls" or "dist".
+        scale_sizes: per scale, the side it runs at (``model.scale_sizes``; None: every scale at the backbone's
+            ``img_size``); the backbone must serve each (``check_size``).
+        source_size: the side of the batches the model takes when the zoom crops a larger source
+            (``model.zoom_source: source``, ``data.source_size``); None: the batches are at the backbone's ``img_size``.
 
     Attributes:
         temperature: () buffer every scale's test-time logits are divided by (1 until ``eval --calibrate`` fits one;
@@ -61,7 +74,15 @@ class RAMSTrans(nn.Module):
 
     temperature: Tensor
 
-    def __init__(self, *, backbone: ZoomBackbone, alpha: float = 1.3, eval_head: Head = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        backbone: ZoomBackbone,
+        alpha: float = 1.3,
+        eval_head: Head = "mean",
+        scale_sizes: Sequence[int] | None = None,
+        source_size: int | None = None,
+    ) -> None:
         super().__init__()
         check_backbone(backbone, "RAMSTrans")
         if not alpha > 0:
@@ -75,6 +96,7 @@ class RAMSTrans(nn.Module):
         self.num_classes = backbone.num_classes
         self.num_scales = backbone.num_scales
         self.alpha = float(alpha)
+        self.scale_sizes, self.input_size = _sizes(backbone, scale_sizes, source_size)
         self.zoom_gate: ZoomGate | None = None
         self.register_buffer("temperature", torch.ones((), dtype=torch.float64), persistent=False)
 
@@ -93,24 +115,51 @@ class RAMSTrans(nn.Module):
         """Single-scale logits: the test-time path, exactly a plain ViT forward with fused attention.
 
         Args:
-            x: (B, C, H, W) normalised images.
+            x: (B, C, H, W) normalised images at ``input_size``.
 
         Returns:
             (B, K) logits (with a distillation token: of ``eval_head``).
         """
-        self.backbone.check_input(x, "RAMSTrans")
-        return self.backbone(x, scale=0, head=self.eval_head)
+        self.check_input(x)
+        return self.backbone(self.glance(x), scale=0, head=self.eval_head)
 
-    def _propose_boxes(self, feats: Features) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The backbone's (B, gh, gw) saliency -> mask -> largest component -> (B, 4) pixel boxes of the scale's own
-        input."""
+    def check_input(self, x: Tensor) -> None:
+        """Refuse a batch that is not (B, in_chans, *input_size).
+
+        Raises:
+            UsageError: the expected and the given shapes.
+        """
+        C, (H, W) = self.backbone.in_chans, self.input_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (C, H, W):
+            raise UsageError(f"RAMSTrans expects a (B, {C}, {H}, {W}) batch, got shape {tuple(x.shape)}")
+
+    def glance(self, x: Tensor) -> Tensor:
+        """(B, C, *input_size) -> (B, C, *scale_sizes[0]): what scale 1 sees (the batch itself at the defaults)."""
+        return resample(x, self.scale_sizes[0])
+
+    def zoom(self, x: Tensor, boxes: Tensor, scale: int) -> Tensor:
+        """What zoomed ``scale`` (0-based, >= 1) sees: the (B, 4) ``boxes`` (in the batch's pixels) of the batch
+        (B, C, *input_size), cropped and resized to the scale's size, antialiased as far as the crop can shrink."""
+        (H, W), size = self.input_size, self.scale_sizes[scale]
+        return crop_and_zoom(x, boxes, size, (samples_for(H, size[0]), samples_for(W, size[1])))
+
+    def _propose_boxes(self, feats: Features, scale: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The backbone's (B, gh, gw) saliency of ``scale``'s pass -> mask -> largest component -> (B, 4) pixel boxes
+        of that scale's own input."""
         bb = self.backbone
         rollout = feats.saliency
         if rollout is None:
             raise RuntimeError("this pass captured no saliency (capture 'none')")
         mask = threshold_rollout(rollout, self.alpha)
         component = largest_component(mask)
-        return rollout, mask, component, component_boxes(component, bb.cell_size, bb.img_size)
+        return rollout, mask, component, component_boxes(component, bb.cell_size, self.scale_sizes[scale])
+
+    def _to_input(self, box: Tensor) -> Tensor:
+        """(B, 4) boxes in scale 1's pixels -> in the batch's (``input_size``) pixels."""
+        (h, w), (H, W) = self.scale_sizes[0], self.input_size
+        if (h, w) == (H, W):
+            return box
+        return box * torch.tensor([W / w, H / h, W / w, H / h], device=box.device)
 
     def _num_scales(self, num_scales: int | str | None) -> int:
         num_scales = self.num_scales if num_scales is None else num_scales
@@ -122,37 +171,38 @@ class RAMSTrans(nn.Module):
         """All scales, for training: scale k + 1 zooms on the proposal of scale k.
 
         Args:
-            x: (B, C, H, W) normalised images.
+            x: (B, C, H, W) normalised images at ``input_size``.
             num_scales: run only the first this many scales (default: all).
 
         Returns:
-            MultiScaleOutput with num_scales logits and num_scales - 1 boxes / rollouts.
+            MultiScaleOutput with num_scales logits and num_scales - 1 boxes (in the batch's pixels) / rollouts.
         """
-        self.backbone.check_input(x, "RAMSTrans")
+        self.check_input(x)
         num_scales = self._num_scales(num_scales)
         bb = self.backbone
-        feats = bb.forward_features(x, scale=0, capture="cls" if num_scales == 1 else "all")
+        feats = bb.forward_features(self.glance(x), scale=0, capture="cls" if num_scales == 1 else "all")
         out = MultiScaleOutput(logits=[], boxes=[], rollout=[], cls_attention=[])
         _append_heads(out, bb, feats)
         if num_scales > 1:
             rollout, _, _, box = self._propose_boxes(feats)
+            box = self._to_input(box)
             out.rollout.append(rollout)
             out.boxes.append(box)
             self._zoom_scales(x, box, num_scales, out)
         return out
 
     def _zoom_scales(self, x: Tensor, box: Tensor, num_scales: int, out: MultiScaleOutput) -> None:
-        """Scales 2 .. ``num_scales`` from scale 1's proposal ``box`` (B, 4), appended to ``out``."""
+        """Scales 2 .. ``num_scales`` from scale 1's proposal ``box`` (B, 4) in the batch's pixels, appended to
+        ``out``."""
         bb = self.backbone
-        H, W = bb.img_size
         for scale in range(1, num_scales):
             is_last = scale == num_scales - 1
-            feats = bb.forward_features(crop_and_zoom(x, box, (H, W)), scale=scale, capture="cls" if is_last else "all")
+            feats = bb.forward_features(self.zoom(x, box, scale), scale=scale, capture="cls" if is_last else "all")
             _append_heads(out, bb, feats)
             if is_last:
                 break
-            rollout, _, _, local = self._propose_boxes(feats)
-            box = compose_boxes(box, local, (H, W))
+            rollout, _, _, local = self._propose_boxes(feats, scale)
+            box = compose_boxes(box, local, self.scale_sizes[scale])
             out.rollout.append(rollout)
             out.boxes.append(box)
 
@@ -175,7 +225,7 @@ class RAMSTrans(nn.Module):
         are those of ``eval_head`` (the zoom decision too), and every head's are in ``head_probs``.
 
         Args:
-            x: (B, C, H, W) normalised images.
+            x: (B, C, H, W) normalised images at ``input_size``.
             scales: 1, a number of scales to fuse, or "auto".
             zoom_threshold: adaptive only: zoom the images whose confidence is below it.
             zoom_on: "maxprob", "margin" or "gate" (needs ``zoom_gate``).
@@ -185,14 +235,14 @@ class RAMSTrans(nn.Module):
             Prediction with (B, K) probabilities, (B, 4) boxes (or None), (B,) zoomed flags and the per-scale
             probabilities (NaN rows for scales not run).
         """
-        self.backbone.check_input(x, "RAMSTrans")
+        self.check_input(x)
         adaptive = scales == "auto"
         num_scales = self.num_scales if adaptive else self._num_scales(scales)
         check_zoom_on(zoom_on, adaptive, self.zoom_gate is not None)
         bb = self.backbone
         captured = boxes or num_scales > 1
-        feats = bb.forward_features(x, scale=0, capture="all" if captured else "none")
-        box = self._propose_boxes(feats)[3] if captured else None
+        feats = bb.forward_features(self.glance(x), scale=0, capture="all" if captured else "none")
+        box = self._to_input(self._propose_boxes(feats)[3]) if captured else None
         first = head_probs(*bb.forward_heads(feats.tokens), self.temperature)
         main = self.eval_head if bb.has_dist_token else "cls"
         zoomed = torch.full_like(first[main][:, 0], num_scales > 1, dtype=torch.bool)
@@ -232,20 +282,20 @@ class RAMSTrans(nn.Module):
         """The scale-1 proposal from one pass (no gradient).
 
         Args:
-            x: (B, C, H, W) normalised images.
+            x: (B, C, H, W) normalised images at ``input_size``.
 
         Returns:
-            Proposal with the rollout, mask, kept component, boxes and the scale-1 logits.
+            Proposal with the rollout, mask, kept component, boxes (in the batch's pixels) and the scale-1 logits.
         """
-        self.backbone.check_input(x, "RAMSTrans")
-        feats = self.backbone.forward_features(x, scale=0, capture="all")
+        self.check_input(x)
+        feats = self.backbone.forward_features(self.glance(x), scale=0, capture="all")
         rollout, mask, component, boxes = self._propose_boxes(feats)
         return Proposal(
             logits=self.backbone.forward_head(feats.tokens, self.eval_head),
             rollout=rollout,
             mask=mask,
             component=component,
-            boxes=boxes,
+            boxes=self._to_input(boxes),
         )
 
     def no_weight_decay(self) -> set[str]:
@@ -256,6 +306,43 @@ class RAMSTrans(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups (for layer-wise lr decay): the backbone's, under this module's parameter names."""
         return {name: prefixed(rule, r"backbone\.") for name, rule in self.backbone.group_matcher(coarse).items()}
+
+
+def _sizes(
+    backbone: ZoomBackbone, scale_sizes: Sequence[int] | None, source_size: int | None
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Per scale the (H, W) it runs at, and the (H, W) of the batches, each served by the backbone.
+
+    Raises:
+        UsageError: not one size per scale, a size the backbone cannot take (its sentence), or a source smaller than the
+            input.
+    """
+    sizes = [backbone.img_size] * backbone.num_scales
+    if scale_sizes:
+        if len(scale_sizes) != backbone.num_scales:
+            raise UsageError(
+                f"model.scale_sizes {list(scale_sizes)} must give one size per scale ({backbone.num_scales})"
+            )
+        sizes = [(int(s), int(s)) for s in scale_sizes]
+    for size in sizes:
+        if size == backbone.img_size:
+            continue
+        check = getattr(backbone, "check_size", None)
+        if check is None:
+            raise UsageError(
+                f"model.scale_sizes {size[0]}: the '{backbone.saliency}' backbone family runs only at model.img_size"
+            )
+        check(size)
+    if source_size is None:
+        return sizes, backbone.img_size
+    if getattr(backbone, "check_size", None) is None:
+        raise UsageError(
+            f"model.zoom_source source needs a backbone family that serves other input sizes; the "
+            f"'{backbone.saliency}' family runs only at model.img_size"
+        )
+    if source_size < max(backbone.img_size):
+        raise UsageError(f"data.source_size {source_size} must be at least model.img_size {max(backbone.img_size)}")
+    return sizes, (int(source_size), int(source_size))
 
 
 def _append_heads(out: MultiScaleOutput, bb: ZoomBackbone, feats: Features) -> None:

@@ -81,11 +81,14 @@ def build_mixer(mix_cfg: MixConfig, model: Model, seed: int, rank: int = 0) -> M
     TransMix is refused for it when the config is loaded)."""
     if not mix_cfg.enabled:
         return None
-    grid = model.backbone.grid_size if isinstance(model, RAMSTrans) else (1, 1)  # TransMix reads the patch grid
+    grids = [(1, 1)]  # a classifier: TransMix reads the patch grid
+    if isinstance(model, RAMSTrans):
+        cell = model.backbone.cell_size
+        grids = [(h // cell[0], w // cell[1]) for h, w in model.scale_sizes]
     return Mixer(
         num_classes=model.num_classes,
-        image_size=model.backbone.img_size,
-        grid_size=grid,
+        image_size=model.input_size,
+        grid_size=grids,
         mixup_alpha=mix_cfg.mixup_alpha,
         cutmix_alpha=mix_cfg.cutmix_alpha,
         prob=mix_cfg.prob,
@@ -136,7 +139,7 @@ def build_teacher(
         teacher, source = load_teacher(
             cfg.distill.teacher,
             class_names,
-            cfg.model.img_size,
+            cfg.pipeline_size[0],
             model.backbone.mean,
             model.backbone.std,
             cfg.distill.teacher_scales,

@@ -17,7 +17,7 @@ the PASTED (partner) image in the target; the kept image gets 1 - λ.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -160,8 +160,8 @@ class Mixer:
 
     Args:
         num_classes: K.
-        image_size: (H, W) of the network input.
-        grid_size: (gh, gw) of the backbone.
+        image_size: (H, W) of the batches (the network input, or the source the zoom crops).
+        grid_size: (gh, gw) of the backbone, or per scale (a list) when the scales run at their own sizes.
         mixup_alpha: Beta(α, α) of mixup (0 = off).
         cutmix_alpha: Beta(α, α) of cutmix (0 = off).
         prob: chance that a batch is mixed at all.
@@ -179,7 +179,7 @@ class Mixer:
         *,
         num_classes: int,
         image_size: tuple[int, int],
-        grid_size: tuple[int, int],
+        grid_size: tuple[int, int] | Sequence[tuple[int, int]],
         mixup_alpha: float = 0.8,
         cutmix_alpha: float = 1.0,
         prob: float = 1.0,
@@ -199,7 +199,8 @@ class Mixer:
             raise UsageError(f"mix.area_weight must be in [0, 1], got {area_weight}")
         self.k = num_classes
         self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
-        self.grid_size: tuple[int, int] = (int(grid_size[0]), int(grid_size[1]))
+        per_scale = [grid_size] if isinstance(grid_size[0], int) else list(grid_size)
+        self.grids: list[tuple[int, int]] = [(int(g[0]), int(g[1])) for g in cast(list, per_scale)]
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
         self.smoothing, self.correct_lam, self.transmix, self.area_weight = (
             label_smoothing,
@@ -243,12 +244,15 @@ class Mixer:
         first = torch.full((B,), info.lam_area, device=dev)
         if info.kind != "cutmix" or info.box is None:
             return [first] * (1 + len(crops))
+        grid = lambda scale: self.grids[min(scale, len(self.grids) - 1)]  # noqa: E731  (one grid: every scale's)
         if not cls_attention:
-            return [first] + [zoomed_lambda(None, c, info.box, self.image_size, self.grid_size, 1.0) for c in crops]
+            return [first] + [
+                zoomed_lambda(None, c, info.box, self.image_size, grid(k + 1), 1.0) for k, c in enumerate(crops)
+            ]
         w = self.area_weight if self.transmix else 1.0
-        lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, self.grid_size, w)]
-        for attn, crop in zip(cls_attention[1:], crops):
-            lams.append(zoomed_lambda(attn, crop, info.box, self.image_size, self.grid_size, w))
+        lams = [transmix_lambda(cls_attention[0], info.box, info.lam_area, self.image_size, grid(0), w)]
+        for k, (attn, crop) in enumerate(zip(cls_attention[1:], crops)):
+            lams.append(zoomed_lambda(attn, crop, info.box, self.image_size, grid(k + 1), w))
         return lams
 
     def targets(self, labels: Tensor, info: MixInfo, lams: Sequence[Tensor]) -> list[Tensor]:

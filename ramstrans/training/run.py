@@ -99,8 +99,9 @@ def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device)
         if list(ckpt["class_names"]) != index.class_names:
             raise UsageError("the checkpoint to resume was trained on other classes than the configured data set")
     else:
-        model = build_model(cfg.model, len(index.class_names))
-    data = build_data(cfg.data, index, cfg.model.img_size, model.backbone.mean, model.backbone.std, t.seed)
+        model = build_model(cfg.model, len(index.class_names), source_size=cfg.data.source_size)
+    crop, resize = cfg.pipeline_size
+    data = build_data(cfg.data, index, crop, model.backbone.mean, model.backbone.std, t.seed, resize)
     for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
         if ds is not None and len(cast(Sized, ds)) < info.world_size:
             raise UsageError(

@@ -114,6 +114,11 @@ def _eval_on(ctx, root, *extra):
 
 
 # (case id, fn(ctx) -> argv, exit code, fragments of the one sentence)
+def _new_run(c, *extra):
+    """A new tiny run with ``extra`` settings (refused before anything is written)."""
+    return ["train", "--no-progress", "--output-dir", "{tmp}/new"] + _sets(*TINY_TRAIN, *extra)
+
+
 CASES = [
     # 1. empty or undecodable files
     ("train_empty_image", lambda c: _train_on(_data_copy(c, _empty_file)), 2, ["_0000.jpg", "the file is empty"]),
@@ -254,7 +259,7 @@ CASES = [
         "teacher_other_image_size",
         lambda c: _distill(c, c["run"] / "checkpoint.pth", "model.img_size=48"),
         2,
-        ["distill.teacher", "takes 64-pixel images", "model.img_size is 48"],
+        ["distill.teacher", "takes 64-pixel images", "student's batches are 48 pixels"],
     ),
     (
         "distill_teacher_scales_negative",
@@ -275,6 +280,37 @@ CASES = [
         lambda c: ["visualize", "--checkpoint", str(_teacher(c)), "--num", "1"],
         2,
         ["resnet10t classifier", "no attention"],
+    ),
+    # 5b. glance and focus: per-scale sizes, the zoom's source
+    (
+        "scale_sizes_one_for_two_scales",
+        lambda c: _new_run(c, "model.scale_sizes=[32]"),
+        2,
+        ["model.scale_sizes", "one size per scale"],
+    ),
+    (
+        "scale_sizes_not_whole_patches",
+        lambda c: _new_run(c, "model.scale_sizes=[40,64]"),
+        2,
+        ["model.scale_sizes 40", "not a multiple of the 16-pixel patch"],
+    ),
+    (
+        "source_smaller_than_input",
+        lambda c: _new_run(c, "model.zoom_source=source", "data.source_size=48"),
+        2,
+        ["data.source_size", "at least model.img_size"],
+    ),
+    (
+        "source_size_without_source_zoom",
+        lambda c: _new_run(c, "data.source_size=128"),
+        2,
+        ["data.source_size", "read only with model.zoom_source source"],
+    ),
+    (
+        "scale_sizes_with_window_attention",
+        lambda c: _new_run(c, "model.scale_sizes=[32,64]", "model.attn_window=1"),
+        2,
+        ["model.scale_sizes [32, 32]", "global attention"],
     ),
     # 6. the distilled transformer's options
     (

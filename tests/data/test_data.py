@@ -237,3 +237,30 @@ def test_detail_scales_the_crown_area_by_its_square():
         a, b = 0.085 * detail * 400, 0.05 * detail * 400  # the crown's semi-axes in pixels
         # between the exact ellipse and one 1.5 px wider all round (cv2's anti-aliased fill spreads about a pixel)
         assert np.pi * a * b <= crown_area(detail) <= np.pi * (a + 1.5) * (b + 1.5), detail
+
+
+def test_the_parts_size_knob_scales_the_crown_by_its_square():
+    """``data.synthetic.detail`` scales the species' parts: the crown patch's area goes with its square (0.2 against
+    the demo's 0.65), on the same bird."""
+    from ramstrans.data.synthetic.birds import PALETTE
+
+    species = species_list(1)[0]
+    assert species.crown == "red"
+
+    def crown_pixels(detail: float) -> int:
+        img = np.zeros((320, 320, 3), np.uint8)
+        draw_bird(np.random.default_rng(0), Painter(img), (160.0, 160.0), 150.0, species, detail)
+        return int((np.abs(img.astype(int) - np.array(PALETTE["red"])).sum(-1) < 40).sum())
+
+    big, small = crown_pixels(0.65), crown_pixels(0.2)
+    assert small > 0 and small / big == pytest.approx((0.2 / 0.65) ** 2, rel=0.35)
+
+
+def test_a_variant_of_the_parts_size_is_cached_under_its_own_name(tmp_path, monkeypatch):
+    from ramstrans.data.synthetic.birds import ensure_synthetic
+
+    monkeypatch.setenv("RAMSTRANS_CACHE", str(tmp_path))
+    demo = ensure_synthetic("", 2, 1, 1, 32, 0)
+    small = ensure_synthetic("", 2, 1, 1, 32, 0, detail=0.2)
+    assert demo.name == "synthetic-birds-v2-k2-n1-1-s32-seed0" and small.name == demo.name + "-d0.2"
+    assert (demo / "images.txt").is_file() and (small / "images.txt").is_file()

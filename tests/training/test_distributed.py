@@ -41,19 +41,20 @@ def _cfg(root, out, *extra):
     return load_config(None, TINY_TRAIN + [f"data.root={root}", f"train.output_dir={out}", *extra])
 
 
-def _tiny(root, out):
-    """The tiny model (seeded) and data of TINY_TRAIN."""
-    cfg = _cfg(root, out)
+def _tiny(root, out, *extra):
+    """The tiny model (seeded) and data of TINY_TRAIN (with ``extra`` overrides)."""
+    cfg = _cfg(root, out, *extra)
     torch.manual_seed(0)
     index = load_index(cfg.data)
-    model = build_model(cfg.model, len(index.class_names))
-    return cfg, model, build_data(cfg.data, index, 64, model.backbone.mean, model.backbone.std, 0)
+    model = build_model(cfg.model, len(index.class_names), source_size=cfg.data.source_size)
+    crop, resize = cfg.pipeline_size
+    return cfg, model, build_data(cfg.data, index, crop, model.backbone.mean, model.backbone.std, 0, resize)
 
 
-def _train_and_record(root, out, batch, rank=0, world=1, accum=1):
+def _train_and_record(root, out, batch, rank=0, world=1, accum=1, extra=()):
     """Train 3 steps on the tiny synthetic set; save the flat parameters after every step."""
     info, device = init_distributed("cpu", 60)
-    cfg, model, data = _tiny(root, out)
+    cfg, model, data = _tiny(root, out, *extra)
     opt, t = build_optimizer(cfg.train, model), cfg.train
     module = MultiScaleForward(model)
     if info.enabled:
@@ -80,20 +81,23 @@ def _train_and_record(root, out, batch, rank=0, world=1, accum=1):
     shutdown()
 
 
-def _ddp_train_worker(rank, world, port, root, out, batch, accum):
+def _ddp_train_worker(rank, world, port, root, out, batch, accum, extra):
     _env(rank, world, port)
-    _train_and_record(root, out, batch=batch, rank=rank, world=world, accum=accum)
+    _train_and_record(root, out, batch=batch, rank=rank, world=world, accum=accum, extra=extra)
 
 
-@pytest.mark.parametrize("batch,accum", [(2, 1), (1, 2)])
-def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root, batch, accum):
+GLANCE = ("model.scale_sizes=[32,64]", "model.zoom_source=source", "data.source_size=128")
+
+
+@pytest.mark.parametrize("batch,accum,extra", [(2, 1, ()), (1, 2, ()), (2, 1, GLANCE)], ids=["b2", "accum2", "glance"])
+def test_ddp_steps_equal_one_process_on_the_joint_batch(tmp_path, synthetic_root, batch, accum, extra):
     mp.start_processes(
         _ddp_train_worker,
-        args=(2, _free_port(), synthetic_root, tmp_path, batch, accum),
+        args=(2, _free_port(), synthetic_root, tmp_path, batch, accum, extra),
         nprocs=2,
         start_method="spawn",
     )
-    _train_and_record(synthetic_root, tmp_path, batch=4)
+    _train_and_record(synthetic_root, tmp_path, batch=4, extra=extra)
     for step in (1, 2, 3):
         r0, r1 = (torch.load(tmp_path / f"w2_rank{r}_step{step}.pt") for r in (0, 1))
         single = torch.load(tmp_path / f"w1_rank0_step{step}.pt")

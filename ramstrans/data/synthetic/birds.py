@@ -243,10 +243,11 @@ def render_scene(
 
 
 def render_bird_scene(
-    rng: np.random.Generator, size: int, species: BirdSpecies
+    rng: np.random.Generator, size: int, species: BirdSpecies, detail: float = FINE_DETAIL
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """One scene with one bird of ``species``; returns the image and the bird's box (x, y, w, h)."""
-    return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species, FINE_DETAIL))
+    """One scene with one bird of ``species`` whose parts have size ``detail``; returns the image and the bird's box
+    (x, y, w, h)."""
+    return render_scene(rng, size, lambda p, c, n: draw_bird(rng, p, c, n, species, detail))
 
 
 def write_cub_layout(
@@ -256,8 +257,10 @@ def write_cub_layout(
     test_per_class: int = 50,
     image_size: int = 160,
     seed: int = 0,
+    detail: float = FINE_DETAIL,
 ) -> Path:
-    """Generate the fine-grained set in the CUB-200-2011 layout under ``out_dir``.
+    """Generate the fine-grained set in the CUB-200-2011 layout under ``out_dir`` (the species' parts of size
+    ``detail``: the demo's ``FINE_DETAIL``, or smaller, so that only pixels beyond the model input resolve them).
 
     Files: images/<NNN.Class>/<name>.jpg, images.txt, classes.txt, image_class_labels.txt, train_test_split.txt,
     bounding_boxes.txt (1-based ids, boxes as x y width height).
@@ -276,7 +279,7 @@ def write_cub_layout(
             (out_dir / "images" / folder).mkdir(exist_ok=True)
             for i in range(per_class):
                 rng = np.random.default_rng([seed, split_id, k, i])
-                img, (x, y, w, h) = render_bird_scene(rng, image_size, sp)
+                img, (x, y, w, h) = render_bird_scene(rng, image_size, sp, detail)
                 img_id += 1
                 rel = f"{folder}/{sp.name}_{split_id}_{i:04d}.jpg"
                 ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -317,7 +320,13 @@ def default_cache_dir() -> Path:
 
 
 def _generate(
-    out: Path, num_classes: int, train_per_class: int, test_per_class: int, image_size: int, seed: int
+    out: Path,
+    num_classes: int,
+    train_per_class: int,
+    test_per_class: int,
+    image_size: int,
+    seed: int,
+    detail: float = FINE_DETAIL,
 ) -> None:
     """Write the set into a temp folder beside ``out``, then rename it to ``out`` (which must not exist or be empty):
     a half-written set never has the final name."""
@@ -331,7 +340,7 @@ def _generate(
             raise full_disk_error(out) from e
         raise
     try:
-        write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed)
+        write_cub_layout(tmp, num_classes, train_per_class, test_per_class, image_size, seed, detail)
         tmp.chmod(umask_mode(0o777))  # mkdtemp's private 0700 would survive the rename
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -352,6 +361,7 @@ def make_synthetic(
     image_size: int = 160,
     seed: int = 0,
     overwrite: bool = False,
+    detail: float = FINE_DETAIL,
 ) -> Path:
     """``ramstrans make-synthetic``: the set at ``out``, which must be new or empty unless ``overwrite``.
 
@@ -366,6 +376,8 @@ def make_synthetic(
     ):
         if value < least:
             raise DataError(f"{name} must be at least {least}, got {value}")
+    if not 0 < detail <= 2:
+        raise DataError(f"--detail must be in (0, 2], got {detail}")
     species_list(num_classes)  # refuses a class count the generator cannot draw
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise DataError(f"{out} is not empty: give a new or empty folder, or pass --overwrite to replace it")
@@ -374,30 +386,37 @@ def make_synthetic(
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)  # the old set goes only after the new one is complete
             try:
-                _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
+                _generate(out, num_classes, train_per_class, test_per_class, image_size, seed, detail)
             except BaseException:
                 old.rename(out)
                 raise
             shutil.rmtree(old)
         else:
-            _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
+            _generate(out, num_classes, train_per_class, test_per_class, image_size, seed, detail)
     return out
 
 
 def ensure_synthetic(
-    root: str, num_classes: int, train_per_class: int, test_per_class: int, image_size: int, seed: int
+    root: str,
+    num_classes: int,
+    train_per_class: int,
+    test_per_class: int,
+    image_size: int,
+    seed: int,
+    detail: float = FINE_DETAIL,
 ) -> Path:
     """The synthetic set's folder, generated there on first use (atomically: a half-written folder never counts).
     Processes that need the same set at once wait for one of them to generate it.
 
     Args:
         root: folder to use; empty for a cache folder named after the parameters.
-        num_classes, train_per_class, test_per_class, image_size, seed: generator parameters.
+        num_classes, train_per_class, test_per_class, image_size, seed, detail: generator parameters.
 
     Raises:
         DataError: ``root`` holds other files than a synthetic set.
     """
     name = f"synthetic-birds-v2-k{num_classes}-n{train_per_class}-{test_per_class}-s{image_size}-seed{seed}"
+    name += "" if detail == FINE_DETAIL else f"-d{detail:g}"  # the demo's set keeps its name
     out = Path(root).expanduser() if root else default_cache_dir() / name
     if out.exists() and not out.is_dir():
         raise DataError(f"data set root {out} is a file; data.root names the data set's folder")
@@ -413,5 +432,5 @@ def ensure_synthetic(
             )
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a generation that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        _generate(out, num_classes, train_per_class, test_per_class, image_size, seed)
+        _generate(out, num_classes, train_per_class, test_per_class, image_size, seed, detail)
     return out

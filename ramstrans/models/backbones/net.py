@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import timm
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
@@ -109,6 +110,31 @@ class NetBackbone(InputNorm):
                     f"model.img_size {side} is not a multiple of the {cell}-pixel stride of '{self.name}''s last "
                     f"feature map: use {side - side % cell or cell} or {side - side % cell + cell}"
                 )
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Serve (H, W) inputs besides ``img_size`` (a scale of ``model.scale_sizes``): whole cells of the last
+        feature map, and a model that runs at that size (one trial pass; a Swin's windows may refuse it).
+
+        Raises:
+            UsageError: the sentence naming ``model.scale_sizes`` and why.
+        """
+        for side, cell in zip(size, self.cell_size):
+            if side % cell:
+                raise UsageError(
+                    f"model.scale_sizes {side} is not a multiple of the {cell}-pixel stride of '{self.name}''s last "
+                    f"feature map: use {side - side % cell or cell} or {side - side % cell + cell}"
+                )
+        was_training = self.net.training
+        try:
+            with torch.no_grad():  # in eval mode: a trial pass must not move the norms' running statistics
+                cast(Any, self.net.eval()).forward_features(torch.zeros(1, self.in_chans, *size))
+        except (RuntimeError, AssertionError, ValueError) as e:
+            raise UsageError(
+                f"model.scale_sizes {size[0]}: '{self.name}' cannot run at another size than model.img_size "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
+        finally:
+            self.net.train(was_training)
 
     @property
     def img_size(self) -> tuple[int, int]:

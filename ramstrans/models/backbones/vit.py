@@ -123,6 +123,7 @@ class ViTBackbone(InputNorm):
             else []
         )
         self._num_scales = num_scales
+        self._pos_cache: dict[tuple[int, int], tuple[Any, Tensor]] = {}  # grid -> (weights version, table)
         self.zoom_dist_tokens = nn.ParameterList(
             [nn.Parameter(self.vit.dist_token.detach().clone()) for _ in range(num_scales - 1)]
             if self.has_dist_token
@@ -219,23 +220,20 @@ class ViTBackbone(InputNorm):
             without RoPE).
         """
         vit = self.vit
+        grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
         x = vit.patch_embed(x)
         prefix = [t for t in (self.cls_token(scale),) if t is not None]
         prefix += [self.dist_token(scale)] if self.has_dist_token else []
         if vit.reg_token is not None:  # registers are shared by the scales, as timm's layout has them after the CLS
             prefix.append(vit.reg_token)
         joined = [t.expand(x.shape[0], -1, -1) for t in prefix]
-        pos, grid = vit.pos_embed, pair(vit.patch_embed.grid_size)
+        pos = vit.pos_embed
         if vit.dynamic_img_size:  # (B, gh, gw, D) patches
             B, H, W, C = x.shape
-            if pos is not None:
-                pos = resample_abs_pos_embed(
-                    pos,
-                    new_size=(H, W),
-                    old_size=vit.patch_embed.grid_size,
-                    num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
-                )
+            pos = self._pos_embed((H, W))
             x, grid = x.view(B, -1, C), (H, W)
+        elif grid != self.grid_size:  # another scale's size (model.scale_sizes): the trained grid resampled to it
+            pos = self._pos_embed(grid)
         if pos is None:  # an Eva positioned by RoPE alone
             x = torch.cat([*joined, x], dim=1)
         elif vit.no_embed_class:
@@ -245,12 +243,59 @@ class ViTBackbone(InputNorm):
         x = vit.pos_drop(x)
         return vit.norm_pre(x), self._rope(grid)
 
+    def _pos_embed(self, grid: tuple[int, int]) -> Tensor | None:
+        """The position embedding for a (gh, gw) patch grid: timm's ``resample_abs_pos_embed`` of the trained one
+        (itself at the trained grid). Without gradient the resampled table is cached per grid and weights version, so
+        evaluation and an export resample once."""
+        vit = self.vit
+        pos = vit.pos_embed
+        if pos is None or grid == self.grid_size:
+            return pos
+        key = (grid, pos._version, pos.data_ptr(), pos.device, pos.dtype)
+        cached = self._pos_cache.get(grid)
+        if torch.is_grad_enabled() or cached is None or cached[0] != key:
+            resampled = resample_abs_pos_embed(
+                pos,
+                new_size=list(grid),
+                old_size=list(self.grid_size),
+                num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+            )
+            if torch.is_grad_enabled():
+                return resampled
+            cached = (key, resampled)
+            self._pos_cache[grid] = cached
+        return cached[1]
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        """Serve (H, W) inputs besides ``img_size`` (a scale of ``model.scale_sizes``): whole patches, global attention
+        and timm's MLP (the window attention and the convolutional feed-forward are sized for the trained grid).
+
+        Raises:
+            UsageError: the sentence naming ``model.scale_sizes`` and what to change.
+        """
+        if tuple(size) == self.img_size:
+            return
+        for side, patch in zip(size, self.patch_size):
+            if side % patch:
+                raise UsageError(
+                    f"model.scale_sizes {side} is not a multiple of the {patch}-pixel patch of '{self.name}': use "
+                    f"{side - side % patch or patch} or {side - side % patch + patch}"
+                )
+        sized = [b for b in self.vit.blocks if hasattr(b.attn, "set_window") or hasattr(b.mlp, "set_grid")]
+        if sized:
+            raise UsageError(
+                f"model.scale_sizes {list(size)} needs global attention and timm's MLP: the window attention and the "
+                "convolutional feed-forward are sized for model.img_size's grid (set model.attn_window 0 and "
+                "model.ffn mlp, or leave model.scale_sizes empty)"
+            )
+        self.vit.patch_embed.strict_img_size = False  # timm's check of the one trained size; the grid is read here
+
     def _rope(self, grid: tuple[int, int]) -> Tensor | None:
         """An Eva's rotary embedding of the (gh, gw) grid, as its ``_pos_embed`` gets it; None for a ViT."""
         rope = getattr(self.vit, "rope", None) if isinstance(self.vit, Eva) else None
         if rope is None:
             return None
-        if self.vit.dynamic_img_size or not hasattr(rope, "feat_shape"):  # timm's own test of the RoPE module
+        if self.vit.dynamic_img_size or grid != self.grid_size or not hasattr(rope, "feat_shape"):  # as timm tests
             return rope.get_embed(shape=grid)
         return rope.get_embed()
 
@@ -280,6 +325,7 @@ class ViTBackbone(InputNorm):
             RuntimeError: the capture did not fire in every module it hooked (a timm Attention that no longer calls
                 q_norm / k_norm).
         """
+        grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
         x, rope = self.embed(x, scale)
         maps: list[Tensor] = []
         pooled = self.saliency == "attn_pool"
@@ -303,19 +349,20 @@ class ViTBackbone(InputNorm):
                 f"attention capture fired in {len(maps)} of {len(hooked)} modules: their attention did not call "
                 "q_norm/k_norm on (B, heads, N, d) tensors"
             )
-        return self._features(x, maps, capture)
+        return self._features(x, maps, capture, grid)
 
-    def _features(self, tokens: Tensor, maps: list[Tensor], capture: CaptureMode) -> Features:
-        """Features from the (B, N, D) tokens and the captured (B, Nq, N) maps; with capture "all" the (B, gh, gw)
-        saliency: the class token's rollout over every block's map, or the attention pool's map."""
+    def _features(self, tokens: Tensor, maps: list[Tensor], capture: CaptureMode, grid: tuple[int, int]) -> Features:
+        """Features from the (B, N, D) tokens and the captured (B, Nq, N) maps of a pass on the (gh, gw) ``grid``;
+        with capture "all" the (B, gh, gw) saliency: the class token's rollout over every block's map, or the attention
+        pool's map."""
         if not maps:
             return Features(tokens=tokens)
         row = maps[-1].mean(dim=1) if self.saliency == "attn_pool" else maps[-1][:, 0]  # (B, N): the head's query
         cls_attention = row[:, self.num_prefix_tokens :]
         rollout = capture == "all" and self.saliency == "rollout"
-        saliency = cls_attention.unflatten(1, self.grid_size) if self.saliency == "attn_pool" else None
+        saliency = cls_attention.unflatten(1, grid) if self.saliency == "attn_pool" else None
         if rollout:
-            saliency = attention_rollout(maps, self.grid_size, self.residual, self.rollout_rows, self.num_prefix_tokens)
+            saliency = attention_rollout(maps, grid, self.residual, self.rollout_rows, self.num_prefix_tokens)
         return Features(
             tokens=tokens, attentions=maps if rollout else [], cls_attention=cls_attention, saliency=saliency
         )
