@@ -251,16 +251,18 @@ class ViTBackbone(InputNorm):
         pos = vit.pos_embed
         if pos is None or grid == self.grid_size:
             return pos
-        key = (grid, pos._version, pos.data_ptr(), pos.device, pos.dtype)
+        # a traced export sees fake tensors (no data pointer): it resamples inside the graph and caches nothing
+        uncached = torch.is_grad_enabled() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
+        key = None if uncached else (grid, pos._version, pos.data_ptr(), pos.device, pos.dtype)
         cached = self._pos_cache.get(grid)
-        if torch.is_grad_enabled() or cached is None or cached[0] != key:
+        if uncached or cached is None or cached[0] != key:
             resampled = resample_abs_pos_embed(
                 pos,
                 new_size=list(grid),
                 old_size=list(self.grid_size),
                 num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
             )
-            if torch.is_grad_enabled():
+            if uncached:
                 return resampled
             cached = (key, resampled)
             self._pos_cache[grid] = cached
