@@ -33,7 +33,17 @@ setup(
         "huggingface_hub",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "ruff", "mypy", "tensorboard", "onnx", "onnxscript", "onnxruntime"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "ruff",
+            "mypy",
+            "tensorboard",
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+        ],
         "tensorboard": ["tensorboard"],
         "deploy": ["onnx", "onnxscript", "onnxruntime"],
         "docs": ["mkdocs-material"],

@@ -7,6 +7,7 @@ model's state dict). ``model_from_checkpoint`` is the one way back from a checkp
 visualize and export all use it, and none needs the pretrained file the run started from.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import torch
 
 from ramstrans.config import short_repr
 from ramstrans.errors import CheckpointError
-from ramstrans.runtime.files import atomic_write
+from ramstrans.runtime.files import atomic_write, register_read
 
 __all__ = [
     "save_checkpoint",
@@ -27,6 +28,7 @@ __all__ = [
     "find_checkpoint",
     "save_run_checkpoint",
     "checkpoint_file",
+    "weights_hash",
     "FORMAT",
     "LATEST",
 ]
@@ -87,6 +89,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    register_read(path)
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, pickled objects, not a torch file at all
@@ -104,6 +107,20 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(ckpt["config"], dict):
         raise CheckpointError(f"checkpoint {path} has a damaged 'config' entry (not a mapping)")
     return ckpt
+
+
+def weights_hash(state: dict[str, Any]) -> str:
+    """The content hash of a state dict (16 hex digits of SHA-256 over every entry's name, dtype, shape and bytes, in
+    name order): what a temperature file names, so that it is never applied to other weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -56,6 +56,7 @@ class EvalRequest:
         shift: named distribution shifts of the test transform (``data.transforms.SHIFTS``).
         providers: an ONNX file's onnxruntime execution providers (empty: the CPU's).
         gate: attach the zoom gate a checkpoint holds (``ramstrans fit-gate``).
+        temperature: apply the temperature fitted beside a checkpoint (off for ``eval --calibrate``, which refits it).
     """
 
     source: str
@@ -69,6 +70,7 @@ class EvalRequest:
     shift: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()
     gate: bool = True
+    temperature: bool = True
 
 
 def resolve(ref: Any) -> Any:

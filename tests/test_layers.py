@@ -13,6 +13,7 @@ PACKAGE = ROOT / "ramstrans"
 # below. ``registry`` (the extension points, read without torch) sits under everything; ``bench`` beside the CLI.
 LAYERS = {
     "errors": 0,
+    "fields": 0,
     "registry": 0,
     "runtime": 1,
     "config": 2,

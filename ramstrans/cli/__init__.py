@@ -12,8 +12,10 @@ import sys
 import traceback
 
 from ramstrans.cli import bench, data, evaluate, export, gate, predict, train, visualize
-from ramstrans.cli.common import AT_LEAST
+from ramstrans.cli.common import NUMBERS
 from ramstrans.errors import UsageError
+from ramstrans.fields import number
+from ramstrans.runtime.files import reads_scope
 from ramstrans.runtime.runlog import setup_console_logging
 
 __all__ = ["main", "parser"]
@@ -44,11 +46,12 @@ def _one_sentence(e: BaseException) -> str:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """What argparse cannot: lower bounds of counts."""
-    for dest, (flag, low) in AT_LEAST.items():
+    """What argparse cannot: every numeric option finite and in its range (``common.NUMBERS``)."""
+    for dest, (flag, bounds) in NUMBERS.items():
         value = getattr(args, dest, None)
-        if value is not None and value < low:
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
+        if isinstance(value, (int, float)):
+            command = f"bench {args.what}" if args.command == "bench" else args.command
+            number(value, f"{command} {flag}", **bounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_console_logging()
     try:
         _check(args)
-        code = args.func(args)
+        with reads_scope():
+            code = args.func(args)
     except (UsageError, OSError, FloatingPointError) as e:  # the user's to mend; named in one sentence
         if args.debug:
             traceback.print_exc()

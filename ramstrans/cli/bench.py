@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ramstrans.cli.glance import run_glance
 from ramstrans.errors import UsageError
+from ramstrans.fields import whole_numbers
 from ramstrans.runtime.files import write_text_atomic
 
 __all__ = ["add"]
@@ -36,20 +37,20 @@ def _bench_latency(a: argparse.Namespace) -> dict:
     return r
 
 
-def _positive(text: str, flag: str) -> list[float]:
-    """Comma-separated finite positive numbers, or one sentence naming ``flag``."""
+def _positive(text: str, name: str) -> list[float]:
+    """Comma-separated finite positive numbers, or one sentence naming ``name`` (the bench and its option)."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if not values or not all(0 < v < float("inf") for v in values):
-        raise UsageError(f"bench {flag} must be comma-separated positive numbers, got '{text}'")
+        raise UsageError(f"{name} must be comma-separated positive numbers, got '{text}'")
     return values
 
 
 def _multiples(text: str) -> list[int]:
     """``--multiples``: distinct positive whole numbers, in increasing order."""
-    values = _positive(text, "--multiples")
+    values = _positive(text, "bench zoom --multiples")
     if not all(v == int(v) for v in values):
         raise UsageError(f"bench zoom --multiples must be whole multiples of the demo's steps, got '{text}'")
     return sorted({int(v) for v in values})
@@ -59,7 +60,11 @@ def _sd_grid(a: argparse.Namespace) -> dict[str, Sequence]:
     targets = a.sd_target.split(",")
     if not set(targets) <= {"fused", "last"}:
         raise UsageError(f"bench zoom --sd-target takes fused and/or last, got '{a.sd_target}'")
-    return {"beta": _positive(a.sd_beta, "--sd-beta"), "tau": _positive(a.sd_tau, "--sd-tau"), "target": targets}
+    return {
+        "beta": _positive(a.sd_beta, "bench zoom --sd-beta"),
+        "tau": _positive(a.sd_tau, "bench zoom --sd-tau"),
+        "target": targets,
+    }
 
 
 def _student(text: str) -> dict[str, object]:
@@ -77,7 +82,8 @@ def _student(text: str) -> dict[str, object]:
 
 
 def _seeds(a: argparse.Namespace) -> list[int]:
-    return [int(s) for s in a.seeds.split(",")]
+    """``--seeds``: comma-separated whole numbers ≥ 0, or one sentence naming the bench."""
+    return whole_numbers(a.seeds, f"bench {a.what} --seeds")
 
 
 def _run_inat(a: argparse.Namespace) -> dict | None:
@@ -89,7 +95,7 @@ def _run_inat(a: argparse.Namespace) -> dict | None:
 def _run_predict(a: argparse.Namespace) -> dict | None:
     from ramstrans.bench.predict import bench_predict
 
-    counts = [int(v) for v in _positive(a.counts, "--counts")]
+    counts = [int(v) for v in _positive(a.counts, "bench predict --counts")]
     r = bench_predict(counts, a.workdir, a.batch_size, a.num_workers)
     if a.out:
         write_text_atomic(a.out, json.dumps({**r, "command": f"ramstrans bench predict --counts {a.counts}"}, indent=1))
@@ -131,7 +137,7 @@ def _run_ema(a: argparse.Namespace) -> dict | None:
 def _run_accum(a: argparse.Namespace) -> dict | None:
     from ramstrans.bench.training import bench_accum
 
-    return bench_accum(int(a.seeds.split(",")[0]), a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
+    return bench_accum(_seeds(a)[0], a.config, a.accum, a.out or "runs/bench_accum", a.set or ())
 
 
 def _run_zoom(a: argparse.Namespace) -> dict | None:
@@ -182,7 +188,7 @@ def _run_longtail(a: argparse.Namespace) -> dict | None:
 
     r = bench_longtail(
         _seeds(a),
-        _positive(a.ratios, "--ratios"),
+        _positive(a.ratios, "bench longtail --ratios"),
         a.methods.split(","),
         a.config,
         a.out or "runs/bench_longtail",
@@ -199,8 +205,6 @@ def _run_gpu(a: argparse.Namespace) -> dict | None:
     device = a.device or "cuda"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("bench gpu: no CUDA device here; run it where one is, or try it with --device cpu --tiny")
-    if a.budget_s <= 0:
-        raise UsageError(f"bench gpu --budget-s must be > 0, got {a.budget_s:g}")
     out = a.out or "runs/bench_gpu/result.json"
     r = bench_gpu(device, a.budget_s, out, a.tiny, a.train_check)
     print(f"bench gpu: {len(r['rows'])} rows written to {out}")

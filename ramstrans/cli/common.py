@@ -3,21 +3,43 @@ and read back into one request."""
 
 import argparse
 import dataclasses
+from typing import Any
 
 from ramstrans.registry import EvalRequest
 
-__all__ = ["CHECKPOINT_HELP", "WEIGHTS_HELP", "OVERWRITE_HELP", "AT_LEAST", "add_request_arguments", "request_from"]
+__all__ = ["CHECKPOINT_HELP", "WEIGHTS_HELP", "OVERWRITE_HELP", "NUMBERS", "add_request_arguments", "request_from"]
 
 CHECKPOINT_HELP = "a checkpoint file, or a run folder (its newest checkpoint)"
 WEIGHTS_HELP = "auto (the EMA weights when the checkpoint has them, as training reported), raw or ema"
 OVERWRITE_HELP = "replace the output if it already exists (never one of the inputs)"
-# counts argparse cannot bound: dest -> (flag, lowest value)
-AT_LEAST = {
-    "num_workers": ("--workers", 0),
-    "batch_size": ("--batch-size", 1),
-    "topk": ("--topk", 1),
-    "repeats": ("--repeats", 1),
-    "batch": ("--batch", 1),
+_COUNT: dict[str, Any] = {"low": 1, "integer": True}  # a count of at least one
+_SOME: dict[str, Any] = {"low": 0, "integer": True}  # a count that may be zero
+# Every numeric option of every subcommand, checked in one place (``ramstrans.fields.number``) before a command runs:
+# finite, in range, whole where a count is meant. dest -> (flag, bounds); a dest means the same in every subcommand.
+NUMBERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "num_workers": ("--workers", _SOME),
+    "batch_size": ("--batch-size", _COUNT),
+    "topk": ("--topk", _COUNT),
+    "repeats": ("--repeats", _COUNT),
+    "batch": ("--batch", _COUNT),
+    "num": ("--num", _COUNT),
+    "scales": ("--scales", _COUNT),  # export's (an int); eval's and predict's are text, checked by deploy.modes
+    "many_shot": ("--many-shot", _SOME),
+    "few_shot": ("--few-shot", _SOME),
+    "calibration_images": ("--calibration-images", _SOME),
+    "zoom_threshold": ("--zoom-threshold", {"low": 0, "high": 1}),
+    "budget_s": ("--budget-s", {"above": 0}),
+    "ema_decay": ("--ema-decay", {"low": 0, "high": 1}),
+    "accum": ("--accum", _COUNT),
+    "img_size": ("--img-size", _COUNT),
+    "depth": ("--depth", _SOME),
+    "num_images": ("--num-images", _COUNT),
+    "num_classes": ("--num-classes", _COUNT),
+    "train_per_class": ("--train-per-class", _COUNT),
+    "test_per_class": ("--test-per-class", _COUNT),
+    "image_size": ("--image-size", {"low": 16, "integer": True}),  # the synthetic birds' smallest
+    "seed": ("--seed", _SOME),
+    "detail": ("--detail", {"above": 0, "high": 2}),
 }
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ramstrans.errors import UsageError
+from ramstrans.fields import whole_numbers
 
 __all__ = ["run_glance"]
 
@@ -42,7 +43,7 @@ def run_glance(a: argparse.Namespace) -> dict | None:
         rows,
         a.variant,
         a.split,
-        [int(s) for s in a.seeds.split(",") if s.strip()],
+        whole_numbers(a.seeds, "bench glance --seeds"),
         a.config,
         a.out or "runs/bench_glance",
         a.set or (),

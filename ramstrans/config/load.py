@@ -15,7 +15,7 @@ import yaml
 from ramstrans.config.rules import validate
 from ramstrans.config.schema import Config
 from ramstrans.errors import ConfigError, short_repr
-from ramstrans.runtime.files import write_text_atomic
+from ramstrans.runtime.files import register_read, write_text_atomic
 
 __all__ = [
     "load_config",
@@ -117,7 +117,7 @@ def _merge(node: Any, updates: dict[str, Any], prefix: str) -> None:
     for k, v in updates.items():
         key = prefix + str(k)
         if k not in names:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"unknown config key {short_repr(key)} (known: {', '.join(sorted(names))})")
         current = getattr(node, k)
         if dataclasses.is_dataclass(current):
             _merge(current, v, key + ".")
@@ -147,7 +147,7 @@ def find_config(name_or_path: str) -> Path:
 
 def _parse_override(item: str) -> dict[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like section.key=value")
+        raise ConfigError(f"override {short_repr(item)} must look like section.key=value")
     key, raw = item.split("=", 1)
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
@@ -168,6 +168,7 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     Raises:
         ConfigError: not UTF-8, not valid YAML, or not a mapping.
     """
+    register_read(file)
     try:
         with open(file, encoding="utf-8") as stream:  # the stream's name goes into YAML's messages
             data = yaml.load(stream, Loader=_StrictLoader) or {}

@@ -28,6 +28,7 @@ from ramstrans.data.synthetic.birds import ensure_synthetic, long_tailed
 from ramstrans.data.synthetic.pretext import FAMILIES, PretextDataset
 from ramstrans.data.transforms import Transform
 from ramstrans.errors import UsageError
+from ramstrans.runtime.files import register_read
 
 __all__ = [
     "DATASETS",
@@ -92,6 +93,7 @@ def load_index(data_cfg: DataConfig, generate: bool = True) -> DatasetIndex:
             data_cfg.root, s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.seed, s.detail
         )
     index = DATASETS[data_cfg.dataset](Path(root).expanduser())
+    register_read(index.root, tree=True)  # its lists and images: no output of this command may replace one
     if data_cfg.dataset == "synthetic" and data_cfg.synthetic.imbalance > 1:  # a long tail of the training split only
         index.splits["train"] = long_tailed(index.splits["train"], data_cfg.synthetic.imbalance)
     return index

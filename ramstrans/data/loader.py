@@ -87,7 +87,8 @@ class StepSampler(Sampler):
             raise DataError(
                 f"the training split has {num_samples} images, fewer than one optimizer step of "
                 f"{self.step_size} ({batch_size} per batch x {grad_accum} accumulated x {world_size} "
-                "processes)"
+                "processes): lower data.val_fraction (the validation images it carves out of training) or "
+                "train.batch_size"
             )
         self.n, self.batch, self.seed, self.start_batch = num_samples, batch_size, seed, start_batch
         self.rank, self.accum = rank, grad_accum

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from ramstrans.deploy.preprocess import Preprocess
 from ramstrans.errors import UsageError
 
-__all__ = ["Transform"]
+__all__ = ["Transform", "RecordTransform"]
 
 Box = tuple[float, float, float, float]
 
@@ -85,3 +86,46 @@ class Transform:
             return out["image"], None
         x0, y0, x1, y1 = (float(v) for v in boxes[0])
         return out["image"], (x0, y0, x1, y1)
+
+
+class RecordTransform:
+    """The test transform an export's record spells out, done by ``deploy.preprocess.Preprocess`` (the code
+    ``predict`` and a client run) behind ``Transform``'s interface, so that ``eval`` of an ONNX file scores what a
+    deployed client sees; a box follows the same resize and crop (clipped; None under 1 pixel of area).
+
+    Args:
+        preprocess: the record's preprocessing.
+        shift: names of ``SHIFTS`` applied (in this order) to the crop before it is normalised.
+    """
+
+    train = False
+
+    def __init__(self, preprocess: Preprocess, shift: Sequence[str] = ()) -> None:
+        unknown = [n for n in shift if n not in SHIFTS]
+        if unknown:
+            raise UsageError(f"unknown shift '{unknown[0]}' (known: {', '.join(SHIFTS)})")
+        self.preprocess = preprocess
+        self.crop, self.resize, self.mean, self.std = (
+            preprocess.crop,
+            preprocess.resize,
+            preprocess.mean,
+            preprocess.std,
+        )
+        self.shifts = A.Compose([SHIFTS[n]() for n in shift]) if shift else None
+
+    def __call__(self, image: np.ndarray, box: Box | None, seed: int) -> tuple[torch.Tensor, Box | None]:
+        window = self.preprocess.cropped(image)
+        if self.shifts is not None:
+            self.shifts.set_random_seed(seed)
+            window = self.shifts(image=window)["image"]
+        return torch.from_numpy(self.preprocess.normalise(window)), self._box(box, *image.shape[:2])
+
+    def _box(self, box: Box | None, height: int, width: int) -> Box | None:
+        """A pascal_voc box of the image in the crop's pixels, as albumentations maps it (clipped, min area 1)."""
+        if box is None:
+            return None
+        (h, w), (top, left) = self.preprocess.geometry(height, width)
+        sx, sy, c = w / width, h / height, float(self.crop)
+        x0, x1 = (min(max(v * sx - left, 0.0), c) for v in (box[0], box[2]))
+        y0, y1 = (min(max(v * sy - top, 0.0), c) for v in (box[1], box[3]))
+        return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) >= 1.0 else None

@@ -198,6 +198,9 @@ def run_predict(
         files = list(files)
         check_output(visualize, [request.source, *files], overwrite, "--visualize")
     model: ArrayModel = open_arrays(request)
+    for target, flag in ((out, "--out"), (visualize, "--visualize")):
+        if target:  # against what the source read on its own too (a fused file's companion graph, a folder's files)
+            check_output(target, [], True, flag)
     if visualize and model.draws:
         raise UsageError(f"--visualize needs a RAMS-Trans model; {request.source} {model.draws}")
     scales = parse_scales(scales)

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ramstrans.errors import CheckpointError
+from ramstrans.fields import Fields
 
 __all__ = ["Preprocess", "BOXES_FORMAT"]
 
@@ -65,25 +65,37 @@ class Preprocess:
         return {**asdict(self), "steps": dict(_STEPS), "boxes": BOXES_FORMAT}
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], source: str) -> "Preprocess":
-        """From ``to_meta``'s dict.
+    def from_fields(cls, f: Fields) -> "Preprocess":
+        """From ``to_meta``'s dict, every field checked: crop and resize whole numbers ≥ 1 (resize ≥ crop), mean and
+        std one value (every channel) or three, finite, std > 0.
 
         Raises:
-            CheckpointError: a field missing or of the wrong kind, naming ``source``.
+            CheckpointError (``f``'s error): naming the file and the field.
         """
-        try:
-            return cls.of(meta["resize"], meta["crop"], meta["mean"], meta["std"])
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise CheckpointError(f"{source} has a damaged preprocessing record ({type(e).__name__}: {e})") from e
+        crop = f.number("crop", low=1, integer=True)
+        resize = f.number("resize", low=crop, integer=True)
+        mean, std = f.numbers("mean", (1, 3)), f.numbers("std", (1, 3), above=0)
+        return cls.of(resize, crop, mean * (3 // len(mean)), std * (3 // len(std)))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (3, crop, crop) float32 network input."""
-        h, w = image.shape[:2]
-        scale = self.resize / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if size != (h, w):
-            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        x = image[top : top + self.crop, left : left + self.crop].astype(np.float32) / np.float32(255.0)
+        return self.normalise(self.cropped(image))
+
+    def geometry(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The resized (height, width) of an image of this size and the crop's top-left corner (top, left)."""
+        scale = self.resize / min(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return size, ((size[0] - self.crop) // 2, (size[1] - self.crop) // 2)
+
+    def cropped(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> the (crop, crop, 3) uint8 window: resized, then centre-cropped."""
+        (h, w), (top, left) = self.geometry(*image.shape[:2])
+        if (h, w) != image.shape[:2]:
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        return image[top : top + self.crop, left : left + self.crop]
+
+    def normalise(self, window: np.ndarray) -> np.ndarray:
+        """(crop, crop, 3) uint8 RGB -> (3, crop, crop) float32: pixel / 255, minus mean, over std, channels first."""
+        x = window.astype(np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))

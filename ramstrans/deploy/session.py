@@ -8,7 +8,6 @@ auto`` runs the second on every image and the first on those whose scale-1 confi
 adaptive image costs 1 + 2 x (zoomed share) backbone passes (a checkpoint's adaptive zoom reuses scale 1: 1 + share).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,12 @@ import numpy as np
 
 from ramstrans.deploy.images import read_image
 from ramstrans.deploy.modes import check_zoom_on
-from ramstrans.deploy.preprocess import Preprocess
+from ramstrans.deploy.records import RECORD_KEY, read_onnx_record
 from ramstrans.errors import CheckpointError, UsageError
 from ramstrans.registry import EvalRequest
+from ramstrans.runtime.files import register_read
 
-__all__ = ["RECORD_KEY", "OnnxModel", "OnnxPrediction", "scale1_path", "read_record", "softmax", "open_onnx"]
-
-RECORD_KEY = "ramstrans"  # the metadata entry (JSON) that marks a file as ramstrans's and describes it
+__all__ = ["RECORD_KEY", "OnnxModel", "OnnxPrediction", "scale1_path", "softmax", "open_onnx"]
 
 
 def scale1_path(path: str | Path) -> Path:
@@ -71,27 +69,6 @@ def _session(path: Path, providers: list[str]) -> Any:
         raise CheckpointError(f"{path} is not a readable ONNX file (truncated or damaged?): {reason}") from e
 
 
-def read_record(session: Any, path: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    """A session's metadata and its ramstrans record.
-
-    Raises:
-        CheckpointError: no ramstrans record (a file ramstrans did not write) or a damaged one.
-    """
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    if RECORD_KEY not in meta or "class_names" not in meta:
-        raise CheckpointError(
-            f"{path} was not written by ramstrans export (its metadata has no '{RECORD_KEY}' record): its "
-            "classes and preprocessing are unknown"
-        )
-    try:
-        record, names = json.loads(meta[RECORD_KEY]), json.loads(meta["class_names"])
-    except ValueError as e:
-        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record ({e})") from e
-    if not isinstance(record, dict) or not isinstance(names, list):
-        raise CheckpointError(f"{path} has a damaged '{RECORD_KEY}' record (not a JSON object)")
-    return meta, {**record, "class_names": [str(n) for n in names]}
-
-
 def check_providers(providers: list[str] | None) -> list[str]:
     """The execution providers to use (default: the CPU's), each checked to be installed.
 
@@ -126,15 +103,19 @@ class OnnxModel:
         if not self.path.is_file():
             raise FileNotFoundError(f"model {path} does not exist")
         self.providers = check_providers(providers)
+        register_read(self.path)
         self.main = _session(self.path, self.providers)
-        self.meta, self.record = read_record(self.main, self.path)
-        self.class_names: list[str] = self.record["class_names"]
-        self.preprocess = Preprocess.from_meta(self.record.get("preprocess") or {}, str(self.path))
-        self.num_scales = int(self.record.get("num_scales", self.meta.get("num_scales", 1)))
-        self.zoom_threshold = float(self.meta["zoom_threshold"]) if "zoom_threshold" in self.meta else None
-        self.temperature = float(self.record.get("temperature", 1.0))  # fitted by eval --calibrate; 1: none
-        self.config: dict[str, Any] | None = json.loads(self.meta["config"]) if "config" in self.meta else None
+        self.info = read_onnx_record(self.main, self.path)
+        self.record = self.info.fields  # the whole record as read (provenance, calibration, outputs)
+        self.class_names = self.info.class_names
+        self.preprocess = self.info.preprocess
+        self.num_scales = self.info.num_scales
+        self.zoom_threshold = self.info.zoom_threshold
+        self.temperature = self.info.temperature  # fitted by eval --calibrate; 1: none
+        self.config = self.info.config
         self._scale1: Any = self.main if self.num_scales == 1 else None
+        if self._scale1 is None:  # a fused file: its companion is read too, so no output may replace it
+            register_read(self._companion())
 
     def scale1(self) -> Any:
         """The single-scale graph's session (a fused export's companion file, opened on first use).
@@ -143,15 +124,25 @@ class OnnxModel:
             UsageError: a fused file without its single-scale graph beside it.
         """
         if self._scale1 is None:
-            companion = self.path.with_name(self.record.get("scale1_graph") or scale1_path(self.path).name)
+            companion = self._companion()
             if not companion.is_file():
                 raise UsageError(
                     f"{self.path} is a fused graph without its single-scale graph {companion.name} beside it: "
                     "--scales 1 and auto need both files that export wrote"
                 )
-            self._scale1 = _session(companion, self.providers)
-            read_record(self._scale1, companion)
+            scale1 = _session(companion, self.providers)
+            info = read_onnx_record(scale1, companion)
+            if info.graph != "single" or info.class_names != self.class_names or info.preprocess != self.preprocess:
+                raise CheckpointError(
+                    f"{companion} is not the single-scale graph of {self.path} (its record's graph, classes or "
+                    "preprocessing differ): export both files again"
+                )
+            self._scale1 = scale1
         return self._scale1
+
+    def _companion(self) -> Path:
+        """A fused file's single-scale graph: the file its record names, beside it."""
+        return self.path.with_name(self.info.scale1_graph or scale1_path(self.path).name)
 
     def check_scales(self, scales: int | str, zoom_on: str = "maxprob") -> None:
         """Refuse what the file cannot run: more or fewer fused scales than exported, auto on a single graph, the

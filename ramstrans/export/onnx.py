@@ -4,13 +4,14 @@ proposal, and for a checkpoint with a fitted zoom gate ``zoom_confidence`` (B,),
 ``zoom_threshold``), proposal included. A fused export also writes the single-scale graph beside it
 (``NAME.scale1.onnx``; with a gate it outputs ``zoom_confidence`` too), which ``predict --scales auto`` runs on every
 image before the fused graph runs on the unsure ones. The batch dimension is dynamic; ``fp32``, ``fp16`` or ``int8``
-(``export.precision``). The metadata holds everything a client needs (``deploy.session.read_record`` reads it): the
-class names, every preprocessing step in words and numbers, the outputs, the precision and calibration set, where the
-weights came from and the resolved config (``ramstrans eval`` on the file finds its data set through it).
+(``export.precision``). The metadata holds everything a client needs (``deploy.records.read_onnx_record`` reads and
+checks it): the class names, every preprocessing step in words and numbers, the outputs, the precision and calibration
+set, where the weights came from and the resolved config (``ramstrans eval`` on the file finds its data set through it).
 """
 
 import argparse
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ramstrans.models.backbones.distilled import select_head
 from ramstrans.runtime.files import atomic_write, check_output
 
 __all__ = ["export_onnx", "write_onnx", "build_onnx", "CALIBRATION_SEED", "TARGET"]
+
+logger = logging.getLogger("ramstrans")
 
 CALIBRATION_SEED = 0  # which training images calibrate int8: a fixed draw, recorded with its hash
 Calibration = tuple[list[str], Callable[[], Iterator[np.ndarray]]]  # image paths, and batches of them
@@ -103,13 +106,13 @@ def export_onnx(
     loaded = load_model(checkpoint, weights)
     loaded.checkpoint_dict("ramstrans export")
     model, cfg = loaded.torch_model("ramstrans export"), loaded.run_config("ramstrans export")
+    calibration = _calibration(loaded, calibration_images) if precision == "int8" else None  # reads the data set
     path = checked_out(out, scales, model, checkpoint, overwrite)
     if path.is_dir() or path.suffix != ".onnx":
         raise UsageError(f"--out {out} must be a file name ending in .onnx, such as model.onnx")
     graphs = {path: scales}
     if scales > 1:  # the single-scale graph adaptive zoom runs first
         graphs[check_output(scale1_path(path), [checkpoint], overwrite, "--out")] = 1
-    calibration = _calibration(loaded, calibration_images) if precision == "int8" else None
     meta = {
         "class_names": json.dumps(loaded.class_names),
         "test_transform": json.dumps(transform_info(cfg)),
@@ -266,6 +269,15 @@ def _calibration(loaded: LoadedModel, count: int) -> Calibration:
             f"--precision int8 calibrates on the checkpoint's training images, which cannot be read: {e}"
         ) from e
     table = split_tables(cfg.data, index, cfg.train.seed)["train"]
+    if count > len(table):
+        logger.warning(
+            "--calibration-images %d is more than the %d images of %s's training split: int8 is calibrated on all %d "
+            "(the file's record says so)",
+            count,
+            len(table),
+            loaded.file,
+            len(table),
+        )
     rows = np.random.default_rng(CALIBRATION_SEED).permutation(len(table))[:count]
     table = table.iloc[rows].reset_index(drop=True)
     dataset = ImageDataset(index.root, table, loaded.class_names, loaded.transform)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ramstrans.runtime.files import is_full_disk
+
 __all__ = ["PRECISIONS", "to_fp16", "to_int8", "calibration_hash"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -83,25 +85,42 @@ def to_int8(model: Any, batches: Iterator[np.ndarray]) -> Any:
     Args:
         model: the float32 model.
         batches: (B, C, H, W) float32 normalised images of the training split.
+
+    Raises:
+        OSError: the temp folder is full or cannot be written, naming it.
     """
+    try:
+        with tempfile.TemporaryDirectory(prefix="ramstrans-int8-") as tmp:
+            return _quantize(model, batches, Path(tmp))
+    except Exception as e:  # the temp folder, not the output: say which, and how to move it
+        if not (isinstance(e, OSError) or is_full_disk(e)):
+            raise
+        problem = "no space left on device" if is_full_disk(e) else (getattr(e, "strerror", None) or str(e))
+        raise OSError(
+            f"{problem}: {tempfile.gettempdir()} (the temp folder where int8 calibration writes its intermediate "
+            "graphs; set TMPDIR to a folder with room)"
+        ) from e
+
+
+def _quantize(model: Any, batches: Iterator[np.ndarray], tmp: Path) -> Any:
+    """``to_int8`` with its intermediate graphs in the folder ``tmp``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    with tempfile.TemporaryDirectory(prefix="ramstrans-int8-") as tmp:
-        src, pre, out = (str(Path(tmp) / f) for f in ("float.onnx", "pre.onnx", "int8.onnx"))
-        onnx.save(model, src)
-        # constant folding turns the exporter's transposed weights into initializers; the proposal's data-dependent
-        # shapes defeat the symbolic shape inference, which QDQ does not need
-        quant_pre_process(src, pre, skip_symbolic_shape=True)
-        quantize_static(
-            pre,
-            out,
-            _Reader(batches),  # duck-typed CalibrationDataReader
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_quantize=_weighted_nodes(onnx.load(pre)),
-        )
-        return onnx.load(out)
+    src, pre, out = (str(tmp / f) for f in ("float.onnx", "pre.onnx", "int8.onnx"))
+    onnx.save(model, src)
+    # constant folding turns the exporter's transposed weights into initializers; the proposal's data-dependent
+    # shapes defeat the symbolic shape inference, which QDQ does not need
+    quant_pre_process(src, pre, skip_symbolic_shape=True)
+    quantize_static(
+        pre,
+        out,
+        _Reader(batches),  # duck-typed CalibrationDataReader
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_quantize=_weighted_nodes(onnx.load(pre)),
+    )
+    return onnx.load(out)

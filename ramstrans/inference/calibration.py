@@ -7,6 +7,7 @@ decides on) on validation, in float64; the zoomed scales' logits are divided by 
 
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from ramstrans.data import eval_loader
 from ramstrans.errors import DataError, UsageError
 from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.metrics import MetricAccumulator
-from ramstrans.inference.temperature import LOG_T_BOUNDS, fit_temperature, write_temperature
+from ramstrans.inference.temperature import LOG_T_BOUNDS, fit_temperature, fitted_weights_hash, write_temperature
 from ramstrans.registry import EvalRequest
 from ramstrans.runtime.amp import amp_setup, autocast
 
@@ -44,7 +45,7 @@ def run_calibrate(request: EvalRequest) -> dict[str, Any]:
     """
     check_calibration_split(request.split)
     what = "--calibrate (a temperature is stored beside a checkpoint)"
-    inputs = load_eval_inputs(request, checkpoint=what)
+    inputs = load_eval_inputs(replace(request, temperature=False), checkpoint=what)  # refitted: the old one unread
     model, cfg, names, ds, dev = (
         inputs.loaded.torch_model(what),
         inputs.config,
@@ -72,6 +73,7 @@ def run_calibrate(request: EvalRequest) -> dict[str, Any]:
     record.update(
         images=len(y), at_bound=at_bound, step=inputs.step, weights=inputs.weights, checkpoint=str(inputs.file)
     )
+    record["weights_hash"] = fitted_weights_hash(inputs.loaded.checkpoint_dict(what), inputs.weights)
     for when, scale in (("before", 1.0), ("after", t)):
         acc = MetricAccumulator(len(names))
         acc.update((z.double() / scale).softmax(-1), y)

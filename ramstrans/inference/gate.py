@@ -20,7 +20,7 @@ from ramstrans.errors import UsageError
 from ramstrans.inference.inputs import load_eval_inputs
 from ramstrans.inference.plots import plot_gate_frontier
 from ramstrans.inference.sweep import SWEEP_TOLERANCE, cheapest_within, scale_outputs, sweep_rows
-from ramstrans.inference.temperature import temperature_file, write_temperature
+from ramstrans.inference.temperature import fitted_weights_hash, temperature_file, write_temperature
 from ramstrans.models import fit_zoom_gate, zoom_confidence
 from ramstrans.registry import EvalRequest
 from ramstrans.runtime.amp import amp_setup
@@ -100,6 +100,7 @@ def run_fit_gate(request: EvalRequest, *, out: str | None = None, overwrite: boo
                 "temperature": temperature,
                 "step": inputs.step,
                 "weights": inputs.weights,
+                "weights_hash": fitted_weights_hash(ckpt, inputs.weights),
                 "copied_from": str(temperature_file(inputs.file)),
             },
         )

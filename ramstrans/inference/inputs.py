@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ramstrans.config import Config
-from ramstrans.data import ImageDataset, Transform, load_index, split_tables
+from ramstrans.data import ImageDataset, load_index, split_tables
 from ramstrans.errors import UsageError
 from ramstrans.inference.load import LoadedModel
 from ramstrans.registry import EvalRequest, load_source
@@ -97,7 +97,7 @@ def _split_dataset(cfg: Config, loaded: LoadedModel, request: EvalRequest) -> Im
     if split not in tables:
         hint = "; train with data.val_fraction > 0 to hold one out" if split == "val" else ""
         raise UsageError(f"the data set at {index.root} has no '{split}' split (it has {', '.join(tables)}){hint}")
-    transform: Transform = loaded.transform
+    transform = loaded.transform
     return ImageDataset(index.root, tables[split], loaded.class_names, transform, request.skip_corrupt)
 
 

@@ -6,7 +6,6 @@ through the registry; ``eval``, ``predict``, ``visualize``, ``export``, ``fit-ga
 benchmarks all load through it.
 """
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -20,11 +19,15 @@ from safetensors.torch import load_file
 from ramstrans.checkpoint import checkpoint_file, load_checkpoint
 from ramstrans.config import Config, ModelConfig
 from ramstrans.data import Transform
-from ramstrans.errors import CheckpointError, UsageError, short_repr
+from ramstrans.data.transforms import RecordTransform
+from ramstrans.deploy.records import read_export_info
+from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.fields import Fields
 from ramstrans.inference.temperature import read_temperature
 from ramstrans.models import Model, RAMSTrans, ViTBackbone, ZoomGate, build_model, model_from_checkpoint
 from ramstrans.models.build import weights_used
 from ramstrans.registry import EvalRequest, load_source
+from ramstrans.runtime.files import register_read
 
 __all__ = [
     "LoadedModel",
@@ -64,7 +67,7 @@ class LoadedModel:
 
     model: Any
     class_names: list[str]
-    transform: Transform
+    transform: Transform | RecordTransform
     config: Config | None
     checkpoint: dict[str, Any] | None
     weights: str
@@ -167,21 +170,26 @@ def _load_checkpoint(request: EvalRequest, kind: str) -> LoadedModel:
     ckpt = load_checkpoint(file)
     model, cfg, names = model_from_checkpoint(ckpt, weights=request.weights, origin=f"checkpoint {file}")
     used, step = weights_used(ckpt, request.weights), int(ckpt["step"])
-    _attach_fitted(model, ckpt, file, used, request.gate)
+    _attach_fitted(model, ckpt, file, used, request)
     model.eval()
     transform = eval_transform(cfg, model, request.shift)
     return LoadedModel(model, names, transform, cfg, ckpt, used, file, kind, step)
 
 
-def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str, gate: bool) -> None:
-    """What was fitted on a checkpoint's weights after training: the temperature beside it (when fitted on this step
-    and these weights) and, with ``gate``, the zoom gate it holds."""
-    model.set_temperature(read_temperature(file, int(ckpt["step"]), weights))
+def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str, request: EvalRequest) -> None:
+    """What was fitted on a checkpoint's weights after training: with ``request.temperature``, the temperature beside
+    it (fitted on these weights: refused otherwise) and, with ``request.gate``, the zoom gate it holds (checked
+    against the model)."""
+    if request.temperature:
+        state = ckpt["model_ema"] if weights == "ema" else ckpt["model"]
+        model.set_temperature(read_temperature(file, int(ckpt["step"]), weights, state))
     record = ckpt.get("zoom_gate")
-    if not (gate and isinstance(record, dict) and isinstance(model, RAMSTrans)):
+    if not (request.gate and record is not None and isinstance(model, RAMSTrans)):
         return
-    model.zoom_gate = ZoomGate.from_state(record["state"])
-    fitted_at, now = float(record.get("temperature", 1.0)), float(model.temperature)
+    features = int(cast(Any, model.backbone.timm_model).num_features)
+    model.zoom_gate = ZoomGate.from_record(record, features, model.num_classes, f"checkpoint {file}")
+    gate_fields = Fields(record, f"checkpoint {file}'s zoom gate", CheckpointError, "zoom_gate")
+    fitted_at, now = float(gate_fields.number("temperature", 1.0, above=0)), float(model.temperature)
     if fitted_at != now:
         logger.warning(
             "the zoom gate of %s was fitted on probabilities at temperature %g, the model now applies %g: refit it "
@@ -211,21 +219,6 @@ def load_export_folder(request: EvalRequest) -> LoadedModel:
     return LoadedModel(model, names, transform, None, None, "export", path / "model.safetensors", "timm folder", -1)
 
 
-def _read_info(file: Path) -> dict[str, Any]:
-    """An export folder's ``ramstrans.json``.
-
-    Raises:
-        CheckpointError: not a JSON object (a damaged file), naming it.
-    """
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is damaged (not JSON: {str(e).splitlines()[0][:80]})") from e
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{file} is damaged (not a JSON object)")
-    return info
-
-
 def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, Any]]:
     """The model (eval mode) rebuilt from an exported timm folder, its class names and its test transform
     ({"resize", "crop", "interpolation"}). A plain timm ViT folder without ``ramstrans.json`` gives the single-scale
@@ -241,11 +234,12 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
     path = Path(folder).expanduser()
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not an exported model folder (it has no config.json)")
+    register_read(path, tree=True)
     try:
         net = timm.create_model(f"local-dir:{path}", pretrained=True)
     except Exception as e:  # timm's own message: missing weights, unknown architecture
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from e
-    info = _read_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
+    info = read_export_info(path / EXPORT_INFO).data if (path / EXPORT_INFO).is_file() else {}
     timm_cfg = dict(cast(Any, net).pretrained_cfg)
     default_type = "rams" if isinstance(net, VisionTransformer) else "classifier"
     model_cfg = replace(  # a folder without ramstrans.json: the config's defaults
@@ -260,7 +254,7 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
     model = build_model(model_cfg, None, net)
     if model_cfg.num_scales > 1 and isinstance(model.backbone, ViTBackbone) and model.backbone.has_class_token:
         _load_zoom_tokens(model.backbone, path / ZOOM_TOKENS)
-    model.set_temperature(_temperature(info, path / EXPORT_INFO))
+    model.set_temperature(float(info.get("temperature", 1.0)))
     names = list(
         info.get("class_names")
         or timm_cfg.get("label_names")
@@ -273,18 +267,6 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         "interpolation": timm_cfg.get("interpolation", "bilinear"),
     }
     return model.eval(), names, transform
-
-
-def _temperature(info: dict[str, Any], file: Path) -> float:
-    """An export folder's recorded temperature (1: none fitted).
-
-    Raises:
-        CheckpointError: not a finite number > 0 (a hand-edited record), naming the file and the field.
-    """
-    t = info.get("temperature", 1.0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-        raise CheckpointError(f"{file} holds temperature {short_repr(t)}, not a finite number > 0")
-    return float(t)
 
 
 def _load_zoom_tokens(bb: ViTBackbone, file: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ramstrans.config import Config, config_from_dict
-from ramstrans.data import Transform
+from ramstrans.data.transforms import RecordTransform
 from ramstrans.deploy.session import OnnxModel, open_onnx
 from ramstrans.errors import CheckpointError, ConfigError
 from ramstrans.inference.load import LoadedModel
@@ -38,9 +38,9 @@ class OnnxPredictor:
         self.onnx = onnx
         self.num_scales = onnx.num_scales
         self.zoom_gate = None if onnx.zoom_threshold is None else _GateRecord(onnx.zoom_threshold)
-        self.precision = str(onnx.record.get("precision", "fp32"))
+        self.precision = onnx.info.precision
         self.temperature = onnx.temperature  # the checkpoint's fitted one, recorded at export (1: none)
-        self.step = int((onnx.record.get("provenance") or {}).get("step", -1))
+        self.step = onnx.info.step
 
     @property
     def zoom_passes(self) -> int:
@@ -91,9 +91,6 @@ def load_onnx(request: EvalRequest) -> LoadedModel:
         UsageError: ``--weights`` or ``--device`` given (an ONNX file holds one set of weights and runs on the CPU).
     """
     model = OnnxPredictor(open_onnx(request))
-    pre = model.onnx.preprocess
-    transform = Transform(
-        train=False, crop=pre.crop, resize=pre.resize, mean=pre.mean, std=pre.std, shift=request.shift
-    )
+    transform = RecordTransform(model.onnx.preprocess, request.shift)  # predict's preprocessing, not albumentations
     names, weights = model.onnx.class_names, f"onnx-{model.precision}"
     return LoadedModel(model, names, transform, model.config(), None, weights, model.onnx.path, "ONNX file", model.step)

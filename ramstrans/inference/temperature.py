@@ -11,15 +11,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from ramstrans.checkpoint import weights_hash
+from ramstrans.deploy.records import read_temperature_record
 from ramstrans.errors import CheckpointError
-from ramstrans.runtime.files import write_text_atomic
+from ramstrans.runtime.files import register_read, write_text_atomic
 
-__all__ = ["fit_temperature", "temperature_file", "read_temperature", "write_temperature", "LOG_T_BOUNDS"]
+__all__ = [
+    "fit_temperature",
+    "temperature_file",
+    "read_temperature",
+    "write_temperature",
+    "fitted_weights_hash",
+    "LOG_T_BOUNDS",
+]
 
 logger = logging.getLogger("ramstrans")
 
@@ -47,6 +55,11 @@ def temperature_file(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".temperature.json")
 
 
+def fitted_weights_hash(ckpt: dict[str, Any], weights: str) -> str:
+    """The content hash of a checkpoint's ``weights`` ("raw" or "ema"), which its temperature file records."""
+    return weights_hash(ckpt["model_ema"] if weights == "ema" else ckpt["model"])
+
+
 def write_temperature(checkpoint: Path, record: dict[str, Any]) -> Path:
     """Write ``record`` (with its "temperature") beside ``checkpoint``; returns the file."""
     path = temperature_file(checkpoint)
@@ -54,31 +67,41 @@ def write_temperature(checkpoint: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def read_temperature(checkpoint: Path, step: int, weights: str) -> float:
-    """The temperature stored beside ``checkpoint`` for its ``step`` and ``weights`` (1.0 without a file; a file of
-    another step or weights is not applied, with a warning).
+def read_temperature(checkpoint: Path, step: int, weights: str, state: dict[str, Any]) -> float:
+    """The temperature stored beside ``checkpoint`` when it was fitted on these weights (1.0 without a file).
+
+    Args:
+        checkpoint: the checkpoint file.
+        step: the training step of its weights.
+        weights: "raw" or "ema".
+        state: those weights (their content hash, ``checkpoint.weights_hash``, must be the file's).
 
     Raises:
-        CheckpointError: the file is damaged, or its temperature is not a finite number > 0.
+        CheckpointError: the file is damaged or hand-edited (a field of the wrong type or range), or was fitted on
+            other weights (a file copied from another checkpoint), naming it.
     """
     path = temperature_file(checkpoint)
     if not path.is_file():
         return 1.0
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        t = float(record["temperature"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is damaged (no temperature in it): refit it with eval --calibrate") from e
-    if not (np.isfinite(t) and t > 0):
-        raise CheckpointError(f"{path} holds temperature {t}, not a finite number > 0: refit it with eval --calibrate")
-    if (record.get("step"), record.get("weights")) != (step, weights):
-        logger.warning(
-            "%s was fitted on step %s (%s weights), not step %s (%s weights): not applied; refit with eval --calibrate",
-            path,
-            record.get("step"),
-            record.get("weights"),
-            step,
-            weights,
+    register_read(path)
+    record = read_temperature_record(path)
+    if record.weights_hash is None:  # written before files named their weights: applied only where step and kind fit
+        if (record.step, record.weights) != (step, weights):
+            logger.warning(
+                "%s was fitted on step %s (%s weights), not step %s (%s weights): not applied; refit with eval "
+                "--calibrate",
+                path,
+                record.step,
+                record.weights,
+                step,
+                weights,
+            )
+            return 1.0
+        return record.temperature
+    have = weights_hash(state)
+    if (record.weights_hash, record.weights) != (have, weights):
+        raise CheckpointError(
+            f"{path} was fitted on other weights (its weights_hash {record.weights_hash} of {record.weights} weights; "
+            f"{checkpoint.name} has {have} of {weights}): refit it with eval --split val --calibrate, or delete it"
         )
-        return 1.0
-    return t
+    return record.temperature

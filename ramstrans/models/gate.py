@@ -9,12 +9,13 @@ probability, top-1 − top-2 margin and entropy. It is fitted after the model, o
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ramstrans.errors import UsageError
+from ramstrans.errors import CheckpointError, UsageError
 
 __all__ = ["ZoomGate", "gate_inputs", "fit_zoom_gate", "L2_GRID"]
 
@@ -62,6 +63,39 @@ class ZoomGate(nn.Module):
         gate = cls(int(state["mean"].numel()))
         gate.load_state_dict(state)
         return gate
+
+    @classmethod
+    def from_record(cls, record: Any, features: int, num_classes: int, where: str) -> "ZoomGate":
+        """The gate a checkpoint's ``zoom_gate`` entry holds, checked: its tensors of the size F = D + K + 3 of the
+        model's D pooled features and K classes, every value finite, std > 0, its threshold in [0, 1].
+
+        Raises:
+            CheckpointError: naming ``where`` and the field.
+        """
+        state = record.get("state") if isinstance(record, dict) else None
+        keys = ("mean", "std", "threshold", "linear.weight", "linear.bias")
+        if not isinstance(state, dict) or not all(isinstance(state.get(k), Tensor) for k in keys):
+            raise CheckpointError(f"{where} has a damaged zoom gate (its 'zoom_gate.state' lacks {', '.join(keys)})")
+        size = features + num_classes + 3
+        if state["mean"].numel() != size:
+            raise CheckpointError(
+                f"{where}'s zoom gate reads {state['mean'].numel()} inputs, not the {size} of this model ({features} "
+                f"features + {num_classes} classes + 3): it was fitted on another model; refit it with ramstrans "
+                "fit-gate"
+            )
+        shapes = {"mean": (size,), "std": (size,), "threshold": (), "linear.weight": (1, size), "linear.bias": (1,)}
+        for key, shape in shapes.items():
+            if tuple(state[key].shape) != shape:
+                raise CheckpointError(
+                    f"{where}'s zoom gate field 'zoom_gate.state.{key}' has shape {tuple(state[key].shape)}, "
+                    f"not {shape}"
+                )
+            if not torch.isfinite(state[key].double()).all():
+                raise CheckpointError(f"{where}'s zoom gate field 'zoom_gate.state.{key}' holds NaN or infinite values")
+        if not (state["std"] > 0).all() or not 0 <= float(state["threshold"]) <= 1:
+            field = "std" if not (state["std"] > 0).all() else "threshold"
+            raise CheckpointError(f"{where}'s zoom gate field 'zoom_gate.state.{field}' is out of range")
+        return cls.from_state(state)
 
 
 def _fit_logistic(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TextIO
 
@@ -21,6 +22,8 @@ __all__ = [
     "FileLock",
     "LockedError",
     "check_output",
+    "reads_scope",
+    "register_read",
     "same_file",
     "umask_mode",
     "full_disk_error",
@@ -60,9 +63,48 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+# The files the running command has read, registered where each is opened (``register_read``): the path -> whether it
+# is a folder whose every file is read (a data set's images). None outside a command (``reads_scope``).
+_READS: ContextVar[dict[Path, bool] | None] = ContextVar("ramstrans_reads", default=None)
+
+
+@contextlib.contextmanager
+def reads_scope() -> Iterator[None]:
+    """Collect, while the block runs (one command), every file the command reads, so that ``check_output`` refuses
+    to write over any of them: companion graphs, temperature files, a run folder's checkpoint, data set lists."""
+    token = _READS.set({})
+    try:
+        yield
+    finally:
+        _READS.reset(token)
+
+
+def register_read(path: str | Path, tree: bool = False) -> None:
+    """Note that the running command reads ``path`` (``tree``: every file under the folder ``path``, such as a data
+    set's images, matched by resolved path); nothing outside ``reads_scope``."""
+    reads = _READS.get()
+    if reads is not None:
+        reads[Path(path).expanduser()] = tree
+
+
+def _refuse_read(path: Path, out: str | Path, flag: str) -> None:
+    """Refuse an output that would replace a file the command has read (registered), through symlinks and hard
+    links; inside a registered folder tree, an existing file by its resolved path."""
+    for read, tree in (_READS.get() or {}).items():
+        if tree:
+            inside = path.exists() and read.resolve() in path.resolve().parents
+            if inside:
+                raise UsageError(f"{flag} {out} is inside {read}, whose files the command reads: choose another output")
+        elif same_file(path, read):
+            raise UsageError(
+                f"{flag} {out} is one of the command's inputs ({read}): it would be destroyed; choose another output"
+            )
+
+
 def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool = False, flag: str = "--out") -> Path:
-    """The one guard of every writer: an output may never be one of the command's inputs, nor replace a file or a
-    non-empty folder the user already has unless ``overwrite``.
+    """The one guard of every writer: an output may never be one of the command's inputs (those given, and every file
+    registered as read: ``register_read``), nor replace a file or a non-empty folder the user already has unless
+    ``overwrite``.
 
     Args:
         out: the file or folder the command is about to write.
@@ -75,6 +117,7 @@ def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool 
             ``overwrite``.
     """
     path = Path(out).expanduser()
+    _refuse_read(path, out, flag)
     for given in inputs:
         inp = Path(given).expanduser()
         if same_file(path, inp):
@@ -99,7 +142,7 @@ def _temp_beside(path: Path, fsync: bool = False) -> Iterator[str]:
     except OSError as e:
         if is_full_disk(e):
             raise full_disk_error(path) from e
-        raise
+        raise OSError(f"cannot write {path} ({e.strerror or e})") from e  # not the temp name: the user's file
     os.close(fd)
     try:
         yield tmp

@@ -182,7 +182,7 @@ CASES = [
         "make_synthetic_size_0",
         lambda c: ["make-synthetic", "--out", str(c["tmp"] / "s"), "--image-size", "0"],
         2,
-        ["--image-size", "at least 16"],
+        ["make-synthetic --image-size must be a whole number ≥ 16, got 0"],
     ),
     # 4. checkpoints that do not fit
     (
@@ -230,7 +230,7 @@ CASES = [
         "visualize_num_0",
         lambda c: ["visualize", "--checkpoint", str(c["run"] / "checkpoint.pth"), "--num", "0"],
         2,
-        ["--num must be at least 1"],
+        ["visualize --num must be a whole number ≥ 1, got 0"],
     ),
     (
         "check_data_nested_json",
@@ -362,8 +362,13 @@ CASES = [
         2,
         ["--calibrate", "validation only", "'test'"],
     ),
-    ("temperature_zero", lambda c: _with_temperature(c, 0.0), 2, ["temperature 0.0", "finite number > 0"]),
-    ("temperature_nan", lambda c: _with_temperature(c, "NaN"), 2, ["temperature nan", "finite number > 0"]),
+    ("temperature_zero", lambda c: _with_temperature(c, 0.0), 2, ["field 'temperature' must be a number > 0, got 0.0"]),
+    (
+        "temperature_nan",
+        lambda c: _with_temperature(c, "NaN"),
+        2,
+        ["field 'temperature' must be a number > 0", "got 'NaN'"],
+    ),
     # issue 26: a saliency the backbone cannot give, a family timm does not know
     (
         "rollout_on_a_cnn",
@@ -560,14 +565,14 @@ CASES = [
         "eval_negative_workers",
         lambda c: ["eval", "--checkpoint", str(c["run"]), "--workers", "-1"],
         2,
-        ["--workers must be at least 0, got -1"],
+        ["eval --workers must be a whole number ≥ 0, got -1"],
     ),
-    ("predict_negative_workers", lambda c: _predict(c, "--workers", "-1"), 2, ["--workers must be at least 0"]),
+    ("predict_negative_workers", lambda c: _predict(c, "--workers", "-1"), 2, ["--workers must be a whole number ≥ 0"]),
     (
         "check_data_negative_workers",
         lambda c: ["check-data", "--dataset", "cub", "--root", str(c["synthetic"]), "--workers", "-1"],
         2,
-        ["--workers must be at least 0"],
+        ["--workers must be a whole number ≥ 0"],
     ),
     (
         "bench_demo_bad_set",
@@ -575,7 +580,12 @@ CASES = [
         2,
         ["train.steps", "must be int"],
     ),
-    ("bench_inat_no_images", lambda c: ["bench", "inat", "--num-images", "0"], 2, ["bench inat needs"]),
+    (
+        "bench_inat_no_images",
+        lambda c: ["bench", "inat", "--num-images", "0"],
+        2,
+        ["bench inat --num-images must be a whole number ≥ 1, got 0"],
+    ),
     (
         "bench_zoom_bad_student_grid",
         lambda c: ["bench", "zoom", "--student-grid", "1:1", "--out", str(c["tmp"] / "z")],

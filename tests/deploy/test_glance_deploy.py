@@ -43,7 +43,7 @@ def test_the_record_states_the_source_preprocessing(glance_run):
     _, files = glance_run
     record = OnnxModel(files["fp32"]).record
     assert record["preprocess"]["crop"] == 128 and record["preprocess"]["resize"] == 144  # 72 * 128 / 64
-    config = json.loads(OnnxModel(files["fp32"]).meta["config"])
+    config = OnnxModel(files["fp32"]).config
     assert config["model"]["scale_sizes"] == [32, 64] and config["data"]["source_size"] == 128
 
 

@@ -245,3 +245,32 @@ def test_bad_onnx_input_is_one_sentence(exported, synthetic_root, tmp_path, caps
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("scales", ["1", "2"])
+def test_eval_and_predict_agree_row_by_row_on_an_int8_file(exported, tmp_path, scales):
+    """eval of an ONNX file preprocesses as its record says, with predict's code: on an int8 file, where float32
+    rounding differences flip answers, both give every test image the same top class and probabilities."""
+    from ramstrans.data import eval_loader
+    from ramstrans.inference.inputs import load_eval_inputs
+    from ramstrans.registry import EvalRequest
+
+    _, files = exported
+    inputs = load_eval_inputs(EvalRequest(str(files["int8"]), num_workers=0, batch_size=8))
+    probs = [inputs.model.predict(b["image"], int(scales)).probs for b in eval_loader(inputs.dataset, 8, 0)]
+    evaluated = torch.cat(probs).numpy()
+    paths = [inputs.dataset.root / p for p in inputs.dataset.paths]
+    for i, p in enumerate(paths):  # the very same input arrays, bit for bit (albumentations differs in rounding)
+        assert np.array_equal(inputs.dataset[i]["image"].numpy(), inputs.model.onnx.prepare(p))
+    (tmp_path / "list").mkdir()
+    for i, p in enumerate(paths):
+        shutil.copy(p, tmp_path / "list" / f"{i:04d}.jpg")
+    out = tmp_path / "rows.json"
+    args = ["predict", str(files["int8"]), str(tmp_path / "list"), "--scales", scales, "--batch-size", "8"]
+    assert main(args + ["--format", "json", "--topk", "3", "--out", str(out)]) == 0
+    rows = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["path"])
+    assert len(rows) == len(paths) == len(evaluated)
+    names = inputs.class_names
+    for row, p in zip(rows, evaluated):
+        assert row["top"][0]["class"] == names[int(p.argmax())]
+        assert [q["prob"] for q in row["top"]] == pytest.approx(sorted(p.tolist(), reverse=True), abs=1e-6)

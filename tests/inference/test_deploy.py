@@ -285,7 +285,10 @@ def test_predict_from_an_export_with_adaptive_zoom_as_json(trained, synthetic_ro
         (["{tmp}/notes.txt", "{tmp}/empty"], "holds no image files"),
         (["{tmp}/junk.pth", "{img}"], "not a readable ramstrans checkpoint"),
         (["{ckpt}", "{img}", "--scales", "3"], "cannot run 3"),
-        (["{ckpt}", "{img}", "--scales", "auto", "--zoom-threshold", "1.5"], "--zoom-threshold must be in [0, 1]"),
+        (
+            ["{ckpt}", "{img}", "--scales", "auto", "--zoom-threshold", "1.5"],
+            "predict --zoom-threshold must be a number in [0, 1], got 1.5",
+        ),
         (["{tmp}", "{img}"], "is a folder without a checkpoint or an export: it is not a run folder"),
     ],
 )

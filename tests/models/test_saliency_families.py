@@ -344,7 +344,7 @@ def test_a_fitted_temperature_travels_with_both_exports(tmp_path):
     record = tmp_path / "tf" / "ramstrans.json"
     for edited in ("warm", -1, float("nan")):  # a hand-edited record: one sentence naming the file and the field
         record.write_text(json.dumps({**json.loads(record.read_text()), "temperature": edited}))
-        with pytest.raises(CheckpointError, match=r"ramstrans.json holds temperature .*, not a finite number > 0"):
+        with pytest.raises(CheckpointError, match=r"ramstrans.json field 'temperature' must be a number > 0"):
             model_from_export(tmp_path / "tf")
 
 

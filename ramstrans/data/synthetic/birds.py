@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ramstrans.errors import DataError, UsageError
+from ramstrans.fields import number
 from ramstrans.runtime.files import FileLock, full_disk_error, is_full_disk, umask_mode
 
 __all__ = [
@@ -57,6 +58,7 @@ TAIL_TIPS = ("body", "white")
 # Size of the species-specific parts in the fine-grained set: at the demo's 128 px the crown patch is about 4 to 8 px
 # wide and a wing bar 1 px, under half a 16-px patch; the zoom makes them two to three times larger.
 FINE_DETAIL = 0.65
+SMALLEST_IMAGE = 16  # px: a smaller bird has no parts to tell apart
 BODY_COLOURS: tuple[RGB, ...] = ((140, 100, 60), (120, 90, 70), (160, 120, 80), (110, 105, 95))
 
 
@@ -372,12 +374,10 @@ def make_synthetic(
     for name, value, least in (
         ("--train-per-class", train_per_class, 1),
         ("--test-per-class", test_per_class, 1),
-        ("--image-size", image_size, 16),
+        ("--image-size", image_size, SMALLEST_IMAGE),
     ):
-        if value < least:
-            raise DataError(f"{name} must be at least {least}, got {value}")
-    if not 0 < detail <= 2:
-        raise DataError(f"--detail must be in (0, 2], got {detail}")
+        number(value, f"make-synthetic {name}", low=least, integer=True, error=DataError)
+    number(detail, "make-synthetic --detail", above=0, high=2, error=DataError)
     species_list(num_classes)  # refuses a class count the generator cannot draw
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise DataError(f"{out} is not empty: give a new or empty folder, or pass --overwrite to replace it")
