@@ -211,6 +211,17 @@ def _run_gpu(a: argparse.Namespace) -> dict | None:
     return None
 
 
+def _run_report(a: argparse.Namespace) -> dict | None:
+    from ramstrans.bench.report import bench_report
+
+    r = bench_report(repeats=a.repeats)
+    if a.out:
+        write_text_atomic(
+            a.out, json.dumps({**r, "command": f"ramstrans bench report --repeats {a.repeats}"}, indent=1)
+        )
+    return r
+
+
 # What each ``bench WHAT`` runs: its result (printed as JSON), or None when it printed its own report.
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "inat": _run_inat,
@@ -229,6 +240,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict | None]] = {
     "longtail": _run_longtail,
     "gpu": _run_gpu,
     "glance": run_glance,
+    "report": _run_report,
 }
 
 
@@ -282,7 +294,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "benchmark (train and inference throughput, syncs, compile, proposal, loader, onnxruntime CUDA) within "
         "--budget-s; predict: the streaming of predict's rows over folders of --counts images (first row, memory); "
         "glance: glance and focus (each scale at its own size, the zoom from the source) as top-1 against GMACs, "
-        "by --rows on a --variant over seeds",
+        "by --rows on a --variant over seeds; report: eval --report's page at CUB's 5,794 test images (size, first "
+        "paint in the system Chromium)",
     )
     _speed_arguments(b)
     _run_arguments(b)

@@ -34,7 +34,10 @@ def run(a: argparse.Namespace) -> None:
         overwrite=a.overwrite,
         tta=a.tta,
         shot_thresholds=(a.many_shot, a.few_shot),
+        report=a.report,
     )
+    if a.report:
+        print(f"report: {r['report']} (open it in a browser; thumbnails in report_files/ beside it)")
     print(eval_sentence(r))
 
 
@@ -136,6 +139,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="--split val only: fit a temperature on scale 1's validation logits, store it beside the checkpoint "
         "(eval, predict and adaptive zoom apply it from then on), then evaluate with it",
+    )
+    e.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html into the output folder: every image with where the model zooms, what the zoom "
+        "changed, the confusions, per-class accuracy and calibration (opens offline in a browser)",
     )
     e.add_argument("--many-shot", type=int, default=100, help="many-shot classes: more training images than this")
     e.add_argument("--few-shot", type=int, default=20, help="few-shot classes: fewer training images than this")

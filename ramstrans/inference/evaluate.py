@@ -26,6 +26,7 @@ from ramstrans.inference.plots import (
     plot_confusion,
     plot_reliability,
 )
+from ramstrans.inference.report import write_report
 from ramstrans.inference.tta import with_tta
 from ramstrans.models import Predictor, ZoomCriterion
 from ramstrans.registry import EvalRequest
@@ -89,6 +90,7 @@ def run_eval(
     overwrite: bool = False,
     tta: str = "none",
     shot_thresholds: Sequence[int] = SHOT_THRESHOLDS,
+    report: bool = False,
 ) -> dict[str, object]:
     """Evaluate a model source (a checkpoint, a run folder, an ONNX file) on a split: top-1 / top-5 / mean per-class
     accuracy, many / medium / few-shot accuracy (by the classes' training images), the expected calibration error,
@@ -110,6 +112,8 @@ def run_eval(
         tta: "none" or "flip" (the mean of the image's and its mirror's probabilities).
         shot_thresholds: (many, few): many-shot classes have more than ``many`` training images, few-shot fewer than
             ``few``.
+        report: also write ``report.html`` (``inference.report``): every image with its saliency, box, crop and
+            scale 1's and the fused top-3, the per-class table, the confusion pairs and the calibration.
     """
     many, few = shot_thresholds
     if not 0 <= few <= many + 1:
@@ -122,12 +126,13 @@ def run_eval(
     model, dev = inputs.model, inputs.device
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(gate_threshold(model), zoom_on, zoom_threshold) if scales == "auto" else 0.0
+    amp = amp_setup(dev, inputs.config.train.amp)[0]
     metrics, state = evaluate(
         model,
         eval_loader(inputs.dataset, request.batch_size, request.num_workers),
         device=dev,
         num_classes=len(inputs.class_names),
-        amp_dtype=amp_setup(dev, inputs.config.train.amp)[0],
+        amp_dtype=amp,
         scales=scales,
         zoom_threshold=zoom_threshold,
         zoom_on=zoom_on,
@@ -145,6 +150,8 @@ def run_eval(
     if scales == "auto":
         res.update(zoom_threshold=zoom_threshold, zoom_on=zoom_on)
     _write_eval(out, res, state, inputs.class_names)
+    if report:
+        res["report"] = str(write_report(inputs, res, out, request.batch_size, request.num_workers, amp))
     return res
 
 
