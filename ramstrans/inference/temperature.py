@@ -68,7 +68,8 @@ def write_temperature(checkpoint: Path, record: dict[str, Any]) -> Path:
 
 
 def read_temperature(checkpoint: Path, step: int, weights: str, state: dict[str, Any]) -> float:
-    """The temperature stored beside ``checkpoint`` when it was fitted on these weights (1.0 without a file).
+    """The temperature stored beside ``checkpoint`` when it was fitted on these weights (1.0 without a file; a file of
+    another step or weights, left by a run that trained on, is not applied, with a warning).
 
     Args:
         checkpoint: the checkpoint file.
@@ -77,31 +78,29 @@ def read_temperature(checkpoint: Path, step: int, weights: str, state: dict[str,
         state: those weights (their content hash, ``checkpoint.weights_hash``, must be the file's).
 
     Raises:
-        CheckpointError: the file is damaged or hand-edited (a field of the wrong type or range), or was fitted on
-            other weights (a file copied from another checkpoint), naming it.
+        CheckpointError: the file is damaged or hand-edited (a field of the wrong type or range), or names the same
+            step and weights but another content hash (a file copied from another checkpoint), naming it.
     """
     path = temperature_file(checkpoint)
     if not path.is_file():
         return 1.0
     register_read(path)
     record = read_temperature_record(path)
-    if record.weights_hash is None:  # written before files named their weights: applied only where step and kind fit
-        if (record.step, record.weights) != (step, weights):
-            logger.warning(
-                "%s was fitted on step %s (%s weights), not step %s (%s weights): not applied; refit with eval "
-                "--calibrate",
-                path,
-                record.step,
-                record.weights,
-                step,
-                weights,
-            )
-            return 1.0
+    have = weights_hash(state) if record.weights_hash is not None else None
+    if (record.weights_hash, record.weights, record.step) == (have, weights, step):
         return record.temperature
-    have = weights_hash(state)
-    if (record.weights_hash, record.weights) != (have, weights):
-        raise CheckpointError(
-            f"{path} was fitted on other weights (its weights_hash {record.weights_hash} of {record.weights} weights; "
-            f"{checkpoint.name} has {have} of {weights}): refit it with eval --split val --calibrate, or delete it"
+    if record.step != step or record.weights != weights:  # stale: the run trained on, or the other weights are used
+        logger.warning(
+            "%s was fitted on step %s (%s weights), not step %s (%s weights): not applied; refit with eval --calibrate",
+            path,
+            record.step,
+            record.weights,
+            step,
+            weights,
         )
-    return record.temperature
+        return 1.0
+    raise CheckpointError(
+        f"{path} was fitted on other weights of the same step (its weights_hash {record.weights_hash}; "
+        f"{checkpoint.name} has {have}): it belongs to another checkpoint; refit it with eval --split val --calibrate, "
+        "or delete it"
+    )
