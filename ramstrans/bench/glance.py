@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from ramstrans.bench.demo import mean_spread, resolved, run_or_reuse
-from ramstrans.errors import UsageError
+from ramstrans.deploy.records import read_json_file
+from ramstrans.errors import CheckpointError, UsageError
+from ramstrans.fields import Fields
 from ramstrans.registry import EvalRequest
 from ramstrans.runtime.files import write_text_atomic
 
@@ -181,9 +183,9 @@ def _earlier_rows(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     time add up to one result (empty otherwise)."""
     if not path.is_file():
         return {}
-    earlier = json.loads(path.read_text())
-    same = all(earlier.get(key) == result[key] for key in ("variant", "split", "seeds", "config"))
-    return dict(earlier["rows"]) if same else {}
+    earlier = Fields(read_json_file(path), str(path), CheckpointError)
+    same = all(earlier.get(key, None) == result[key] for key in ("variant", "split", "seeds", "config"))
+    return dict(earlier.sub("rows").data) if same else {}
 
 
 def _val_thresholds(out_dir: str, variant: str) -> dict[str, float]:
@@ -191,5 +193,9 @@ def _val_thresholds(out_dir: str, variant: str) -> dict[str, float]:
     path = Path(out_dir) / variant / "val_result.json"
     if not path.is_file():
         return {}
-    rows = json.loads(path.read_text())["rows"]
-    return {name: row["threshold"] for name, row in rows.items() if "threshold" in row}
+    rows = Fields(read_json_file(path), str(path), CheckpointError).sub("rows")
+    return {
+        name: float(rows.sub(name).number("threshold", low=0, high=1))
+        for name in rows.data
+        if rows.sub(name).has("threshold")
+    }

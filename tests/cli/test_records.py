@@ -353,3 +353,14 @@ def test_an_output_never_replaces_the_temperature_file_it_reads(trained, tmp_pat
     assert main(args) == 2
     assert f"is one of the command's inputs ({path})" in _one_sentence(capsys)
     assert path.read_bytes() == before
+
+
+def test_a_hand_edited_bench_record_names_the_field(tmp_path, capsys):
+    """bench glance --split test reads the thresholds its validation screen chose: checked like any record."""
+    (tmp_path / "b" / "hires").mkdir(parents=True)
+    (tmp_path / "b" / "hires" / "val_result.json").write_text(json.dumps({"rows": {"gf_48_64": {"threshold": "x"}}}))
+    args = ["bench", "glance", "--split", "test", "--seeds", "0", "--rows", "gf_48_64", "--out", str(tmp_path / "b")]
+    assert main(args) == 2
+    assert "val_result.json field 'rows.gf_48_64.threshold' must be a number in [0, 1], got 'x'" in _one_sentence(
+        capsys
+    )
