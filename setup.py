@@ -17,7 +17,15 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ramstrans", "ramstrans.*"]),
     include_package_data=True,
-    package_data={"ramstrans": ["weights/*.safetensors", "weights/*.json", "configs/*.yaml", "configs/README.md", "inference/*.html"]},
+    package_data={
+        "ramstrans": [
+            "weights/*.safetensors",
+            "weights/*.json",
+            "configs/*.yaml",
+            "configs/README.md",
+            "inference/*.html",
+        ]
+    },
     install_requires=[
         "torch>=2.1",
         "timm>=1.0",

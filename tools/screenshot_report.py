@@ -1,6 +1,6 @@
-"""A screenshot of an evaluation report (``ramstrans eval --report``) in the system Chromium, headless: the page scrolled
-to the gallery, filtered to the images whose answer the zoom changed. It made ``docs/report.png`` from the README's
-demo checkpoint.
+"""A screenshot of an evaluation report (``ramstrans eval --report``) in the system Chromium, headless: the page
+scrolled to the gallery, filtered to the images whose answer the zoom changed. It made ``docs/report.png`` from the
+README's demo checkpoint.
 
 Usage: python tools/screenshot_report.py runs/synthetic_cpu/eval_.../report.html docs/report.png
 """
