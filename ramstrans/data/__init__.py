@@ -107,12 +107,16 @@ def build_data(
     std: Sequence[float],
     seed: int,
     resize: int | None = None,
+    uint8_train: bool = False,
 ) -> DataBundle:
     """Datasets of every split of ``index`` with their transforms (the val split carved from train when configured):
     crops of ``img_size`` after the shortest side went to ``resize`` (default ``data.resize``); a run's are
-    ``Config.pipeline_size`` (the source's with ``model.zoom_source: source``)."""
+    ``Config.pipeline_size`` (the source's with ``model.zoom_source: source``). With ``uint8_train`` the training
+    split delivers uint8 crops, normalised on the device by the training step (a run does so for a source batch)."""
     resize = data_cfg.resize if resize is None else resize
-    train_t = Transform(train=True, crop=img_size, resize=resize, mean=mean, std=std, hflip=data_cfg.hflip)
+    train_t = Transform(
+        train=True, crop=img_size, resize=resize, mean=mean, std=std, hflip=data_cfg.hflip, uint8=uint8_train
+    )
     test_t = Transform(train=False, crop=img_size, resize=resize, mean=mean, std=std)
     if data_cfg.dataset == "pretext":
         size, s = data_cfg.synthetic.image_size, data_cfg.synthetic.seed

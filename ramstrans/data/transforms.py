@@ -43,6 +43,8 @@ class Transform:
         std: per-channel std in [0, 1].
         hflip: random horizontal flip in training.
         shift: names of ``SHIFTS`` applied (in this order) after the crop: a shifted test set.
+        uint8: deliver the crop as a (3, crop, crop) uint8 tensor, not normalised (a quarter of float32's bytes; the
+            training step normalises it on the device: ``training.steps.BatchStep``).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Transform:
         std: Sequence[float],
         hflip: bool = True,
         shift: Sequence[str] = (),
+        uint8: bool = False,
     ) -> None:
         if resize < crop:
             raise UsageError(f"data.resize ({resize}) must be at least the crop size model.img_size ({crop})")
@@ -69,7 +72,9 @@ class Transform:
         else:
             ops.append(A.CenterCrop(height=crop, width=crop))
         ops += [SHIFTS[n]() for n in shift]
-        ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+        if not uint8:
+            ops.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
+        ops.append(ToTensorV2())
         self.pipeline = A.Compose(
             ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_ids"], clip=True, min_area=1.0)
         )

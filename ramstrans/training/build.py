@@ -257,8 +257,14 @@ def build_step(cfg: Config, r: TrainingRun, info: DistInfo, device: torch.device
     """What one batch of a step does, chosen once: the learning-to-learn step (``model.fwt: learned``), a mixed step
     (``mix.enabled``) or a plain one, on the module the engine calls."""
     module = build_train_module(r.model, info, device, cfg.train)
+    bb = r.model.backbone
     common: dict[str, Any] = dict(
-        model=module, criterion=criterion, device=device, amp_dtype=r.amp_dtype, scaler=r.scaler
+        model=module,
+        criterion=criterion,
+        device=device,
+        amp_dtype=r.amp_dtype,
+        scaler=r.scaler,
+        normalization=(tuple(bb.mean), tuple(bb.std)),
     )
     learner = build_fwt_learner(cfg, r, info)
     if learner is not None:

@@ -101,7 +101,8 @@ def _build(cfg: Config, ckpt: dict | None, info: DistInfo, device: torch.device)
     else:
         model = build_model(cfg.model, len(index.class_names), source_size=cfg.data.source_size)
     crop, resize = cfg.pipeline_size
-    data = build_data(cfg.data, index, crop, model.backbone.mean, model.backbone.std, t.seed, resize)
+    as_uint8 = cfg.model.zoom_source == "source"  # the source batch travels as uint8 (a quarter of float32's bytes)
+    data = build_data(cfg.data, index, crop, model.backbone.mean, model.backbone.std, t.seed, resize, as_uint8)
     for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
         if ds is not None and len(cast(Sized, ds)) < info.world_size:
             raise UsageError(

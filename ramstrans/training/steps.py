@@ -34,6 +34,8 @@ class BatchStep:
         device: where to compute.
         amp_dtype: autocast dtype, or None.
         scaler: fp16 gradient scaler, or None.
+        normalization: (mean, std) per channel in [0, 1] of a batch that arrives as uint8 (a source batch), applied on
+            the device; a float batch arrives normalised.
     """
 
     model: nn.Module
@@ -41,10 +43,19 @@ class BatchStep:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    _scale: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     def inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) images and (B,) labels of ``batch`` on the device."""
-        return batch["image"].to(self.device, non_blocking=True), batch["label"].to(self.device, non_blocking=True)
+        """(B, C, H, W) float images (a uint8 batch normalised here, on the device) and (B,) labels of ``batch``."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            if self._scale is None:  # (1, C, 1, 1) pixel -> normalised: x * a + b, made once on the device
+                assert self.normalization is not None, "a uint8 batch needs the model's normalisation"
+                mean, std = (torch.tensor(v, dtype=torch.float32, device=self.device) for v in self.normalization)
+                self._scale = ((1.0 / (255.0 * std)).view(1, -1, 1, 1), (-mean / std).view(1, -1, 1, 1))
+            x = x.float() * self._scale[0] + self._scale[1]
+        return x, batch["label"].to(self.device, non_blocking=True)
 
     def backward(self, terms: dict[str, Tensor], share: float) -> dict[str, Tensor]:
         """Backward of the terms' sum times ``share``; returns the detached weighted terms."""

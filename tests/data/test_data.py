@@ -264,3 +264,27 @@ def test_a_variant_of_the_parts_size_is_cached_under_its_own_name(tmp_path, monk
     small = ensure_synthetic("", 2, 1, 1, 32, 0, detail=0.2)
     assert demo.name == "synthetic-birds-v2-k2-n1-1-s32-seed0" and small.name == demo.name + "-d0.2"
     assert (demo / "images.txt").is_file() and (small / "images.txt").is_file()
+
+
+def test_a_uint8_training_batch_is_normalised_on_the_device_to_the_float_pipeline():
+    """The source batch travels as uint8 (a quarter of float32's bytes): the same seeded crop and flip, and the
+    training step's normalisation equals albumentations' to float32 rounding."""
+    from ramstrans.training.steps import BatchStep
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    box = (10.0, 20.0, 80.0, 70.0)
+    floats = Transform(train=True, crop=64, resize=72, mean=mean, std=std)
+    uint8s = Transform(train=True, crop=64, resize=72, mean=mean, std=std, uint8=True)
+    step = BatchStep(
+        model=torch.nn.Identity(), criterion=lambda *a: {}, device=torch.device("cpu"), normalization=(mean, std)
+    )
+    for seed in range(6):  # both flips among them
+        (f, fbox), (u, ubox) = floats(image, box, seed), uint8s(image, box, seed)
+        assert u.dtype == torch.uint8 and f.dtype == torch.float32 and fbox == ubox
+        x, y = step.inputs({"image": u[None], "label": torch.tensor([1])})
+        assert x.dtype == torch.float32 and int(y) == 1
+        torch.testing.assert_close(x[0], f, atol=2e-6, rtol=0)
+        same_float = step.inputs({"image": f[None], "label": torch.tensor([1])})[0]
+        assert torch.equal(same_float[0], f)  # a float batch arrives normalised and is left as it is

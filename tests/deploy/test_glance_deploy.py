@@ -129,3 +129,20 @@ def test_transmix_the_zoom_gate_and_a_teacher_work_with_the_source_zoom(glance_r
     assert (
         main(["eval", "--checkpoint", str(gated), "--scales", "auto", "--zoom-on", "gate", "--output", str(out)]) == 0
     )
+
+
+def test_a_source_run_trains_on_uint8_batches(tmp_path, monkeypatch):
+    """The source batch travels from the loader as uint8 and the step normalises it (a quarter of float32's bytes)."""
+    from ramstrans.training.steps import BatchStep
+
+    seen, real = [], BatchStep.inputs
+
+    def inputs(self, batch):
+        seen.append(batch["image"].dtype)
+        x, y = real(self, batch)
+        assert x.dtype == torch.float32 and x.shape[-1] == 128  # normalised, at the source size
+        return x, y
+
+    monkeypatch.setattr(BatchStep, "inputs", inputs)
+    assert main(["train", "--no-progress", "--output-dir", str(tmp_path / "r")] + sets(*GLANCE)) == 0
+    assert seen and set(seen) == {torch.uint8}
