@@ -41,7 +41,7 @@ def _problem(
     want = f"{kind} {_bounds(low, high, above)}".strip()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be {want}", None
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite however large
         return f"must be {want} (finite)", None
     if integer and value != int(value):
         return f"must be {want}", None
@@ -130,9 +130,9 @@ class Fields:
 
     def number(self, key: str, default: Any = MISSING, **bounds: Any) -> Any:
         """A finite number (``number``'s bounds: low, high, above, integer)."""
-        value = self.get(key, default)
-        if value is default and default is not MISSING:
+        if default is not MISSING and not self.has(key):
             return default
+        value = self.get(key)
         low, high, above = bounds.get("low"), bounds.get("high"), bounds.get("above")
         problem, out = _problem(value, low, high, above, bounds.get("integer", False))
         if problem:
@@ -150,9 +150,9 @@ class Fields:
 
     def text(self, key: str, default: Any = MISSING, choices: Sequence[str] = ()) -> Any:
         """A string (one of ``choices`` when given)."""
-        value = self.get(key, default)
-        if value is default and default is not MISSING:
+        if default is not MISSING and not self.has(key):
             return default
+        value = self.get(key)
         if not isinstance(value, str) or (choices and value not in choices):
             want = f"one of {', '.join(choices)}" if choices else "a string"
             raise self.fail(key, f"must be {want}, got {short_repr(value)}")
@@ -172,9 +172,9 @@ class Fields:
 
     def json(self, key: str, default: Any = MISSING) -> Any:
         """A string field that holds JSON (an ONNX file's metadata values are strings), parsed."""
-        text = self.get(key, default)
-        if text is default and default is not MISSING:
+        if default is not MISSING and not self.has(key):
             return default
+        text = self.get(key)
         if not isinstance(text, str):
             raise self.fail(key, f"must be a string of JSON, got {short_repr(text)}")
         try:

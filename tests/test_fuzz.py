@@ -25,7 +25,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(-(10**6), 10**6),
+    st.integers(),  # unbounded: a 400-digit count is finite, and must not overflow a float check
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
 )
@@ -215,3 +215,26 @@ def test_any_config_document_loads_checked_or_is_refused(tmp_path, doc):
 def test_a_nan_setting_is_refused(key):
     with pytest.raises(UsageError, match=key.split(".")[1]):
         load_config(None, [f"{key}=.nan"])
+
+
+def test_a_fused_record_of_one_scale_is_refused_even_where_the_value_equals_the_default():
+    record = {**_valid_record(), "graph": "fused", "num_scales": 1}
+    meta = {"ramstrans": json.dumps(record), "class_names": json.dumps(CLASSES)}
+    with pytest.raises(CheckpointError, match="field 'num_scales' must be a whole number ≥ 2, got 1"):
+        read_onnx_record(_Session(meta), Path("m.onnx"))
+
+
+def test_a_gate_with_another_key_is_refused():
+    state = ZoomGate(38).state_dict()
+    state["extra"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="must hold exactly the tensors"):
+        ZoomGate.from_record({"state": state}, 32, 3, "checkpoint c.pth")
+
+
+def test_an_export_record_drops_its_null_fields(tmp_path):
+    from ramstrans.deploy.records import read_export_info
+
+    (tmp_path / "ramstrans.json").write_text(
+        json.dumps({"temperature": None, "num_scales": None, "model_type": "rams"})
+    )
+    assert read_export_info(tmp_path / "ramstrans.json") == {"model_type": "rams"}

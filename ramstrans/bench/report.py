@@ -90,11 +90,7 @@ def _load_times(page: Path, repeats: int) -> tuple[list[float], list[float]]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        raise UsageError(
-            "bench report needs the system Chromium and chromedriver (apt-get install chromium chromium-driver)"
-        )
+    chromium, driver_path = _browser()
     paint, gallery = [], []
     for _ in range(repeats):
         options = webdriver.ChromeOptions()
@@ -114,8 +110,31 @@ def _load_times(page: Path, repeats: int) -> tuple[list[float], list[float]]:
     return paint, gallery
 
 
+def _browser() -> tuple[str, str]:
+    """The system Chromium and chromedriver, with selenium to drive them.
+
+    Raises:
+        UsageError: any of them missing, saying how to install it.
+    """
+    try:
+        import selenium  # noqa: F401
+    except ImportError as e:
+        raise UsageError("bench report drives Chromium with selenium: pip install selenium (or '.[test]')") from e
+    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        raise UsageError(
+            "bench report needs the system Chromium and chromedriver (apt-get install chromium chromium-driver)"
+        )
+    return chromium, driver_path
+
+
 def bench_report(images: int = 5794, classes: int = 200, repeats: int = 5) -> dict[str, Any]:
-    """The report's size and load times at ``images`` images (see the module doc)."""
+    """The report's size and load times at ``images`` images (see the module doc).
+
+    Raises:
+        UsageError: no selenium, Chromium or chromedriver (checked before anything is written).
+    """
+    _browser()
     with tempfile.TemporaryDirectory(prefix="ramstrans-report-") as tmp:
         page = _write(Path(tmp), images, classes)
         thumbs = sum(f.stat().st_size for f in (Path(tmp) / FILES).iterdir())

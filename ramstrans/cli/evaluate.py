@@ -4,6 +4,7 @@ import argparse
 from dataclasses import replace
 
 from ramstrans.cli.common import CHECKPOINT_HELP, OVERWRITE_HELP, add_request_arguments, request_from
+from ramstrans.errors import UsageError
 
 __all__ = ["add"]
 
@@ -22,6 +23,10 @@ def run(a: argparse.Namespace) -> None:
             f"{fit['nll_after']:.4f}; stored in {fit['output']} (eval and predict apply it)"
         )
     if a.sweep_zoom:
+        if a.report:
+            raise UsageError(
+                "--report belongs to an evaluation; --sweep-zoom writes the sweep (run them one at a time)"
+            )
         _print_sweep(run_zoom_sweep(request, output_dir=a.output, zoom_on=a.zoom_on, overwrite=a.overwrite))
         return
     r = run_eval(

@@ -192,9 +192,9 @@ def read_temperature_record(path: Path) -> TemperatureRecord:
     )
 
 
-def read_export_info(path: Path) -> Fields:
+def read_export_info(path: Path) -> dict[str, Any]:
     """An export folder's ``ramstrans.json``, its fields checked where the loader reads them: the model type, scales,
-    class names, temperature and test transform.
+    class names, temperature and test transform; a null field is dropped (the loader's default applies).
 
     Raises:
         CheckpointError: not a JSON object, or a field of the wrong type or range, naming the file and the field.
@@ -212,4 +212,4 @@ def read_export_info(path: Path) -> Fields:
             sub = f.sub(key)
             crop = sub.number("crop", low=1, integer=True)
             sub.number("resize", low=crop, integer=True)
-    return f
+    return {key: value for key, value in f.data.items() if value is not None}

@@ -123,6 +123,8 @@ def run_eval(
         reads = [request.source] + ([request.data_root] if request.data_root else [])
         check_output(output_dir, reads, overwrite, "--output")
     inputs = load_eval_inputs(request)
+    if output_dir:  # against what the source and the data set read on their own too (a data set's folder, a companion)
+        check_output(output_dir, [], True, "--output")
     model, dev = inputs.model, inputs.device
     scales = parse_scales(scales, model.num_scales)
     zoom_threshold = resolve_threshold(gate_threshold(model), zoom_on, zoom_threshold) if scales == "auto" else 0.0

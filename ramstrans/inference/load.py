@@ -186,7 +186,8 @@ def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str,
     record = ckpt.get("zoom_gate")
     if not (request.gate and record is not None and isinstance(model, RAMSTrans)):
         return
-    features = int(cast(Any, model.backbone.timm_model).num_features)
+    net = cast(Any, model.backbone.timm_model)
+    features = int(getattr(net, "head_hidden_size", None) or net.num_features)  # what pre_logits gives the gate
     model.zoom_gate = ZoomGate.from_record(record, features, model.num_classes, f"checkpoint {file}")
     gate_fields = Fields(record, f"checkpoint {file}'s zoom gate", CheckpointError, "zoom_gate")
     fitted_at, now = float(gate_fields.number("temperature", 1.0, above=0)), float(model.temperature)
@@ -239,7 +240,7 @@ def model_from_export(folder: str | Path) -> tuple[Model, list[str], dict[str, A
         net = timm.create_model(f"local-dir:{path}", pretrained=True)
     except Exception as e:  # timm's own message: missing weights, unknown architecture
         raise CheckpointError(f"timm cannot load the exported folder {path} ({type(e).__name__}: {e})") from e
-    info = read_export_info(path / EXPORT_INFO).data if (path / EXPORT_INFO).is_file() else {}
+    info = read_export_info(path / EXPORT_INFO) if (path / EXPORT_INFO).is_file() else {}
     timm_cfg = dict(cast(Any, net).pretrained_cfg)
     default_type = "rams" if isinstance(net, VisionTransformer) else "classifier"
     model_cfg = replace(  # a folder without ramstrans.json: the config's defaults

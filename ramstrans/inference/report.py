@@ -69,7 +69,9 @@ def _thumbs(image: np.ndarray, saliency: np.ndarray | None, box: list[float] | N
         h, w = picture.shape[:2]
         scale = THUMB / max(h, w)
         small = cv2.resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(files / f"{name}_{suffix}.jpg"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        file = files / f"{name}_{suffix}.jpg"
+        if not cv2.imwrite(str(file), cv2.cvtColor(small, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write the report's thumbnail {file} (a full disk or an unwritable folder?)")
 
 
 @torch.no_grad()
@@ -178,10 +180,14 @@ def _sweep(inputs: EvalInputs) -> list[dict[str, float]] | None:
     if not path.is_file():
         return None
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
-        return [{"passes": float(r["passes_per_image"]), "top1": float(r["top1"])} for r in rows]
-    except (ValueError, KeyError, TypeError):
+        sweep = json.loads(path.read_text(encoding="utf-8"))
+        if sweep.get("checkpoint") != str(inputs.file):  # another checkpoint's sweep in the same run folder
+            return None
+        rows = [{"passes": float(r["passes_per_image"]), "top1": float(r["top1"])} for r in sweep["rows"]]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None  # a damaged sweep: the page says none was found rather than failing the evaluation
+    rows = [r for r in rows if math.isfinite(r["passes"]) and math.isfinite(r["top1"])]
+    return rows or None
 
 
 def write_report(
@@ -205,8 +211,14 @@ def write_report(
         raise
     names = inputs.class_names
     boxes = records[0]["box"] is not None
+    answers = {  # what the gallery and the per-class table show: every scale fused, and scale 1 alone
+        "report_scales": inputs.model.num_scales,
+        "report_fused_top1": 100.0 * sum(r["fused"][0][0] == r["label"] for r in records) / len(records),
+        "report_single_top1": 100.0 * sum(r["s1"][0][0] == r["label"] for r in records) / len(records),
+    }
+    header = {**summary, **answers, "model": str(inputs.file), "kind": inputs.loaded.kind, "classes": len(names)}
     data = {
-        "header": _finite({**summary, "model": str(inputs.file), "kind": inputs.loaded.kind, "classes": len(names)}),
+        "header": _finite(header),
         "names": names,
         "boxes": boxes,
         "no_boxes_reason": None if boxes else f"{inputs.file} runs one scale: it has no proposal, so no boxes or crops",

@@ -99,6 +99,8 @@ def run_zoom_sweep(
         reads = [request.source] + ([request.data_root] if request.data_root else [])
         check_output(output_dir, reads, overwrite, "--output")
     inputs = load_eval_inputs(request, zoom="the zoom sweep")
+    if output_dir:  # against what the source and the data set read on their own too
+        check_output(output_dir, [], True, "--output")
     model, dev = inputs.loaded.zoom_model("the zoom sweep"), inputs.device
     resolve_threshold(gate_threshold(model), zoom_on, 0.0)  # a gate sweep needs a gate
     loader = eval_loader(inputs.dataset, request.batch_size, request.num_workers)

@@ -74,8 +74,15 @@ class ZoomGate(nn.Module):
         """
         state = record.get("state") if isinstance(record, dict) else None
         keys = ("mean", "std", "threshold", "linear.weight", "linear.bias")
-        if not isinstance(state, dict) or not all(isinstance(state.get(k), Tensor) for k in keys):
-            raise CheckpointError(f"{where} has a damaged zoom gate (its 'zoom_gate.state' lacks {', '.join(keys)})")
+        if (
+            not isinstance(state, dict)
+            or set(state) != set(keys)
+            or not all(isinstance(state[k], Tensor) for k in keys)
+        ):
+            raise CheckpointError(
+                f"{where} has a damaged zoom gate (its 'zoom_gate.state' must hold exactly the tensors "
+                f"{', '.join(keys)})"
+            )
         size = features + num_classes + 3
         if state["mean"].numel() != size:
             raise CheckpointError(

@@ -92,8 +92,12 @@ def _refuse_read(path: Path, out: str | Path, flag: str) -> None:
     links; inside a registered folder tree, an existing file by its resolved path."""
     for read, tree in (_READS.get() or {}).items():
         if tree:
-            inside = path.exists() and read.resolve() in path.resolve().parents
-            if inside:
+            here, root = path.resolve(), read.resolve()
+            if here == root or here in root.parents:
+                raise UsageError(
+                    f"{flag} {out} holds {read}, whose files the command reads: choose a folder of its own"
+                )
+            if path.exists() and root in here.parents:
                 raise UsageError(f"{flag} {out} is inside {read}, whose files the command reads: choose another output")
         elif same_file(path, read):
             raise UsageError(

@@ -364,3 +364,16 @@ def test_a_hand_edited_bench_record_names_the_field(tmp_path, capsys):
     assert "val_result.json field 'rows.gf_48_64.threshold' must be a number in [0, 1], got 'x'" in _one_sentence(
         capsys
     )
+
+
+def test_eval_never_writes_into_the_data_set_it_reads(trained, tmp_path, capsys):
+    from ramstrans.config import config_from_dict
+    from ramstrans.data import load_index
+
+    ckpt = torch.load(trained / "checkpoint.pth", weights_only=True)
+    root = load_index(config_from_dict(ckpt["config"]).data).root
+    listing = sorted(p.name for p in root.iterdir())
+    args = ["eval", "--checkpoint", str(trained / "checkpoint.pth"), "--report", "--overwrite", "--output", str(root)]
+    assert main(args) == 2
+    assert "whose files the command reads: choose a folder of its own" in _one_sentence(capsys)
+    assert sorted(p.name for p in root.iterdir()) == listing
