@@ -181,8 +181,7 @@ def _attach_fitted(model: Model, ckpt: dict[str, Any], file: Path, weights: str,
     it (fitted on these weights: refused otherwise) and, with ``request.gate``, the zoom gate it holds (checked
     against the model)."""
     if request.temperature:
-        state = ckpt["model_ema"] if weights == "ema" else ckpt["model"]
-        model.set_temperature(read_temperature(file, int(ckpt["step"]), weights, state))
+        model.set_temperature(read_temperature(file, ckpt, weights))
     record = ckpt.get("zoom_gate")
     if not (request.gate and record is not None and isinstance(model, RAMSTrans)):
         return

@@ -67,15 +67,14 @@ def write_temperature(checkpoint: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def read_temperature(checkpoint: Path, step: int, weights: str, state: dict[str, Any]) -> float:
+def read_temperature(checkpoint: Path, ckpt: dict[str, Any], weights: str) -> float:
     """The temperature stored beside ``checkpoint`` when it was fitted on these weights (1.0 without a file; a file of
     another step or weights, left by a run that trained on, is not applied, with a warning).
 
     Args:
         checkpoint: the checkpoint file.
-        step: the training step of its weights.
+        ckpt: the loaded checkpoint (its step; its weights, whose content hash must be the file's).
         weights: "raw" or "ema".
-        state: those weights (their content hash, ``checkpoint.weights_hash``, must be the file's).
 
     Raises:
         CheckpointError: the file is damaged or hand-edited (a field of the wrong type or range), or names the same
@@ -86,7 +85,8 @@ def read_temperature(checkpoint: Path, step: int, weights: str, state: dict[str,
         return 1.0
     register_read(path)
     record = read_temperature_record(path)
-    have = weights_hash(state) if record.weights_hash is not None else None
+    step = int(ckpt["step"])
+    have = fitted_weights_hash(ckpt, weights) if record.weights_hash is not None else None
     if (record.weights_hash, record.weights, record.step) == (have, weights, step):
         return record.temperature
     if record.step != step or record.weights != weights:  # stale: the run trained on, or the other weights are used

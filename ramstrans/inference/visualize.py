@@ -14,6 +14,7 @@ from torch import Tensor
 from ramstrans.data import ImageReadError, load_index, read_image
 from ramstrans.deploy.images import expand_paths
 from ramstrans.errors import UsageError
+from ramstrans.fields import number
 from ramstrans.inference.load import LoadedModel
 from ramstrans.inference.plots import contact_sheet, denormalize, heatmap_overlay, save_panel
 from ramstrans.models import RAMSTrans, crop_and_zoom
@@ -51,8 +52,8 @@ def run_visualize(
         num: how many split images.
         overwrite: write into ``output_dir`` even if it holds files.
     """
-    if not images and num < 1:
-        raise UsageError(f"--num must be at least 1, got {num}")
+    if not images:
+        number(num, "visualize --num", low=1, integer=True)
     dev = resolve_device(request.device)
     loaded: LoadedModel = load_source(request)
     cfg, names = loaded.run_config("visualize"), loaded.class_names

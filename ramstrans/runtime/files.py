@@ -87,22 +87,17 @@ def register_read(path: str | Path, tree: bool = False) -> None:
         reads[Path(path).expanduser()] = tree
 
 
-def _refuse_read(path: Path, out: str | Path, flag: str) -> None:
-    """Refuse an output that would replace a file the command has read (registered), through symlinks and hard
-    links; inside a registered folder tree, an existing file by its resolved path."""
+def _refuse_tree(path: Path, out: str | Path, flag: str) -> None:
+    """Refuse an output that is, holds, or replaces an existing file inside a folder whose every file the command
+    reads (registered with ``tree``: a data set's folder), by resolved path."""
     for read, tree in (_READS.get() or {}).items():
-        if tree:
-            here, root = path.resolve(), read.resolve()
-            if here == root or here in root.parents:
-                raise UsageError(
-                    f"{flag} {out} holds {read}, whose files the command reads: choose a folder of its own"
-                )
-            if path.exists() and root in here.parents:
-                raise UsageError(f"{flag} {out} is inside {read}, whose files the command reads: choose another output")
-        elif same_file(path, read):
-            raise UsageError(
-                f"{flag} {out} is one of the command's inputs ({read}): it would be destroyed; choose another output"
-            )
+        if not tree:
+            continue
+        here, root = path.resolve(), read.resolve()
+        if here == root or here in root.parents:
+            raise UsageError(f"{flag} {out} holds {read}, whose files the command reads: choose a folder of its own")
+        if path.exists() and root in here.parents:
+            raise UsageError(f"{flag} {out} is inside {read}, whose files the command reads: choose another output")
 
 
 def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool = False, flag: str = "--out") -> Path:
@@ -121,8 +116,9 @@ def check_output(out: str | Path, inputs: Sequence[str | Path], overwrite: bool 
             ``overwrite``.
     """
     path = Path(out).expanduser()
-    _refuse_read(path, out, flag)
-    for given in inputs:
+    _refuse_tree(path, out, flag)
+    registered = [read for read, tree in (_READS.get() or {}).items() if not tree]
+    for given in [*inputs, *registered]:
         inp = Path(given).expanduser()
         if same_file(path, inp):
             raise UsageError(
